@@ -1,0 +1,76 @@
+# The front door: `make help` lists every verb.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+NISSHI_VERSION := 0.7.0-pre.2
+# Outside the checkout, so a fresh clone on the same machine (CI) reuses it.
+TOOLS_DIR ?= $(HOME)/.cache/pos-switch
+NISSHI ?= $(TOOLS_DIR)/nisshi-$(NISSHI_VERSION)/bin/nisshi
+KAFKA_BROKERS ?= 127.0.0.1:9092
+DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+RUN_DIR ?= .run
+CERTS_DIR ?= $(RUN_DIR)/certs
+PROFILE ?= debug
+CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,)
+BIN := target/$(PROFILE)
+
+export KAFKA_BROKERS DATABASE_URL NISSHI RUN_DIR
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.PHONY: demo
+demo: build certs ## Start broker + services, run sales with posctl, show journal and events, stop
+	@scripts/demo.sh
+
+.PHONY: test
+test: build broker-install ## Run every test (starts the broker if none is reachable)
+	@scripts/with-broker.sh cargo test --workspace --all-targets --no-fail-fast
+
+.PHONY: bench
+bench: broker-install ## Benchmark the full stack (posctl bench) against a pgbench ceiling
+	@$(MAKE) --no-print-directory build certs PROFILE=release
+	@PROFILE=release scripts/with-broker.sh scripts/bench.sh
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy -D warnings
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+.PHONY: build
+build: ## Build switchd and posctl
+	cargo build $(CARGO_PROFILE_FLAG) -p switchd -p posctl
+
+.PHONY: certs
+certs: build ## Generate the dev CA, server and terminal certificates into .run/certs
+	@$(BIN)/posctl certs --dir $(CERTS_DIR)
+
+.PHONY: broker-install
+broker-install: $(NISSHI) ## Install the Kafka-protocol broker (nisshi) once, cached in ~/.cache
+
+$(NISSHI):
+	@echo "Installing nisshi $(NISSHI_VERSION) (once; about 13 minutes on 2 cores)..."
+	cargo install nisshi@$(NISSHI_VERSION) --locked --no-default-features \
+		--features dynostore,libsql --root $(TOOLS_DIR)/nisshi-$(NISSHI_VERSION)
+
+.PHONY: broker
+broker: broker-install ## Start the broker unless one answers at KAFKA_BROKERS
+	@scripts/broker.sh start
+
+.PHONY: broker-stop
+broker-stop: ## Stop the broker this checkout started
+	@scripts/broker.sh stop
+
+.PHONY: up
+up: build certs broker ## Keep the broker and every service running (switchd all)
+	@scripts/stack.sh up
+
+.PHONY: down
+down: ## Stop what `make up` started
+	@scripts/stack.sh down
+	@scripts/broker.sh stop
+
+.PHONY: clean-run
+clean-run: down ## Remove .run (certificates, logs, broker data)
+	rm -rf $(RUN_DIR)

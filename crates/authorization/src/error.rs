@@ -1,0 +1,47 @@
+//! The authorization service's errors, and the one place they become gRPC
+//! statuses. Messages name the offending field and never contain card data.
+
+use switch_core::{IllegalTransition, InvalidField};
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizationError {
+    #[error("{0}")]
+    InvalidField(#[from] InvalidField),
+    #[error(
+        "modified request: {field} differs from the original request with the same terminal, STAN and local date"
+    )]
+    ModifiedReplay { field: &'static str },
+    #[error("no authorization found for {0}")]
+    NotFound(String),
+    #[error("authorization {0} has no result yet; retry the acknowledgement later")]
+    NotYetDecided(String),
+    #[error("the journal holds a row that does not parse: {0}")]
+    CorruptRow(InvalidField),
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    #[error("journal unavailable: {0}")]
+    Journal(#[from] sqlx::Error),
+    #[error("{0}")]
+    Unimplemented(&'static str),
+}
+
+impl From<AuthorizationError> for Status {
+    fn from(error: AuthorizationError) -> Status {
+        match error {
+            AuthorizationError::InvalidField(field) => Status::invalid_argument(field.to_string()),
+            e @ AuthorizationError::ModifiedReplay { .. } => Status::already_exists(e.to_string()),
+            e @ AuthorizationError::NotFound(_) => Status::not_found(e.to_string()),
+            e @ AuthorizationError::NotYetDecided(_) => Status::failed_precondition(e.to_string()),
+            AuthorizationError::Unimplemented(what) => Status::unimplemented(what),
+            e @ (AuthorizationError::CorruptRow(_) | AuthorizationError::IllegalTransition(_)) => {
+                tracing::error!(error = %e, "Authorization invariant broken.");
+                Status::internal("internal error; the transaction is recorded, query it by STAN")
+            }
+            AuthorizationError::Journal(e) => {
+                tracing::error!(error = %e, "Journal unavailable.");
+                Status::unavailable("journal unavailable; retry with the same STAN")
+            }
+        }
+    }
+}

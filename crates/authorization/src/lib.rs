@@ -1,0 +1,173 @@
+//! The authorization service: the only writer of the authorization journal
+//! and the switch's link to issuers.
+//!
+//! For every sale it makes the intent durable *before* asking the issuer (so
+//! an approval that a crash interrupts can still be found and reversed),
+//! assigns the RRN, records the issuer's decision or its silence, and
+//! announces each decision through the transactional outbox. `Authorize` is
+//! idempotent on terminal + STAN + local date across processes: the journal's
+//! unique key decides, and concurrent retries in one process wait for the
+//! first instead of racing it. Card numbers are kept only masked and as a
+//! keyed fingerprint.
+
+mod convert;
+mod error;
+mod issuer;
+mod journal;
+mod service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switch_platform::config::{ConfigError, Secret};
+use switch_platform::db::DatabaseConfig;
+use switch_platform::grpc::TlsFiles;
+use switch_platform::kafka::{KafkaConfig, topics};
+use switch_platform::outbox::{OutboxConfig, OutboxRelay};
+use switch_proto::v1::authorization_service_server::AuthorizationServiceServer;
+use tokio::net::TcpListener;
+
+pub use error::AuthorizationError;
+
+/// Name of the service: its schema, its OpenTelemetry service name.
+pub const SERVICE_NAME: &str = "authorization";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthorizationConfig {
+    pub listen: SocketAddr,
+    /// URL of the issuer host's `IssuerService`.
+    pub issuer_endpoint: String,
+    /// How long the switch waits for the issuer before recording the
+    /// authorization as timed out (whether money moved is then unknown).
+    pub issuer_timeout_ms: u64,
+    /// Key of the HMAC-SHA256 fingerprint under which PANs are stored.
+    pub pan_hash_key: Secret,
+    pub outbox: OutboxConfig,
+    /// Server TLS for the internal API; plaintext when absent (inside a
+    /// service mesh that provides mTLS).
+    pub tls: Option<TlsFiles>,
+}
+
+impl Default for AuthorizationConfig {
+    fn default() -> Self {
+        AuthorizationConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            issuer_endpoint: "http://127.0.0.1:50070".into(),
+            issuer_timeout_ms: 2_000,
+            pan_hash_key: Secret::new("dev-only-pan-fingerprint-key-change-me"),
+            outbox: OutboxConfig::default(),
+            tls: None,
+        }
+    }
+}
+
+impl AuthorizationConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=60_000).contains(&self.issuer_timeout_ms) {
+            return Err(ConfigError::invalid(
+                "authorization.issuer_timeout_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if tonic::transport::Endpoint::from_shared(self.issuer_endpoint.clone()).is_err() {
+            return Err(ConfigError::invalid(
+                "authorization.issuer_endpoint",
+                "not a valid URL",
+            ));
+        }
+        if self.pan_hash_key.expose().len() < 16 {
+            return Err(ConfigError::invalid(
+                "authorization.pan_hash_key",
+                "must be at least 16 bytes",
+            ));
+        }
+        self.outbox.validate("authorization")?;
+        if let Some(tls) = &self.tls {
+            tls.validate("authorization.tls")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("database: {0}")]
+    Database(#[from] switch_platform::db::DbError),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] switch_platform::kafka::KafkaError),
+    #[error("grpc: {0}")]
+    Grpc(#[from] switch_platform::grpc::GrpcError),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("issuer endpoint: {0}")]
+    IssuerEndpoint(String),
+}
+
+/// Runs the authorization service on `listener` until `shutdown` resolves:
+/// migrates its schema, ensures its topics, starts the outbox relay and
+/// serves gRPC (with health and reflection).
+pub async fn serve(
+    database: &DatabaseConfig,
+    kafka: &KafkaConfig,
+    config: &AuthorizationConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
+    MIGRATOR.run(&pool).await?;
+    kafka.ensure_topics(&[topics::AUTHORIZATION_EVENTS]).await?;
+    let relay = OutboxRelay::new(pool.clone(), kafka.producer()?, config.outbox.clone());
+    let issuer = issuer::GrpcIssuerLink::connect(
+        &config.issuer_endpoint,
+        Duration::from_millis(config.issuer_timeout_ms),
+    )
+    .map_err(|e| ServeError::IssuerEndpoint(e.to_string()))?;
+    let journal = journal::Journal::new(
+        pool,
+        kafka.topic(topics::AUTHORIZATION_EVENTS),
+        u32::try_from(config.issuer_timeout_ms).unwrap_or(u32::MAX),
+    );
+    let service = service::AuthorizationApi::new(
+        journal,
+        issuer,
+        relay.clone(),
+        switch_core::PanHasher::new(config.pan_hash_key.expose().as_bytes()),
+        Duration::from_millis(config.issuer_timeout_ms),
+    );
+
+    let (stop_relay_tx, stop_relay_rx) = tokio::sync::oneshot::channel::<()>();
+    let relay_task = tokio::spawn(relay.run(async {
+        let _ = stop_relay_rx.await;
+    }));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AuthorizationServiceServer<service::AuthorizationApi>>()
+        .await;
+    let (reflection_v1, reflection_v1alpha) = switch_platform::grpc::reflection_services()?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config()?)?;
+    }
+    let local = listener.local_addr().ok();
+    tracing::info!(listen = ?local, "Authorization service listening.");
+    let result = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AuthorizationServiceServer::new(service))
+        .serve_with_incoming_shutdown(switch_platform::grpc::incoming(listener), shutdown)
+        .await;
+    // In-flight requests have finished: publish what they enqueued, then stop.
+    let _ = stop_relay_tx.send(());
+    let _ = relay_task.await;
+    tracing::info!("Authorization service stopped.");
+    result.map_err(ServeError::from)
+}

@@ -1,0 +1,326 @@
+//! The `AuthorizationService` gRPC API: the command flow of an
+//! authorization, with the journal and the issuer link as its two effects.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram};
+use switch_core::{
+    AuthorizationEvent, PanHasher, ReplayVerdict, SaleDigest, TerminalId, TransactionId,
+    classify_issuer_answer, compare_replay,
+};
+use switch_platform::outbox::OutboxRelay;
+use switch_platform::telemetry::adopt_remote_parent;
+use switch_proto::v1::{
+    self as pb, AuthorizationRecord, authorization_service_server::AuthorizationService,
+    get_authorization_request::By,
+};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error::AuthorizationError;
+use crate::issuer::{GrpcIssuerLink, IssuerOutcome};
+use crate::journal::{Begin, Journal, RequestKey, SaleCommand, StoredAuthorization};
+
+/// Requests being authorized by this process, by key. A retry that arrives
+/// while its original is in flight waits for it here instead of racing it
+/// to the journal's unique key.
+type InFlight = Arc<Mutex<HashMap<RequestKey, watch::Receiver<()>>>>;
+
+pub struct AuthorizationApi {
+    journal: Journal,
+    issuer: GrpcIssuerLink,
+    relay: OutboxRelay,
+    hasher: PanHasher,
+    issuer_timeout: Duration,
+    in_flight: InFlight,
+    decisions: Counter<u64>,
+    issuer_latency: Histogram<u64>,
+}
+
+/// Removes the in-flight entry and wakes the waiters however the leader's
+/// attempt ends, including by error or cancellation.
+struct InFlightGuard {
+    in_flight: InFlight,
+    key: RequestKey,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.in_flight.lock() {
+            map.remove(&self.key);
+        }
+    }
+}
+
+enum Role {
+    Leader(InFlightGuard),
+    Follower(watch::Receiver<()>),
+}
+
+impl AuthorizationApi {
+    pub fn new(
+        journal: Journal,
+        issuer: GrpcIssuerLink,
+        relay: OutboxRelay,
+        hasher: PanHasher,
+        issuer_timeout: Duration,
+    ) -> Self {
+        let meter = opentelemetry::global::meter(crate::SERVICE_NAME);
+        AuthorizationApi {
+            journal,
+            issuer,
+            relay,
+            hasher,
+            issuer_timeout,
+            in_flight: Arc::default(),
+            decisions: meter
+                .u64_counter("authorization.decisions")
+                .with_description("Authorizations decided, by outcome")
+                .build(),
+            issuer_latency: meter
+                .u64_histogram("authorization.issuer.latency")
+                .with_unit("ms")
+                .with_description("Time from sending to the issuer to its answer or timeout")
+                .build(),
+        }
+    }
+
+    fn role(&self, key: &RequestKey) -> Role {
+        let Ok(mut map) = self.in_flight.lock() else {
+            // A poisoned map only loses coalescing; the journal's unique key
+            // still guarantees one authorization.
+            let (done, _) = watch::channel(());
+            return Role::Leader(InFlightGuard {
+                in_flight: Arc::default(),
+                key: key.clone(),
+                _done: done,
+            });
+        };
+        if let Some(waiting) = map.get(key) {
+            return Role::Follower(waiting.clone());
+        }
+        let (done, waiting) = watch::channel(());
+        map.insert(key.clone(), waiting);
+        Role::Leader(InFlightGuard {
+            in_flight: self.in_flight.clone(),
+            key: key.clone(),
+            _done: done,
+        })
+    }
+
+    /// Authorizes once per key, however many times and however concurrently
+    /// the terminal asks. Returns the record and whether it is a replay.
+    async fn authorize(
+        &self,
+        command: SaleCommand,
+    ) -> Result<(StoredAuthorization, bool), AuthorizationError> {
+        let digest = SaleDigest {
+            pan_fingerprint: self.hasher.fingerprint(&command.pan),
+            amount: command.amount,
+        };
+        loop {
+            match self.role(&command.key) {
+                Role::Follower(mut waiting) => {
+                    // Resolves when the leader finishes, however it finishes.
+                    let _ = waiting.changed().await;
+                    if let Some(original) = self.journal.find_by_key(&command.key).await? {
+                        return self.replay(original, &digest).await;
+                    }
+                    // The leader failed before journaling; try ourselves.
+                }
+                Role::Leader(guard) => {
+                    let result = match self
+                        .journal
+                        .begin(&command, &digest.pan_fingerprint)
+                        .await?
+                    {
+                        Begin::Existing(original) => self.replay(original, &digest).await,
+                        Begin::Started(started) => self
+                            .ask_issuer(started, &command)
+                            .await
+                            .map(|decided| (decided, false)),
+                    };
+                    drop(guard);
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// Answers a retry with the original's answer, once it has one.
+    async fn replay(
+        &self,
+        original: StoredAuthorization,
+        retry: &SaleDigest,
+    ) -> Result<(StoredAuthorization, bool), AuthorizationError> {
+        if let ReplayVerdict::Modified { field } = compare_replay(&original.digest(), retry) {
+            tracing::warn!(
+                terminal_id = %original.key.terminal_id,
+                stan = %original.key.stan,
+                field,
+                "Modified replay rejected."
+            );
+            return Err(AuthorizationError::ModifiedReplay { field });
+        }
+        // The original may be in flight in another replica: wait for its
+        // decision, bounded by the issuer timeout plus a margin.
+        let deadline = Instant::now() + self.issuer_timeout + Duration::from_secs(2);
+        let mut current = original;
+        while !current.state.is_final() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(fresh) = self.journal.find_by_id(current.transaction_id).await? {
+                current = fresh;
+            }
+        }
+        Ok((current, true))
+    }
+
+    async fn ask_issuer(
+        &self,
+        started: StoredAuthorization,
+        command: &SaleCommand,
+    ) -> Result<StoredAuthorization, AuthorizationError> {
+        let request = pb::IssuerAuthorizeRequest {
+            rrn: started.rrn.to_string(),
+            stan: started.key.stan.to_string(),
+            terminal_id: started.key.terminal_id.to_string(),
+            merchant_id: started.merchant_id.to_string(),
+            pan: command.pan.expose().to_owned(),
+            expiry: command.expiry.expose().to_owned(),
+            amount: Some(pb::Money {
+                minor_units: command.amount.minor_units(),
+                currency: command.amount.currency().code().to_owned(),
+            }),
+        };
+        let sent = Instant::now();
+        let outcome = self.issuer.authorize(request).await;
+        let latency_ms = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let event = match outcome {
+            IssuerOutcome::Answered {
+                response_code,
+                approval_code,
+            } => classify_issuer_answer(&response_code, &approval_code).unwrap_or_else(|error| {
+                // An answer we cannot read leaves whether money moved unknown,
+                // exactly like silence.
+                tracing::error!(rrn = %started.rrn, %error, "Unusable issuer answer.");
+                AuthorizationEvent::IssuerTimedOut
+            }),
+            IssuerOutcome::NoAnswer(reason) => {
+                tracing::warn!(rrn = %started.rrn, %reason, "No usable issuer answer.");
+                AuthorizationEvent::IssuerTimedOut
+            }
+        };
+        let decided = self
+            .journal
+            .record_decision(
+                &started,
+                &event,
+                i32::try_from(latency_ms).unwrap_or(i32::MAX),
+            )
+            .await?;
+        self.relay.wake();
+        let outcome = KeyValue::new("outcome", decided.state.as_str());
+        self.decisions.add(1, std::slice::from_ref(&outcome));
+        self.issuer_latency.record(latency_ms, &[outcome]);
+        tracing::info!(
+            transaction_id = %decided.transaction_id,
+            terminal_id = %decided.key.terminal_id,
+            stan = %decided.key.stan,
+            rrn = %decided.rrn,
+            masked_pan = %decided.masked_pan,
+            amount = %decided.amount,
+            state = decided.state.as_str(),
+            latency_ms,
+            "Authorization decided."
+        );
+        Ok(decided)
+    }
+}
+
+#[tonic::async_trait]
+impl AuthorizationService for AuthorizationApi {
+    #[tracing::instrument(name = "authorization.authorize", skip_all)]
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        adopt_remote_parent(request.metadata());
+        let command = convert::sale_command(request.get_ref()).map_err(AuthorizationError::from)?;
+        let (authorization, duplicate) = self.authorize(command).await?;
+        Ok(Response::new(pb::AuthorizeResponse {
+            authorization: Some(convert::record(&authorization)),
+            duplicate,
+        }))
+    }
+
+    async fn reverse(
+        &self,
+        _request: Request<pb::ReverseRequest>,
+    ) -> Result<Response<pb::ReverseResponse>, Status> {
+        Err(AuthorizationError::Unimplemented(
+            "reversals are not available yet: they arrive with the reversal handler",
+        )
+        .into())
+    }
+
+    #[tracing::instrument(name = "authorization.get", skip_all)]
+    async fn get_authorization(
+        &self,
+        request: Request<pb::GetAuthorizationRequest>,
+    ) -> Result<Response<AuthorizationRecord>, Status> {
+        adopt_remote_parent(request.metadata());
+        let found = match &request.get_ref().by {
+            Some(By::TransactionId(id)) => {
+                let id = TransactionId::parse(id).map_err(AuthorizationError::from)?;
+                (self.journal.find_by_id(id).await?, id.to_string())
+            }
+            Some(By::Key(key)) => {
+                let key = convert::request_key(Some(key)).map_err(AuthorizationError::from)?;
+                (self.journal.find_by_key(&key).await?, key.to_string())
+            }
+            None => {
+                return Err(AuthorizationError::from(switch_core::InvalidField::new(
+                    "by",
+                    "give a transaction_id or a key",
+                ))
+                .into());
+            }
+        };
+        match found {
+            (Some(authorization), _) => Ok(Response::new(convert::record(&authorization))),
+            (None, what) => Err(AuthorizationError::NotFound(what).into()),
+        }
+    }
+
+    #[tracing::instrument(name = "authorization.last_for_terminal", skip_all)]
+    async fn last_for_terminal(
+        &self,
+        request: Request<pb::LastForTerminalRequest>,
+    ) -> Result<Response<AuthorizationRecord>, Status> {
+        adopt_remote_parent(request.metadata());
+        let terminal_id =
+            TerminalId::parse(&request.get_ref().terminal_id).map_err(AuthorizationError::from)?;
+        match self.journal.last_for_terminal(&terminal_id).await? {
+            Some(authorization) => Ok(Response::new(convert::record(&authorization))),
+            None => Err(AuthorizationError::NotFound(format!("terminal {terminal_id}")).into()),
+        }
+    }
+
+    #[tracing::instrument(name = "authorization.acknowledge", skip_all)]
+    async fn acknowledge(
+        &self,
+        request: Request<pb::TerminalKey>,
+    ) -> Result<Response<AuthorizationRecord>, Status> {
+        adopt_remote_parent(request.metadata());
+        let key =
+            convert::request_key(Some(request.get_ref())).map_err(AuthorizationError::from)?;
+        let acknowledged = self.journal.acknowledge(&key).await?;
+        self.relay.wake();
+        Ok(Response::new(convert::record(&acknowledged)))
+    }
+}

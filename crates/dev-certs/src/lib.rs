@@ -1,0 +1,284 @@
+//! Development PKI for the switch: one throw-away certificate authority, the
+//! TLS server certificate every service presents, and the client certificates
+//! terminals authenticate with.
+//!
+//! This crate owns how development certificates look. A terminal's identity
+//! lives in its client certificate subject: the common name (CN) is the
+//! 8-character terminal id and the organizational unit (OU) is the merchant
+//! id. Nothing here is fit for production: keys are generated fresh, kept in
+//! memory and written unencrypted.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Terminals provisioned by default: `(terminal id, merchant id)`.
+pub const DEFAULT_TERMINALS: &[(&str, &str)] = &[
+    ("TERM0001", "MERCHANT0000001"),
+    ("TERM0002", "MERCHANT0000001"),
+    ("TERM0003", "MERCHANT0000002"),
+    ("TERM0004", "MERCHANT0000002"),
+];
+
+/// Names the development server certificate is valid for: loopback plus the
+/// service names used by the compose setup.
+pub const SERVER_HOSTS: &[&str] = &[
+    "localhost",
+    "127.0.0.1",
+    "::1",
+    "terminal-gateway",
+    "authorization",
+    "issuer-simulator",
+];
+
+/// Common name of the development CA.
+pub const CA_COMMON_NAME: &str = "Switch Dev CA";
+
+/// How long issued certificates stay valid (they are back-dated one day).
+const VALIDITY: Duration = Duration::days(365);
+/// Back-dating of `not_before`, so clock skew never makes a fresh cert invalid.
+const BACKDATE: Duration = Duration::days(1);
+
+/// A certificate and its private key, both PEM encoded.
+#[derive(Clone)]
+pub struct CertifiedKey {
+    /// The certificate (`-----BEGIN CERTIFICATE-----`).
+    pub cert_pem: String,
+    /// The PKCS#8 private key (`-----BEGIN PRIVATE KEY-----`).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertifiedKey {
+    /// Never prints the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertifiedKey")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a certificate could not be generated or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// rcgen refused the parameters or failed to sign.
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// Writing a file or creating a directory failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A terminal id that cannot be used as a file name in the dev layout
+    /// (empty, or not ASCII alphanumeric / `-` / `_`).
+    #[error("terminal id {0:?} cannot name a file: expected ASCII alphanumerics, '-' or '_'")]
+    UnsafeFileName(String),
+    /// A server certificate was requested for no host at all.
+    #[error("a server certificate needs at least one host name")]
+    NoHosts,
+}
+
+/// The development certificate authority: its certificate and signing key.
+pub struct DevPki {
+    ca_cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for DevPki {
+    /// Never prints the CA key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevPki")
+            .field("ca_cert_pem", &self.ca_cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevPki {
+    /// Generates a fresh self-signed CA named [`CA_COMMON_NAME`], valid for
+    /// about one year and back-dated one day.
+    pub fn generate() -> Result<DevPki, CertError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, CA_COMMON_NAME);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Payment Switch (development)");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        set_validity(&mut params);
+
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(DevPki {
+            ca_cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA certificate, PEM encoded: the trust anchor for both servers and
+    /// terminals.
+    pub fn ca_cert_pem(&self) -> &str {
+        &self.ca_cert_pem
+    }
+
+    /// Issues a TLS server certificate for `hosts`. Entries that parse as IP
+    /// addresses become IP SANs, everything else DNS SANs. The CN is the
+    /// first host. Extended key usage: serverAuth.
+    pub fn server_cert(&self, hosts: &[&str]) -> Result<CertifiedKey, CertError> {
+        let first = hosts.first().ok_or(CertError::NoHosts)?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = hosts
+            .iter()
+            .map(|host| match host.parse::<IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName((*host).try_into()?)),
+            })
+            .collect::<Result<Vec<_>, rcgen::Error>>()?;
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, *first);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign_leaf(params)
+    }
+
+    /// Issues a terminal client certificate: CN = `terminal_id`,
+    /// OU = `merchant_id`. Extended key usage: clientAuth.
+    ///
+    /// The ids are not validated here (the gateway decides what identity it
+    /// accepts), so tests can also mint certificates with malformed ids.
+    pub fn terminal_cert(
+        &self,
+        terminal_id: &str,
+        merchant_id: &str,
+    ) -> Result<CertifiedKey, CertError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, terminal_id);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, merchant_id);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign_leaf(params)
+    }
+
+    /// Writes the development layout under `dir`:
+    ///
+    /// - `ca.pem`
+    /// - `server.pem`, `server.key` (for [`SERVER_HOSTS`])
+    /// - `terminals/<TID>.pem`, `terminals/<TID>.key` for each terminal
+    ///
+    /// Directories are created as needed; key files get mode 0600 on Unix.
+    pub fn write_dev_layout(
+        &self,
+        dir: &Path,
+        terminals: &[(&str, &str)],
+    ) -> Result<(), CertError> {
+        // Terminal ids become file names: refuse anything that could escape
+        // `terminals/`, before writing anything.
+        if let Some((bad, _)) = terminals.iter().find(|(tid, _)| !is_safe_file_stem(tid)) {
+            return Err(CertError::UnsafeFileName((*bad).to_owned()));
+        }
+        let terminal_dir = dir.join("terminals");
+        fs::create_dir_all(&terminal_dir).map_err(|source| CertError::Io {
+            path: terminal_dir.clone(),
+            source,
+        })?;
+
+        write_file(&dir.join("ca.pem"), &self.ca_cert_pem, false)?;
+
+        let server = self.server_cert(SERVER_HOSTS)?;
+        write_file(&dir.join("server.pem"), &server.cert_pem, false)?;
+        write_file(&dir.join("server.key"), &server.key_pem, true)?;
+
+        for (terminal_id, merchant_id) in terminals {
+            let cert = self.terminal_cert(terminal_id, merchant_id)?;
+            write_file(
+                &terminal_dir.join(format!("{terminal_id}.pem")),
+                &cert.cert_pem,
+                false,
+            )?;
+            write_file(
+                &terminal_dir.join(format!("{terminal_id}.key")),
+                &cert.key_pem,
+                true,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Common part of every end-entity certificate: validity, key usage,
+    /// authority key identifier, fresh key, signature by the CA.
+    fn sign_leaf(&self, mut params: CertificateParams) -> Result<CertifiedKey, CertError> {
+        set_validity(&mut params);
+        params.is_ca = IsCa::ExplicitNoCa;
+        // ECDSA keys (rcgen's default) only sign; no keyEncipherment.
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Whether `name` is a non-empty run of ASCII alphanumerics, `-` and `_`.
+fn is_safe_file_stem(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Valid from one day ago for [`VALIDITY`].
+fn set_validity(params: &mut CertificateParams) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + VALIDITY;
+}
+
+/// Writes `contents` to `path`, replacing it; `secret` files are created with
+/// mode 0600 (on Unix) before any byte is written.
+fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), CertError> {
+    let io_err = |source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut file = options.open(path).map_err(io_err)?;
+    // `mode` only applies when the file is created; tighten a pre-existing one too.
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io_err)?;
+    }
+    file.write_all(contents.as_bytes()).map_err(io_err)?;
+    file.flush().map_err(io_err)
+}

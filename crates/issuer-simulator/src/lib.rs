@@ -1,0 +1,176 @@
+//! Issuer simulator: a card-issuer host to test the switch against.
+//!
+//! This crate owns the simulated issuer: a gRPC server implementing
+//! `switch.v1.IssuerService` (what the switch's issuer link calls) and
+//! `switch.v1.IssuerControl` (fault injection and counters for tests), plus
+//! the standard gRPC health service (`grpc.health.v1.Health`, SERVING for
+//! both services and for the server as a whole) and server reflection (v1 and
+//! v1alpha). Everything is in memory; a restart forgets everything.
+//!
+//! # Decision rules
+//!
+//! Authorizations are decided deterministically from the last two digits of
+//! the amount, `amount.minor_units % 100`:
+//!
+//! | last two digits | response code | meaning            |
+//! |-----------------|---------------|--------------------|
+//! | `51`            | `"51"`        | insufficient funds |
+//! | `05`            | `"05"`        | do not honour      |
+//! | `54`            | `"54"`        | expired card       |
+//! | anything else   | `"00"`        | approved           |
+//!
+//! So EUR 10.00 (`1000`) is approved and EUR 10.51 (`1051`) declined "51".
+//! An approval carries a six-character approval code (`0-9A-Z`) derived from
+//! the RRN alone ([`rules::approval_code`]): the same RRN always gets the
+//! same code. A malformed request (no amount, empty RRN, amount of zero or
+//! less) is declined `"30"` (format error); nothing a client sends can make
+//! the simulator panic.
+//!
+//! Reversals are always answered `"00"` (`"30"` for an empty RRN) and are
+//! idempotent: reversed RRNs are remembered, and a repeat is answered `"00"`
+//! again. Every reversal call is counted, repeats included.
+//!
+//! # Faults
+//!
+//! `IssuerControl.SetFaults` replaces the active [`FaultPlan`](switch_proto::v1::FaultPlan);
+//! an all-default plan clears it. A plan applies to requests whose STAN is
+//! in `stans` (empty: every request), on authorizations, reversals or both
+//! (`authorizations_only` / `reversals_only`; neither or both set: both),
+//! until `window_ms` has passed since it was set (0: until replaced). On a
+//! matching request, in order: wait `latency_ms`; then `outage` answers
+//! UNAVAILABLE ("issuer outage (simulated)"), `no_response` never answers
+//! (the caller's deadline fires), and `decline_code` replaces the decision
+//! of the normal rules.
+//!
+//! # Counters
+//!
+//! `IssuerControl.Stats` returns: `authorizations` and `reversals` (every
+//! call received, whatever happened to it), `approved` and `declined`
+//! (authorization answers sent), `dropped` (calls of either kind refused by
+//! an outage or left unanswered by `no_response`).
+//!
+//! # Logging
+//!
+//! One `debug` event per request with RRN, STAN, amount and decision. The
+//! PAN is never logged; at most its last four digits.
+
+pub mod faults;
+pub mod rules;
+pub mod service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use switch_proto::v1::issuer_control_server::IssuerControlServer;
+use switch_proto::v1::issuer_service_server::IssuerServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+pub use service::{OUTAGE_MESSAGE, Simulator};
+
+/// Default listen address of the simulator.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    50070,
+));
+
+/// Configuration of the issuer simulator.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuerSimulatorConfig {
+    /// Address the gRPC server listens on; default `127.0.0.1:50070`.
+    pub listen: SocketAddr,
+}
+
+impl Default for IssuerSimulatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+        }
+    }
+}
+
+/// Why the simulator could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulatorError {
+    /// The gRPC server failed.
+    #[error("gRPC transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from the descriptor set.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Serves the simulator on `listener` until `shutdown` resolves. Tests pass
+/// a listener bound to `127.0.0.1:0`.
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SimulatorError> {
+    serve_simulator(Simulator::new(), listener, shutdown).await
+}
+
+/// Binds `config.listen` and serves until `shutdown` resolves.
+pub async fn run(
+    config: &IssuerSimulatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SimulatorError> {
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| SimulatorError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+    serve(listener, shutdown).await
+}
+
+/// Like [`serve`], with a caller-provided [`Simulator`] (e.g. to share state
+/// with an in-process test harness).
+pub async fn serve_simulator(
+    simulator: Simulator,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SimulatorError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<IssuerServiceServer<Simulator>>()
+        .await;
+    health_reporter
+        .set_serving::<IssuerControlServer<Simulator>>()
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(switch_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(switch_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "issuer simulator listening"),
+        Err(error) => tracing::warn!(%error, "issuer simulator listening (address unknown)"),
+    }
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(IssuerServiceServer::new(simulator.clone()))
+        .add_service(IssuerControlServer::new(simulator))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    tracing::info!("issuer simulator stopped");
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! The gRPC services: `IssuerService` (the issuer host itself) and
+//! `IssuerControl` (fault injection and counters for tests).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use switch_proto::v1::issuer_control_server::IssuerControl;
+use switch_proto::v1::issuer_service_server::IssuerService;
+use switch_proto::v1::{
+    FaultPlan, FaultPlanAck, IssuerAuthorizeRequest, IssuerAuthorizeResponse, IssuerReverseRequest,
+    IssuerReverseResponse, IssuerStats, Money, StatsRequest,
+};
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use crate::faults::{Fault, Faults, RpcKind};
+use crate::rules::{self, APPROVED, Decision, FORMAT_ERROR};
+
+/// Message of the UNAVAILABLE status returned during a simulated outage.
+pub const OUTAGE_MESSAGE: &str = "issuer outage (simulated)";
+
+/// `"<minor units> <currency>"`, or `"none"` when the request carries no amount.
+fn amount_for_log(amount: Option<&Money>) -> String {
+    amount.map_or_else(
+        || "none".to_owned(),
+        |m| format!("{} {}", m.minor_units, m.currency),
+    )
+}
+
+/// Counters behind `IssuerControl.Stats`.
+#[derive(Debug, Default)]
+struct Counters {
+    authorizations: AtomicU64,
+    reversals: AtomicU64,
+    approved: AtomicU64,
+    declined: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> IssuerStats {
+        IssuerStats {
+            authorizations: self.authorizations.load(Ordering::Relaxed),
+            reversals: self.reversals.load(Ordering::Relaxed),
+            approved: self.approved.load(Ordering::Relaxed),
+            declined: self.declined.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The simulator's state, shared by both services (cloning shares it).
+#[derive(Debug, Clone, Default)]
+pub struct Simulator {
+    faults: Faults,
+    counters: Arc<Counters>,
+    /// RRNs reversed so far, so repeats are recognised (and still answered "00").
+    reversed: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Simulator {
+    /// A simulator with no faults, no history and zeroed counters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies the non-answer parts of a fault: latency first, then outage
+    /// (UNAVAILABLE) or no response (pending until the caller gives up, which
+    /// drops this future). Returns the fault for the caller to apply
+    /// `decline_code`.
+    async fn apply_fault(&self, fault: Option<Fault>) -> Result<Option<Fault>, Status> {
+        let Some(fault) = fault else {
+            return Ok(None);
+        };
+        if !fault.latency.is_zero() {
+            tokio::time::sleep(fault.latency).await;
+        }
+        if fault.outage {
+            Counters::bump(&self.counters.dropped);
+            return Err(Status::unavailable(OUTAGE_MESSAGE));
+        }
+        if fault.no_response {
+            Counters::bump(&self.counters.dropped);
+            std::future::pending::<()>().await;
+        }
+        Ok(Some(fault))
+    }
+}
+
+#[tonic::async_trait]
+impl IssuerService for Simulator {
+    async fn authorize(
+        &self,
+        request: Request<IssuerAuthorizeRequest>,
+    ) -> Result<Response<IssuerAuthorizeResponse>, Status> {
+        let request = request.into_inner();
+        Counters::bump(&self.counters.authorizations);
+        let amount = amount_for_log(request.amount.as_ref());
+        let fault = self
+            .faults
+            .for_request(RpcKind::Authorization, &request.stan);
+        let faulted = fault.is_some();
+        let fault = match self.apply_fault(fault).await {
+            Ok(fault) => fault,
+            Err(status) => {
+                debug!(
+                    rrn = %request.rrn,
+                    stan = %request.stan,
+                    %amount,
+                    pan_last4 = rules::pan_last4(&request.pan),
+                    decision = "outage",
+                    "authorization"
+                );
+                return Err(status);
+            }
+        };
+        let decision = match fault {
+            Some(fault) if !fault.decline_code.is_empty() => Decision::decline(&fault.decline_code),
+            _ => rules::decide(&request),
+        };
+        let code = decision.response_code();
+        if code == APPROVED {
+            Counters::bump(&self.counters.approved);
+        } else {
+            Counters::bump(&self.counters.declined);
+        }
+        debug!(
+            rrn = %request.rrn,
+            stan = %request.stan,
+            %amount,
+            pan_last4 = rules::pan_last4(&request.pan),
+            decision = code,
+            approval_code = decision.approval_code(),
+            faulted,
+            "authorization"
+        );
+        Ok(Response::new(IssuerAuthorizeResponse {
+            response_code: code.to_owned(),
+            approval_code: decision.approval_code().to_owned(),
+        }))
+    }
+
+    async fn reverse(
+        &self,
+        request: Request<IssuerReverseRequest>,
+    ) -> Result<Response<IssuerReverseResponse>, Status> {
+        let request = request.into_inner();
+        Counters::bump(&self.counters.reversals);
+        let amount = amount_for_log(request.amount.as_ref());
+        let fault = self.faults.for_request(RpcKind::Reversal, &request.stan);
+        let faulted = fault.is_some();
+        let fault = match self.apply_fault(fault).await {
+            Ok(fault) => fault,
+            Err(status) => {
+                debug!(
+                    rrn = %request.rrn,
+                    stan = %request.stan,
+                    %amount,
+                    repeat = request.repeat,
+                    decision = "outage",
+                    "reversal"
+                );
+                return Err(status);
+            }
+        };
+        let (code, already_reversed) = match fault {
+            Some(fault) if !fault.decline_code.is_empty() => (fault.decline_code, false),
+            _ if request.rrn.is_empty() => (FORMAT_ERROR.to_owned(), false),
+            _ => {
+                let newly = self
+                    .reversed
+                    .lock()
+                    // A HashSet insert cannot be left half done by a panic.
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(request.rrn.clone());
+                (APPROVED.to_owned(), !newly)
+            }
+        };
+        debug!(
+            rrn = %request.rrn,
+            stan = %request.stan,
+            %amount,
+            repeat = request.repeat,
+            already_reversed,
+            decision = %code,
+            faulted,
+            "reversal"
+        );
+        Ok(Response::new(IssuerReverseResponse {
+            response_code: code,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl IssuerControl for Simulator {
+    async fn set_faults(
+        &self,
+        request: Request<FaultPlan>,
+    ) -> Result<Response<FaultPlanAck>, Status> {
+        let plan = request.into_inner();
+        debug!(?plan, "fault plan replaced");
+        self.faults.set(plan);
+        Ok(Response::new(FaultPlanAck {}))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<StatsRequest>,
+    ) -> Result<Response<IssuerStats>, Status> {
+        Ok(Response::new(self.counters.snapshot()))
+    }
+}

@@ -1,0 +1,583 @@
+//! Load generator: sends Sale requests from several terminal identities, either
+//! closed-loop (N workers, each sending its next request when the previous one
+//! answered) or open-loop at a fixed rate, and reports counts, throughput and
+//! latency percentiles from an HDR histogram.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use switch_proto::v1::{AuthorizationStatus, Money, SaleRequest};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::connect::{GatewayOptions, TerminalClient, connect};
+use crate::output::status_line;
+
+/// Luhn-valid test card numbers used round-robin.
+pub const TEST_PANS: &[&str] = &[
+    "4111111111111111",
+    "5555555555554444",
+    "4012888888881881",
+    "378282246310005",
+];
+
+/// Largest STAN; STANs run 000001..=999999 and wrap.
+const MAX_STAN: u64 = 999_999;
+/// How many distinct error messages are reported.
+const MAX_ERROR_MESSAGES: usize = 5;
+/// Histogram bounds in microseconds: 1 µs .. 60 s.
+const HIST_LOW_US: u64 = 1;
+const HIST_HIGH_US: u64 = 60_000_000;
+
+/// What the benchmark should do.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub concurrency: usize,
+    /// Requests per second for open-loop mode; `None` for closed-loop.
+    pub rate: Option<u64>,
+    pub duration: Duration,
+    /// Stop after this many requests (overrides `duration`).
+    pub requests: Option<u64>,
+    pub terminals: Vec<String>,
+    pub local_date: String,
+    pub json: bool,
+}
+
+/// The `n`-th STAN (0-based) of a sequence starting at `start` (1..=999999),
+/// wrapping from 999999 back to 000001.
+pub fn stan_at(start: u32, n: u64) -> String {
+    let start = u64::from(start).clamp(1, MAX_STAN);
+    let value = (start - 1 + n % MAX_STAN) % MAX_STAN + 1;
+    format!("{value:06}")
+}
+
+/// Amount in minor units of the `i`-th request: 1000 + (i % 500) * 100,
+/// always a whole number of major units (which the issuer simulator approves).
+pub fn amount_for(i: u64) -> i64 {
+    // i % 500 < 500, so the conversion cannot fail.
+    1000 + i64::try_from(i % 500).unwrap_or(0) * 100
+}
+
+/// Card number of the `i`-th request.
+pub fn pan_for(i: u64) -> &'static str {
+    let len = TEST_PANS.len() as u64;
+    TEST_PANS[usize::try_from(i % len).unwrap_or(0)]
+}
+
+/// One terminal identity and its STAN sequence.
+struct TerminalSlot {
+    terminal_id: String,
+    client: TerminalClient,
+    stan_start: u32,
+    next: AtomicU64,
+}
+
+/// Everything workers share.
+struct Shared {
+    terminals: Vec<TerminalSlot>,
+    next_request: AtomicU64,
+    local_date: String,
+}
+
+impl Shared {
+    /// Builds the `i`-th request and the client to send it on.
+    fn request(&self, i: u64) -> (TerminalClient, SaleRequest) {
+        let count = self.terminals.len() as u64;
+        let slot = &self.terminals[usize::try_from(i % count).unwrap_or(0)];
+        let n = slot.next.fetch_add(1, Ordering::Relaxed);
+        let request = SaleRequest {
+            terminal_id: slot.terminal_id.clone(),
+            stan: stan_at(slot.stan_start, n),
+            local_date: self.local_date.clone(),
+            pan: pan_for(i).to_owned(),
+            expiry: "2812".to_owned(),
+            amount: Some(Money {
+                minor_units: amount_for(i),
+                currency: "EUR".to_owned(),
+            }),
+        };
+        (slot.client.clone(), request)
+    }
+}
+
+/// Result of one request, sent to the collector.
+enum Outcome {
+    Ok {
+        latency_us: u64,
+        status: i32,
+        duplicate: bool,
+    },
+    Err(String),
+}
+
+async fn send_one(shared: &Shared, i: u64) -> Outcome {
+    let (mut client, request) = shared.request(i);
+    let started = Instant::now();
+    match client.sale(request).await {
+        Ok(response) => {
+            let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let response = response.into_inner();
+            Outcome::Ok {
+                latency_us,
+                status: response.authorization.map_or(0, |a| a.status),
+                duplicate: response.duplicate,
+            }
+        }
+        Err(status) => Outcome::Err(status_line(&status)),
+    }
+}
+
+/// Aggregated counters and latency histogram.
+struct Collector {
+    histogram: Histogram<u64>,
+    requests: u64,
+    ok: u64,
+    errors: u64,
+    approved: u64,
+    declined: u64,
+    issuer_timed_out: u64,
+    duplicates: u64,
+    error_messages: Vec<String>,
+}
+
+impl Collector {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            histogram: Histogram::new_with_bounds(HIST_LOW_US, HIST_HIGH_US, 3)
+                .context("cannot create latency histogram")?,
+            requests: 0,
+            ok: 0,
+            errors: 0,
+            approved: 0,
+            declined: 0,
+            issuer_timed_out: 0,
+            duplicates: 0,
+            error_messages: Vec::new(),
+        })
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        self.requests += 1;
+        match outcome {
+            Outcome::Ok {
+                latency_us,
+                status,
+                duplicate,
+            } => {
+                self.ok += 1;
+                self.histogram
+                    .saturating_record(latency_us.clamp(HIST_LOW_US, HIST_HIGH_US));
+                match AuthorizationStatus::try_from(status) {
+                    Ok(AuthorizationStatus::Approved) => self.approved += 1,
+                    Ok(AuthorizationStatus::Declined) => self.declined += 1,
+                    Ok(AuthorizationStatus::IssuerTimedOut) => self.issuer_timed_out += 1,
+                    _ => {}
+                }
+                if duplicate {
+                    self.duplicates += 1;
+                }
+            }
+            Outcome::Err(message) => {
+                self.errors += 1;
+                if self.error_messages.len() < MAX_ERROR_MESSAGES
+                    && !self.error_messages.contains(&message)
+                {
+                    self.error_messages.push(message);
+                }
+            }
+        }
+    }
+}
+
+/// The benchmark's result, printed as text or as one JSON object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub mode: &'static str,
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub approved: u64,
+    pub declined: u64,
+    pub issuer_timed_out: u64,
+    pub duplicates: u64,
+    pub elapsed_s: f64,
+    pub throughput_per_s: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+    pub concurrency: usize,
+    pub rate: Option<u64>,
+    pub terminals: Vec<String>,
+    pub error_messages: Vec<String>,
+}
+
+impl Summary {
+    #[allow(clippy::float_arithmetic)]
+    fn build(collector: Collector, elapsed: Duration, config: &BenchConfig) -> Self {
+        let hist = &collector.histogram;
+        let empty = hist.is_empty();
+        let ms = |us: u64| us as f64 / 1000.0;
+        let quantile = |q: f64| {
+            if empty {
+                0.0
+            } else {
+                ms(hist.value_at_quantile(q))
+            }
+        };
+        let elapsed_s = elapsed.as_secs_f64();
+        let throughput_per_s = if elapsed_s > 0.0 {
+            collector.requests as f64 / elapsed_s
+        } else {
+            0.0
+        };
+        Self {
+            mode: if config.rate.is_some() {
+                "open-loop"
+            } else {
+                "closed-loop"
+            },
+            requests: collector.requests,
+            ok: collector.ok,
+            errors: collector.errors,
+            approved: collector.approved,
+            declined: collector.declined,
+            issuer_timed_out: collector.issuer_timed_out,
+            duplicates: collector.duplicates,
+            elapsed_s,
+            throughput_per_s,
+            p50_ms: quantile(0.50),
+            p90_ms: quantile(0.90),
+            p99_ms: quantile(0.99),
+            max_ms: if empty { 0.0 } else { ms(hist.max()) },
+            mean_ms: if empty { 0.0 } else { hist.mean() / 1000.0 },
+            concurrency: config.concurrency,
+            rate: config.rate,
+            terminals: config.terminals.clone(),
+            error_messages: collector.error_messages,
+        }
+    }
+
+    /// Human-readable report.
+    pub fn text(&self) -> String {
+        let rate = self
+            .rate
+            .map_or_else(|| "-".to_owned(), |r| format!("{r}/s"));
+        [
+            format!(
+                "mode          {} (concurrency {}, rate {rate})",
+                self.mode, self.concurrency
+            ),
+            format!("terminals     {}", self.terminals.join(",")),
+            format!("requests      {}", self.requests),
+            format!("ok            {}", self.ok),
+            format!("errors        {}", self.errors),
+            format!("approved      {}", self.approved),
+            format!("declined      {}", self.declined),
+            format!("timed out     {}", self.issuer_timed_out),
+            format!("duplicates    {}", self.duplicates),
+            format!("elapsed       {:.2} s", self.elapsed_s),
+            format!("throughput    {:.1} req/s", self.throughput_per_s),
+            format!(
+                "latency (ms)  p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}  mean {:.3}",
+                self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms, self.mean_ms
+            ),
+        ]
+        .join("\n")
+    }
+}
+
+fn progress_bar(config: &BenchConfig) -> ProgressBar {
+    if config.json {
+        return ProgressBar::hidden();
+    }
+    let (bar, template) = match config.requests {
+        Some(n) => (
+            ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
+            "{bar:40.cyan/blue} {human_pos}/{human_len} [{elapsed_precise}] {per_sec} {msg}",
+        ),
+        None => (
+            ProgressBar::with_draw_target(
+                Some(u64::try_from(config.duration.as_millis()).unwrap_or(u64::MAX)),
+                ProgressDrawTarget::stderr(),
+            ),
+            "{bar:40.cyan/blue} [{elapsed_precise}] {msg}",
+        ),
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Runs the benchmark and returns its summary.
+pub async fn run(options: &GatewayOptions, config: BenchConfig) -> Result<Summary> {
+    if config.terminals.is_empty() {
+        bail!("--terminals must name at least one terminal");
+    }
+    if config.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if config.rate == Some(0) {
+        bail!("--rate must be at least 1 request per second");
+    }
+    if config.requests == Some(0) {
+        bail!("--requests must be at least 1");
+    }
+
+    let mut terminals = Vec::with_capacity(config.terminals.len());
+    for terminal_id in &config.terminals {
+        let client = connect(options, terminal_id).await?;
+        let stan_start: u32 = rand::random_range(1..=999_999);
+        terminals.push(TerminalSlot {
+            terminal_id: terminal_id.clone(),
+            client,
+            stan_start,
+            next: AtomicU64::new(0),
+        });
+    }
+    let shared = Arc::new(Shared {
+        terminals,
+        next_request: AtomicU64::new(0),
+        local_date: config.local_date.clone(),
+    });
+
+    let bar = progress_bar(&config);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
+    let started = Instant::now();
+    let deadline = started + config.duration;
+    let driver = tokio::spawn(drive(shared, config.clone(), deadline, tx));
+
+    let mut collector = Collector::new()?;
+    while let Some(outcome) = rx.recv().await {
+        collector.record(outcome);
+        if config.requests.is_some() {
+            bar.set_position(collector.requests);
+        } else {
+            let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            bar.set_position(elapsed_ms.min(bar.length().unwrap_or(u64::MAX)));
+        }
+        if collector.requests % 64 == 1 {
+            bar.set_message(format!(
+                "{} req, {} errors",
+                collector.requests, collector.errors
+            ));
+        }
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    driver.await.context("load driver panicked")?;
+    Ok(Summary::build(collector, elapsed, &config))
+}
+
+/// Whether request number `i` should still be sent.
+fn should_send(i: u64, config: &BenchConfig, deadline: Instant) -> bool {
+    match config.requests {
+        Some(limit) => i < limit,
+        None => Instant::now() < deadline,
+    }
+}
+
+/// Generates the load; returns once every request has been answered.
+async fn drive(
+    shared: Arc<Shared>,
+    config: BenchConfig,
+    deadline: Instant,
+    tx: mpsc::UnboundedSender<Outcome>,
+) {
+    let mut tasks = JoinSet::new();
+    match config.rate {
+        None => {
+            for _ in 0..config.concurrency {
+                let shared = Arc::clone(&shared);
+                let config = config.clone();
+                let tx = tx.clone();
+                tasks.spawn(async move {
+                    loop {
+                        let i = shared.next_request.fetch_add(1, Ordering::Relaxed);
+                        if !should_send(i, &config, deadline) {
+                            break;
+                        }
+                        if tx.send(send_one(&shared, i).await).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+        Some(rate) => {
+            let period = Duration::from_nanos((1_000_000_000 / rate).max(1));
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            loop {
+                ticker.tick().await;
+                let i = shared.next_request.fetch_add(1, Ordering::Relaxed);
+                if !should_send(i, &config, deadline) {
+                    break;
+                }
+                let shared = Arc::clone(&shared);
+                let tx = tx.clone();
+                tasks.spawn(async move {
+                    // The collector only goes away when the run is over.
+                    let _ = tx.send(send_one(&shared, i).await);
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+        }
+    }
+    drop(tx);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Prints the summary: one JSON object on stdout with `--json`, text
+/// otherwise; distinct error messages always go to stderr.
+pub fn print_summary(summary: &Summary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(summary)?);
+    } else {
+        println!("{}", summary.text());
+    }
+    if !summary.error_messages.is_empty() {
+        eprintln!("first distinct errors:");
+        for message in &summary.error_messages {
+            eprintln!("  {message}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> BenchConfig {
+        BenchConfig {
+            concurrency: 16,
+            rate: None,
+            duration: Duration::from_secs(10),
+            requests: None,
+            terminals: vec!["TERM0001".to_owned()],
+            local_date: "2025-01-01".to_owned(),
+            json: true,
+        }
+    }
+
+    #[test]
+    fn stan_sequence_wraps_to_one() {
+        assert_eq!(stan_at(1, 0), "000001");
+        assert_eq!(stan_at(123, 1), "000124");
+        assert_eq!(stan_at(999_998, 0), "999998");
+        assert_eq!(stan_at(999_998, 1), "999999");
+        assert_eq!(stan_at(999_998, 2), "000001");
+        assert_eq!(stan_at(999_998, 3), "000002");
+        assert_eq!(stan_at(5, 999_999), "000005");
+        assert_eq!(stan_at(5, u64::MAX).len(), 6);
+    }
+
+    #[test]
+    fn amounts_and_pans_cycle() {
+        assert_eq!(amount_for(0), 1000);
+        assert_eq!(amount_for(1), 1100);
+        assert_eq!(amount_for(499), 50_900);
+        assert_eq!(amount_for(500), 1000);
+        assert!((0..2000).all(|i| amount_for(i) % 100 == 0));
+        assert_eq!(pan_for(0), "4111111111111111");
+        assert_eq!(pan_for(5), "5555555555554444");
+    }
+
+    #[test]
+    fn test_pans_are_luhn_valid() {
+        for pan in TEST_PANS {
+            let sum: u32 = pan
+                .chars()
+                .rev()
+                .filter_map(|c| c.to_digit(10))
+                .enumerate()
+                .map(|(i, d)| {
+                    if i % 2 == 1 {
+                        let d = d * 2;
+                        if d > 9 { d - 9 } else { d }
+                    } else {
+                        d
+                    }
+                })
+                .sum();
+            assert_eq!(sum % 10, 0, "{pan}");
+        }
+    }
+
+    #[test]
+    fn collector_counts_outcomes() {
+        let mut collector = Collector::new().unwrap();
+        collector.record(Outcome::Ok {
+            latency_us: 1500,
+            status: AuthorizationStatus::Approved as i32,
+            duplicate: false,
+        });
+        collector.record(Outcome::Ok {
+            latency_us: 0,
+            status: AuthorizationStatus::Declined as i32,
+            duplicate: true,
+        });
+        for _ in 0..10 {
+            collector.record(Outcome::Err("UNAVAILABLE: down".to_owned()));
+        }
+        assert_eq!(collector.requests, 12);
+        assert_eq!(collector.ok, 2);
+        assert_eq!(collector.errors, 10);
+        assert_eq!(collector.approved, 1);
+        assert_eq!(collector.declined, 1);
+        assert_eq!(collector.duplicates, 1);
+        assert_eq!(collector.error_messages, vec!["UNAVAILABLE: down"]);
+    }
+
+    #[test]
+    fn summary_json_has_required_keys() {
+        let mut collector = Collector::new().unwrap();
+        collector.record(Outcome::Ok {
+            latency_us: 2000,
+            status: AuthorizationStatus::Approved as i32,
+            duplicate: false,
+        });
+        let summary = Summary::build(collector, Duration::from_secs(2), &config());
+        let value = serde_json::to_value(&summary).unwrap();
+        for key in [
+            "requests",
+            "ok",
+            "errors",
+            "approved",
+            "declined",
+            "duplicates",
+            "elapsed_s",
+            "throughput_per_s",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "max_ms",
+            "concurrency",
+            "rate",
+        ] {
+            assert!(value.get(key).is_some(), "missing key {key}");
+        }
+        assert_eq!(value["requests"], 1);
+        assert_eq!(value["concurrency"], 16);
+        assert!(value["rate"].is_null());
+        assert_eq!(value["throughput_per_s"], 0.5);
+        let p50 = value["p50_ms"].as_f64().unwrap();
+        assert!((1.99..=2.01).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn empty_summary_has_zero_latencies() {
+        let summary = Summary::build(Collector::new().unwrap(), Duration::ZERO, &config());
+        assert_eq!(summary.requests, 0);
+        assert_eq!(summary.max_ms.to_bits(), 0.0f64.to_bits());
+        assert_eq!(summary.throughput_per_s.to_bits(), 0.0f64.to_bits());
+    }
+}

@@ -1,0 +1,144 @@
+//! Building mutual-TLS gRPC channels to the terminal gateway from the dev
+//! certificate layout: `<certs>/ca.pem` to trust the server and
+//! `<certs>/terminals/<TID>.pem|.key` as the terminal's client identity.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use switch_proto::v1::terminal_service_client::TerminalServiceClient;
+use tonic::codegen::http::Uri;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// How to reach the gateway, shared by every terminal identity.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Gateway URL, e.g. `https://localhost:50051`.
+    pub gateway: String,
+    /// Directory holding the dev PKI layout.
+    pub certs_dir: PathBuf,
+    /// TLS server name to verify; defaults to the host of `gateway`.
+    pub tls_domain: Option<String>,
+    /// Per-request deadline.
+    pub timeout: Duration,
+}
+
+/// A connected client speaking for one terminal.
+pub type TerminalClient = TerminalServiceClient<Channel>;
+
+/// Rejects terminal ids that would not be a plain file name in `terminals/`.
+fn check_terminal_id(terminal_id: &str) -> Result<()> {
+    let ok = !terminal_id.is_empty()
+        && terminal_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        bail!("terminal id {terminal_id:?} must be ASCII alphanumerics, '-' or '_'");
+    }
+    Ok(())
+}
+
+fn read_pem(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read {} (generate dev certificates with `posctl certs`)",
+            path.display()
+        )
+    })
+}
+
+/// Paths of a terminal's certificate and key in the dev layout.
+pub fn terminal_cert_paths(certs_dir: &Path, terminal_id: &str) -> (PathBuf, PathBuf) {
+    let dir = certs_dir.join("terminals");
+    (
+        dir.join(format!("{terminal_id}.pem")),
+        dir.join(format!("{terminal_id}.key")),
+    )
+}
+
+/// Host part of a URL such as `https://localhost:50051/` (IPv6 brackets removed).
+pub fn url_host(url: &str) -> Option<String> {
+    let uri: Uri = url.parse().ok()?;
+    let host = uri.host()?;
+    Some(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+}
+
+/// Builds the endpoint for one terminal identity (TLS when the URL is https).
+pub fn endpoint(options: &GatewayOptions, terminal_id: &str) -> Result<Endpoint> {
+    check_terminal_id(terminal_id)?;
+    let mut endpoint = Endpoint::from_shared(options.gateway.clone())
+        .with_context(|| format!("invalid gateway URL {:?}", options.gateway))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(options.timeout)
+        .tcp_nodelay(true);
+    if options.gateway.starts_with("https://") {
+        let ca = read_pem(&options.certs_dir.join("ca.pem"))?;
+        let (cert_path, key_path) = terminal_cert_paths(&options.certs_dir, terminal_id);
+        let cert = read_pem(&cert_path)?;
+        let key = read_pem(&key_path)?;
+        let domain = options
+            .tls_domain
+            .clone()
+            .or_else(|| url_host(&options.gateway))
+            .unwrap_or_else(|| "localhost".to_owned());
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key))
+            .domain_name(domain);
+        endpoint = endpoint
+            .tls_config(tls)
+            .context("invalid TLS configuration")?;
+    }
+    Ok(endpoint)
+}
+
+/// Connects to the gateway as `terminal_id`.
+pub async fn connect(options: &GatewayOptions, terminal_id: &str) -> Result<TerminalClient> {
+    let channel = endpoint(options, terminal_id)?
+        .connect()
+        .await
+        .map_err(anyhow::Error::new)
+        .with_context(|| {
+            format!(
+                "cannot connect to gateway {} as {terminal_id}",
+                options.gateway
+            )
+        })?;
+    Ok(TerminalServiceClient::new(channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extracts_host_from_url() {
+        assert_eq!(
+            url_host("https://localhost:50051").as_deref(),
+            Some("localhost")
+        );
+        assert_eq!(
+            url_host("https://127.0.0.1:50051/").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(url_host("https://[::1]:50051").as_deref(), Some("::1"));
+    }
+
+    #[test]
+    fn refuses_path_like_terminal_ids() {
+        assert!(check_terminal_id("TERM0001").is_ok());
+        assert!(check_terminal_id("../etc").is_err());
+        assert!(check_terminal_id("").is_err());
+    }
+
+    #[test]
+    fn cert_paths_follow_dev_layout() {
+        let (cert, key) = terminal_cert_paths(Path::new("/c"), "TERM0002");
+        assert_eq!(cert, Path::new("/c/terminals/TERM0002.pem"));
+        assert_eq!(key, Path::new("/c/terminals/TERM0002.key"));
+    }
+}

@@ -1,0 +1,353 @@
+//! Event reader: consumes the authorization events topic from the beginning
+//! with a throw-away consumer group and prints one line per decoded
+//! `EventEnvelope` (or one JSON object per line).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use prost::Message as _;
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::Message as _;
+use serde_json::{Value, json};
+use switch_proto::v1::event_envelope::Payload;
+use switch_proto::v1::{AuthorizationFacts, EventEnvelope};
+
+use crate::output::{format_amount, mask_pan, money_json};
+
+/// Extra wait for the first partition assignment before giving up.
+const ASSIGNMENT_GRACE: Duration = Duration::from_secs(20);
+/// How often the idle clock is checked while no message arrives.
+const POLL_SLICE: Duration = Duration::from_millis(250);
+
+/// What to consume and when to stop.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub follow: bool,
+    pub idle_timeout: Duration,
+    pub limit: Option<u64>,
+    pub json: bool,
+}
+
+/// Name of the authorization events topic for a prefix.
+pub fn topic_name(prefix: &str) -> String {
+    format!("{prefix}authorization-events")
+}
+
+/// Consumer context noting when partitions have been assigned.
+struct AssignmentContext {
+    assigned: Arc<AtomicBool>,
+}
+
+impl ClientContext for AssignmentContext {}
+
+impl ConsumerContext for AssignmentContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance
+            && partitions.count() > 0
+        {
+            self.assigned.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Flattened, printable view of one event.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct EventLine {
+    pub event_id: String,
+    pub event_type: String,
+    pub transaction_id: String,
+    pub occurred_at: String,
+    pub terminal_id: String,
+    pub merchant_id: String,
+    pub stan: String,
+    pub local_date: String,
+    pub rrn: String,
+    pub masked_pan: String,
+    pub amount: Option<switch_proto::v1::Money>,
+    pub approval_code: Option<String>,
+    pub response_code: Option<String>,
+    pub timeout_ms: Option<u32>,
+}
+
+/// Formats a protobuf timestamp as RFC 3339 (empty when missing or invalid).
+pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
+    let Some(ts) = ts else {
+        return String::new();
+    };
+    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl EventLine {
+    /// Flattens an envelope; the PAN is masked again defensively.
+    pub fn from_envelope(envelope: &EventEnvelope) -> Self {
+        let mut line = EventLine {
+            event_id: envelope.event_id.clone(),
+            event_type: envelope.event_type.clone(),
+            transaction_id: envelope.transaction_id.clone(),
+            occurred_at: rfc3339(envelope.occurred_at.as_ref()),
+            ..EventLine::default()
+        };
+        let facts: Option<&AuthorizationFacts> = match &envelope.payload {
+            Some(Payload::AuthorizationApproved(p)) => {
+                line.approval_code = Some(p.approval_code.clone());
+                line.response_code = Some("00".to_owned());
+                p.facts.as_ref()
+            }
+            Some(Payload::AuthorizationDeclined(p)) => {
+                line.response_code = Some(p.response_code.clone());
+                p.facts.as_ref()
+            }
+            Some(Payload::AuthorizationIssuerTimedOut(p)) => {
+                line.timeout_ms = Some(p.timeout_ms);
+                p.facts.as_ref()
+            }
+            Some(Payload::TerminalAcknowledged(p)) => p.facts.as_ref(),
+            None => None,
+        };
+        if let Some(f) = facts {
+            line.terminal_id = f.terminal_id.clone();
+            line.merchant_id = f.merchant_id.clone();
+            line.stan = f.stan.clone();
+            line.local_date = f.local_date.clone();
+            line.rrn = f.rrn.clone();
+            line.masked_pan = mask_pan(&f.masked_pan);
+            line.amount = f.amount.clone();
+        }
+        line
+    }
+
+    /// One human-readable line.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "{:<32} txn={} term={} stan={} rrn={} pan={} amount={}",
+            self.event_type,
+            self.transaction_id,
+            self.terminal_id,
+            self.stan,
+            self.rrn,
+            self.masked_pan,
+            format_amount(self.amount.as_ref()),
+        );
+        if let Some(code) = self.approval_code.as_deref().filter(|c| !c.is_empty()) {
+            out.push_str(&format!(" approval={code}"));
+        }
+        if let Some(code) = &self.response_code {
+            out.push_str(&format!(" rc={code}"));
+        }
+        if let Some(ms) = self.timeout_ms {
+            out.push_str(&format!(" timeout_ms={ms}"));
+        }
+        out
+    }
+
+    /// One JSON object.
+    pub fn json(&self, partition: i32, offset: i64) -> Value {
+        json!({
+            "event_type": self.event_type,
+            "event_id": self.event_id,
+            "transaction_id": self.transaction_id,
+            "occurred_at": self.occurred_at,
+            "terminal_id": self.terminal_id,
+            "merchant_id": self.merchant_id,
+            "stan": self.stan,
+            "local_date": self.local_date,
+            "rrn": self.rrn,
+            "masked_pan": self.masked_pan,
+            "amount": money_json(self.amount.as_ref()),
+            "approval_code": self.approval_code,
+            "response_code": self.response_code,
+            "timeout_ms": self.timeout_ms,
+            "partition": partition,
+            "offset": offset,
+        })
+    }
+}
+
+/// Random hex suffix for a throw-away consumer group.
+fn random_group_id() -> String {
+    let value: u64 = rand::random();
+    format!("posctl-events-{value:016x}")
+}
+
+/// Consumes and prints events; returns how many were printed.
+pub async fn run(config: EventsConfig) -> Result<u64> {
+    let topic = topic_name(&config.topic_prefix);
+    let assigned = Arc::new(AtomicBool::new(false));
+    let consumer: StreamConsumer<AssignmentContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", random_group_id())
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .create_with_context(AssignmentContext {
+            assigned: Arc::clone(&assigned),
+        })
+        .with_context(|| format!("cannot create Kafka consumer for {}", config.brokers))?;
+    consumer
+        .subscribe(&[&topic])
+        .with_context(|| format!("cannot subscribe to {topic}"))?;
+    if !config.json {
+        eprintln!("reading {topic} from {}", config.brokers);
+    }
+
+    let started = Instant::now();
+    // When the idle clock started: first assignment or latest message.
+    let mut idle_since: Option<Instant> = None;
+    let mut printed: u64 = 0;
+    // Distinct consumer errors already reported, so a broker outage does not
+    // flood stderr.
+    let mut seen_errors: HashSet<String> = HashSet::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    loop {
+        if config.limit.is_some_and(|limit| printed >= limit) {
+            break;
+        }
+        if !config.follow {
+            let now = Instant::now();
+            if idle_since.is_none() && assigned.load(Ordering::SeqCst) {
+                idle_since = Some(now);
+            }
+            match idle_since {
+                Some(since) if now.duration_since(since) >= config.idle_timeout => break,
+                None if now.duration_since(started) >= config.idle_timeout + ASSIGNMENT_GRACE => {
+                    eprintln!(
+                        "no partition of {topic} assigned and no message within {:?}; giving up",
+                        config.idle_timeout + ASSIGNMENT_GRACE
+                    );
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let received = tokio::select! {
+            _ = &mut ctrl_c => break,
+            received = tokio::time::timeout(POLL_SLICE, consumer.recv()) => received,
+        };
+        match received {
+            Err(_elapsed) => {}
+            Ok(Err(error)) => {
+                let message = error.to_string();
+                if seen_errors.len() < 32 && seen_errors.insert(message.clone()) {
+                    eprintln!("kafka: {message}");
+                }
+            }
+            Ok(Ok(message)) => {
+                idle_since = Some(Instant::now());
+                let (partition, offset) = (message.partition(), message.offset());
+                let Some(payload) = message.payload() else {
+                    eprintln!("skipping empty message at partition {partition} offset {offset}");
+                    continue;
+                };
+                match EventEnvelope::decode(payload) {
+                    Ok(envelope) => {
+                        let line = EventLine::from_envelope(&envelope);
+                        if config.json {
+                            println!("{}", line.json(partition, offset));
+                        } else {
+                            println!("{}", line.text());
+                        }
+                        printed += 1;
+                    }
+                    Err(error) => eprintln!(
+                        "skipping undecodable message at partition {partition} offset {offset}: {error}"
+                    ),
+                }
+            }
+        }
+    }
+    if !config.json {
+        eprintln!("{printed} event(s)");
+    }
+    Ok(printed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switch_proto::v1::{AuthorizationApproved, AuthorizationDeclined, Money};
+
+    fn facts() -> AuthorizationFacts {
+        AuthorizationFacts {
+            terminal_id: "TERM0001".to_owned(),
+            merchant_id: "MERCHANT0000001".to_owned(),
+            stan: "000042".to_owned(),
+            local_date: "2025-01-01".to_owned(),
+            rrn: "500100000042".to_owned(),
+            masked_pan: "4111111111111111".to_owned(),
+            amount: Some(Money {
+                minor_units: 1050,
+                currency: "EUR".to_owned(),
+            }),
+        }
+    }
+
+    #[test]
+    fn topic_uses_prefix() {
+        assert_eq!(topic_name(""), "authorization-events");
+        assert_eq!(topic_name("test-"), "test-authorization-events");
+    }
+
+    #[test]
+    fn flattens_approved_event_and_masks_pan() {
+        let envelope = EventEnvelope {
+            event_type: "authorization.approved".to_owned(),
+            transaction_id: "tx-1".to_owned(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            payload: Some(Payload::AuthorizationApproved(AuthorizationApproved {
+                facts: Some(facts()),
+                approval_code: "A1B2C3".to_owned(),
+            })),
+            ..EventEnvelope::default()
+        };
+        let encoded = envelope.encode_to_vec();
+        let decoded = EventEnvelope::decode(encoded.as_slice()).unwrap();
+        let line = EventLine::from_envelope(&decoded);
+        assert_eq!(line.masked_pan, "411111******1111");
+        assert_eq!(line.occurred_at, "1970-01-01T00:00:00Z");
+        let text = line.text();
+        assert!(text.contains("authorization.approved"));
+        assert!(text.contains("EUR 10.50"));
+        assert!(text.contains("approval=A1B2C3"));
+        assert!(!text.contains("4111111111111111"));
+        let value = line.json(0, 7);
+        assert_eq!(value["stan"], "000042");
+        assert_eq!(value["approval_code"], "A1B2C3");
+        assert_eq!(value["offset"], 7);
+    }
+
+    #[test]
+    fn flattens_declined_event() {
+        let envelope = EventEnvelope {
+            event_type: "authorization.declined".to_owned(),
+            payload: Some(Payload::AuthorizationDeclined(AuthorizationDeclined {
+                facts: Some(facts()),
+                response_code: "05".to_owned(),
+            })),
+            ..EventEnvelope::default()
+        };
+        let line = EventLine::from_envelope(&envelope);
+        assert_eq!(line.response_code.as_deref(), Some("05"));
+        assert!(line.approval_code.is_none());
+        assert!(line.text().contains("rc=05"));
+        assert_eq!(rfc3339(None), "");
+    }
+}

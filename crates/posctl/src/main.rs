@@ -1,0 +1,466 @@
+//! `posctl`: terminal simulator, load generator and event reader for the
+//! payment switch. It speaks to the terminal gateway over mutual TLS with the
+//! development certificates, and reads authorization events from Kafka.
+
+mod bench;
+mod connect;
+mod events;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use switch_proto::v1::{
+    AcknowledgeRequest, AuthorizationRecord, InquiryRequest, Money, ReprintLastRequest, SaleRequest,
+};
+
+use crate::connect::{GatewayOptions, connect};
+use crate::output::{print_record, print_status_error};
+
+#[derive(Debug, Parser)]
+#[command(name = "posctl", version, about, long_about = None)]
+struct Cli {
+    /// Terminal gateway URL.
+    #[arg(
+        long,
+        global = true,
+        env = "POSCTL_GATEWAY",
+        default_value = "https://localhost:50051"
+    )]
+    gateway: String,
+    /// Directory of the dev PKI (ca.pem, terminals/<TID>.pem|.key).
+    #[arg(
+        long,
+        global = true,
+        env = "POSCTL_CERTS_DIR",
+        default_value = ".run/certs"
+    )]
+    certs_dir: PathBuf,
+    /// Terminal identity to speak as (selects the client certificate).
+    #[arg(
+        long,
+        global = true,
+        env = "POSCTL_TERMINAL",
+        default_value = "TERM0001"
+    )]
+    terminal: String,
+    /// TLS server name to verify (default: the host of --gateway).
+    #[arg(long, global = true, env = "POSCTL_TLS_DOMAIN")]
+    tls_domain: Option<String>,
+    /// Per-request deadline, e.g. 30s or 500ms.
+    #[arg(long, global = true, default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Machine-readable JSON output on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate the development PKI (CA, server and terminal certificates).
+    Certs {
+        /// Output directory (default: --certs-dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Regenerate even when DIR/ca.pem exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Send a purchase.
+    Sale(SaleArgs),
+    /// Ask for the authoritative status of a transaction by STAN and date.
+    Inquiry(KeyArgs),
+    /// Fetch this terminal's last transaction.
+    ReprintLast,
+    /// Acknowledge that the result was displayed/printed.
+    Ack(KeyArgs),
+    /// Generate Sale load and report throughput and latency.
+    Bench(BenchArgs),
+    /// Read authorization events from Kafka.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Args)]
+struct SaleArgs {
+    /// Amount in integer minor units (1050 EUR = EUR 10.50).
+    #[arg(long, allow_negative_numbers = true)]
+    amount: i64,
+    /// ISO 4217 currency code.
+    #[arg(long, default_value = "EUR")]
+    currency: String,
+    /// Card number (digits); only ever printed masked.
+    #[arg(long)]
+    pan: String,
+    /// Card expiry, YYMM.
+    #[arg(long, default_value = "2812")]
+    expiry: String,
+    /// Systems trace audit number, 6 digits (default: random).
+    #[arg(long)]
+    stan: Option<String>,
+    /// Terminal local date, YYYY-MM-DD (default: today, UTC).
+    #[arg(long)]
+    date: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct KeyArgs {
+    /// Systems trace audit number of the transaction.
+    #[arg(long)]
+    stan: String,
+    /// Terminal local date, YYYY-MM-DD (default: today, UTC).
+    #[arg(long)]
+    date: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Closed-loop workers (also reported in open-loop mode).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Requests per second: fixed-rate open-loop mode instead of closed-loop.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// How long to run, e.g. 10s, 500ms, 2m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stop after this many requests (overrides --duration).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Comma-separated terminal ids (default: all dev terminals).
+    #[arg(long, value_delimiter = ',')]
+    terminals: Vec<String>,
+    /// Terminal local date, YYYY-MM-DD (default: today, UTC).
+    #[arg(long)]
+    date: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct EventsArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Prefix of the topic names.
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "")]
+    topic_prefix: String,
+    /// Keep waiting for new events (until Ctrl-C).
+    #[arg(long)]
+    follow: bool,
+    /// Without --follow: stop after no event arrived for this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Stop after printing this many events.
+    #[arg(long)]
+    limit: Option<u64>,
+}
+
+/// Parses a duration such as `10s`, `500ms`, `2m`, `1h`, `250us` or a bare
+/// number of seconds.
+fn parse_duration(input: &str) -> Result<Duration, String> {
+    let s = input.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    if digits.is_empty() {
+        return Err(format!(
+            "invalid duration {input:?}: expected a number with a unit, e.g. 10s, 500ms, 2m"
+        ));
+    }
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration {input:?}: number too large"))?;
+    let overflow = || format!("invalid duration {input:?}: too large");
+    let duration = match unit.trim() {
+        "" | "s" | "sec" | "secs" => Duration::from_secs(value),
+        "ms" => Duration::from_millis(value),
+        "us" | "µs" => Duration::from_micros(value),
+        "m" | "min" | "mins" => Duration::from_secs(value.checked_mul(60).ok_or_else(overflow)?),
+        "h" => Duration::from_secs(value.checked_mul(3600).ok_or_else(overflow)?),
+        other => {
+            return Err(format!(
+                "invalid duration {input:?}: unknown unit {other:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(duration)
+}
+
+/// Today's date in UTC as `YYYY-MM-DD`.
+fn today_utc() -> String {
+    let date = time::OffsetDateTime::now_utc().date();
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+fn random_stan() -> String {
+    let value: u32 = rand::random_range(1..=999_999);
+    format!("{value:06}")
+}
+
+fn require_record(record: Option<AuthorizationRecord>) -> Result<AuthorizationRecord> {
+    record.context("the gateway answered without an authorization record")
+}
+
+fn gateway_options(cli: &Cli) -> GatewayOptions {
+    GatewayOptions {
+        gateway: cli.gateway.clone(),
+        certs_dir: cli.certs_dir.clone(),
+        tls_domain: cli.tls_domain.clone(),
+        timeout: cli.timeout,
+    }
+}
+
+fn run_certs(dir: PathBuf, force: bool, json: bool) -> Result<()> {
+    let terminals: Vec<&str> = dev_certs::DEFAULT_TERMINALS
+        .iter()
+        .map(|(tid, _)| *tid)
+        .collect();
+    let ca = dir.join("ca.pem");
+    if ca.exists() && !force {
+        if json {
+            println!(
+                "{}",
+                json!({"dir": dir.display().to_string(), "generated": false, "terminals": terminals})
+            );
+        } else {
+            println!(
+                "certificates already exist in {} (use --force to regenerate); skipping",
+                dir.display()
+            );
+        }
+        return Ok(());
+    }
+    let pki = dev_certs::DevPki::generate().context("cannot generate the dev CA")?;
+    pki.write_dev_layout(&dir, dev_certs::DEFAULT_TERMINALS)
+        .with_context(|| format!("cannot write certificates to {}", dir.display()))?;
+    if json {
+        println!(
+            "{}",
+            json!({"dir": dir.display().to_string(), "generated": true, "terminals": terminals})
+        );
+    } else {
+        println!(
+            "wrote dev PKI to {}: ca.pem, server.pem, server.key, terminals/{{{}}}.pem|.key",
+            dir.display(),
+            terminals.join(",")
+        );
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let options = gateway_options(&cli);
+    let terminal_id = cli.terminal.clone();
+    match cli.command {
+        Command::Certs { dir, force } => run_certs(
+            dir.unwrap_or_else(|| cli.certs_dir.clone()),
+            force,
+            cli.json,
+        ),
+        Command::Sale(args) => {
+            let mut client = connect(&options, &terminal_id).await?;
+            let request = SaleRequest {
+                terminal_id,
+                stan: args.stan.unwrap_or_else(random_stan),
+                local_date: args.date.unwrap_or_else(today_utc),
+                pan: args.pan,
+                expiry: args.expiry,
+                amount: Some(Money {
+                    minor_units: args.amount,
+                    currency: args.currency,
+                }),
+            };
+            let response = client.sale(request).await?.into_inner();
+            let record = require_record(response.authorization)?;
+            print_record(&record, Some(response.duplicate), cli.json);
+            Ok(())
+        }
+        Command::Inquiry(args) => {
+            let mut client = connect(&options, &terminal_id).await?;
+            let record = client
+                .inquiry(InquiryRequest {
+                    terminal_id,
+                    stan: args.stan,
+                    local_date: args.date.unwrap_or_else(today_utc),
+                })
+                .await?
+                .into_inner();
+            print_record(&record, None, cli.json);
+            Ok(())
+        }
+        Command::ReprintLast => {
+            let mut client = connect(&options, &terminal_id).await?;
+            let record = client
+                .reprint_last(ReprintLastRequest { terminal_id })
+                .await?
+                .into_inner();
+            print_record(&record, None, cli.json);
+            Ok(())
+        }
+        Command::Ack(args) => {
+            let mut client = connect(&options, &terminal_id).await?;
+            let response = client
+                .acknowledge(AcknowledgeRequest {
+                    terminal_id,
+                    stan: args.stan,
+                    local_date: args.date.unwrap_or_else(today_utc),
+                })
+                .await?
+                .into_inner();
+            let record = require_record(response.authorization)?;
+            print_record(&record, None, cli.json);
+            Ok(())
+        }
+        Command::Bench(args) => {
+            let terminals = if args.terminals.is_empty() {
+                dev_certs::DEFAULT_TERMINALS
+                    .iter()
+                    .map(|(tid, _)| (*tid).to_owned())
+                    .collect()
+            } else {
+                args.terminals
+                    .into_iter()
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            };
+            let config = bench::BenchConfig {
+                concurrency: args.concurrency,
+                rate: args.rate,
+                duration: args.duration,
+                requests: args.requests,
+                terminals,
+                local_date: args.date.unwrap_or_else(today_utc),
+                json: cli.json,
+            };
+            let summary = bench::run(&options, config).await?;
+            bench::print_summary(&summary, cli.json)
+        }
+        Command::Events(args) => {
+            if args.limit == Some(0) {
+                bail!("--limit must be at least 1");
+            }
+            events::run(events::EventsConfig {
+                brokers: args.brokers,
+                topic_prefix: args.topic_prefix,
+                follow: args.follow,
+                idle_timeout: args.idle_timeout,
+                limit: args.limit,
+                json: cli.json,
+            })
+            .await
+            .map(|_| ())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if let Some(status) = error.downcast_ref::<tonic::Status>() {
+                print_status_error(status, json);
+            } else {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"error": {"code": null, "message": format!("{error:#}")}})
+                    );
+                }
+                eprintln!("error: {error:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration(" 3s "), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
+        assert!(parse_duration("18446744073709551615m").is_err());
+    }
+
+    #[test]
+    fn today_is_iso_date() {
+        let today = today_utc();
+        assert_eq!(today.len(), 10);
+        assert_eq!(&today[4..5], "-");
+        assert_eq!(&today[7..8], "-");
+    }
+
+    #[test]
+    fn random_stan_is_six_digits() {
+        for _ in 0..100 {
+            let stan = random_stan();
+            assert_eq!(stan.len(), 6);
+            assert!(stan.chars().all(|c| c.is_ascii_digit()));
+            assert_ne!(stan, "000000");
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "posctl",
+            "bench",
+            "--terminals",
+            "TERM0001,TERM0002",
+            "--duration",
+            "500ms",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::Bench(args) = cli.command else {
+            panic!("expected bench");
+        };
+        assert_eq!(args.terminals, vec!["TERM0001", "TERM0002"]);
+        assert_eq!(args.duration, Duration::from_millis(500));
+        assert_eq!(args.concurrency, 16);
+
+        let cli = Cli::try_parse_from([
+            "posctl",
+            "sale",
+            "--amount",
+            "-5",
+            "--pan",
+            "4111111111111111",
+        ])
+        .unwrap();
+        let Command::Sale(args) = cli.command else {
+            panic!("expected sale");
+        };
+        assert_eq!(args.amount, -5);
+        assert_eq!(args.currency, "EUR");
+        assert_eq!(args.expiry, "2812");
+    }
+}

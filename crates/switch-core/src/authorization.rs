@@ -1,0 +1,378 @@
+//! The authorization lifecycle as a pure state machine.
+//!
+//! Services persist the state and feed events in; `AuthorizationState::on`
+//! is the single place that decides whether a transition is legal, so the
+//! rules cannot drift between the gateway, the journal and the tools. Later
+//! stages add states (acknowledged, orphaned, reversal pending, reversed,
+//! confirmed): add a variant, its name, and the arms in `on`; anything not
+//! listed stays illegal by default.
+
+use std::fmt;
+
+use crate::error::InvalidField;
+use crate::ids::ApprovalCode;
+use crate::response_code::ResponseCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthorizationState {
+    Received,
+    SentToIssuer,
+    Approved,
+    Declined,
+    IssuerTimedOut,
+}
+
+impl AuthorizationState {
+    pub const ALL: [AuthorizationState; 5] = [
+        Self::Received,
+        Self::SentToIssuer,
+        Self::Approved,
+        Self::Declined,
+        Self::IssuerTimedOut,
+    ];
+
+    /// Stable storage name; changing one is a data migration.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::SentToIssuer => "sent_to_issuer",
+            Self::Approved => "approved",
+            Self::Declined => "declined",
+            Self::IssuerTimedOut => "issuer_timed_out",
+        }
+    }
+
+    /// Field "state".
+    pub fn parse(s: &str) -> Result<Self, InvalidField> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| InvalidField::new("state", format!("unknown state '{s}'")))
+    }
+
+    /// Final for the authorization stage: no event moves it further.
+    pub fn is_final(&self) -> bool {
+        match self {
+            Self::Approved | Self::Declined | Self::IssuerTimedOut => true,
+            Self::Received | Self::SentToIssuer => false,
+        }
+    }
+
+    /// The one place transitions are decided.
+    pub fn on(self, event: &AuthorizationEvent) -> Result<AuthorizationState, IllegalTransition> {
+        use AuthorizationEvent as E;
+        use AuthorizationState as S;
+        match (self, event) {
+            (S::Received, E::SentToIssuer) => Ok(S::SentToIssuer),
+            (S::SentToIssuer, E::IssuerApproved { .. }) => Ok(S::Approved),
+            // A "decline" carrying "00" is contradictory; accepting it would
+            // record a decline the issuer may have approved.
+            (S::SentToIssuer, E::IssuerDeclined { response_code })
+                if !response_code.is_approval() =>
+            {
+                Ok(S::Declined)
+            }
+            (S::SentToIssuer, E::IssuerTimedOut) => Ok(S::IssuerTimedOut),
+            _ => Err(IllegalTransition {
+                from: self,
+                event: event.name(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for AuthorizationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizationEvent {
+    SentToIssuer,
+    IssuerApproved { approval_code: ApprovalCode },
+    IssuerDeclined { response_code: ResponseCode },
+    IssuerTimedOut,
+}
+
+impl AuthorizationEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::SentToIssuer => "sent_to_issuer",
+            Self::IssuerApproved { .. } => "issuer_approved",
+            Self::IssuerDeclined { .. } => "issuer_declined",
+            Self::IssuerTimedOut => "issuer_timed_out",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal transition: {event} in state {from:?}")]
+pub struct IllegalTransition {
+    pub from: AuthorizationState,
+    pub event: &'static str,
+}
+
+/// Turns an issuer's raw answer into an event: "00" with a valid approval
+/// code -> `IssuerApproved`; "00" without one -> `InvalidField`
+/// "approval_code" (an approval we cannot reference is unusable); any other
+/// valid code -> `IssuerDeclined`; an unparsable code -> `InvalidField`
+/// "response_code". The approval code is ignored on declines.
+pub fn classify_issuer_answer(
+    response_code: &str,
+    approval_code: &str,
+) -> Result<AuthorizationEvent, InvalidField> {
+    let code = ResponseCode::parse(response_code)?;
+    if code.is_approval() {
+        let approval_code = ApprovalCode::parse(approval_code)?;
+        Ok(AuthorizationEvent::IssuerApproved { approval_code })
+    } else {
+        Ok(AuthorizationEvent::IssuerDeclined {
+            response_code: code,
+        })
+    }
+}
+
+/// What the terminal is told for a state: Approved -> "00", Declined -> the
+/// issuer's decline code, IssuerTimedOut -> "91", Received/SentToIssuer ->
+/// "96" (an answer before the issuer decided is a switch fault).
+///
+/// For Declined, a missing or "00" issuer code falls back to "05" so that a
+/// declined authorization can never be reported as approved.
+pub fn terminal_response_code(
+    state: AuthorizationState,
+    issuer_code: Option<ResponseCode>,
+) -> ResponseCode {
+    match state {
+        AuthorizationState::Approved => ResponseCode::APPROVED,
+        AuthorizationState::Declined => issuer_code
+            .filter(|c| !c.is_approval())
+            .unwrap_or(ResponseCode::DO_NOT_HONOUR),
+        AuthorizationState::IssuerTimedOut => ResponseCode::ISSUER_UNAVAILABLE,
+        AuthorizationState::Received | AuthorizationState::SentToIssuer => {
+            ResponseCode::SYSTEM_MALFUNCTION
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AuthorizationEvent as E;
+    use AuthorizationState as S;
+    use proptest::prelude::*;
+
+    fn approved() -> E {
+        E::IssuerApproved {
+            approval_code: ApprovalCode::parse("ABC123").unwrap(),
+        }
+    }
+
+    fn declined(code: &str) -> E {
+        E::IssuerDeclined {
+            response_code: ResponseCode::parse(code).unwrap(),
+        }
+    }
+
+    /// One representative of every event shape, including the contradictory
+    /// "declined with 00".
+    fn all_events() -> Vec<E> {
+        vec![
+            E::SentToIssuer,
+            approved(),
+            declined("05"),
+            declined("00"),
+            E::IssuerTimedOut,
+        ]
+    }
+
+    /// The legal table, written independently of `on`.
+    fn legal(from: S, event: &E) -> Option<S> {
+        const TABLE: &[(S, &str, S)] = &[
+            (S::Received, "sent_to_issuer", S::SentToIssuer),
+            (S::SentToIssuer, "issuer_approved", S::Approved),
+            (S::SentToIssuer, "issuer_declined", S::Declined),
+            (S::SentToIssuer, "issuer_timed_out", S::IssuerTimedOut),
+        ];
+        if let E::IssuerDeclined { response_code } = event
+            && response_code.is_approval()
+        {
+            return None;
+        }
+        TABLE
+            .iter()
+            .find(|(f, e, _)| *f == from && *e == event.name())
+            .map(|(_, _, to)| *to)
+    }
+
+    #[test]
+    fn every_state_event_pair_matches_table() {
+        // Explicit expected outcome for every pair, row = state, column =
+        // event in `all_events()` order.
+        let expected: [(S, [Option<S>; 5]); 5] = [
+            (S::Received, [Some(S::SentToIssuer), None, None, None, None]),
+            (
+                S::SentToIssuer,
+                [
+                    None,
+                    Some(S::Approved),
+                    Some(S::Declined),
+                    None,
+                    Some(S::IssuerTimedOut),
+                ],
+            ),
+            (S::Approved, [None; 5]),
+            (S::Declined, [None; 5]),
+            (S::IssuerTimedOut, [None; 5]),
+        ];
+        let events = all_events();
+        assert_eq!(expected.len(), S::ALL.len());
+        for (state, row) in expected {
+            for (event, want) in events.iter().zip(row) {
+                assert_eq!(legal(state, event), want, "table {state:?} {event:?}");
+                match (state.on(event), want) {
+                    (Ok(got), Some(w)) => assert_eq!(got, w, "{state:?} {event:?}"),
+                    (Err(err), None) => {
+                        assert_eq!(err.from, state);
+                        assert_eq!(err.event, event.name());
+                    }
+                    (got, want) => panic!("{state:?} {event:?}: got {got:?}, want {want:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn state_names_roundtrip() {
+        for s in S::ALL {
+            assert_eq!(S::parse(s.as_str()).unwrap(), s);
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        assert_eq!(S::Received.as_str(), "received");
+        assert_eq!(S::SentToIssuer.as_str(), "sent_to_issuer");
+        assert_eq!(S::Approved.as_str(), "approved");
+        assert_eq!(S::Declined.as_str(), "declined");
+        assert_eq!(S::IssuerTimedOut.as_str(), "issuer_timed_out");
+        for bad in ["", "Received", "RECEIVED", "timed_out", "approved "] {
+            assert_eq!(S::parse(bad).unwrap_err().field, "state");
+        }
+    }
+
+    #[test]
+    fn finality() {
+        let finals: Vec<S> = S::ALL.into_iter().filter(S::is_final).collect();
+        assert_eq!(finals, [S::Approved, S::Declined, S::IssuerTimedOut]);
+    }
+
+    #[test]
+    fn event_names() {
+        let names: Vec<&str> = all_events().iter().map(E::name).collect();
+        assert_eq!(
+            names,
+            [
+                "sent_to_issuer",
+                "issuer_approved",
+                "issuer_declined",
+                "issuer_declined",
+                "issuer_timed_out"
+            ]
+        );
+    }
+
+    #[test]
+    fn illegal_transition_message() {
+        let err = S::Approved.on(&E::SentToIssuer).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "illegal transition: sent_to_issuer in state Approved"
+        );
+    }
+
+    #[test]
+    fn classify_cases() {
+        assert_eq!(classify_issuer_answer("00", "ABC123").unwrap(), approved());
+        assert_eq!(
+            classify_issuer_answer("00", "").unwrap_err().field,
+            "approval_code"
+        );
+        assert_eq!(
+            classify_issuer_answer("00", "AB 123").unwrap_err().field,
+            "approval_code"
+        );
+        assert_eq!(classify_issuer_answer("51", "").unwrap(), declined("51"));
+        assert_eq!(
+            classify_issuer_answer("05", "ABC123").unwrap(),
+            declined("05")
+        );
+        assert_eq!(classify_issuer_answer("Z1", "").unwrap(), declined("Z1"));
+        for bad in ["", "0", "000", "0 "] {
+            assert_eq!(
+                classify_issuer_answer(bad, "ABC123").unwrap_err().field,
+                "response_code"
+            );
+        }
+    }
+
+    #[test]
+    fn terminal_code_cases() {
+        let rc = |s| ResponseCode::parse(s).unwrap();
+        assert_eq!(terminal_response_code(S::Approved, None), rc("00"));
+        assert_eq!(
+            terminal_response_code(S::Approved, Some(rc("05"))),
+            rc("00")
+        );
+        assert_eq!(
+            terminal_response_code(S::Declined, Some(rc("51"))),
+            rc("51")
+        );
+        assert_eq!(terminal_response_code(S::Declined, None), rc("05"));
+        assert_eq!(
+            terminal_response_code(S::Declined, Some(rc("00"))),
+            rc("05")
+        );
+        assert_eq!(terminal_response_code(S::IssuerTimedOut, None), rc("91"));
+        assert_eq!(terminal_response_code(S::Received, None), rc("96"));
+        assert_eq!(
+            terminal_response_code(S::SentToIssuer, Some(rc("00"))),
+            rc("96")
+        );
+        for s in S::ALL {
+            let code = terminal_response_code(s, Some(ResponseCode::APPROVED));
+            assert_eq!(code.is_approval(), s == S::Approved);
+        }
+    }
+
+    fn any_event() -> impl Strategy<Value = E> {
+        prop_oneof![
+            Just(E::SentToIssuer),
+            Just(approved()),
+            prop::sample::select(vec!["00", "05", "51", "91", "Z9"]).prop_map(declined),
+            Just(E::IssuerTimedOut),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_sequences_respect_table(events in prop::collection::vec(any_event(), 0..12)) {
+            let mut state = S::Received;
+            let mut reached_final = false;
+            for event in &events {
+                match state.on(event) {
+                    Ok(next) => {
+                        prop_assert!(!reached_final, "left final {state:?} via {event:?}");
+                        prop_assert_eq!(legal(state, event), Some(next));
+                        state = next;
+                    }
+                    Err(err) => {
+                        prop_assert_eq!(legal(state, event), None);
+                        prop_assert_eq!(err.from, state);
+                    }
+                }
+                reached_final |= state.is_final();
+                if reached_final {
+                    prop_assert!(state.is_final());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Domain core of the payment switch.
+//!
+//! This crate owns the vocabulary every other crate speaks: money and
+//! currencies, card data (PAN, expiry, masked and fingerprinted forms),
+//! ISO 8583 identifiers and response codes, the authorization lifecycle as a
+//! pure state machine, and duplicate (replay) detection. It performs no I/O
+//! and has no async code, so every rule here can be tested exhaustively and
+//! reused unchanged by the gateway, the authorization service and the tools.
+
+pub mod authorization;
+pub mod card;
+pub mod error;
+pub mod ids;
+pub mod money;
+pub mod replay;
+pub mod response_code;
+
+pub use authorization::*;
+pub use card::*;
+pub use error::*;
+pub use ids::*;
+pub use money::*;
+pub use replay::*;
+pub use response_code::*;

@@ -1,0 +1,172 @@
+//! ISO 8583 field 39: the response code returned to terminals and received
+//! from issuers.
+
+use std::fmt;
+
+use crate::error::InvalidField;
+
+/// A two-character ISO 8583 response code. Invariant: both bytes are ASCII
+/// alphanumeric (enforced by `parse` and by the constants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResponseCode([u8; 2]);
+
+impl ResponseCode {
+    pub const APPROVED: Self = Self(*b"00");
+    pub const REFER_TO_ISSUER: Self = Self(*b"01");
+    pub const INVALID_MERCHANT: Self = Self(*b"03");
+    pub const DO_NOT_HONOUR: Self = Self(*b"05");
+    pub const INVALID_TRANSACTION: Self = Self(*b"12");
+    pub const INVALID_AMOUNT: Self = Self(*b"13");
+    pub const INVALID_CARD_NUMBER: Self = Self(*b"14");
+    pub const FORMAT_ERROR: Self = Self(*b"30");
+    pub const INSUFFICIENT_FUNDS: Self = Self(*b"51");
+    pub const EXPIRED_CARD: Self = Self(*b"54");
+    pub const RESPONSE_RECEIVED_TOO_LATE: Self = Self(*b"68");
+    pub const ISSUER_UNAVAILABLE: Self = Self(*b"91");
+    pub const DUPLICATE_TRANSMISSION: Self = Self(*b"94");
+    pub const SYSTEM_MALFUNCTION: Self = Self(*b"96");
+
+    /// Field "response_code": exactly 2 ASCII alphanumeric characters. Codes
+    /// outside the named constants are accepted, since issuers use private
+    /// codes; they are simply described as unknown.
+    pub fn parse(s: &str) -> Result<Self, InvalidField> {
+        match s.as_bytes() {
+            &[a, b] if a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric() => Ok(Self([a, b])),
+            _ => Err(InvalidField::new(
+                "response_code",
+                format!("must be exactly 2 ASCII alphanumeric characters, got '{s}'"),
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // The bytes are always ASCII (type invariant), so this never falls
+        // back; the fallback only avoids a panic path.
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+
+    /// Only "00" approves; "08"/"10"/"11"-style partial approvals are not
+    /// supported by the switch and are treated as declines.
+    pub fn is_approval(&self) -> bool {
+        *self == Self::APPROVED
+    }
+
+    pub fn description(&self) -> &'static str {
+        match &self.0 {
+            b"00" => "Approved",
+            b"01" => "Refer to card issuer",
+            b"03" => "Invalid merchant",
+            b"04" => "Pick up card",
+            b"05" => "Do not honour",
+            b"12" => "Invalid transaction",
+            b"13" => "Invalid amount",
+            b"14" => "Invalid card number",
+            b"30" => "Format error",
+            b"41" => "Lost card, pick up",
+            b"43" => "Stolen card, pick up",
+            b"51" => "Insufficient funds",
+            b"54" => "Expired card",
+            b"55" => "Incorrect PIN",
+            b"57" => "Transaction not permitted to cardholder",
+            b"61" => "Exceeds withdrawal amount limit",
+            b"68" => "Response received too late",
+            b"91" => "Issuer unavailable",
+            b"94" => "Duplicate transmission",
+            b"96" => "System malfunction",
+            _ => "Unknown response code",
+        }
+    }
+}
+
+impl fmt::Display for ResponseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ResponseCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ResponseCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMED: [(ResponseCode, &str, &str); 14] = [
+        (ResponseCode::APPROVED, "00", "Approved"),
+        (ResponseCode::REFER_TO_ISSUER, "01", "Refer to card issuer"),
+        (ResponseCode::INVALID_MERCHANT, "03", "Invalid merchant"),
+        (ResponseCode::DO_NOT_HONOUR, "05", "Do not honour"),
+        (
+            ResponseCode::INVALID_TRANSACTION,
+            "12",
+            "Invalid transaction",
+        ),
+        (ResponseCode::INVALID_AMOUNT, "13", "Invalid amount"),
+        (
+            ResponseCode::INVALID_CARD_NUMBER,
+            "14",
+            "Invalid card number",
+        ),
+        (ResponseCode::FORMAT_ERROR, "30", "Format error"),
+        (ResponseCode::INSUFFICIENT_FUNDS, "51", "Insufficient funds"),
+        (ResponseCode::EXPIRED_CARD, "54", "Expired card"),
+        (
+            ResponseCode::RESPONSE_RECEIVED_TOO_LATE,
+            "68",
+            "Response received too late",
+        ),
+        (ResponseCode::ISSUER_UNAVAILABLE, "91", "Issuer unavailable"),
+        (
+            ResponseCode::DUPLICATE_TRANSMISSION,
+            "94",
+            "Duplicate transmission",
+        ),
+        (ResponseCode::SYSTEM_MALFUNCTION, "96", "System malfunction"),
+    ];
+
+    #[test]
+    fn constants_parse_and_describe() {
+        for (code, s, desc) in NAMED {
+            assert_eq!(code.as_str(), s);
+            assert_eq!(code.to_string(), s);
+            assert_eq!(ResponseCode::parse(s).unwrap(), code);
+            assert_eq!(code.description(), desc);
+            assert_eq!(code.is_approval(), s == "00");
+        }
+    }
+
+    #[test]
+    fn parse_accepts_private_codes_and_rejects_malformed() {
+        let private = ResponseCode::parse("Z9").unwrap();
+        assert_eq!(private.as_str(), "Z9");
+        assert_eq!(private.description(), "Unknown response code");
+        assert!(!private.is_approval());
+        for bad in ["", "0", "000", " 0", "0-", "é", "０0"] {
+            assert_eq!(ResponseCode::parse(bad).unwrap_err().field, "response_code");
+        }
+    }
+
+    #[test]
+    fn deserialize_validates() {
+        use serde::Deserialize;
+        use serde::de::IntoDeserializer;
+        use serde::de::value::{Error, StrDeserializer};
+        let ok: StrDeserializer<'_, Error> = "51".into_deserializer();
+        assert_eq!(
+            ResponseCode::deserialize(ok).unwrap(),
+            ResponseCode::INSUFFICIENT_FUNDS
+        );
+        let bad: StrDeserializer<'_, Error> = "511".into_deserializer();
+        assert!(ResponseCode::deserialize(bad).is_err());
+    }
+}

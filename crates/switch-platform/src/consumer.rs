@@ -1,0 +1,156 @@
+//! Kafka consumers whose effects happen exactly once.
+//!
+//! Delivery is at least once (the outbox may republish, a rebalance may
+//! replay), so every consumer records the event ids it has processed in its
+//! own schema, in the same transaction as the state change the event caused.
+//! A duplicate then finds its id already recorded and changes nothing. The
+//! Kafka offset is committed only after that transaction, so a crash replays
+//! rather than skips.
+//!
+//! Each consuming service creates [`PROCESSED_EVENTS_DDL`] in its migrations.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::StreamExt;
+use prost::Message as _;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use sqlx::{PgConnection, PgPool};
+use switch_proto::v1::EventEnvelope;
+use uuid::Uuid;
+
+use crate::kafka::KafkaConfig;
+
+/// The table that makes a consumer idempotent; copy it into the service's
+/// migrations.
+pub const PROCESSED_EVENTS_DDL: &str = "\
+CREATE TABLE processed_events (
+    consumer     TEXT NOT NULL,
+    event_id     UUID NOT NULL,
+    processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, event_id)
+);";
+
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+
+/// What a consumer does with one event, inside the transaction that also
+/// records the event as processed.
+pub trait EventHandler: Send + Sync {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a EventEnvelope,
+    ) -> HandlerFuture<'a>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The event cannot be processed now; it will be retried.
+    #[error("{0}")]
+    Retry(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Duplicate,
+    /// Not an `EventEnvelope` or no valid event id: skipped and logged, so
+    /// one poison message cannot stop the partition.
+    Malformed,
+}
+
+/// Applies one encoded envelope exactly once for `consumer`.
+pub async fn apply_once(
+    pool: &PgPool,
+    consumer: &str,
+    payload: &[u8],
+    handler: &dyn EventHandler,
+) -> Result<Outcome, HandlerError> {
+    let Ok(event) = EventEnvelope::decode(payload) else {
+        return Ok(Outcome::Malformed);
+    };
+    let Ok(event_id) = Uuid::parse_str(&event.event_id) else {
+        return Ok(Outcome::Malformed);
+    };
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(Outcome::Duplicate);
+    }
+    handler.handle(&mut tx, &event).await?;
+    tx.commit().await?;
+    Ok(Outcome::Applied)
+}
+
+/// Consumes `topics` (names without prefix) in consumer group `group` until
+/// `shutdown` resolves. A handler error stops before committing the offset
+/// and retries the same message after a pause.
+pub async fn run(
+    pool: PgPool,
+    kafka: &KafkaConfig,
+    group: &str,
+    topics: &[&str],
+    handler: &dyn EventHandler,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConsumerError> {
+    let consumer: StreamConsumer = kafka.consumer_config(group).create()?;
+    let names: Vec<String> = topics.iter().map(|t| kafka.topic(t)).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs)?;
+    let mut stream = consumer.stream();
+    tokio::pin!(shutdown);
+    loop {
+        let message = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            next = stream.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, %group, "Kafka consumer error.");
+                    continue;
+                }
+                None => return Ok(()),
+            },
+        };
+        let payload = message.payload().unwrap_or_default();
+        loop {
+            match apply_once(&pool, group, payload, handler).await {
+                Ok(Outcome::Malformed) => {
+                    tracing::error!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "Malformed event skipped."
+                    );
+                    break;
+                }
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, %group, "Event handling failed; retrying.");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+        consumer.commit_message(&message, CommitMode::Async)?;
+    }
+}

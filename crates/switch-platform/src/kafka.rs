@@ -1,0 +1,141 @@
+//! Kafka client settings shared by every service: the idempotent producer,
+//! consumer defaults, topic names, and idempotent topic creation at start-up
+//! (topics are never auto-created, so a typo cannot invent one).
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+pub use rdkafka::error::KafkaError;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::FutureProducer;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+/// Names of the topics, without the deployment's prefix.
+pub mod topics {
+    /// Lifecycle events of authorizations, keyed by transaction id.
+    pub const AUTHORIZATION_EVENTS: &str = "authorization-events";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated bootstrap servers.
+    pub brokers: String,
+    /// Prepended to every topic name (tests use a unique one).
+    pub topic_prefix: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// How long the producer waits to fill a batch; small keeps latency low.
+    pub linger_ms: u32,
+    /// How long a message may wait for delivery before the send fails.
+    pub message_timeout_ms: u32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: String::new(),
+            partitions: 6,
+            replication_factor: 1,
+            linger_ms: 2,
+            message_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::invalid("kafka.brokers", "must not be empty"));
+        }
+        if self.partitions < 1 {
+            return Err(ConfigError::invalid(
+                "kafka.partitions",
+                "must be at least 1",
+            ));
+        }
+        if self.replication_factor < 1 {
+            return Err(ConfigError::invalid(
+                "kafka.replication_factor",
+                "must be at least 1",
+            ));
+        }
+        if !self
+            .topic_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError::invalid(
+                "kafka.topic_prefix",
+                "only letters, digits, '.', '_' and '-' are allowed",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The full name of `topic` in this deployment.
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{}", self.topic_prefix, topic)
+    }
+
+    /// A producer that cannot duplicate or reorder on its own retries.
+    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            .create()
+    }
+
+    /// Settings for a consumer in `group`; offsets are committed explicitly
+    /// and only after the effects of a message are durable.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("max.poll.interval.ms", "60000");
+        config
+    }
+
+    /// Creates each topic unless it exists already.
+    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaError> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()?;
+        let names: Vec<String> = topics.iter().map(|t| self.topic(t)).collect();
+        let new_topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|name| {
+                NewTopic::new(
+                    name,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication_factor),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics(&new_topics, &options).await? {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, "Topic created."),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                        tracing::error!(topic = %name, ?code, "Topic could not be created.");
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

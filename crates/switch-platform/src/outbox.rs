@@ -1,0 +1,234 @@
+//! The transactional outbox.
+//!
+//! A service writes its state change and the event announcing it in one
+//! PostgreSQL transaction ([`enqueue`]); the [`OutboxRelay`] later publishes
+//! unpublished rows to Kafka with the idempotent producer and marks them
+//! published. A crash between commit and publish therefore delays an event
+//! but never loses one, and a crash between publish and marking republishes
+//! it: delivery is at least once, and consumers are idempotent on the event
+//! id (see [`crate::consumer`]).
+//!
+//! Each service that publishes creates the table in its own migrations with
+//! exactly the shape of [`OUTBOX_TABLE_DDL`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::config::ConfigError;
+
+/// The table the relay reads; copy it into the service's migrations.
+pub const OUTBOX_TABLE_DDL: &str = "\
+CREATE TABLE outbox (
+    id           BIGSERIAL PRIMARY KEY,
+    event_id     UUID NOT NULL UNIQUE,
+    topic        TEXT NOT NULL,
+    message_key  TEXT NOT NULL,
+    payload      BYTEA NOT NULL,
+    traceparent  TEXT NOT NULL DEFAULT '',
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    published_at TIMESTAMPTZ
+);
+CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;";
+
+/// Kafka header carrying the event id (also inside the envelope), so tools
+/// can deduplicate without decoding the payload.
+pub const EVENT_ID_HEADER: &str = "event_id";
+/// Kafka header carrying the W3C trace context of the event's cause.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// One event waiting to be published.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub event_id: Uuid,
+    /// Full topic name, prefix included.
+    pub topic: String,
+    /// Partitioning key: the transaction id, so one transaction's events
+    /// stay in order.
+    pub key: String,
+    /// An encoded `EventEnvelope`.
+    pub payload: Vec<u8>,
+    pub traceparent: String,
+}
+
+/// Adds `message` to the outbox inside the caller's transaction.
+pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, message_key, payload, traceparent) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(message.event_id)
+    .bind(&message.topic)
+    .bind(&message.key)
+    .bind(&message.payload)
+    .bind(&message.traceparent)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Off only to test what happens when a process dies before publishing.
+    pub relay_enabled: bool,
+    /// How often the relay looks for rows nobody woke it for (rows left by
+    /// a crashed process, or whose publish failed).
+    pub poll_interval_ms: u64,
+    pub batch_size: i64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            relay_enabled: true,
+            poll_interval_ms: 500,
+            batch_size: 500,
+        }
+    }
+}
+
+impl OutboxConfig {
+    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if self.poll_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                format!("{section}.outbox.poll_interval_ms"),
+                "must be at least 1",
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(ConfigError::invalid(
+                format!("{section}.outbox.batch_size"),
+                "must be between 1 and 10000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Publishes outbox rows to Kafka. Several replicas may run at once: rows
+/// are claimed with `FOR UPDATE SKIP LOCKED`.
+#[derive(Clone)]
+pub struct OutboxRelay {
+    pool: PgPool,
+    producer: FutureProducer,
+    config: OutboxConfig,
+    wake: Arc<Notify>,
+}
+
+impl OutboxRelay {
+    pub fn new(pool: PgPool, producer: FutureProducer, config: OutboxConfig) -> Self {
+        OutboxRelay {
+            pool,
+            producer,
+            config,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Call after committing a transaction that enqueued messages, so they
+    /// are published now rather than at the next poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs until `shutdown` resolves, then publishes what is pending once
+    /// more so a clean stop leaves nothing for the next start.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        if !self.config.relay_enabled {
+            tracing::warn!("Outbox relay disabled by configuration; events stay unpublished.");
+            shutdown.await;
+            return;
+        }
+        tokio::pin!(shutdown);
+        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        loop {
+            self.drain().await;
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+        self.drain().await;
+    }
+
+    async fn drain(&self) {
+        loop {
+            match self.publish_pending().await {
+                Ok(published) if published as i64 >= self.config.batch_size => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "Outbox relay could not publish; will retry.");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Publishes one batch of unpublished rows; returns how many were
+    /// published. Rows whose send failed stay unpublished for the next pass.
+    pub async fn publish_pending(&self) -> Result<usize, OutboxError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, event_id, topic, message_key, payload, traceparent FROM outbox \
+             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.config.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let sends = rows.iter().map(|row| async move {
+            let id: i64 = row.get("id");
+            let event_id: Uuid = row.get("event_id");
+            let topic: &str = row.get("topic");
+            let key: &str = row.get("message_key");
+            let payload: &[u8] = row.get("payload");
+            let traceparent: &str = row.get("traceparent");
+            let event_id_text = event_id.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: EVENT_ID_HEADER,
+                    value: Some(event_id_text.as_str()),
+                })
+                .insert(Header {
+                    key: TRACEPARENT_HEADER,
+                    value: Some(traceparent),
+                });
+            let record = FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(headers);
+            match self.producer.send(record, Duration::from_secs(5)).await {
+                Ok(_) => Some(id),
+                Err((error, _)) => {
+                    tracing::warn!(%error, %event_id, %topic, "Event could not be published.");
+                    None
+                }
+            }
+        });
+        let published: Vec<i64> = join_all(sends).await.into_iter().flatten().collect();
+        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+            .bind(&published)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(published.len())
+    }
+}

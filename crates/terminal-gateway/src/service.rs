@@ -1,0 +1,139 @@
+//! `TerminalService`: checks who is calling, then forwards to the
+//! authorization service, passing its answers (and its precise errors)
+//! through unchanged.
+
+use std::time::Duration;
+
+use switch_platform::telemetry::propagate_trace_context;
+use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
+use switch_proto::v1::terminal_service_server::TerminalService;
+use switch_proto::v1::{self as pb, AuthorizationRecord, get_authorization_request::By};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::identity::TerminalIdentity;
+
+type InterceptorFn = fn(Request<()>) -> Result<Request<()>, Status>;
+type AuthorizationClient = AuthorizationServiceClient<InterceptedService<Channel, InterceptorFn>>;
+
+pub struct TerminalApi {
+    authorization: AuthorizationClient,
+    timeout: Duration,
+}
+
+impl TerminalApi {
+    pub fn connect(endpoint: &str, timeout: Duration) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let interceptor: InterceptorFn = propagate_trace_context;
+        Ok(TerminalApi {
+            authorization: AuthorizationServiceClient::with_interceptor(channel, interceptor),
+            timeout,
+        })
+    }
+
+    fn outbound<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.timeout);
+        request
+    }
+}
+
+fn key(terminal_id: &str, stan: &str, local_date: &str) -> pb::TerminalKey {
+    pb::TerminalKey {
+        terminal_id: terminal_id.to_owned(),
+        stan: stan.to_owned(),
+        local_date: local_date.to_owned(),
+    }
+}
+
+#[tonic::async_trait]
+impl TerminalService for TerminalApi {
+    #[tracing::instrument(name = "gateway.sale", skip_all, fields(terminal_id, stan))]
+    async fn sale(
+        &self,
+        request: Request<pb::SaleRequest>,
+    ) -> Result<Response<pb::SaleResponse>, Status> {
+        let identity = TerminalIdentity::of(&request)?;
+        let sale = request.into_inner();
+        identity.authorize(&sale.terminal_id)?;
+        let span = tracing::Span::current();
+        span.record("terminal_id", sale.terminal_id.as_str());
+        span.record("stan", sale.stan.as_str());
+        let forwarded = pb::AuthorizeRequest {
+            key: Some(key(&sale.terminal_id, &sale.stan, &sale.local_date)),
+            merchant_id: identity.merchant_id,
+            pan: sale.pan,
+            expiry: sale.expiry,
+            amount: sale.amount,
+        };
+        let answer = self
+            .authorization
+            .clone()
+            .authorize(self.outbound(forwarded))
+            .await?
+            .into_inner();
+        Ok(Response::new(pb::SaleResponse {
+            authorization: answer.authorization,
+            duplicate: answer.duplicate,
+        }))
+    }
+
+    #[tracing::instrument(name = "gateway.inquiry", skip_all)]
+    async fn inquiry(
+        &self,
+        request: Request<pb::InquiryRequest>,
+    ) -> Result<Response<AuthorizationRecord>, Status> {
+        let identity = TerminalIdentity::of(&request)?;
+        let inquiry = request.into_inner();
+        identity.authorize(&inquiry.terminal_id)?;
+        let lookup = pb::GetAuthorizationRequest {
+            by: Some(By::Key(key(
+                &inquiry.terminal_id,
+                &inquiry.stan,
+                &inquiry.local_date,
+            ))),
+        };
+        self.authorization
+            .clone()
+            .get_authorization(self.outbound(lookup))
+            .await
+    }
+
+    #[tracing::instrument(name = "gateway.reprint_last", skip_all)]
+    async fn reprint_last(
+        &self,
+        request: Request<pb::ReprintLastRequest>,
+    ) -> Result<Response<AuthorizationRecord>, Status> {
+        let identity = TerminalIdentity::of(&request)?;
+        let reprint = request.into_inner();
+        identity.authorize(&reprint.terminal_id)?;
+        self.authorization
+            .clone()
+            .last_for_terminal(self.outbound(pb::LastForTerminalRequest {
+                terminal_id: reprint.terminal_id,
+            }))
+            .await
+    }
+
+    #[tracing::instrument(name = "gateway.acknowledge", skip_all)]
+    async fn acknowledge(
+        &self,
+        request: Request<pb::AcknowledgeRequest>,
+    ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+        let identity = TerminalIdentity::of(&request)?;
+        let ack = request.into_inner();
+        identity.authorize(&ack.terminal_id)?;
+        let record = self
+            .authorization
+            .clone()
+            .acknowledge(self.outbound(key(&ack.terminal_id, &ack.stan, &ack.local_date)))
+            .await?
+            .into_inner();
+        Ok(Response::new(pb::AcknowledgeResponse {
+            authorization: Some(record),
+        }))
+    }
+}

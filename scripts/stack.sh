@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Starts or stops `switchd all` (issuer simulator, authorization, terminal
+# gateway) in the background, logging to .run/switchd.log.
+set -euo pipefail
+cmd=${1:?usage: stack.sh up|down}
+run_dir=${RUN_DIR:-.run}
+bin=target/${PROFILE:-debug}/switchd
+pid_file=$run_dir/switchd.pid
+log=$run_dir/switchd.log
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+case "$cmd" in
+up)
+  mkdir -p "$run_dir"
+  if [[ -f $pid_file ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+    echo "stack: switchd already running (pid $(cat "$pid_file"))"
+    exit 0
+  fi
+  nohup "$bin" all >"$log" 2>&1 &
+  echo $! >"$pid_file"
+  for _ in $(seq 1 150); do
+    if port_open 50051 && port_open 50052 && port_open 50070; then
+      echo "stack: switchd all is up (pid $(cat "$pid_file"), log $log)"
+      echo "       terminal gateway https://localhost:50051 (mTLS), authorization :50052, issuer simulator :50070"
+      exit 0
+    fi
+    if ! kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+      echo "stack: switchd exited during start-up:" >&2
+      tail -20 "$log" >&2
+      exit 1
+    fi
+    sleep 0.2
+  done
+  echo "stack: switchd did not open its ports in 30 s; see $log" >&2
+  exit 1
+  ;;
+down)
+  if [[ -f $pid_file ]]; then
+    pid=$(cat "$pid_file")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$pid_file"
+    echo "stack: switchd stopped"
+  fi
+  ;;
+*)
+  echo "usage: stack.sh up|down" >&2
+  exit 2
+  ;;
+esac

@@ -1,0 +1,520 @@
+//! The end-to-end harness: starts the issuer simulator, authorization and
+//! the terminal gateway on port 0 against the real PostgreSQL and Kafka,
+//! with a fresh dev PKI, and gives tests terminal clients (mutual TLS), an
+//! issuer fault-injection client, the journal's pool and an independent
+//! Kafka reader. Every stack has its own schema prefix and topic prefix, so
+//! suites run in parallel without seeing each other.
+
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use dev_certs::{CertifiedKey, DevPki};
+use prost::Message as _;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use switch_platform::db::DatabaseConfig;
+use switch_platform::kafka::{KafkaConfig, topics};
+use switch_proto::v1::issuer_control_client::IssuerControlClient;
+use switch_proto::v1::terminal_service_client::TerminalServiceClient;
+use switch_proto::v1::{EventEnvelope, Money, SaleRequest};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+pub use switch_proto::v1;
+
+/// Luhn-valid test card numbers used by the suites.
+pub const VISA: &str = "4111111111111111";
+pub const MASTERCARD: &str = "5555555555554444";
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// A name no other run or suite uses.
+pub fn unique_suffix() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("e{}", &id[..10])
+}
+
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub issuer_timeout_ms: u64,
+    pub relay_enabled: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            issuer_timeout_ms: 1_000,
+            relay_enabled: true,
+        }
+    }
+}
+
+/// A running switch for one test.
+pub struct Stack {
+    pub database: DatabaseConfig,
+    pub kafka: KafkaConfig,
+    pub gateway: SocketAddr,
+    pub authorization: SocketAddr,
+    pub issuer: SocketAddr,
+    pub pki: DevPki,
+    /// The authorization service's schema.
+    pub journal: PgPool,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    _certs_dir: TempDir,
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> anyhow::Result<Stack> {
+        let suffix = unique_suffix();
+        let database = DatabaseConfig {
+            url: database_url(),
+            max_connections: 8,
+            schema_prefix: format!("{suffix}_"),
+            ..DatabaseConfig::default()
+        };
+        let kafka = KafkaConfig {
+            brokers: kafka_brokers(),
+            topic_prefix: format!("{suffix}."),
+            partitions: 2,
+            ..KafkaConfig::default()
+        };
+        let pki = DevPki::generate()?;
+        let certs_dir = TempDir::new(&suffix)?;
+        pki.write_dev_layout(certs_dir.path(), dev_certs::DEFAULT_TERMINALS)?;
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let issuer_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let issuer = issuer_listener.local_addr()?;
+        tasks.push(tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                if let Err(error) =
+                    issuer_simulator::serve(issuer_listener, stop.cancelled_owned()).await
+                {
+                    eprintln!("issuer simulator failed: {error}");
+                }
+            }
+        }));
+
+        let authorization_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let authorization = authorization_listener.local_addr()?;
+        let authorization_config = authorization::AuthorizationConfig {
+            listen: authorization,
+            issuer_endpoint: format!("http://{issuer}"),
+            issuer_timeout_ms: options.issuer_timeout_ms,
+            outbox: switch_platform::outbox::OutboxConfig {
+                relay_enabled: options.relay_enabled,
+                poll_interval_ms: 200,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        authorization_config.validate()?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tasks.push(tokio::spawn({
+            let (database, kafka, stop) = (database.clone(), kafka.clone(), stop.clone());
+            async move {
+                let result = authorization::serve(
+                    &database,
+                    &kafka,
+                    &authorization_config,
+                    authorization_listener,
+                    stop.cancelled_owned(),
+                )
+                .await;
+                let _ = ready_tx.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+                if let Err(error) = result {
+                    eprintln!("authorization failed: {error}");
+                }
+            }
+        }));
+
+        let gateway_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let gateway = gateway_listener.local_addr()?;
+        let gateway_config = terminal_gateway::GatewayConfig {
+            listen: gateway,
+            tls: switch_platform::grpc::TlsFiles {
+                cert_path: certs_dir.path().join("server.pem"),
+                key_path: certs_dir.path().join("server.key"),
+                client_ca_path: Some(certs_dir.path().join("ca.pem")),
+            },
+            authorization_endpoint: format!("http://{authorization}"),
+            authorization_timeout_ms: options.issuer_timeout_ms + 4_000,
+        };
+        gateway_config.validate()?;
+        tasks.push(tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                if let Err(error) = terminal_gateway::serve(
+                    &gateway_config,
+                    gateway_listener,
+                    stop.cancelled_owned(),
+                )
+                .await
+                {
+                    eprintln!("gateway failed: {error}");
+                }
+            }
+        }));
+
+        let mut ready_rx = ready_rx;
+        wait_until_serving(authorization, || {
+            ready_rx.try_recv().ok().map(|result| format!("{result:?}"))
+        })
+        .await?;
+        let journal = switch_platform::db::connect(
+            &database,
+            &database.schema_for(authorization::SERVICE_NAME),
+        )
+        .await?;
+        Ok(Stack {
+            database,
+            kafka,
+            gateway,
+            authorization,
+            issuer,
+            pki,
+            journal,
+            stop,
+            tasks,
+            _certs_dir: certs_dir,
+        })
+    }
+
+    /// A terminal client authenticated by the dev certificate of `terminal_id`.
+    pub async fn terminal(
+        &self,
+        terminal_id: &str,
+    ) -> anyhow::Result<TerminalServiceClient<Channel>> {
+        let merchant = dev_certs::DEFAULT_TERMINALS
+            .iter()
+            .find(|(tid, _)| *tid == terminal_id)
+            .map_or("MERCHANT0000009", |(_, mid)| *mid);
+        let cert = self.pki.terminal_cert(terminal_id, merchant)?;
+        self.terminal_with(Some(&cert), self.pki.ca_cert_pem())
+            .await
+    }
+
+    /// A terminal client with any certificate (or none), for refusal tests.
+    pub async fn terminal_with(
+        &self,
+        cert: Option<&CertifiedKey>,
+        ca_pem: &str,
+    ) -> anyhow::Result<TerminalServiceClient<Channel>> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        if let Some(cert) = cert {
+            tls = tls.identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+        }
+        let channel = Endpoint::from_shared(format!("https://localhost:{}", self.gateway.port()))?
+            .tls_config(tls)?
+            .connect_lazy();
+        Ok(TerminalServiceClient::new(channel))
+    }
+
+    pub async fn issuer_control(&self) -> anyhow::Result<IssuerControlClient<Channel>> {
+        let channel = Endpoint::from_shared(format!("http://{}", self.issuer))?
+            .connect()
+            .await?;
+        Ok(IssuerControlClient::new(channel))
+    }
+
+    pub fn events_topic(&self) -> String {
+        self.kafka.topic(topics::AUTHORIZATION_EVENTS)
+    }
+
+    /// Waits until the relay has published every outbox row.
+    pub async fn wait_outbox_drained(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(&self.journal)
+                    .await?;
+            if pending == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{pending} outbox rows still unpublished after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every event on the authorization topic, read by an independent
+    /// consumer up to the high watermark of each partition.
+    pub async fn read_events(&self) -> anyhow::Result<Vec<EventEnvelope>> {
+        read_topic(&self.kafka.brokers, &self.events_topic())
+            .await?
+            .iter()
+            .map(|m| {
+                EventEnvelope::decode(m.payload().unwrap_or_default())
+                    .context("a message on the topic is not an EventEnvelope")
+            })
+            .collect()
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        self.journal.close().await;
+        let _ = switch_platform::db::drop_schema(
+            &self.database.url,
+            &self.database.schema_for(authorization::SERVICE_NAME),
+        )
+        .await;
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Waits until authorization has migrated its schema and answers its
+/// health check, or fails as soon as `stopped` reports that it ended.
+pub async fn wait_until_serving(
+    authorization: SocketAddr,
+    mut stopped: impl FnMut() -> Option<String>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let endpoint = format!("http://{authorization}");
+    while Instant::now() < deadline {
+        if let Some(how) = stopped() {
+            bail!("authorization stopped during start-up: {how}");
+        }
+        if let Ok(channel) = Endpoint::from_shared(endpoint.clone())?.connect().await {
+            let mut health = tonic_health_client(channel);
+            if health.is_ok_and_serving().await {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("authorization did not become ready within 60 s")
+}
+
+/// A sale from `terminal_id` with today's local date.
+pub fn sale(terminal_id: &str, stan: &str, pan: &str, minor_units: i64) -> SaleRequest {
+    SaleRequest {
+        terminal_id: terminal_id.to_owned(),
+        stan: stan.to_owned(),
+        local_date: today(),
+        pan: pan.to_owned(),
+        expiry: "2812".to_owned(),
+        amount: Some(Money {
+            minor_units,
+            currency: "EUR".to_owned(),
+        }),
+    }
+}
+
+pub fn today() -> String {
+    let date = time::OffsetDateTime::now_utc().date();
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+/// Reads every message of `topic` that exists now (up to each partition's
+/// high watermark), with a throwaway consumer group.
+pub async fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_topic_blocking(&brokers, &topic)).await?
+}
+
+fn read_topic_blocking(brokers: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+    let timeout = Duration::from_secs(10);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("e2e-reader-{}", unique_suffix()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let Some(topic_metadata) = metadata.topics().first() else {
+        bail!("topic {topic} not found");
+    };
+    let mut remaining = std::collections::HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in topic_metadata.partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
+        if high > low {
+            assignment.add_partition_offset(topic, partition.id(), Offset::Offset(low))?;
+            remaining.insert(partition.id(), high);
+        }
+    }
+    let mut messages = Vec::new();
+    if remaining.is_empty() {
+        return Ok(messages);
+    }
+    consumer.assign(&assignment)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !remaining.is_empty() {
+        if Instant::now() > deadline {
+            bail!("could not read {topic} to its high watermark: {remaining:?} left");
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                if let Some(high) = remaining.get(&partition).copied() {
+                    if message.offset() < high {
+                        messages.push(message.detach());
+                    }
+                    if message.offset() + 1 >= high {
+                        remaining.remove(&partition);
+                    }
+                }
+            }
+            Some(Err(error)) => bail!("kafka error while reading {topic}: {error}"),
+            None => {}
+        }
+    }
+    Ok(messages)
+}
+
+/// Every run of 13 to 19 digits in `text` that passes the Luhn check: what
+/// a leaked card number looks like.
+pub fn luhn_valid_digit_runs(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for run in text.split(|c: char| !c.is_ascii_digit()) {
+        if (13..=19).contains(&run.len()) && luhn_valid(run) {
+            found.push(run.to_owned());
+        }
+    }
+    found
+}
+
+fn luhn_valid(digits: &str) -> bool {
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 1 {
+                let doubled = d * 2;
+                if doubled > 9 { doubled - 9 } else { doubled }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+
+/// Sends every log line of this test process, at debug level, to a buffer
+/// [`captured_logs`] returns. Call it first in every test of a binary.
+pub fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let config = switch_platform::telemetry::TelemetryConfig {
+            log_level: "debug,h2=info,hyper=info,tower=info,rustls=info,sqlx=info".to_owned(),
+            ..Default::default()
+        };
+        // The guard lives for the whole process on purpose.
+        if let Ok(guard) =
+            switch_platform::telemetry::init_with_writer("e2e", &config, || CaptureWriter)
+        {
+            std::mem::forget(guard);
+        }
+    });
+}
+
+pub fn captured_logs() -> String {
+    let buffer = LOGS.get_or_init(Mutex::default);
+    let bytes = buffer.lock().map(|b| b.clone()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+struct CaptureWriter;
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut buffer) = LOGS.get_or_init(Mutex::default).lock() {
+            buffer.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> std::io::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("switch-e2e-{name}"));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct HealthClient(tonic_health::pb::health_client::HealthClient<Channel>);
+
+fn tonic_health_client(channel: Channel) -> HealthClient {
+    HealthClient(tonic_health::pb::health_client::HealthClient::new(channel))
+}
+
+impl HealthClient {
+    async fn is_ok_and_serving(&mut self) -> bool {
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: "switch.v1.AuthorizationService".to_owned(),
+        };
+        matches!(
+            self.0.check(request).await,
+            Ok(response) if response.get_ref().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_card_numbers_but_not_other_digit_runs() {
+        assert_eq!(luhn_valid_digit_runs("pan=4111111111111111 ok"), vec![VISA]);
+        assert!(luhn_valid_digit_runs("rrn=633100000001 masked=411111******1111").is_empty());
+        assert!(luhn_valid_digit_runs("4111111111111112").is_empty());
+    }
+}
