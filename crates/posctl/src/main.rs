@@ -48,6 +48,10 @@ struct Cli {
         default_value = "TERM0001"
     )]
     terminal: String,
+    /// Terminal id to put in requests, if not the certificate's own: shows
+    /// that the gateway refuses a terminal speaking for another.
+    #[arg(long, global = true, value_name = "TERMINAL_ID")]
+    claim: Option<String>,
     /// TLS server name to verify (default: the host of --gateway).
     #[arg(long, global = true, env = "POSCTL_TLS_DOMAIN")]
     tls_domain: Option<String>,
@@ -258,7 +262,8 @@ fn run_certs(dir: PathBuf, force: bool, json: bool) -> Result<()> {
 
 async fn run(cli: Cli) -> Result<()> {
     let options = gateway_options(&cli);
-    let terminal_id = cli.terminal.clone();
+    let certificate = cli.terminal.clone();
+    let terminal_id = cli.claim.clone().unwrap_or_else(|| cli.terminal.clone());
     match cli.command {
         Command::Certs { dir, force } => run_certs(
             dir.unwrap_or_else(|| cli.certs_dir.clone()),
@@ -266,7 +271,7 @@ async fn run(cli: Cli) -> Result<()> {
             cli.json,
         ),
         Command::Sale(args) => {
-            let mut client = connect(&options, &terminal_id).await?;
+            let mut client = connect(&options, &certificate).await?;
             let request = SaleRequest {
                 terminal_id,
                 stan: args.stan.unwrap_or_else(random_stan),
@@ -284,7 +289,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Inquiry(args) => {
-            let mut client = connect(&options, &terminal_id).await?;
+            let mut client = connect(&options, &certificate).await?;
             let record = client
                 .inquiry(InquiryRequest {
                     terminal_id,
@@ -297,7 +302,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::ReprintLast => {
-            let mut client = connect(&options, &terminal_id).await?;
+            let mut client = connect(&options, &certificate).await?;
             let record = client
                 .reprint_last(ReprintLastRequest { terminal_id })
                 .await?
@@ -306,7 +311,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ack(args) => {
-            let mut client = connect(&options, &terminal_id).await?;
+            let mut client = connect(&options, &certificate).await?;
             let response = client
                 .acknowledge(AcknowledgeRequest {
                     terminal_id,
