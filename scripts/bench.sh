@@ -16,7 +16,6 @@ mkdir -p "$out_dir"
 run_id=$(date +%s)
 export PROFILE=${PROFILE:-release}
 export SWITCH__DATABASE__SCHEMA_PREFIX=bench_
-export SWITCH__DATABASE__MAX_CONNECTIONS=${BENCH_DB_CONNECTIONS:-48}
 export SWITCH__KAFKA__TOPIC_PREFIX="bench-$run_id."
 export SWITCH__TELEMETRY__LOG_LEVEL=warn
 
@@ -30,6 +29,8 @@ $posctl bench --concurrency 8 --requests 500 --json >/dev/null
 results=()
 for concurrency in 16 64; do
   echo "posctl bench: concurrency $concurrency for $duration..." >&2
+  # A fresh journal per run, so no STAN of this run meets one of the last.
+  psql -q "$psql_url" -c "TRUNCATE bench_authorization.authorizations, bench_authorization.authorization_transitions, bench_authorization.outbox" >/dev/null
   json=$($posctl bench --concurrency "$concurrency" --duration "$duration" --json)
   echo "$json" >"$out_dir/posctl-c$concurrency.json"
   results+=("\"posctl_c$concurrency\": $json")
@@ -41,7 +42,7 @@ psql -q "$psql_url" -c "DROP TABLE IF EXISTS bench_pg_ceiling; CREATE TABLE benc
 echo "INSERT INTO bench_pg_ceiling (payload) VALUES ('x');" >"$out_dir/pgbench-insert.sql"
 for concurrency in 16 64; do
   echo "pgbench: one-row INSERT, $concurrency clients for ${pg_seconds}s..." >&2
-  tps=$(pgbench -n -q -c "$concurrency" -j 2 -T "$pg_seconds" -f "$out_dir/pgbench-insert.sql" "$psql_url" 2>/dev/null \
+  tps=$(pgbench -n -c "$concurrency" -j 2 -T "$pg_seconds" -f "$out_dir/pgbench-insert.sql" "$psql_url" 2>/dev/null \
         | awk '/^tps = / {print $3; exit}')
   results+=("\"pgbench_insert_c$concurrency\": {\"tps\": ${tps:-null}}")
 done

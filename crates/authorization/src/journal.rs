@@ -144,7 +144,8 @@ impl Journal {
 
     /// Journals the intent (state `sent_to_issuer`, with its history from
     /// `received`) before the issuer is asked, or finds the earlier request
-    /// with the same key.
+    /// with the same key. One statement: the row and its history commit
+    /// together in a single round trip.
     pub async fn begin(
         &self,
         command: &SaleCommand,
@@ -152,13 +153,18 @@ impl Journal {
     ) -> Result<Begin, AuthorizationError> {
         let state = AuthorizationState::Received.on(&AuthorizationEvent::SentToIssuer)?;
         let rrn = self.rrns.next(&self.pool).await?;
-        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(&format!(
-            "INSERT INTO authorizations (transaction_id, terminal_id, merchant_id, stan, \
-             local_date, rrn, masked_pan, pan_fingerprint, amount_minor, currency, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT ON CONSTRAINT authorizations_terminal_key DO NOTHING \
-             RETURNING {COLUMNS}"
+            "WITH inserted AS ( \
+               INSERT INTO authorizations (transaction_id, terminal_id, merchant_id, stan, \
+                 local_date, rrn, masked_pan, pan_fingerprint, amount_minor, currency, state) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+               ON CONFLICT ON CONSTRAINT authorizations_terminal_key DO NOTHING \
+               RETURNING {COLUMNS}), \
+             history AS ( \
+               INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event) \
+               SELECT transaction_id, NULL, $12, 'received' FROM inserted \
+               UNION ALL SELECT transaction_id, $12, $11, $13 FROM inserted) \
+             SELECT {COLUMNS} FROM inserted"
         ))
         .bind(TransactionId::new().as_uuid())
         .bind(command.key.terminal_id.as_str())
@@ -171,32 +177,24 @@ impl Journal {
         .bind(command.amount.minor_units())
         .bind(command.amount.currency().code())
         .bind(state.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = inserted else {
-            tx.rollback().await?;
-            let existing = self
-                .find_by_key(&command.key)
-                .await?
-                .ok_or_else(|| AuthorizationError::NotFound(command.key.to_string()))?;
-            return Ok(Begin::Existing(existing));
-        };
-        let started = StoredAuthorization::from_row(&row)?;
-        sqlx::query(
-            "INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event) \
-             VALUES ($1, NULL, $2, 'received'), ($1, $2, $3, $4)",
-        )
-        .bind(started.transaction_id.as_uuid())
         .bind(AuthorizationState::Received.as_str())
-        .bind(state.as_str())
         .bind(AuthorizationEvent::SentToIssuer.name())
-        .execute(&mut *tx)
+        .fetch_optional(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(Begin::Started(started))
+        match inserted {
+            Some(row) => Ok(Begin::Started(StoredAuthorization::from_row(&row)?)),
+            None => {
+                let existing = self
+                    .find_by_key(&command.key)
+                    .await?
+                    .ok_or_else(|| AuthorizationError::NotFound(command.key.to_string()))?;
+                Ok(Begin::Existing(existing))
+            }
+        }
     }
 
-    /// Records the issuer's decision (or silence) and enqueues its event.
+    /// Records the issuer's decision (or silence), its history entry and its
+    /// event in the outbox, in one statement: all three or none.
     pub async fn record_decision(
         &self,
         current: &StoredAuthorization,
@@ -205,53 +203,58 @@ impl Journal {
     ) -> Result<StoredAuthorization, AuthorizationError> {
         let next = current.state.on(event)?;
         let (response_code, approval_code) = match event {
-            AuthorizationEvent::IssuerApproved { approval_code } => (
-                Some(ResponseCode::APPROVED.as_str().to_owned()),
-                Some(approval_code.as_str().to_owned()),
-            ),
-            AuthorizationEvent::IssuerDeclined { response_code } => {
-                (Some(response_code.as_str().to_owned()), None)
+            AuthorizationEvent::IssuerApproved { approval_code } => {
+                (Some(ResponseCode::APPROVED), Some(approval_code.clone()))
             }
+            AuthorizationEvent::IssuerDeclined { response_code } => (Some(*response_code), None),
             AuthorizationEvent::SentToIssuer | AuthorizationEvent::IssuerTimedOut => (None, None),
         };
-        let mut tx = self.pool.begin().await?;
+        // The event describes the row as the UPDATE will leave it; the
+        // statement returns that row, and it is what the caller gets.
+        let expected = StoredAuthorization {
+            state: next,
+            response_code,
+            approval_code: approval_code.clone(),
+            ..current.clone()
+        };
+        let message = convert::decision_event(&expected, self.issuer_timeout_ms)
+            .map(|envelope| self.outbox_message(&expected, &envelope))
+            .transpose()?;
         let updated = sqlx::query(&format!(
-            "UPDATE authorizations SET state = $2, response_code = $3, approval_code = $4, \
-             issuer_latency_ms = $5, updated_at = now() \
-             WHERE transaction_id = $1 AND state = $6 RETURNING {COLUMNS}"
+            "WITH updated AS ( \
+               UPDATE authorizations SET state = $2, response_code = $3, approval_code = $4, \
+                 issuer_latency_ms = $5, updated_at = now() \
+               WHERE transaction_id = $1 AND state = $6 RETURNING {COLUMNS}), \
+             history AS ( \
+               INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event) \
+               SELECT transaction_id, $6, $2, $7 FROM updated), \
+             announced AS ( \
+               INSERT INTO outbox (event_id, topic, message_key, payload, traceparent) \
+               SELECT $8, $9, $10, $11, $12 FROM updated WHERE $8::uuid IS NOT NULL) \
+             SELECT {COLUMNS} FROM updated"
         ))
         .bind(current.transaction_id.as_uuid())
         .bind(next.as_str())
-        .bind(response_code)
-        .bind(approval_code)
+        .bind(response_code.map(|code| code.as_str().to_owned()))
+        .bind(approval_code.map(|code| code.as_str().to_owned()))
         .bind(issuer_latency_ms)
         .bind(current.state.as_str())
-        .fetch_optional(&mut *tx)
+        .bind(event.name())
+        .bind(message.as_ref().map(|m| m.event_id))
+        .bind(message.as_ref().map(|m| m.topic.clone()))
+        .bind(message.as_ref().map(|m| m.key.clone()))
+        .bind(message.as_ref().map(|m| m.payload.clone()))
+        .bind(message.as_ref().map(|m| m.traceparent.clone()))
+        .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = updated else {
-            // Another writer moved it on; its record is the truth.
-            tx.rollback().await?;
-            return self
+        match updated {
+            Some(row) => StoredAuthorization::from_row(&row),
+            // Another writer moved it on first; its record is the truth.
+            None => self
                 .find_by_id(current.transaction_id)
                 .await?
-                .ok_or_else(|| AuthorizationError::NotFound(current.transaction_id.to_string()));
-        };
-        let decided = StoredAuthorization::from_row(&row)?;
-        sqlx::query(
-            "INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(decided.transaction_id.as_uuid())
-        .bind(current.state.as_str())
-        .bind(next.as_str())
-        .bind(event.name())
-        .execute(&mut *tx)
-        .await?;
-        if let Some(envelope) = convert::decision_event(&decided, self.issuer_timeout_ms) {
-            self.enqueue(&mut tx, &decided, &envelope).await?;
+                .ok_or_else(|| AuthorizationError::NotFound(current.transaction_id.to_string())),
         }
-        tx.commit().await?;
-        Ok(decided)
     }
 
     /// Records that the terminal showed the result; idempotent (the event is
@@ -287,29 +290,26 @@ impl Journal {
         .await?;
         let acknowledged = StoredAuthorization::from_row(&row)?;
         let envelope = convert::acknowledged_event(&acknowledged);
-        self.enqueue(&mut tx, &acknowledged, &envelope).await?;
+        outbox::enqueue(&mut tx, &self.outbox_message(&acknowledged, &envelope)?).await?;
         tx.commit().await?;
         Ok(acknowledged)
     }
 
-    async fn enqueue(
+    fn outbox_message(
         &self,
-        tx: &mut sqlx::PgConnection,
         authorization: &StoredAuthorization,
         envelope: &EventEnvelope,
-    ) -> Result<(), AuthorizationError> {
+    ) -> Result<OutboxMessage, AuthorizationError> {
         let event_id = Uuid::parse_str(&envelope.event_id)
             .map_err(|_| switch_core::InvalidField::new("event_id", "not a UUID"))
             .map_err(AuthorizationError::CorruptRow)?;
-        let message = OutboxMessage {
+        Ok(OutboxMessage {
             event_id,
             topic: self.topic.clone(),
             key: authorization.transaction_id.to_string(),
             payload: prost::Message::encode_to_vec(envelope),
             traceparent: envelope.traceparent.clone(),
-        };
-        outbox::enqueue(tx, &message).await?;
-        Ok(())
+        })
     }
 
     pub async fn find_by_key(

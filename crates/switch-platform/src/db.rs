@@ -18,7 +18,8 @@ pub struct DatabaseConfig {
     /// Connection URL without a schema; each service adds its own.
     pub url: String,
     /// Connections per service. Group commit makes concurrency what turns
-    /// a flush-bound disk into throughput.
+    /// a flush-bound disk into throughput, but on a small machine more
+    /// backends than ~16 only add contention (see the README's benchmark).
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
     /// Prepended to every service's schema name (tests use a unique one).
@@ -29,7 +30,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: "postgres://postgres@127.0.0.1:5432/test".into(),
-            max_connections: 32,
+            max_connections: 16,
             acquire_timeout_ms: 5_000,
             schema_prefix: String::new(),
         }

@@ -42,7 +42,7 @@ impl Default for KafkaConfig {
             topic_prefix: String::new(),
             partitions: 6,
             replication_factor: 1,
-            linger_ms: 2,
+            linger_ms: 5,
             message_timeout_ms: 10_000,
         }
     }

@@ -13,7 +13,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -83,6 +84,10 @@ pub struct OutboxConfig {
     /// How often the relay looks for rows nobody woke it for (rows left by
     /// a crashed process, or whose publish failed).
     pub poll_interval_ms: u64,
+    /// After a wake-up, how long the relay lets further events accumulate
+    /// before it publishes: one transaction per few milliseconds instead of
+    /// one per event keeps the journal's database free for authorizations.
+    pub gather_ms: u64,
     pub batch_size: i64,
 }
 
@@ -91,6 +96,7 @@ impl Default for OutboxConfig {
         OutboxConfig {
             relay_enabled: true,
             poll_interval_ms: 500,
+            gather_ms: 5,
             batch_size: 500,
         }
     }
@@ -122,12 +128,19 @@ pub enum OutboxError {
 
 /// Publishes outbox rows to Kafka. Several replicas may run at once: rows
 /// are claimed with `FOR UPDATE SKIP LOCKED`.
+///
+/// Published rows stay behind as dead index entries until vacuum, and a scan
+/// from the start of the table would walk all of them every time (the
+/// classic queue-table slowdown). So after a wake-up the relay scans only
+/// past the highest id it has published; a full sweep every
+/// `poll_interval_ms` catches rows that committed after a higher id.
 #[derive(Clone)]
 pub struct OutboxRelay {
     pool: PgPool,
     producer: FutureProducer,
     config: OutboxConfig,
     wake: Arc<Notify>,
+    published_up_to: Arc<AtomicI64>,
 }
 
 impl OutboxRelay {
@@ -137,6 +150,7 @@ impl OutboxRelay {
             producer,
             config,
             wake: Arc::new(Notify::new()),
+            published_up_to: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -156,20 +170,28 @@ impl OutboxRelay {
         }
         tokio::pin!(shutdown);
         let poll = Duration::from_millis(self.config.poll_interval_ms);
+        let gather = Duration::from_millis(self.config.gather_ms);
+        let mut last_sweep = Instant::now();
+        self.drain(Scan::Full).await;
         loop {
-            self.drain().await;
             tokio::select! {
                 () = &mut shutdown => break,
-                () = self.wake.notified() => {}
+                () = self.wake.notified() => tokio::time::sleep(gather).await,
                 () = tokio::time::sleep(poll) => {}
             }
+            if last_sweep.elapsed() >= poll {
+                self.drain(Scan::Full).await;
+                last_sweep = Instant::now();
+            } else {
+                self.drain(Scan::Recent).await;
+            }
         }
-        self.drain().await;
+        self.drain(Scan::Full).await;
     }
 
-    async fn drain(&self) {
+    async fn drain(&self, scan: Scan) {
         loop {
-            match self.publish_pending().await {
+            match self.publish_pending(scan).await {
                 Ok(published) if published as i64 >= self.config.batch_size => continue,
                 Ok(_) => break,
                 Err(error) => {
@@ -182,13 +204,18 @@ impl OutboxRelay {
 
     /// Publishes one batch of unpublished rows; returns how many were
     /// published. Rows whose send failed stay unpublished for the next pass.
-    pub async fn publish_pending(&self) -> Result<usize, OutboxError> {
+    pub async fn publish_pending(&self, scan: Scan) -> Result<usize, OutboxError> {
+        let after = match scan {
+            Scan::Full => 0,
+            Scan::Recent => self.published_up_to.load(Ordering::Relaxed),
+        };
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
             "SELECT id, event_id, topic, message_key, payload, traceparent FROM outbox \
-             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+             WHERE published_at IS NULL AND id > $2 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.config.batch_size)
+        .bind(after)
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -229,6 +256,18 @@ impl OutboxRelay {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        if let Some(highest) = published.iter().max() {
+            self.published_up_to.fetch_max(*highest, Ordering::Relaxed);
+        }
         Ok(published.len())
     }
+}
+
+/// Which unpublished rows a pass looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// Only rows after the highest id this relay has published.
+    Recent,
+    /// Every unpublished row.
+    Full,
 }

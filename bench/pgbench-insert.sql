@@ -1,0 +1,1 @@
+INSERT INTO bench_pg_ceiling (payload) VALUES ('x');
