@@ -1,1 +1,0 @@
-INSERT INTO bench_pg_ceiling (payload) VALUES ('x');
