@@ -35,7 +35,7 @@ fi
 psql -q "$psql_url" -c "DROP SCHEMA IF EXISTS demo_authorization CASCADE" >/dev/null
 scripts/stack.sh up
 
-step "1. An approved sale from terminal TERM0001 (EUR 10.50)"
+step "1. An approved sale from terminal TERM0001 (EUR 10.50); posctl acknowledges it like a terminal that printed its receipt, which confirms it"
 $posctl sale --amount 1050 --currency EUR --pan 4111111111111111 --stan 100001 --date "$today"
 
 step "2. A declined sale (the issuer simulator declines amounts ending in 51: insufficient funds)"
@@ -56,8 +56,7 @@ if $posctl sale --amount 1000 --currency EUR --pan 4111111111111112 --stan 10000
   exit 1
 fi
 
-step "6. The terminal acknowledges it printed sale 1, then asks for sale 2's status"
-$posctl ack --stan 100001 --date "$today"
+step "6. The terminal asks for sale 2's authoritative status"
 $posctl inquiry --stan 100002 --date "$today"
 
 step "7. A terminal certificate for TERM0002 cannot speak for TERM0001"
@@ -85,4 +84,4 @@ if [[ $rows != 2 ]]; then
   echo "demo: expected 2 journal rows, found $rows" >&2
   exit 1
 fi
-step "Done: 2 authorizations journaled (1 approved, 1 declined), the retry answered from the journal, 3 events published. Stopping."
+step "Done: 2 authorizations journaled (1 approved and confirmed, 1 declined), the retry answered from the journal, 3 events published. Stopping."

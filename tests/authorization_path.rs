@@ -474,15 +474,50 @@ async fn inquiry_reprint_and_acknowledge_report_the_journal() {
             .authorization
             .unwrap();
         assert!(acknowledged.acknowledged);
+        assert_eq!(acknowledged.status(), AuthorizationStatus::Confirmed);
+        assert_eq!(
+            acknowledged.confirmation_evidence,
+            "terminal_acknowledgement"
+        );
     }
     let events = events_for(&stack, &first.transaction_id).await;
-    let acks = events
+    let confirmations: Vec<_> = events
         .iter()
-        .filter(|e| e.event_type == "terminal.acknowledged")
-        .count();
+        .filter(|e| e.event_type == "authorization.confirmed")
+        .collect();
     assert_eq!(
-        acks, 1,
-        "one acknowledgement event however often the terminal acks"
+        confirmations.len(),
+        1,
+        "one confirmation however often the terminal acks: {events:?}"
+    );
+    let Some(Payload::AuthorizationConfirmed(confirmed)) = &confirmations[0].payload else {
+        panic!("wrong payload");
+    };
+    assert_eq!(confirmed.evidence, "terminal_acknowledgement");
+
+    // Acknowledging the declined sale confirms nothing; it is recorded once.
+    let declined_ack = AcknowledgeRequest {
+        stan: "000602".into(),
+        ..ack.clone()
+    };
+    for _ in 0..2 {
+        let record = terminal
+            .acknowledge(declined_ack.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .authorization
+            .unwrap();
+        assert_eq!(record.status(), AuthorizationStatus::Declined);
+        assert!(record.acknowledged);
+    }
+    let events = events_for(&stack, &second.transaction_id).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event_type == "terminal.acknowledged")
+            .count(),
+        1
     );
     stack.shutdown().await;
 }

@@ -116,6 +116,7 @@ async fn event_committed_before_kill_9_is_published_exactly_once_after_restart()
                 minor_units: 4_200,
                 currency: "EUR".into(),
             }),
+            last_completed_stan: String::new(),
         })
         .await
         .unwrap()

@@ -53,6 +53,10 @@ pub fn unique_suffix() -> String {
 pub struct StackOptions {
     pub issuer_timeout_ms: u64,
     pub relay_enabled: bool,
+    pub reversal: authorization::ReversalConfig,
+    /// Start the reversal handler with this configuration (its
+    /// `authorization_endpoint` is filled in).
+    pub reversal_handler: Option<reversal_handler::ReversalHandlerConfig>,
 }
 
 impl Default for StackOptions {
@@ -60,7 +64,27 @@ impl Default for StackOptions {
         StackOptions {
             issuer_timeout_ms: 1_000,
             relay_enabled: true,
+            // Fast repeats, so outage tests finish in seconds.
+            reversal: authorization::ReversalConfig {
+                initial_delay_ms: 50,
+                max_delay_ms: 200,
+                poll_interval_ms: 50,
+                ..Default::default()
+            },
+            reversal_handler: None,
         }
+    }
+}
+
+/// A reversal handler configuration with a short acknowledgement window and
+/// a fast sweep, for tests.
+pub fn quick_reversal_handler(ack_window_ms: u64) -> reversal_handler::ReversalHandlerConfig {
+    reversal_handler::ReversalHandlerConfig {
+        ack_window_ms,
+        sweep_interval_ms: 50,
+        retry_initial_delay_ms: 50,
+        retry_max_delay_ms: 500,
+        ..Default::default()
     }
 }
 
@@ -71,6 +95,8 @@ pub struct Stack {
     pub gateway: SocketAddr,
     pub authorization: SocketAddr,
     pub issuer: SocketAddr,
+    /// Where the reversal handler serves health, when it runs.
+    pub reversal_handler: Option<SocketAddr>,
     pub pki: DevPki,
     /// The authorization service's schema.
     pub journal: PgPool,
@@ -119,6 +145,10 @@ impl Stack {
             listen: authorization,
             issuer_endpoint: format!("http://{issuer}"),
             issuer_timeout_ms: options.issuer_timeout_ms,
+            // Late answers are still recorded, but a test's shutdown does not
+            // wait half a minute for a call the simulator never answers.
+            issuer_late_window_ms: options.issuer_timeout_ms + 1_000,
+            reversal: options.reversal.clone(),
             outbox: switch_platform::outbox::OutboxConfig {
                 relay_enabled: options.relay_enabled,
                 poll_interval_ms: 200,
@@ -179,12 +209,35 @@ impl Stack {
             ready_rx.try_recv().ok().map(|result| format!("{result:?}"))
         })
         .await?;
+        let mut handler = None;
+        if let Some(mut config) = options.reversal_handler.clone() {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            config.listen = listener.local_addr()?;
+            config.authorization_endpoint = format!("http://{authorization}");
+            config.consumer_group = format!("{suffix}-reversal-handler");
+            let (database, kafka, stop) = (database.clone(), kafka.clone(), stop.clone());
+            handler = Some(config.listen);
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = reversal_handler::serve(
+                    &database,
+                    &kafka,
+                    &config,
+                    listener,
+                    stop.cancelled_owned(),
+                )
+                .await
+                {
+                    eprintln!("reversal handler failed: {error}");
+                }
+            }));
+        }
         let journal = switch_platform::db::connect(
             &database,
             &database.schema_for(authorization::SERVICE_NAME),
         )
         .await?;
         Ok(Stack {
+            reversal_handler: handler,
             database,
             kafka,
             gateway,
@@ -259,6 +312,44 @@ impl Stack {
         }
     }
 
+    /// Polls `probe` until it returns `Some`, failing after `seconds`.
+    pub async fn eventually<T, F, Fut>(&self, seconds: u64, what: &str, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            if let Some(value) = probe().await {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {seconds} s waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The journal's state of a transaction.
+    pub async fn state_of(&self, transaction_id: &str) -> String {
+        sqlx::query_scalar("SELECT state FROM authorizations WHERE transaction_id = $1::uuid")
+            .bind(transaction_id)
+            .fetch_one(&self.journal)
+            .await
+            .expect("the transaction is in the journal")
+    }
+
+    /// Waits until the journal shows `state` for the transaction.
+    pub async fn wait_for_state(&self, transaction_id: &str, state: &str, seconds: u64) {
+        self.eventually(
+            seconds,
+            &format!("{transaction_id} to be {state}"),
+            || async { (self.state_of(transaction_id).await == state).then_some(()) },
+        )
+        .await;
+    }
+
     /// Every event on the authorization topic, read by an independent
     /// consumer up to the high watermark of each partition.
     pub async fn read_events(&self) -> anyhow::Result<Vec<EventEnvelope>> {
@@ -278,11 +369,13 @@ impl Stack {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         self.journal.close().await;
-        let _ = switch_platform::db::drop_schema(
-            &self.database.url,
-            &self.database.schema_for(authorization::SERVICE_NAME),
-        )
-        .await;
+        for service in [authorization::SERVICE_NAME, reversal_handler::SERVICE_NAME] {
+            let _ = switch_platform::db::drop_schema(
+                &self.database.url,
+                &self.database.schema_for(service),
+            )
+            .await;
+        }
     }
 }
 
@@ -327,6 +420,7 @@ pub fn sale(terminal_id: &str, stan: &str, pan: &str, minor_units: i64) -> SaleR
             minor_units,
             currency: "EUR".to_owned(),
         }),
+        last_completed_stan: String::new(),
     }
 }
 

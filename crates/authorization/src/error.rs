@@ -16,6 +16,8 @@ pub enum AuthorizationError {
     NotFound(String),
     #[error("authorization {0} has no result yet; retry the acknowledgement later")]
     NotYetDecided(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("the journal holds a row that does not parse: {0}")]
     CorruptRow(InvalidField),
     #[error(transparent)]
@@ -32,7 +34,10 @@ impl From<AuthorizationError> for Status {
             AuthorizationError::InvalidField(field) => Status::invalid_argument(field.to_string()),
             e @ AuthorizationError::ModifiedReplay { .. } => Status::already_exists(e.to_string()),
             e @ AuthorizationError::NotFound(_) => Status::not_found(e.to_string()),
-            e @ AuthorizationError::NotYetDecided(_) => Status::failed_precondition(e.to_string()),
+            e @ (AuthorizationError::NotYetDecided(_)
+            | AuthorizationError::FailedPrecondition(_)) => {
+                Status::failed_precondition(e.to_string())
+            }
             AuthorizationError::Unimplemented(what) => Status::unimplemented(what),
             e @ (AuthorizationError::CorruptRow(_) | AuthorizationError::IllegalTransition(_)) => {
                 tracing::error!(error = %e, "Authorization invariant broken.");

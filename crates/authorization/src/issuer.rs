@@ -1,41 +1,63 @@
 //! The link to the issuer host over gRPC (`IssuerService`), with the
 //! switch's timeout. It reports what happened on the wire; deciding what
 //! that means for the authorization is the state machine's job.
+//!
+//! A call the switch stops waiting for is not cancelled: it may still be
+//! answered within the late window, and that late answer is handed back so
+//! it can be recorded (and an approval reversed) rather than lost.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use switch_proto::v1::IssuerAuthorizeRequest;
 use switch_proto::v1::issuer_service_client::IssuerServiceClient;
+use switch_proto::v1::{IssuerAuthorizeRequest, IssuerReverseRequest, Money};
+use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 type InterceptorFn = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+type Client = IssuerServiceClient<InterceptedService<Channel, InterceptorFn>>;
+
+/// An issuer's answer: response code and approval code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub response_code: String,
+    pub approval_code: String,
+}
+
+/// An answer that may still arrive after the switch stopped waiting, with
+/// the time it took.
+pub type LateAnswer = JoinHandle<Option<(Answer, Duration)>>;
 
 /// What the issuer call produced.
 #[derive(Debug)]
 pub enum IssuerOutcome {
-    Answered {
-        response_code: String,
-        approval_code: String,
-    },
+    Answered(Answer),
     /// No usable answer: a timeout, a refused or broken call. Even a refusal
     /// may come from a proxy after the issuer acted, so whether money moved
     /// is unknown and the authorization must be treated as such (reversed
     /// later); an unneeded reversal costs nothing, a missing one charges a
     /// shopper for nothing.
-    NoAnswer(String),
+    NoAnswer {
+        reason: String,
+        late: Option<LateAnswer>,
+    },
 }
 
 #[derive(Clone)]
 pub struct GrpcIssuerLink {
-    client: IssuerServiceClient<InterceptedService<Channel, InterceptorFn>>,
+    client: Client,
     timeout: Duration,
+    late_window: Duration,
 }
 
 impl GrpcIssuerLink {
     /// Connects lazily, so the switch starts (and answers terminals with a
     /// clear "issuer unavailable") even while the issuer is down.
-    pub fn connect(endpoint: &str, timeout: Duration) -> Result<Self, tonic::transport::Error> {
+    pub fn connect(
+        endpoint: &str,
+        timeout: Duration,
+        late_window: Duration,
+    ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(endpoint.to_owned())?
             .tcp_nodelay(true)
             .connect_timeout(timeout)
@@ -44,25 +66,70 @@ impl GrpcIssuerLink {
         Ok(GrpcIssuerLink {
             client: IssuerServiceClient::with_interceptor(channel, interceptor),
             timeout,
+            late_window: late_window.max(timeout),
         })
     }
 
     pub async fn authorize(&self, request: IssuerAuthorizeRequest) -> IssuerOutcome {
         let mut client = self.client.clone();
         let mut request = tonic::Request::new(request);
+        // The issuer may take up to the late window; the switch waits only
+        // for its own timeout.
+        request.set_timeout(self.late_window);
+        let sent = Instant::now();
+        let mut call = tokio::spawn(async move {
+            client
+                .authorize(request)
+                .await
+                .map(|response| {
+                    let answer = response.into_inner();
+                    Answer {
+                        response_code: answer.response_code,
+                        approval_code: answer.approval_code,
+                    }
+                })
+                .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+        });
+        match tokio::time::timeout(self.timeout, &mut call).await {
+            Ok(Ok(Ok(answer))) => IssuerOutcome::Answered(answer),
+            Ok(Ok(Err(reason))) => IssuerOutcome::NoAnswer { reason, late: None },
+            Ok(Err(join_error)) => IssuerOutcome::NoAnswer {
+                reason: join_error.to_string(),
+                late: None,
+            },
+            Err(_) => IssuerOutcome::NoAnswer {
+                reason: format!("no answer within {:?}", self.timeout),
+                late: Some(tokio::spawn(async move {
+                    match call.await {
+                        Ok(Ok(answer)) => Some((answer, sent.elapsed())),
+                        _ => None,
+                    }
+                })),
+            },
+        }
+    }
+
+    /// Sends one reversal attempt; the issuer's response code, or why there
+    /// was none.
+    pub async fn reverse(
+        &self,
+        rrn: &str,
+        stan: &str,
+        amount: Money,
+        repeat: bool,
+    ) -> Result<String, String> {
+        let mut client = self.client.clone();
+        let mut request = tonic::Request::new(IssuerReverseRequest {
+            rrn: rrn.to_owned(),
+            stan: stan.to_owned(),
+            amount: Some(amount),
+            repeat,
+        });
         request.set_timeout(self.timeout);
-        match tokio::time::timeout(self.timeout, client.authorize(request)).await {
-            Err(_) => IssuerOutcome::NoAnswer(format!("no answer within {:?}", self.timeout)),
-            Ok(Ok(response)) => {
-                let answer = response.into_inner();
-                IssuerOutcome::Answered {
-                    response_code: answer.response_code,
-                    approval_code: answer.approval_code,
-                }
-            }
-            Ok(Err(status)) => {
-                IssuerOutcome::NoAnswer(format!("{:?}: {}", status.code(), status.message()))
-            }
+        match tokio::time::timeout(self.timeout, client.reverse(request)).await {
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            Ok(Ok(response)) => Ok(response.into_inner().response_code),
+            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
         }
     }
 }

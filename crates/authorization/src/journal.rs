@@ -6,9 +6,9 @@
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use switch_core::{
-    ApprovalCode, AuthorizationEvent, AuthorizationState, CardExpiry, Currency, LocalDate,
-    MaskedPan, MerchantId, Money, Pan, PanFingerprint, ResponseCode, Rrn, SaleDigest, Stan,
-    TerminalId, TransactionId,
+    ApprovalCode, AuthorizationEvent, AuthorizationState, CardExpiry, Currency, Evidence,
+    LocalDate, MaskedPan, MerchantId, Money, Pan, PanFingerprint, ResponseCode, ReversalReason,
+    Rrn, SaleDigest, Stan, TerminalId, TransactionId,
 };
 use switch_platform::outbox::{self, OutboxMessage};
 use switch_proto::v1::EventEnvelope;
@@ -18,6 +18,50 @@ use uuid::Uuid;
 
 use crate::convert;
 use crate::error::AuthorizationError;
+
+/// What one locked update changes; `None`/`false` leaves a column alone.
+#[derive(Debug, Default)]
+struct Changes {
+    state: Option<(AuthorizationState, &'static str)>,
+    reversal_reason: Option<ReversalReason>,
+    evidence: Option<Evidence>,
+    acknowledge: bool,
+    conflict: bool,
+}
+
+impl Changes {
+    fn acknowledged() -> Self {
+        Changes {
+            acknowledge: true,
+            ..Changes::default()
+        }
+    }
+}
+
+/// Which lifecycle event a change announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Confirmed,
+    Acknowledged,
+    Conflict,
+    ReversalRequested,
+    Reversed,
+    DeadLettered,
+}
+
+/// A reversal a worker has claimed for one attempt.
+#[derive(Debug, Clone)]
+pub struct ClaimedReversal {
+    pub transaction_id: TransactionId,
+    pub reason: ReversalReason,
+    /// Including this one.
+    pub attempts: u32,
+    /// Since the reversal was requested.
+    pub age_ms: u64,
+    pub rrn: String,
+    pub stan: String,
+    pub amount: Money,
+}
 
 /// What identifies a terminal's request: a retry carries the same key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -45,6 +89,8 @@ pub struct SaleCommand {
     pub pan: Pan,
     pub expiry: CardExpiry,
     pub amount: Money,
+    /// Evidence that the terminal completed an earlier transaction.
+    pub last_completed_stan: Option<Stan>,
 }
 
 /// One journal row, parsed into domain types.
@@ -62,6 +108,10 @@ pub struct StoredAuthorization {
     pub approval_code: Option<ApprovalCode>,
     pub acknowledged_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
+    pub reversal_reason: Option<ReversalReason>,
+    pub confirmation_evidence: Option<Evidence>,
+    /// The terminal acknowledged after the switch had reversed (S2).
+    pub conflict: bool,
 }
 
 impl StoredAuthorization {
@@ -104,6 +154,19 @@ impl StoredAuthorization {
                 .map_err(AuthorizationError::CorruptRow)?,
             acknowledged_at: row.try_get("acknowledged_at")?,
             created_at: row.try_get("created_at")?,
+            reversal_reason: row
+                .try_get::<Option<String>, _>("reversal_reason")?
+                .as_deref()
+                .map(ReversalReason::parse)
+                .transpose()
+                .map_err(AuthorizationError::CorruptRow)?,
+            confirmation_evidence: row
+                .try_get::<Option<String>, _>("confirmation_evidence")?
+                .as_deref()
+                .map(Evidence::parse)
+                .transpose()
+                .map_err(AuthorizationError::CorruptRow)?,
+            conflict: row.try_get("conflict")?,
         })
     }
 }
@@ -114,7 +177,8 @@ fn parse<T>(result: Result<T, switch_core::InvalidField>) -> Result<T, Authoriza
 
 const COLUMNS: &str = "transaction_id, terminal_id, merchant_id, stan, local_date, rrn, \
     masked_pan, pan_fingerprint, amount_minor, currency, state, response_code, approval_code, \
-    acknowledged_at, created_at";
+    acknowledged_at, created_at, reversal_reason, confirmation_evidence, \
+    conflict_at IS NOT NULL AS conflict";
 
 /// The outcome of trying to start an authorization.
 pub enum Begin {
@@ -164,7 +228,7 @@ impl Journal {
                INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event) \
                SELECT transaction_id, NULL, $12, 'received' FROM inserted \
                UNION ALL SELECT transaction_id, $12, $11, $13 FROM inserted) \
-             SELECT {COLUMNS} FROM inserted"
+             SELECT * FROM inserted"
         ))
         .bind(TransactionId::new().as_uuid())
         .bind(command.key.terminal_id.as_str())
@@ -207,7 +271,7 @@ impl Journal {
                 (Some(ResponseCode::APPROVED), Some(approval_code.clone()))
             }
             AuthorizationEvent::IssuerDeclined { response_code } => (Some(*response_code), None),
-            AuthorizationEvent::SentToIssuer | AuthorizationEvent::IssuerTimedOut => (None, None),
+            _ => (None, None),
         };
         // The event describes the row as the UPDATE will leave it; the
         // statement returns that row, and it is what the caller gets.
@@ -231,7 +295,7 @@ impl Journal {
              announced AS ( \
                INSERT INTO outbox (event_id, topic, message_key, payload, traceparent) \
                SELECT $8, $9, $10, $11, $12 FROM updated WHERE $8::uuid IS NOT NULL) \
-             SELECT {COLUMNS} FROM updated"
+             SELECT * FROM updated"
         ))
         .bind(current.transaction_id.as_uuid())
         .bind(next.as_str())
@@ -257,14 +321,382 @@ impl Journal {
         }
     }
 
-    /// Records that the terminal showed the result; idempotent (the event is
-    /// emitted once, on the first acknowledgement).
+    /// Evidence from the terminal that it completed the transaction (its
+    /// acknowledgement, or a later request naming it as the last completed
+    /// STAN). Confirms an approval; on a reversed one it is a conflict (S2):
+    /// recorded and announced once. Idempotent.
     pub async fn acknowledge(
         &self,
         key: &RequestKey,
+        evidence: Evidence,
     ) -> Result<StoredAuthorization, AuthorizationError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!(
+        let current = self
+            .lock_by_key(&mut tx, key)
+            .await?
+            .ok_or_else(|| AuthorizationError::NotFound(key.to_string()))?;
+        if current.state.is_in_flight() {
+            return Err(AuthorizationError::NotYetDecided(key.to_string()));
+        }
+        let first_ack = current.acknowledged_at.is_none();
+        let (changes, event) = match current.state {
+            AuthorizationState::Approved => {
+                let confirm = AuthorizationEvent::Confirmed { evidence };
+                let next = current.state.on(&confirm)?;
+                (
+                    Changes {
+                        state: Some((next, confirm.name())),
+                        evidence: Some(evidence),
+                        ..Changes::acknowledged()
+                    },
+                    Some(EventKind::Confirmed),
+                )
+            }
+            AuthorizationState::ReversalPending
+            | AuthorizationState::Reversed
+            | AuthorizationState::ReversalDeadLettered => (
+                Changes {
+                    conflict: true,
+                    ..Changes::acknowledged()
+                },
+                (!current.conflict).then_some(EventKind::Conflict),
+            ),
+            _ => (
+                Changes::acknowledged(),
+                first_ack.then_some(EventKind::Acknowledged),
+            ),
+        };
+        let updated = self.update_locked(&mut tx, &current, &changes).await?;
+        if let Some(kind) = event {
+            let envelope = convert::lifecycle_event(&updated, kind);
+            outbox::enqueue(&mut tx, &self.outbox_message(&updated, &envelope)?).await?;
+        }
+        tx.commit().await?;
+        Ok(updated)
+    }
+
+    /// Confirms an approval without terminal evidence (policy). Idempotent;
+    /// refused once a reversal has started.
+    pub async fn confirm(
+        &self,
+        id: TransactionId,
+        evidence: Evidence,
+    ) -> Result<StoredAuthorization, AuthorizationError> {
+        let mut tx = self.pool.begin().await?;
+        let current = self
+            .lock_by_id(&mut tx, id)
+            .await?
+            .ok_or_else(|| AuthorizationError::NotFound(id.to_string()))?;
+        if current.state == AuthorizationState::Confirmed {
+            return Ok(current);
+        }
+        let confirm = AuthorizationEvent::Confirmed { evidence };
+        let next = current.state.on(&confirm).map_err(|_| {
+            AuthorizationError::FailedPrecondition(format!(
+                "authorization {id} is {} and cannot be confirmed",
+                current.state
+            ))
+        })?;
+        let changes = Changes {
+            state: Some((next, confirm.name())),
+            evidence: Some(evidence),
+            ..Changes::default()
+        };
+        let updated = self.update_locked(&mut tx, &current, &changes).await?;
+        let envelope = convert::lifecycle_event(&updated, EventKind::Confirmed);
+        outbox::enqueue(&mut tx, &self.outbox_message(&updated, &envelope)?).await?;
+        tx.commit().await?;
+        Ok(updated)
+    }
+
+    /// Makes a reversal owed: the state, its history, the durable queue
+    /// entry and the event commit together. Idempotent: a reversal already
+    /// pending, done or dead-lettered is returned as it is; a declined
+    /// authorization has nothing to reverse.
+    pub async fn request_reversal(
+        &self,
+        id: TransactionId,
+        reason: ReversalReason,
+        issuer: &str,
+    ) -> Result<StoredAuthorization, AuthorizationError> {
+        let mut tx = self.pool.begin().await?;
+        let current = self
+            .lock_by_id(&mut tx, id)
+            .await?
+            .ok_or_else(|| AuthorizationError::NotFound(id.to_string()))?;
+        match current.state {
+            AuthorizationState::ReversalPending
+            | AuthorizationState::Reversed
+            | AuthorizationState::ReversalDeadLettered
+            | AuthorizationState::Declined => return Ok(current),
+            AuthorizationState::Confirmed => {
+                return Err(AuthorizationError::FailedPrecondition(format!(
+                    "authorization {id} is confirmed (evidence: {}); it is not reversed",
+                    current
+                        .confirmation_evidence
+                        .map_or("unknown", |e| e.as_str())
+                )));
+            }
+            _ => {}
+        }
+        let request = AuthorizationEvent::ReversalRequested { reason };
+        let next = current.state.on(&request)?;
+        let changes = Changes {
+            state: Some((next, request.name())),
+            reversal_reason: Some(reason),
+            ..Changes::default()
+        };
+        let updated = self.update_locked(&mut tx, &current, &changes).await?;
+        sqlx::query(
+            "INSERT INTO reversals (transaction_id, issuer, reason) VALUES ($1, $2, $3) \
+             ON CONFLICT (transaction_id) DO UPDATE SET status = 'pending', \
+               next_attempt_at = now(), requested_at = now(), attempts = 0",
+        )
+        .bind(id.as_uuid())
+        .bind(issuer)
+        .bind(reason.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let envelope = convert::lifecycle_event(&updated, EventKind::ReversalRequested);
+        outbox::enqueue(&mut tx, &self.outbox_message(&updated, &envelope)?).await?;
+        tx.commit().await?;
+        Ok(updated)
+    }
+
+    /// Records a terminal reversal for a transaction the switch never saw;
+    /// announced once however often the terminal repeats it.
+    pub async fn record_unmatched_reversal(
+        &self,
+        key: &RequestKey,
+    ) -> Result<(), AuthorizationError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO unmatched_reversals (terminal_id, stan, local_date) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(key.terminal_id.as_str())
+        .bind(key.stan.as_str())
+        .bind(key.local_date.date())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            let envelope = convert::unmatched_reversal_event(key);
+            let message = OutboxMessage {
+                event_id: Uuid::parse_str(&envelope.event_id)
+                    .map_err(|_| switch_core::InvalidField::new("event_id", "not a UUID"))
+                    .map_err(AuthorizationError::CorruptRow)?,
+                topic: self.topic.clone(),
+                key: key.to_string(),
+                payload: prost::Message::encode_to_vec(&envelope),
+                traceparent: envelope.traceparent.clone(),
+            };
+            outbox::enqueue(&mut tx, &message).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records an issuer answer that arrived after the switch gave up. It
+    /// changes no state: the authorization stays timed out (or reversed).
+    pub async fn record_late_response(
+        &self,
+        id: TransactionId,
+        response_code: &str,
+        approval_code: &str,
+        latency_ms: i32,
+    ) -> Result<(), AuthorizationError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(current) = self.lock_by_id(&mut tx, id).await? else {
+            return Err(AuthorizationError::NotFound(id.to_string()));
+        };
+        sqlx::query(
+            "INSERT INTO late_issuer_responses (transaction_id, response_code, approval_code, latency_ms) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id.as_uuid())
+        .bind(response_code)
+        .bind(approval_code)
+        .bind(latency_ms)
+        .execute(&mut *tx)
+        .await?;
+        let envelope =
+            convert::late_response_event(&current, response_code, approval_code, latency_ms);
+        outbox::enqueue(&mut tx, &self.outbox_message(&current, &envelope)?).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` due reversals of `issuer`, leasing each for
+    /// `lease_ms` (so a worker that dies mid-attempt loses its claim by
+    /// itself) and counting the attempt.
+    pub async fn claim_reversals(
+        &self,
+        issuer: &str,
+        limit: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedReversal>, AuthorizationError> {
+        let rows = sqlx::query(
+            "WITH due AS ( \
+               SELECT transaction_id FROM reversals \
+               WHERE status = 'pending' AND issuer = $1 AND next_attempt_at <= now() \
+               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             claimed AS ( \
+               UPDATE reversals r SET attempts = r.attempts + 1, \
+                 next_attempt_at = now() + make_interval(secs => $3::double precision / 1000), \
+                 first_sent_at = COALESCE(r.first_sent_at, now()) \
+               FROM due WHERE r.transaction_id = due.transaction_id \
+               RETURNING r.transaction_id, r.reason, r.attempts, \
+                 (extract(epoch FROM now() - r.requested_at) * 1000)::bigint AS age_ms) \
+             SELECT c.transaction_id, c.reason, c.attempts, c.age_ms, a.rrn, a.stan, \
+               a.amount_minor, a.currency \
+             FROM claimed c JOIN authorizations a USING (transaction_id)",
+        )
+        .bind(issuer)
+        .bind(limit)
+        .bind(lease_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let currency: String = row.try_get("currency")?;
+                let reason: String = row.try_get("reason")?;
+                Ok(ClaimedReversal {
+                    transaction_id: TransactionId::from_uuid(row.try_get("transaction_id")?),
+                    reason: parse(ReversalReason::parse(&reason))?,
+                    attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+                    age_ms: u64::try_from(row.try_get::<i64, _>("age_ms")?).unwrap_or(0),
+                    rrn: row.try_get("rrn")?,
+                    stan: row.try_get("stan")?,
+                    amount: Money::new(
+                        row.try_get("amount_minor")?,
+                        parse(Currency::parse(&currency))?,
+                    ),
+                })
+            })
+            .collect()
+    }
+
+    /// The issuer acknowledged the reversal: the queue entry, the state, its
+    /// history and the event, together. Idempotent.
+    pub async fn complete_reversal(
+        &self,
+        claimed: &ClaimedReversal,
+    ) -> Result<Option<StoredAuthorization>, AuthorizationError> {
+        self.finish_reversal(
+            claimed,
+            "acknowledged",
+            &AuthorizationEvent::IssuerReversed,
+            EventKind::Reversed,
+        )
+        .await
+    }
+
+    /// The reversal outlived its maximum age: dead-lettered, announced.
+    pub async fn dead_letter_reversal(
+        &self,
+        claimed: &ClaimedReversal,
+    ) -> Result<Option<StoredAuthorization>, AuthorizationError> {
+        self.finish_reversal(
+            claimed,
+            "dead_lettered",
+            &AuthorizationEvent::ReversalDeadLettered,
+            EventKind::DeadLettered,
+        )
+        .await
+    }
+
+    async fn finish_reversal(
+        &self,
+        claimed: &ClaimedReversal,
+        status: &str,
+        event: &AuthorizationEvent,
+        kind: EventKind,
+    ) -> Result<Option<StoredAuthorization>, AuthorizationError> {
+        let mut tx = self.pool.begin().await?;
+        let marked = sqlx::query(
+            "UPDATE reversals SET status = $2, \
+               acknowledged_at = CASE WHEN $2 = 'acknowledged' THEN now() END, \
+               dead_lettered_at = CASE WHEN $2 = 'dead_lettered' THEN now() END \
+             WHERE transaction_id = $1 AND status = 'pending'",
+        )
+        .bind(claimed.transaction_id.as_uuid())
+        .bind(status)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked == 0 {
+            // Another worker finished it first.
+            return Ok(None);
+        }
+        let current = self
+            .lock_by_id(&mut tx, claimed.transaction_id)
+            .await?
+            .ok_or_else(|| AuthorizationError::NotFound(claimed.transaction_id.to_string()))?;
+        let next = current.state.on(event)?;
+        let changes = Changes {
+            state: Some((next, event.name())),
+            ..Changes::default()
+        };
+        let updated = self.update_locked(&mut tx, &current, &changes).await?;
+        let mut envelope = convert::lifecycle_event(&updated, kind);
+        convert::set_attempts(&mut envelope, claimed.attempts);
+        outbox::enqueue(&mut tx, &self.outbox_message(&updated, &envelope)?).await?;
+        tx.commit().await?;
+        Ok(Some(updated))
+    }
+
+    /// The attempt failed: try again after `delay_ms`.
+    pub async fn retry_reversal(
+        &self,
+        claimed: &ClaimedReversal,
+        delay_ms: u64,
+        error: &str,
+    ) -> Result<(), AuthorizationError> {
+        sqlx::query(
+            "UPDATE reversals SET next_attempt_at = now() + make_interval(secs => $2::double precision / 1000), \
+               last_error = $3 WHERE transaction_id = $1 AND status = 'pending'",
+        )
+        .bind(claimed.transaction_id.as_uuid())
+        .bind(i64::try_from(delay_ms).unwrap_or(i64::MAX))
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Pending reversals per issuer, for the gauge operators watch.
+    pub async fn pending_reversals(&self, issuer: &str) -> Result<i64, AuthorizationError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM reversals WHERE issuer = $1 AND status = 'pending'",
+        )
+        .bind(issuer)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn lock_by_id(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        id: TransactionId,
+    ) -> Result<Option<StoredAuthorization>, AuthorizationError> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM authorizations WHERE transaction_id = $1 FOR UPDATE"
+        ))
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(StoredAuthorization::from_row)
+        .transpose()
+    }
+
+    async fn lock_by_key(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        key: &RequestKey,
+    ) -> Result<Option<StoredAuthorization>, AuthorizationError> {
+        sqlx::query(&format!(
             "SELECT {COLUMNS} FROM authorizations \
              WHERE terminal_id = $1 AND stan = $2 AND local_date = $3 FOR UPDATE"
         ))
@@ -273,26 +705,50 @@ impl Journal {
         .bind(key.local_date.date())
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| AuthorizationError::NotFound(key.to_string()))?;
-        let current = StoredAuthorization::from_row(&row)?;
-        if !current.state.is_final() {
-            return Err(AuthorizationError::NotYetDecided(key.to_string()));
-        }
-        if current.acknowledged_at.is_some() {
-            return Ok(current);
-        }
+        .as_ref()
+        .map(StoredAuthorization::from_row)
+        .transpose()
+    }
+
+    /// Applies `changes` to a row the caller has locked, with a history
+    /// entry when the state changes.
+    async fn update_locked(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        current: &StoredAuthorization,
+        changes: &Changes,
+    ) -> Result<StoredAuthorization, AuthorizationError> {
+        let next = changes.state.map_or(current.state, |(state, _)| state);
         let row = sqlx::query(&format!(
-            "UPDATE authorizations SET acknowledged_at = now(), updated_at = now() \
+            "UPDATE authorizations SET state = $2, \
+               reversal_reason = COALESCE($3, reversal_reason), \
+               confirmation_evidence = COALESCE($4, confirmation_evidence), \
+               acknowledged_at = CASE WHEN $5 THEN COALESCE(acknowledged_at, now()) ELSE acknowledged_at END, \
+               conflict_at = CASE WHEN $6 THEN COALESCE(conflict_at, now()) ELSE conflict_at END, \
+               updated_at = now() \
              WHERE transaction_id = $1 RETURNING {COLUMNS}"
         ))
         .bind(current.transaction_id.as_uuid())
+        .bind(next.as_str())
+        .bind(changes.reversal_reason.map(|r| r.as_str()))
+        .bind(changes.evidence.map(|e| e.as_str()))
+        .bind(changes.acknowledge)
+        .bind(changes.conflict)
         .fetch_one(&mut *tx)
         .await?;
-        let acknowledged = StoredAuthorization::from_row(&row)?;
-        let envelope = convert::acknowledged_event(&acknowledged);
-        outbox::enqueue(&mut tx, &self.outbox_message(&acknowledged, &envelope)?).await?;
-        tx.commit().await?;
-        Ok(acknowledged)
+        if let Some((to, event)) = changes.state {
+            sqlx::query(
+                "INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(current.transaction_id.as_uuid())
+            .bind(current.state.as_str())
+            .bind(to.as_str())
+            .bind(event)
+            .execute(&mut *tx)
+            .await?;
+        }
+        StoredAuthorization::from_row(&row)
     }
 
     fn outbox_message(

@@ -14,6 +14,7 @@ mod convert;
 mod error;
 mod issuer;
 mod journal;
+mod reversals;
 mod service;
 
 use std::future::Future;
@@ -45,8 +46,15 @@ pub struct AuthorizationConfig {
     /// How long the switch waits for the issuer before recording the
     /// authorization as timed out (whether money moved is then unknown).
     pub issuer_timeout_ms: u64,
+    /// How long an issuer answer is still awaited (and recorded as late)
+    /// after the switch stopped waiting.
+    pub issuer_late_window_ms: u64,
+    /// Name of the issuer queue: reversals to one issuer never wait behind
+    /// another's.
+    pub issuer_name: String,
     /// Key of the HMAC-SHA256 fingerprint under which PANs are stored.
     pub pan_hash_key: Secret,
+    pub reversal: ReversalConfig,
     pub outbox: OutboxConfig,
     /// Server TLS for the internal API; plaintext when absent (inside a
     /// service mesh that provides mTLS).
@@ -59,6 +67,9 @@ impl Default for AuthorizationConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
             issuer_endpoint: "http://127.0.0.1:50070".into(),
             issuer_timeout_ms: 2_000,
+            issuer_late_window_ms: 30_000,
+            issuer_name: "default".into(),
+            reversal: ReversalConfig::default(),
             pan_hash_key: Secret::new("dev-only-pan-fingerprint-key-change-me"),
             outbox: OutboxConfig::default(),
             tls: None,
@@ -87,8 +98,71 @@ impl AuthorizationConfig {
             ));
         }
         self.outbox.validate("authorization")?;
+        self.reversal.validate()?;
+        if self.issuer_name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "authorization.issuer_name",
+                "must not be empty",
+            ));
+        }
         if let Some(tls) = &self.tls {
             tls.validate("authorization.tls")?;
+        }
+        Ok(())
+    }
+}
+
+/// How reversals are repeated until the issuer acknowledges them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReversalConfig {
+    pub initial_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// Past this age an unacknowledged reversal is dead-lettered (counted,
+    /// logged as an error) instead of repeated.
+    pub max_age_ms: u64,
+    /// How often the queue is checked when nothing wakes the worker.
+    pub poll_interval_ms: u64,
+    pub batch_size: i64,
+}
+
+impl Default for ReversalConfig {
+    fn default() -> Self {
+        ReversalConfig {
+            initial_delay_ms: 200,
+            max_delay_ms: 10_000,
+            max_age_ms: 24 * 3_600_000,
+            poll_interval_ms: 100,
+            batch_size: 100,
+        }
+    }
+}
+
+impl ReversalConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.initial_delay_ms == 0 || self.initial_delay_ms > self.max_delay_ms {
+            return Err(ConfigError::invalid(
+                "authorization.reversal.initial_delay_ms",
+                "must be at least 1 and at most max_delay_ms",
+            ));
+        }
+        if self.max_age_ms == 0 {
+            return Err(ConfigError::invalid(
+                "authorization.reversal.max_age_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.poll_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "authorization.reversal.poll_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=1_000).contains(&self.batch_size) {
+            return Err(ConfigError::invalid(
+                "authorization.reversal.batch_size",
+                "must be between 1 and 1000",
+            ));
         }
         Ok(())
     }
@@ -127,24 +201,47 @@ pub async fn serve(
     let issuer = issuer::GrpcIssuerLink::connect(
         &config.issuer_endpoint,
         Duration::from_millis(config.issuer_timeout_ms),
+        Duration::from_millis(config.issuer_late_window_ms),
     )
     .map_err(|e| ServeError::IssuerEndpoint(e.to_string()))?;
-    let journal = journal::Journal::new(
+    let journal = std::sync::Arc::new(journal::Journal::new(
         pool,
         kafka.topic(topics::AUTHORIZATION_EVENTS),
         u32::try_from(config.issuer_timeout_ms).unwrap_or(u32::MAX),
-    );
+    ));
+    let wake_reversals = std::sync::Arc::new(tokio::sync::Notify::new());
     let service = service::AuthorizationApi::new(
-        journal,
-        issuer,
+        journal.clone(),
+        issuer.clone(),
+        config.issuer_name.clone(),
+        wake_reversals.clone(),
         relay.clone(),
         switch_core::PanHasher::new(config.pan_hash_key.expose().as_bytes()),
         Duration::from_millis(config.issuer_timeout_ms),
     );
+    let worker = reversals::ReversalWorker {
+        journal,
+        issuer,
+        issuer_name: config.issuer_name.clone(),
+        schedule: switch_core::RetrySchedule {
+            initial_delay_ms: config.reversal.initial_delay_ms,
+            max_delay_ms: config.reversal.max_delay_ms,
+            max_age_ms: config.reversal.max_age_ms,
+        },
+        batch_size: config.reversal.batch_size,
+        lease_ms: i64::try_from(config.issuer_timeout_ms.saturating_mul(2) + 1_000)
+            .unwrap_or(i64::MAX),
+        poll_interval: Duration::from_millis(config.reversal.poll_interval_ms),
+        wake: wake_reversals,
+    };
 
     let (stop_relay_tx, stop_relay_rx) = tokio::sync::oneshot::channel::<()>();
     let relay_task = tokio::spawn(relay.run(async {
         let _ = stop_relay_rx.await;
+    }));
+    let (stop_worker_tx, stop_worker_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker_task = tokio::spawn(worker.run(async {
+        let _ = stop_worker_rx.await;
     }));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -166,6 +263,8 @@ pub async fn serve(
         .serve_with_incoming_shutdown(switch_platform::grpc::incoming(listener), shutdown)
         .await;
     // In-flight requests have finished: publish what they enqueued, then stop.
+    let _ = stop_worker_tx.send(());
+    let _ = worker_task.await;
     let _ = stop_relay_tx.send(());
     let _ = relay_task.await;
     tracing::info!("Authorization service stopped.");

@@ -8,21 +8,21 @@ use std::time::{Duration, Instant};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 use switch_core::{
-    AuthorizationEvent, PanHasher, ReplayVerdict, SaleDigest, TerminalId, TransactionId,
-    classify_issuer_answer, compare_replay,
+    AuthorizationEvent, AuthorizationState, Evidence, PanHasher, ReplayVerdict, ReversalReason,
+    SaleDigest, TerminalId, TransactionId, classify_issuer_answer, compare_replay,
 };
 use switch_platform::outbox::OutboxRelay;
 use switch_platform::telemetry::adopt_remote_parent;
 use switch_proto::v1::{
     self as pb, AuthorizationRecord, authorization_service_server::AuthorizationService,
-    get_authorization_request::By,
+    get_authorization_request::By, reverse_request::Target,
 };
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::error::AuthorizationError;
-use crate::issuer::{GrpcIssuerLink, IssuerOutcome};
+use crate::issuer::{GrpcIssuerLink, IssuerOutcome, LateAnswer};
 use crate::journal::{Begin, Journal, RequestKey, SaleCommand, StoredAuthorization};
 
 /// Requests being authorized by this process, by key. A retry that arrives
@@ -31,8 +31,12 @@ use crate::journal::{Begin, Journal, RequestKey, SaleCommand, StoredAuthorizatio
 type InFlight = Arc<Mutex<HashMap<RequestKey, watch::Receiver<()>>>>;
 
 pub struct AuthorizationApi {
-    journal: Journal,
+    journal: Arc<Journal>,
     issuer: GrpcIssuerLink,
+    /// Name of the issuer queue reversals go to.
+    issuer_name: String,
+    /// Wakes the reversal worker when a reversal is requested.
+    reversals: Arc<Notify>,
     relay: OutboxRelay,
     hasher: PanHasher,
     issuer_timeout: Duration,
@@ -64,8 +68,10 @@ enum Role {
 
 impl AuthorizationApi {
     pub fn new(
-        journal: Journal,
+        journal: Arc<Journal>,
         issuer: GrpcIssuerLink,
+        issuer_name: String,
+        reversals: Arc<Notify>,
         relay: OutboxRelay,
         hasher: PanHasher,
         issuer_timeout: Duration,
@@ -74,6 +80,8 @@ impl AuthorizationApi {
         AuthorizationApi {
             journal,
             issuer,
+            issuer_name,
+            reversals,
             relay,
             hasher,
             issuer_timeout,
@@ -123,6 +131,9 @@ impl AuthorizationApi {
             pan_fingerprint: self.hasher.fingerprint(&command.pan),
             amount: command.amount,
         };
+        if let Some(stan) = &command.last_completed_stan {
+            self.record_last_completed(&command, stan).await;
+        }
         loop {
             match self.role(&command.key) {
                 Role::Follower(mut waiting) => {
@@ -152,6 +163,34 @@ impl AuthorizationApi {
         }
     }
 
+    /// A request naming the terminal's last completed STAN is evidence for
+    /// that earlier transaction. Best effort: evidence that cannot be
+    /// applied (unknown STAN, journal busy) never fails the new sale; the
+    /// deadline and the batch upload remain.
+    async fn record_last_completed(&self, command: &SaleCommand, stan: &switch_core::Stan) {
+        let earlier = RequestKey {
+            terminal_id: command.key.terminal_id.clone(),
+            stan: stan.clone(),
+            local_date: command.key.local_date,
+        };
+        if earlier == command.key {
+            return;
+        }
+        match self
+            .journal
+            .acknowledge(&earlier, Evidence::LastCompletedStan)
+            .await
+        {
+            Ok(_) => self.relay.wake(),
+            Err(error) => tracing::debug!(
+                terminal_id = %earlier.terminal_id,
+                stan = %earlier.stan,
+                %error,
+                "Last completed STAN not applied."
+            ),
+        }
+    }
+
     /// Answers a retry with the original's answer, once it has one.
     async fn replay(
         &self,
@@ -171,7 +210,7 @@ impl AuthorizationApi {
         // decision, bounded by the issuer timeout plus a margin.
         let deadline = Instant::now() + self.issuer_timeout + Duration::from_secs(2);
         let mut current = original;
-        while !current.state.is_final() && Instant::now() < deadline {
+        while current.state.is_in_flight() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
             if let Some(fresh) = self.journal.find_by_id(current.transaction_id).await? {
                 current = fresh;
@@ -201,17 +240,21 @@ impl AuthorizationApi {
         let outcome = self.issuer.authorize(request).await;
         let latency_ms = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX);
         let event = match outcome {
-            IssuerOutcome::Answered {
-                response_code,
-                approval_code,
-            } => classify_issuer_answer(&response_code, &approval_code).unwrap_or_else(|error| {
-                // An answer we cannot read leaves whether money moved unknown,
-                // exactly like silence.
-                tracing::error!(rrn = %started.rrn, %error, "Unusable issuer answer.");
-                AuthorizationEvent::IssuerTimedOut
-            }),
-            IssuerOutcome::NoAnswer(reason) => {
+            IssuerOutcome::Answered(answer) => {
+                classify_issuer_answer(&answer.response_code, &answer.approval_code).unwrap_or_else(
+                    |error| {
+                        // An answer we cannot read leaves whether money moved
+                        // unknown, exactly like silence.
+                        tracing::error!(rrn = %started.rrn, %error, "Unusable issuer answer.");
+                        AuthorizationEvent::IssuerTimedOut
+                    },
+                )
+            }
+            IssuerOutcome::NoAnswer { reason, late } => {
                 tracing::warn!(rrn = %started.rrn, %reason, "No usable issuer answer.");
+                if let Some(late) = late {
+                    self.await_late_answer(started.transaction_id, late);
+                }
                 AuthorizationEvent::IssuerTimedOut
             }
         };
@@ -242,6 +285,59 @@ impl AuthorizationApi {
     }
 }
 
+impl AuthorizationApi {
+    /// Records an answer the issuer sends after the switch stopped waiting.
+    /// It never resurrects the authorization; a late approval means money
+    /// is held, so it is reversed (idempotently, whatever else is under way).
+    fn await_late_answer(&self, transaction_id: TransactionId, late: LateAnswer) {
+        let (journal, relay, reversals, issuer_name) = (
+            self.journal.clone(),
+            self.relay.clone(),
+            self.reversals.clone(),
+            self.issuer_name.clone(),
+        );
+        tokio::spawn(async move {
+            let Ok(Some((answer, took))) = late.await else {
+                return;
+            };
+            let latency_ms = i32::try_from(took.as_millis()).unwrap_or(i32::MAX);
+            tracing::warn!(
+                %transaction_id,
+                response_code = %answer.response_code,
+                latency_ms,
+                "Late issuer response recorded; the authorization stays timed out."
+            );
+            if let Err(error) = journal
+                .record_late_response(
+                    transaction_id,
+                    &answer.response_code,
+                    &answer.approval_code,
+                    latency_ms,
+                )
+                .await
+            {
+                tracing::error!(%transaction_id, %error, "Late issuer response not recorded.");
+            }
+            if answer.response_code == "00" {
+                match journal
+                    .request_reversal(
+                        transaction_id,
+                        ReversalReason::LateIssuerResponse,
+                        &issuer_name,
+                    )
+                    .await
+                {
+                    Ok(_) => reversals.notify_one(),
+                    Err(error) => {
+                        tracing::error!(%transaction_id, %error, "Reversal of a late approval not requested.")
+                    }
+                }
+            }
+            relay.wake();
+        });
+    }
+}
+
 #[tonic::async_trait]
 impl AuthorizationService for AuthorizationApi {
     #[tracing::instrument(name = "authorization.authorize", skip_all)]
@@ -258,14 +354,83 @@ impl AuthorizationService for AuthorizationApi {
         }))
     }
 
+    #[tracing::instrument(name = "authorization.reverse", skip_all)]
     async fn reverse(
         &self,
-        _request: Request<pb::ReverseRequest>,
+        request: Request<pb::ReverseRequest>,
     ) -> Result<Response<pb::ReverseResponse>, Status> {
-        Err(AuthorizationError::Unimplemented(
-            "reversals are not available yet: they arrive with the reversal handler",
-        )
-        .into())
+        adopt_remote_parent(request.metadata());
+        let request = request.into_inner();
+        let reason = ReversalReason::parse(&request.reason).map_err(AuthorizationError::from)?;
+        let original = match &request.target {
+            Some(Target::TransactionId(id)) => {
+                let id = TransactionId::parse(id).map_err(AuthorizationError::from)?;
+                self.journal
+                    .find_by_id(id)
+                    .await?
+                    .ok_or_else(|| AuthorizationError::NotFound(id.to_string()))?
+            }
+            Some(Target::Key(key)) => {
+                let key = convert::request_key(Some(key)).map_err(AuthorizationError::from)?;
+                match self.journal.find_by_key(&key).await? {
+                    Some(original) => original,
+                    None => {
+                        // The switch never saw it (the request was lost on
+                        // the way in): nothing to reverse, but recorded.
+                        self.journal.record_unmatched_reversal(&key).await?;
+                        self.relay.wake();
+                        tracing::info!(
+                            terminal_id = %key.terminal_id,
+                            stan = %key.stan,
+                            "Terminal reversal for an unknown transaction recorded."
+                        );
+                        return Ok(Response::new(pb::ReverseResponse {
+                            authorization: None,
+                            original_found: false,
+                        }));
+                    }
+                }
+            }
+            None => {
+                return Err(AuthorizationError::from(switch_core::InvalidField::new(
+                    "target",
+                    "give a transaction_id or a key",
+                ))
+                .into());
+            }
+        };
+        let reversed = self
+            .journal
+            .request_reversal(original.transaction_id, reason, &self.issuer_name)
+            .await?;
+        if reversed.state == AuthorizationState::ReversalPending {
+            self.reversals.notify_one();
+            self.relay.wake();
+        }
+        tracing::info!(
+            transaction_id = %reversed.transaction_id,
+            reason = reason.as_str(),
+            state = reversed.state.as_str(),
+            "Reversal requested."
+        );
+        Ok(Response::new(pb::ReverseResponse {
+            authorization: Some(convert::record(&reversed)),
+            original_found: true,
+        }))
+    }
+
+    #[tracing::instrument(name = "authorization.confirm", skip_all)]
+    async fn confirm(
+        &self,
+        request: Request<pb::ConfirmRequest>,
+    ) -> Result<Response<AuthorizationRecord>, Status> {
+        adopt_remote_parent(request.metadata());
+        let request = request.into_inner();
+        let id = TransactionId::parse(&request.transaction_id).map_err(AuthorizationError::from)?;
+        let evidence = Evidence::parse(&request.evidence).map_err(AuthorizationError::from)?;
+        let confirmed = self.journal.confirm(id, evidence).await?;
+        self.relay.wake();
+        Ok(Response::new(convert::record(&confirmed)))
     }
 
     #[tracing::instrument(name = "authorization.get", skip_all)]
@@ -319,7 +484,10 @@ impl AuthorizationService for AuthorizationApi {
         adopt_remote_parent(request.metadata());
         let key =
             convert::request_key(Some(request.get_ref())).map_err(AuthorizationError::from)?;
-        let acknowledged = self.journal.acknowledge(&key).await?;
+        let acknowledged = self
+            .journal
+            .acknowledge(&key, Evidence::TerminalAcknowledgement)
+            .await?;
         self.relay.wake();
         Ok(Response::new(convert::record(&acknowledged)))
     }

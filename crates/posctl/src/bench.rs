@@ -1,7 +1,9 @@
 //! Load generator: sends Sale requests from several terminal identities, either
 //! closed-loop (N workers, each sending its next request when the previous one
 //! answered) or open-loop at a fixed rate, and reports counts, throughput and
-//! latency percentiles from an HDR histogram.
+//! latency percentiles from an HDR histogram. Sales are not acknowledged
+//! unless asked (`--ack`): the benchmark measures authorizations, and the
+//! latency recorded is always the Sale call's alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,12 +13,12 @@ use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use switch_proto::v1::{AuthorizationStatus, Money, SaleRequest};
+use switch_proto::v1::{AcknowledgeRequest, AuthorizationStatus, Money, SaleRequest};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::connect::{GatewayOptions, TerminalClient, connect};
-use crate::output::status_line;
+use crate::output::{should_acknowledge, status_line};
 
 /// Luhn-valid test card numbers used round-robin.
 pub const TEST_PANS: &[&str] = &[
@@ -45,6 +47,9 @@ pub struct BenchConfig {
     pub requests: Option<u64>,
     pub terminals: Vec<String>,
     pub local_date: String,
+    /// Also acknowledge every approved sale, like a terminal that printed
+    /// its receipt.
+    pub ack: bool,
     pub json: bool,
 }
 
@@ -82,6 +87,7 @@ struct Shared {
     terminals: Vec<TerminalSlot>,
     next_request: AtomicU64,
     local_date: String,
+    ack: bool,
 }
 
 impl Shared {
@@ -100,6 +106,7 @@ impl Shared {
                 minor_units: amount_for(i),
                 currency: "EUR".to_owned(),
             }),
+            last_completed_stan: String::new(),
         };
         (slot.client.clone(), request)
     }
@@ -111,21 +118,41 @@ enum Outcome {
         latency_us: u64,
         status: i32,
         duplicate: bool,
+        /// `None` when no acknowledgement was sent; otherwise its outcome.
+        ack: Option<Result<(), String>>,
     },
     Err(String),
 }
 
 async fn send_one(shared: &Shared, i: u64) -> Outcome {
     let (mut client, request) = shared.request(i);
+    let ack_request = AcknowledgeRequest {
+        terminal_id: request.terminal_id.clone(),
+        stan: request.stan.clone(),
+        local_date: request.local_date.clone(),
+    };
     let started = Instant::now();
     match client.sale(request).await {
         Ok(response) => {
             let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let response = response.into_inner();
+            let status = response.authorization.map_or(0, |a| a.status);
+            let ack = if shared.ack && should_acknowledge(status) {
+                Some(
+                    client
+                        .acknowledge(ack_request)
+                        .await
+                        .map(|_| ())
+                        .map_err(|status| format!("ack: {}", status_line(&status))),
+                )
+            } else {
+                None
+            };
             Outcome::Ok {
                 latency_us,
-                status: response.authorization.map_or(0, |a| a.status),
+                status,
                 duplicate: response.duplicate,
+                ack,
             }
         }
         Err(status) => Outcome::Err(status_line(&status)),
@@ -142,6 +169,8 @@ struct Collector {
     declined: u64,
     issuer_timed_out: u64,
     duplicates: u64,
+    acknowledged: u64,
+    ack_errors: u64,
     error_messages: Vec<String>,
 }
 
@@ -157,6 +186,8 @@ impl Collector {
             declined: 0,
             issuer_timed_out: 0,
             duplicates: 0,
+            acknowledged: 0,
+            ack_errors: 0,
             error_messages: Vec::new(),
         })
     }
@@ -168,12 +199,15 @@ impl Collector {
                 latency_us,
                 status,
                 duplicate,
+                ack,
             } => {
                 self.ok += 1;
                 self.histogram
                     .saturating_record(latency_us.clamp(HIST_LOW_US, HIST_HIGH_US));
                 match AuthorizationStatus::try_from(status) {
-                    Ok(AuthorizationStatus::Approved) => self.approved += 1,
+                    Ok(AuthorizationStatus::Approved | AuthorizationStatus::Confirmed) => {
+                        self.approved += 1;
+                    }
                     Ok(AuthorizationStatus::Declined) => self.declined += 1,
                     Ok(AuthorizationStatus::IssuerTimedOut) => self.issuer_timed_out += 1,
                     _ => {}
@@ -181,15 +215,27 @@ impl Collector {
                 if duplicate {
                     self.duplicates += 1;
                 }
+                match ack {
+                    None => {}
+                    Some(Ok(())) => self.acknowledged += 1,
+                    Some(Err(message)) => {
+                        self.ack_errors += 1;
+                        self.note_error(message);
+                    }
+                }
             }
             Outcome::Err(message) => {
                 self.errors += 1;
-                if self.error_messages.len() < MAX_ERROR_MESSAGES
-                    && !self.error_messages.contains(&message)
-                {
-                    self.error_messages.push(message);
-                }
+                self.note_error(message);
             }
+        }
+    }
+
+    /// Keeps the first few distinct error messages.
+    fn note_error(&mut self, message: String) {
+        if self.error_messages.len() < MAX_ERROR_MESSAGES && !self.error_messages.contains(&message)
+        {
+            self.error_messages.push(message);
         }
     }
 }
@@ -205,6 +251,12 @@ pub struct Summary {
     pub declined: u64,
     pub issuer_timed_out: u64,
     pub duplicates: u64,
+    /// Whether approved sales were acknowledged (`--ack`).
+    pub ack: bool,
+    /// Acknowledgements the gateway accepted (only with `--ack`).
+    pub acknowledged: u64,
+    /// Acknowledgements that failed (only with `--ack`; not in `errors`).
+    pub ack_errors: u64,
     pub elapsed_s: f64,
     pub throughput_per_s: f64,
     pub p50_ms: f64,
@@ -250,6 +302,9 @@ impl Summary {
             declined: collector.declined,
             issuer_timed_out: collector.issuer_timed_out,
             duplicates: collector.duplicates,
+            ack: config.ack,
+            acknowledged: collector.acknowledged,
+            ack_errors: collector.ack_errors,
             elapsed_s,
             throughput_per_s,
             p50_ms: quantile(0.50),
@@ -269,6 +324,11 @@ impl Summary {
         let rate = self
             .rate
             .map_or_else(|| "-".to_owned(), |r| format!("{r}/s"));
+        let acknowledged = if self.ack {
+            format!("{} ({} ack errors)", self.acknowledged, self.ack_errors)
+        } else {
+            "- (sales not acknowledged; use --ack)".to_owned()
+        };
         [
             format!(
                 "mode          {} (concurrency {}, rate {rate})",
@@ -282,6 +342,7 @@ impl Summary {
             format!("declined      {}", self.declined),
             format!("timed out     {}", self.issuer_timed_out),
             format!("duplicates    {}", self.duplicates),
+            format!("acknowledged  {acknowledged}"),
             format!("elapsed       {:.2} s", self.elapsed_s),
             format!("throughput    {:.1} req/s", self.throughput_per_s),
             format!(
@@ -346,6 +407,7 @@ pub async fn run(options: &GatewayOptions, config: BenchConfig) -> Result<Summar
         terminals,
         next_request: AtomicU64::new(0),
         local_date: config.local_date.clone(),
+        ack: config.ack,
     });
 
     let bar = progress_bar(&config);
@@ -464,6 +526,7 @@ mod tests {
             requests: None,
             terminals: vec!["TERM0001".to_owned()],
             local_date: "2025-01-01".to_owned(),
+            ack: false,
             json: true,
         }
     }
@@ -519,11 +582,13 @@ mod tests {
             latency_us: 1500,
             status: AuthorizationStatus::Approved as i32,
             duplicate: false,
+            ack: None,
         });
         collector.record(Outcome::Ok {
             latency_us: 0,
             status: AuthorizationStatus::Declined as i32,
             duplicate: true,
+            ack: None,
         });
         for _ in 0..10 {
             collector.record(Outcome::Err("UNAVAILABLE: down".to_owned()));
@@ -544,6 +609,7 @@ mod tests {
             latency_us: 2000,
             status: AuthorizationStatus::Approved as i32,
             duplicate: false,
+            ack: None,
         });
         let summary = Summary::build(collector, Duration::from_secs(2), &config());
         let value = serde_json::to_value(&summary).unwrap();
@@ -579,5 +645,51 @@ mod tests {
         assert_eq!(summary.requests, 0);
         assert_eq!(summary.max_ms.to_bits(), 0.0f64.to_bits());
         assert_eq!(summary.throughput_per_s.to_bits(), 0.0f64.to_bits());
+    }
+
+    #[test]
+    fn collector_counts_acknowledgements_separately() {
+        let mut collector = Collector::new().unwrap();
+        for ack in [
+            Some(Ok(())),
+            Some(Ok(())),
+            Some(Err("ack: UNAVAILABLE: down".to_owned())),
+        ] {
+            collector.record(Outcome::Ok {
+                latency_us: 1000,
+                status: AuthorizationStatus::Approved as i32,
+                duplicate: false,
+                ack,
+            });
+        }
+        collector.record(Outcome::Ok {
+            latency_us: 1000,
+            status: AuthorizationStatus::Declined as i32,
+            duplicate: false,
+            ack: None,
+        });
+        assert_eq!(collector.requests, 4);
+        assert_eq!(collector.ok, 4);
+        assert_eq!(collector.errors, 0);
+        assert_eq!(collector.approved, 3);
+        assert_eq!(collector.acknowledged, 2);
+        assert_eq!(collector.ack_errors, 1);
+        assert_eq!(collector.error_messages, vec!["ack: UNAVAILABLE: down"]);
+
+        let mut with_ack = config();
+        with_ack.ack = true;
+        let summary = Summary::build(collector, Duration::from_secs(1), &with_ack);
+        let value = serde_json::to_value(&summary).unwrap();
+        assert_eq!(value["acknowledged"], 2);
+        assert_eq!(value["ack_errors"], 1);
+        assert_eq!(value["ack"], true);
+        assert!(summary.text().contains("acknowledged  2 (1 ack errors)"));
+
+        let summary = Summary::build(Collector::new().unwrap(), Duration::ZERO, &config());
+        assert!(
+            summary
+                .text()
+                .contains("acknowledged  - (sales not acknowledged")
+        );
     }
 }

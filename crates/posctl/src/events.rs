@@ -1,6 +1,7 @@
 //! Event reader: consumes the authorization events topic from the beginning
 //! with a throw-away consumer group and prints one line per decoded
-//! `EventEnvelope` (or one JSON object per line).
+//! `EventEnvelope` (or one JSON object per line) with the key fields of its
+//! payload: codes, reversal reasons, confirmation evidence, attempts.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -74,6 +75,33 @@ pub struct EventLine {
     pub approval_code: Option<String>,
     pub response_code: Option<String>,
     pub timeout_ms: Option<u32>,
+    /// Reversal reason (reversal requested/done/dead-lettered, conflicts).
+    pub reason: Option<String>,
+    /// What confirmed an approval.
+    pub evidence: Option<String>,
+    /// How many times a reversal was sent to the issuer.
+    pub attempts: Option<u32>,
+    /// How late an issuer answer came.
+    pub latency_ms: Option<u32>,
+}
+
+/// Stable name of a payload kind, used when an envelope carries no
+/// `event_type`.
+pub fn payload_name(payload: Option<&Payload>) -> &'static str {
+    match payload {
+        Some(Payload::AuthorizationApproved(_)) => "authorization_approved",
+        Some(Payload::AuthorizationDeclined(_)) => "authorization_declined",
+        Some(Payload::AuthorizationIssuerTimedOut(_)) => "authorization_issuer_timed_out",
+        Some(Payload::TerminalAcknowledged(_)) => "terminal_acknowledged",
+        Some(Payload::AuthorizationConfirmed(_)) => "authorization_confirmed",
+        Some(Payload::ReversalRequested(_)) => "reversal_requested",
+        Some(Payload::AuthorizationReversed(_)) => "authorization_reversed",
+        Some(Payload::ReversalDeadLettered(_)) => "reversal_dead_lettered",
+        Some(Payload::AcknowledgementConflict(_)) => "acknowledgement_conflict",
+        Some(Payload::LateIssuerResponse(_)) => "late_issuer_response",
+        Some(Payload::UnmatchedTerminalReversal(_)) => "unmatched_terminal_reversal",
+        None => "unknown",
+    }
 }
 
 /// Formats a protobuf timestamp as RFC 3339 (empty when missing or invalid).
@@ -94,9 +122,14 @@ pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
 impl EventLine {
     /// Flattens an envelope; the PAN is masked again defensively.
     pub fn from_envelope(envelope: &EventEnvelope) -> Self {
+        let event_type = if envelope.event_type.is_empty() {
+            payload_name(envelope.payload.as_ref()).to_owned()
+        } else {
+            envelope.event_type.clone()
+        };
         let mut line = EventLine {
             event_id: envelope.event_id.clone(),
-            event_type: envelope.event_type.clone(),
+            event_type,
             transaction_id: envelope.transaction_id.clone(),
             occurred_at: rfc3339(envelope.occurred_at.as_ref()),
             ..EventLine::default()
@@ -116,6 +149,41 @@ impl EventLine {
                 p.facts.as_ref()
             }
             Some(Payload::TerminalAcknowledged(p)) => p.facts.as_ref(),
+            Some(Payload::AuthorizationConfirmed(p)) => {
+                line.evidence = Some(p.evidence.clone());
+                line.approval_code = Some(p.approval_code.clone());
+                p.facts.as_ref()
+            }
+            Some(Payload::ReversalRequested(p)) => {
+                line.reason = Some(p.reason.clone());
+                p.facts.as_ref()
+            }
+            Some(Payload::AuthorizationReversed(p)) => {
+                line.reason = Some(p.reason.clone());
+                line.attempts = Some(p.attempts);
+                p.facts.as_ref()
+            }
+            Some(Payload::ReversalDeadLettered(p)) => {
+                line.reason = Some(p.reason.clone());
+                line.attempts = Some(p.attempts);
+                p.facts.as_ref()
+            }
+            Some(Payload::AcknowledgementConflict(p)) => {
+                line.reason = Some(p.reversal_reason.clone());
+                p.facts.as_ref()
+            }
+            Some(Payload::LateIssuerResponse(p)) => {
+                line.response_code = Some(p.response_code.clone());
+                line.approval_code = Some(p.approval_code.clone());
+                line.latency_ms = Some(p.latency_ms);
+                p.facts.as_ref()
+            }
+            Some(Payload::UnmatchedTerminalReversal(p)) => {
+                line.terminal_id = p.terminal_id.clone();
+                line.stan = p.stan.clone();
+                line.local_date = p.local_date.clone();
+                None
+            }
             None => None,
         };
         if let Some(f) = facts {
@@ -151,6 +219,21 @@ impl EventLine {
         if let Some(ms) = self.timeout_ms {
             out.push_str(&format!(" timeout_ms={ms}"));
         }
+        if let Some(reason) = self.reason.as_deref().filter(|r| !r.is_empty()) {
+            out.push_str(&format!(" reason={reason}"));
+        }
+        if let Some(evidence) = self.evidence.as_deref().filter(|e| !e.is_empty()) {
+            out.push_str(&format!(" evidence={evidence}"));
+        }
+        if let Some(attempts) = self.attempts {
+            out.push_str(&format!(" attempts={attempts}"));
+        }
+        if let Some(ms) = self.latency_ms {
+            out.push_str(&format!(" latency_ms={ms}"));
+        }
+        if !self.local_date.is_empty() {
+            out.push_str(&format!(" date={}", self.local_date));
+        }
         out
     }
 
@@ -171,6 +254,10 @@ impl EventLine {
             "approval_code": self.approval_code,
             "response_code": self.response_code,
             "timeout_ms": self.timeout_ms,
+            "reason": self.reason,
+            "evidence": self.evidence,
+            "attempts": self.attempts,
+            "latency_ms": self.latency_ms,
             "partition": partition,
             "offset": offset,
         })
@@ -280,7 +367,11 @@ pub async fn run(config: EventsConfig) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switch_proto::v1::{AuthorizationApproved, AuthorizationDeclined, Money};
+    use switch_proto::v1::{
+        AcknowledgementConflict, AuthorizationApproved, AuthorizationConfirmed,
+        AuthorizationDeclined, AuthorizationReversed, LateIssuerResponse, Money,
+        ReversalDeadLettered, ReversalRequested, UnmatchedTerminalReversal,
+    };
 
     fn facts() -> AuthorizationFacts {
         AuthorizationFacts {
@@ -349,5 +440,108 @@ mod tests {
         assert!(line.approval_code.is_none());
         assert!(line.text().contains("rc=05"));
         assert_eq!(rfc3339(None), "");
+    }
+
+    fn line_for(payload: Payload) -> EventLine {
+        EventLine::from_envelope(&EventEnvelope {
+            payload: Some(payload),
+            ..EventEnvelope::default()
+        })
+    }
+
+    #[test]
+    fn flattens_confirmation_and_reversal_events() {
+        let line = line_for(Payload::AuthorizationConfirmed(AuthorizationConfirmed {
+            facts: Some(facts()),
+            evidence: "last_completed_stan".to_owned(),
+            approval_code: "A1B2C3".to_owned(),
+        }));
+        assert_eq!(line.event_type, "authorization_confirmed");
+        let text = line.text();
+        assert!(text.contains("evidence=last_completed_stan"), "{text}");
+        assert!(text.contains("approval=A1B2C3"));
+        assert!(text.contains("411111******1111"));
+        assert!(!text.contains("4111111111111111"));
+        assert_eq!(line.json(0, 0)["evidence"], "last_completed_stan");
+
+        let line = line_for(Payload::ReversalRequested(ReversalRequested {
+            facts: Some(facts()),
+            reason: "no_terminal_acknowledgement".to_owned(),
+        }));
+        assert_eq!(line.event_type, "reversal_requested");
+        assert!(line.text().contains("reason=no_terminal_acknowledgement"));
+        assert!(line.attempts.is_none());
+
+        let line = line_for(Payload::AuthorizationReversed(AuthorizationReversed {
+            facts: Some(facts()),
+            reason: "issuer_timeout".to_owned(),
+            attempts: 3,
+        }));
+        let text = line.text();
+        assert!(text.contains("reason=issuer_timeout attempts=3"), "{text}");
+        assert_eq!(line.json(0, 0)["attempts"], 3);
+
+        let line = line_for(Payload::ReversalDeadLettered(ReversalDeadLettered {
+            facts: Some(facts()),
+            reason: "terminal_requested".to_owned(),
+            attempts: 12,
+        }));
+        assert_eq!(line.event_type, "reversal_dead_lettered");
+        assert!(
+            line.text()
+                .contains("reason=terminal_requested attempts=12")
+        );
+    }
+
+    #[test]
+    fn flattens_conflict_late_response_and_unmatched_reversal() {
+        let line = line_for(Payload::AcknowledgementConflict(AcknowledgementConflict {
+            facts: Some(facts()),
+            reversal_reason: "no_terminal_acknowledgement".to_owned(),
+        }));
+        assert_eq!(line.event_type, "acknowledgement_conflict");
+        assert!(line.text().contains("reason=no_terminal_acknowledgement"));
+        assert_eq!(line.stan, "000042");
+
+        let line = line_for(Payload::LateIssuerResponse(LateIssuerResponse {
+            facts: Some(facts()),
+            response_code: "00".to_owned(),
+            approval_code: "Z9Y8X7".to_owned(),
+            latency_ms: 4200,
+        }));
+        let text = line.text();
+        assert!(text.contains("approval=Z9Y8X7 rc=00"), "{text}");
+        assert!(text.contains("latency_ms=4200"));
+        assert_eq!(line.json(0, 0)["latency_ms"], 4200);
+
+        let line = line_for(Payload::UnmatchedTerminalReversal(
+            UnmatchedTerminalReversal {
+                terminal_id: "TERM0002".to_owned(),
+                stan: "000777".to_owned(),
+                local_date: "2025-01-02".to_owned(),
+            },
+        ));
+        assert_eq!(line.event_type, "unmatched_terminal_reversal");
+        let text = line.text();
+        assert!(text.contains("term=TERM0002 stan=000777"), "{text}");
+        assert!(text.contains("date=2025-01-02"));
+        assert!(line.amount.is_none());
+        assert!(line.json(0, 0)["reason"].is_null());
+    }
+
+    #[test]
+    fn keeps_envelope_event_type_when_present() {
+        let envelope = EventEnvelope {
+            event_type: "authorization.reversed".to_owned(),
+            payload: Some(Payload::AuthorizationReversed(
+                AuthorizationReversed::default(),
+            )),
+            ..EventEnvelope::default()
+        };
+        assert_eq!(
+            EventLine::from_envelope(&envelope).event_type,
+            "authorization.reversed"
+        );
+        assert_eq!(payload_name(None), "unknown");
     }
 }

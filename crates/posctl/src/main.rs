@@ -1,12 +1,17 @@
 //! `posctl`: terminal simulator, load generator and event reader for the
 //! payment switch. It speaks to the terminal gateway over mutual TLS with the
 //! development certificates, and reads authorization events from Kafka.
+//!
+//! Like a real terminal, `sale` acknowledges an approval once it has shown
+//! the result (unless `--no-ack`), and `reverse` asks the switch to undo a
+//! sale the terminal never got an answer for.
 
 mod bench;
 mod connect;
 mod events;
 mod output;
 
+use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,11 +20,16 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use switch_proto::v1::{
-    AcknowledgeRequest, AuthorizationRecord, InquiryRequest, Money, ReprintLastRequest, SaleRequest,
+    AcknowledgeRequest, AuthorizationRecord, InquiryRequest, Money, ReprintLastRequest,
+    SaleRequest, TerminalReverseRequest,
 };
+use tonic::Code;
 
 use crate::connect::{GatewayOptions, connect};
-use crate::output::{print_record, print_status_error};
+use crate::output::{
+    acknowledged_sale_json, acknowledged_sale_text, code_name, print_record, print_status_error,
+    record_json, record_text, reverse_json, reverse_text, should_acknowledge, status_line,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "posctl", version, about, long_about = None)]
@@ -76,7 +86,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Send a purchase.
+    /// Send a purchase; an approval is then acknowledged (receipt printed)
+    /// unless --no-ack.
     Sale(SaleArgs),
     /// Ask for the authoritative status of a transaction by STAN and date.
     Inquiry(KeyArgs),
@@ -84,6 +95,9 @@ enum Command {
     ReprintLast,
     /// Acknowledge that the result was displayed/printed.
     Ack(KeyArgs),
+    /// Ask the switch to reverse a transaction this terminal got no answer
+    /// for (terminal timeout).
+    Reverse(KeyArgs),
     /// Generate Sale load and report throughput and latency.
     Bench(BenchArgs),
     /// Read authorization events from Kafka.
@@ -110,6 +124,13 @@ struct SaleArgs {
     /// Terminal local date, YYYY-MM-DD (default: today, UTC).
     #[arg(long)]
     date: Option<String>,
+    /// Do not acknowledge the result: a terminal that never showed it (S1).
+    #[arg(long)]
+    no_ack: bool,
+    /// STAN of the last transaction this terminal completed: evidence that
+    /// confirms that earlier sale.
+    #[arg(long, value_name = "STAN")]
+    last_completed_stan: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +163,10 @@ struct BenchArgs {
     /// Terminal local date, YYYY-MM-DD (default: today, UTC).
     #[arg(long)]
     date: Option<String>,
+    /// Also acknowledge every approved sale (counted as `acknowledged`);
+    /// latency stays the Sale call's alone.
+    #[arg(long)]
+    ack: bool,
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +234,27 @@ fn random_stan() -> String {
     format!("{value:06}")
 }
 
+/// An error already shown to the user: `main` only sets the exit code.
+#[derive(Debug)]
+struct AlreadyReported;
+
+impl fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("already reported")
+    }
+}
+
+impl std::error::Error for AlreadyReported {}
+
+/// Whether a failed Sale may still have reached the switch, so that the
+/// terminal does not know the outcome and should reverse.
+fn outcome_unknown(code: Code) -> bool {
+    matches!(
+        code,
+        Code::DeadlineExceeded | Code::Unavailable | Code::Cancelled | Code::Unknown
+    )
+}
+
 fn require_record(record: Option<AuthorizationRecord>) -> Result<AuthorizationRecord> {
     record.context("the gateway answered without an authorization record")
 }
@@ -260,6 +306,89 @@ fn run_certs(dir: PathBuf, force: bool, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Sends a sale and, like a terminal that printed its receipt, acknowledges
+/// an approval for the same terminal, STAN and date (unless `--no-ack`).
+async fn run_sale(
+    options: &GatewayOptions,
+    certificate: &str,
+    terminal_id: String,
+    args: SaleArgs,
+    json: bool,
+) -> Result<()> {
+    let mut client = connect(options, certificate).await?;
+    let stan = args.stan.unwrap_or_else(random_stan);
+    let local_date = args.date.unwrap_or_else(today_utc);
+    let request = SaleRequest {
+        terminal_id: terminal_id.clone(),
+        stan: stan.clone(),
+        local_date: local_date.clone(),
+        pan: args.pan,
+        expiry: args.expiry,
+        amount: Some(Money {
+            minor_units: args.amount,
+            currency: args.currency,
+        }),
+        last_completed_stan: args.last_completed_stan.unwrap_or_default(),
+    };
+    let response = match client.sale(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            if outcome_unknown(status.code()) {
+                eprintln!(
+                    "no answer for STAN {stan} date {local_date}: the sale may have been \
+                     authorized; reverse it with `posctl reverse --stan {stan} --date {local_date}`"
+                );
+            }
+            return Err(status.into());
+        }
+    };
+    let record = require_record(response.authorization)?;
+    let duplicate = response.duplicate;
+    if args.no_ack || !should_acknowledge(record.status) {
+        print_record(&record, Some(duplicate), json);
+        return Ok(());
+    }
+    let acknowledged = client
+        .acknowledge(AcknowledgeRequest {
+            terminal_id,
+            stan: stan.clone(),
+            local_date: local_date.clone(),
+        })
+        .await;
+    match acknowledged {
+        Ok(answer) => {
+            // The acknowledged record, or the sale's if the gateway sent none.
+            let acked = answer.into_inner().authorization.unwrap_or(record);
+            if json {
+                println!("{}", acknowledged_sale_json(&acked, duplicate));
+            } else {
+                println!("{}", acknowledged_sale_text(&acked, duplicate));
+            }
+            Ok(())
+        }
+        Err(status) => {
+            // The sale stands; show it, then why the acknowledgement failed.
+            if json {
+                let mut value = record_json(&record, Some(duplicate));
+                if let Some(obj) = value.as_object_mut() {
+                    obj.insert(
+                        "ack_error".to_owned(),
+                        json!({"code": code_name(status.code()), "message": status.message()}),
+                    );
+                }
+                println!("{value}");
+            } else {
+                println!("{}", record_text(&record, Some(duplicate)));
+            }
+            eprintln!(
+                "error: acknowledgement failed: gRPC {}; retry with `posctl ack --stan {stan} --date {local_date}`",
+                status_line(&status)
+            );
+            Err(AlreadyReported.into())
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let options = gateway_options(&cli);
     let certificate = cli.terminal.clone();
@@ -270,24 +399,7 @@ async fn run(cli: Cli) -> Result<()> {
             force,
             cli.json,
         ),
-        Command::Sale(args) => {
-            let mut client = connect(&options, &certificate).await?;
-            let request = SaleRequest {
-                terminal_id,
-                stan: args.stan.unwrap_or_else(random_stan),
-                local_date: args.date.unwrap_or_else(today_utc),
-                pan: args.pan,
-                expiry: args.expiry,
-                amount: Some(Money {
-                    minor_units: args.amount,
-                    currency: args.currency,
-                }),
-            };
-            let response = client.sale(request).await?.into_inner();
-            let record = require_record(response.authorization)?;
-            print_record(&record, Some(response.duplicate), cli.json);
-            Ok(())
-        }
+        Command::Sale(args) => run_sale(&options, &certificate, terminal_id, args, cli.json).await,
         Command::Inquiry(args) => {
             let mut client = connect(&options, &certificate).await?;
             let record = client
@@ -324,6 +436,34 @@ async fn run(cli: Cli) -> Result<()> {
             print_record(&record, None, cli.json);
             Ok(())
         }
+        Command::Reverse(args) => {
+            let mut client = connect(&options, &certificate).await?;
+            let local_date = args.date.unwrap_or_else(today_utc);
+            let response = client
+                .reverse(TerminalReverseRequest {
+                    terminal_id,
+                    stan: args.stan.clone(),
+                    local_date: local_date.clone(),
+                })
+                .await?
+                .into_inner();
+            if response.original_found && response.authorization.is_none() {
+                bail!("the gateway found the original but answered without its record");
+            }
+            let record = response.authorization.as_ref();
+            if cli.json {
+                println!(
+                    "{}",
+                    reverse_json(record, response.original_found, &args.stan, &local_date)
+                );
+            } else {
+                println!(
+                    "{}",
+                    reverse_text(record, response.original_found, &args.stan, &local_date)
+                );
+            }
+            Ok(())
+        }
         Command::Bench(args) => {
             let terminals = if args.terminals.is_empty() {
                 dev_certs::DEFAULT_TERMINALS
@@ -344,6 +484,7 @@ async fn run(cli: Cli) -> Result<()> {
                 requests: args.requests,
                 terminals,
                 local_date: args.date.unwrap_or_else(today_utc),
+                ack: args.ack,
                 json: cli.json,
             };
             let summary = bench::run(&options, config).await?;
@@ -373,6 +514,7 @@ async fn main() -> ExitCode {
     let json = cli.json;
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is::<AlreadyReported>() => ExitCode::FAILURE,
         Err(error) => {
             if let Some(status) = error.downcast_ref::<tonic::Status>() {
                 print_status_error(status, json);
@@ -467,5 +609,68 @@ mod tests {
         assert_eq!(args.amount, -5);
         assert_eq!(args.currency, "EUR");
         assert_eq!(args.expiry, "2812");
+        assert!(!args.no_ack);
+        assert!(args.last_completed_stan.is_none());
+    }
+
+    #[test]
+    fn parses_new_flags_and_reverse() {
+        let cli = Cli::try_parse_from([
+            "posctl",
+            "sale",
+            "--amount",
+            "1050",
+            "--pan",
+            "4111111111111111",
+            "--no-ack",
+            "--last-completed-stan",
+            "000041",
+        ])
+        .unwrap();
+        let Command::Sale(args) = cli.command else {
+            panic!("expected sale");
+        };
+        assert!(args.no_ack);
+        assert_eq!(args.last_completed_stan.as_deref(), Some("000041"));
+
+        let cli = Cli::try_parse_from([
+            "posctl",
+            "reverse",
+            "--stan",
+            "000042",
+            "--date",
+            "2025-01-01",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::Reverse(args) = cli.command else {
+            panic!("expected reverse");
+        };
+        assert_eq!(args.stan, "000042");
+        assert_eq!(args.date.as_deref(), Some("2025-01-01"));
+        assert!(Cli::try_parse_from(["posctl", "reverse"]).is_err());
+
+        let cli = Cli::try_parse_from(["posctl", "bench"]).unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("expected bench");
+        };
+        assert!(!args.ack);
+        let cli = Cli::try_parse_from(["posctl", "bench", "--ack"]).unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("expected bench");
+        };
+        assert!(args.ack);
+    }
+
+    #[test]
+    fn unknown_outcomes_are_the_transport_failures() {
+        assert!(outcome_unknown(Code::DeadlineExceeded));
+        assert!(outcome_unknown(Code::Unavailable));
+        assert!(!outcome_unknown(Code::InvalidArgument));
+        assert!(!outcome_unknown(Code::AlreadyExists));
+        assert!(!outcome_unknown(Code::PermissionDenied));
+        let reported = anyhow::Error::new(AlreadyReported);
+        assert!(reported.is::<AlreadyReported>());
     }
 }

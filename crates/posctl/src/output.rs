@@ -1,5 +1,7 @@
 //! Presentation helpers: PAN masking, money formatting with the currency's
-//! minor units, response code descriptions, and printing of authorization
+//! minor units, response code descriptions, the final state of an
+//! authorization (status with its reversal reason or confirmation evidence,
+//! and whether the terminal's receipt is void), and printing of authorization
 //! records and gRPC errors, both for humans and as JSON.
 
 use serde_json::{Value, json};
@@ -64,9 +66,70 @@ pub fn status_name(status: i32) -> &'static str {
         Ok(AuthorizationStatus::Approved) => "APPROVED",
         Ok(AuthorizationStatus::Declined) => "DECLINED",
         Ok(AuthorizationStatus::IssuerTimedOut) => "ISSUER_TIMED_OUT",
+        Ok(AuthorizationStatus::ReversalPending) => "REVERSAL_PENDING",
+        Ok(AuthorizationStatus::Reversed) => "REVERSED",
+        Ok(AuthorizationStatus::Confirmed) => "CONFIRMED",
+        Ok(AuthorizationStatus::ReversalDeadLettered) => "REVERSAL_DEAD_LETTERED",
         Ok(AuthorizationStatus::Unspecified) => "UNSPECIFIED",
         Err(_) => "UNKNOWN",
     }
+}
+
+/// Whether a terminal should acknowledge a sale answered with this status:
+/// only a successful result it would print as a valid receipt.
+pub fn should_acknowledge(status: i32) -> bool {
+    matches!(
+        AuthorizationStatus::try_from(status),
+        Ok(AuthorizationStatus::Approved | AuthorizationStatus::Confirmed)
+    )
+}
+
+/// Whether the switch is taking (or has taken) the money back: the sale must
+/// not be honoured and any receipt for it is void. A dead-lettered reversal
+/// is still owed to the issuer, so it counts as well.
+pub fn is_void_status(status: i32) -> bool {
+    matches!(
+        AuthorizationStatus::try_from(status),
+        Ok(AuthorizationStatus::Reversed
+            | AuthorizationStatus::ReversalPending
+            | AuthorizationStatus::ReversalDeadLettered)
+    )
+}
+
+/// What the terminal must do with a voided sale.
+pub const VOID_ADVICE: &str = "void: do not hand over goods; reprint as void";
+
+/// What a conflicting acknowledgement means for the terminal.
+pub const CONFLICT_NOTICE: &str =
+    "CONFLICT: receipt void (acknowledged after the switch had reversed it)";
+
+/// The final state of a record in one phrase, e.g.
+/// `REVERSED (reason: no_terminal_acknowledgement)` or
+/// `CONFIRMED (evidence: terminal_acknowledgement)`. The reason and the
+/// evidence are shown whenever the switch recorded them.
+pub fn status_headline(status: i32, reversal_reason: &str, confirmation_evidence: &str) -> String {
+    let mut details = Vec::new();
+    if !reversal_reason.is_empty() {
+        details.push(format!("reason: {reversal_reason}"));
+    }
+    if !confirmation_evidence.is_empty() {
+        details.push(format!("evidence: {confirmation_evidence}"));
+    }
+    let name = status_name(status);
+    if details.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name} ({})", details.join(", "))
+    }
+}
+
+/// [`status_headline`] of a record.
+pub fn record_headline(record: &AuthorizationRecord) -> String {
+    status_headline(
+        record.status,
+        &record.reversal_reason,
+        &record.confirmation_evidence,
+    )
 }
 
 /// Human description of an ISO 8583 response code (field 39).
@@ -165,6 +228,10 @@ pub fn record_json(record: &AuthorizationRecord, duplicate: Option<bool>) -> Val
         "local_date": record.local_date,
         "created_at": record.created_at,
         "acknowledged": record.acknowledged,
+        "reversal_reason": record.reversal_reason,
+        "confirmation_evidence": record.confirmation_evidence,
+        "conflict": record.conflict,
+        "void": record.conflict || is_void_status(record.status),
     });
     if let (Some(dup), Some(obj)) = (duplicate, value.as_object_mut()) {
         obj.insert("duplicate".to_owned(), Value::Bool(dup));
@@ -181,14 +248,18 @@ pub fn record_text(record: &AuthorizationRecord, duplicate: Option<bool>) -> Str
             s.to_owned()
         }
     };
-    let mut lines = vec![
-        format!("Status:        {}", status_name(record.status)),
-        format!(
-            "Response code: {} ({})",
-            or_dash(&record.response_code),
-            response_code_description(&record.response_code)
-        ),
-    ];
+    let mut lines = vec![format!("Status:        {}", record_headline(record))];
+    if is_void_status(record.status) {
+        lines.push(format!("               {VOID_ADVICE}"));
+    }
+    if record.conflict {
+        lines.push(CONFLICT_NOTICE.to_owned());
+    }
+    lines.push(format!(
+        "Response code: {} ({})",
+        or_dash(&record.response_code),
+        response_code_description(&record.response_code)
+    ));
     if !record.message.is_empty() {
         lines.push(format!("Message:       {}", record.message));
     }
@@ -213,6 +284,7 @@ pub fn record_text(record: &AuthorizationRecord, duplicate: Option<bool>) -> Str
         "Acknowledged:  {}",
         if record.acknowledged { "yes" } else { "no" }
     ));
+
     if duplicate == Some(true) {
         lines.push("(duplicate: original answer)".to_owned());
     }
@@ -225,6 +297,79 @@ pub fn print_record(record: &AuthorizationRecord, duplicate: Option<bool>, json:
         println!("{}", record_json(record, duplicate));
     } else {
         println!("{}", record_text(record, duplicate));
+    }
+}
+
+/// Line a terminal shows after acknowledging a sale: the receipt stands,
+/// unless the switch had already reversed it.
+pub fn ack_line(record: &AuthorizationRecord) -> &'static str {
+    if record.conflict || is_void_status(record.status) {
+        "acknowledged: receipt printed, but the switch had reversed the sale: receipt void"
+    } else {
+        "acknowledged: receipt printed"
+    }
+}
+
+/// JSON of a sale whose result the terminal acknowledged: the record the
+/// acknowledgement returned, with `"acknowledged": true`.
+pub fn acknowledged_sale_json(record: &AuthorizationRecord, duplicate: bool) -> Value {
+    let mut value = record_json(record, Some(duplicate));
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("acknowledged".to_owned(), Value::Bool(true));
+    }
+    value
+}
+
+/// Text of a sale whose result the terminal acknowledged.
+pub fn acknowledged_sale_text(record: &AuthorizationRecord, duplicate: bool) -> String {
+    format!(
+        "{}\n{}",
+        record_text(record, Some(duplicate)),
+        ack_line(record)
+    )
+}
+
+/// What the terminal is told when the switch never saw the transaction it
+/// asked to reverse.
+pub const NOTHING_TO_REVERSE: &str =
+    "no such transaction at the switch: reversal recorded, nothing to reverse";
+
+/// JSON answer of a terminal reversal: the record with
+/// `"original_found": true`, or, when the switch never saw the transaction,
+/// its key with `"original_found": false`.
+pub fn reverse_json(
+    record: Option<&AuthorizationRecord>,
+    original_found: bool,
+    stan: &str,
+    local_date: &str,
+) -> Value {
+    match record.filter(|_| original_found) {
+        Some(record) => {
+            let mut value = record_json(record, None);
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("original_found".to_owned(), Value::Bool(true));
+            }
+            value
+        }
+        None => json!({
+            "original_found": false,
+            "stan": stan,
+            "local_date": local_date,
+            "message": NOTHING_TO_REVERSE,
+        }),
+    }
+}
+
+/// Text answer of a terminal reversal (see [`reverse_json`]).
+pub fn reverse_text(
+    record: Option<&AuthorizationRecord>,
+    original_found: bool,
+    stan: &str,
+    local_date: &str,
+) -> String {
+    match record.filter(|_| original_found) {
+        Some(record) => record_text(record, None),
+        None => format!("{NOTHING_TO_REVERSE} (STAN {stan}, date {local_date})"),
     }
 }
 
@@ -310,5 +455,180 @@ mod tests {
         assert_eq!(json["duplicate"], false);
         assert_eq!(json["amount"]["display"], "EUR 10.50");
         assert!(record_json(&record, None).get("duplicate").is_none());
+    }
+
+    #[test]
+    fn names_every_status() {
+        for (status, name) in [
+            (AuthorizationStatus::Unspecified, "UNSPECIFIED"),
+            (AuthorizationStatus::Received, "RECEIVED"),
+            (AuthorizationStatus::SentToIssuer, "SENT_TO_ISSUER"),
+            (AuthorizationStatus::Approved, "APPROVED"),
+            (AuthorizationStatus::Declined, "DECLINED"),
+            (AuthorizationStatus::IssuerTimedOut, "ISSUER_TIMED_OUT"),
+            (AuthorizationStatus::ReversalPending, "REVERSAL_PENDING"),
+            (AuthorizationStatus::Reversed, "REVERSED"),
+            (AuthorizationStatus::Confirmed, "CONFIRMED"),
+            (
+                AuthorizationStatus::ReversalDeadLettered,
+                "REVERSAL_DEAD_LETTERED",
+            ),
+        ] {
+            assert_eq!(status_name(status as i32), name);
+        }
+    }
+
+    #[test]
+    fn headline_shows_reason_and_evidence() {
+        assert_eq!(
+            status_headline(
+                AuthorizationStatus::Reversed as i32,
+                "no_terminal_acknowledgement",
+                ""
+            ),
+            "REVERSED (reason: no_terminal_acknowledgement)"
+        );
+        assert_eq!(
+            status_headline(
+                AuthorizationStatus::Confirmed as i32,
+                "",
+                "terminal_acknowledgement"
+            ),
+            "CONFIRMED (evidence: terminal_acknowledgement)"
+        );
+        assert_eq!(
+            status_headline(AuthorizationStatus::Approved as i32, "", ""),
+            "APPROVED"
+        );
+        assert_eq!(
+            status_headline(
+                AuthorizationStatus::Reversed as i32,
+                "issuer_timeout",
+                "policy"
+            ),
+            "REVERSED (reason: issuer_timeout, evidence: policy)"
+        );
+    }
+
+    #[test]
+    fn classifies_statuses_for_ack_and_void() {
+        assert!(should_acknowledge(AuthorizationStatus::Approved as i32));
+        assert!(should_acknowledge(AuthorizationStatus::Confirmed as i32));
+        for status in [
+            AuthorizationStatus::Declined,
+            AuthorizationStatus::IssuerTimedOut,
+            AuthorizationStatus::Reversed,
+            AuthorizationStatus::ReversalPending,
+            AuthorizationStatus::Received,
+        ] {
+            assert!(!should_acknowledge(status as i32), "{status:?}");
+        }
+        assert!(!should_acknowledge(99));
+        assert!(is_void_status(AuthorizationStatus::Reversed as i32));
+        assert!(is_void_status(AuthorizationStatus::ReversalPending as i32));
+        assert!(is_void_status(
+            AuthorizationStatus::ReversalDeadLettered as i32
+        ));
+        assert!(!is_void_status(AuthorizationStatus::Approved as i32));
+        assert!(!is_void_status(AuthorizationStatus::Confirmed as i32));
+        assert!(!is_void_status(AuthorizationStatus::Declined as i32));
+    }
+
+    #[test]
+    fn reversed_record_is_marked_void() {
+        let record = AuthorizationRecord {
+            status: AuthorizationStatus::Reversed as i32,
+            reversal_reason: "no_terminal_acknowledgement".to_owned(),
+            ..AuthorizationRecord::default()
+        };
+        let text = record_text(&record, None);
+        assert!(text.starts_with("Status:        REVERSED (reason: no_terminal_acknowledgement)"));
+        assert!(text.contains(VOID_ADVICE));
+        assert!(!text.contains("CONFLICT"));
+        let json = record_json(&record, None);
+        assert_eq!(json["status"], "REVERSED");
+        assert_eq!(json["reversal_reason"], "no_terminal_acknowledgement");
+        assert_eq!(json["void"], true);
+        assert_eq!(json["conflict"], false);
+
+        let confirmed = AuthorizationRecord {
+            status: AuthorizationStatus::Confirmed as i32,
+            confirmation_evidence: "terminal_acknowledgement".to_owned(),
+            acknowledged: true,
+            ..AuthorizationRecord::default()
+        };
+        let text = record_text(&confirmed, None);
+        assert!(text.contains("CONFIRMED (evidence: terminal_acknowledgement)"));
+        assert!(!text.contains("void"));
+        let json = record_json(&confirmed, None);
+        assert_eq!(json["confirmation_evidence"], "terminal_acknowledgement");
+        assert_eq!(json["void"], false);
+    }
+
+    #[test]
+    fn conflict_voids_the_receipt() {
+        let record = AuthorizationRecord {
+            status: AuthorizationStatus::Reversed as i32,
+            reversal_reason: "no_terminal_acknowledgement".to_owned(),
+            acknowledged: true,
+            conflict: true,
+            ..AuthorizationRecord::default()
+        };
+        let text = record_text(&record, None);
+        assert!(text.contains("CONFLICT: receipt void"));
+        let json = record_json(&record, None);
+        assert_eq!(json["conflict"], true);
+        assert_eq!(json["void"], true);
+    }
+
+    #[test]
+    fn acknowledged_sale_output() {
+        let record = AuthorizationRecord {
+            status: AuthorizationStatus::Confirmed as i32,
+            confirmation_evidence: "terminal_acknowledgement".to_owned(),
+            ..AuthorizationRecord::default()
+        };
+        let text = acknowledged_sale_text(&record, false);
+        assert!(text.ends_with("\nacknowledged: receipt printed"), "{text}");
+        let json = acknowledged_sale_json(&record, false);
+        assert_eq!(json["acknowledged"], true);
+        assert_eq!(json["duplicate"], false);
+        assert_eq!(json["status"], "CONFIRMED");
+
+        let conflicting = AuthorizationRecord {
+            status: AuthorizationStatus::Reversed as i32,
+            conflict: true,
+            ..AuthorizationRecord::default()
+        };
+        assert!(ack_line(&conflicting).contains("receipt void"));
+        assert!(acknowledged_sale_text(&conflicting, false).contains("CONFLICT: receipt void"));
+    }
+
+    #[test]
+    fn reverse_output_with_and_without_original() {
+        let text = reverse_text(None, false, "000042", "2025-01-01");
+        assert!(text.starts_with(NOTHING_TO_REVERSE));
+        assert!(text.contains("STAN 000042"));
+        let json = reverse_json(None, false, "000042", "2025-01-01");
+        assert_eq!(json["original_found"], false);
+        assert_eq!(json["stan"], "000042");
+        assert_eq!(json["message"], NOTHING_TO_REVERSE);
+
+        let record = AuthorizationRecord {
+            status: AuthorizationStatus::ReversalPending as i32,
+            reversal_reason: "terminal_requested".to_owned(),
+            masked_pan: "4111111111111111".to_owned(),
+            ..AuthorizationRecord::default()
+        };
+        let text = reverse_text(Some(&record), true, "000042", "2025-01-01");
+        assert!(text.contains("REVERSAL_PENDING (reason: terminal_requested)"));
+        assert!(text.contains(VOID_ADVICE));
+        assert!(!text.contains("4111111111111111"));
+        let json = reverse_json(Some(&record), true, "000042", "2025-01-01");
+        assert_eq!(json["original_found"], true);
+        assert_eq!(json["reversal_reason"], "terminal_requested");
+        // A record without original_found is not trusted as the original.
+        let json = reverse_json(Some(&record), false, "000042", "2025-01-01");
+        assert_eq!(json["original_found"], false);
     }
 }

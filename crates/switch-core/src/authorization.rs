@@ -2,15 +2,29 @@
 //!
 //! Services persist the state and feed events in; `AuthorizationState::on`
 //! is the single place that decides whether a transition is legal, so the
-//! rules cannot drift between the gateway, the journal and the tools. Later
-//! stages add states (acknowledged, orphaned, reversal pending, reversed,
-//! confirmed): add a variant, its name, and the arms in `on`; anything not
-//! listed stays illegal by default.
+//! rules cannot drift between the gateway, the journal and the tools. To add
+//! a state: a variant, its name, and the arms in `on`; anything not listed
+//! stays illegal by default.
+//!
+//! ```text
+//! received ─▶ sent_to_issuer ─┬▶ approved ──────────▶ confirmed (final)
+//!                             ├▶ declined (final)    │
+//!                             └▶ issuer_timed_out ─┐ │
+//!                  (sent_to_issuer, approved) ─────┴─┴▶ reversal_pending ─▶ reversed (final)
+//!                                                        ▲        │
+//!                                            redrive     └── reversal_dead_lettered
+//! ```
+//!
+//! Confirmed, declined and reversed are final: nothing leaves them, which is
+//! what makes "no approval is both settled and reversed" a property of this
+//! function rather than of every caller.
 
 use std::fmt;
 
 use crate::error::InvalidField;
 use crate::ids::ApprovalCode;
+use crate::orphan::{Evidence, ReversalReason};
+
 use crate::response_code::ResponseCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,15 +34,27 @@ pub enum AuthorizationState {
     Approved,
     Declined,
     IssuerTimedOut,
+    /// A reversal is owed to the issuer and repeated until acknowledged.
+    ReversalPending,
+    /// The issuer acknowledged the reversal.
+    Reversed,
+    /// Evidence (or policy) says the terminal completed it: it will settle.
+    Confirmed,
+    /// Not acknowledged within the reversal's maximum age: needs an operator.
+    ReversalDeadLettered,
 }
 
 impl AuthorizationState {
-    pub const ALL: [AuthorizationState; 5] = [
+    pub const ALL: [AuthorizationState; 9] = [
         Self::Received,
         Self::SentToIssuer,
         Self::Approved,
         Self::Declined,
         Self::IssuerTimedOut,
+        Self::ReversalPending,
+        Self::Reversed,
+        Self::Confirmed,
+        Self::ReversalDeadLettered,
     ];
 
     /// Stable storage name; changing one is a data migration.
@@ -39,6 +65,10 @@ impl AuthorizationState {
             Self::Approved => "approved",
             Self::Declined => "declined",
             Self::IssuerTimedOut => "issuer_timed_out",
+            Self::ReversalPending => "reversal_pending",
+            Self::Reversed => "reversed",
+            Self::Confirmed => "confirmed",
+            Self::ReversalDeadLettered => "reversal_dead_lettered",
         }
     }
 
@@ -50,12 +80,17 @@ impl AuthorizationState {
             .ok_or_else(|| InvalidField::new("state", format!("unknown state '{s}'")))
     }
 
-    /// Final for the authorization stage: no event moves it further.
+    /// The issuer has not decided yet (or the switch does not know).
+    pub fn is_in_flight(&self) -> bool {
+        matches!(self, Self::Received | Self::SentToIssuer)
+    }
+
+    /// One of the outcomes every authorization must end in (problem.md,
+    /// invariant 1): declined, confirmed or reversed. Approved and timed-out
+    /// authorizations are still open; a dead-lettered reversal is open too,
+    /// waiting for an operator.
     pub fn is_final(&self) -> bool {
-        match self {
-            Self::Approved | Self::Declined | Self::IssuerTimedOut => true,
-            Self::Received | Self::SentToIssuer => false,
-        }
+        matches!(self, Self::Declined | Self::Confirmed | Self::Reversed)
     }
 
     /// The one place transitions are decided.
@@ -73,6 +108,17 @@ impl AuthorizationState {
                 Ok(S::Declined)
             }
             (S::SentToIssuer, E::IssuerTimedOut) => Ok(S::IssuerTimedOut),
+            (S::Approved, E::Confirmed { .. }) => Ok(S::Confirmed),
+            // Whether money moved is unknown or unwanted: reverse. An
+            // authorization still in flight is one a crash interrupted.
+            (
+                S::Received | S::SentToIssuer | S::Approved | S::IssuerTimedOut,
+                E::ReversalRequested { .. },
+            ) => Ok(S::ReversalPending),
+            (S::ReversalPending | S::ReversalDeadLettered, E::IssuerReversed) => Ok(S::Reversed),
+            (S::ReversalPending, E::ReversalDeadLettered) => Ok(S::ReversalDeadLettered),
+            // An operator's redrive.
+            (S::ReversalDeadLettered, E::ReversalRequested { .. }) => Ok(S::ReversalPending),
             _ => Err(IllegalTransition {
                 from: self,
                 event: event.name(),
@@ -93,6 +139,10 @@ pub enum AuthorizationEvent {
     IssuerApproved { approval_code: ApprovalCode },
     IssuerDeclined { response_code: ResponseCode },
     IssuerTimedOut,
+    Confirmed { evidence: Evidence },
+    ReversalRequested { reason: ReversalReason },
+    IssuerReversed,
+    ReversalDeadLettered,
 }
 
 impl AuthorizationEvent {
@@ -102,6 +152,10 @@ impl AuthorizationEvent {
             Self::IssuerApproved { .. } => "issuer_approved",
             Self::IssuerDeclined { .. } => "issuer_declined",
             Self::IssuerTimedOut => "issuer_timed_out",
+            Self::Confirmed { .. } => "confirmed",
+            Self::ReversalRequested { .. } => "reversal_requested",
+            Self::IssuerReversed => "issuer_reversed",
+            Self::ReversalDeadLettered => "reversal_dead_lettered",
         }
     }
 }
@@ -133,9 +187,11 @@ pub fn classify_issuer_answer(
     }
 }
 
-/// What the terminal is told for a state: Approved -> "00", Declined -> the
-/// issuer's decline code, IssuerTimedOut -> "91", Received/SentToIssuer ->
-/// "96" (an answer before the issuer decided is a switch fault).
+/// What the terminal is told for a state: Approved/Confirmed -> "00",
+/// Declined -> the issuer's decline code, IssuerTimedOut -> "91",
+/// Received/SentToIssuer -> "96" (an answer before the issuer decided is a
+/// switch fault). Reversal states repeat the issuer's original answer ("00",
+/// or "91" when it never answered); the status says the payment is void.
 ///
 /// For Declined, a missing or "00" issuer code falls back to "05" so that a
 /// declined authorization can never be reported as approved.
@@ -144,7 +200,12 @@ pub fn terminal_response_code(
     issuer_code: Option<ResponseCode>,
 ) -> ResponseCode {
     match state {
-        AuthorizationState::Approved => ResponseCode::APPROVED,
+        AuthorizationState::Approved | AuthorizationState::Confirmed => ResponseCode::APPROVED,
+        AuthorizationState::ReversalPending
+        | AuthorizationState::Reversed
+        | AuthorizationState::ReversalDeadLettered => {
+            issuer_code.unwrap_or(ResponseCode::ISSUER_UNAVAILABLE)
+        }
         AuthorizationState::Declined => issuer_code
             .filter(|c| !c.is_approval())
             .unwrap_or(ResponseCode::DO_NOT_HONOUR),
@@ -183,6 +244,17 @@ mod tests {
             declined("05"),
             declined("00"),
             E::IssuerTimedOut,
+            E::Confirmed {
+                evidence: Evidence::TerminalAcknowledgement,
+            },
+            E::ReversalRequested {
+                reason: ReversalReason::NoTerminalAcknowledgement,
+            },
+            E::ReversalRequested {
+                reason: ReversalReason::TerminalRequested,
+            },
+            E::IssuerReversed,
+            E::ReversalDeadLettered,
         ]
     }
 
@@ -193,6 +265,23 @@ mod tests {
             (S::SentToIssuer, "issuer_approved", S::Approved),
             (S::SentToIssuer, "issuer_declined", S::Declined),
             (S::SentToIssuer, "issuer_timed_out", S::IssuerTimedOut),
+            (S::Approved, "confirmed", S::Confirmed),
+            (S::Received, "reversal_requested", S::ReversalPending),
+            (S::SentToIssuer, "reversal_requested", S::ReversalPending),
+            (S::Approved, "reversal_requested", S::ReversalPending),
+            (S::IssuerTimedOut, "reversal_requested", S::ReversalPending),
+            (
+                S::ReversalDeadLettered,
+                "reversal_requested",
+                S::ReversalPending,
+            ),
+            (S::ReversalPending, "issuer_reversed", S::Reversed),
+            (S::ReversalDeadLettered, "issuer_reversed", S::Reversed),
+            (
+                S::ReversalPending,
+                "reversal_dead_lettered",
+                S::ReversalDeadLettered,
+            ),
         ];
         if let E::IssuerDeclined { response_code } = event
             && response_code.is_approval()
@@ -207,30 +296,12 @@ mod tests {
 
     #[test]
     fn every_state_event_pair_matches_table() {
-        // Explicit expected outcome for every pair, row = state, column =
-        // event in `all_events()` order.
-        let expected: [(S, [Option<S>; 5]); 5] = [
-            (S::Received, [Some(S::SentToIssuer), None, None, None, None]),
-            (
-                S::SentToIssuer,
-                [
-                    None,
-                    Some(S::Approved),
-                    Some(S::Declined),
-                    None,
-                    Some(S::IssuerTimedOut),
-                ],
-            ),
-            (S::Approved, [None; 5]),
-            (S::Declined, [None; 5]),
-            (S::IssuerTimedOut, [None; 5]),
-        ];
-        let events = all_events();
-        assert_eq!(expected.len(), S::ALL.len());
-        for (state, row) in expected {
-            for (event, want) in events.iter().zip(row) {
-                assert_eq!(legal(state, event), want, "table {state:?} {event:?}");
-                match (state.on(event), want) {
+        let mut legal_pairs = 0;
+        for state in S::ALL {
+            for event in all_events() {
+                let want = legal(state, &event);
+                legal_pairs += usize::from(want.is_some());
+                match (state.on(&event), want) {
                     (Ok(got), Some(w)) => assert_eq!(got, w, "{state:?} {event:?}"),
                     (Err(err), None) => {
                         assert_eq!(err.from, state);
@@ -240,6 +311,31 @@ mod tests {
                 }
             }
         }
+        // 13 table rows; two ReversalRequested reasons each count twice.
+        assert_eq!(legal_pairs, 13 + 5);
+    }
+
+    #[test]
+    fn spot_checks_of_the_rules_that_matter() {
+        // A late approval never resurrects a reversal.
+        assert!(S::ReversalPending.on(&approved()).is_err());
+        assert!(S::Reversed.on(&approved()).is_err());
+        // Nothing is both confirmed and reversed.
+        let terminal_reversal = E::ReversalRequested {
+            reason: ReversalReason::TerminalRequested,
+        };
+        assert!(S::Confirmed.on(&terminal_reversal).is_err());
+        assert!(
+            S::Reversed
+                .on(&E::Confirmed {
+                    evidence: Evidence::Policy
+                })
+                .is_err()
+        );
+        // A reversal is never requested twice while one is pending.
+        assert!(S::ReversalPending.on(&terminal_reversal).is_err());
+        // A declined authorization has nothing to reverse.
+        assert!(S::Declined.on(&terminal_reversal).is_err());
     }
 
     #[test]
@@ -253,6 +349,7 @@ mod tests {
         assert_eq!(S::Approved.as_str(), "approved");
         assert_eq!(S::Declined.as_str(), "declined");
         assert_eq!(S::IssuerTimedOut.as_str(), "issuer_timed_out");
+        assert_eq!(S::ReversalDeadLettered.as_str(), "reversal_dead_lettered");
         for bad in ["", "Received", "RECEIVED", "timed_out", "approved "] {
             assert_eq!(S::parse(bad).unwrap_err().field, "state");
         }
@@ -261,7 +358,9 @@ mod tests {
     #[test]
     fn finality() {
         let finals: Vec<S> = S::ALL.into_iter().filter(S::is_final).collect();
-        assert_eq!(finals, [S::Approved, S::Declined, S::IssuerTimedOut]);
+        assert_eq!(finals, [S::Declined, S::Reversed, S::Confirmed]);
+        let in_flight: Vec<S> = S::ALL.into_iter().filter(S::is_in_flight).collect();
+        assert_eq!(in_flight, [S::Received, S::SentToIssuer]);
     }
 
     #[test]
@@ -274,7 +373,12 @@ mod tests {
                 "issuer_approved",
                 "issuer_declined",
                 "issuer_declined",
-                "issuer_timed_out"
+                "issuer_timed_out",
+                "confirmed",
+                "reversal_requested",
+                "reversal_requested",
+                "issuer_reversed",
+                "reversal_dead_lettered",
             ]
         );
     }
@@ -336,9 +440,18 @@ mod tests {
             terminal_response_code(S::SentToIssuer, Some(rc("00"))),
             rc("96")
         );
+        assert_eq!(terminal_response_code(S::Reversed, None), rc("91"));
+        assert_eq!(
+            terminal_response_code(S::ReversalPending, Some(rc("00"))),
+            rc("00")
+        );
         for s in S::ALL {
-            let code = terminal_response_code(s, Some(ResponseCode::APPROVED));
-            assert_eq!(code.is_approval(), s == S::Approved);
+            let code = terminal_response_code(s, Some(rc("51")));
+            assert_eq!(
+                code.is_approval(),
+                matches!(s, S::Approved | S::Confirmed),
+                "{s:?}"
+            );
         }
     }
 
@@ -348,12 +461,18 @@ mod tests {
             Just(approved()),
             prop::sample::select(vec!["00", "05", "51", "91", "Z9"]).prop_map(declined),
             Just(E::IssuerTimedOut),
+            prop::sample::select(Evidence::ALL.to_vec())
+                .prop_map(|evidence| E::Confirmed { evidence }),
+            prop::sample::select(ReversalReason::ALL.to_vec())
+                .prop_map(|reason| E::ReversalRequested { reason }),
+            Just(E::IssuerReversed),
+            Just(E::ReversalDeadLettered),
         ]
     }
 
     proptest! {
         #[test]
-        fn random_sequences_respect_table(events in prop::collection::vec(any_event(), 0..12)) {
+        fn random_sequences_respect_table(events in prop::collection::vec(any_event(), 0..16)) {
             let mut state = S::Received;
             let mut reached_final = false;
             for event in &events {

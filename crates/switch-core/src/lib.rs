@@ -12,6 +12,7 @@ pub mod card;
 pub mod error;
 pub mod ids;
 pub mod money;
+pub mod orphan;
 pub mod replay;
 pub mod response_code;
 
@@ -20,5 +21,6 @@ pub use card::*;
 pub use error::*;
 pub use ids::*;
 pub use money::*;
+pub use orphan::*;
 pub use replay::*;
 pub use response_code::*;

@@ -1,8 +1,8 @@
 //! `switchd`: one binary, one image, for every service of the switch.
 //!
 //! `switchd <service>` runs one service; `switchd all` runs authorization,
-//! the terminal gateway and the issuer simulator in one process, for a
-//! laptop. The binary only loads configuration, sets up telemetry, binds
+//! the terminal gateway, the reversal handler and the issuer simulator in
+//! one process, for a laptop. The binary only loads configuration, sets up telemetry, binds
 //! listeners and calls each service's `serve`; it exits with a clear message
 //! naming the key when the configuration is bad, and drains on SIGTERM.
 
@@ -41,6 +41,7 @@ enum Service {
     Authorization,
     #[value(alias = "gateway")]
     TerminalGateway,
+    ReversalHandler,
     IssuerSimulator,
     /// Every service above in one process.
     All,
@@ -55,6 +56,7 @@ impl Service {
         match self {
             Service::Authorization => authorization::SERVICE_NAME,
             Service::TerminalGateway => terminal_gateway::SERVICE_NAME,
+            Service::ReversalHandler => reversal_handler::SERVICE_NAME,
             Service::IssuerSimulator => "issuer-simulator",
             Service::All => "switchd",
         }
@@ -70,6 +72,7 @@ struct SwitchdConfig {
     kafka: KafkaConfig,
     authorization: authorization::AuthorizationConfig,
     gateway: terminal_gateway::GatewayConfig,
+    reversal_handler: reversal_handler::ReversalHandlerConfig,
     issuer_simulator: issuer_simulator::IssuerSimulatorConfig,
 }
 
@@ -80,6 +83,7 @@ impl Validate for SwitchdConfig {
         self.telemetry.validate()?;
         self.database.validate()?;
         self.kafka.validate()?;
+        self.reversal_handler.validate()?;
         self.authorization.validate()
     }
 }
@@ -172,6 +176,29 @@ async fn run(service: Service, settings: SwitchdConfig) -> anyhow::Result<()> {
                 terminal_gateway::serve(&config, listener, stop.cancelled_owned())
                     .await
                     .map_err(anyhow::Error::from)
+            }
+        });
+    }
+
+    if service.runs(Service::ReversalHandler) {
+        let listener = bind(settings.reversal_handler.listen).await?;
+        let (database, kafka, config) = (
+            settings.database.clone(),
+            settings.kafka.clone(),
+            settings.reversal_handler.clone(),
+        );
+        spawn(&mut tasks, "reversal-handler", {
+            let stop = stop.clone();
+            async move {
+                reversal_handler::serve(
+                    &database,
+                    &kafka,
+                    &config,
+                    listener,
+                    stop.cancelled_owned(),
+                )
+                .await
+                .map_err(anyhow::Error::from)
             }
         });
     }

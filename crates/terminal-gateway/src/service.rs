@@ -7,7 +7,9 @@ use std::time::Duration;
 use switch_platform::telemetry::propagate_trace_context;
 use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_proto::v1::terminal_service_server::TerminalService;
-use switch_proto::v1::{self as pb, AuthorizationRecord, get_authorization_request::By};
+use switch_proto::v1::{
+    self as pb, AuthorizationRecord, get_authorization_request::By, reverse_request::Target,
+};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -68,6 +70,7 @@ impl TerminalService for TerminalApi {
             pan: sale.pan,
             expiry: sale.expiry,
             amount: sale.amount,
+            last_completed_stan: sale.last_completed_stan,
         };
         let answer = self
             .authorization
@@ -134,6 +137,36 @@ impl TerminalService for TerminalApi {
             .into_inner();
         Ok(Response::new(pb::AcknowledgeResponse {
             authorization: Some(record),
+        }))
+    }
+
+    /// S4: the terminal timed out and asks to reverse. Authorization makes
+    /// the reversal durable before this answer returns; repeats get the
+    /// same answer and cause no second reversal.
+    #[tracing::instrument(name = "gateway.reverse", skip_all)]
+    async fn reverse(
+        &self,
+        request: Request<pb::TerminalReverseRequest>,
+    ) -> Result<Response<pb::TerminalReverseResponse>, Status> {
+        let identity = TerminalIdentity::of(&request)?;
+        let reversal = request.into_inner();
+        identity.authorize(&reversal.terminal_id)?;
+        let answer = self
+            .authorization
+            .clone()
+            .reverse(self.outbound(pb::ReverseRequest {
+                target: Some(Target::Key(key(
+                    &reversal.terminal_id,
+                    &reversal.stan,
+                    &reversal.local_date,
+                ))),
+                reason: "terminal_requested".to_owned(),
+            }))
+            .await?
+            .into_inner();
+        Ok(Response::new(pb::TerminalReverseResponse {
+            authorization: answer.authorization,
+            original_found: answer.original_found,
         }))
     }
 }

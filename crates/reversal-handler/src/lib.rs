@@ -1,0 +1,164 @@
+//! The reversal handler: finds orphaned approvals and has them reversed or
+//! confirmed.
+//!
+//! It follows authorization's events into a table of its own (`approvals`):
+//! every approval is watched until its merchant's acknowledgement deadline,
+//! an issuer timeout is owed a reversal at once, and a final decision
+//! announced by authorization (confirmation by evidence, a reversal already
+//! requested) closes the watch. A sweeper finds approvals still open at
+//! their deadline, decides each under its merchant's policy
+//! ([`switch_core::decide_at_deadline`]), and asks authorization, the single
+//! writer of authorization state, to `Reverse` or `Confirm` it, repeating
+//! the question with backoff until authorization accepts or refuses. Once
+//! authorization has accepted a reversal it owns repeating it to the issuer.
+
+mod config;
+mod metrics;
+mod outcome;
+mod store;
+mod sweeper;
+mod tracker;
+
+use std::future::Future;
+
+use switch_platform::consumer;
+use switch_platform::db::DatabaseConfig;
+use switch_platform::kafka::{KafkaConfig, topics};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{MAX_ACK_WINDOW_MS, MAX_RETRY_DELAY_MS, MerchantPolicy, ReversalHandlerConfig};
+pub use outcome::{Outcome, deadline, retry_delay};
+pub use store::{
+    ApprovalFacts, CLAIM_LIMIT, Claimed, Due, claim_due, close, close_from_event,
+    insert_decided_now, insert_open, record_decisions, record_failure, take_due,
+};
+pub use sweeper::{CALL_TIMEOUT, LEASE, SweepReport, Sweeper};
+pub use tracker::ApprovalTracker;
+
+/// Name of the service: its schema, its consumer's default group, its
+/// OpenTelemetry service name.
+pub const SERVICE_NAME: &str = "reversal-handler";
+
+/// The service's schema migrations, for tests that set the schema up
+/// without serving.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How long to wait before restarting a consumer that stopped on an error.
+const CONSUMER_RESTART_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(#[from] switch_platform::config::ConfigError),
+    #[error("database: {0}")]
+    Database(#[from] switch_platform::db::DbError),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] switch_platform::kafka::KafkaError),
+    #[error("grpc: {0}")]
+    Grpc(#[from] switch_platform::grpc::GrpcError),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the reversal handler on `listener` until `shutdown` resolves:
+/// migrates its schema, ensures the topic it reads, starts the event
+/// consumer and the sweeper, and serves gRPC health and reflection. On
+/// shutdown it stops the consumer and the sweeper and waits for them.
+pub async fn serve(
+    database: &DatabaseConfig,
+    kafka: &KafkaConfig,
+    config: &ReversalHandlerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
+    MIGRATOR.run(&pool).await?;
+    kafka.ensure_topics(&[topics::AUTHORIZATION_EVENTS]).await?;
+    let sweeper = Sweeper::new(pool.clone(), config.clone())?;
+
+    let stop = CancellationToken::new();
+    let consumer_task = tokio::spawn(run_consumer(
+        pool,
+        kafka.clone(),
+        config.clone(),
+        stop.clone(),
+    ));
+    let sweeper_task = tokio::spawn(sweeper.run(stop.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let (reflection_v1, reflection_v1alpha) = switch_platform::grpc::reflection_services()?;
+    let local = listener.local_addr().ok();
+    tracing::info!(listen = ?local, "Reversal handler listening.");
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(switch_platform::grpc::incoming(listener), shutdown)
+        .await;
+    stop.cancel();
+    let _ = consumer_task.await;
+    let _ = sweeper_task.await;
+    tracing::info!("Reversal handler stopped.");
+    result.map_err(ServeError::from)
+}
+
+/// Consumes authorization's events until `stop`, restarting the consumer
+/// after an error (a broker outage must not silently stop the watch).
+async fn run_consumer(
+    pool: sqlx::PgPool,
+    kafka: KafkaConfig,
+    config: ReversalHandlerConfig,
+    stop: CancellationToken,
+) {
+    let group = config.consumer_group.clone();
+    let tracker = ApprovalTracker::new(config);
+    while !stop.is_cancelled() {
+        let result = consumer::run(
+            pool.clone(),
+            &kafka,
+            &group,
+            &[topics::AUTHORIZATION_EVENTS],
+            &tracker,
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                if !stop.is_cancelled() {
+                    tracing::warn!(%group, "Consumer stream ended; restarting.");
+                }
+            }
+            Err(error) => tracing::warn!(%error, %group, "Consumer stopped; restarting."),
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(CONSUMER_RESTART_DELAY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_is_named_after_the_service() {
+        assert_eq!(
+            DatabaseConfig::default().schema_for(SERVICE_NAME),
+            "reversal_handler"
+        );
+    }
+
+    #[test]
+    fn migrations_create_the_consumer_table_exactly() {
+        let migration = include_str!("../migrations/0001_approvals.sql");
+        assert!(migration.contains(consumer::PROCESSED_EVENTS_DDL));
+    }
+}

@@ -1,0 +1,286 @@
+//! The sweeper: every `sweep_interval_ms` it claims the approvals that are
+//! due, decides the orphans among them under their merchant's policy, and
+//! then, outside the row locks, asks authorization to carry each decision
+//! out. Authorization's answer closes the approval; an error schedules the
+//! question again with backoff, for as long as it takes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switch_core::OrphanDecision;
+use switch_platform::telemetry::set_parent_from_traceparent;
+use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
+use switch_proto::v1::reverse_request::Target;
+use switch_proto::v1::{ConfirmRequest, ReverseRequest};
+use time::OffsetDateTime;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tracing::Instrument;
+
+use crate::config::ReversalHandlerConfig;
+use crate::metrics::Metrics;
+use crate::outcome::{Outcome, decision_columns, millis_between, retry_delay};
+use crate::store::{self, CLAIM_LIMIT, Due};
+
+/// How long one Reverse or Confirm call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a claimed approval stays with the sweeper that claimed it: the
+/// call timeout plus a margin. A sweeper that dies mid-call delays the next
+/// attempt by at most this much.
+pub const LEASE: Duration = Duration::from_secs(5);
+
+type InterceptorFn = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;
+type Client = AuthorizationServiceClient<InterceptedService<Channel, InterceptorFn>>;
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Due approvals claimed (and asked about).
+    pub claimed: usize,
+    /// Approvals closed by authorization's answer.
+    pub closed: usize,
+    /// Calls that failed and are scheduled again.
+    pub failed: usize,
+}
+
+#[derive(Clone)]
+pub struct Sweeper {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: sqlx::PgPool,
+    config: ReversalHandlerConfig,
+    client: Client,
+    metrics: Metrics,
+}
+
+enum Answer {
+    Closed,
+    Failed,
+}
+
+impl Sweeper {
+    /// A sweeper asking the authorization service at the configured
+    /// endpoint; the channel connects lazily, so the sweeper starts (and
+    /// keeps deciding) while authorization is down.
+    pub fn new(
+        pool: sqlx::PgPool,
+        config: ReversalHandlerConfig,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(config.authorization_endpoint.clone())?
+            .tcp_nodelay(true)
+            .connect_timeout(CALL_TIMEOUT)
+            .connect_lazy();
+        let interceptor: InterceptorFn = switch_platform::telemetry::propagate_trace_context;
+        Ok(Sweeper {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                client: AuthorizationServiceClient::with_interceptor(channel, interceptor),
+                metrics: Metrics::new(),
+            }),
+        })
+    }
+
+    /// Sweeps every `sweep_interval_ms` until `shutdown` is cancelled; a
+    /// sweep that fills its claim limit is followed at once by another.
+    /// Cancellation abandons calls in flight: their leases expire and the
+    /// next sweeper asks again.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let interval = Duration::from_millis(self.inner.config.sweep_interval_ms);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(interval) => {}
+            }
+            loop {
+                let swept = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    swept = self.sweep_once() => swept,
+                };
+                match swept {
+                    Ok(report) if report.claimed as i64 >= CLAIM_LIMIT => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "Sweep failed; will retry.");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims what is due, records decisions, asks authorization about
+    /// every claimed approval concurrently and records the answers.
+    pub async fn sweep_once(&self) -> Result<SweepReport, sqlx::Error> {
+        let inner = &self.inner;
+        let due = store::take_due(&inner.pool, &inner.config, CLAIM_LIMIT, LEASE).await?;
+        let mut report = SweepReport {
+            claimed: due.len(),
+            ..SweepReport::default()
+        };
+        let mut calls = JoinSet::new();
+        for approval in due {
+            if approval.newly_decided {
+                let (decision, reason) = decision_columns(approval.decision);
+                inner.metrics.orphan_detected(reason);
+                tracing::info!(
+                    transaction_id = %approval.transaction_id,
+                    merchant_id = %approval.merchant_id,
+                    decision,
+                    reason,
+                    "Orphaned approval decided."
+                );
+            }
+            let inner = Arc::clone(inner);
+            calls.spawn(async move { inner.carry_out(approval).await });
+        }
+        while let Some(joined) = calls.join_next().await {
+            match joined {
+                Ok(Ok(Answer::Closed)) => report.closed += 1,
+                Ok(Ok(Answer::Failed)) => report.failed += 1,
+                Ok(Err(error)) => {
+                    // The lease runs out and the next sweep asks again.
+                    tracing::warn!(%error, "Answer could not be recorded.");
+                    report.failed += 1;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "Request task failed.");
+                    report.failed += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl Inner {
+    /// Asks authorization to carry out one decision and records its answer.
+    async fn carry_out(&self, due: Due) -> Result<Answer, sqlx::Error> {
+        let (decision, reason) = decision_columns(due.decision);
+        let span = tracing::info_span!(
+            "reversal_handler.request",
+            transaction_id = %due.transaction_id,
+            decision,
+            reason
+        );
+        if !due.traceparent.is_empty() {
+            set_parent_from_traceparent(&span, &due.traceparent, "");
+        }
+        async {
+            match self.ask(&due).await {
+                Ok(Some(outcome)) => {
+                    self.closed(&due, &outcome).await?;
+                    Ok(Answer::Closed)
+                }
+                Ok(None) => {
+                    tracing::warn!(
+                        transaction_id = %due.transaction_id,
+                        "Authorization answered with a state our request cannot leave; asking again."
+                    );
+                    self.failed(&due).await?;
+                    Ok(Answer::Failed)
+                }
+                Err(status)
+                    if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) =>
+                {
+                    tracing::info!(
+                        transaction_id = %due.transaction_id,
+                        code = ?status.code(),
+                        message = status.message(),
+                        "Authorization refused; another path decided the approval."
+                    );
+                    self.closed(&due, &Outcome::Superseded).await?;
+                    Ok(Answer::Closed)
+                }
+                Err(status) => {
+                    tracing::warn!(
+                        transaction_id = %due.transaction_id,
+                        attempts = due.attempts + 1,
+                        code = ?status.code(),
+                        message = status.message(),
+                        "Authorization request failed; asking again later."
+                    );
+                    self.failed(&due).await?;
+                    Ok(Answer::Failed)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The outcome authorization's answer shows; `None` for an answer in a
+    /// state the request cannot produce.
+    async fn ask(&self, due: &Due) -> Result<Option<Outcome>, Status> {
+        let mut client = self.client.clone();
+        let transaction_id = due.transaction_id.to_string();
+        let call = async {
+            match due.decision {
+                OrphanDecision::Reverse(reason) => {
+                    let mut request = tonic::Request::new(ReverseRequest {
+                        target: Some(Target::TransactionId(transaction_id)),
+                        reason: reason.as_str().to_owned(),
+                    });
+                    request.set_timeout(CALL_TIMEOUT);
+                    let response = client.reverse(request).await?.into_inner();
+                    match response.authorization {
+                        Some(record) if response.original_found => {
+                            Ok(Outcome::of_record(&record, due.decision))
+                        }
+                        _ => Err(Status::not_found(
+                            "authorization does not know the approval",
+                        )),
+                    }
+                }
+                OrphanDecision::Confirm(evidence) => {
+                    let mut request = tonic::Request::new(ConfirmRequest {
+                        transaction_id,
+                        evidence: evidence.as_str().to_owned(),
+                    });
+                    request.set_timeout(CALL_TIMEOUT);
+                    let record = client.confirm(request).await?.into_inner();
+                    Ok(Outcome::of_record(&record, due.decision))
+                }
+            }
+        };
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in time")))
+    }
+
+    async fn closed(&self, due: &Due, outcome: &Outcome) -> Result<(), sqlx::Error> {
+        store::close(&self.pool, due.transaction_id, outcome).await?;
+        let now = OffsetDateTime::now_utc();
+        let latency_ms = millis_between(due.deadline_at.unwrap_or(now), now);
+        match (outcome.fulfils(due.decision), due.decision) {
+            (true, OrphanDecision::Reverse(_)) => self.metrics.reversed(latency_ms),
+            (true, OrphanDecision::Confirm(_)) => self.metrics.confirmed(latency_ms),
+            (false, _) => self.metrics.superseded(),
+        }
+        tracing::info!(
+            transaction_id = %due.transaction_id,
+            merchant_id = %due.merchant_id,
+            %outcome,
+            latency_ms,
+            "Orphaned approval closed."
+        );
+        Ok(())
+    }
+
+    async fn failed(&self, due: &Due) -> Result<(), sqlx::Error> {
+        let attempts = u32::try_from(due.attempts.saturating_add(1)).unwrap_or(1);
+        let delay = retry_delay(
+            self.config.retry_initial_delay_ms,
+            self.config.retry_max_delay_ms,
+            attempts,
+            rand::random::<u64>(),
+        );
+        store::record_failure(&self.pool, due.transaction_id, delay).await
+    }
+}

@@ -1,0 +1,284 @@
+//! Helpers of the reversal handler's integration tests: a migrated schema
+//! of its own per test on the real PostgreSQL, approvals to sweep, and a
+//! fake authorization service that records what it is asked.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use reversal_handler::{ApprovalFacts, SERVICE_NAME};
+use sqlx::PgPool;
+use switch_platform::db::DatabaseConfig;
+use switch_proto::v1::authorization_service_server::{
+    AuthorizationService, AuthorizationServiceServer,
+};
+use switch_proto::v1::{
+    self as pb, AuthorizationRecord, AuthorizationStatus, reverse_request::Target,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A name no other test or run uses.
+pub fn unique_suffix() -> String {
+    let id = Uuid::new_v4().simple().to_string();
+    format!("r{}", &id[..10])
+}
+
+/// The service's schema under a prefix of this test's own.
+pub struct TestDb {
+    pub database: DatabaseConfig,
+    pub pool: PgPool,
+    schema: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let database = DatabaseConfig {
+            url: database_url(),
+            schema_prefix: format!("{}_", unique_suffix()),
+            max_connections: 8,
+            ..DatabaseConfig::default()
+        };
+        let schema = database.schema_for(SERVICE_NAME);
+        let pool = switch_platform::db::connect(&database, &schema)
+            .await
+            .expect("PostgreSQL is reachable");
+        reversal_handler::MIGRATOR
+            .run(&pool)
+            .await
+            .expect("migrations apply");
+        TestDb {
+            database,
+            pool,
+            schema,
+        }
+    }
+
+    pub async fn drop(self) {
+        self.pool.close().await;
+        switch_platform::db::drop_schema(&self.database.url, &self.schema)
+            .await
+            .expect("test schema dropped");
+    }
+}
+
+pub fn facts(merchant_id: &str) -> ApprovalFacts {
+    ApprovalFacts {
+        transaction_id: Uuid::new_v4(),
+        terminal_id: "T0000001".into(),
+        merchant_id: merchant_id.into(),
+        stan: "000123".into(),
+        local_date: "2026-11-25".into(),
+        rrn: "633000000123".into(),
+        traceparent: String::new(),
+    }
+}
+
+/// Adds an open approval whose deadline is `offset_s` seconds from now
+/// (negative: already past).
+pub async fn open_approval(pool: &PgPool, merchant_id: &str, offset_s: i64) -> Uuid {
+    let facts = facts(merchant_id);
+    let now = time::OffsetDateTime::now_utc();
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(
+        reversal_handler::insert_open(
+            &mut conn,
+            &facts,
+            now,
+            now + time::Duration::seconds(offset_s)
+        )
+        .await
+        .unwrap()
+    );
+    facts.transaction_id
+}
+
+/// One row of `approvals`, as the tests inspect it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub status: String,
+    pub decision: Option<String>,
+    pub reason: Option<String>,
+    pub outcome: Option<String>,
+    pub attempts: i32,
+    pub decided: bool,
+    pub due_now: bool,
+}
+
+pub async fn row(pool: &PgPool, id: Uuid) -> Option<Row> {
+    sqlx::query_as::<
+        _,
+        (
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            i32,
+            bool,
+            bool,
+        ),
+    >(
+        "SELECT status, decision, reason, outcome, attempts, decided_at IS NOT NULL, \
+                COALESCE(next_attempt_at <= now(), false) \
+         FROM approvals WHERE transaction_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+    .map(
+        |(status, decision, reason, outcome, attempts, decided, due_now)| Row {
+            status,
+            decision,
+            reason,
+            outcome,
+            attempts,
+            decided,
+            due_now,
+        },
+    )
+}
+
+/// How the fake authorization answers about one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Reverse → reversal pending; Confirm → confirmed.
+    Accept,
+    /// FAILED_PRECONDITION: evidence or another reversal won the race.
+    Refuse,
+    /// UNAVAILABLE: the journal is down.
+    Fail,
+}
+
+/// An `AuthorizationService` that answers Reverse and Confirm as told and
+/// records every call as (transaction id, "reverse:<reason>" or
+/// "confirm:<evidence>").
+#[derive(Clone, Default)]
+pub struct FakeAuthorization {
+    pub behaviour: Arc<Mutex<HashMap<String, Behaviour>>>,
+    pub calls: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl FakeAuthorization {
+    pub fn set(&self, id: Uuid, behaviour: Behaviour) {
+        self.behaviour
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), behaviour);
+    }
+
+    pub fn calls(&self) -> Vec<(String, String)> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn answer(&self, id: &str, call: String) -> Result<(), Status> {
+        self.calls.lock().unwrap().push((id.to_owned(), call));
+        let behaviour = self
+            .behaviour
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .unwrap_or(Behaviour::Accept);
+        match behaviour {
+            Behaviour::Accept => Ok(()),
+            Behaviour::Refuse => Err(Status::failed_precondition("already confirmed")),
+            Behaviour::Fail => Err(Status::unavailable("journal unavailable")),
+        }
+    }
+
+    /// Serves on a free port until `stop`; returns its address.
+    pub async fn start(&self, stop: CancellationToken) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = AuthorizationServiceServer::new(self.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    stop.cancelled_owned(),
+                )
+                .await
+                .unwrap();
+        });
+        addr
+    }
+}
+
+#[tonic::async_trait]
+impl AuthorizationService for FakeAuthorization {
+    async fn authorize(
+        &self,
+        _: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn reverse(
+        &self,
+        request: Request<pb::ReverseRequest>,
+    ) -> Result<Response<pb::ReverseResponse>, Status> {
+        let request = request.into_inner();
+        let Some(Target::TransactionId(id)) = request.target else {
+            return Err(Status::invalid_argument("transaction_id expected"));
+        };
+        self.answer(&id, format!("reverse:{}", request.reason))?;
+        Ok(Response::new(pb::ReverseResponse {
+            authorization: Some(AuthorizationRecord {
+                transaction_id: id,
+                status: AuthorizationStatus::ReversalPending as i32,
+                reversal_reason: request.reason,
+                ..AuthorizationRecord::default()
+            }),
+            original_found: true,
+        }))
+    }
+
+    async fn get_authorization(
+        &self,
+        _: Request<pb::GetAuthorizationRequest>,
+    ) -> Result<Response<AuthorizationRecord>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn last_for_terminal(
+        &self,
+        _: Request<pb::LastForTerminalRequest>,
+    ) -> Result<Response<AuthorizationRecord>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn acknowledge(
+        &self,
+        _: Request<pb::TerminalKey>,
+    ) -> Result<Response<AuthorizationRecord>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn confirm(
+        &self,
+        request: Request<pb::ConfirmRequest>,
+    ) -> Result<Response<AuthorizationRecord>, Status> {
+        let request = request.into_inner();
+        self.answer(
+            &request.transaction_id,
+            format!("confirm:{}", request.evidence),
+        )?;
+        Ok(Response::new(AuthorizationRecord {
+            transaction_id: request.transaction_id,
+            status: AuthorizationStatus::Confirmed as i32,
+            confirmation_evidence: request.evidence,
+            ..AuthorizationRecord::default()
+        }))
+    }
+}

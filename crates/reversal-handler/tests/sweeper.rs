@@ -1,0 +1,437 @@
+//! The sweeper against the real PostgreSQL: concurrent sweepers never claim
+//! the same approval, only due approvals are claimed, decisions follow the
+//! merchant's policy, events open, decide and close approvals in any order,
+//! and authorization's answers (accepted, refused, failed) close or
+//! reschedule them.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::{Behaviour, FakeAuthorization, TestDb, facts, open_approval, row};
+use prost::Message as _;
+use reversal_handler::{
+    ApprovalTracker, CLAIM_LIMIT, LEASE, MerchantPolicy, Outcome, ReversalHandlerConfig, Sweeper,
+    claim_due, close, close_from_event, insert_decided_now, record_failure, take_due,
+};
+use switch_core::{Evidence, OrphanDecision, ReversalReason};
+use switch_platform::consumer::{Outcome as Applied, apply_once};
+use switch_proto::v1::{self as pb, EventEnvelope, event_envelope::Payload};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn config_with_confirming_merchant(merchant_id: &str) -> ReversalHandlerConfig {
+    ReversalHandlerConfig {
+        merchants: BTreeMap::from([(
+            merchant_id.to_owned(),
+            MerchantPolicy {
+                ack_window_ms: Some(5_000),
+                orphan_policy: Some("confirm".into()),
+            },
+        )]),
+        ..ReversalHandlerConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sweepers_never_claim_the_same_approval() {
+    let db = TestDb::new().await;
+    let mut due = HashSet::new();
+    for _ in 0..40 {
+        due.insert(open_approval(&db.pool, "M1", -60).await);
+    }
+    for _ in 0..10 {
+        let facts = facts("M1");
+        let mut conn = db.pool.acquire().await.unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        insert_decided_now(&mut conn, &facts, now, ReversalReason::IssuerTimeout)
+            .await
+            .unwrap();
+        due.insert(facts.transaction_id);
+    }
+
+    // Two open transactions: the second skips what the first holds.
+    let mut first = db.pool.begin().await.unwrap();
+    let mut second = db.pool.begin().await.unwrap();
+    let a = claim_due(&mut first, 25).await.unwrap();
+    let b = claim_due(&mut second, CLAIM_LIMIT).await.unwrap();
+    let a_ids: HashSet<Uuid> = a.iter().map(|c| c.transaction_id).collect();
+    let b_ids: HashSet<Uuid> = b.iter().map(|c| c.transaction_id).collect();
+    assert_eq!(a.len(), 25);
+    assert_eq!(b.len(), 25);
+    assert!(a_ids.is_disjoint(&b_ids), "a row was claimed twice");
+    assert_eq!(
+        a_ids.union(&b_ids).copied().collect::<HashSet<_>>(),
+        due,
+        "every due row was claimed by one of them"
+    );
+    first.rollback().await.unwrap();
+    second.rollback().await.unwrap();
+
+    // Four sweepers taking small batches at once: each row exactly once,
+    // and a leased row is not taken again while its lease lasts.
+    let config = ReversalHandlerConfig::default();
+    let mut sweepers = Vec::new();
+    for _ in 0..4 {
+        let (pool, config) = (db.pool.clone(), config.clone());
+        sweepers.push(tokio::spawn(async move {
+            let mut taken = Vec::new();
+            loop {
+                let batch = take_due(&pool, &config, 7, LEASE).await.unwrap();
+                if batch.is_empty() {
+                    return taken;
+                }
+                taken.extend(batch.into_iter().map(|d| d.transaction_id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for sweeper in sweepers {
+        all.extend(sweeper.await.unwrap());
+    }
+    let unique: HashSet<Uuid> = all.iter().copied().collect();
+    assert_eq!(all.len(), due.len(), "some row was taken twice: {all:?}");
+    assert_eq!(unique, due);
+    assert!(
+        take_due(&db.pool, &config, CLAIM_LIMIT, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_due_approvals_are_claimed_and_decided_by_policy() {
+    let db = TestDb::new().await;
+    let orphan = open_approval(&db.pool, "M1", -60).await;
+    let fuel_orphan = open_approval(&db.pool, "FUEL01", -60).await;
+    let not_yet = open_approval(&db.pool, "M1", 60).await;
+    let backing_off = open_approval(&db.pool, "M1", -60).await;
+    let closed = open_approval(&db.pool, "M1", -60).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let mut closed_facts = facts("M1");
+    closed_facts.transaction_id = closed;
+    close_from_event(
+        &mut conn,
+        &closed_facts,
+        &Outcome::Confirmed("terminal_acknowledgement".into()),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    // Decided earlier, failed, and not due again for a minute.
+    let config = config_with_confirming_merchant("FUEL01");
+    let mut tx = db.pool.begin().await.unwrap();
+    let claimed = claim_due(&mut tx, CLAIM_LIMIT).await.unwrap();
+    let claimed_backing_off: Vec<_> = claimed
+        .into_iter()
+        .filter(|c| c.transaction_id == backing_off)
+        .collect();
+    reversal_handler::record_decisions(&mut tx, &claimed_backing_off, &config, LEASE)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    record_failure(&db.pool, backing_off, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let due = take_due(&db.pool, &config, CLAIM_LIMIT, LEASE)
+        .await
+        .unwrap();
+    let decisions: BTreeMap<Uuid, (OrphanDecision, bool)> = due
+        .iter()
+        .map(|d| (d.transaction_id, (d.decision, d.newly_decided)))
+        .collect();
+    assert_eq!(
+        decisions,
+        BTreeMap::from([
+            (
+                orphan,
+                (
+                    OrphanDecision::Reverse(ReversalReason::NoTerminalAcknowledgement),
+                    true
+                )
+            ),
+            (
+                fuel_orphan,
+                (OrphanDecision::Confirm(Evidence::Policy), true)
+            ),
+        ])
+    );
+
+    let decided = row(&db.pool, orphan).await.unwrap();
+    assert_eq!(decided.status, "decided");
+    assert_eq!(decided.decision.as_deref(), Some("reverse"));
+    assert_eq!(
+        decided.reason.as_deref(),
+        Some("no_terminal_acknowledgement")
+    );
+    assert!(decided.decided && !decided.due_now, "decided and leased");
+    let fuel = row(&db.pool, fuel_orphan).await.unwrap();
+    assert_eq!(
+        (fuel.decision.as_deref(), fuel.reason.as_deref()),
+        (Some("confirm"), Some("policy"))
+    );
+    assert_eq!(row(&db.pool, not_yet).await.unwrap().status, "open");
+    let waiting = row(&db.pool, backing_off).await.unwrap();
+    assert_eq!((waiting.status.as_str(), waiting.attempts), ("decided", 1));
+    assert!(!waiting.due_now);
+    let done = row(&db.pool, closed).await.unwrap();
+    assert_eq!(done.status, "closed");
+    assert_eq!(
+        done.outcome.as_deref(),
+        Some("confirmed:terminal_acknowledgement")
+    );
+
+    // Closing is once: a later answer does not overwrite the first.
+    assert!(close(&db.pool, orphan, &Outcome::Superseded).await.unwrap());
+    assert!(!close(&db.pool, orphan, &Outcome::Reversed).await.unwrap());
+    assert_eq!(
+        row(&db.pool, orphan).await.unwrap().outcome.as_deref(),
+        Some("superseded")
+    );
+    db.drop().await;
+}
+
+fn envelope(transaction_id: Uuid, payload: Payload) -> Vec<u8> {
+    let facts = Some(pb::AuthorizationFacts {
+        terminal_id: "T0000001".into(),
+        merchant_id: "M1".into(),
+        stan: "000042".into(),
+        local_date: "2026-11-25".into(),
+        rrn: "633000000042".into(),
+        masked_pan: "411111******1111".into(),
+        amount: None,
+    });
+    let payload = match payload {
+        Payload::AuthorizationApproved(mut p) => {
+            p.facts = facts;
+            Payload::AuthorizationApproved(p)
+        }
+        Payload::AuthorizationIssuerTimedOut(mut p) => {
+            p.facts = facts;
+            Payload::AuthorizationIssuerTimedOut(p)
+        }
+        Payload::ReversalRequested(mut p) => {
+            p.facts = facts;
+            Payload::ReversalRequested(p)
+        }
+        Payload::AuthorizationConfirmed(mut p) => {
+            p.facts = facts;
+            Payload::AuthorizationConfirmed(p)
+        }
+        other => other,
+    };
+    EventEnvelope {
+        event_id: Uuid::new_v4().to_string(),
+        event_type: "test".into(),
+        transaction_id: transaction_id.to_string(),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: time::OffsetDateTime::now_utc().unix_timestamp() - 10,
+            nanos: 0,
+        }),
+        payload: Some(payload),
+        ..EventEnvelope::default()
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_open_decide_and_close_approvals_in_any_order() {
+    let db = TestDb::new().await;
+    let tracker = ApprovalTracker::new(ReversalHandlerConfig::default());
+    let apply = |payload: Vec<u8>| {
+        let (pool, tracker) = (db.pool.clone(), &tracker);
+        async move {
+            apply_once(&pool, "reversal-handler", &payload, tracker)
+                .await
+                .unwrap()
+        }
+    };
+    let approved = || Payload::AuthorizationApproved(pb::AuthorizationApproved::default());
+
+    // Approved, redelivered as a new event, then confirmed by evidence.
+    let confirmed = Uuid::new_v4();
+    assert_eq!(
+        apply(envelope(confirmed, approved())).await,
+        Applied::Applied
+    );
+    apply(envelope(confirmed, approved())).await;
+    let open = row(&db.pool, confirmed).await.unwrap();
+    assert_eq!(open.status, "open");
+    let deadline_in_s: i64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM deadline_at - approved_at)::BIGINT FROM approvals \
+         WHERE transaction_id = $1",
+    )
+    .bind(confirmed)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        deadline_in_s, 30,
+        "the default window counts from occurred_at"
+    );
+    apply(envelope(
+        confirmed,
+        Payload::AuthorizationConfirmed(pb::AuthorizationConfirmed {
+            evidence: "terminal_acknowledgement".into(),
+            ..Default::default()
+        }),
+    ))
+    .await;
+    let closed = row(&db.pool, confirmed).await.unwrap();
+    assert_eq!(closed.status, "closed");
+    assert_eq!(
+        closed.outcome.as_deref(),
+        Some("confirmed:terminal_acknowledgement")
+    );
+
+    // The closing event first (order across restarts): the approval that
+    // follows does not reopen it.
+    let reversed_first = Uuid::new_v4();
+    apply(envelope(
+        reversed_first,
+        Payload::ReversalRequested(pb::ReversalRequested {
+            reason: "terminal_requested".into(),
+            ..Default::default()
+        }),
+    ))
+    .await;
+    apply(envelope(reversed_first, approved())).await;
+    let stays = row(&db.pool, reversed_first).await.unwrap();
+    assert_eq!(stays.status, "closed");
+    assert_eq!(
+        stays.outcome.as_deref(),
+        Some("reversal_requested:terminal_requested")
+    );
+
+    // An issuer timeout is owed a reversal at once.
+    let timed_out = Uuid::new_v4();
+    apply(envelope(
+        timed_out,
+        Payload::AuthorizationIssuerTimedOut(pb::AuthorizationIssuerTimedOut {
+            timeout_ms: 2_000,
+            ..Default::default()
+        }),
+    ))
+    .await;
+    let decided = row(&db.pool, timed_out).await.unwrap();
+    assert_eq!(decided.status, "decided");
+    assert_eq!(
+        (decided.decision.as_deref(), decided.reason.as_deref()),
+        (Some("reverse"), Some("issuer_timeout"))
+    );
+    let mut tx = db.pool.begin().await.unwrap();
+    let claimed = claim_due(&mut tx, CLAIM_LIMIT).await.unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|c| (c.transaction_id, c.decision))
+            .collect::<Vec<_>>(),
+        vec![(
+            timed_out,
+            Some(OrphanDecision::Reverse(ReversalReason::IssuerTimeout))
+        )]
+    );
+    tx.rollback().await.unwrap();
+
+    // Events that do not concern orphans, or name no transaction, change nothing.
+    let declined = Uuid::new_v4();
+    apply(envelope(
+        declined,
+        Payload::AuthorizationDeclined(pb::AuthorizationDeclined::default()),
+    ))
+    .await;
+    assert_eq!(row(&db.pool, declined).await, None);
+    let mut bad = EventEnvelope::decode(envelope(Uuid::new_v4(), approved()).as_slice()).unwrap();
+    bad.transaction_id = "not-a-uuid".into();
+    assert_eq!(apply(bad.encode_to_vec()).await, Applied::Applied);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM approvals")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_answers_close_or_reschedule() {
+    let db = TestDb::new().await;
+    let stop = CancellationToken::new();
+    let fake = FakeAuthorization::default();
+    let addr = fake.start(stop.clone()).await;
+    let config = ReversalHandlerConfig {
+        authorization_endpoint: format!("http://{addr}"),
+        ..config_with_confirming_merchant("FUEL01")
+    };
+    let reversed = open_approval(&db.pool, "M1", -1).await;
+    let confirmed = open_approval(&db.pool, "FUEL01", -1).await;
+    let superseded = open_approval(&db.pool, "M1", -1).await;
+    let failing = open_approval(&db.pool, "M1", -1).await;
+    fake.set(superseded, Behaviour::Refuse);
+    fake.set(failing, Behaviour::Fail);
+
+    let sweeper = Sweeper::new(db.pool.clone(), config).unwrap();
+    let report = sweeper.sweep_once().await.unwrap();
+    assert_eq!((report.claimed, report.closed, report.failed), (4, 3, 1));
+
+    let outcome = |id| {
+        let pool = db.pool.clone();
+        async move { row(&pool, id).await.unwrap() }
+    };
+    assert_eq!(
+        outcome(reversed).await.outcome.as_deref(),
+        Some("reversal_requested:no_terminal_acknowledgement")
+    );
+    assert_eq!(
+        outcome(confirmed).await.outcome.as_deref(),
+        Some("confirmed:policy")
+    );
+    assert_eq!(
+        outcome(superseded).await.outcome.as_deref(),
+        Some("superseded")
+    );
+    let retrying = outcome(failing).await;
+    assert_eq!(
+        (retrying.status.as_str(), retrying.attempts),
+        ("decided", 1)
+    );
+    assert!(!retrying.due_now, "the next attempt waits for the backoff");
+
+    let mut calls = fake.calls();
+    calls.sort();
+    let mut expected = vec![
+        (
+            reversed.to_string(),
+            "reverse:no_terminal_acknowledgement".to_owned(),
+        ),
+        (confirmed.to_string(), "confirm:policy".to_owned()),
+        (
+            superseded.to_string(),
+            "reverse:no_terminal_acknowledgement".to_owned(),
+        ),
+        (
+            failing.to_string(),
+            "reverse:no_terminal_acknowledgement".to_owned(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(calls, expected);
+
+    // Once authorization recovers, the backoff ends and the reversal is asked again.
+    fake.set(failing, Behaviour::Accept);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        sweeper.sweep_once().await.unwrap();
+        if outcome(failing).await.status == "closed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "retry never happened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.calls().len(), 5);
+    stop.cancel();
+    db.drop().await;
+}
