@@ -389,23 +389,105 @@ impl Drop for Stack {
 /// health check, or fails as soon as `stopped` reports that it ended.
 pub async fn wait_until_serving(
     authorization: SocketAddr,
+    stopped: impl FnMut() -> Option<String>,
+) -> anyhow::Result<()> {
+    wait_until_healthy(authorization, "switch.v1.AuthorizationService", stopped).await
+}
+
+/// Waits until the gRPC health check of `service` (`""` for the whole
+/// server) at `address` reports SERVING.
+pub async fn wait_until_healthy(
+    address: SocketAddr,
+    service: &str,
     mut stopped: impl FnMut() -> Option<String>,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let endpoint = format!("http://{authorization}");
+    let endpoint = format!("http://{address}");
     while Instant::now() < deadline {
         if let Some(how) = stopped() {
             bail!("authorization stopped during start-up: {how}");
         }
         if let Ok(channel) = Endpoint::from_shared(endpoint.clone())?.connect().await {
             let mut health = tonic_health_client(channel);
-            if health.is_ok_and_serving().await {
+            if health.is_ok_and_serving(service).await {
                 return Ok(());
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("authorization did not become ready within 60 s")
+    bail!("{service} at {address} did not become ready within 60 s")
+}
+
+/// The `switchd` binary next to the test binary (`make test` builds it).
+pub fn switchd_binary() -> std::path::PathBuf {
+    // target/<profile>/deps/<test binary> -> target/<profile>/switchd
+    let path = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("switchd")))
+        .expect("the test binary lives under target/<profile>/deps");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (`make test` does: cargo build -p switchd)",
+        path.display()
+    );
+    path
+}
+
+/// One `switchd <service>` process, configured through `SWITCH__…`
+/// variables, killed (SIGKILL) when dropped.
+pub struct SwitchdProcess {
+    child: std::process::Child,
+    pub service: String,
+}
+
+impl SwitchdProcess {
+    pub fn spawn(service: &str, env: &[(String, String)]) -> SwitchdProcess {
+        let child = std::process::Command::new(switchd_binary())
+            .arg(service)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("SWITCH__TELEMETRY__LOG_LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("switchd starts");
+        SwitchdProcess {
+            child,
+            service: service.to_owned(),
+        }
+    }
+
+    /// How it exited, if it has.
+    pub fn exited(&mut self) -> Option<String> {
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|status| format!("{} exited: {status}", self.service))
+    }
+
+    pub async fn wait_until_healthy(&mut self, address: SocketAddr, grpc_service: &str) {
+        wait_until_healthy(address, grpc_service, || self.exited())
+            .await
+            .expect("switchd becomes ready");
+    }
+
+    /// SIGKILL: no shutdown hook, no draining, no final relay pass.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SwitchdProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// A free local port (bound, then released).
+pub async fn free_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    listener.local_addr().expect("a bound address")
 }
 
 /// A sale from `terminal_id` with today's local date.
@@ -589,9 +671,9 @@ fn tonic_health_client(channel: Channel) -> HealthClient {
 }
 
 impl HealthClient {
-    async fn is_ok_and_serving(&mut self) -> bool {
+    async fn is_ok_and_serving(&mut self, service: &str) -> bool {
         let request = tonic_health::pb::HealthCheckRequest {
-            service: "switch.v1.AuthorizationService".to_owned(),
+            service: service.to_owned(),
         };
         matches!(
             self.0.check(request).await,
