@@ -13,6 +13,8 @@ run_id=$(date +%s)
 export SWITCH__DATABASE__SCHEMA_PREFIX=demo_
 export SWITCH__KAFKA__TOPIC_PREFIX="demo-$run_id."
 export SWITCH__TELEMETRY__LOG_LEVEL=info
+# A short acknowledgement window so the orphan is visible within seconds.
+export SWITCH__REVERSAL_HANDLER__ACK_WINDOW_MS=3000
 today=$(date -u +%F)
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -32,7 +34,7 @@ else
   echo "broker: using the one already at ${KAFKA_BROKERS:-127.0.0.1:9092}"
 fi
 # A clean journal for the demo (its own schema; nothing else is touched).
-psql -q "$psql_url" -c "DROP SCHEMA IF EXISTS demo_authorization CASCADE" >/dev/null
+psql -q "$psql_url" -c "DROP SCHEMA IF EXISTS demo_authorization CASCADE; DROP SCHEMA IF EXISTS demo_reversal_handler CASCADE" >/dev/null
 scripts/stack.sh up
 
 step "1. An approved sale from terminal TERM0001 (EUR 10.50); posctl acknowledges it like a terminal that printed its receipt, which confirms it"
@@ -65,11 +67,36 @@ if $posctl --terminal TERM0002 --claim TERM0001 inquiry --stan 100001 --date "$t
   exit 1
 fi
 
+step "8. S1: the issuer approves, but the terminal never shows the result (no acknowledgement)"
+$posctl sale --no-ack --amount 4200 --currency EUR --pan 4012888888881881 --stan 100008 --date "$today"
+echo
+echo "Waiting for the acknowledgement deadline (3 s here): the reversal handler finds the orphan,"
+echo "authorization reverses it at the issuer and repeats until the issuer acknowledges..."
+for _ in $(seq 1 60); do
+  if $posctl --json inquiry --stan 100008 --date "$today" 2>/dev/null | grep -q '"status": *"REVERSED"'; then
+    break
+  fi
+  sleep 0.5
+done
+$posctl inquiry --stan 100008 --date "$today"
+
+step "9. S4: the terminal timed out and asks to reverse (sent twice: one reversal)"
+$posctl sale --no-ack --amount 1500 --currency EUR --pan 4111111111111111 --stan 100009 --date "$today"
+$posctl reverse --stan 100009 --date "$today"
+$posctl reverse --stan 100009 --date "$today"
+
+step "10. A reversal for a transaction the switch never saw: answered and recorded"
+$posctl reverse --stan 100010 --date "$today"
+
 step "The journal in PostgreSQL (schema demo_authorization): no full card number, ever"
 psql "$psql_url" -P pager=off -c "
   SELECT terminal_id, stan, rrn, masked_pan, amount_minor, currency, state,
-         response_code AS rc, approval_code, acknowledged_at IS NOT NULL AS acked
+         response_code AS rc, approval_code, acknowledged_at IS NOT NULL AS acked,
+         coalesce(reversal_reason, confirmation_evidence) AS why
     FROM demo_authorization.authorizations ORDER BY created_at"
+psql "$psql_url" -P pager=off -c "
+  SELECT a.stan, r.reason, r.status, r.attempts, r.acknowledged_at - r.requested_at AS took
+    FROM demo_authorization.reversals r JOIN demo_authorization.authorizations a USING (transaction_id)"
 psql "$psql_url" -P pager=off -c "
   SELECT a.stan, t.from_state, t.to_state, t.event
     FROM demo_authorization.authorization_transitions t
@@ -79,9 +106,10 @@ psql "$psql_url" -P pager=off -c "
 step "The events on Kafka (topic ${SWITCH__KAFKA__TOPIC_PREFIX}authorization-events), read back with posctl events"
 $posctl events --topic-prefix "$SWITCH__KAFKA__TOPIC_PREFIX" --idle-timeout 3s
 
-rows=$(psql -tA "$psql_url" -c "SELECT count(*) FROM demo_authorization.authorizations")
-if [[ $rows != 2 ]]; then
-  echo "demo: expected 2 journal rows, found $rows" >&2
+states=$(psql -tA "$psql_url" -c "SELECT string_agg(stan || ':' || state, ' ' ORDER BY stan) FROM demo_authorization.authorizations")
+expected="100001:confirmed 100002:declined 100008:reversed 100009:reversed"
+if [[ $states != "$expected" ]]; then
+  echo "demo: expected journal states '$expected', found '$states'" >&2
   exit 1
 fi
-step "Done: 2 authorizations journaled (1 approved and confirmed, 1 declined), the retry answered from the journal, 3 events published. Stopping."
+step "Done: sale 1 confirmed by its receipt, sale 2 declined, the S1 orphan reversed at its deadline, the S4 sale reversed once at the terminal's request. Stopping."
