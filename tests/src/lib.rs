@@ -214,7 +214,6 @@ impl Stack {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             config.listen = listener.local_addr()?;
             config.authorization_endpoint = format!("http://{authorization}");
-            config.consumer_group = format!("{suffix}-reversal-handler");
             let (database, kafka, stop) = (database.clone(), kafka.clone(), stop.clone());
             handler = Some(config.listen);
             tasks.push(tokio::spawn(async move {

@@ -613,7 +613,12 @@ impl Journal {
         event: &AuthorizationEvent,
         kind: EventKind,
     ) -> Result<Option<StoredAuthorization>, AuthorizationError> {
+        // Lock order everywhere: the authorization row, then its reversal.
         let mut tx = self.pool.begin().await?;
+        let current = self
+            .lock_by_id(&mut tx, claimed.transaction_id)
+            .await?
+            .ok_or_else(|| AuthorizationError::NotFound(claimed.transaction_id.to_string()))?;
         let marked = sqlx::query(
             "UPDATE reversals SET status = $2, \
                acknowledged_at = CASE WHEN $2 = 'acknowledged' THEN now() END, \
@@ -629,10 +634,6 @@ impl Journal {
             // Another worker finished it first.
             return Ok(None);
         }
-        let current = self
-            .lock_by_id(&mut tx, claimed.transaction_id)
-            .await?
-            .ok_or_else(|| AuthorizationError::NotFound(claimed.transaction_id.to_string()))?;
         let next = current.state.on(event)?;
         let changes = Changes {
             state: Some((next, event.name())),

@@ -47,9 +47,9 @@ pub struct BenchConfig {
     pub requests: Option<u64>,
     pub terminals: Vec<String>,
     pub local_date: String,
-    /// Also acknowledge every approved sale, like a terminal that printed
-    /// its receipt.
-    pub ack: bool,
+    /// Acknowledge this share (0-100) of approved sales, like terminals
+    /// that printed their receipts; the rest are never acknowledged.
+    pub ack_percent: u8,
     pub json: bool,
 }
 
@@ -87,7 +87,7 @@ struct Shared {
     terminals: Vec<TerminalSlot>,
     next_request: AtomicU64,
     local_date: String,
-    ack: bool,
+    ack_percent: u8,
 }
 
 impl Shared {
@@ -137,7 +137,10 @@ async fn send_one(shared: &Shared, i: u64) -> Outcome {
             let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let response = response.into_inner();
             let status = response.authorization.map_or(0, |a| a.status);
-            let ack = if shared.ack && should_acknowledge(status) {
+            // Request i is acknowledged when its position in every hundred
+            // falls below the share: exactly that share, spread evenly.
+            let chosen = i % 100 < u64::from(shared.ack_percent);
+            let ack = if chosen && should_acknowledge(status) {
                 Some(
                     client
                         .acknowledge(ack_request)
@@ -302,7 +305,7 @@ impl Summary {
             declined: collector.declined,
             issuer_timed_out: collector.issuer_timed_out,
             duplicates: collector.duplicates,
-            ack: config.ack,
+            ack: config.ack_percent > 0,
             acknowledged: collector.acknowledged,
             ack_errors: collector.ack_errors,
             elapsed_s,
@@ -407,7 +410,7 @@ pub async fn run(options: &GatewayOptions, config: BenchConfig) -> Result<Summar
         terminals,
         next_request: AtomicU64::new(0),
         local_date: config.local_date.clone(),
-        ack: config.ack,
+        ack_percent: config.ack_percent,
     });
 
     let bar = progress_bar(&config);
@@ -526,7 +529,7 @@ mod tests {
             requests: None,
             terminals: vec!["TERM0001".to_owned()],
             local_date: "2025-01-01".to_owned(),
-            ack: false,
+            ack_percent: 0,
             json: true,
         }
     }
@@ -677,7 +680,7 @@ mod tests {
         assert_eq!(collector.error_messages, vec!["ack: UNAVAILABLE: down"]);
 
         let mut with_ack = config();
-        with_ack.ack = true;
+        with_ack.ack_percent = 100;
         let summary = Summary::build(collector, Duration::from_secs(1), &with_ack);
         let value = serde_json::to_value(&summary).unwrap();
         assert_eq!(value["acknowledged"], 2);

@@ -165,8 +165,12 @@ struct BenchArgs {
     date: Option<String>,
     /// Also acknowledge every approved sale (counted as `acknowledged`);
     /// latency stays the Sale call's alone.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ack_percent")]
     ack: bool,
+    /// Acknowledge this share of the sales (0-100), like terminals of which
+    /// the rest never showed the result: the others become orphans.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    ack_percent: Option<u8>,
 }
 
 #[derive(Debug, Args)]
@@ -484,7 +488,7 @@ async fn run(cli: Cli) -> Result<()> {
                 requests: args.requests,
                 terminals,
                 local_date: args.date.unwrap_or_else(today_utc),
-                ack: args.ack,
+                ack_percent: args.ack_percent.unwrap_or(if args.ack { 100 } else { 0 }),
                 json: cli.json,
             };
             let summary = bench::run(&options, config).await?;

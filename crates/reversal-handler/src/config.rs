@@ -128,7 +128,15 @@ impl ReversalHandlerConfig {
     /// back to reversing, the choice that never leaves a shopper charged for
     /// nothing.
     pub fn policy_for(&self, merchant_id: &str) -> (Duration, OrphanPolicy) {
-        let merchant = self.merchants.get(merchant_id);
+        // Environment overrides arrive lower-cased (`SWITCH__REVERSAL_HANDLER__
+        // MERCHANTS__M1__…` becomes `m1`); merchant ids are alphanumeric, so
+        // they match whatever their case.
+        let merchant = self.merchants.get(merchant_id).or_else(|| {
+            self.merchants
+                .iter()
+                .find(|(id, _)| id.eq_ignore_ascii_case(merchant_id))
+                .map(|(_, policy)| policy)
+        });
         let window_ms = merchant
             .and_then(|m| m.ack_window_ms)
             .unwrap_or(self.ack_window_ms);
@@ -178,6 +186,26 @@ mod tests {
             Err(ConfigError::Invalid { key, .. }) => key,
             other => panic!("expected an invalid key, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn overrides_from_the_environment_match_whatever_their_case() {
+        // `config` lower-cases environment keys.
+        let config = with_merchants(&[(
+            "merchant0000002",
+            MerchantPolicy {
+                ack_window_ms: Some(2_000),
+                orphan_policy: Some("confirm".to_owned()),
+            },
+        )]);
+        assert_eq!(
+            config.policy_for("MERCHANT0000002"),
+            (Duration::from_secs(2), OrphanPolicy::Confirm)
+        );
+        assert_eq!(
+            config.policy_for("MERCHANT0000001").1,
+            OrphanPolicy::Reverse
+        );
     }
 
     #[test]

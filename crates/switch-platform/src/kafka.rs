@@ -33,6 +33,10 @@ pub struct KafkaConfig {
     pub linger_ms: u32,
     /// How long a message may wait for delivery before the send fails.
     pub message_timeout_ms: u32,
+    /// Consumer session timeout. Short, because a consumer group's (re)join
+    /// waits on it, and a replica that died must hand its partitions over
+    /// quickly; 6000 ms is the smallest Kafka brokers accept by default.
+    pub session_timeout_ms: u32,
 }
 
 impl Default for KafkaConfig {
@@ -44,6 +48,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             linger_ms: 5,
             message_timeout_ms: 10_000,
+            session_timeout_ms: 6_000,
         }
     }
 }
@@ -94,16 +99,24 @@ impl KafkaConfig {
             .create()
     }
 
-    /// Settings for a consumer in `group`; offsets are committed explicitly
-    /// and only after the effects of a message are durable.
+    /// The full name of consumer group `group` in this deployment: groups
+    /// are namespaced by the topic prefix like topics, so deployments (and
+    /// test runs) sharing a broker never join each other's groups.
+    pub fn group(&self, group: &str) -> String {
+        format!("{}{}", self.topic_prefix, group)
+    }
+
+    /// Settings for a consumer in `group` (without prefix); offsets are
+    /// committed explicitly and only after the effects of a message are
+    /// durable.
     pub fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
-            .set("group.id", group)
+            .set("group.id", self.group(group))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set("max.poll.interval.ms", "60000");
         config
     }
