@@ -18,12 +18,14 @@ export PROFILE=${PROFILE:-release}
 export SWITCH__DATABASE__SCHEMA_PREFIX=bench_
 export SWITCH__KAFKA__TOPIC_PREFIX="bench-$run_id."
 export SWITCH__TELEMETRY__LOG_LEVEL=warn
+export SWITCH__KAFKA__BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
 # Throughput runs send sales nobody acknowledges: give them a day, so they
 # do not turn into orphans mid-run. The orphan run uses MERCHANT0000002's
 # terminals, whose deadline is 2 s.
 export SWITCH__REVERSAL_HANDLER__ACK_WINDOW_MS=86400000
 export SWITCH__REVERSAL_HANDLER__MERCHANTS__MERCHANT0000002__ACK_WINDOW_MS=2000
 orphan_sales=${BENCH_ORPHAN_SALES:-10000}
+orphan_rate=${BENCH_ORPHAN_RATE:-400}
 
 trap 'scripts/stack.sh down >/dev/null || true' EXIT
 psql -q "$psql_url" -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS bench_authorization CASCADE; DROP SCHEMA IF EXISTS bench_reversal_handler CASCADE" >/dev/null
@@ -34,13 +36,23 @@ $posctl bench --concurrency 8 --requests 500 --ack --json >/dev/null
 
 results=()
 
-# The reversal handler must have joined its consumer group and caught up
-# before orphans are timed (a group join takes seconds on the development
-# broker): wait until it has seen the warm-up sales.
-echo "waiting for the reversal handler to catch up with the warm-up sales..." >&2
-for _ in $(seq 1 600); do
+for concurrency in 16 64; do
+  echo "posctl bench: concurrency $concurrency for $duration..." >&2
+  # A fresh journal per run, so no STAN of this run meets one of the last.
+  psql -q "$psql_url" -c "TRUNCATE bench_authorization.authorizations, bench_authorization.authorization_transitions, bench_authorization.outbox CASCADE" >/dev/null
+  json=$($posctl bench --concurrency "$concurrency" --duration "$duration" --terminals TERM0001,TERM0002 --json)
+  echo "$json" >"$out_dir/posctl-c$concurrency.json"
+  results+=("\"posctl_c$concurrency\": $json")
+done
+
+# The reversal handler tracks every approval above; orphans are timed only
+# once it has caught up with all of them (and joined its group, which takes
+# seconds on the development broker).
+approved_so_far=$(python3 -c "import json; print(500 + sum(json.load(open(f'$out_dir/posctl-c{c}.json'))['approved'] for c in (16, 64)))")
+echo "waiting for the reversal handler to catch up with $approved_so_far approvals..." >&2
+for _ in $(seq 1 900); do
   seen=$(psql -tA "$psql_url" -c "SELECT count(*) FROM bench_reversal_handler.approvals" 2>/dev/null || echo 0)
-  [[ ${seen:-0} -ge 500 ]] && break
+  [[ ${seen:-0} -ge $approved_so_far ]] && break
   sleep 0.2
 done
 
@@ -48,8 +60,8 @@ done
 # before the terminal showed them). Measure, per orphan, the time from its
 # acknowledgement deadline to the first reversal attempt sent to the issuer,
 # and to the issuer's acknowledgement of the reversal.
-echo "posctl bench: $orphan_sales sales on TERM0003/TERM0004, 90% acknowledged..." >&2
-orphan_bench=$($posctl bench --concurrency 32 --requests "$orphan_sales" --terminals TERM0003,TERM0004 --ack-percent 90 --json)
+echo "posctl bench: $orphan_sales sales at $orphan_rate/s on TERM0003/TERM0004, 90% acknowledged..." >&2
+orphan_bench=$($posctl bench --rate "$orphan_rate" --requests "$orphan_sales" --terminals TERM0003,TERM0004 --ack-percent 90 --json)
 echo "$orphan_bench" >"$out_dir/posctl-orphans.json"
 expected_orphans=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['approved'] - d['acknowledged'])" "$orphan_bench")
 echo "waiting for $expected_orphans orphans to be reversed..." >&2
@@ -71,15 +83,6 @@ orphans=$(psql -tA "$psql_url" -c "
   WHERE r.reason = 'no_terminal_acknowledgement'")
 results+=("\"orphans\": $orphans")
 results+=("\"orphan_sales\": $orphan_bench")
-
-for concurrency in 16 64; do
-  echo "posctl bench: concurrency $concurrency for $duration..." >&2
-  # A fresh journal per run, so no STAN of this run meets one of the last.
-  psql -q "$psql_url" -c "TRUNCATE bench_authorization.authorizations, bench_authorization.authorization_transitions, bench_authorization.outbox CASCADE" >/dev/null
-  json=$($posctl bench --concurrency "$concurrency" --duration "$duration" --json)
-  echo "$json" >"$out_dir/posctl-c$concurrency.json"
-  results+=("\"posctl_c$concurrency\": $json")
-done
 
 # The ceiling: one durable single-row INSERT per transaction, the same
 # synchronous_commit as the journal, at the same concurrency.
@@ -113,7 +116,7 @@ for c in (16, 64):
     t = r[f"pgbench_insert_c{c}"]["tps"]
     print(f"{'pgbench 1-row INSERT, c=' + str(c):<28}{t:>14.0f}")
 o = r["orphans"]
-print(f"\nOrphans: {o['orphans']} of {r['orphan_sales']['requests']} sales never acknowledged, {o['reversed']} reversed")
+print(f"\nOrphans: {o['orphans']} of {r['orphan_sales']['requests']} sales at {r['orphan_sales']['rate']}/s never acknowledged, {o['reversed']} reversed")
 print(f"  deadline -> reversal sent to issuer:   p50 {o['sent_p50_ms']} ms, p99 {o['sent_p99_ms']} ms")
 print(f"  deadline -> reversal acknowledged:     p50 {o['acknowledged_p50_ms']} ms, p99 {o['acknowledged_p99_ms']} ms")
 PY

@@ -11,7 +11,10 @@ brokers=${KAFKA_BROKERS:-127.0.0.1:9092}
 first=${brokers%%,*}
 host=${first%:*}
 port=${first##*:}
-run_dir=${RUN_DIR:-.run}/broker
+run_dir=${BROKER_DIR:-${RUN_DIR:-.run}/broker}
+# sqlite://FILE (relative to run_dir; survives broker restarts) or
+# memory://nisshi/ (fresh each start; the benchmark uses it).
+storage=${BROKER_STORAGE:-sqlite://nisshi.db}
 pid_file=$run_dir/nisshi.pid
 
 reachable() { (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; }
@@ -27,7 +30,7 @@ start)
   (cd "$run_dir" && { nohup "$nisshi" broker \
       --listener-url "tcp://$host:$port" \
       --advertised-listener-url "tcp://$host:$port" \
-      --storage-engine "sqlite://nisshi.db" >broker.log 2>&1 & echo $! >nisshi.pid; })
+      --storage-engine "$storage" >broker.log 2>&1 & echo $! >nisshi.pid; })
   for _ in $(seq 1 100); do
     if reachable; then
       echo "broker: nisshi started at $host:$port (pid $(cat "$pid_file"), log $run_dir/broker.log)"
