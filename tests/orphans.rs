@@ -134,6 +134,34 @@ async fn s1_an_unacknowledged_approval_is_reversed_at_its_deadline() {
     assert_eq!(inquiry.reversal_reason, "no_terminal_acknowledgement");
     assert_eq!(issuer_reversals(&stack).await, 1);
     assert_every_approval_resolved_once(&stack).await;
+
+    // One trace links the sale, the reversal request and the reversal.
+    stack.wait_outbox_drained().await.unwrap();
+    let events: Vec<_> = stack
+        .read_events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.transaction_id == record.transaction_id)
+        .collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "authorization.approved",
+            "authorization.reversal_requested",
+            "authorization.reversed"
+        ]
+    );
+    let trace_ids: Vec<&str> = events
+        .iter()
+        .map(|e| e.traceparent.split('-').nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(trace_ids[0].len(), 32, "{:?}", events[0].traceparent);
+    assert!(
+        trace_ids.iter().all(|id| *id == trace_ids[0]),
+        "one trace: {trace_ids:?}"
+    );
     stack.shutdown().await;
 }
 

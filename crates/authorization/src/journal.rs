@@ -61,6 +61,8 @@ pub struct ClaimedReversal {
     pub rrn: String,
     pub stan: String,
     pub amount: Money,
+    /// Trace context of the request that made the reversal owed.
+    pub traceparent: String,
 }
 
 /// What identifies a terminal's request: a retry carries the same key.
@@ -447,14 +449,18 @@ impl Journal {
             ..Changes::default()
         };
         let updated = self.update_locked(&mut tx, &current, &changes).await?;
+        let (traceparent, _) = switch_platform::telemetry::current_trace_context();
         sqlx::query(
-            "INSERT INTO reversals (transaction_id, issuer, reason) VALUES ($1, $2, $3) \
+            "INSERT INTO reversals (transaction_id, issuer, reason, traceparent) \
+             VALUES ($1, $2, $3, $4) \
              ON CONFLICT (transaction_id) DO UPDATE SET status = 'pending', \
-               next_attempt_at = now(), requested_at = now(), attempts = 0",
+               next_attempt_at = now(), requested_at = now(), attempts = 0, \
+               traceparent = EXCLUDED.traceparent",
         )
         .bind(id.as_uuid())
         .bind(issuer)
         .bind(reason.as_str())
+        .bind(traceparent)
         .execute(&mut *tx)
         .await?;
         let envelope = convert::lifecycle_event(&updated, EventKind::ReversalRequested);
@@ -546,10 +552,10 @@ impl Journal {
                  next_attempt_at = now() + make_interval(secs => $3::double precision / 1000), \
                  first_sent_at = COALESCE(r.first_sent_at, now()) \
                FROM due WHERE r.transaction_id = due.transaction_id \
-               RETURNING r.transaction_id, r.reason, r.attempts, \
+               RETURNING r.transaction_id, r.reason, r.attempts, r.traceparent, \
                  (extract(epoch FROM now() - r.requested_at) * 1000)::bigint AS age_ms) \
-             SELECT c.transaction_id, c.reason, c.attempts, c.age_ms, a.rrn, a.stan, \
-               a.amount_minor, a.currency \
+             SELECT c.transaction_id, c.reason, c.attempts, c.age_ms, c.traceparent, a.rrn, \
+               a.stan, a.amount_minor, a.currency \
              FROM claimed c JOIN authorizations a USING (transaction_id)",
         )
         .bind(issuer)
@@ -568,6 +574,7 @@ impl Journal {
                     age_ms: u64::try_from(row.try_get::<i64, _>("age_ms")?).unwrap_or(0),
                     rrn: row.try_get("rrn")?,
                     stan: row.try_get("stan")?,
+                    traceparent: row.try_get("traceparent")?,
                     amount: Money::new(
                         row.try_get("amount_minor")?,
                         parse(Currency::parse(&currency))?,

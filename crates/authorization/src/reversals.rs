@@ -15,6 +15,7 @@ use opentelemetry::metrics::Counter;
 use switch_core::{NextAttempt, RetrySchedule};
 use switch_proto::v1 as pb;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::issuer::GrpcIssuerLink;
 use crate::journal::{ClaimedReversal, Journal};
@@ -87,7 +88,23 @@ impl ReversalWorker {
             if claimed.is_empty() {
                 return;
             }
-            join_all(claimed.iter().map(|c| self.attempt(c, metrics))).await;
+            join_all(claimed.iter().map(|c| {
+                // Each attempt is a span in the transaction's own trace.
+                let span = tracing::info_span!(
+                    "authorization.reversal_attempt",
+                    transaction_id = %c.transaction_id,
+                    attempt = c.attempts
+                );
+                if !c.traceparent.is_empty() {
+                    switch_platform::telemetry::set_parent_from_traceparent(
+                        &span,
+                        &c.traceparent,
+                        "",
+                    );
+                }
+                self.attempt(c, metrics).instrument(span)
+            }))
+            .await;
         }
     }
 

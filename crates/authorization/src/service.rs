@@ -12,13 +12,14 @@ use switch_core::{
     SaleDigest, TerminalId, TransactionId, classify_issuer_answer, compare_replay,
 };
 use switch_platform::outbox::OutboxRelay;
-use switch_platform::telemetry::adopt_remote_parent;
+use switch_platform::telemetry::server_span;
 use switch_proto::v1::{
     self as pb, AuthorizationRecord, authorization_service_server::AuthorizationService,
     get_authorization_request::By, reverse_request::Target,
 };
 use tokio::sync::{Notify, watch};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::convert;
 use crate::error::AuthorizationError;
@@ -340,155 +341,176 @@ impl AuthorizationApi {
 
 #[tonic::async_trait]
 impl AuthorizationService for AuthorizationApi {
-    #[tracing::instrument(name = "authorization.authorize", skip_all)]
     async fn authorize(
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        adopt_remote_parent(request.metadata());
-        let command = convert::sale_command(request.get_ref()).map_err(AuthorizationError::from)?;
-        let (authorization, duplicate) = self.authorize(command).await?;
-        Ok(Response::new(pb::AuthorizeResponse {
-            authorization: Some(convert::record(&authorization)),
-            duplicate,
-        }))
+        let span = server_span("authorization.authorize", request.metadata());
+        async move {
+            let command =
+                convert::sale_command(request.get_ref()).map_err(AuthorizationError::from)?;
+            let (authorization, duplicate) = self.authorize(command).await?;
+            Ok(Response::new(pb::AuthorizeResponse {
+                authorization: Some(convert::record(&authorization)),
+                duplicate,
+            }))
+        }
+        .instrument(span)
+        .await
     }
 
-    #[tracing::instrument(name = "authorization.reverse", skip_all)]
     async fn reverse(
         &self,
         request: Request<pb::ReverseRequest>,
     ) -> Result<Response<pb::ReverseResponse>, Status> {
-        adopt_remote_parent(request.metadata());
-        let request = request.into_inner();
-        let reason = ReversalReason::parse(&request.reason).map_err(AuthorizationError::from)?;
-        let original = match &request.target {
-            Some(Target::TransactionId(id)) => {
-                let id = TransactionId::parse(id).map_err(AuthorizationError::from)?;
-                self.journal
-                    .find_by_id(id)
-                    .await?
-                    .ok_or_else(|| AuthorizationError::NotFound(id.to_string()))?
-            }
-            Some(Target::Key(key)) => {
-                let key = convert::request_key(Some(key)).map_err(AuthorizationError::from)?;
-                match self.journal.find_by_key(&key).await? {
-                    Some(original) => original,
-                    None => {
-                        // The switch never saw it (the request was lost on
-                        // the way in): nothing to reverse, but recorded.
-                        self.journal.record_unmatched_reversal(&key).await?;
-                        self.relay.wake();
-                        tracing::info!(
-                            terminal_id = %key.terminal_id,
-                            stan = %key.stan,
-                            "Terminal reversal for an unknown transaction recorded."
-                        );
-                        return Ok(Response::new(pb::ReverseResponse {
-                            authorization: None,
-                            original_found: false,
-                        }));
+        let span = server_span("authorization.reverse", request.metadata());
+        async move {
+            let request = request.into_inner();
+            let reason =
+                ReversalReason::parse(&request.reason).map_err(AuthorizationError::from)?;
+            let original = match &request.target {
+                Some(Target::TransactionId(id)) => {
+                    let id = TransactionId::parse(id).map_err(AuthorizationError::from)?;
+                    self.journal
+                        .find_by_id(id)
+                        .await?
+                        .ok_or_else(|| AuthorizationError::NotFound(id.to_string()))?
+                }
+                Some(Target::Key(key)) => {
+                    let key = convert::request_key(Some(key)).map_err(AuthorizationError::from)?;
+                    match self.journal.find_by_key(&key).await? {
+                        Some(original) => original,
+                        None => {
+                            // The switch never saw it (the request was lost on
+                            // the way in): nothing to reverse, but recorded.
+                            self.journal.record_unmatched_reversal(&key).await?;
+                            self.relay.wake();
+                            tracing::info!(
+                                terminal_id = %key.terminal_id,
+                                stan = %key.stan,
+                                "Terminal reversal for an unknown transaction recorded."
+                            );
+                            return Ok(Response::new(pb::ReverseResponse {
+                                authorization: None,
+                                original_found: false,
+                            }));
+                        }
                     }
                 }
+                None => {
+                    return Err(AuthorizationError::from(switch_core::InvalidField::new(
+                        "target",
+                        "give a transaction_id or a key",
+                    ))
+                    .into());
+                }
+            };
+            let reversed = self
+                .journal
+                .request_reversal(original.transaction_id, reason, &self.issuer_name)
+                .await?;
+            if reversed.state == AuthorizationState::ReversalPending {
+                self.reversals.notify_one();
+                self.relay.wake();
             }
-            None => {
-                return Err(AuthorizationError::from(switch_core::InvalidField::new(
-                    "target",
-                    "give a transaction_id or a key",
-                ))
-                .into());
-            }
-        };
-        let reversed = self
-            .journal
-            .request_reversal(original.transaction_id, reason, &self.issuer_name)
-            .await?;
-        if reversed.state == AuthorizationState::ReversalPending {
-            self.reversals.notify_one();
-            self.relay.wake();
+            tracing::info!(
+                transaction_id = %reversed.transaction_id,
+                reason = reason.as_str(),
+                state = reversed.state.as_str(),
+                "Reversal requested."
+            );
+            Ok(Response::new(pb::ReverseResponse {
+                authorization: Some(convert::record(&reversed)),
+                original_found: true,
+            }))
         }
-        tracing::info!(
-            transaction_id = %reversed.transaction_id,
-            reason = reason.as_str(),
-            state = reversed.state.as_str(),
-            "Reversal requested."
-        );
-        Ok(Response::new(pb::ReverseResponse {
-            authorization: Some(convert::record(&reversed)),
-            original_found: true,
-        }))
+        .instrument(span)
+        .await
     }
 
-    #[tracing::instrument(name = "authorization.confirm", skip_all)]
     async fn confirm(
         &self,
         request: Request<pb::ConfirmRequest>,
     ) -> Result<Response<AuthorizationRecord>, Status> {
-        adopt_remote_parent(request.metadata());
-        let request = request.into_inner();
-        let id = TransactionId::parse(&request.transaction_id).map_err(AuthorizationError::from)?;
-        let evidence = Evidence::parse(&request.evidence).map_err(AuthorizationError::from)?;
-        let confirmed = self.journal.confirm(id, evidence).await?;
-        self.relay.wake();
-        Ok(Response::new(convert::record(&confirmed)))
+        let span = server_span("authorization.confirm", request.metadata());
+        async move {
+            let request = request.into_inner();
+            let id =
+                TransactionId::parse(&request.transaction_id).map_err(AuthorizationError::from)?;
+            let evidence = Evidence::parse(&request.evidence).map_err(AuthorizationError::from)?;
+            let confirmed = self.journal.confirm(id, evidence).await?;
+            self.relay.wake();
+            Ok(Response::new(convert::record(&confirmed)))
+        }
+        .instrument(span)
+        .await
     }
 
-    #[tracing::instrument(name = "authorization.get", skip_all)]
     async fn get_authorization(
         &self,
         request: Request<pb::GetAuthorizationRequest>,
     ) -> Result<Response<AuthorizationRecord>, Status> {
-        adopt_remote_parent(request.metadata());
-        let found = match &request.get_ref().by {
-            Some(By::TransactionId(id)) => {
-                let id = TransactionId::parse(id).map_err(AuthorizationError::from)?;
-                (self.journal.find_by_id(id).await?, id.to_string())
+        let span = server_span("authorization.get", request.metadata());
+        async move {
+            let found = match &request.get_ref().by {
+                Some(By::TransactionId(id)) => {
+                    let id = TransactionId::parse(id).map_err(AuthorizationError::from)?;
+                    (self.journal.find_by_id(id).await?, id.to_string())
+                }
+                Some(By::Key(key)) => {
+                    let key = convert::request_key(Some(key)).map_err(AuthorizationError::from)?;
+                    (self.journal.find_by_key(&key).await?, key.to_string())
+                }
+                None => {
+                    return Err(AuthorizationError::from(switch_core::InvalidField::new(
+                        "by",
+                        "give a transaction_id or a key",
+                    ))
+                    .into());
+                }
+            };
+            match found {
+                (Some(authorization), _) => Ok(Response::new(convert::record(&authorization))),
+                (None, what) => Err(AuthorizationError::NotFound(what).into()),
             }
-            Some(By::Key(key)) => {
-                let key = convert::request_key(Some(key)).map_err(AuthorizationError::from)?;
-                (self.journal.find_by_key(&key).await?, key.to_string())
-            }
-            None => {
-                return Err(AuthorizationError::from(switch_core::InvalidField::new(
-                    "by",
-                    "give a transaction_id or a key",
-                ))
-                .into());
-            }
-        };
-        match found {
-            (Some(authorization), _) => Ok(Response::new(convert::record(&authorization))),
-            (None, what) => Err(AuthorizationError::NotFound(what).into()),
         }
+        .instrument(span)
+        .await
     }
 
-    #[tracing::instrument(name = "authorization.last_for_terminal", skip_all)]
     async fn last_for_terminal(
         &self,
         request: Request<pb::LastForTerminalRequest>,
     ) -> Result<Response<AuthorizationRecord>, Status> {
-        adopt_remote_parent(request.metadata());
-        let terminal_id =
-            TerminalId::parse(&request.get_ref().terminal_id).map_err(AuthorizationError::from)?;
-        match self.journal.last_for_terminal(&terminal_id).await? {
-            Some(authorization) => Ok(Response::new(convert::record(&authorization))),
-            None => Err(AuthorizationError::NotFound(format!("terminal {terminal_id}")).into()),
+        let span = server_span("authorization.last_for_terminal", request.metadata());
+        async move {
+            let terminal_id = TerminalId::parse(&request.get_ref().terminal_id)
+                .map_err(AuthorizationError::from)?;
+            match self.journal.last_for_terminal(&terminal_id).await? {
+                Some(authorization) => Ok(Response::new(convert::record(&authorization))),
+                None => Err(AuthorizationError::NotFound(format!("terminal {terminal_id}")).into()),
+            }
         }
+        .instrument(span)
+        .await
     }
 
-    #[tracing::instrument(name = "authorization.acknowledge", skip_all)]
     async fn acknowledge(
         &self,
         request: Request<pb::TerminalKey>,
     ) -> Result<Response<AuthorizationRecord>, Status> {
-        adopt_remote_parent(request.metadata());
-        let key =
-            convert::request_key(Some(request.get_ref())).map_err(AuthorizationError::from)?;
-        let acknowledged = self
-            .journal
-            .acknowledge(&key, Evidence::TerminalAcknowledgement)
-            .await?;
-        self.relay.wake();
-        Ok(Response::new(convert::record(&acknowledged)))
+        let span = server_span("authorization.acknowledge", request.metadata());
+        async move {
+            let key =
+                convert::request_key(Some(request.get_ref())).map_err(AuthorizationError::from)?;
+            let acknowledged = self
+                .journal
+                .acknowledge(&key, Evidence::TerminalAcknowledgement)
+                .await?;
+            self.relay.wake();
+            Ok(Response::new(convert::record(&acknowledged)))
+        }
+        .instrument(span)
+        .await
     }
 }

@@ -180,10 +180,15 @@ pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str, trac
     let _ = span.set_parent(parent);
 }
 
-/// Makes the current span a child of the caller's span, from gRPC metadata.
-pub fn adopt_remote_parent(metadata: &MetadataMap) {
+/// A span for one gRPC call received, already a child of the caller's span
+/// (from the request metadata). The parent must be set before the span is
+/// entered — OpenTelemetry refuses to re-parent a started span — so create
+/// it with this and run the handler inside it (`.instrument(span)`).
+pub fn server_span(rpc: &'static str, metadata: &MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!("grpc.server", otel.name = rpc, rpc);
     let parent = TraceContextPropagator::new().extract(&MetadataExtractor(metadata));
-    let _ = tracing::Span::current().set_parent(parent);
+    let _ = span.set_parent(parent);
+    span
 }
 
 /// A tonic client interceptor that sends the current trace context along.
