@@ -5,7 +5,7 @@
 use std::error::Error as _;
 use switch_e2e::v1::{
     AcknowledgeRequest, AuthorizationStatus, EventEnvelope, FaultPlan, InquiryRequest,
-    ReprintLastRequest, SaleRequest, StatsRequest, event_envelope::Payload,
+    ReprintLastRequest, SaleRequest, event_envelope::Payload,
 };
 use switch_e2e::{MASTERCARD, Stack, StackOptions, VISA, capture_logs, sale};
 
@@ -168,14 +168,7 @@ async fn hundred_concurrent_retries_make_one_authorization() {
         "exactly one answer is the original"
     );
     assert_eq!(journal_rows(&stack).await, 1);
-    let stats = stack
-        .issuer_control()
-        .await
-        .unwrap()
-        .stats(StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = stack.issuer_stats().await.unwrap();
     assert_eq!(stats.authorizations, 1, "one issuer call");
 
     // The same key with another amount or card is a modified request.

@@ -3,85 +3,50 @@
 //! After a restart the event must reach Kafka exactly once.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
 use switch_e2e::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_e2e::v1::{AuthorizationStatus, AuthorizeRequest, Money, TerminalKey};
-use switch_e2e::{VISA, database_url, kafka_brokers, read_topic, unique_suffix};
+use switch_e2e::{
+    SwitchdProcess, VISA, database_url, free_address, kafka_brokers, read_topic, unique_suffix,
+};
 use switch_platform::db::DatabaseConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-fn switchd() -> PathBuf {
-    // target/<profile>/deps/<this test> → target/<profile>/switchd
-    let path = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("switchd")))
-        .expect("the test binary lives under target/<profile>/deps");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first (`make test` does: cargo build -p switchd)",
-        path.display()
-    );
-    path
+fn authorization(
+    prefix: &str,
+    listen: SocketAddr,
+    issuer: SocketAddr,
+    relay_enabled: bool,
+) -> SwitchdProcess {
+    let env: Vec<(String, String)> = [
+        ("SWITCH__DATABASE__URL", database_url()),
+        ("SWITCH__DATABASE__SCHEMA_PREFIX", format!("{prefix}_")),
+        ("SWITCH__DATABASE__MAX_CONNECTIONS", "4".to_owned()),
+        ("SWITCH__KAFKA__BROKERS", kafka_brokers()),
+        ("SWITCH__KAFKA__TOPIC_PREFIX", format!("{prefix}.")),
+        ("SWITCH__KAFKA__PARTITIONS", "2".to_owned()),
+        ("SWITCH__AUTHORIZATION__LISTEN", listen.to_string()),
+        (
+            "SWITCH__AUTHORIZATION__ISSUER_ENDPOINT",
+            format!("http://{issuer}"),
+        ),
+        (
+            "SWITCH__AUTHORIZATION__OUTBOX__RELAY_ENABLED",
+            relay_enabled.to_string(),
+        ),
+        (
+            "SWITCH__AUTHORIZATION__OUTBOX__POLL_INTERVAL_MS",
+            "100".to_owned(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    SwitchdProcess::spawn("authorization", &env)
 }
 
-struct Authorization {
-    child: Child,
-}
-
-impl Authorization {
-    fn spawn(prefix: &str, listen: SocketAddr, issuer: SocketAddr, relay_enabled: bool) -> Self {
-        let child = Command::new(switchd())
-            .arg("authorization")
-            .env("SWITCH__DATABASE__URL", database_url())
-            .env("SWITCH__DATABASE__SCHEMA_PREFIX", format!("{prefix}_"))
-            .env("SWITCH__DATABASE__MAX_CONNECTIONS", "4")
-            .env("SWITCH__KAFKA__BROKERS", kafka_brokers())
-            .env("SWITCH__KAFKA__TOPIC_PREFIX", format!("{prefix}."))
-            .env("SWITCH__KAFKA__PARTITIONS", "2")
-            .env("SWITCH__AUTHORIZATION__LISTEN", listen.to_string())
-            .env(
-                "SWITCH__AUTHORIZATION__ISSUER_ENDPOINT",
-                format!("http://{issuer}"),
-            )
-            .env(
-                "SWITCH__AUTHORIZATION__OUTBOX__RELAY_ENABLED",
-                relay_enabled.to_string(),
-            )
-            .env("SWITCH__AUTHORIZATION__OUTBOX__POLL_INTERVAL_MS", "100")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("switchd starts");
-        Authorization { child }
-    }
-
-    async fn wait_until_serving(&mut self, listen: SocketAddr) {
-        let child = &mut self.child;
-        switch_e2e::wait_until_serving(listen, || {
-            child
-                .try_wait()
-                .ok()
-                .flatten()
-                .map(|status| status.to_string())
-        })
-        .await
-        .expect("switchd authorization becomes ready");
-    }
-
-    /// SIGKILL: no shutdown hook, no final relay pass.
-    fn kill_9(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reaped");
-    }
-}
-
-async fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
+const AUTHORIZATION: &str = "switch.v1.AuthorizationService";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_committed_before_kill_9_is_published_exactly_once_after_restart() {
@@ -96,9 +61,9 @@ async fn event_committed_before_kill_9_is_published_exactly_once_after_restart()
 
     // First life: the relay is held back, as if the process died in the
     // instant between committing and publishing.
-    let listen = free_port().await;
-    let mut first = Authorization::spawn(&prefix, listen, issuer, false);
-    first.wait_until_serving(listen).await;
+    let listen = free_address().await;
+    let mut first = authorization(&prefix, listen, issuer, false);
+    first.wait_until_healthy(listen, AUTHORIZATION).await;
     let mut client = AuthorizationServiceClient::connect(format!("http://{listen}"))
         .await
         .unwrap();
@@ -117,6 +82,7 @@ async fn event_committed_before_kill_9_is_published_exactly_once_after_restart()
                 currency: "EUR".into(),
             }),
             last_completed_stan: String::new(),
+            channel: String::new(),
         })
         .await
         .unwrap()
@@ -155,9 +121,11 @@ async fn event_committed_before_kill_9_is_published_exactly_once_after_restart()
     );
 
     // Second life: the relay finds the committed event and publishes it.
-    let second_listen = free_port().await;
-    let mut second = Authorization::spawn(&prefix, second_listen, issuer, true);
-    second.wait_until_serving(second_listen).await;
+    let second_listen = free_address().await;
+    let mut second = authorization(&prefix, second_listen, issuer, true);
+    second
+        .wait_until_healthy(second_listen, AUTHORIZATION)
+        .await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while unpublished().await.unwrap() > 0 {
         assert!(

@@ -167,6 +167,7 @@ impl Deployment {
                         currency: "EUR".into(),
                     }),
                     last_completed_stan: String::new(),
+                    channel: String::new(),
                 })
                 .await
                 .unwrap()

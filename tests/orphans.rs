@@ -7,9 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use switch_e2e::v1::{
-    AcknowledgeRequest, AuthorizationRecord, AuthorizationStatus, FaultPlan, StatsRequest,
-};
+use switch_e2e::v1::{AcknowledgeRequest, AuthorizationRecord, AuthorizationStatus, FaultPlan};
 use switch_e2e::{
     MASTERCARD, Stack, StackOptions, VISA, capture_logs, quick_reversal_handler, sale, today,
 };
@@ -51,15 +49,7 @@ async fn unacknowledged_sale(
 }
 
 async fn issuer_reversals(stack: &Stack) -> u64 {
-    stack
-        .issuer_control()
-        .await
-        .unwrap()
-        .stats(StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .reversals
+    stack.issuer_stats().await.unwrap().reversals
 }
 
 /// Milliseconds from the approval to the reversal request, from the history.
@@ -309,5 +299,41 @@ async fn an_issuer_timeout_is_reversed_and_a_late_approval_changes_nothing() {
     .unwrap();
     assert_eq!(approved, 0, "never approved");
     assert_every_approval_resolved_once(&stack).await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_channel_has_its_own_acknowledgement_deadline() {
+    // Cards wait a minute; QR payments only the test window.
+    let stack = stack_with_handler(
+        |config| {
+            config.ack_window_ms = 60_000;
+            config.channels = BTreeMap::from([("qr".to_owned(), WINDOW_MS)]);
+        },
+        1_000,
+    )
+    .await;
+    let mut terminal = stack.terminal("TERM0001").await.unwrap();
+    let card = unacknowledged_sale(&stack, "TERM0001", "002401", 1_800).await;
+    let mut qr_sale = sale("TERM0001", "002402", VISA, 1_900);
+    qr_sale.channel = "qr".into();
+    let qr = terminal
+        .sale(qr_sale)
+        .await
+        .unwrap()
+        .into_inner()
+        .authorization
+        .unwrap();
+    assert_eq!(qr.channel, "qr");
+    assert_eq!(card.channel, "card");
+
+    stack
+        .wait_for_state(&qr.transaction_id, "reversed", 20)
+        .await;
+    assert_eq!(
+        stack.state_of(&card.transaction_id).await,
+        "approved",
+        "the card sale is still within its minute"
+    );
     stack.shutdown().await;
 }

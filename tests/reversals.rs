@@ -5,7 +5,7 @@
 
 use switch_e2e::v1::{
     AcknowledgeRequest, AuthorizationStatus, EventEnvelope, FaultPlan, InquiryRequest,
-    StatsRequest, TerminalReverseRequest, event_envelope::Payload,
+    TerminalReverseRequest, event_envelope::Payload,
 };
 use switch_e2e::{Stack, StackOptions, VISA, capture_logs, sale, today};
 
@@ -44,15 +44,7 @@ fn count(events: &[EventEnvelope], event_type: &str) -> usize {
 }
 
 async fn issuer_reversals(stack: &Stack) -> u64 {
-    stack
-        .issuer_control()
-        .await
-        .unwrap()
-        .stats(StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .reversals
+    stack.issuer_stats().await.unwrap().reversals
 }
 
 async fn reversal_attempts(stack: &Stack, transaction_id: &str) -> i32 {

@@ -289,6 +289,16 @@ impl Stack {
         Ok(IssuerControlClient::new(channel))
     }
 
+    /// What the issuer simulator has seen so far.
+    pub async fn issuer_stats(&self) -> anyhow::Result<switch_proto::v1::IssuerStats> {
+        Ok(self
+            .issuer_control()
+            .await?
+            .stats(switch_proto::v1::StatsRequest {})
+            .await?
+            .into_inner())
+    }
+
     pub fn events_topic(&self) -> String {
         self.kafka.topic(topics::AUTHORIZATION_EVENTS)
     }
@@ -502,6 +512,7 @@ pub fn sale(terminal_id: &str, stan: &str, pan: &str, minor_units: i64) -> SaleR
             currency: "EUR".to_owned(),
         }),
         last_completed_stan: String::new(),
+        channel: String::new(),
     }
 }
 

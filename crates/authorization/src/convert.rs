@@ -3,8 +3,8 @@
 
 use prost_types::Timestamp;
 use switch_core::{
-    AuthorizationState, CardExpiry, Currency, InvalidField, LocalDate, MerchantId, Money, Pan,
-    Stan, TerminalId, terminal_response_code,
+    AuthorizationState, CardExpiry, Channel, Currency, InvalidField, LocalDate, MerchantId, Money,
+    Pan, Stan, TerminalId, terminal_response_code,
 };
 use switch_platform::telemetry::current_trace_context;
 use switch_proto::v1::{
@@ -45,6 +45,7 @@ pub fn sale_command(request: &pb::AuthorizeRequest) -> Result<SaleCommand, Inval
         expiry: CardExpiry::parse(&request.expiry)?,
         amount: money(request.amount.as_ref())?,
         last_completed_stan,
+        channel: Channel::parse(&request.channel)?,
     })
 }
 
@@ -115,6 +116,7 @@ pub fn record(auth: &StoredAuthorization) -> AuthorizationRecord {
             .map(|e| e.as_str().to_owned())
             .unwrap_or_default(),
         conflict: auth.conflict,
+        channel: auth.channel.as_str().to_owned(),
     }
 }
 
@@ -127,6 +129,7 @@ fn facts(auth: &StoredAuthorization) -> AuthorizationFacts {
         rrn: auth.rrn.to_string(),
         masked_pan: auth.masked_pan.to_string(),
         amount: Some(pb_money(&auth.amount)),
+        channel: auth.channel.as_str().to_owned(),
     }
 }
 

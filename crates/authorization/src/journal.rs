@@ -6,7 +6,7 @@
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use switch_core::{
-    ApprovalCode, AuthorizationEvent, AuthorizationState, CardExpiry, Currency, Evidence,
+    ApprovalCode, AuthorizationEvent, AuthorizationState, CardExpiry, Channel, Currency, Evidence,
     LocalDate, MaskedPan, MerchantId, Money, Pan, PanFingerprint, ResponseCode, ReversalReason,
     Rrn, SaleDigest, Stan, TerminalId, TransactionId,
 };
@@ -93,6 +93,7 @@ pub struct SaleCommand {
     pub amount: Money,
     /// Evidence that the terminal completed an earlier transaction.
     pub last_completed_stan: Option<Stan>,
+    pub channel: Channel,
 }
 
 /// One journal row, parsed into domain types.
@@ -114,6 +115,7 @@ pub struct StoredAuthorization {
     pub confirmation_evidence: Option<Evidence>,
     /// The terminal acknowledged after the switch had reversed (S2).
     pub conflict: bool,
+    pub channel: Channel,
 }
 
 impl StoredAuthorization {
@@ -169,6 +171,7 @@ impl StoredAuthorization {
                 .transpose()
                 .map_err(AuthorizationError::CorruptRow)?,
             conflict: row.try_get("conflict")?,
+            channel: parse(Channel::parse(row.try_get("channel")?))?,
         })
     }
 }
@@ -180,7 +183,7 @@ fn parse<T>(result: Result<T, switch_core::InvalidField>) -> Result<T, Authoriza
 const COLUMNS: &str = "transaction_id, terminal_id, merchant_id, stan, local_date, rrn, \
     masked_pan, pan_fingerprint, amount_minor, currency, state, response_code, approval_code, \
     acknowledged_at, created_at, reversal_reason, confirmation_evidence, \
-    conflict_at IS NOT NULL AS conflict";
+    conflict_at IS NOT NULL AS conflict, channel";
 
 /// The outcome of trying to start an authorization.
 pub enum Begin {
@@ -222,8 +225,9 @@ impl Journal {
         let inserted = sqlx::query(&format!(
             "WITH inserted AS ( \
                INSERT INTO authorizations (transaction_id, terminal_id, merchant_id, stan, \
-                 local_date, rrn, masked_pan, pan_fingerprint, amount_minor, currency, state) \
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 local_date, rrn, masked_pan, pan_fingerprint, amount_minor, currency, state, \
+                 channel) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14) \
                ON CONFLICT ON CONSTRAINT authorizations_terminal_key DO NOTHING \
                RETURNING {COLUMNS}), \
              history AS ( \
@@ -245,6 +249,7 @@ impl Journal {
         .bind(state.as_str())
         .bind(AuthorizationState::Received.as_str())
         .bind(AuthorizationEvent::SentToIssuer.name())
+        .bind(command.channel.as_str())
         .fetch_optional(&self.pool)
         .await?;
         match inserted {

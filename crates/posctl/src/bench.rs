@@ -107,6 +107,7 @@ impl Shared {
                 currency: "EUR".to_owned(),
             }),
             last_completed_stan: String::new(),
+            channel: String::new(),
         };
         (slot.client.clone(), request)
     }

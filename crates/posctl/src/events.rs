@@ -385,6 +385,7 @@ mod tests {
                 minor_units: 1050,
                 currency: "EUR".to_owned(),
             }),
+            channel: "card".to_owned(),
         }
     }
 

@@ -131,6 +131,9 @@ struct SaleArgs {
     /// confirms that earlier sale.
     #[arg(long, value_name = "STAN")]
     last_completed_stan: Option<String>,
+    /// How the payment was taken: card (default) or qr.
+    #[arg(long, default_value = "card")]
+    channel: String,
 }
 
 #[derive(Debug, Args)]
@@ -333,6 +336,7 @@ async fn run_sale(
             currency: args.currency,
         }),
         last_completed_stan: args.last_completed_stan.unwrap_or_default(),
+        channel: args.channel,
     };
     let response = match client.sale(request).await {
         Ok(response) => response.into_inner(),

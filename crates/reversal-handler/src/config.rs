@@ -31,6 +31,9 @@ pub struct ReversalHandlerConfig {
     pub orphan_policy: String,
     /// Per-merchant overrides, keyed by merchant id.
     pub merchants: BTreeMap<String, MerchantPolicy>,
+    /// Acknowledgement window per channel ("card", "qr"), in milliseconds,
+    /// used when the merchant has no window of its own.
+    pub channels: BTreeMap<String, u64>,
     /// How often the sweeper looks for due approvals.
     pub sweep_interval_ms: u64,
     /// Delay after the first failed call to authorization; doubles up to
@@ -57,6 +60,7 @@ impl Default for ReversalHandlerConfig {
             ack_window_ms: 30_000,
             orphan_policy: OrphanPolicy::Reverse.as_str().into(),
             merchants: BTreeMap::new(),
+            channels: BTreeMap::new(),
             sweep_interval_ms: 100,
             retry_initial_delay_ms: 200,
             retry_max_delay_ms: 5_000,
@@ -75,6 +79,12 @@ impl ReversalHandlerConfig {
         }
         check_window("reversal_handler.ack_window_ms", self.ack_window_ms)?;
         check_policy("reversal_handler.orphan_policy", &self.orphan_policy)?;
+        for (channel, window_ms) in &self.channels {
+            let key = format!("reversal_handler.channels.{channel}");
+            switch_core::Channel::parse(channel)
+                .map_err(|e| ConfigError::invalid(key.clone(), e.reason))?;
+            check_window(&key, *window_ms)?;
+        }
         for (merchant_id, merchant) in &self.merchants {
             if merchant_id.trim().is_empty() {
                 return Err(ConfigError::invalid(
@@ -127,16 +137,33 @@ impl ReversalHandlerConfig {
     /// that does not parse (only possible without [`Self::validate`]) falls
     /// back to reversing, the choice that never leaves a shopper charged for
     /// nothing.
-    pub fn policy_for(&self, merchant_id: &str) -> (Duration, OrphanPolicy) {
-        // Environment overrides arrive lower-cased (`SWITCH__REVERSAL_HANDLER__
-        // MERCHANTS__M1__…` becomes `m1`); merchant ids are alphanumeric, so
-        // they match whatever their case.
-        let merchant = self.merchants.get(merchant_id).or_else(|| {
+    /// The acknowledgement window of an approval: the merchant's own, else
+    /// its channel's, else the default.
+    pub fn window_for(&self, merchant_id: &str, channel: &str) -> Duration {
+        let merchant_window = self.merchant(merchant_id).and_then(|m| m.ack_window_ms);
+        let channel = switch_core::Channel::parse(channel).unwrap_or_default();
+        let channel_window = self.channels.get(channel.as_str()).copied();
+        Duration::from_millis(
+            merchant_window
+                .or(channel_window)
+                .unwrap_or(self.ack_window_ms),
+        )
+    }
+
+    fn merchant(&self, merchant_id: &str) -> Option<&MerchantPolicy> {
+        self.merchants.get(merchant_id).or_else(|| {
             self.merchants
                 .iter()
                 .find(|(id, _)| id.eq_ignore_ascii_case(merchant_id))
                 .map(|(_, policy)| policy)
-        });
+        })
+    }
+
+    pub fn policy_for(&self, merchant_id: &str) -> (Duration, OrphanPolicy) {
+        // Environment overrides arrive lower-cased (`SWITCH__REVERSAL_HANDLER__
+        // MERCHANTS__M1__…` becomes `m1`); merchant ids are alphanumeric, so
+        // they match whatever their case.
+        let merchant = self.merchant(merchant_id);
         let window_ms = merchant
             .and_then(|m| m.ack_window_ms)
             .unwrap_or(self.ack_window_ms);
@@ -186,6 +213,25 @@ mod tests {
             Err(ConfigError::Invalid { key, .. }) => key,
             other => panic!("expected an invalid key, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn windows_come_from_the_merchant_then_the_channel_then_the_default() {
+        let mut config = with_merchants(&[(
+            "M1",
+            MerchantPolicy {
+                ack_window_ms: Some(1_000),
+                orphan_policy: None,
+            },
+        )]);
+        config.channels = BTreeMap::from([("qr".to_owned(), 120_000)]);
+        config.validate().unwrap();
+        assert_eq!(config.window_for("M1", "qr"), Duration::from_secs(1));
+        assert_eq!(config.window_for("M2", "qr"), Duration::from_secs(120));
+        assert_eq!(config.window_for("M2", "card"), Duration::from_secs(30));
+        assert_eq!(config.window_for("M2", ""), Duration::from_secs(30));
+        config.channels = BTreeMap::from([("nfc".to_owned(), 1_000)]);
+        assert_eq!(invalid_key(&config), "reversal_handler.channels.nfc");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub struct Metrics {
     confirmed: Counter<u64>,
     superseded: Counter<u64>,
     deadline_to_request: Histogram<u64>,
+    deadline_to_reversed: Histogram<u64>,
 }
 
 impl Metrics {
@@ -32,6 +33,13 @@ impl Metrics {
             superseded: meter
                 .u64_counter("reversal_handler.orphans_superseded")
                 .with_description("Orphans another path decided before our request")
+                .build(),
+            deadline_to_reversed: meter
+                .u64_histogram("reversal_handler.deadline_to_reversed")
+                .with_unit("ms")
+                .with_description(
+                    "From an orphan's acknowledgement deadline to the issuer's acknowledgement of its reversal",
+                )
                 .build(),
             deadline_to_request: meter
                 .u64_histogram("reversal_handler.deadline_to_request")
@@ -59,6 +67,12 @@ impl Metrics {
         self.confirmed.add(1, &[]);
         self.deadline_to_request
             .record(latency_ms, &[KeyValue::new("decision", "confirm")]);
+    }
+
+    /// The issuer acknowledged the reversal of an orphan `latency_ms` after
+    /// its deadline.
+    pub fn reversal_acknowledged(&self, latency_ms: u64) {
+        self.deadline_to_reversed.record(latency_ms, &[]);
     }
 
     pub fn superseded(&self) {

@@ -160,6 +160,20 @@ pub async fn close_from_event(
     Ok(changed == 1)
 }
 
+/// The acknowledgement deadline of an approval, if it had one.
+pub async fn deadline_of(
+    conn: &mut PgConnection,
+    transaction_id: uuid::Uuid,
+) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+    Ok(sqlx::query_scalar::<_, Option<OffsetDateTime>>(
+        "SELECT deadline_at FROM approvals WHERE transaction_id = $1",
+    )
+    .bind(transaction_id)
+    .fetch_optional(conn)
+    .await?
+    .flatten())
+}
+
 /// Claims up to `limit` due rows inside the caller's transaction: open rows
 /// past their deadline and decided rows whose next attempt is due, oldest
 /// first, skipping rows another transaction holds. The locks last until the

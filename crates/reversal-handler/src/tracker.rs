@@ -66,7 +66,8 @@ impl ApprovalTracker {
                 let Some(facts) = facts_of(approved.facts.as_ref()) else {
                     return Ok(());
                 };
-                let (window, _) = self.config.policy_for(&facts.merchant_id);
+                let channel = approved.facts.as_ref().map_or("", |f| f.channel.as_str());
+                let window = self.config.window_for(&facts.merchant_id, channel);
                 let approved_at = event
                     .occurred_at
                     .as_ref()
@@ -110,6 +111,20 @@ impl ApprovalTracker {
                 let Some(facts) = facts_of(closing_facts(other)) else {
                     return Ok(());
                 };
+                if matches!(other, Payload::AuthorizationReversed(_)) {
+                    let reversed_at = event
+                        .occurred_at
+                        .as_ref()
+                        .and_then(timestamp)
+                        .unwrap_or(now);
+                    if let Some(deadline_at) =
+                        store::deadline_of(conn, facts.transaction_id).await?
+                    {
+                        let late = (reversed_at - deadline_at).whole_milliseconds();
+                        self.metrics
+                            .reversal_acknowledged(u64::try_from(late).unwrap_or(0));
+                    }
+                }
                 if store::close_from_event(conn, &facts, &outcome).await? {
                     tracing::debug!(
                         transaction_id = %facts.transaction_id,

@@ -95,6 +95,7 @@ async fn an_unacknowledged_approval_is_reversed_after_its_window() {
                 rrn: "633000000007".into(),
                 masked_pan: "411111******1111".into(),
                 amount: None,
+                channel: "card".into(),
             }),
             approval_code: "A1B2C3".into(),
         })),

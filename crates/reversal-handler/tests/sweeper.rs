@@ -204,6 +204,7 @@ fn envelope(transaction_id: Uuid, payload: Payload) -> Vec<u8> {
         rrn: "633000000042".into(),
         masked_pan: "411111******1111".into(),
         amount: None,
+        channel: "card".into(),
     });
     let payload = match payload {
         Payload::AuthorizationApproved(mut p) => {

@@ -107,6 +107,46 @@ impl fmt::Display for Evidence {
     }
 }
 
+/// How a payment was taken; acknowledgement deadlines differ per channel
+/// (a QR wallet confirms asynchronously and needs longer than a card).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Channel {
+    /// Chip, contactless or swipe at the terminal.
+    #[default]
+    Card,
+    /// A QR code scanned by the shopper's wallet.
+    Qr,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 2] = [Self::Card, Self::Qr];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Card => "card",
+            Self::Qr => "qr",
+        }
+    }
+
+    /// Field "channel"; empty means the default, `card`.
+    pub fn parse(s: &str) -> Result<Self, InvalidField> {
+        match s {
+            "" | "card" => Ok(Self::Card),
+            "qr" => Ok(Self::Qr),
+            other => Err(InvalidField::new(
+                "channel",
+                format!("'{other}' is neither 'card' nor 'qr'"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A merchant's choice for approvals still unconfirmed at their deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum OrphanPolicy {

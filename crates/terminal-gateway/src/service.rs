@@ -71,6 +71,7 @@ impl TerminalService for TerminalApi {
             expiry: sale.expiry,
             amount: sale.amount,
             last_completed_stan: sale.last_completed_stan,
+            channel: sale.channel,
         };
         let answer = self
             .authorization
