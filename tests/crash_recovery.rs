@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use switch_e2e::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_e2e::v1::{AuthorizationStatus, AuthorizeRequest, Money, TerminalKey};
 use switch_e2e::{
-    SwitchdProcess, VISA, database_url, free_address, kafka_brokers, read_topic, unique_suffix,
+    SwitchdProcess, VISA, database_url, free_address, kafka_brokers, read_topic, switchd_env,
+    unique_suffix,
 };
 use switch_platform::db::DatabaseConfig;
 use tokio::net::TcpListener;
@@ -19,30 +20,24 @@ fn authorization(
     issuer: SocketAddr,
     relay_enabled: bool,
 ) -> SwitchdProcess {
-    let env: Vec<(String, String)> = [
-        ("SWITCH__DATABASE__URL", database_url()),
-        ("SWITCH__DATABASE__SCHEMA_PREFIX", format!("{prefix}_")),
-        ("SWITCH__DATABASE__MAX_CONNECTIONS", "4".to_owned()),
-        ("SWITCH__KAFKA__BROKERS", kafka_brokers()),
-        ("SWITCH__KAFKA__TOPIC_PREFIX", format!("{prefix}.")),
-        ("SWITCH__KAFKA__PARTITIONS", "2".to_owned()),
-        ("SWITCH__AUTHORIZATION__LISTEN", listen.to_string()),
-        (
-            "SWITCH__AUTHORIZATION__ISSUER_ENDPOINT",
-            format!("http://{issuer}"),
-        ),
-        (
-            "SWITCH__AUTHORIZATION__OUTBOX__RELAY_ENABLED",
-            relay_enabled.to_string(),
-        ),
-        (
-            "SWITCH__AUTHORIZATION__OUTBOX__POLL_INTERVAL_MS",
-            "100".to_owned(),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env = switchd_env(
+        prefix,
+        &[
+            ("SWITCH__AUTHORIZATION__LISTEN", listen.to_string()),
+            (
+                "SWITCH__AUTHORIZATION__ISSUER_ENDPOINT",
+                format!("http://{issuer}"),
+            ),
+            (
+                "SWITCH__AUTHORIZATION__OUTBOX__RELAY_ENABLED",
+                relay_enabled.to_string(),
+            ),
+            (
+                "SWITCH__AUTHORIZATION__OUTBOX__POLL_INTERVAL_MS",
+                "100".to_owned(),
+            ),
+        ],
+    );
     SwitchdProcess::spawn("authorization", &env)
 }
 

@@ -12,7 +12,7 @@ use switch_e2e::v1::{
     AuthorizationStatus, AuthorizeRequest, EventEnvelope, FaultPlan, Money, TerminalKey,
 };
 use switch_e2e::{
-    SwitchdProcess, VISA, database_url, free_address, kafka_brokers, today, unique_suffix,
+    SwitchdProcess, VISA, database_url, free_address, switchd_env, today, unique_suffix,
 };
 use switch_platform::db::DatabaseConfig;
 use tokio::net::TcpListener;
@@ -63,65 +63,56 @@ impl Deployment {
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        [
-            ("SWITCH__DATABASE__URL", database_url()),
-            (
-                "SWITCH__DATABASE__SCHEMA_PREFIX",
-                format!("{}_", self.prefix),
-            ),
-            ("SWITCH__DATABASE__MAX_CONNECTIONS", "4".to_owned()),
-            ("SWITCH__KAFKA__BROKERS", kafka_brokers()),
-            ("SWITCH__KAFKA__TOPIC_PREFIX", format!("{}.", self.prefix)),
-            ("SWITCH__KAFKA__PARTITIONS", "2".to_owned()),
-            (
-                "SWITCH__AUTHORIZATION__LISTEN",
-                self.authorization.to_string(),
-            ),
-            (
-                "SWITCH__AUTHORIZATION__ISSUER_ENDPOINT",
-                format!("http://{}", self.issuer),
-            ),
-            (
-                "SWITCH__AUTHORIZATION__ISSUER_TIMEOUT_MS",
-                "1000".to_owned(),
-            ),
-            (
-                "SWITCH__AUTHORIZATION__REVERSAL__INITIAL_DELAY_MS",
-                "50".to_owned(),
-            ),
-            (
-                "SWITCH__AUTHORIZATION__REVERSAL__MAX_DELAY_MS",
-                "200".to_owned(),
-            ),
-            (
-                "SWITCH__AUTHORIZATION__REVERSAL__POLL_INTERVAL_MS",
-                "50".to_owned(),
-            ),
-            (
-                "SWITCH__AUTHORIZATION__OUTBOX__POLL_INTERVAL_MS",
-                "100".to_owned(),
-            ),
-            (
-                "SWITCH__REVERSAL_HANDLER__AUTHORIZATION_ENDPOINT",
-                format!("http://{}", self.authorization),
-            ),
-            ("SWITCH__REVERSAL_HANDLER__ACK_WINDOW_MS", "800".to_owned()),
-            (
-                "SWITCH__REVERSAL_HANDLER__SWEEP_INTERVAL_MS",
-                "50".to_owned(),
-            ),
-            (
-                "SWITCH__REVERSAL_HANDLER__RETRY_INITIAL_DELAY_MS",
-                "50".to_owned(),
-            ),
-            (
-                "SWITCH__REVERSAL_HANDLER__RETRY_MAX_DELAY_MS",
-                "300".to_owned(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+        switchd_env(
+            &self.prefix,
+            &[
+                (
+                    "SWITCH__AUTHORIZATION__LISTEN",
+                    self.authorization.to_string(),
+                ),
+                (
+                    "SWITCH__AUTHORIZATION__ISSUER_ENDPOINT",
+                    format!("http://{}", self.issuer),
+                ),
+                (
+                    "SWITCH__AUTHORIZATION__ISSUER_TIMEOUT_MS",
+                    "1000".to_owned(),
+                ),
+                (
+                    "SWITCH__AUTHORIZATION__REVERSAL__INITIAL_DELAY_MS",
+                    "50".to_owned(),
+                ),
+                (
+                    "SWITCH__AUTHORIZATION__REVERSAL__MAX_DELAY_MS",
+                    "200".to_owned(),
+                ),
+                (
+                    "SWITCH__AUTHORIZATION__REVERSAL__POLL_INTERVAL_MS",
+                    "50".to_owned(),
+                ),
+                (
+                    "SWITCH__AUTHORIZATION__OUTBOX__POLL_INTERVAL_MS",
+                    "100".to_owned(),
+                ),
+                (
+                    "SWITCH__REVERSAL_HANDLER__AUTHORIZATION_ENDPOINT",
+                    format!("http://{}", self.authorization),
+                ),
+                ("SWITCH__REVERSAL_HANDLER__ACK_WINDOW_MS", "800".to_owned()),
+                (
+                    "SWITCH__REVERSAL_HANDLER__SWEEP_INTERVAL_MS",
+                    "50".to_owned(),
+                ),
+                (
+                    "SWITCH__REVERSAL_HANDLER__RETRY_INITIAL_DELAY_MS",
+                    "50".to_owned(),
+                ),
+                (
+                    "SWITCH__REVERSAL_HANDLER__RETRY_MAX_DELAY_MS",
+                    "300".to_owned(),
+                ),
+            ],
+        )
     }
 
     async fn authorization(&self) -> SwitchdProcess {
@@ -197,6 +188,15 @@ impl Deployment {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until the handler has started asking for reversals.
+    async fn wait_for_first_reversal_request(&self) {
+        self.wait_until("the first reversal request", 60, async || {
+            self.count_in_state("reversal_pending").await + self.count_in_state("reversed").await
+                > 0
+        })
+        .await;
     }
 
     /// Every orphan reversed, each with one reversal request, one
@@ -283,13 +283,7 @@ async fn reversal_handler_killed_mid_batch_every_orphan_reversed_once() {
     let ids = deployment.orphans(300_000).await;
 
     // Kill the handler as soon as it has started asking for reversals.
-    deployment
-        .wait_until("the first reversal request", 60, async || {
-            deployment.count_in_state("reversal_pending").await
-                + deployment.count_in_state("reversed").await
-                > 0
-        })
-        .await;
+    deployment.wait_for_first_reversal_request().await;
     handler.kill_9();
     let _successor = deployment.reversal_handler().await;
     deployment.assert_all_reversed_exactly_once(&ids).await;
@@ -324,13 +318,7 @@ async fn two_handler_replicas_one_killed_every_orphan_reversed_once() {
     let _second = deployment.reversal_handler().await;
     let ids = deployment.orphans(320_000).await;
 
-    deployment
-        .wait_until("the first reversal request", 60, async || {
-            deployment.count_in_state("reversal_pending").await
-                + deployment.count_in_state("reversed").await
-                > 0
-        })
-        .await;
+    deployment.wait_for_first_reversal_request().await;
     first.kill_9();
     deployment.assert_all_reversed_exactly_once(&ids).await;
     deployment.finish().await;

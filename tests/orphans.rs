@@ -37,15 +37,8 @@ async fn unacknowledged_sale(
     amount: i64,
 ) -> AuthorizationRecord {
     stack
-        .terminal(terminal_id)
+        .sale_record(sale(terminal_id, stan, VISA, amount))
         .await
-        .unwrap()
-        .sale(sale(terminal_id, stan, VISA, amount))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap()
 }
 
 async fn issuer_reversals(stack: &Stack) -> u64 {
@@ -108,18 +101,7 @@ async fn s1_an_unacknowledged_approval_is_reversed_at_its_deadline() {
     // The bound includes the handler's first consumer-group join (3-6 s on
     // the development broker); steady-state delay is measured by the bench.
     assert!(waited <= window + 15_000, "detected promptly: {waited} ms");
-    let inquiry = stack
-        .terminal("TERM0001")
-        .await
-        .unwrap()
-        .inquiry(switch_e2e::v1::InquiryRequest {
-            terminal_id: "TERM0001".into(),
-            stan: "002001".into(),
-            local_date: today(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let inquiry = stack.inquire("TERM0001", "002001").await;
     assert_eq!(inquiry.status(), AuthorizationStatus::Reversed);
     assert_eq!(inquiry.reversal_reason, "no_terminal_acknowledgement");
     assert_eq!(issuer_reversals(&stack).await, 1);

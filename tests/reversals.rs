@@ -4,8 +4,8 @@
 //! late issuer approvals, and late terminal acknowledgements (S2).
 
 use switch_e2e::v1::{
-    AcknowledgeRequest, AuthorizationStatus, EventEnvelope, FaultPlan, InquiryRequest,
-    TerminalReverseRequest, event_envelope::Payload,
+    AcknowledgeRequest, AuthorizationStatus, EventEnvelope, FaultPlan, TerminalReverseRequest,
+    event_envelope::Payload,
 };
 use switch_e2e::{Stack, StackOptions, VISA, capture_logs, sale, today};
 
@@ -60,13 +60,9 @@ async fn reversal_attempts(stack: &Stack, transaction_id: &str) -> i32 {
 async fn terminal_reversal_sent_repeatedly_and_concurrently_reverses_once() {
     let stack = stack().await;
     let mut terminal = stack.terminal("TERM0001").await.unwrap();
-    let approved = terminal
-        .sale(sale("TERM0001", "001001", VISA, 3_000))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let approved = stack
+        .sale_record(sale("TERM0001", "001001", VISA, 3_000))
+        .await;
     assert_eq!(approved.status(), AuthorizationStatus::Approved);
 
     // Three times in a row, then five at once.
@@ -105,15 +101,7 @@ async fn terminal_reversal_sent_repeatedly_and_concurrently_reverses_once() {
     let events = events_of(&stack, &approved.transaction_id).await;
     assert_eq!(count(&events, "authorization.reversal_requested"), 1);
     assert_eq!(count(&events, "authorization.reversed"), 1);
-    let inquiry = terminal
-        .inquiry(InquiryRequest {
-            terminal_id: "TERM0001".into(),
-            stan: "001001".into(),
-            local_date: today(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let inquiry = stack.inquire("TERM0001", "001001").await;
     assert_eq!(inquiry.status(), AuthorizationStatus::Reversed);
     assert_eq!(inquiry.reversal_reason, "terminal_requested");
     stack.shutdown().await;
@@ -165,13 +153,7 @@ async fn reversals_repeat_while_the_issuer_is_down_and_finish_once_when_it_is_ba
     let mut terminal = stack.terminal("TERM0003").await.unwrap();
     let mut ids = Vec::new();
     for stan in ["001201", "001202", "001203"] {
-        let record = terminal
-            .sale(sale("TERM0003", stan, VISA, 4_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .authorization
-            .unwrap();
+        let record = stack.sale_record(sale("TERM0003", stan, VISA, 4_000)).await;
         ids.push(record.transaction_id);
     }
     let mut control = stack.issuer_control().await.unwrap();
@@ -229,13 +211,9 @@ async fn a_reversal_not_acknowledged_within_its_maximum_age_is_dead_lettered() {
     options.reversal.max_age_ms = 1_500;
     let stack = stack_with(options).await;
     let mut terminal = stack.terminal("TERM0004").await.unwrap();
-    let approved = terminal
-        .sale(sale("TERM0004", "001301", VISA, 5_000))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let approved = stack
+        .sale_record(sale("TERM0004", "001301", VISA, 5_000))
+        .await;
     stack
         .issuer_control()
         .await
@@ -290,14 +268,9 @@ async fn a_late_issuer_approval_is_recorded_and_never_resurrects_the_authorizati
         })
         .await
         .unwrap();
-    let mut terminal = stack.terminal("TERM0001").await.unwrap();
-    let timed_out = terminal
-        .sale(sale("TERM0001", "001401", VISA, 6_000))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let timed_out = stack
+        .sale_record(sale("TERM0001", "001401", VISA, 6_000))
+        .await;
     assert_eq!(timed_out.status(), AuthorizationStatus::IssuerTimedOut);
 
     // The approval arrives ~600 ms late: recorded, and reversed.
@@ -334,15 +307,7 @@ async fn a_late_issuer_approval_is_recorded_and_never_resurrects_the_authorizati
     let events = events_of(&stack, &timed_out.transaction_id).await;
     assert_eq!(count(&events, "authorization.late_issuer_response"), 1);
     assert_eq!(count(&events, "authorization.approved"), 0);
-    let inquiry = terminal
-        .inquiry(InquiryRequest {
-            terminal_id: "TERM0001".into(),
-            stan: "001401".into(),
-            local_date: today(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let inquiry = stack.inquire("TERM0001", "001401").await;
     assert_eq!(inquiry.status(), AuthorizationStatus::Reversed);
     assert_eq!(inquiry.reversal_reason, "late_issuer_response");
     stack.shutdown().await;
@@ -352,13 +317,9 @@ async fn a_late_issuer_approval_is_recorded_and_never_resurrects_the_authorizati
 async fn an_acknowledgement_after_the_reversal_is_a_conflict_and_the_receipt_is_void() {
     let stack = stack().await;
     let mut terminal = stack.terminal("TERM0002").await.unwrap();
-    let approved = terminal
-        .sale(sale("TERM0002", "001501", VISA, 7_000))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let approved = stack
+        .sale_record(sale("TERM0002", "001501", VISA, 7_000))
+        .await;
     terminal
         .reverse(reverse_request("TERM0002", "001501"))
         .await

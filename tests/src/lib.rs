@@ -289,6 +289,39 @@ impl Stack {
         Ok(IssuerControlClient::new(channel))
     }
 
+    /// Sends `request` from its own terminal (dev certificate) and returns
+    /// the switch's record; panics on an error status.
+    pub async fn sale_record(&self, request: SaleRequest) -> switch_proto::v1::AuthorizationRecord {
+        self.terminal(&request.terminal_id)
+            .await
+            .expect("a terminal client")
+            .sale(request)
+            .await
+            .expect("the sale is answered")
+            .into_inner()
+            .authorization
+            .expect("the answer carries the record")
+    }
+
+    /// The authoritative record of `stan` (today) as `terminal_id` sees it.
+    pub async fn inquire(
+        &self,
+        terminal_id: &str,
+        stan: &str,
+    ) -> switch_proto::v1::AuthorizationRecord {
+        self.terminal(terminal_id)
+            .await
+            .expect("a terminal client")
+            .inquiry(switch_proto::v1::InquiryRequest {
+                terminal_id: terminal_id.to_owned(),
+                stan: stan.to_owned(),
+                local_date: today(),
+            })
+            .await
+            .expect("the inquiry is answered")
+            .into_inner()
+    }
+
     /// What the issuer simulator has seen so far.
     pub async fn issuer_stats(&self) -> anyhow::Result<switch_proto::v1::IssuerStats> {
         Ok(self
@@ -440,6 +473,24 @@ pub fn switchd_binary() -> std::path::PathBuf {
         path.display()
     );
     path
+}
+
+/// The environment every `switchd` process of one test deployment shares:
+/// the database and broker, with the deployment's schema and topic prefix,
+/// and the settings named in `extra`.
+pub fn switchd_env(prefix: &str, extra: &[(&str, String)]) -> Vec<(String, String)> {
+    [
+        ("SWITCH__DATABASE__URL", database_url()),
+        ("SWITCH__DATABASE__SCHEMA_PREFIX", format!("{prefix}_")),
+        ("SWITCH__DATABASE__MAX_CONNECTIONS", "4".to_owned()),
+        ("SWITCH__KAFKA__BROKERS", kafka_brokers()),
+        ("SWITCH__KAFKA__TOPIC_PREFIX", format!("{prefix}.")),
+        ("SWITCH__KAFKA__PARTITIONS", "2".to_owned()),
+    ]
+    .into_iter()
+    .chain(extra.iter().cloned())
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 /// One `switchd <service>` process, configured through `SWITCH__…`

@@ -24,8 +24,6 @@ pub enum AuthorizationError {
     IllegalTransition(#[from] IllegalTransition),
     #[error("journal unavailable: {0}")]
     Journal(#[from] sqlx::Error),
-    #[error("{0}")]
-    Unimplemented(&'static str),
 }
 
 impl From<AuthorizationError> for Status {
@@ -38,7 +36,6 @@ impl From<AuthorizationError> for Status {
             | AuthorizationError::FailedPrecondition(_)) => {
                 Status::failed_precondition(e.to_string())
             }
-            AuthorizationError::Unimplemented(what) => Status::unimplemented(what),
             e @ (AuthorizationError::CorruptRow(_) | AuthorizationError::IllegalTransition(_)) => {
                 tracing::error!(error = %e, "Authorization invariant broken.");
                 Status::internal("internal error; the transaction is recorded, query it by STAN")

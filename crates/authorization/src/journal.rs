@@ -693,15 +693,7 @@ impl Journal {
         tx: &mut sqlx::PgConnection,
         id: TransactionId,
     ) -> Result<Option<StoredAuthorization>, AuthorizationError> {
-        sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM authorizations WHERE transaction_id = $1 FOR UPDATE"
-        ))
-        .bind(id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(StoredAuthorization::from_row)
-        .transpose()
+        select_by_id(tx, id, Lock::ForUpdate).await
     }
 
     async fn lock_by_key(
@@ -709,18 +701,7 @@ impl Journal {
         tx: &mut sqlx::PgConnection,
         key: &RequestKey,
     ) -> Result<Option<StoredAuthorization>, AuthorizationError> {
-        sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM authorizations \
-             WHERE terminal_id = $1 AND stan = $2 AND local_date = $3 FOR UPDATE"
-        ))
-        .bind(key.terminal_id.as_str())
-        .bind(key.stan.as_str())
-        .bind(key.local_date.date())
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(StoredAuthorization::from_row)
-        .transpose()
+        select_by_key(tx, key, Lock::ForUpdate).await
     }
 
     /// Applies `changes` to a row the caller has locked, with a history
@@ -785,33 +766,14 @@ impl Journal {
         &self,
         key: &RequestKey,
     ) -> Result<Option<StoredAuthorization>, AuthorizationError> {
-        sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM authorizations \
-             WHERE terminal_id = $1 AND stan = $2 AND local_date = $3"
-        ))
-        .bind(key.terminal_id.as_str())
-        .bind(key.stan.as_str())
-        .bind(key.local_date.date())
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(StoredAuthorization::from_row)
-        .transpose()
+        select_by_key(&self.pool, key, Lock::None).await
     }
 
     pub async fn find_by_id(
         &self,
         id: TransactionId,
     ) -> Result<Option<StoredAuthorization>, AuthorizationError> {
-        sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM authorizations WHERE transaction_id = $1"
-        ))
-        .bind(id.as_uuid())
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(StoredAuthorization::from_row)
-        .transpose()
+        select_by_id(&self.pool, id, Lock::None).await
     }
 
     pub async fn last_for_terminal(
@@ -829,6 +791,59 @@ impl Journal {
         .map(StoredAuthorization::from_row)
         .transpose()
     }
+}
+
+/// Whether a read locks the row for the rest of the caller's transaction.
+#[derive(Debug, Clone, Copy)]
+enum Lock {
+    None,
+    ForUpdate,
+}
+
+impl Lock {
+    fn clause(self) -> &'static str {
+        match self {
+            Lock::None => "",
+            Lock::ForUpdate => " FOR UPDATE",
+        }
+    }
+}
+
+async fn select_by_id<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    id: TransactionId,
+    lock: Lock,
+) -> Result<Option<StoredAuthorization>, AuthorizationError> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM authorizations WHERE transaction_id = $1{}",
+        lock.clause()
+    ))
+    .bind(id.as_uuid())
+    .fetch_optional(executor)
+    .await?
+    .as_ref()
+    .map(StoredAuthorization::from_row)
+    .transpose()
+}
+
+async fn select_by_key<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    key: &RequestKey,
+    lock: Lock,
+) -> Result<Option<StoredAuthorization>, AuthorizationError> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM authorizations \
+         WHERE terminal_id = $1 AND stan = $2 AND local_date = $3{}",
+        lock.clause()
+    ))
+    .bind(key.terminal_id.as_str())
+    .bind(key.stan.as_str())
+    .bind(key.local_date.date())
+    .fetch_optional(executor)
+    .await?
+    .as_ref()
+    .map(StoredAuthorization::from_row)
+    .transpose()
 }
 
 /// Hands out RRN sequence numbers from blocks of 1000 reserved in the

@@ -59,10 +59,16 @@ impl ReversalWorker {
             .with_description("Reversals owed to each issuer")
             .build();
         tokio::pin!(shutdown);
+        // The gauge is a count query: refreshed once a second, not on every
+        // wake-up (each requested reversal wakes the worker).
+        let mut gauge_read_at: Option<std::time::Instant> = None;
         loop {
             self.drain(&metrics).await;
-            if let Ok(count) = self.journal.pending_reversals(&self.issuer_name).await {
-                pending.record(count, &[KeyValue::new("issuer", self.issuer_name.clone())]);
+            if gauge_read_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                gauge_read_at = Some(std::time::Instant::now());
+                if let Ok(count) = self.journal.pending_reversals(&self.issuer_name).await {
+                    pending.record(count, &[KeyValue::new("issuer", self.issuer_name.clone())]);
+                }
             }
             tokio::select! {
                 () = &mut shutdown => break,
