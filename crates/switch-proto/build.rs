@@ -9,8 +9,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     set_protoc_env(&protoc);
 
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["common", "terminal", "authorization", "issuer", "events"]
-        .map(|name| proto_root.join(format!("switch/v1/{name}.proto")));
+    let files = [
+        "common",
+        "terminal",
+        "authorization",
+        "issuer",
+        "settlement",
+        "events",
+        "notifier",
+    ]
+    .map(|name| proto_root.join(format!("switch/v1/{name}.proto")));
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
     tonic_prost_build::configure()

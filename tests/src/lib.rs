@@ -21,6 +21,7 @@ use sqlx::PgPool;
 use switch_platform::db::DatabaseConfig;
 use switch_platform::kafka::{KafkaConfig, topics};
 use switch_proto::v1::issuer_control_client::IssuerControlClient;
+use switch_proto::v1::settlement_service_client::SettlementServiceClient;
 use switch_proto::v1::terminal_service_client::TerminalServiceClient;
 use switch_proto::v1::{EventEnvelope, Money, SaleRequest};
 use tokio::net::TcpListener;
@@ -57,6 +58,9 @@ pub struct StackOptions {
     /// Start the reversal handler with this configuration (its
     /// `authorization_endpoint` is filled in).
     pub reversal_handler: Option<reversal_handler::ReversalHandlerConfig>,
+    /// Start the settlement batcher with this configuration (its endpoints
+    /// and payout directory are filled in).
+    pub settlement: Option<settlement_batcher::SettlementConfig>,
 }
 
 impl Default for StackOptions {
@@ -72,7 +76,19 @@ impl Default for StackOptions {
                 ..Default::default()
             },
             reversal_handler: None,
+            settlement: None,
         }
+    }
+}
+
+/// A settlement batcher configuration for tests: windows close only when
+/// a test asks (`RunSettlement`), payout files go to the stack's own
+/// temporary directory.
+pub fn test_settlement() -> settlement_batcher::SettlementConfig {
+    settlement_batcher::SettlementConfig {
+        scheduler_enabled: false,
+        scheduler_interval_ms: 200,
+        ..Default::default()
     }
 }
 
@@ -97,6 +113,10 @@ pub struct Stack {
     pub issuer: SocketAddr,
     /// Where the reversal handler serves health, when it runs.
     pub reversal_handler: Option<SocketAddr>,
+    /// Where the settlement batcher serves `SettlementService`, when it runs.
+    pub settlement: Option<SocketAddr>,
+    /// Where the settlement batcher writes payout files.
+    pub payout_dir: std::path::PathBuf,
     pub pki: DevPki,
     /// The authorization service's schema.
     pub journal: PgPool,
@@ -176,6 +196,14 @@ impl Stack {
             }
         }));
 
+        let settlement_listener = match options.settlement {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await?),
+            None => None,
+        };
+        let settlement = settlement_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let gateway_listener = TcpListener::bind("127.0.0.1:0").await?;
         let gateway = gateway_listener.local_addr()?;
         let gateway_config = terminal_gateway::GatewayConfig {
@@ -186,6 +214,11 @@ impl Stack {
                 client_ca_path: Some(certs_dir.path().join("ca.pem")),
             },
             authorization_endpoint: format!("http://{authorization}"),
+            // Without a batcher, batch calls fail fast as UNAVAILABLE.
+            settlement_endpoint: format!(
+                "http://{}",
+                settlement.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9)))
+            ),
             authorization_timeout_ms: options.issuer_timeout_ms + 4_000,
         };
         gateway_config.validate()?;
@@ -230,12 +263,37 @@ impl Stack {
                 }
             }));
         }
+        let payout_dir = certs_dir.path().join("payouts");
+        if let (Some(mut config), Some(listener)) =
+            (options.settlement.clone(), settlement_listener)
+        {
+            config.listen = listener.local_addr()?;
+            config.authorization_endpoint = format!("http://{authorization}");
+            config.payout_dir = payout_dir.clone();
+            config.validate()?;
+            let (database, kafka, stop) = (database.clone(), kafka.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = settlement_batcher::serve(
+                    &database,
+                    &kafka,
+                    &config,
+                    listener,
+                    stop.cancelled_owned(),
+                )
+                .await
+                {
+                    eprintln!("settlement batcher failed: {error}");
+                }
+            }));
+        }
         let journal = switch_platform::db::connect(
             &database,
             &database.schema_for(authorization::SERVICE_NAME),
         )
         .await?;
         Ok(Stack {
+            settlement,
+            payout_dir,
             reversal_handler: handler,
             database,
             kafka,
@@ -248,6 +306,28 @@ impl Stack {
             tasks,
             _certs_dir: certs_dir,
         })
+    }
+
+    /// A client of the settlement batcher's internal API.
+    pub async fn settlement_client(&self) -> anyhow::Result<SettlementServiceClient<Channel>> {
+        let address = self
+            .settlement
+            .context("this stack runs no settlement batcher")?;
+        wait_until_healthy(address, "switch.v1.SettlementService", || None).await?;
+        Ok(SettlementServiceClient::connect(format!("http://{address}")).await?)
+    }
+
+    /// The settlement batcher's schema, once the batcher has migrated it.
+    pub async fn settlement_pool(&self) -> anyhow::Result<PgPool> {
+        let address = self
+            .settlement
+            .context("this stack runs no settlement batcher")?;
+        wait_until_healthy(address, "switch.v1.SettlementService", || None).await?;
+        Ok(switch_platform::db::connect(
+            &self.database,
+            &self.database.schema_for(settlement_batcher::SERVICE_NAME),
+        )
+        .await?)
     }
 
     /// A terminal client authenticated by the dev certificate of `terminal_id`.
@@ -411,7 +491,11 @@ impl Stack {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         self.journal.close().await;
-        for service in [authorization::SERVICE_NAME, reversal_handler::SERVICE_NAME] {
+        for service in [
+            authorization::SERVICE_NAME,
+            reversal_handler::SERVICE_NAME,
+            settlement_batcher::SERVICE_NAME,
+        ] {
             let _ = switch_platform::db::drop_schema(
                 &self.database.url,
                 &self.database.schema_for(service),

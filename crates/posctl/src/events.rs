@@ -100,6 +100,10 @@ pub fn payload_name(payload: Option<&Payload>) -> &'static str {
         Some(Payload::AcknowledgementConflict(_)) => "acknowledgement_conflict",
         Some(Payload::LateIssuerResponse(_)) => "late_issuer_response",
         Some(Payload::UnmatchedTerminalReversal(_)) => "unmatched_terminal_reversal",
+        Some(Payload::BatchOrphanFound(_)) => "batch_orphan_found",
+        Some(Payload::BatchConflict(_)) => "batch_conflict",
+        Some(Payload::SettlementWindowClosed(_)) => "settlement_window_closed",
+        Some(Payload::MerchantPaid(_)) => "merchant_paid",
         None => "unknown",
     }
 }
@@ -182,6 +186,27 @@ impl EventLine {
                 line.terminal_id = p.terminal_id.clone();
                 line.stan = p.stan.clone();
                 line.local_date = p.local_date.clone();
+                None
+            }
+            Some(Payload::BatchOrphanFound(p)) => p.facts.as_ref(),
+            Some(Payload::BatchConflict(p)) => {
+                line.reason = Some(if p.detail.is_empty() {
+                    p.outcome.clone()
+                } else {
+                    format!("{}: {}", p.outcome, p.detail)
+                });
+                p.facts.as_ref()
+            }
+            Some(Payload::SettlementWindowClosed(p)) => {
+                line.merchant_id = p.merchant_id.clone();
+                None
+            }
+            Some(Payload::MerchantPaid(p)) => {
+                line.merchant_id = p.merchant_id.clone();
+                line.amount = p.payout.as_ref().map(|payout| switch_proto::v1::Money {
+                    minor_units: payout.net_minor_units,
+                    currency: payout.currency.clone(),
+                });
                 None
             }
             None => None,
@@ -369,8 +394,9 @@ mod tests {
     use super::*;
     use switch_proto::v1::{
         AcknowledgementConflict, AuthorizationApproved, AuthorizationConfirmed,
-        AuthorizationDeclined, AuthorizationReversed, LateIssuerResponse, Money,
-        ReversalDeadLettered, ReversalRequested, UnmatchedTerminalReversal,
+        AuthorizationDeclined, AuthorizationReversed, BatchConflict, BatchOrphanFound,
+        LateIssuerResponse, MerchantPaid, MerchantPayout, Money, ReversalDeadLettered,
+        ReversalRequested, SettlementWindowClosed, UnmatchedTerminalReversal,
     };
 
     fn facts() -> AuthorizationFacts {
@@ -528,6 +554,45 @@ mod tests {
         assert!(text.contains("date=2025-01-02"));
         assert!(line.amount.is_none());
         assert!(line.json(0, 0)["reason"].is_null());
+    }
+
+    #[test]
+    fn flattens_settlement_events() {
+        let line = line_for(Payload::BatchOrphanFound(BatchOrphanFound {
+            facts: Some(facts()),
+            batch_number: "000001".to_owned(),
+        }));
+        assert_eq!(line.event_type, "batch_orphan_found");
+        assert_eq!(line.stan, "000042");
+        assert_eq!(line.masked_pan, "411111******1111");
+
+        let line = line_for(Payload::BatchConflict(BatchConflict {
+            facts: Some(facts()),
+            batch_number: "000001".to_owned(),
+            outcome: "mismatch".to_owned(),
+            detail: "amount differs".to_owned(),
+        }));
+        assert_eq!(line.event_type, "batch_conflict");
+        assert_eq!(line.reason.as_deref(), Some("mismatch: amount differs"));
+
+        let line = line_for(Payload::SettlementWindowClosed(SettlementWindowClosed {
+            merchant_id: "MERCHANT0000001".to_owned(),
+            ..SettlementWindowClosed::default()
+        }));
+        assert_eq!(line.event_type, "settlement_window_closed");
+        assert_eq!(line.merchant_id, "MERCHANT0000001");
+
+        let line = line_for(Payload::MerchantPaid(MerchantPaid {
+            merchant_id: "MERCHANT0000001".to_owned(),
+            payout: Some(MerchantPayout {
+                currency: "EUR".to_owned(),
+                net_minor_units: 2955,
+                ..MerchantPayout::default()
+            }),
+            ..MerchantPaid::default()
+        }));
+        assert_eq!(line.event_type, "merchant_paid");
+        assert!(line.text().contains("amount=EUR 29.55"), "{}", line.text());
     }
 
     #[test]

@@ -4,12 +4,16 @@
 //!
 //! Like a real terminal, `sale` acknowledges an approval once it has shown
 //! the result (unless `--no-ack`), and `reverse` asks the switch to undo a
-//! sale the terminal never got an answer for.
+//! sale the terminal never got an answer for. `close-batch` and
+//! `upload-batch` close and reconcile the terminal's batch through the
+//! gateway; `settlement` asks the settlement batcher directly where payments
+//! are, or runs settlement.
 
 mod bench;
 mod connect;
 mod events;
 mod output;
+mod settlement;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -102,6 +106,14 @@ enum Command {
     Bench(BenchArgs),
     /// Read authorization events from Kafka.
     Events(EventsArgs),
+    /// Close this terminal's batch with its totals (through the gateway).
+    CloseBatch(settlement::CloseBatchArgs),
+    /// After an out-of-balance close: upload the sales this terminal
+    /// completed (through the gateway).
+    UploadBatch(settlement::UploadBatchArgs),
+    /// Ask the settlement batcher directly (not through the gateway): where
+    /// payments are, or run settlement.
+    Settlement(settlement::SettlementArgs),
 }
 
 #[derive(Debug, Args)]
@@ -512,6 +524,15 @@ async fn run(cli: Cli) -> Result<()> {
             })
             .await
             .map(|_| ())
+        }
+        Command::CloseBatch(args) => {
+            settlement::run_close_batch(&options, &certificate, terminal_id, args, cli.json).await
+        }
+        Command::UploadBatch(args) => {
+            settlement::run_upload_batch(&options, &certificate, terminal_id, args, cli.json).await
+        }
+        Command::Settlement(args) => {
+            settlement::run_settlement(args, &terminal_id, cli.timeout, cli.json).await
         }
     }
 }

@@ -159,6 +159,7 @@ pub fn response_code_description(code: &str) -> &'static str {
         "68" => "Response received too late",
         "91" => "Issuer or switch inoperative",
         "94" => "Duplicate transmission",
+        "95" => "Reconcile error",
         "96" => "System malfunction",
         "" => "no response code",
         _ => "unknown response code",
@@ -241,13 +242,6 @@ pub fn record_json(record: &AuthorizationRecord, duplicate: Option<bool>) -> Val
 
 /// Human-readable, multi-line form of an authorization record.
 pub fn record_text(record: &AuthorizationRecord, duplicate: Option<bool>) -> String {
-    let or_dash = |s: &str| {
-        if s.is_empty() {
-            "-".to_owned()
-        } else {
-            s.to_owned()
-        }
-    };
     let mut lines = vec![format!("Status:        {}", record_headline(record))];
     if is_void_status(record.status) {
         lines.push(format!("               {VOID_ADVICE}"));
@@ -373,6 +367,47 @@ pub fn reverse_text(
     }
 }
 
+/// `-` for an empty field of a human-readable table or line.
+pub fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Lays out rows under headers in left-aligned columns separated by two
+/// spaces; trailing blanks are trimmed, so an empty last column adds nothing.
+pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let columns = headers.len();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate().take(columns) {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i > 0 {
+                out.push_str("  ");
+            }
+            out.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            out.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.trim_end().to_owned()
+    };
+    let mut lines = vec![line(headers.to_vec())];
+    for row in rows {
+        let cells = (0..columns)
+            .map(|i| row.get(i).map_or("", String::as_str))
+            .collect();
+        lines.push(line(cells));
+    }
+    lines.join("\n")
+}
+
 /// Prints a gRPC error: to stderr for humans, or as a JSON object on stdout.
 pub fn print_status_error(status: &tonic::Status, json: bool) {
     if json {
@@ -455,6 +490,25 @@ mod tests {
         assert_eq!(json["duplicate"], false);
         assert_eq!(json["amount"]["display"], "EUR 10.50");
         assert!(record_json(&record, None).get("duplicate").is_none());
+    }
+
+    #[test]
+    fn tables_align_columns_and_trim() {
+        let table = format_table(
+            &["STAN", "OUTCOME", ""],
+            &[
+                vec!["000001".to_owned(), "matched".to_owned(), String::new()],
+                vec!["2".to_owned(), "x".to_owned(), "CONFLICT".to_owned()],
+                vec!["3".to_owned()],
+            ],
+        );
+        assert_eq!(
+            table,
+            "STAN    OUTCOME\n000001  matched\n2       x        CONFLICT\n3"
+        );
+        assert_eq!(or_dash(""), "-");
+        assert_eq!(or_dash("a"), "a");
+        assert_eq!(response_code_description("95"), "Reconcile error");
     }
 
     #[test]

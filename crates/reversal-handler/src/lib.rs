@@ -5,7 +5,8 @@
 //! every approval is watched until its merchant's acknowledgement deadline,
 //! an issuer timeout is owed a reversal at once, and a final decision
 //! announced by authorization (confirmation by evidence, a reversal already
-//! requested) closes the watch. A sweeper finds approvals still open at
+//! requested) closes the watch. An orphan found by a terminal's batch
+//! upload (announced by the settlement batcher) is decided at once. A sweeper finds approvals still open at
 //! their deadline, decides each under its merchant's policy
 //! ([`switch_core::decide_at_deadline`]), and asks authorization, the single
 //! writer of authorization state, to `Reverse` or `Confirm` it, repeating
@@ -77,7 +78,9 @@ pub async fn serve(
     config.validate()?;
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
-    kafka.ensure_topics(&[topics::AUTHORIZATION_EVENTS]).await?;
+    kafka
+        .ensure_topics(&[topics::AUTHORIZATION_EVENTS, topics::SETTLEMENT_EVENTS])
+        .await?;
     let sweeper = Sweeper::new(pool.clone(), config.clone())?;
 
     let stop = CancellationToken::new();
@@ -124,7 +127,7 @@ async fn run_consumer(
             pool.clone(),
             &kafka,
             &group,
-            &[topics::AUTHORIZATION_EVENTS],
+            &[topics::AUTHORIZATION_EVENTS, topics::SETTLEMENT_EVENTS],
             &tracker,
             stop.clone().cancelled_owned(),
         )

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool, Row};
-use switch_core::{OrphanDecision, ReversalReason, decide_at_deadline};
+use switch_core::{OrphanDecision, decide_at_deadline};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -95,16 +95,17 @@ pub async fn insert_open(
     Ok(inserted == 1)
 }
 
-/// Records that a reversal is owed for `reason` and due now, for an
-/// approval not yet known or still open; a decided or closed one keeps its
-/// state. Returns whether the decision was recorded.
+/// Records `decision` as due now (a reversal owed after an issuer timeout,
+/// an orphan found by a batch upload), for an approval not yet known or
+/// still open; a decided or closed one keeps its state. Returns whether
+/// the decision was recorded.
 pub async fn insert_decided_now(
     conn: &mut PgConnection,
     facts: &ApprovalFacts,
     due_at: OffsetDateTime,
-    reason: ReversalReason,
+    decision: OrphanDecision,
 ) -> Result<bool, sqlx::Error> {
-    let (decision, reason) = decision_columns(OrphanDecision::Reverse(reason));
+    let (decision, reason) = decision_columns(decision);
     let changed = sqlx::query(
         "INSERT INTO approvals (transaction_id, terminal_id, merchant_id, stan, local_date, rrn, \
              traceparent, deadline_at, status, decision, reason, decided_at, next_attempt_at) \

@@ -1,10 +1,11 @@
-//! The consumer of authorization's events: it opens a watch on every
-//! approval, turns an issuer timeout into a reversal due now, and closes the
-//! watch when authorization announces a final decision, whatever the order
-//! in which the events arrive.
+//! The consumer of authorization's events (and the settlement batcher's):
+//! it opens a watch on every approval, turns an issuer timeout or an orphan
+//! found by a batch upload into a decision due now, and closes the watch
+//! when authorization announces a final decision, whatever the order in
+//! which the events arrive.
 
 use sqlx::PgConnection;
-use switch_core::ReversalReason;
+use switch_core::{OrphanDecision, ReversalReason, decide_batch_orphan};
 use switch_platform::consumer::{EventHandler, HandlerError, HandlerFuture};
 use switch_platform::telemetry::set_parent_from_traceparent;
 use switch_proto::v1::event_envelope::Payload;
@@ -93,7 +94,8 @@ impl ApprovalTracker {
                     .and_then(timestamp)
                     .unwrap_or(now);
                 let reason = ReversalReason::IssuerTimeout;
-                if store::insert_decided_now(conn, &facts, due_at, reason).await? {
+                let decision = OrphanDecision::Reverse(reason);
+                if store::insert_decided_now(conn, &facts, due_at, decision).await? {
                     self.metrics.orphan_detected(reason.as_str());
                     tracing::info!(
                         transaction_id = %facts.transaction_id,
@@ -101,6 +103,26 @@ impl ApprovalTracker {
                         decision = "reverse",
                         reason = reason.as_str(),
                         "Issuer timed out; reversal owed."
+                    );
+                }
+            }
+            Payload::BatchOrphanFound(found) => {
+                // The terminal's batch upload does not list it: decided
+                // now, not at its deadline.
+                let Some(facts) = facts_of(found.facts.as_ref()) else {
+                    return Ok(());
+                };
+                let (_, policy) = self.config.policy_for(&facts.merchant_id);
+                let decision = decide_batch_orphan(policy);
+                if store::insert_decided_now(conn, &facts, now, decision).await? {
+                    self.metrics
+                        .orphan_detected(ReversalReason::BatchOrphan.as_str());
+                    tracing::info!(
+                        transaction_id = %facts.transaction_id,
+                        merchant_id = %facts.merchant_id,
+                        batch_number = %found.batch_number,
+                        ?decision,
+                        "Orphan found by batch upload; decided now."
                     );
                 }
             }

@@ -45,9 +45,14 @@ async fn concurrent_sweepers_never_claim_the_same_approval() {
         let facts = facts("M1");
         let mut conn = db.pool.acquire().await.unwrap();
         let now = time::OffsetDateTime::now_utc();
-        insert_decided_now(&mut conn, &facts, now, ReversalReason::IssuerTimeout)
-            .await
-            .unwrap();
+        insert_decided_now(
+            &mut conn,
+            &facts,
+            now,
+            OrphanDecision::Reverse(ReversalReason::IssuerTimeout),
+        )
+        .await
+        .unwrap();
         due.insert(facts.transaction_id);
     }
 

@@ -3,7 +3,9 @@
 //! This crate owns the vocabulary every other crate speaks: money and
 //! currencies, card data (PAN, expiry, masked and fingerprinted forms),
 //! ISO 8583 identifiers and response codes, the authorization lifecycle as a
-//! pure state machine, and duplicate (replay) detection. It performs no I/O
+//! pure state machine, duplicate (replay) detection, settlement (batch close,
+//! upload reconciliation, eligibility at the cut-off, fees) and payout files
+//! (CSV and ISO 20022 pain.001 rendering). It performs no I/O
 //! and has no async code, so every rule here can be tested exhaustively and
 //! reused unchanged by the gateway, the authorization service and the tools.
 
@@ -13,8 +15,10 @@ pub mod error;
 pub mod ids;
 pub mod money;
 pub mod orphan;
+pub mod payout;
 pub mod replay;
 pub mod response_code;
+pub mod settlement;
 
 pub use authorization::*;
 pub use card::*;
@@ -22,5 +26,7 @@ pub use error::*;
 pub use ids::*;
 pub use money::*;
 pub use orphan::*;
+pub use payout::*;
 pub use replay::*;
 pub use response_code::*;
+pub use settlement::*;

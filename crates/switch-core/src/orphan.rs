@@ -195,6 +195,17 @@ pub fn decide_at_deadline(policy: OrphanPolicy) -> OrphanDecision {
     }
 }
 
+/// The decision for an approval the terminal's batch upload does not list:
+/// the terminal holds no receipt for it, so it is decided at once rather
+/// than at its deadline, under the same policy (a merchant who hands goods
+/// over before the answer still keeps the payment).
+pub fn decide_batch_orphan(policy: OrphanPolicy) -> OrphanDecision {
+    match policy {
+        OrphanPolicy::Reverse => OrphanDecision::Reverse(ReversalReason::BatchOrphan),
+        OrphanPolicy::Confirm => OrphanDecision::Confirm(Evidence::Policy),
+    }
+}
+
 /// How a reversal is repeated until the issuer acknowledges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetrySchedule {
@@ -317,5 +328,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn batch_orphans_are_decided_under_the_merchants_policy() {
+        assert_eq!(
+            decide_batch_orphan(OrphanPolicy::Reverse),
+            OrphanDecision::Reverse(ReversalReason::BatchOrphan)
+        );
+        assert_eq!(
+            decide_batch_orphan(OrphanPolicy::Confirm),
+            OrphanDecision::Confirm(Evidence::Policy)
+        );
     }
 }

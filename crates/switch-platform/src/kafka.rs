@@ -18,6 +18,9 @@ use crate::config::ConfigError;
 pub mod topics {
     /// Lifecycle events of authorizations, keyed by transaction id.
     pub const AUTHORIZATION_EVENTS: &str = "authorization-events";
+    /// Batch reconciliation outcomes, window closes and payouts, keyed by
+    /// transaction id (reconciliation) or merchant id (windows, payouts).
+    pub const SETTLEMENT_EVENTS: &str = "settlement-events";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

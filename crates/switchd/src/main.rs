@@ -1,8 +1,8 @@
 //! `switchd`: one binary, one image, for every service of the switch.
 //!
 //! `switchd <service>` runs one service; `switchd all` runs authorization,
-//! the terminal gateway, the reversal handler and the issuer simulator in
-//! one process, for a laptop. The binary only loads configuration, sets up telemetry, binds
+//! the terminal gateway, the reversal handler, the settlement batcher and
+//! the issuer simulator in one process, for a laptop. The binary only loads configuration, sets up telemetry, binds
 //! listeners and calls each service's `serve`; it exits with a clear message
 //! naming the key when the configuration is bad, and drains on SIGTERM.
 
@@ -42,6 +42,8 @@ enum Service {
     #[value(alias = "gateway")]
     TerminalGateway,
     ReversalHandler,
+    #[value(alias = "settlement")]
+    SettlementBatcher,
     IssuerSimulator,
     /// Every service above in one process.
     All,
@@ -57,6 +59,7 @@ impl Service {
             Service::Authorization => authorization::SERVICE_NAME,
             Service::TerminalGateway => terminal_gateway::SERVICE_NAME,
             Service::ReversalHandler => reversal_handler::SERVICE_NAME,
+            Service::SettlementBatcher => settlement_batcher::SERVICE_NAME,
             Service::IssuerSimulator => "issuer-simulator",
             Service::All => "switchd",
         }
@@ -73,6 +76,7 @@ struct SwitchdConfig {
     authorization: authorization::AuthorizationConfig,
     gateway: terminal_gateway::GatewayConfig,
     reversal_handler: reversal_handler::ReversalHandlerConfig,
+    settlement: settlement_batcher::SettlementConfig,
     issuer_simulator: issuer_simulator::IssuerSimulatorConfig,
 }
 
@@ -84,6 +88,7 @@ impl Validate for SwitchdConfig {
         self.database.validate()?;
         self.kafka.validate()?;
         self.reversal_handler.validate()?;
+        self.settlement.validate()?;
         self.authorization.validate()
     }
 }
@@ -191,6 +196,29 @@ async fn run(service: Service, settings: SwitchdConfig) -> anyhow::Result<()> {
             let stop = stop.clone();
             async move {
                 reversal_handler::serve(
+                    &database,
+                    &kafka,
+                    &config,
+                    listener,
+                    stop.cancelled_owned(),
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            }
+        });
+    }
+
+    if service.runs(Service::SettlementBatcher) {
+        let listener = bind(settings.settlement.listen).await?;
+        let (database, kafka, config) = (
+            settings.database.clone(),
+            settings.kafka.clone(),
+            settings.settlement.clone(),
+        );
+        spawn(&mut tasks, "settlement-batcher", {
+            let stop = stop.clone();
+            async move {
+                settlement_batcher::serve(
                     &database,
                     &kafka,
                     &config,

@@ -8,6 +8,9 @@
 //! merchant id sent to authorization comes from the certificate, never from
 //! the request, so a terminal cannot charge on another merchant's behalf.
 //!
+//! Batch close and upload go to the settlement batcher with the same
+//! identity rule.
+//!
 //! The gateway keeps no state: duplicate detection is authoritative in the
 //! authorization journal (see `docs/adr/0003-duplicate-detection.md`), so
 //! gateway replicas can be added and removed freely.
@@ -38,6 +41,9 @@ pub struct GatewayConfig {
     /// always required.
     pub tls: TlsFiles,
     pub authorization_endpoint: String,
+    /// URL of the settlement batcher's `SettlementService` (batch close and
+    /// upload).
+    pub settlement_endpoint: String,
     /// Upper bound on one call to authorization; keep it above the issuer
     /// timeout so the terminal hears the switch's answer, not a deadline.
     pub authorization_timeout_ms: u64,
@@ -53,6 +59,7 @@ impl Default for GatewayConfig {
                 client_ca_path: Some(PathBuf::from(".run/certs/ca.pem")),
             },
             authorization_endpoint: "http://127.0.0.1:50052".into(),
+            settlement_endpoint: "http://127.0.0.1:50054".into(),
             authorization_timeout_ms: 5_000,
         }
     }
@@ -70,6 +77,12 @@ impl GatewayConfig {
         if tonic::transport::Endpoint::from_shared(self.authorization_endpoint.clone()).is_err() {
             return Err(ConfigError::invalid(
                 "gateway.authorization_endpoint",
+                "not a valid URL",
+            ));
+        }
+        if tonic::transport::Endpoint::from_shared(self.settlement_endpoint.clone()).is_err() {
+            return Err(ConfigError::invalid(
+                "gateway.settlement_endpoint",
                 "not a valid URL",
             ));
         }
@@ -99,6 +112,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let api = service::TerminalApi::connect(
         &config.authorization_endpoint,
+        &config.settlement_endpoint,
         Duration::from_millis(config.authorization_timeout_ms),
     )?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

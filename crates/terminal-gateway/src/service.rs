@@ -1,11 +1,12 @@
 //! `TerminalService`: checks who is calling, then forwards to the
-//! authorization service, passing its answers (and its precise errors)
+//! authorization service (or, for batches, the settlement batcher), passing its answers (and its precise errors)
 //! through unchanged.
 
 use std::time::Duration;
 
 use switch_platform::telemetry::propagate_trace_context;
 use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
+use switch_proto::v1::settlement_service_client::SettlementServiceClient;
 use switch_proto::v1::terminal_service_server::TerminalService;
 use switch_proto::v1::{
     self as pb, AuthorizationRecord, get_authorization_request::By, reverse_request::Target,
@@ -18,20 +19,35 @@ use crate::identity::TerminalIdentity;
 
 type InterceptorFn = fn(Request<()>) -> Result<Request<()>, Status>;
 type AuthorizationClient = AuthorizationServiceClient<InterceptedService<Channel, InterceptorFn>>;
+type SettlementClient = SettlementServiceClient<InterceptedService<Channel, InterceptorFn>>;
 
 pub struct TerminalApi {
     authorization: AuthorizationClient,
+    settlement: SettlementClient,
     timeout: Duration,
 }
 
 impl TerminalApi {
-    pub fn connect(endpoint: &str, timeout: Duration) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())?
-            .tcp_nodelay(true)
-            .connect_lazy();
+    pub fn connect(
+        authorization_endpoint: &str,
+        settlement_endpoint: &str,
+        timeout: Duration,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = |endpoint: &str| -> Result<Channel, tonic::transport::Error> {
+            Ok(Endpoint::from_shared(endpoint.to_owned())?
+                .tcp_nodelay(true)
+                .connect_lazy())
+        };
         let interceptor: InterceptorFn = propagate_trace_context;
         Ok(TerminalApi {
-            authorization: AuthorizationServiceClient::with_interceptor(channel, interceptor),
+            authorization: AuthorizationServiceClient::with_interceptor(
+                channel(authorization_endpoint)?,
+                interceptor,
+            ),
+            settlement: SettlementServiceClient::with_interceptor(
+                channel(settlement_endpoint)?,
+                interceptor,
+            ),
             timeout,
         })
     }
@@ -169,5 +185,38 @@ impl TerminalService for TerminalApi {
             authorization: answer.authorization,
             original_found: answer.original_found,
         }))
+    }
+
+    /// ISO 8583 0500: the terminal's totals. The merchant is the
+    /// certificate's, whatever the request says.
+    #[tracing::instrument(name = "gateway.close_batch", skip_all)]
+    async fn close_batch(
+        &self,
+        request: Request<pb::CloseBatchRequest>,
+    ) -> Result<Response<pb::CloseBatchResponse>, Status> {
+        let identity = TerminalIdentity::of(&request)?;
+        let mut close = request.into_inner();
+        identity.authorize(&close.terminal_id)?;
+        close.merchant_id = identity.merchant_id;
+        self.settlement
+            .clone()
+            .close_batch(self.outbound(close))
+            .await
+    }
+
+    /// The batch upload that follows an out-of-balance close.
+    #[tracing::instrument(name = "gateway.upload_batch", skip_all)]
+    async fn upload_batch(
+        &self,
+        request: Request<pb::UploadBatchRequest>,
+    ) -> Result<Response<pb::UploadBatchResponse>, Status> {
+        let identity = TerminalIdentity::of(&request)?;
+        let mut upload = request.into_inner();
+        identity.authorize(&upload.terminal_id)?;
+        upload.merchant_id = identity.merchant_id;
+        self.settlement
+            .clone()
+            .upload_batch(self.outbound(upload))
+            .await
     }
 }

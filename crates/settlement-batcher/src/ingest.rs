@@ -1,0 +1,167 @@
+//! The consumer of authorization's events: it keeps the batcher's record of
+//! every approval (terminal, merchant, amount, and whether it is
+//! unconfirmed, confirmed or reversed) that batches and windows are built
+//! from.
+
+use sqlx::PgConnection;
+use switch_platform::consumer::{EventHandler, HandlerError, HandlerFuture};
+use switch_platform::telemetry::set_parent_from_traceparent;
+use switch_proto::v1::event_envelope::Payload;
+use switch_proto::v1::{AuthorizationFacts, EventEnvelope};
+use time::OffsetDateTime;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::events::from_timestamp;
+use crate::store::{self, Advance, NewApproval};
+
+pub struct ApprovalLedger;
+
+/// An approval's facts as the batcher stores them, or `None` (logged) when
+/// the event cannot be one: every later delivery would fail the same way.
+pub fn approval_from_facts(
+    event: &EventEnvelope,
+    facts: Option<&AuthorizationFacts>,
+    approval_code: Option<&str>,
+) -> Option<NewApproval> {
+    let reject = |why: &str| {
+        tracing::error!(
+            event_id = %event.event_id,
+            event_type = %event.event_type,
+            why,
+            "Event ignored by settlement."
+        );
+        None
+    };
+    let Ok(transaction_id) = Uuid::parse_str(&event.transaction_id) else {
+        return reject("no valid transaction id");
+    };
+    let Some(facts) = facts else {
+        return reject("no facts");
+    };
+    let Some(amount) = facts.amount.as_ref() else {
+        return reject("no amount");
+    };
+    if amount.minor_units <= 0 {
+        return reject("amount not positive");
+    }
+    let Ok(local_date) = switch_core::LocalDate::parse(&facts.local_date) else {
+        return reject("bad local date");
+    };
+    let approved_at = event
+        .occurred_at
+        .as_ref()
+        .and_then(from_timestamp)
+        .unwrap_or_else(OffsetDateTime::now_utc);
+    Some(NewApproval {
+        transaction_id,
+        terminal_id: facts.terminal_id.clone(),
+        merchant_id: facts.merchant_id.clone(),
+        stan: facts.stan.clone(),
+        local_date: local_date.date(),
+        rrn: facts.rrn.clone(),
+        masked_pan: facts.masked_pan.clone(),
+        amount_minor: amount.minor_units,
+        currency: amount.currency.clone(),
+        channel: if facts.channel.is_empty() {
+            "card".into()
+        } else {
+            facts.channel.clone()
+        },
+        approval_code: approval_code.filter(|c| !c.is_empty()).map(str::to_owned),
+        approved_at,
+    })
+}
+
+impl ApprovalLedger {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &EventEnvelope,
+        payload: &Payload,
+    ) -> Result<(), HandlerError> {
+        let transaction_id = || Uuid::parse_str(&event.transaction_id).ok();
+        match payload {
+            Payload::AuthorizationApproved(approved) => {
+                if let Some(approval) = approval_from_facts(
+                    event,
+                    approved.facts.as_ref(),
+                    Some(&approved.approval_code),
+                ) {
+                    let advance = Advance {
+                        status: "unconfirmed",
+                        ..Default::default()
+                    };
+                    store::upsert(conn, &approval, &advance, None).await?;
+                }
+            }
+            Payload::AuthorizationConfirmed(confirmed) => {
+                // Confirmation follows the approval on the same partition;
+                // inserting from its facts covers a consumer that started
+                // after the approval was compacted away.
+                if let Some(approval) = approval_from_facts(
+                    event,
+                    confirmed.facts.as_ref(),
+                    Some(&confirmed.approval_code),
+                ) {
+                    let advance = Advance {
+                        status: "confirmed",
+                        evidence: Some(&confirmed.evidence),
+                        reversal_reason: None,
+                    };
+                    store::upsert(conn, &approval, &advance, None).await?;
+                }
+            }
+            Payload::ReversalRequested(requested) => {
+                if let Some(id) = transaction_id() {
+                    let advance = Advance {
+                        status: "reversal_pending",
+                        evidence: None,
+                        reversal_reason: Some(&requested.reason),
+                    };
+                    store::advance(conn, id, &advance).await?;
+                }
+            }
+            Payload::AuthorizationReversed(reversed) => {
+                if let Some(id) = transaction_id() {
+                    let advance = Advance {
+                        status: "reversed",
+                        evidence: None,
+                        reversal_reason: Some(&reversed.reason),
+                    };
+                    store::advance(conn, id, &advance).await?;
+                }
+            }
+            Payload::AcknowledgementConflict(conflict) => {
+                if let Some(id) = transaction_id() {
+                    let detail = format!(
+                        "acknowledged after the host reversed it ({})",
+                        conflict.reversal_reason
+                    );
+                    store::flag_conflict(conn, id, "acknowledged_after_reversal", &detail).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl EventHandler for ApprovalLedger {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a EventEnvelope,
+    ) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let Some(payload) = &event.payload else {
+                return Ok(());
+            };
+            let span = tracing::debug_span!("settlement.event", event_type = %event.event_type);
+            if !event.traceparent.is_empty() {
+                set_parent_from_traceparent(&span, &event.traceparent, &event.tracestate);
+            }
+            self.apply(tx, event, payload).instrument(span).await
+        })
+    }
+}

@@ -1,0 +1,237 @@
+//! The settlement batcher: makes sure every confirmed approval is paid to
+//! its merchant exactly once, nothing reversed is paid, and a merchant can
+//! ask where any payment is (scenario S5).
+//!
+//! It owns four things:
+//! - **the ledger of approvals** it follows from authorization's events
+//!   (and, for a batch upload that outruns them, from authorization
+//!   directly);
+//! - **terminal batches**: a close compares the terminal's totals with the
+//!   host's; an upload reconciles sale by sale, confirming what the
+//!   terminal completed through authorization's evidence path, handing
+//!   orphans to the reversal handler at once (`settlement.batch_orphan_found`)
+//!   and flagging conflicts, which are never paid;
+//! - **settlement windows** per merchant, closed at its cut-off: confirmed
+//!   approvals are paid net of the merchant discount rate, unresolved ones
+//!   are held and carried over, with the reason;
+//! - **payout files** (CSV and ISO 20022 pain.001) and the events that
+//!   announce closed windows and payouts.
+//!
+//! The rules (totals, reconciliation outcomes, eligibility, fees and their
+//! rounding) are pure code in `switch_core::settlement`.
+
+mod batch;
+mod config;
+mod events;
+mod ingest;
+mod metrics;
+mod service;
+mod store;
+mod windows;
+
+use std::future::Future;
+use std::time::Duration;
+
+use switch_platform::consumer;
+use switch_platform::db::DatabaseConfig;
+use switch_platform::kafka::{KafkaConfig, topics};
+use switch_platform::outbox::OutboxRelay;
+use switch_proto::v1::settlement_service_server::SettlementServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use batch::{RESPONSE_BALANCED, RESPONSE_OUT_OF_BALANCE};
+pub use config::{MerchantSettlement, MerchantTerms, SettlementConfig};
+pub use windows::{RunReport, SettleError, Settler, payout_reference};
+
+/// Name of the service: its schema, its consumer's default group, its
+/// OpenTelemetry service name.
+pub const SERVICE_NAME: &str = "settlement-batcher";
+
+/// The service's schema migrations, for tests and benchmarks that set the
+/// schema up without serving.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How long to wait before restarting a consumer that stopped on an error.
+const CONSUMER_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(#[from] switch_platform::config::ConfigError),
+    #[error("database: {0}")]
+    Database(#[from] switch_platform::db::DbError),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] switch_platform::kafka::KafkaError),
+    #[error("grpc: {0}")]
+    Grpc(#[from] switch_platform::grpc::GrpcError),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A settler over an already migrated pool, for benchmarks and tests that
+/// close windows without serving. Its outbox is relayed by whoever runs
+/// the relay for that schema (none in a benchmark: events stay queued).
+pub fn settler(
+    pool: sqlx::PgPool,
+    kafka: &KafkaConfig,
+    config: &SettlementConfig,
+) -> Result<Settler, ServeError> {
+    let relay = OutboxRelay::new(pool.clone(), kafka.producer()?, config.outbox.clone());
+    Ok(Settler::new(
+        pool,
+        config.clone(),
+        kafka.topic(topics::SETTLEMENT_EVENTS),
+        relay,
+        metrics::Metrics::new(),
+    ))
+}
+
+/// Runs the settlement batcher on `listener` until `shutdown` resolves:
+/// migrates its schema, ensures its topics, starts the event consumer, the
+/// outbox relay and the cut-off scheduler, and serves `SettlementService`
+/// with health and reflection.
+pub async fn serve(
+    database: &DatabaseConfig,
+    kafka: &KafkaConfig,
+    config: &SettlementConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
+    MIGRATOR.run(&pool).await?;
+    kafka
+        .ensure_topics(&[topics::AUTHORIZATION_EVENTS, topics::SETTLEMENT_EVENTS])
+        .await?;
+    let metrics = metrics::Metrics::new();
+    let topic = kafka.topic(topics::SETTLEMENT_EVENTS);
+    let relay = OutboxRelay::new(pool.clone(), kafka.producer()?, config.outbox.clone());
+    let batcher = batch::Batcher::new(
+        pool.clone(),
+        &config.authorization_endpoint,
+        topic.clone(),
+        relay.clone(),
+        metrics.clone(),
+    )?;
+    let settler = Settler::new(pool.clone(), config.clone(), topic, relay.clone(), metrics);
+
+    let stop = CancellationToken::new();
+    let relay_task = tokio::spawn(relay.run(stop.clone().cancelled_owned()));
+    let consumer_task = tokio::spawn(run_consumer(
+        pool.clone(),
+        kafka.clone(),
+        config.consumer_group.clone(),
+        stop.clone(),
+    ));
+    let scheduler_task = tokio::spawn(run_scheduler(settler.clone(), config.clone(), stop.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<SettlementServiceServer<service::SettlementApi>>()
+        .await;
+    let (reflection_v1, reflection_v1alpha) = switch_platform::grpc::reflection_services()?;
+    let api = service::SettlementApi {
+        pool,
+        batcher,
+        settler,
+    };
+    let local = listener.local_addr().ok();
+    tracing::info!(listen = ?local, "Settlement batcher listening.");
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(SettlementServiceServer::new(api))
+        .serve_with_incoming_shutdown(switch_platform::grpc::incoming(listener), shutdown)
+        .await;
+    stop.cancel();
+    let _ = consumer_task.await;
+    let _ = scheduler_task.await;
+    let _ = relay_task.await;
+    tracing::info!("Settlement batcher stopped.");
+    result.map_err(ServeError::from)
+}
+
+/// Consumes authorization's events until `stop`, restarting the consumer
+/// after an error.
+async fn run_consumer(
+    pool: sqlx::PgPool,
+    kafka: KafkaConfig,
+    group: String,
+    stop: CancellationToken,
+) {
+    let ledger = ingest::ApprovalLedger;
+    while !stop.is_cancelled() {
+        let result = consumer::run(
+            pool.clone(),
+            &kafka,
+            &group,
+            &[topics::AUTHORIZATION_EVENTS],
+            &ledger,
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                if !stop.is_cancelled() {
+                    tracing::warn!(%group, "Consumer stream ended; restarting.");
+                }
+            }
+            Err(error) => tracing::warn!(%group, %error, "Consumer stopped; restarting."),
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(CONSUMER_RESTART_DELAY) => {}
+        }
+    }
+}
+
+/// Settles runs an earlier crash left half done, then closes windows as
+/// their cut-offs pass (when enabled).
+async fn run_scheduler(settler: Settler, config: SettlementConfig, stop: CancellationToken) {
+    let interval = Duration::from_millis(config.scheduler_interval_ms);
+    loop {
+        if let Err(error) = settler.settle_pending().await {
+            tracing::error!(%error, "Settling interrupted runs failed; retrying.");
+        }
+        if config.scheduler_enabled {
+            match settler.due(time::OffsetDateTime::now_utc()).await {
+                Ok(due) => {
+                    for (cutoff, merchants) in due {
+                        if let Err(error) = settler.run(&merchants, cutoff).await {
+                            tracing::error!(%error, %cutoff, "Scheduled settlement failed; retrying.");
+                        }
+                    }
+                }
+                Err(error) => tracing::error!(%error, "Looking for due windows failed."),
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_is_named_after_the_service() {
+        assert_eq!(
+            DatabaseConfig::default().schema_for(SERVICE_NAME),
+            "settlement_batcher"
+        );
+    }
+
+    #[test]
+    fn migrations_create_the_platform_tables_exactly() {
+        let migration = include_str!("../migrations/0001_settlement.sql");
+        assert!(migration.contains(consumer::PROCESSED_EVENTS_DDL));
+        assert!(migration.contains(switch_platform::outbox::OUTBOX_TABLE_DDL));
+    }
+}
