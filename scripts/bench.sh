@@ -2,7 +2,9 @@
 # `make bench`: the full stack (release build, `switchd all`) under
 # `posctl bench` at concurrency 16 and 64, and in the same run pgbench with
 # a one-row INSERT at the same concurrency as the ceiling the journal's
-# PostgreSQL allows. Writes bench/results.json and prints a summary.
+# PostgreSQL allows; then the settlement run (100,000 transactions, 1,000
+# merchants) and webhook deliveries. Writes bench/results.json and prints
+# a summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,6 +97,20 @@ for concurrency in 16 64; do
   results+=("\"pgbench_insert_c$concurrency\": {\"tps\": ${tps:-null}}")
 done
 psql -q "$psql_url" -c "DROP TABLE IF EXISTS bench_pg_ceiling" >/dev/null
+scripts/stack.sh down >/dev/null
+
+# Settlement: close one window of 100,000 confirmed approvals for 1,000
+# merchants (plus held and reversed ones) and write its payout files.
+echo "settlement: closing a window of 100,000 transactions for 1,000 merchants (3 rounds)..." >&2
+settlement=$(cargo bench -q -p settlement-batcher --bench settlement_run 2>/dev/null | tail -1)
+results+=("\"settlement_run\": $settlement")
+# Webhooks: deliveries/s to a local endpoint, and what one endpoint taking
+# 5 s per request costs 50 fast ones.
+echo "notifier: webhook deliveries to a local HTTP server..." >&2
+mapfile -t deliveries < <(cargo bench -q -p notifier --bench deliveries 2>/dev/null | grep '^{')
+results+=("\"webhooks_one_endpoint\": ${deliveries[0]}")
+results+=("\"webhooks_fifty_endpoints\": ${deliveries[1]}")
+results+=("\"webhooks_with_a_slow_endpoint\": ${deliveries[2]}")
 
 {
   echo "{"
@@ -119,4 +135,9 @@ o = r["orphans"]
 print(f"\nOrphans: {o['orphans']} of {r['orphan_sales']['requests']} sales at {r['orphan_sales']['rate']}/s never acknowledged, {o['reversed']} reversed")
 print(f"  deadline -> reversal sent to issuer:   p50 {o['sent_p50_ms']} ms, p99 {o['sent_p99_ms']} ms")
 print(f"  deadline -> reversal acknowledged:     p50 {o['acknowledged_p50_ms']} ms, p99 {o['acknowledged_p99_ms']} ms")
+s = r["settlement_run"]
+print(f"\nSettlement: {s['transactions']} transactions, {s['merchants']} merchants: median {s['median_ms']} ms (min {s['min_ms']}, max {s['max_ms']})")
+w1, w50, ws = r["webhooks_one_endpoint"], r["webhooks_fifty_endpoints"], r["webhooks_with_a_slow_endpoint"]
+print(f"Webhooks: one endpoint {w1['deliveries_per_s']}/s (p99 {w1['p99_ms']} ms); 50 endpoints {w50['deliveries_per_s']}/s;"
+      f" with a 5 s endpoint among them {ws['deliveries_per_s']}/s ({ws.get('fast_throughput_change_pct')}%)")
 PY

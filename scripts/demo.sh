@@ -15,6 +15,12 @@ export SWITCH__KAFKA__TOPIC_PREFIX="demo-$run_id."
 export SWITCH__TELEMETRY__LOG_LEVEL=info
 # A short acknowledgement window so the orphan is visible within seconds.
 export SWITCH__REVERSAL_HANDLER__ACK_WINDOW_MS=3000
+# Merchant 2's terminals settle by batch upload: a long window, so the
+# batch close, not the deadline, resolves its unacknowledged sale.
+export SWITCH__REVERSAL_HANDLER__MERCHANTS__MERCHANT0000002__ACK_WINDOW_MS=600000
+# Windows close when the demo says so, and payout files go under .run.
+export SWITCH__SETTLEMENT__SCHEDULER_ENABLED=false
+export SWITCH__SETTLEMENT__PAYOUT_DIR="${RUN_DIR:-.run}/demo-payouts"
 today=$(date -u +%F)
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -34,7 +40,8 @@ else
   echo "broker: using the one already at ${KAFKA_BROKERS:-127.0.0.1:9092}"
 fi
 # A clean journal for the demo (its own schema; nothing else is touched).
-psql -q "$psql_url" -c "DROP SCHEMA IF EXISTS demo_authorization CASCADE; DROP SCHEMA IF EXISTS demo_reversal_handler CASCADE" >/dev/null
+psql -q "$psql_url" -c "DROP SCHEMA IF EXISTS demo_authorization CASCADE; DROP SCHEMA IF EXISTS demo_reversal_handler CASCADE; DROP SCHEMA IF EXISTS demo_settlement_batcher CASCADE" >/dev/null
+rm -rf "$SWITCH__SETTLEMENT__PAYOUT_DIR"
 scripts/stack.sh up
 
 step "1. An approved sale from terminal TERM0001 (EUR 10.50); posctl acknowledges it like a terminal that printed its receipt, which confirms it"
@@ -88,6 +95,40 @@ $posctl reverse --stan 100009 --date "$today"
 step "10. A reversal for a transaction the switch never saw: answered and recorded"
 $posctl reverse --stan 100010 --date "$today"
 
+# Waits until the settlement batcher has heard of a sale (its consumer may
+# still be joining its group right after start-up).
+wait_for_settlement() {
+  local terminal=$1 stan=$2
+  for _ in $(seq 1 120); do
+    if $posctl --terminal "$terminal" settlement status --stan "$stan" --date "$today" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "demo: the settlement batcher never saw STAN $stan" >&2
+  exit 1
+}
+
+step "11. S5: TERM0001 closes its batch: 1 sale of EUR 10.50 completed, 1 reversal of EUR 15.00 asked for"
+wait_for_settlement TERM0001 100001
+wait_for_settlement TERM0001 100009
+$posctl close-batch --batch 000001 --totals EUR:1:1050:1:1500
+
+step "12. TERM0003's receipt printed but its acknowledgement was lost; its batch close is out of balance, so it uploads"
+$posctl --terminal TERM0003 sale --no-ack --amount 2500 --currency EUR --pan 5555555555554444 --stan 200001 --date "$today"
+wait_for_settlement TERM0003 200001
+$posctl --terminal TERM0003 close-batch --batch 000001 --totals EUR:1:2500:0:0 || true
+$posctl --terminal TERM0003 upload-batch --batch 000001 --sale "200001:$today:2500:EUR"
+
+step "13. The merchants' windows close: confirmed sales paid net of the 0.60% fee, payout files written"
+$posctl settlement run
+echo
+echo "CSV payout file:"
+cat "$SWITCH__SETTLEMENT__PAYOUT_DIR"/payouts-*.csv
+echo
+$posctl settlement status --stan 100001 --date "$today"
+$posctl settlement status --stan 100008 --date "$today"
+
 step "The journal in PostgreSQL (schema demo_authorization): no full card number, ever"
 psql "$psql_url" -P pager=off -c "
   SELECT terminal_id, stan, rrn, masked_pan, amount_minor, currency, state,
@@ -107,9 +148,14 @@ step "The events on Kafka (topic ${SWITCH__KAFKA__TOPIC_PREFIX}authorization-eve
 $posctl events --topic-prefix "$SWITCH__KAFKA__TOPIC_PREFIX" --idle-timeout 3s
 
 states=$(psql -tA "$psql_url" -c "SELECT string_agg(stan || ':' || state, ' ' ORDER BY stan) FROM demo_authorization.authorizations")
-expected="100001:confirmed 100002:declined 100008:reversed 100009:reversed"
+expected="100001:confirmed 100002:declined 100008:reversed 100009:reversed 200001:confirmed"
 if [[ $states != "$expected" ]]; then
   echo "demo: expected journal states '$expected', found '$states'" >&2
   exit 1
 fi
-step "Done: sale 1 confirmed by its receipt, sale 2 declined, the S1 orphan reversed at its deadline, the S4 sale reversed once at the terminal's request. Stopping."
+paid=$(psql -tA "$psql_url" -c "SELECT string_agg(stan, ' ' ORDER BY stan) FROM demo_settlement_batcher.transactions WHERE window_id IS NOT NULL")
+if [[ $paid != "100001 200001" ]]; then
+  echo "demo: expected sales 100001 and 200001 paid, found '$paid'" >&2
+  exit 1
+fi
+step "Done: sale 1 confirmed by its receipt, sale 2 declined, the S1 orphan reversed at its deadline, the S4 sale reversed once at the terminal's request, TERM0003's sale confirmed by its batch upload, and both confirmed sales paid. Stopping."

@@ -1,8 +1,8 @@
 //! `switchd`: one binary, one image, for every service of the switch.
 //!
 //! `switchd <service>` runs one service; `switchd all` runs authorization,
-//! the terminal gateway, the reversal handler, the settlement batcher and
-//! the issuer simulator in one process, for a laptop. The binary only loads configuration, sets up telemetry, binds
+//! the terminal gateway, the reversal handler, the settlement batcher, the
+//! notifier and the issuer simulator in one process, for a laptop. The binary only loads configuration, sets up telemetry, binds
 //! listeners and calls each service's `serve`; it exits with a clear message
 //! naming the key when the configuration is bad, and drains on SIGTERM.
 
@@ -44,6 +44,7 @@ enum Service {
     ReversalHandler,
     #[value(alias = "settlement")]
     SettlementBatcher,
+    Notifier,
     IssuerSimulator,
     /// Every service above in one process.
     All,
@@ -60,6 +61,7 @@ impl Service {
             Service::TerminalGateway => terminal_gateway::SERVICE_NAME,
             Service::ReversalHandler => reversal_handler::SERVICE_NAME,
             Service::SettlementBatcher => settlement_batcher::SERVICE_NAME,
+            Service::Notifier => notifier::SERVICE_NAME,
             Service::IssuerSimulator => "issuer-simulator",
             Service::All => "switchd",
         }
@@ -77,6 +79,7 @@ struct SwitchdConfig {
     gateway: terminal_gateway::GatewayConfig,
     reversal_handler: reversal_handler::ReversalHandlerConfig,
     settlement: settlement_batcher::SettlementConfig,
+    notifier: notifier::NotifierConfig,
     issuer_simulator: issuer_simulator::IssuerSimulatorConfig,
 }
 
@@ -89,6 +92,7 @@ impl Validate for SwitchdConfig {
         self.kafka.validate()?;
         self.reversal_handler.validate()?;
         self.settlement.validate()?;
+        self.notifier.validate()?;
         self.authorization.validate()
     }
 }
@@ -227,6 +231,23 @@ async fn run(service: Service, settings: SwitchdConfig) -> anyhow::Result<()> {
                 )
                 .await
                 .map_err(anyhow::Error::from)
+            }
+        });
+    }
+
+    if service.runs(Service::Notifier) {
+        let listener = bind(settings.notifier.listen).await?;
+        let (database, kafka, config) = (
+            settings.database.clone(),
+            settings.kafka.clone(),
+            settings.notifier.clone(),
+        );
+        spawn(&mut tasks, "notifier", {
+            let stop = stop.clone();
+            async move {
+                notifier::serve(&database, &kafka, &config, listener, stop.cancelled_owned())
+                    .await
+                    .map_err(anyhow::Error::from)
             }
         });
     }

@@ -1,0 +1,285 @@
+//! The notifier: tells merchants the final outcome of their payments and
+//! their payouts, by signed webhooks, within seconds.
+//!
+//! It owns its own schema (`notifier`): merchants' webhook **endpoints**
+//! with their signing secrets, and the **deliveries** owed to them. It
+//! reads outcome events from `authorization-events` and
+//! `settlement-events` and decides which become webhooks
+//! ([`webhook`]: an orphan confirmed, a reversal, a conflict, a payout),
+//! recording one delivery per endpoint of the merchant in the consumer's
+//! exactly-once transaction. A worker then POSTs each delivery, signed
+//! ([`signature`]), retries failures with exponential backoff and jitter,
+//! and dead-letters it after its last attempt; every state is in
+//! PostgreSQL, so retries survive restarts and replicas share the work.
+//! Each merchant's endpoints get a few slots of their own, so a slow or
+//! dead merchant never delays the others. `NotifierService` (gRPC) lists
+//! and redelivers dead letters and registers endpoints.
+//!
+//! # The webhook a merchant receives
+//!
+//! ```text
+//! POST <endpoint url>
+//! Content-Type: application/json
+//! Switch-Event-Id: 0193a5d4-…            (idempotency key: the same for every retry)
+//! Switch-Signature: t=1764000000,v1=5f2c…
+//!
+//! {"id":"0193a5d4-…","type":"payment.reversed","created_at":"2026-11-24T16:00:00Z",
+//!  "merchant_id":"MERCHANT0000001","data":{…}}
+//! ```
+//!
+//! Any 2xx answer within the request timeout acknowledges it; anything
+//! else is retried. Delivery is at least once, and order is not
+//! guaranteed.
+//!
+//! # Verifying a webhook
+//!
+//! 1. Read the raw request body as bytes, before any JSON parsing.
+//! 2. Split `Switch-Signature` on `,` into `key=value` pairs; take `t` (unix
+//!    seconds) and every `v1` (hex). Ignore other keys.
+//! 3. Compute `HMAC-SHA256(secret, "<t>.<raw body>")` with the endpoint's
+//!    secret (the whole `whsec_…` string as UTF-8 bytes), hex-encode it,
+//!    and compare it with each `v1` in constant time. No match: reject.
+//! 4. Reject if `|now − t| > 300` seconds (a replayed capture).
+//! 5. Deduplicate on `Switch-Event-Id`: a delivery may arrive more than
+//!    once; process each event id once, and answer 2xx to a repeat.
+//!
+//! [`signature::verify`] does steps 2–4.
+
+mod admin;
+mod config;
+mod metrics;
+mod planner;
+pub mod signature;
+mod store;
+pub mod webhook;
+mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use switch_platform::consumer;
+use switch_platform::db::DatabaseConfig;
+use switch_platform::kafka::{KafkaConfig, topics};
+use switch_proto::v1::notifier_service_server::NotifierServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use admin::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, NotifierAdmin, generate_secret};
+pub use config::{
+    EndpointConfig, MAX_ATTEMPTS, MAX_REQUEST_TIMEOUT_MS, MAX_RETRY_DELAY_MS, MIN_SECRET_LEN,
+    NotifierConfig, RetryConfig, validate_url,
+};
+pub use planner::DeliveryPlanner;
+pub use store::{
+    Attempt, Claimed, Endpoint, FailedDelivery, NextState, RedeliverError, RedeliverTarget,
+    claim_due, insert_deliveries, list_failed, next_due_in, record_attempts, redeliver, release,
+    seed_endpoints,
+};
+pub use worker::{Worker, after_failure, backoff, http_client, listen};
+
+/// Name of the service: its schema, its consumer's default group, its
+/// OpenTelemetry service name.
+pub const SERVICE_NAME: &str = "notifier";
+
+/// The topics whose events can become webhooks.
+pub const TOPICS: [&str; 2] = [topics::AUTHORIZATION_EVENTS, topics::SETTLEMENT_EVENTS];
+
+/// The service's schema migrations, for tests that set the schema up
+/// without serving.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connections of the delivery worker's own pool: one for claims, one for
+/// the recorder, one spare.
+const WORKER_CONNECTIONS: u32 = 3;
+
+/// How long to wait before restarting a consumer that stopped on an error.
+const CONSUMER_RESTART_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The `LISTEN`/`NOTIFY` channel on which writers of due deliveries wake
+/// the workers of one deployment: its schema's name, so deployments (and
+/// test runs) sharing a database never wake each other.
+pub fn wake_channel(database: &DatabaseConfig) -> String {
+    database.schema_for(SERVICE_NAME)
+}
+
+/// The delivery worker's own small pool on the same schema, whose
+/// transactions commit without waiting for the WAL flush
+/// (`synchronous_commit = off`). Its writes are claims (leases) and attempt
+/// results, and losing the last few of them in a PostgreSQL crash only
+/// sends a webhook again, which delivery at least once allows and
+/// `Switch-Event-Id` lets merchants recognise; waiting for a flush on each
+/// would cap deliveries at the disk's commit rate. What must be durable,
+/// the deliveries owed by an event, is written by the consumer through the
+/// service's ordinary pool.
+pub async fn worker_pool(pool: &sqlx::PgPool) -> Result<sqlx::PgPool, sqlx::Error> {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(WORKER_CONNECTIONS)
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .connect_with(options)
+        .await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(#[from] switch_platform::config::ConfigError),
+    #[error("database: {0}")]
+    Database(#[from] switch_platform::db::DbError),
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] switch_platform::kafka::KafkaError),
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("grpc: {0}")]
+    Grpc(#[from] switch_platform::grpc::GrpcError),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the notifier on `listener` until `shutdown` resolves: migrates its
+/// schema, seeds the configured endpoints, ensures the topics it reads,
+/// starts the event consumer, the delivery worker and its wake-up
+/// listener, and serves `NotifierService` with health and reflection. On
+/// shutdown it stops them and waits for them; the worker lets requests in
+/// flight finish for a few seconds and gives the rest back.
+pub async fn serve(
+    database: &DatabaseConfig,
+    kafka: &KafkaConfig,
+    config: &NotifierConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
+    MIGRATOR.run(&pool).await?;
+    seed_endpoints(&pool, &config.endpoints).await?;
+    kafka.ensure_topics(&TOPICS).await?;
+    let channel = wake_channel(database);
+    let wake = Arc::new(Notify::new());
+    let worker = Worker::new(worker_pool(&pool).await?, config.clone(), wake.clone())?;
+
+    let stop = CancellationToken::new();
+    let listener_task = tokio::spawn(listen(pool.clone(), channel.clone(), wake, stop.clone()));
+    let worker_task = tokio::spawn(worker.run(stop.clone()));
+    let consumer_task = tokio::spawn(run_consumer(
+        pool.clone(),
+        kafka.clone(),
+        config.consumer_group.clone(),
+        channel.clone(),
+        stop.clone(),
+    ));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    health_reporter
+        .set_serving::<NotifierServiceServer<NotifierAdmin>>()
+        .await;
+    let (reflection_v1, reflection_v1alpha) = switch_platform::grpc::reflection_services()?;
+    let local = listener.local_addr().ok();
+    tracing::info!(
+        listen = ?local,
+        endpoints = config.endpoints.len(),
+        "Notifier listening."
+    );
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(NotifierServiceServer::new(NotifierAdmin::new(
+            pool, channel,
+        )))
+        .serve_with_incoming_shutdown(switch_platform::grpc::incoming(listener), shutdown)
+        .await;
+    stop.cancel();
+    let _ = consumer_task.await;
+    let _ = worker_task.await;
+    let _ = listener_task.await;
+    tracing::info!("Notifier stopped.");
+    result.map_err(ServeError::from)
+}
+
+/// Consumes the outcome topics until `stop`, restarting the consumer after
+/// an error (a broker outage must not silently stop the notifications).
+async fn run_consumer(
+    pool: sqlx::PgPool,
+    kafka: KafkaConfig,
+    group: String,
+    channel: String,
+    stop: CancellationToken,
+) {
+    let planner = DeliveryPlanner::new(channel);
+    while !stop.is_cancelled() {
+        let result = consumer::run(
+            pool.clone(),
+            &kafka,
+            &group,
+            &TOPICS,
+            &planner,
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                if !stop.is_cancelled() {
+                    tracing::warn!(%group, "Consumer stream ended; restarting.");
+                }
+            }
+            Err(error) => tracing::warn!(%error, %group, "Consumer stopped; restarting."),
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(CONSUMER_RESTART_DELAY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_and_wake_channel_are_named_after_the_service() {
+        assert_eq!(
+            DatabaseConfig::default().schema_for(SERVICE_NAME),
+            "notifier"
+        );
+        let prefixed = DatabaseConfig {
+            schema_prefix: "t1_".into(),
+            ..DatabaseConfig::default()
+        };
+        assert_eq!(wake_channel(&prefixed), "t1_notifier");
+    }
+
+    #[test]
+    fn reflection_describes_the_notifier_service() {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(switch_proto::FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set decodes");
+        let service = set
+            .file
+            .iter()
+            .flat_map(|file| &file.service)
+            .find(|service| service.name() == "NotifierService")
+            .expect("notifier.proto is in the descriptor set");
+        let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
+        assert_eq!(
+            methods,
+            ["ListFailedDeliveries", "Redeliver", "RegisterEndpoint"]
+        );
+    }
+
+    #[test]
+    fn migrations_create_the_consumer_table_exactly() {
+        let migration = include_str!("../migrations/0001_notifier.sql");
+        assert!(migration.contains(consumer::PROCESSED_EVENTS_DDL));
+    }
+}

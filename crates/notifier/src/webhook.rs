@@ -1,0 +1,466 @@
+//! Which events become webhooks, and what each webhook says. Pure: an
+//! envelope in, a body out, so every payload is tested without a broker.
+//!
+//! A merchant hears about outcomes it could not otherwise know:
+//!
+//! | event | webhook type | why |
+//! |---|---|---|
+//! | `AuthorizationConfirmed`, evidence other than `terminal_acknowledgement` | `payment.confirmed` | an orphan confirmed (policy, last completed STAN, batch upload): the terminal may have printed nothing, so the data to reprint the receipt is included |
+//! | `AuthorizationReversed` | `payment.reversed` | the shopper's funds are released; the RRN is the reversal's reference |
+//! | `AcknowledgementConflict`, `BatchConflict` | `payment.conflict` | a receipt was printed for a payment that was reversed or does not match |
+//! | `MerchantPaid` | `settlement.paid` | a payout was issued |
+//!
+//! A confirmation by the terminal's own acknowledgement sends nothing: the
+//! terminal printed the receipt, and one webhook per sale would only be
+//! noise. Bodies carry only masked PANs; anything else in that field is
+//! dropped.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use switch_proto::v1::event_envelope::Payload;
+use switch_proto::v1::{AuthorizationFacts, EventEnvelope, Money};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+/// The kinds of webhook; their names are part of the merchant API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookType {
+    PaymentConfirmed,
+    PaymentReversed,
+    PaymentConflict,
+    SettlementPaid,
+}
+
+impl WebhookType {
+    pub const ALL: [WebhookType; 4] = [
+        Self::PaymentConfirmed,
+        Self::PaymentReversed,
+        Self::PaymentConflict,
+        Self::SettlementPaid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PaymentConfirmed => "payment.confirmed",
+            Self::PaymentReversed => "payment.reversed",
+            Self::PaymentConflict => "payment.conflict",
+            Self::SettlementPaid => "settlement.paid",
+        }
+    }
+}
+
+impl std::fmt::Display for WebhookType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A webhook to send to every endpoint of `merchant_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Webhook {
+    /// The event's id: the body's `id` and the `Switch-Event-Id` header.
+    pub event_id: Uuid,
+    pub kind: WebhookType,
+    pub merchant_id: String,
+    /// When the event happened (the body's `created_at`); delivery latency
+    /// is measured from it.
+    pub occurred_at: OffsetDateTime,
+    /// The exact JSON sent and signed; stored as text so every retry sends
+    /// the same bytes.
+    pub body: String,
+}
+
+/// What to do with one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    Send(Webhook),
+    /// Not an outcome merchants are told about.
+    Ignore,
+    /// An outcome that cannot be sent (no merchant, no event id); the
+    /// reason is logged. Never retried: every replay would fail the same way.
+    Invalid(&'static str),
+}
+
+/// The JSON envelope every webhook shares. Field order is the struct's.
+#[derive(Serialize)]
+struct Body<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    created_at: String,
+    merchant_id: &'a str,
+    data: Value,
+}
+
+/// Decides whether `event` becomes a webhook and renders it. `now` stands
+/// in for an event without `occurred_at`.
+pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> Plan {
+    let Some(payload) = &event.payload else {
+        return Plan::Ignore;
+    };
+    let occurred_at = event
+        .occurred_at
+        .as_ref()
+        .and_then(timestamp)
+        .unwrap_or(now);
+    let (kind, merchant_id, data) = match payload {
+        Payload::AuthorizationConfirmed(confirmed) => {
+            if confirmed.evidence == switch_core::Evidence::TerminalAcknowledgement.as_str() {
+                return Plan::Ignore;
+            }
+            let facts = confirmed.facts.clone().unwrap_or_default();
+            let mut data = transaction(&event.transaction_id, &facts);
+            data["approval_code"] = json!(confirmed.approval_code);
+            data["evidence"] = json!(confirmed.evidence);
+            (WebhookType::PaymentConfirmed, facts.merchant_id, data)
+        }
+        Payload::AuthorizationReversed(reversed) => {
+            let facts = reversed.facts.clone().unwrap_or_default();
+            let mut data = transaction(&event.transaction_id, &facts);
+            data["reason"] = json!(reversed.reason);
+            // The switch's reference of the reversal is the original's RRN:
+            // ISO 8583 reversals carry the original's retrieval reference.
+            data["reversal_reference"] = json!(facts.rrn);
+            data["attempts"] = json!(reversed.attempts);
+            // The issuer acknowledged the reversal when the event happened:
+            // from then on the hold on the shopper's funds is released.
+            data["funds_released_at"] = json!(rfc3339(occurred_at));
+            (WebhookType::PaymentReversed, facts.merchant_id, data)
+        }
+        Payload::AcknowledgementConflict(conflict) => {
+            let facts = conflict.facts.clone().unwrap_or_default();
+            let mut data = transaction(&event.transaction_id, &facts);
+            data["source"] = json!("terminal_acknowledgement");
+            data["outcome"] = json!("acknowledged_after_reversal");
+            data["reversal_reason"] = json!(conflict.reversal_reason);
+            data["receipt_void"] = json!(true);
+            (WebhookType::PaymentConflict, facts.merchant_id, data)
+        }
+        Payload::BatchConflict(conflict) => {
+            let facts = conflict.facts.clone().unwrap_or_default();
+            let mut data = transaction(&event.transaction_id, &facts);
+            data["source"] = json!("batch_upload");
+            data["batch_number"] = json!(conflict.batch_number);
+            data["outcome"] = json!(conflict.outcome);
+            data["detail"] = json!(conflict.detail);
+            data["receipt_void"] = json!(conflict.outcome == "conflict_reversed_at_host");
+            (WebhookType::PaymentConflict, facts.merchant_id, data)
+        }
+        Payload::MerchantPaid(paid) => {
+            let payout = paid.payout.clone().unwrap_or_default();
+            let paid_at = paid
+                .paid_at
+                .as_ref()
+                .and_then(timestamp)
+                .unwrap_or(occurred_at);
+            let data = json!({
+                "window_id": paid.window_id,
+                "currency": payout.currency,
+                "transaction_count": payout.transaction_count,
+                "gross_minor_units": payout.gross_minor_units,
+                "fee_minor_units": payout.fee_minor_units,
+                "net_minor_units": payout.net_minor_units,
+                "payout_reference": payout.payout_reference,
+                "payout_file": paid.payout_file,
+                "paid_at": rfc3339(paid_at),
+            });
+            (WebhookType::SettlementPaid, paid.merchant_id.clone(), data)
+        }
+        _ => return Plan::Ignore,
+    };
+    let Ok(event_id) = Uuid::parse_str(&event.event_id) else {
+        return Plan::Invalid("event id is not a UUID");
+    };
+    if merchant_id.trim().is_empty() {
+        return Plan::Invalid("event names no merchant");
+    }
+    let body = Body {
+        id: event_id.to_string(),
+        kind: kind.as_str(),
+        created_at: rfc3339(occurred_at),
+        merchant_id: &merchant_id,
+        data,
+    };
+    let body = serde_json::to_string(&body).expect("a JSON value always serialises");
+    Plan::Send(Webhook {
+        event_id,
+        kind,
+        merchant_id,
+        occurred_at,
+        body,
+    })
+}
+
+/// The transaction facts every payment webhook carries: what a merchant
+/// needs to find the sale and reprint or void its receipt.
+fn transaction(transaction_id: &str, facts: &AuthorizationFacts) -> Value {
+    json!({
+        "transaction_id": transaction_id,
+        "terminal_id": facts.terminal_id,
+        "stan": facts.stan,
+        "local_date": facts.local_date,
+        "rrn": facts.rrn,
+        "masked_pan": masked_pan(&facts.masked_pan),
+        "amount": amount(facts.amount.as_ref()),
+        "channel": facts.channel,
+    })
+}
+
+/// The masked PAN if it is one (first 6 and last 4 digits, `*` between);
+/// anything else, a full PAN above all, is never passed on.
+fn masked_pan(value: &str) -> Value {
+    match switch_core::MaskedPan::parse(value) {
+        Ok(masked) => json!(masked.as_str()),
+        Err(_) => Value::Null,
+    }
+}
+
+fn amount(money: Option<&Money>) -> Value {
+    match money {
+        Some(money) => json!({ "minor_units": money.minor_units, "currency": money.currency }),
+        None => Value::Null,
+    }
+}
+
+pub(crate) fn timestamp(ts: &prost_types::Timestamp) -> Option<OffsetDateTime> {
+    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+}
+
+pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339)
+        .expect("an OffsetDateTime in range always formats")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switch_proto::v1::{
+        AcknowledgementConflict, AuthorizationApproved, AuthorizationConfirmed,
+        AuthorizationReversed, BatchConflict, MerchantPaid, MerchantPayout,
+    };
+
+    const NOW: i64 = 1_764_000_000;
+
+    fn facts() -> AuthorizationFacts {
+        AuthorizationFacts {
+            terminal_id: "TERM0001".into(),
+            merchant_id: "MERCHANT0000001".into(),
+            stan: "000042".into(),
+            local_date: "2026-11-24".into(),
+            rrn: "633000000042".into(),
+            masked_pan: "411111******1111".into(),
+            amount: Some(Money {
+                minor_units: 1050,
+                currency: "EUR".into(),
+            }),
+            channel: "card".into(),
+        }
+    }
+
+    fn envelope(payload: Payload) -> EventEnvelope {
+        EventEnvelope {
+            event_id: "0193a5d4-7e1f-7c3a-9d5e-000000000001".into(),
+            event_type: "x".into(),
+            transaction_id: "0193a5d4-7e1f-7c3a-9d5e-0000000000aa".into(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: NOW,
+                nanos: 0,
+            }),
+            payload: Some(payload),
+            ..EventEnvelope::default()
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(NOW + 60).unwrap()
+    }
+
+    fn sent(event: &EventEnvelope) -> (Webhook, Value) {
+        match plan(event, now()) {
+            Plan::Send(webhook) => {
+                let body = serde_json::from_str(&webhook.body).unwrap();
+                (webhook, body)
+            }
+            other => panic!("expected a webhook, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_orphan_confirmed_carries_what_a_reprint_needs() {
+        let event = envelope(Payload::AuthorizationConfirmed(AuthorizationConfirmed {
+            facts: Some(facts()),
+            evidence: "policy".into(),
+            approval_code: "A1B2C3".into(),
+        }));
+        let (webhook, body) = sent(&event);
+        assert_eq!(webhook.kind, WebhookType::PaymentConfirmed);
+        assert_eq!(webhook.merchant_id, "MERCHANT0000001");
+        assert_eq!(
+            body,
+            json!({
+                "id": "0193a5d4-7e1f-7c3a-9d5e-000000000001",
+                "type": "payment.confirmed",
+                "created_at": "2025-11-24T16:00:00Z",
+                "merchant_id": "MERCHANT0000001",
+                "data": {
+                    "transaction_id": "0193a5d4-7e1f-7c3a-9d5e-0000000000aa",
+                    "terminal_id": "TERM0001",
+                    "stan": "000042",
+                    "local_date": "2026-11-24",
+                    "rrn": "633000000042",
+                    "masked_pan": "411111******1111",
+                    "amount": {"minor_units": 1050, "currency": "EUR"},
+                    "channel": "card",
+                    "approval_code": "A1B2C3",
+                    "evidence": "policy",
+                }
+            })
+        );
+        // The envelope's fields come first, in a fixed order.
+        assert!(webhook.body.starts_with(r#"{"id":"#), "{}", webhook.body);
+    }
+
+    #[test]
+    fn a_terminal_acknowledgement_sends_nothing() {
+        let event = envelope(Payload::AuthorizationConfirmed(AuthorizationConfirmed {
+            facts: Some(facts()),
+            evidence: "terminal_acknowledgement".into(),
+            approval_code: "A1B2C3".into(),
+        }));
+        assert_eq!(plan(&event, now()), Plan::Ignore);
+        let approved = envelope(Payload::AuthorizationApproved(AuthorizationApproved {
+            facts: Some(facts()),
+            approval_code: "A1B2C3".into(),
+        }));
+        assert_eq!(plan(&approved, now()), Plan::Ignore);
+    }
+
+    #[test]
+    fn a_reversal_says_when_funds_are_released() {
+        let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
+            facts: Some(facts()),
+            reason: "no_terminal_acknowledgement".into(),
+            attempts: 2,
+        }));
+        let (webhook, body) = sent(&event);
+        assert_eq!(webhook.kind, WebhookType::PaymentReversed);
+        assert_eq!(body["type"], "payment.reversed");
+        assert_eq!(body["data"]["reason"], "no_terminal_acknowledgement");
+        assert_eq!(body["data"]["reversal_reference"], "633000000042");
+        assert_eq!(body["data"]["attempts"], 2);
+        assert_eq!(body["data"]["funds_released_at"], "2025-11-24T16:00:00Z");
+        assert_eq!(body["data"]["masked_pan"], "411111******1111");
+    }
+
+    #[test]
+    fn conflicts_from_an_acknowledgement_or_a_batch() {
+        let ack = envelope(Payload::AcknowledgementConflict(AcknowledgementConflict {
+            facts: Some(facts()),
+            reversal_reason: "no_terminal_acknowledgement".into(),
+        }));
+        let (webhook, body) = sent(&ack);
+        assert_eq!(webhook.kind, WebhookType::PaymentConflict);
+        assert_eq!(
+            body["data"]["reversal_reason"],
+            "no_terminal_acknowledgement"
+        );
+        assert_eq!(body["data"]["source"], "terminal_acknowledgement");
+        assert_eq!(body["data"]["receipt_void"], true);
+
+        let batch = envelope(Payload::BatchConflict(BatchConflict {
+            facts: Some(facts()),
+            batch_number: "000007".into(),
+            outcome: "mismatch".into(),
+            detail: "amount 1050 at host, 1500 on terminal".into(),
+        }));
+        let (_, body) = sent(&batch);
+        assert_eq!(body["type"], "payment.conflict");
+        assert_eq!(body["data"]["source"], "batch_upload");
+        assert_eq!(body["data"]["outcome"], "mismatch");
+        assert_eq!(
+            body["data"]["detail"],
+            "amount 1050 at host, 1500 on terminal"
+        );
+        assert_eq!(body["data"]["batch_number"], "000007");
+        assert_eq!(body["data"]["receipt_void"], false);
+    }
+
+    #[test]
+    fn a_payout_names_its_window_amounts_and_file() {
+        let event = envelope(Payload::MerchantPaid(MerchantPaid {
+            merchant_id: "MERCHANT0000002".into(),
+            window_id: "W-1".into(),
+            payout: Some(MerchantPayout {
+                currency: "EUR".into(),
+                transaction_count: 3,
+                gross_minor_units: 3000,
+                fee_minor_units: 18,
+                net_minor_units: 2982,
+                payout_reference: "PAY-1".into(),
+            }),
+            paid_at: None,
+            payout_file: "pain001-1.xml".into(),
+        }));
+        let (webhook, body) = sent(&event);
+        assert_eq!(webhook.kind, WebhookType::SettlementPaid);
+        assert_eq!(webhook.merchant_id, "MERCHANT0000002");
+        assert_eq!(
+            body["data"],
+            json!({
+                "window_id": "W-1",
+                "currency": "EUR",
+                "transaction_count": 3,
+                "gross_minor_units": 3000,
+                "fee_minor_units": 18,
+                "net_minor_units": 2982,
+                "payout_reference": "PAY-1",
+                "payout_file": "pain001-1.xml",
+                "paid_at": "2025-11-24T16:00:00Z",
+            })
+        );
+    }
+
+    #[test]
+    fn a_full_pan_never_leaves() {
+        let mut leaky = facts();
+        leaky.masked_pan = "4111111111111111".into();
+        let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
+            facts: Some(leaky),
+            reason: "issuer_timeout".into(),
+            attempts: 1,
+        }));
+        let (webhook, body) = sent(&event);
+        assert!(!webhook.body.contains("4111111111111111"));
+        assert_eq!(body["data"]["masked_pan"], Value::Null);
+    }
+
+    #[test]
+    fn outcomes_without_merchant_or_event_id_are_invalid() {
+        let mut no_merchant = facts();
+        no_merchant.merchant_id.clear();
+        let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
+            facts: Some(no_merchant),
+            ..AuthorizationReversed::default()
+        }));
+        assert!(matches!(plan(&event, now()), Plan::Invalid(_)));
+        let mut bad_id = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
+            facts: Some(facts()),
+            ..AuthorizationReversed::default()
+        }));
+        bad_id.event_id = "not-a-uuid".into();
+        assert!(matches!(plan(&bad_id, now()), Plan::Invalid(_)));
+    }
+
+    #[test]
+    fn a_missing_occurred_at_uses_now() {
+        let mut event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
+            facts: Some(facts()),
+            ..AuthorizationReversed::default()
+        }));
+        event.occurred_at = None;
+        let (webhook, _) = sent(&event);
+        assert_eq!(webhook.occurred_at, now());
+    }
+}
