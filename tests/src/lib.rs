@@ -61,6 +61,9 @@ pub struct StackOptions {
     /// Start the settlement batcher with this configuration (its endpoints
     /// and payout directory are filled in).
     pub settlement: Option<settlement_batcher::SettlementConfig>,
+    /// Start the notifier with this configuration (its listen address is
+    /// filled in).
+    pub notifier: Option<notifier::NotifierConfig>,
 }
 
 impl Default for StackOptions {
@@ -77,6 +80,7 @@ impl Default for StackOptions {
             },
             reversal_handler: None,
             settlement: None,
+            notifier: None,
         }
     }
 }
@@ -115,6 +119,8 @@ pub struct Stack {
     pub reversal_handler: Option<SocketAddr>,
     /// Where the settlement batcher serves `SettlementService`, when it runs.
     pub settlement: Option<SocketAddr>,
+    /// Where the notifier serves `NotifierService`, when it runs.
+    pub notifier: Option<SocketAddr>,
     /// Where the settlement batcher writes payout files.
     pub payout_dir: std::path::PathBuf,
     pub pki: DevPki,
@@ -286,12 +292,29 @@ impl Stack {
                 }
             }));
         }
+        let mut notifier_address = None;
+        if let Some(mut config) = options.notifier.clone() {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            config.listen = listener.local_addr()?;
+            config.validate()?;
+            notifier_address = Some(config.listen);
+            let (database, kafka, stop) = (database.clone(), kafka.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) =
+                    notifier::serve(&database, &kafka, &config, listener, stop.cancelled_owned())
+                        .await
+                {
+                    eprintln!("notifier failed: {error}");
+                }
+            }));
+        }
         let journal = switch_platform::db::connect(
             &database,
             &database.schema_for(authorization::SERVICE_NAME),
         )
         .await?;
         Ok(Stack {
+            notifier: notifier_address,
             settlement,
             payout_dir,
             reversal_handler: handler,
@@ -495,6 +518,7 @@ impl Stack {
             authorization::SERVICE_NAME,
             reversal_handler::SERVICE_NAME,
             settlement_batcher::SERVICE_NAME,
+            notifier::SERVICE_NAME,
         ] {
             let _ = switch_platform::db::drop_schema(
                 &self.database.url,
