@@ -31,6 +31,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 pub use switch_proto::v1;
 
+pub mod webhook_receiver;
+
 /// Luhn-valid test card numbers used by the suites.
 pub const VISA: &str = "4111111111111111";
 pub const MASTERCARD: &str = "5555555555554444";
