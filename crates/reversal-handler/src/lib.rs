@@ -45,9 +45,6 @@ pub const SERVICE_NAME: &str = "reversal-handler";
 /// without serving.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// How long to wait before restarting a consumer that stopped on an error.
-const CONSUMER_RESTART_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("configuration: {0}")]
@@ -112,8 +109,8 @@ pub async fn serve(
     result.map_err(ServeError::from)
 }
 
-/// Consumes authorization's events until `stop`, restarting the consumer
-/// after an error (a broker outage must not silently stop the watch).
+/// Consumes authorization's and the settlement batcher's events until
+/// `stop`.
 async fn run_consumer(
     pool: sqlx::PgPool,
     kafka: KafkaConfig,
@@ -122,29 +119,8 @@ async fn run_consumer(
 ) {
     let group = config.consumer_group.clone();
     let tracker = ApprovalTracker::new(config);
-    while !stop.is_cancelled() {
-        let result = consumer::run(
-            pool.clone(),
-            &kafka,
-            &group,
-            &[topics::AUTHORIZATION_EVENTS, topics::SETTLEMENT_EVENTS],
-            &tracker,
-            stop.clone().cancelled_owned(),
-        )
-        .await;
-        match result {
-            Ok(()) => {
-                if !stop.is_cancelled() {
-                    tracing::warn!(%group, "Consumer stream ended; restarting.");
-                }
-            }
-            Err(error) => tracing::warn!(%error, %group, "Consumer stopped; restarting."),
-        }
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(CONSUMER_RESTART_DELAY) => {}
-        }
-    }
+    let topics = [topics::AUTHORIZATION_EVENTS, topics::SETTLEMENT_EVENTS];
+    consumer::run_until_stopped(pool, &kafka, &group, &topics, &tracker, stop).await;
 }
 
 #[cfg(test)]

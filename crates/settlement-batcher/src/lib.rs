@@ -52,9 +52,6 @@ pub const SERVICE_NAME: &str = "settlement-batcher";
 /// schema up without serving.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// How long to wait before restarting a consumer that stopped on an error.
-const CONSUMER_RESTART_DELAY: Duration = Duration::from_secs(1);
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("configuration: {0}")]
@@ -155,8 +152,7 @@ pub async fn serve(
     result.map_err(ServeError::from)
 }
 
-/// Consumes authorization's events until `stop`, restarting the consumer
-/// after an error.
+/// Consumes authorization's events until `stop`.
 async fn run_consumer(
     pool: sqlx::PgPool,
     kafka: KafkaConfig,
@@ -164,29 +160,8 @@ async fn run_consumer(
     stop: CancellationToken,
 ) {
     let ledger = ingest::ApprovalLedger;
-    while !stop.is_cancelled() {
-        let result = consumer::run(
-            pool.clone(),
-            &kafka,
-            &group,
-            &[topics::AUTHORIZATION_EVENTS],
-            &ledger,
-            stop.clone().cancelled_owned(),
-        )
-        .await;
-        match result {
-            Ok(()) => {
-                if !stop.is_cancelled() {
-                    tracing::warn!(%group, "Consumer stream ended; restarting.");
-                }
-            }
-            Err(error) => tracing::warn!(%group, %error, "Consumer stopped; restarting."),
-        }
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(CONSUMER_RESTART_DELAY) => {}
-        }
-    }
+    let topics = [topics::AUTHORIZATION_EVENTS];
+    consumer::run_until_stopped(pool, &kafka, &group, &topics, &ledger, stop).await;
 }
 
 /// Settles runs an earlier crash left half done, then closes windows as

@@ -217,3 +217,43 @@ pub async fn run(
         consumer.commit(&offsets, CommitMode::Async)?;
     }
 }
+
+/// How long a stopped consumer waits before [`run_until_stopped`] starts it
+/// again.
+pub const RESTART_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs [`run`] until `stop` is cancelled, starting it again after an error
+/// or an ended stream: a broker outage must not silently end a service's
+/// consumer while the service goes on answering health checks.
+pub async fn run_until_stopped(
+    pool: PgPool,
+    kafka: &KafkaConfig,
+    group: &str,
+    topics: &[&str],
+    handler: &dyn EventHandler,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let result = run(
+            pool.clone(),
+            kafka,
+            group,
+            topics,
+            handler,
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                if !stop.is_cancelled() {
+                    tracing::warn!(%group, "Consumer stream ended; restarting.");
+                }
+            }
+            Err(error) => tracing::warn!(%error, %group, "Consumer stopped; restarting."),
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(RESTART_DELAY) => {}
+        }
+    }
+}
