@@ -231,9 +231,11 @@ impl Stack {
         };
         gateway_config.validate()?;
         tasks.push(tokio::spawn({
-            let stop = stop.clone();
+            let (database, kafka, stop) = (database.clone(), kafka.clone(), stop.clone());
             async move {
                 if let Err(error) = terminal_gateway::serve(
+                    &database,
+                    &kafka,
                     &gateway_config,
                     gateway_listener,
                     stop.cancelled_owned(),
@@ -351,6 +353,16 @@ impl Stack {
         Ok(switch_platform::db::connect(
             &self.database,
             &self.database.schema_for(settlement_batcher::SERVICE_NAME),
+        )
+        .await?)
+    }
+
+    /// The terminal gateway's schema (its terminal backlog). The gateway
+    /// migrates it at start-up; until then queries on it fail.
+    pub async fn gateway_pool(&self) -> anyhow::Result<PgPool> {
+        Ok(switch_platform::db::connect(
+            &self.database,
+            &self.database.schema_for(terminal_gateway::SERVICE_NAME),
         )
         .await?)
     }
@@ -518,6 +530,7 @@ impl Stack {
         self.journal.close().await;
         for service in [
             authorization::SERVICE_NAME,
+            terminal_gateway::SERVICE_NAME,
             reversal_handler::SERVICE_NAME,
             settlement_batcher::SERVICE_NAME,
             notifier::SERVICE_NAME,

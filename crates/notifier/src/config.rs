@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switch_platform::config::{ConfigError, Secret};
+use switch_platform::outbox::OutboxConfig;
 
 /// The longest wait between two attempts: beyond a day an operator's
 /// redelivery is the better tool.
@@ -48,6 +49,8 @@ pub struct NotifierConfig {
     /// worker's crash its deliveries come back when this runs out. Must
     /// exceed `request_timeout_ms`.
     pub lease_ms: u64,
+    /// The relay that publishes terminal messages to the gateway.
+    pub outbox: OutboxConfig,
 }
 
 /// A merchant's webhook endpoint and its signing secret.
@@ -94,6 +97,7 @@ impl Default for NotifierConfig {
             max_in_flight_per_endpoint: 8,
             poll_interval_ms: 500,
             lease_ms: 60_000,
+            outbox: OutboxConfig::default(),
         }
     }
 }
@@ -183,7 +187,7 @@ impl NotifierConfig {
                 format!("must be more than request_timeout_ms and at most {MAX_RETRY_DELAY_MS}"),
             ));
         }
-        Ok(())
+        self.outbox.validate("notifier")
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -383,6 +387,16 @@ mod tests {
                     ..NotifierConfig::default()
                 },
                 "notifier.lease_ms",
+            ),
+            (
+                NotifierConfig {
+                    outbox: OutboxConfig {
+                        batch_size: 0,
+                        ..OutboxConfig::default()
+                    },
+                    ..NotifierConfig::default()
+                },
+                "notifier.outbox.batch_size",
             ),
         ];
         for (config, key) in cases {

@@ -15,6 +15,14 @@
 //! dead merchant never delays the others. `NotifierService` (gRPC) lists
 //! and redelivers dead letters and registers endpoints.
 //!
+//! The same events tell **terminals** what to do with a receipt
+//! ([`terminal`]: reprint it for an orphan confirmed by policy, void it
+//! after a reversal or a conflict). Those messages are queued in the
+//! notifier's outbox in the consumer's transaction and relayed to the
+//! `terminal-messages` topic, keyed by terminal id; the terminal gateway
+//! keeps each until the terminal acknowledges it and pushes it to the
+//! terminal's `Subscribe` stream.
+//!
 //! # The webhook a merchant receives
 //!
 //! ```text
@@ -51,6 +59,7 @@ mod metrics;
 mod planner;
 pub mod signature;
 mod store;
+pub mod terminal;
 pub mod webhook;
 mod worker;
 
@@ -60,6 +69,7 @@ use std::sync::Arc;
 use switch_platform::consumer;
 use switch_platform::db::DatabaseConfig;
 use switch_platform::kafka::{KafkaConfig, topics};
+use switch_platform::outbox::OutboxRelay;
 use switch_proto::v1::notifier_service_server::NotifierServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -70,7 +80,7 @@ pub use config::{
     EndpointConfig, MAX_ATTEMPTS, MAX_REQUEST_TIMEOUT_MS, MAX_RETRY_DELAY_MS, MIN_SECRET_LEN,
     NotifierConfig, RetryConfig, validate_url,
 };
-pub use planner::DeliveryPlanner;
+pub use planner::{DeliveryPlanner, TERMINAL_MESSAGE_EVENT_TYPE};
 pub use store::{
     Attempt, Claimed, Endpoint, FailedDelivery, NextState, RedeliverError, RedeliverTarget,
     claim_due, insert_deliveries, list_failed, next_due_in, record_attempts, redeliver, release,
@@ -84,6 +94,9 @@ pub const SERVICE_NAME: &str = "notifier";
 
 /// The topics whose events can become webhooks.
 pub const TOPICS: [&str; 2] = [topics::AUTHORIZATION_EVENTS, topics::SETTLEMENT_EVENTS];
+
+/// The topic terminal messages are published on.
+pub const TERMINAL_TOPIC: &str = topics::TERMINAL_MESSAGES;
 
 /// The service's schema migrations, for tests that set the schema up
 /// without serving.
@@ -101,6 +114,13 @@ const CONSUMER_RESTART_DELAY: std::time::Duration = std::time::Duration::from_se
 /// test runs) sharing a database never wake each other.
 pub fn wake_channel(database: &DatabaseConfig) -> String {
     database.schema_for(SERVICE_NAME)
+}
+
+/// The `LISTEN`/`NOTIFY` channel on which the consumer wakes the outbox
+/// relay when it queued terminal messages (delivered at commit, so the
+/// relay never looks before the rows are visible).
+pub fn outbox_channel(database: &DatabaseConfig) -> String {
+    format!("{}_outbox", database.schema_for(SERVICE_NAME))
 }
 
 /// The delivery worker's own small pool on the same schema, whose
@@ -144,8 +164,9 @@ pub enum ServeError {
 }
 
 /// Runs the notifier on `listener` until `shutdown` resolves: migrates its
-/// schema, seeds the configured endpoints, ensures the topics it reads,
-/// starts the event consumer, the delivery worker and its wake-up
+/// schema, seeds the configured endpoints, ensures the topics it reads and
+/// writes, starts the event consumer, the delivery worker and its wake-up
+/// listener, the outbox relay of terminal messages and its wake-up
 /// listener, and serves `NotifierService` with health and reflection. On
 /// shutdown it stops them and waits for them; the worker lets requests in
 /// flight finish for a few seconds and gives the rest back.
@@ -160,19 +181,36 @@ pub async fn serve(
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
     seed_endpoints(&pool, &config.endpoints).await?;
-    kafka.ensure_topics(&TOPICS).await?;
+    kafka
+        .ensure_topics(&[TOPICS[0], TOPICS[1], TERMINAL_TOPIC])
+        .await?;
     let channel = wake_channel(database);
     let wake = Arc::new(Notify::new());
     let worker = Worker::new(worker_pool(&pool).await?, config.clone(), wake.clone())?;
+    let relay = OutboxRelay::new(pool.clone(), kafka.producer()?, config.outbox.clone());
+    let planner = DeliveryPlanner::new(
+        channel.clone(),
+        kafka.topic(TERMINAL_TOPIC),
+        outbox_channel(database),
+    );
 
     let stop = CancellationToken::new();
     let listener_task = tokio::spawn(listen(pool.clone(), channel.clone(), wake, stop.clone()));
     let worker_task = tokio::spawn(worker.run(stop.clone()));
+    let relay_task = tokio::spawn(relay.clone().run(stop.clone().cancelled_owned()));
+    let relay_wake = Arc::new(Notify::new());
+    let relay_listener_task = tokio::spawn(listen(
+        pool.clone(),
+        outbox_channel(database),
+        relay_wake.clone(),
+        stop.clone(),
+    ));
+    let relay_wake_task = tokio::spawn(wake_relay(relay, relay_wake, stop.clone()));
     let consumer_task = tokio::spawn(run_consumer(
         pool.clone(),
         kafka.clone(),
         config.consumer_group.clone(),
-        channel.clone(),
+        planner,
         stop.clone(),
     ));
 
@@ -203,8 +241,22 @@ pub async fn serve(
     let _ = consumer_task.await;
     let _ = worker_task.await;
     let _ = listener_task.await;
+    let _ = relay_wake_task.await;
+    let _ = relay_listener_task.await;
+    // Last: the relay publishes what the consumer queued before it stopped.
+    let _ = relay_task.await;
     tracing::info!("Notifier stopped.");
     result.map_err(ServeError::from)
+}
+
+/// Passes the outbox listener's wake-ups on to the relay until `stop`.
+async fn wake_relay(relay: OutboxRelay, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = wake.notified() => relay.wake(),
+        }
+    }
 }
 
 /// Consumes the outcome topics until `stop`, restarting the consumer after
@@ -213,10 +265,9 @@ async fn run_consumer(
     pool: sqlx::PgPool,
     kafka: KafkaConfig,
     group: String,
-    channel: String,
+    planner: DeliveryPlanner,
     stop: CancellationToken,
 ) {
-    let planner = DeliveryPlanner::new(channel);
     while !stop.is_cancelled() {
         let result = consumer::run(
             pool.clone(),
@@ -257,6 +308,7 @@ mod tests {
             ..DatabaseConfig::default()
         };
         assert_eq!(wake_channel(&prefixed), "t1_notifier");
+        assert_eq!(outbox_channel(&prefixed), "t1_notifier_outbox");
     }
 
     #[test]
@@ -281,5 +333,11 @@ mod tests {
     fn migrations_create_the_consumer_table_exactly() {
         let migration = include_str!("../migrations/0001_notifier.sql");
         assert!(migration.contains(consumer::PROCESSED_EVENTS_DDL));
+    }
+
+    #[test]
+    fn migrations_create_the_outbox_table_exactly() {
+        let migration = include_str!("../migrations/0002_terminal_messages.sql");
+        assert!(migration.contains(switch_platform::outbox::OUTBOX_TABLE_DDL));
     }
 }

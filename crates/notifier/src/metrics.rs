@@ -1,5 +1,6 @@
 //! The notifier's metrics. Attributes are low-cardinality names (outcome,
-//! webhook type), never merchant, endpoint or event ids.
+//! webhook type, message kind), never merchant, terminal, endpoint or event
+//! ids.
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
@@ -13,6 +14,7 @@ pub struct Metrics {
     attempts: Histogram<u64>,
     in_flight: UpDownCounter<i64>,
     planned: Counter<u64>,
+    terminal_messages: Counter<u64>,
 }
 
 /// What one recorded attempt did.
@@ -69,11 +71,20 @@ impl Metrics {
                 .u64_counter("notifier.deliveries_planned")
                 .with_description("Deliveries owed to endpoints, by webhook type")
                 .build(),
+            terminal_messages: meter
+                .u64_counter("notifier.terminal_messages_planned")
+                .with_description("Messages for terminals queued for the gateway, by kind")
+                .build(),
         }
     }
 
     pub fn planned(&self, kind: &'static str, count: u64) {
         self.planned.add(count, &[KeyValue::new("type", kind)]);
+    }
+
+    pub fn terminal_message_planned(&self, kind: &'static str) {
+        self.terminal_messages
+            .add(1, &[KeyValue::new("kind", kind)]);
     }
 
     pub fn request_started(&self) {

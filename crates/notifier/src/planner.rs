@@ -1,35 +1,98 @@
 //! The consumer of outcome events: each event a merchant must hear about
-//! becomes one delivery per endpoint of that merchant, inside the
-//! consumer's exactly-once transaction, so an event is owed exactly once
-//! however often Kafka delivers it.
+//! becomes one delivery per endpoint of that merchant, and each event a
+//! terminal must hear about becomes one terminal message in the outbox,
+//! inside the consumer's exactly-once transaction, so an event is owed
+//! exactly once however often Kafka delivers it.
 
 use sqlx::PgConnection;
 use switch_platform::consumer::{EventHandler, HandlerError, HandlerFuture};
-use switch_platform::telemetry::set_parent_from_traceparent;
+use switch_platform::outbox::{self, OutboxMessage};
+use switch_platform::telemetry::{current_trace_context, set_parent_from_traceparent};
 use switch_proto::v1::EventEnvelope;
+use switch_proto::v1::event_envelope::Payload;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
 use crate::store;
+use crate::terminal::{self, TerminalPlan, TerminalPush};
 use crate::webhook::{Plan, plan};
 
-/// Turns outcome events into deliveries.
+/// Event type of the envelopes that carry terminal messages.
+pub const TERMINAL_MESSAGE_EVENT_TYPE: &str = "notifier.terminal_message_requested";
+
+/// Turns outcome events into deliveries and terminal messages.
 pub struct DeliveryPlanner {
     /// The `pg_notify` channel the delivery workers listen on.
     channel: String,
+    /// Full name of the terminal-messages topic.
+    terminal_topic: String,
+    /// The `pg_notify` channel that wakes the outbox relay.
+    outbox_channel: String,
     metrics: Metrics,
 }
 
 impl DeliveryPlanner {
-    pub fn new(channel: impl Into<String>) -> Self {
+    pub fn new(
+        channel: impl Into<String>,
+        terminal_topic: impl Into<String>,
+        outbox_channel: impl Into<String>,
+    ) -> Self {
         DeliveryPlanner {
             channel: channel.into(),
+            terminal_topic: terminal_topic.into(),
+            outbox_channel: outbox_channel.into(),
             metrics: Metrics::new(),
         }
     }
 
     async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &EventEnvelope,
+    ) -> Result<(), HandlerError> {
+        self.plan_webhook(conn, event).await?;
+        self.plan_terminal_message(conn, event).await
+    }
+
+    /// Queues the terminal message `event` causes, if any, in the outbox
+    /// (the consumer's transaction), and wakes the relay at commit.
+    async fn plan_terminal_message(
+        &self,
+        conn: &mut PgConnection,
+        event: &EventEnvelope,
+    ) -> Result<(), HandlerError> {
+        let push = match terminal::plan(event, OffsetDateTime::now_utc()) {
+            TerminalPlan::Send(push) => push,
+            TerminalPlan::Ignore => return Ok(()),
+            TerminalPlan::Invalid(reason) => {
+                tracing::error!(
+                    event_id = %event.event_id,
+                    event_type = %event.event_type,
+                    reason,
+                    "Outcome event cannot be sent to a terminal; skipped."
+                );
+                return Ok(());
+            }
+        };
+        let message = outbox_message(&self.terminal_topic, &push);
+        outbox::enqueue(&mut *conn, &message).await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&self.outbox_channel)
+            .execute(&mut *conn)
+            .await?;
+        self.metrics.terminal_message_planned(push.kind.as_str());
+        tracing::debug!(
+            event_id = %event.event_id,
+            message_id = %push.message_id,
+            terminal_id = %push.message.terminal_id,
+            kind = %push.kind,
+            "Terminal message owed."
+        );
+        Ok(())
+    }
+
+    async fn plan_webhook(
         &self,
         conn: &mut PgConnection,
         event: &EventEnvelope,
@@ -66,6 +129,32 @@ impl DeliveryPlanner {
             );
         }
         Ok(())
+    }
+}
+
+/// The outbox row that carries `push` to the terminal gateway: keyed by
+/// terminal id, its envelope's id the message id (so a replay is the same
+/// event), in the current trace.
+pub fn outbox_message(topic: &str, push: &TerminalPush) -> OutboxMessage {
+    let (traceparent, tracestate) = current_trace_context();
+    let envelope = EventEnvelope {
+        event_id: push.message_id.to_string(),
+        event_type: TERMINAL_MESSAGE_EVENT_TYPE.to_owned(),
+        transaction_id: push.transaction_id.clone(),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: push.occurred_at.unix_timestamp(),
+            nanos: i32::try_from(push.occurred_at.nanosecond()).unwrap_or(0),
+        }),
+        traceparent: traceparent.clone(),
+        tracestate,
+        payload: Some(Payload::TerminalMessageRequested(push.message.clone())),
+    };
+    OutboxMessage {
+        event_id: push.message_id,
+        topic: topic.to_owned(),
+        key: push.key().to_owned(),
+        payload: prost::Message::encode_to_vec(&envelope),
+        traceparent,
     }
 }
 

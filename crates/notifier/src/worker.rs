@@ -493,10 +493,11 @@ fn millis(duration: time::Duration) -> u64 {
     u64::try_from(duration.whole_milliseconds()).unwrap_or(0)
 }
 
-/// Wakes the worker whenever a transaction that made deliveries due
-/// commits (`pg_notify` on `channel`), until `stop`. Notifications sent
-/// while the listener is reconnecting are lost, so it wakes the worker once
-/// after each (re)connection; the poll interval covers the rest.
+/// Wakes the worker (or whoever waits on `wake`: the outbox relay too)
+/// whenever a transaction that made work due commits (`pg_notify` on
+/// `channel`), until `stop`. Notifications sent while the listener is
+/// reconnecting are lost, so it wakes once after each (re)connection; the
+/// poll interval covers the rest.
 pub async fn listen(pool: PgPool, channel: String, wake: Arc<Notify>, stop: CancellationToken) {
     while !stop.is_cancelled() {
         let connected = async {
@@ -517,11 +518,11 @@ pub async fn listen(pool: PgPool, channel: String, wake: Arc<Notify>, stop: Canc
                         received = listener.try_recv() => match received {
                             Ok(Some(_)) => wake.notify_one(),
                             Ok(None) => {
-                                tracing::warn!("Delivery wake-up listener lost its connection; reconnecting.");
+                                tracing::warn!(%channel, "Wake-up listener lost its connection; reconnecting.");
                                 break;
                             }
                             Err(error) => {
-                                tracing::warn!(%error, "Delivery wake-up listener failed; reconnecting.");
+                                tracing::warn!(%error, %channel, "Wake-up listener failed; reconnecting.");
                                 break;
                             }
                         },
@@ -529,7 +530,7 @@ pub async fn listen(pool: PgPool, channel: String, wake: Arc<Notify>, stop: Canc
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, "Delivery wake-up listener could not connect.");
+                tracing::warn!(%error, %channel, "Wake-up listener could not connect.");
             }
         }
         tokio::select! {

@@ -104,6 +104,7 @@ pub fn payload_name(payload: Option<&Payload>) -> &'static str {
         Some(Payload::BatchConflict(_)) => "batch_conflict",
         Some(Payload::SettlementWindowClosed(_)) => "settlement_window_closed",
         Some(Payload::MerchantPaid(_)) => "merchant_paid",
+        Some(Payload::TerminalMessageRequested(_)) => "terminal_message_requested",
         None => "unknown",
     }
 }
@@ -208,6 +209,13 @@ impl EventLine {
                     currency: payout.currency.clone(),
                 });
                 None
+            }
+            Some(Payload::TerminalMessageRequested(p)) => {
+                line.reason = Some(format!("{}: {}", p.kind, p.reason));
+                if !p.approval_code.is_empty() {
+                    line.approval_code = Some(p.approval_code.clone());
+                }
+                p.facts.as_ref()
             }
             None => None,
         };

@@ -7,13 +7,18 @@
 //! sale the terminal never got an answer for. `close-batch` and
 //! `upload-batch` close and reconcile the terminal's batch through the
 //! gateway; `settlement` asks the settlement batcher directly where payments
-//! are, or runs settlement.
+//! are, or runs settlement. `watch` prints the messages the switch pushes to
+//! the terminal ("reprint the receipt", "void the receipt") and acknowledges
+//! them; `webhooks listen` stands in for a merchant's webhook endpoint and
+//! checks each webhook's signature.
 
 mod bench;
 mod connect;
 mod events;
 mod output;
 mod settlement;
+mod watch;
+mod webhooks;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -114,6 +119,11 @@ enum Command {
     /// Ask the settlement batcher directly (not through the gateway): where
     /// payments are, or run settlement.
     Settlement(settlement::SettlementArgs),
+    /// Print the messages the switch pushes to this terminal (reprint or
+    /// void a receipt), acknowledging each unless --no-ack.
+    Watch(watch::WatchArgs),
+    /// Merchant webhooks: receive, verify and print them.
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 #[derive(Debug, Args)]
@@ -534,6 +544,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Settlement(args) => {
             settlement::run_settlement(args, &terminal_id, cli.timeout, cli.json).await
         }
+        Command::Watch(args) => {
+            watch::run_watch(&options, &certificate, terminal_id, args, cli.json).await
+        }
+        Command::Webhooks(args) => webhooks::run_webhooks(args, cli.json).await,
     }
 }
 
@@ -690,6 +704,57 @@ mod tests {
             panic!("expected bench");
         };
         assert!(args.ack);
+    }
+
+    #[test]
+    fn parses_watch_and_webhooks() {
+        let cli = Cli::try_parse_from(["posctl", "--terminal", "TERM0002", "watch"]).unwrap();
+        assert_eq!(cli.terminal, "TERM0002");
+        let Command::Watch(args) = cli.command else {
+            panic!("expected watch");
+        };
+        assert!(!args.no_ack);
+        assert_eq!(args.count, None);
+        assert_eq!(args.idle_timeout, Duration::from_secs(10));
+        let cli = Cli::try_parse_from([
+            "posctl",
+            "watch",
+            "--no-ack",
+            "--count",
+            "2",
+            "--idle-timeout",
+            "500ms",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::Watch(args) = cli.command else {
+            panic!("expected watch");
+        };
+        assert!(args.no_ack);
+        assert_eq!(args.count, Some(2));
+        assert_eq!(args.idle_timeout, Duration::from_millis(500));
+        assert!(Cli::try_parse_from(["posctl", "watch", "--count", "0"]).is_err());
+
+        let cli = Cli::try_parse_from([
+            "posctl",
+            "webhooks",
+            "listen",
+            "--secret",
+            "whsec_0123456789abcdef",
+            "--count",
+            "3",
+        ])
+        .unwrap();
+        let Command::Webhooks(webhooks::WebhooksArgs {
+            command: webhooks::WebhooksCommand::Listen(args),
+        }) = cli.command
+        else {
+            panic!("expected webhooks listen");
+        };
+        assert_eq!(args.address, "127.0.0.1:18085".parse().unwrap());
+        assert_eq!(args.secret, "whsec_0123456789abcdef");
+        assert_eq!(args.count, Some(3));
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub mod topics {
     /// Batch reconciliation outcomes, window closes and payouts, keyed by
     /// transaction id (reconciliation) or merchant id (windows, payouts).
     pub const SETTLEMENT_EVENTS: &str = "settlement-events";
+    /// Messages for terminals ("reprint the receipt", "void the receipt")
+    /// from the notifier to the terminal gateway, keyed by terminal id so
+    /// one terminal's messages stay in order.
+    pub const TERMINAL_MESSAGES: &str = "terminal-messages";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -178,13 +178,23 @@ async fn run(service: Service, settings: SwitchdConfig) -> anyhow::Result<()> {
     }
     if service.runs(Service::TerminalGateway) {
         let listener = bind(settings.gateway.listen).await?;
-        let config = settings.gateway.clone();
+        let (database, kafka, config) = (
+            settings.database.clone(),
+            settings.kafka.clone(),
+            settings.gateway.clone(),
+        );
         spawn(&mut tasks, "terminal-gateway", {
             let stop = stop.clone();
             async move {
-                terminal_gateway::serve(&config, listener, stop.cancelled_owned())
-                    .await
-                    .map_err(anyhow::Error::from)
+                terminal_gateway::serve(
+                    &database,
+                    &kafka,
+                    &config,
+                    listener,
+                    stop.cancelled_owned(),
+                )
+                .await
+                .map_err(anyhow::Error::from)
             }
         });
     }

@@ -11,12 +11,25 @@
 //! Batch close and upload go to the settlement batcher with the same
 //! identity rule.
 //!
-//! The gateway keeps no state: duplicate detection is authoritative in the
-//! authorization journal (see `docs/adr/0003-duplicate-detection.md`), so
-//! gateway replicas can be added and removed freely.
+//! Sales keep no state here: duplicate detection is authoritative in the
+//! authorization journal (see `docs/adr/0003-duplicate-detection.md`).
+//!
+//! The one thing the gateway keeps is the **terminal backlog** ([`push`]):
+//! messages from the notifier ("reprint the receipt", "void the receipt"),
+//! consumed from the `terminal-messages` topic into the gateway's own schema
+//! (`terminal_gateway`) until the terminal acknowledges them. A terminal
+//! opens `Subscribe` (server streaming, identified by its certificate like
+//! every call) and receives its unacknowledged messages in order, then new
+//! ones as they arrive; `AcknowledgeMessage` retires one for good. The
+//! backlog is shared by the replicas (one consumer group, one schema, and
+//! `pg_notify` to wake whichever replica holds the terminal's stream), so
+//! replicas can still be added and removed freely.
 
 mod identity;
+mod metrics;
+pub mod push;
 mod service;
+mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,13 +38,36 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switch_platform::config::ConfigError;
+use switch_platform::consumer;
+use switch_platform::db::DatabaseConfig;
 use switch_platform::grpc::TlsFiles;
+use switch_platform::kafka::{KafkaConfig, topics};
 use switch_proto::v1::terminal_service_server::TerminalServiceServer;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use identity::TerminalIdentity;
 
+/// Name of the service: its schema, its consumer group, its OpenTelemetry
+/// service name.
 pub const SERVICE_NAME: &str = "terminal-gateway";
+
+/// The consumer group of `terminal-messages`; replicas share it.
+pub const CONSUMER_GROUP: &str = SERVICE_NAME;
+
+/// The service's schema migrations, for tests that set the schema up
+/// without serving.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How long to wait before restarting a consumer that stopped on an error.
+const CONSUMER_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// The `LISTEN`/`NOTIFY` channel on which the gateways of one deployment
+/// announce a stored message (payload: its terminal id); named after the
+/// schema, so deployments sharing a database never wake each other.
+pub fn message_channel(database: &DatabaseConfig) -> String {
+    format!("{}_terminal_messages", database.schema_for(SERVICE_NAME))
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -98,37 +134,186 @@ impl GatewayConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("database: {0}")]
+    Database(#[from] switch_platform::db::DbError),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] switch_platform::kafka::KafkaError),
     #[error("grpc: {0}")]
     Grpc(#[from] switch_platform::grpc::GrpcError),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves terminals on `listener` until `shutdown` resolves.
+/// Serves terminals on `listener` until `shutdown` resolves: migrates the
+/// backlog's schema, ensures `terminal-messages`, starts its consumer, the
+/// listener that wakes subscriptions and the backlog gauge, and serves
+/// `TerminalService` over mutual TLS with health (SERVING once migrated)
+/// and reflection. On shutdown open `Subscribe` streams end with
+/// UNAVAILABLE, so terminals subscribe again to another replica.
 pub async fn serve(
+    database: &DatabaseConfig,
+    kafka: &KafkaConfig,
     config: &GatewayConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
+    MIGRATOR.run(&pool).await?;
+    kafka.ensure_topics(&[topics::TERMINAL_MESSAGES]).await?;
+    let metrics = metrics::Metrics::new();
+    let channel = message_channel(database);
+    let stop = CancellationToken::new();
+    let hub = push::Hub::default();
+    let push = push::Push {
+        pool: pool.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+    };
     let api = service::TerminalApi::connect(
         &config.authorization_endpoint,
         &config.settlement_endpoint,
         Duration::from_millis(config.authorization_timeout_ms),
+        push,
     )?;
+    let listener_task = tokio::spawn(push::listen(
+        pool.clone(),
+        channel.clone(),
+        hub,
+        stop.clone(),
+    ));
+    let gauge_task = tokio::spawn(push::report_backlog(
+        pool.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let consumer_task = tokio::spawn(run_consumer(
+        pool,
+        kafka.clone(),
+        push::Inbox::new(channel, metrics),
+        stop.clone(),
+    ));
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<TerminalServiceServer<service::TerminalApi>>()
         .await;
     let (reflection_v1, reflection_v1alpha) = switch_platform::grpc::reflection_services()?;
     tracing::info!(listen = ?listener.local_addr().ok(), "Terminal gateway listening (mutual TLS).");
-    tonic::transport::Server::builder()
-        .tls_config(config.tls.server_config()?)?
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(TerminalServiceServer::new(api))
-        .serve_with_incoming_shutdown(switch_platform::grpc::incoming(listener), shutdown)
-        .await?;
+    // Open streams never finish by themselves: end them first, or the
+    // server would wait for them forever.
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    };
+    let result = async {
+        tonic::transport::Server::builder()
+            .tls_config(config.tls.server_config()?)?
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(TerminalServiceServer::new(api))
+            .serve_with_incoming_shutdown(switch_platform::grpc::incoming(listener), shutdown)
+            .await?;
+        Ok::<_, ServeError>(())
+    }
+    .await;
+    stop.cancel();
+    let _ = consumer_task.await;
+    let _ = listener_task.await;
+    let _ = gauge_task.await;
     tracing::info!("Terminal gateway stopped.");
-    Ok(())
+    result
+}
+
+/// Consumes `terminal-messages` until `stop`, restarting the consumer
+/// after an error (a broker outage must not silently stop the pushes).
+async fn run_consumer(
+    pool: sqlx::PgPool,
+    kafka: KafkaConfig,
+    inbox: push::Inbox,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let result = consumer::run(
+            pool.clone(),
+            &kafka,
+            CONSUMER_GROUP,
+            &[topics::TERMINAL_MESSAGES],
+            &inbox,
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                if !stop.is_cancelled() {
+                    tracing::warn!(group = CONSUMER_GROUP, "Consumer stream ended; restarting.");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, group = CONSUMER_GROUP, "Consumer stopped; restarting.");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(CONSUMER_RESTART_DELAY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_and_channel_are_named_after_the_service() {
+        assert_eq!(
+            DatabaseConfig::default().schema_for(SERVICE_NAME),
+            "terminal_gateway"
+        );
+        let prefixed = DatabaseConfig {
+            schema_prefix: "t1_".into(),
+            ..DatabaseConfig::default()
+        };
+        assert_eq!(
+            message_channel(&prefixed),
+            "t1_terminal_gateway_terminal_messages"
+        );
+    }
+
+    #[test]
+    fn migrations_create_the_consumer_table_exactly() {
+        let migration = include_str!("../migrations/0001_terminal_messages.sql");
+        assert!(migration.contains(consumer::PROCESSED_EVENTS_DDL));
+    }
+
+    #[test]
+    fn reflection_describes_the_push_methods() {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(switch_proto::FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set decodes");
+        let service = set
+            .file
+            .iter()
+            .flat_map(|file| &file.service)
+            .find(|service| service.name() == "TerminalService")
+            .expect("terminal.proto is in the descriptor set");
+        let subscribe = service
+            .method
+            .iter()
+            .find(|m| m.name() == "Subscribe")
+            .expect("Subscribe is offered");
+        assert!(subscribe.server_streaming());
+        assert!(
+            service
+                .method
+                .iter()
+                .any(|m| m.name() == "AcknowledgeMessage")
+        );
+    }
 }

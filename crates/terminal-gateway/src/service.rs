@@ -1,6 +1,8 @@
 //! `TerminalService`: checks who is calling, then forwards to the
-//! authorization service (or, for batches, the settlement batcher), passing its answers (and its precise errors)
-//! through unchanged.
+//! authorization service (or, for batches, the settlement batcher), passing
+//! its answers (and its precise errors) through unchanged. `Subscribe` and
+//! `AcknowledgeMessage` are answered here, from the terminal backlog
+//! ([`crate::push`]).
 
 use std::time::Duration;
 
@@ -11,11 +13,20 @@ use switch_proto::v1::terminal_service_server::TerminalService;
 use switch_proto::v1::{
     self as pb, AuthorizationRecord, get_authorization_request::By, reverse_request::Target,
 };
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use crate::identity::TerminalIdentity;
+use crate::push::{self, Push};
+use crate::store::{self, Acknowledged};
+
+/// Messages a subscription may have sent ahead of what the terminal has
+/// read.
+const STREAM_BUFFER: usize = 16;
 
 type InterceptorFn = fn(Request<()>) -> Result<Request<()>, Status>;
 type AuthorizationClient = AuthorizationServiceClient<InterceptedService<Channel, InterceptorFn>>;
@@ -25,6 +36,7 @@ pub struct TerminalApi {
     authorization: AuthorizationClient,
     settlement: SettlementClient,
     timeout: Duration,
+    push: Push,
 }
 
 impl TerminalApi {
@@ -32,6 +44,7 @@ impl TerminalApi {
         authorization_endpoint: &str,
         settlement_endpoint: &str,
         timeout: Duration,
+        push: Push,
     ) -> Result<Self, tonic::transport::Error> {
         let channel = |endpoint: &str| -> Result<Channel, tonic::transport::Error> {
             Ok(Endpoint::from_shared(endpoint.to_owned())?
@@ -49,6 +62,7 @@ impl TerminalApi {
                 interceptor,
             ),
             timeout,
+            push,
         })
     }
 
@@ -69,6 +83,8 @@ fn key(terminal_id: &str, stan: &str, local_date: &str) -> pb::TerminalKey {
 
 #[tonic::async_trait]
 impl TerminalService for TerminalApi {
+    type SubscribeStream = ReceiverStream<Result<pb::TerminalMessage, Status>>;
+
     #[tracing::instrument(name = "gateway.sale", skip_all, fields(terminal_id, stan))]
     async fn sale(
         &self,
@@ -218,5 +234,62 @@ impl TerminalService for TerminalApi {
             .clone()
             .upload_batch(self.outbound(upload))
             .await
+    }
+
+    /// The terminal's messages: its backlog in order, then new ones, until
+    /// it hangs up.
+    #[tracing::instrument(name = "gateway.subscribe", skip_all, fields(terminal_id))]
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let identity = TerminalIdentity::of(&request)?;
+        let subscribe = request.into_inner();
+        identity.authorize(&subscribe.terminal_id)?;
+        tracing::Span::current().record("terminal_id", subscribe.terminal_id.as_str());
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(push::stream_messages(
+            self.push.clone(),
+            identity.terminal_id,
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    /// The terminal has shown a message; it is never pushed again.
+    #[tracing::instrument(name = "gateway.acknowledge_message", skip_all, fields(terminal_id))]
+    async fn acknowledge_message(
+        &self,
+        request: Request<pb::AcknowledgeMessageRequest>,
+    ) -> Result<Response<pb::AcknowledgeMessageResponse>, Status> {
+        let identity = TerminalIdentity::of(&request)?;
+        let ack = request.into_inner();
+        identity.authorize(&ack.terminal_id)?;
+        tracing::Span::current().record("terminal_id", ack.terminal_id.as_str());
+        let message_id = Uuid::parse_str(&ack.message_id).map_err(|_| {
+            Status::invalid_argument(format!("message_id {:?} is not a UUID", ack.message_id))
+        })?;
+        let outcome = store::acknowledge(&self.push.pool, &identity.terminal_id, message_id)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "Acknowledgement of a terminal message failed.");
+                Status::unavailable("the acknowledgement could not be recorded; retry")
+            })?;
+        match outcome {
+            Acknowledged::Now => {
+                self.push.metrics.acknowledged();
+                tracing::debug!(%message_id, "Terminal message acknowledged.");
+                Ok(Response::new(pb::AcknowledgeMessageResponse {
+                    already_acknowledged: false,
+                }))
+            }
+            Acknowledged::Already => Ok(Response::new(pb::AcknowledgeMessageResponse {
+                already_acknowledged: true,
+            })),
+            Acknowledged::NotFound => Err(Status::not_found(format!(
+                "terminal {} has no message {message_id}",
+                identity.terminal_id
+            ))),
+        }
     }
 }

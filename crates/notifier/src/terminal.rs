@@ -1,0 +1,541 @@
+//! Which events become messages for the terminal, and what each says.
+//! Pure, like [`crate::webhook`]: an envelope in, a message out.
+//!
+//! A terminal hears about outcomes that change what its receipt means:
+//!
+//! | event | message | why |
+//! |---|---|---|
+//! | `AuthorizationConfirmed`, evidence `policy` (or any evidence that is not the terminal's own) | `reprint_receipt` | an orphan confirmed at its deadline: the terminal never showed the approval, so it prints the receipt now |
+//! | `AuthorizationReversed`, reason other than `terminal_requested` | `void_receipt` | the switch took the money back; the terminal may hold a receipt it must void |
+//! | `AcknowledgementConflict` | `void_receipt` | the terminal printed a receipt for a payment already reversed (S2) |
+//! | `BatchConflict`, outcome `conflict_reversed_at_host` | `void_receipt` | the terminal's batch lists a sale the host reversed |
+//!
+//! Evidence that comes from the terminal itself (`terminal_acknowledgement`,
+//! `last_completed_stan`, `batch_upload`) sends nothing: each says the
+//! terminal completed the sale, receipt included, and a second receipt would
+//! only confuse the shopper. A reversal the terminal asked for
+//! (`terminal_requested`, S4) sends nothing either: the terminal knows.
+//!
+//! The message id is a UUID (version 5) of the causing event's id and the
+//! kind, so a replayed event yields the same message, which the gateway
+//! stores once.
+
+use switch_core::Evidence;
+use switch_proto::v1::event_envelope::Payload;
+use switch_proto::v1::{AuthorizationFacts, EventEnvelope, Money, TerminalMessageRequested};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::webhook::timestamp;
+
+/// Namespace of the version 5 UUIDs of terminal messages.
+pub const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1c_29d4_8f0e_4a57_9c1b_7e52_d3a0_f6e1);
+
+/// The kinds of terminal message; their names are part of the terminal API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TerminalMessageKind {
+    /// Confirmed without the terminal's own evidence: print the receipt.
+    ReprintReceipt,
+    /// Reversed at the host: any receipt for it is void.
+    VoidReceipt,
+}
+
+impl TerminalMessageKind {
+    pub const ALL: [TerminalMessageKind; 2] = [Self::ReprintReceipt, Self::VoidReceipt];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReprintReceipt => "reprint_receipt",
+            Self::VoidReceipt => "void_receipt",
+        }
+    }
+}
+
+impl std::fmt::Display for TerminalMessageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A message for one terminal, ready to be wrapped in an envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TerminalPush {
+    /// Also the id of the envelope that carries it.
+    pub message_id: Uuid,
+    pub kind: TerminalMessageKind,
+    /// The causing event's transaction (the envelope's `transaction_id`).
+    pub transaction_id: String,
+    /// When the outcome happened: the causing event's time.
+    pub occurred_at: OffsetDateTime,
+    pub message: TerminalMessageRequested,
+}
+
+impl TerminalPush {
+    /// The Kafka key: one terminal's messages stay in one partition, in order.
+    pub fn key(&self) -> &str {
+        &self.message.terminal_id
+    }
+}
+
+/// What to do with one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TerminalPlan {
+    Send(Box<TerminalPush>),
+    /// Nothing the terminal needs to be told.
+    Ignore,
+    /// An outcome that cannot be sent (no terminal, no event id); the
+    /// reason is logged. Never retried: every replay would fail the same way.
+    Invalid(&'static str),
+}
+
+/// The message id of `kind` caused by the event `event_id`.
+pub fn message_id(event_id: Uuid, kind: TerminalMessageKind) -> Uuid {
+    let name = format!("{}/{}", event_id.as_hyphenated(), kind.as_str());
+    Uuid::new_v5(&MESSAGE_ID_NAMESPACE, name.as_bytes())
+}
+
+/// Evidence the terminal itself gave that it completed the sale.
+fn from_the_terminal(evidence: &str) -> bool {
+    [
+        Evidence::TerminalAcknowledgement,
+        Evidence::LastCompletedStan,
+        Evidence::BatchUpload,
+    ]
+    .iter()
+    .any(|e| e.as_str() == evidence)
+}
+
+/// Decides whether `event` becomes a terminal message and renders it.
+/// `now` stands in for an event without `occurred_at`.
+pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> TerminalPlan {
+    let Some(payload) = &event.payload else {
+        return TerminalPlan::Ignore;
+    };
+    let (kind, facts, approval_code, reason, outcome) = match payload {
+        Payload::AuthorizationConfirmed(confirmed) => {
+            if from_the_terminal(&confirmed.evidence) {
+                return TerminalPlan::Ignore;
+            }
+            (
+                TerminalMessageKind::ReprintReceipt,
+                confirmed.facts.clone().unwrap_or_default(),
+                confirmed.approval_code.clone(),
+                confirmed.evidence.clone(),
+                "was confirmed: reprint the receipt".to_owned(),
+            )
+        }
+        Payload::AuthorizationReversed(reversed) => {
+            if reversed.reason == switch_core::ReversalReason::TerminalRequested.as_str() {
+                return TerminalPlan::Ignore;
+            }
+            (
+                TerminalMessageKind::VoidReceipt,
+                reversed.facts.clone().unwrap_or_default(),
+                String::new(),
+                reversed.reason.clone(),
+                "was reversed: void the receipt".to_owned(),
+            )
+        }
+        Payload::AcknowledgementConflict(conflict) => (
+            TerminalMessageKind::VoidReceipt,
+            conflict.facts.clone().unwrap_or_default(),
+            String::new(),
+            conflict.reversal_reason.clone(),
+            "had been reversed before it was acknowledged: void the receipt".to_owned(),
+        ),
+        Payload::BatchConflict(conflict) => {
+            if conflict.outcome != "conflict_reversed_at_host" {
+                return TerminalPlan::Ignore;
+            }
+            (
+                TerminalMessageKind::VoidReceipt,
+                conflict.facts.clone().unwrap_or_default(),
+                String::new(),
+                conflict.outcome.clone(),
+                format!(
+                    "in batch {} was reversed at the host: void the receipt",
+                    conflict.batch_number
+                ),
+            )
+        }
+        _ => return TerminalPlan::Ignore,
+    };
+    let Ok(event_id) = Uuid::parse_str(&event.event_id) else {
+        return TerminalPlan::Invalid("event id is not a UUID");
+    };
+    if facts.terminal_id.trim().is_empty() {
+        return TerminalPlan::Invalid("event names no terminal");
+    }
+    let occurred_at = event
+        .occurred_at
+        .as_ref()
+        .and_then(timestamp)
+        .unwrap_or(now);
+    let message_id = message_id(event_id, kind);
+    let text = format!(
+        "Payment of {} (STAN {}) {outcome}",
+        display_amount(facts.amount.as_ref()),
+        facts.stan
+    );
+    let facts = AuthorizationFacts {
+        masked_pan: masked_pan(&facts.masked_pan),
+        ..facts
+    };
+    TerminalPlan::Send(Box::new(TerminalPush {
+        message_id,
+        kind,
+        transaction_id: event.transaction_id.clone(),
+        occurred_at,
+        message: TerminalMessageRequested {
+            message_id: message_id.to_string(),
+            terminal_id: facts.terminal_id.clone(),
+            merchant_id: facts.merchant_id.clone(),
+            kind: kind.as_str().to_owned(),
+            facts: Some(facts),
+            approval_code,
+            reason,
+            text,
+        },
+    }))
+}
+
+/// `EUR 42.00` in the currency's minor units; an unknown currency shows
+/// its minor units as they are.
+fn display_amount(amount: Option<&Money>) -> String {
+    let Some(amount) = amount else {
+        return "an unknown amount".to_owned();
+    };
+    match switch_core::Currency::parse(&amount.currency) {
+        Ok(currency) => switch_core::Money::new(amount.minor_units, currency).to_string(),
+        Err(_) => format!("{} {} (minor units)", amount.currency, amount.minor_units),
+    }
+}
+
+/// The masked PAN if it is one; anything else, a full PAN above all, is
+/// never passed on.
+fn masked_pan(value: &str) -> String {
+    switch_core::MaskedPan::parse(value)
+        .map(|masked| masked.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switch_proto::v1::{
+        AcknowledgementConflict, AuthorizationApproved, AuthorizationConfirmed,
+        AuthorizationReversed, BatchConflict, MerchantPaid,
+    };
+
+    const NOW: i64 = 1_764_000_000;
+    const EVENT_ID: &str = "0193a5d4-7e1f-7c3a-9d5e-000000000001";
+
+    fn facts() -> AuthorizationFacts {
+        AuthorizationFacts {
+            terminal_id: "TERM0001".into(),
+            merchant_id: "MERCHANT0000001".into(),
+            stan: "100008".into(),
+            local_date: "2026-11-24".into(),
+            rrn: "633000000042".into(),
+            masked_pan: "411111******1111".into(),
+            amount: Some(Money {
+                minor_units: 4200,
+                currency: "EUR".into(),
+            }),
+            channel: "card".into(),
+        }
+    }
+
+    fn envelope(payload: Payload) -> EventEnvelope {
+        EventEnvelope {
+            event_id: EVENT_ID.into(),
+            event_type: "x".into(),
+            transaction_id: "0193a5d4-7e1f-7c3a-9d5e-0000000000aa".into(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: NOW,
+                nanos: 0,
+            }),
+            payload: Some(payload),
+            ..EventEnvelope::default()
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(NOW + 60).unwrap()
+    }
+
+    fn confirmed(evidence: &str) -> EventEnvelope {
+        envelope(Payload::AuthorizationConfirmed(AuthorizationConfirmed {
+            facts: Some(facts()),
+            evidence: evidence.into(),
+            approval_code: "A1B2C3".into(),
+        }))
+    }
+
+    fn reversed(reason: &str) -> EventEnvelope {
+        envelope(Payload::AuthorizationReversed(AuthorizationReversed {
+            facts: Some(facts()),
+            reason: reason.into(),
+            attempts: 1,
+        }))
+    }
+
+    fn batch_conflict(outcome: &str) -> EventEnvelope {
+        envelope(Payload::BatchConflict(BatchConflict {
+            facts: Some(facts()),
+            batch_number: "000007".into(),
+            outcome: outcome.into(),
+            detail: String::new(),
+        }))
+    }
+
+    fn kind_of(event: &EventEnvelope) -> Option<TerminalMessageKind> {
+        match plan(event, now()) {
+            TerminalPlan::Send(push) => Some(push.kind),
+            TerminalPlan::Ignore => None,
+            TerminalPlan::Invalid(reason) => panic!("unexpectedly invalid: {reason}"),
+        }
+    }
+
+    fn sent(event: &EventEnvelope) -> TerminalPush {
+        match plan(event, now()) {
+            TerminalPlan::Send(push) => *push,
+            other => panic!("expected a terminal message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_planning_table() {
+        use TerminalMessageKind::{ReprintReceipt, VoidReceipt};
+        let table: [(&str, EventEnvelope, Option<TerminalMessageKind>); 14] = [
+            (
+                "confirmed by policy",
+                confirmed("policy"),
+                Some(ReprintReceipt),
+            ),
+            (
+                "confirmed by an evidence unknown to this table",
+                confirmed("something_new"),
+                Some(ReprintReceipt),
+            ),
+            (
+                "confirmed by the terminal's acknowledgement",
+                confirmed("terminal_acknowledgement"),
+                None,
+            ),
+            (
+                "confirmed by the terminal's last completed STAN",
+                confirmed("last_completed_stan"),
+                None,
+            ),
+            (
+                "confirmed by the terminal's batch upload",
+                confirmed("batch_upload"),
+                None,
+            ),
+            (
+                "reversed without acknowledgement",
+                reversed("no_terminal_acknowledgement"),
+                Some(VoidReceipt),
+            ),
+            (
+                "reversed after an issuer timeout",
+                reversed("issuer_timeout"),
+                Some(VoidReceipt),
+            ),
+            (
+                "reversed after a late issuer answer",
+                reversed("late_issuer_response"),
+                Some(VoidReceipt),
+            ),
+            (
+                "reversed as a batch orphan",
+                reversed("batch_orphan"),
+                Some(VoidReceipt),
+            ),
+            (
+                "reversed at the terminal's request",
+                reversed("terminal_requested"),
+                None,
+            ),
+            (
+                "acknowledged after the reversal",
+                envelope(Payload::AcknowledgementConflict(AcknowledgementConflict {
+                    facts: Some(facts()),
+                    reversal_reason: "no_terminal_acknowledgement".into(),
+                })),
+                Some(VoidReceipt),
+            ),
+            (
+                "batch lists a sale reversed at the host",
+                batch_conflict("conflict_reversed_at_host"),
+                Some(VoidReceipt),
+            ),
+            ("batch mismatch", batch_conflict("mismatch"), None),
+            (
+                "an approval",
+                envelope(Payload::AuthorizationApproved(AuthorizationApproved {
+                    facts: Some(facts()),
+                    approval_code: "A1B2C3".into(),
+                })),
+                None,
+            ),
+        ];
+        for (what, event, expected) in table {
+            assert_eq!(kind_of(&event), expected, "{what}");
+        }
+        let payout = envelope(Payload::MerchantPaid(MerchantPaid::default()));
+        assert_eq!(plan(&payout, now()), TerminalPlan::Ignore);
+        assert_eq!(plan(&EventEnvelope::default(), now()), TerminalPlan::Ignore);
+    }
+
+    #[test]
+    fn a_void_message_says_what_to_do_with_the_receipt() {
+        let push = sent(&reversed("no_terminal_acknowledgement"));
+        assert_eq!(push.kind, TerminalMessageKind::VoidReceipt);
+        assert_eq!(push.key(), "TERM0001");
+        assert_eq!(push.transaction_id, "0193a5d4-7e1f-7c3a-9d5e-0000000000aa");
+        assert_eq!(
+            push.occurred_at,
+            OffsetDateTime::from_unix_timestamp(NOW).unwrap()
+        );
+        let message = &push.message;
+        assert_eq!(message.message_id, push.message_id.to_string());
+        assert_eq!(message.terminal_id, "TERM0001");
+        assert_eq!(message.merchant_id, "MERCHANT0000001");
+        assert_eq!(message.kind, "void_receipt");
+        assert_eq!(message.reason, "no_terminal_acknowledgement");
+        assert_eq!(message.approval_code, "");
+        assert_eq!(message.facts, Some(facts()));
+        assert_eq!(
+            message.text,
+            "Payment of EUR 42.00 (STAN 100008) was reversed: void the receipt"
+        );
+    }
+
+    #[test]
+    fn a_reprint_message_carries_the_approval_code_and_evidence() {
+        let push = sent(&confirmed("policy"));
+        assert_eq!(push.message.kind, "reprint_receipt");
+        assert_eq!(push.message.approval_code, "A1B2C3");
+        assert_eq!(push.message.reason, "policy");
+        assert_eq!(
+            push.message.text,
+            "Payment of EUR 42.00 (STAN 100008) was confirmed: reprint the receipt"
+        );
+    }
+
+    #[test]
+    fn conflicts_name_their_source() {
+        let ack = sent(&envelope(Payload::AcknowledgementConflict(
+            AcknowledgementConflict {
+                facts: Some(facts()),
+                reversal_reason: "no_terminal_acknowledgement".into(),
+            },
+        )));
+        assert_eq!(ack.message.reason, "no_terminal_acknowledgement");
+        assert_eq!(
+            ack.message.text,
+            "Payment of EUR 42.00 (STAN 100008) had been reversed before it was acknowledged: \
+             void the receipt"
+        );
+        let batch = sent(&batch_conflict("conflict_reversed_at_host"));
+        assert_eq!(batch.message.reason, "conflict_reversed_at_host");
+        assert_eq!(
+            batch.message.text,
+            "Payment of EUR 42.00 (STAN 100008) in batch 000007 was reversed at the host: \
+             void the receipt"
+        );
+    }
+
+    #[test]
+    fn a_replayed_event_yields_the_same_message_id() {
+        let first = sent(&reversed("issuer_timeout"));
+        let again = sent(&reversed("issuer_timeout"));
+        assert_eq!(first.message_id, again.message_id);
+        assert_eq!(first.message_id.get_version_num(), 5);
+        let event_id = Uuid::parse_str(EVENT_ID).unwrap();
+        assert_eq!(
+            first.message_id,
+            message_id(event_id, TerminalMessageKind::VoidReceipt)
+        );
+        assert_ne!(
+            message_id(event_id, TerminalMessageKind::VoidReceipt),
+            message_id(event_id, TerminalMessageKind::ReprintReceipt)
+        );
+        let mut other = reversed("issuer_timeout");
+        other.event_id = "0193a5d4-7e1f-7c3a-9d5e-000000000002".into();
+        assert_ne!(sent(&other).message_id, first.message_id);
+    }
+
+    #[test]
+    fn amounts_use_the_currency_minor_units() {
+        let mut yen = facts();
+        yen.amount = Some(Money {
+            minor_units: 4200,
+            currency: "JPY".into(),
+        });
+        let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
+            facts: Some(yen),
+            reason: "issuer_timeout".into(),
+            attempts: 1,
+        }));
+        assert!(
+            sent(&event)
+                .message
+                .text
+                .starts_with("Payment of JPY 4200 (STAN 100008)")
+        );
+        let mut odd = facts();
+        odd.amount = Some(Money {
+            minor_units: 4200,
+            currency: "XQQ".into(),
+        });
+        let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
+            facts: Some(odd),
+            reason: "issuer_timeout".into(),
+            attempts: 1,
+        }));
+        assert!(
+            sent(&event)
+                .message
+                .text
+                .starts_with("Payment of XQQ 4200 (minor units) (STAN 100008)")
+        );
+    }
+
+    #[test]
+    fn a_full_pan_never_leaves() {
+        let mut leaky = facts();
+        leaky.masked_pan = "4111111111111111".into();
+        let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
+            facts: Some(leaky),
+            reason: "issuer_timeout".into(),
+            attempts: 1,
+        }));
+        let push = sent(&event);
+        assert_eq!(push.message.facts.unwrap().masked_pan, "");
+    }
+
+    #[test]
+    fn outcomes_without_terminal_or_event_id_are_invalid() {
+        let mut no_terminal = facts();
+        no_terminal.terminal_id.clear();
+        let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
+            facts: Some(no_terminal),
+            reason: "issuer_timeout".into(),
+            attempts: 1,
+        }));
+        assert!(matches!(plan(&event, now()), TerminalPlan::Invalid(_)));
+        let mut bad_id = reversed("issuer_timeout");
+        bad_id.event_id = "not-a-uuid".into();
+        assert!(matches!(plan(&bad_id, now()), TerminalPlan::Invalid(_)));
+    }
+
+    #[test]
+    fn a_missing_occurred_at_uses_now() {
+        let mut event = reversed("issuer_timeout");
+        event.occurred_at = None;
+        assert_eq!(sent(&event).occurred_at, now());
+    }
+}

@@ -1,0 +1,466 @@
+//! Terminal push: messages from the notifier reach connected terminals.
+//!
+//! - The [`Inbox`] consumes `terminal-messages` (consumer group
+//!   `terminal-gateway`, shared by the replicas) and stores each message in
+//!   the gateway's schema, once, with a `pg_notify` of its terminal id in the
+//!   same transaction.
+//! - [`listen`] receives those notifications, whichever replica stored the
+//!   message, and wakes the subscriptions of that terminal in this process
+//!   through the [`Hub`].
+//! - [`stream_messages`] serves one `Subscribe`: every unacknowledged
+//!   message of the terminal in sequence order, then newer ones as they are
+//!   stored (woken by the hub, or by a periodic poll should a notification be
+//!   lost). Each subscription sends a message at most once; a message not
+//!   acknowledged is sent again by the next subscription.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use switch_platform::consumer::{EventHandler, HandlerError, HandlerFuture};
+use switch_proto::v1::event_envelope::Payload;
+use switch_proto::v1::{EventEnvelope, TerminalMessage, TerminalMessageRequested};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+use crate::store;
+
+/// Messages read per query while a subscription catches up.
+const PAGE: i64 = 100;
+
+/// How often a subscription looks for new messages when nothing woke it:
+/// the fallback for a notification lost while the listener reconnected.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the total backlog gauge is refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Wakes this process's subscriptions of a terminal. One watch channel per
+/// terminal with at least one open subscription; removed with the last one.
+#[derive(Clone, Default)]
+pub struct Hub {
+    terminals: Arc<Mutex<HashMap<String, watch::Sender<()>>>>,
+}
+
+impl Hub {
+    /// Registers a subscription of `terminal_id`; it is woken by every
+    /// [`Hub::notify`] of that terminal from now on.
+    pub fn subscribe(&self, terminal_id: &str) -> Subscription {
+        let mut terminals = self.lock();
+        let receiver = terminals
+            .entry(terminal_id.to_owned())
+            .or_insert_with(|| watch::channel(()).0)
+            .subscribe();
+        Subscription {
+            hub: self.clone(),
+            terminal_id: terminal_id.to_owned(),
+            receiver: Some(receiver),
+        }
+    }
+
+    /// Wakes every subscription of `terminal_id` in this process.
+    pub fn notify(&self, terminal_id: &str) {
+        if let Some(sender) = self.lock().get(terminal_id) {
+            sender.send_modify(|()| {});
+        }
+    }
+
+    /// Wakes every subscription (after notifications may have been lost).
+    pub fn notify_all(&self) {
+        for sender in self.lock().values() {
+            sender.send_modify(|()| {});
+        }
+    }
+
+    /// Terminals with an open subscription in this process.
+    pub fn terminals(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<()>>> {
+        // A panic while holding the lock leaves the map consistent.
+        self.terminals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One subscription's registration with the [`Hub`].
+pub struct Subscription {
+    hub: Hub,
+    terminal_id: String,
+    receiver: Option<watch::Receiver<()>>,
+}
+
+impl Subscription {
+    /// Resolves when the terminal may have a new message.
+    pub async fn changed(&mut self) {
+        match self.receiver.as_mut() {
+            Some(receiver) => {
+                if receiver.changed().await.is_err() {
+                    // Cannot happen while we are registered; never spin.
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        let mut terminals = self.hub.lock();
+        if terminals
+            .get(&self.terminal_id)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            terminals.remove(&self.terminal_id);
+        }
+    }
+}
+
+/// Stores the messages of `terminal-messages`, once each, and announces
+/// them on `channel`.
+pub struct Inbox {
+    /// The `pg_notify` channel of this deployment's gateways.
+    channel: String,
+    metrics: Metrics,
+}
+
+impl Inbox {
+    pub fn new(channel: impl Into<String>, metrics: Metrics) -> Self {
+        Inbox {
+            channel: channel.into(),
+            metrics,
+        }
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &EventEnvelope,
+    ) -> Result<(), HandlerError> {
+        let Some(Payload::TerminalMessageRequested(requested)) = &event.payload else {
+            return Ok(());
+        };
+        let (message_id, message) = match to_terminal_message(event, requested) {
+            Ok(converted) => converted,
+            Err(reason) => {
+                tracing::error!(
+                    event_id = %event.event_id,
+                    reason,
+                    "Terminal message cannot be kept; skipped."
+                );
+                return Ok(());
+            }
+        };
+        let terminal_id = requested.terminal_id.as_str();
+        if store::insert(&mut *conn, message_id, terminal_id, &message).await? {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&self.channel)
+                .bind(terminal_id)
+                .execute(&mut *conn)
+                .await?;
+            self.metrics.received(&message.kind);
+            tracing::debug!(%message_id, %terminal_id, kind = %message.kind, "Terminal message kept.");
+        }
+        Ok(())
+    }
+}
+
+impl EventHandler for Inbox {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a EventEnvelope,
+    ) -> HandlerFuture<'a> {
+        Box::pin(self.apply(tx, event))
+    }
+}
+
+/// The message a terminal receives for `requested` (sequence still 0), and
+/// its id. Refuses a message without a terminal or a UUID id.
+pub fn to_terminal_message(
+    event: &EventEnvelope,
+    requested: &TerminalMessageRequested,
+) -> Result<(Uuid, TerminalMessage), &'static str> {
+    let message_id =
+        Uuid::parse_str(&requested.message_id).map_err(|_| "message id is not a UUID")?;
+    if requested.terminal_id.trim().is_empty() {
+        return Err("message names no terminal");
+    }
+    let facts = requested.facts.clone().unwrap_or_default();
+    let created_at = event
+        .occurred_at
+        .as_ref()
+        .and_then(|ts| {
+            let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
+            OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+        })
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .unwrap_or_default();
+    Ok((
+        message_id,
+        TerminalMessage {
+            message_id: message_id.to_string(),
+            sequence: 0,
+            kind: requested.kind.clone(),
+            transaction_id: event.transaction_id.clone(),
+            stan: facts.stan,
+            local_date: facts.local_date,
+            rrn: facts.rrn,
+            amount: facts.amount,
+            masked_pan: facts.masked_pan,
+            approval_code: requested.approval_code.clone(),
+            reason: requested.reason.clone(),
+            text: requested.text.clone(),
+            created_at,
+        },
+    ))
+}
+
+/// Wakes the hub's subscriptions whenever any replica stores a message
+/// (`pg_notify` on `channel`, payload the terminal id), until `stop`.
+/// After each (re)connection it wakes every subscription, since
+/// notifications sent meanwhile are lost.
+pub async fn listen(pool: PgPool, channel: String, hub: Hub, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = connected => result,
+        };
+        match result {
+            Ok(mut listener) => {
+                hub.notify_all();
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        received = listener.try_recv() => match received {
+                            Ok(Some(notification)) => hub.notify(notification.payload()),
+                            Ok(None) => {
+                                tracing::warn!(%channel, "Terminal message listener lost its connection; reconnecting.");
+                                break;
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, %channel, "Terminal message listener failed; reconnecting.");
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, %channel, "Terminal message listener could not connect.");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Refreshes the total backlog gauge until `stop`.
+pub async fn report_backlog(pool: PgPool, metrics: Metrics, stop: CancellationToken) {
+    loop {
+        match store::total_backlog(&pool).await {
+            Ok(total) => metrics.unacknowledged(total),
+            Err(error) => tracing::debug!(%error, "Terminal backlog could not be counted."),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(GAUGE_INTERVAL) => {}
+        }
+    }
+}
+
+/// What a subscription needs from the gateway.
+#[derive(Clone)]
+pub struct Push {
+    pub pool: PgPool,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    /// Cancelled when the gateway shuts down: open streams end with
+    /// UNAVAILABLE, so the server can stop and terminals subscribe again.
+    pub stop: CancellationToken,
+}
+
+/// Serves one subscription of `terminal_id` into `tx` until the terminal
+/// hangs up, the gateway stops, or the database fails (the stream then
+/// ends with UNAVAILABLE and the terminal subscribes again).
+pub async fn stream_messages(
+    push: Push,
+    terminal_id: String,
+    tx: mpsc::Sender<Result<TerminalMessage, Status>>,
+) {
+    // Registered before the first read: a message stored meanwhile wakes it.
+    let mut subscription = push.hub.subscribe(&terminal_id);
+    let _counted = push.metrics.subscriber();
+    match store::backlog(&push.pool, &terminal_id).await {
+        Ok(size) => {
+            push.metrics
+                .backlog_at_subscribe(u64::try_from(size).unwrap_or_default());
+            tracing::info!(%terminal_id, backlog = size, "Terminal subscribed.");
+        }
+        Err(error) => return fail(&tx, &terminal_id, &error),
+    }
+    let mut last_sent = 0_i64;
+    loop {
+        let page = match store::unacknowledged(&push.pool, &terminal_id, last_sent, PAGE).await {
+            Ok(page) => page,
+            Err(error) => return fail(&tx, &terminal_id, &error),
+        };
+        let more = i64::try_from(page.len()).unwrap_or(PAGE) >= PAGE;
+        for message in page {
+            last_sent = i64::try_from(message.sequence).unwrap_or(last_sent);
+            let kind = message.kind.clone();
+            tokio::select! {
+                sent = tx.send(Ok(message)) => if sent.is_err() {
+                    tracing::info!(%terminal_id, "Terminal unsubscribed.");
+                    return;
+                },
+                () = push.stop.cancelled() => return stopping(&tx),
+            }
+            push.metrics.pushed(&kind);
+        }
+        if more {
+            continue;
+        }
+        tokio::select! {
+            () = push.stop.cancelled() => return stopping(&tx),
+            () = tx.closed() => {
+                tracing::info!(%terminal_id, "Terminal unsubscribed.");
+                return;
+            }
+            () = subscription.changed() => {}
+            () = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+    }
+}
+
+fn fail(
+    tx: &mpsc::Sender<Result<TerminalMessage, Status>>,
+    terminal_id: &str,
+    error: &sqlx::Error,
+) {
+    tracing::warn!(%error, %terminal_id, "Terminal messages cannot be read; the subscription ends.");
+    let _ = tx.try_send(Err(Status::unavailable(
+        "terminal messages are unavailable; subscribe again",
+    )));
+}
+
+fn stopping(tx: &mpsc::Sender<Result<TerminalMessage, Status>>) {
+    let _ = tx.try_send(Err(Status::unavailable(
+        "the gateway is shutting down; subscribe again",
+    )));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switch_proto::v1::{AuthorizationFacts, Money};
+
+    #[tokio::test]
+    async fn the_hub_wakes_only_the_terminal_named_and_forgets_it_with_its_last_subscription() {
+        let hub = Hub::default();
+        let mut first = hub.subscribe("TERM0001");
+        let mut second = hub.subscribe("TERM0001");
+        let mut other = hub.subscribe("TERM0003");
+        assert_eq!(hub.terminals(), 2);
+
+        hub.notify("TERM0001");
+        tokio::time::timeout(Duration::from_secs(1), first.changed())
+            .await
+            .expect("the first subscription is woken");
+        tokio::time::timeout(Duration::from_secs(1), second.changed())
+            .await
+            .expect("the second subscription is woken");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), other.changed())
+                .await
+                .is_err(),
+            "another terminal is not woken"
+        );
+        // A wake-up before the wait is not lost.
+        hub.notify_all();
+        tokio::time::timeout(Duration::from_secs(1), other.changed())
+            .await
+            .expect("notify_all wakes every terminal");
+
+        drop(first);
+        assert_eq!(hub.terminals(), 2);
+        drop(second);
+        assert_eq!(hub.terminals(), 1);
+        drop(other);
+        assert_eq!(hub.terminals(), 0);
+        hub.notify("TERM0001");
+    }
+
+    #[test]
+    fn a_requested_message_becomes_what_the_terminal_receives() {
+        let event = EventEnvelope {
+            event_id: "0193a5d4-7e1f-7c3a-9d5e-000000000001".into(),
+            transaction_id: "0193a5d4-7e1f-7c3a-9d5e-0000000000aa".into(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_764_000_000,
+                nanos: 0,
+            }),
+            ..EventEnvelope::default()
+        };
+        let requested = TerminalMessageRequested {
+            message_id: "6b1c29d4-8f0e-5a57-9c1b-7e52d3a0f6e1".into(),
+            terminal_id: "TERM0001".into(),
+            merchant_id: "MERCHANT0000001".into(),
+            kind: "void_receipt".into(),
+            facts: Some(AuthorizationFacts {
+                terminal_id: "TERM0001".into(),
+                merchant_id: "MERCHANT0000001".into(),
+                stan: "100008".into(),
+                local_date: "2026-11-24".into(),
+                rrn: "633000000042".into(),
+                masked_pan: "411111******1111".into(),
+                amount: Some(Money {
+                    minor_units: 4200,
+                    currency: "EUR".into(),
+                }),
+                channel: "card".into(),
+            }),
+            approval_code: String::new(),
+            reason: "no_terminal_acknowledgement".into(),
+            text: "Payment of EUR 42.00 (STAN 100008) was reversed: void the receipt".into(),
+        };
+        let (id, message) = to_terminal_message(&event, &requested).unwrap();
+        assert_eq!(id.to_string(), requested.message_id);
+        assert_eq!(message.sequence, 0);
+        assert_eq!(message.kind, "void_receipt");
+        assert_eq!(message.transaction_id, event.transaction_id);
+        assert_eq!(message.stan, "100008");
+        assert_eq!(message.local_date, "2026-11-24");
+        assert_eq!(message.rrn, "633000000042");
+        assert_eq!(message.masked_pan, "411111******1111");
+        assert_eq!(message.amount.as_ref().unwrap().minor_units, 4200);
+        assert_eq!(message.reason, "no_terminal_acknowledgement");
+        assert_eq!(message.text, requested.text);
+        assert_eq!(message.created_at, "2025-11-24T16:00:00Z");
+
+        let mut no_terminal = requested.clone();
+        no_terminal.terminal_id.clear();
+        assert!(to_terminal_message(&event, &no_terminal).is_err());
+        let mut bad_id = requested;
+        bad_id.message_id = "x".into();
+        assert!(to_terminal_message(&event, &bad_id).is_err());
+    }
+}
