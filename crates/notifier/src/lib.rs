@@ -106,9 +106,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// the recorder, one spare.
 const WORKER_CONNECTIONS: u32 = 3;
 
-/// How long to wait before restarting a consumer that stopped on an error.
-const CONSUMER_RESTART_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// The `LISTEN`/`NOTIFY` channel on which writers of due deliveries wake
 /// the workers of one deployment: its schema's name, so deployments (and
 /// test runs) sharing a database never wake each other.
@@ -259,8 +256,7 @@ async fn wake_relay(relay: OutboxRelay, wake: Arc<Notify>, stop: CancellationTok
     }
 }
 
-/// Consumes the outcome topics until `stop`, restarting the consumer after
-/// an error (a broker outage must not silently stop the notifications).
+/// Consumes the outcome topics until `stop`.
 async fn run_consumer(
     pool: sqlx::PgPool,
     kafka: KafkaConfig,
@@ -268,29 +264,7 @@ async fn run_consumer(
     planner: DeliveryPlanner,
     stop: CancellationToken,
 ) {
-    while !stop.is_cancelled() {
-        let result = consumer::run(
-            pool.clone(),
-            &kafka,
-            &group,
-            &TOPICS,
-            &planner,
-            stop.clone().cancelled_owned(),
-        )
-        .await;
-        match result {
-            Ok(()) => {
-                if !stop.is_cancelled() {
-                    tracing::warn!(%group, "Consumer stream ended; restarting.");
-                }
-            }
-            Err(error) => tracing::warn!(%error, %group, "Consumer stopped; restarting."),
-        }
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(CONSUMER_RESTART_DELAY) => {}
-        }
-    }
+    consumer::run_until_stopped(pool, &kafka, &group, &TOPICS, &planner, stop).await;
 }
 
 #[cfg(test)]

@@ -59,9 +59,6 @@ pub const CONSUMER_GROUP: &str = SERVICE_NAME;
 /// without serving.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// How long to wait before restarting a consumer that stopped on an error.
-const CONSUMER_RESTART_DELAY: Duration = Duration::from_secs(1);
-
 /// The `LISTEN`/`NOTIFY` channel on which the gateways of one deployment
 /// announce a stored message (payload: its terminal id); named after the
 /// schema, so deployments sharing a database never wake each other.
@@ -231,39 +228,15 @@ pub async fn serve(
     result
 }
 
-/// Consumes `terminal-messages` until `stop`, restarting the consumer
-/// after an error (a broker outage must not silently stop the pushes).
+/// Consumes `terminal-messages` until `stop`.
 async fn run_consumer(
     pool: sqlx::PgPool,
     kafka: KafkaConfig,
     inbox: push::Inbox,
     stop: CancellationToken,
 ) {
-    while !stop.is_cancelled() {
-        let result = consumer::run(
-            pool.clone(),
-            &kafka,
-            CONSUMER_GROUP,
-            &[topics::TERMINAL_MESSAGES],
-            &inbox,
-            stop.clone().cancelled_owned(),
-        )
-        .await;
-        match result {
-            Ok(()) => {
-                if !stop.is_cancelled() {
-                    tracing::warn!(group = CONSUMER_GROUP, "Consumer stream ended; restarting.");
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, group = CONSUMER_GROUP, "Consumer stopped; restarting.");
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(CONSUMER_RESTART_DELAY) => {}
-        }
-    }
+    let topics = [topics::TERMINAL_MESSAGES];
+    consumer::run_until_stopped(pool, &kafka, CONSUMER_GROUP, &topics, &inbox, stop).await;
 }
 
 #[cfg(test)]
