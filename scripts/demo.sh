@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: starts the broker (if none answers) and `switchd all`, sends a
-# handful of real sales over mutual TLS with posctl, shows the journal rows
-# in PostgreSQL and the events read back from Kafka, then stops what it
-# started. Exits non-zero if any step does not behave as shown.
+# handful of real sales over mutual TLS with posctl, resolves an orphan (with
+# the merchant's webhook and the terminal's message), closes batches and
+# pays the merchants, shows the journal rows in PostgreSQL and the events
+# read back from Kafka, then stops what it started. Exits non-zero if any step does not behave as shown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,13 +22,31 @@ export SWITCH__REVERSAL_HANDLER__MERCHANTS__MERCHANT0000002__ACK_WINDOW_MS=60000
 # Windows close when the demo says so, and payout files go under .run.
 export SWITCH__SETTLEMENT__SCHEDULER_ENABLED=false
 export SWITCH__SETTLEMENT__PAYOUT_DIR="${RUN_DIR:-.run}/demo-payouts"
+# Merchant 1's webhook endpoint: posctl plays the merchant's server.
+webhook_address=127.0.0.1:18085
+webhook_secret=demo-webhook-secret-merchant-1
+webhook_log="${RUN_DIR:-.run}/demo-webhooks.log"
+mkdir -p "${RUN_DIR:-.run}"
+export SWITCH_CONFIG="${RUN_DIR:-.run}/demo-switchd.toml"
+cat >"$SWITCH_CONFIG" <<TOML
+[notifier.retry]
+initial_delay_ms = 200
+max_delay_ms = 2000
+
+[[notifier.endpoints]]
+merchant_id = "MERCHANT0000001"
+url = "http://$webhook_address/webhooks"
+secret = "$webhook_secret"
+TOML
 today=$(date -u +%F)
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 started_broker=0
+webhook_pid=
 cleanup() {
   scripts/stack.sh down >/dev/null || true
+  if [[ -n $webhook_pid ]]; then kill "$webhook_pid" 2>/dev/null || true; fi
   if [[ $started_broker == 1 ]]; then scripts/broker.sh stop >/dev/null || true; fi
 }
 trap cleanup EXIT
@@ -40,9 +59,12 @@ else
   echo "broker: using the one already at ${KAFKA_BROKERS:-127.0.0.1:9092}"
 fi
 # A clean journal for the demo (its own schema; nothing else is touched).
-psql -q "$psql_url" -c "DROP SCHEMA IF EXISTS demo_authorization CASCADE; DROP SCHEMA IF EXISTS demo_reversal_handler CASCADE; DROP SCHEMA IF EXISTS demo_settlement_batcher CASCADE" >/dev/null
+psql -q "$psql_url" -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS demo_authorization CASCADE; DROP SCHEMA IF EXISTS demo_reversal_handler CASCADE; DROP SCHEMA IF EXISTS demo_settlement_batcher CASCADE; DROP SCHEMA IF EXISTS demo_notifier CASCADE; DROP SCHEMA IF EXISTS demo_terminal_gateway CASCADE" >/dev/null
 rm -rf "$SWITCH__SETTLEMENT__PAYOUT_DIR"
 scripts/stack.sh up
+# The merchant's webhook endpoint, verifying every signature.
+$posctl --json webhooks listen --address "$webhook_address" --secret "$webhook_secret" >"$webhook_log" 2>&1 &
+webhook_pid=$!
 
 step "1. An approved sale from terminal TERM0001 (EUR 10.50); posctl acknowledges it like a terminal that printed its receipt, which confirms it"
 $posctl sale --amount 1050 --currency EUR --pan 4111111111111111 --stan 100001 --date "$today"
@@ -86,6 +108,21 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 $posctl inquiry --stan 100008 --date "$today"
+echo
+echo "The merchant's endpoint receives a signed webhook (posctl webhooks listen verified the signature):"
+for _ in $(seq 1 60); do
+  grep -q '"payment.reversed"' "$webhook_log" && break
+  sleep 0.5
+done
+if ! grep '"payment.reversed"' "$webhook_log" | grep '"stan":"100008"' | grep -q '"signature_valid":true'; then
+  echo "demo: no validly signed payment.reversed webhook for STAN 100008" >&2
+  cat "$webhook_log" >&2
+  exit 1
+fi
+grep '"payment.reversed"' "$webhook_log" | grep '"stan":"100008"' | head -1 | python3 -m json.tool
+echo
+echo "TERM0001, which was offline while this happened, subscribes and gets its backlog (and acknowledges it):"
+$posctl watch --count 1 --idle-timeout 30s
 
 step "9. S4: the terminal timed out and asks to reverse (sent twice: one reversal)"
 $posctl sale --no-ack --amount 1500 --currency EUR --pan 4111111111111111 --stan 100009 --date "$today"
@@ -158,4 +195,4 @@ if [[ $paid != "100001 200001" ]]; then
   echo "demo: expected sales 100001 and 200001 paid, found '$paid'" >&2
   exit 1
 fi
-step "Done: sale 1 confirmed by its receipt, sale 2 declined, the S1 orphan reversed at its deadline, the S4 sale reversed once at the terminal's request, TERM0003's sale confirmed by its batch upload, and both confirmed sales paid. Stopping."
+step "Done: sale 1 confirmed by its receipt, sale 2 declined, the S1 orphan reversed at its deadline (merchant told by a signed webhook, terminal told to void its receipt), the S4 sale reversed once at the terminal's request, TERM0003's sale confirmed by its batch upload, and both confirmed sales paid. Stopping."
