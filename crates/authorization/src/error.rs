@@ -24,6 +24,10 @@ pub enum AuthorizationError {
     IllegalTransition(#[from] IllegalTransition),
     #[error("journal unavailable: {0}")]
     Journal(#[from] sqlx::Error),
+    /// The group-commit statement this request was part of failed: every
+    /// request in it gets the same error.
+    #[error("journal unavailable: {0}")]
+    JournalBatch(std::sync::Arc<sqlx::Error>),
 }
 
 impl From<AuthorizationError> for Status {
@@ -41,6 +45,10 @@ impl From<AuthorizationError> for Status {
                 Status::internal("internal error; the transaction is recorded, query it by STAN")
             }
             AuthorizationError::Journal(e) => {
+                tracing::error!(error = %e, "Journal unavailable.");
+                Status::unavailable("journal unavailable; retry with the same STAN")
+            }
+            AuthorizationError::JournalBatch(e) => {
                 tracing::error!(error = %e, "Journal unavailable.");
                 Status::unavailable("journal unavailable; retry with the same STAN")
             }

@@ -1,7 +1,14 @@
-//! The authorization journal in PostgreSQL. Every state change is one
-//! transaction that updates the row, appends to its transition history and,
-//! where the change is news for other services, enqueues the event in the
-//! outbox: the state and its announcement cannot disagree.
+//! The authorization journal in PostgreSQL. Every state change commits in
+//! one transaction with its transition history and, where the change is news
+//! for other services, its event in the outbox: the state and its
+//! announcement cannot disagree.
+//!
+//! The two statements of every sale, the intent (`begin`) and the issuer's
+//! decision (`record_decision`), are group-committed: concurrent calls share
+//! one multi-row statement and one commit (see `group_commit`). Everything
+//! else changes one row per transaction.
+
+use std::collections::HashMap;
 
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -18,6 +25,7 @@ use uuid::Uuid;
 
 use crate::convert;
 use crate::error::AuthorizationError;
+use crate::group_commit::GroupCommit;
 
 /// What one locked update changes; `None`/`false` leaves a column alone.
 #[derive(Debug, Default)]
@@ -199,22 +207,45 @@ pub struct Journal {
     rrns: RrnAllocator,
     /// Carried in timeout events so consumers know what "too late" meant.
     issuer_timeout_ms: u32,
+    /// The writer of intents (`begin`).
+    intents: GroupCommit<Intent, Option<PgRow>>,
+    /// The writer of issuer decisions (`record_decision`).
+    decisions: GroupCommit<Decision, Option<PgRow>>,
 }
 
 impl Journal {
+    /// Starts the journal's group-commit writers on the current Tokio
+    /// runtime; they stop when the journal is dropped.
     pub fn new(pool: PgPool, topic: String, issuer_timeout_ms: u32) -> Self {
+        let intents = {
+            let pool = pool.clone();
+            GroupCommit::spawn("intents", move |batch| {
+                let pool = pool.clone();
+                async move { insert_intents(&pool, batch).await }
+            })
+        };
+        let decisions = {
+            let pool = pool.clone();
+            GroupCommit::spawn("decisions", move |batch| {
+                let pool = pool.clone();
+                async move { update_decisions(&pool, batch).await }
+            })
+        };
         Journal {
             pool,
             topic,
             rrns: RrnAllocator::default(),
             issuer_timeout_ms,
+            intents,
+            decisions,
         }
     }
 
     /// Journals the intent (state `sent_to_issuer`, with its history from
     /// `received`) before the issuer is asked, or finds the earlier request
-    /// with the same key. One statement: the row and its history commit
-    /// together in a single round trip.
+    /// with the same key. Concurrent calls are group-committed: one
+    /// statement inserts the rows and their history for all of them, and
+    /// this returns only once that statement has committed.
     pub async fn begin(
         &self,
         command: &SaleCommand,
@@ -222,38 +253,24 @@ impl Journal {
     ) -> Result<Begin, AuthorizationError> {
         let state = AuthorizationState::Received.on(&AuthorizationEvent::SentToIssuer)?;
         let rrn = self.rrns.next(&self.pool).await?;
-        let inserted = sqlx::query(&format!(
-            "WITH inserted AS ( \
-               INSERT INTO authorizations (transaction_id, terminal_id, merchant_id, stan, \
-                 local_date, rrn, masked_pan, pan_fingerprint, amount_minor, currency, state, \
-                 channel) \
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14) \
-               ON CONFLICT ON CONSTRAINT authorizations_terminal_key DO NOTHING \
-               RETURNING {COLUMNS}), \
-             history AS ( \
-               INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event) \
-               SELECT transaction_id, NULL, $12, 'received' FROM inserted \
-               UNION ALL SELECT transaction_id, $12, $11, $13 FROM inserted) \
-             SELECT * FROM inserted"
-        ))
-        .bind(TransactionId::new().as_uuid())
-        .bind(command.key.terminal_id.as_str())
-        .bind(command.merchant_id.as_str())
-        .bind(command.key.stan.as_str())
-        .bind(command.key.local_date.date())
-        .bind(rrn.as_str())
-        .bind(command.pan.masked().as_str())
-        .bind(fingerprint.as_str())
-        .bind(command.amount.minor_units())
-        .bind(command.amount.currency().code())
-        .bind(state.as_str())
-        .bind(AuthorizationState::Received.as_str())
-        .bind(AuthorizationEvent::SentToIssuer.name())
-        .bind(command.channel.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        match inserted {
+        let intent = Intent {
+            transaction_id: TransactionId::new().as_uuid(),
+            terminal_id: command.key.terminal_id.as_str().to_owned(),
+            merchant_id: command.merchant_id.as_str().to_owned(),
+            stan: command.key.stan.as_str().to_owned(),
+            local_date: command.key.local_date.date(),
+            rrn: rrn.as_str().to_owned(),
+            masked_pan: command.pan.masked().as_str().to_owned(),
+            pan_fingerprint: fingerprint.as_str().to_owned(),
+            amount_minor: command.amount.minor_units(),
+            currency: command.amount.currency().code(),
+            state: state.as_str(),
+            channel: command.channel.as_str(),
+        };
+        match self.intents.submit(intent).await? {
             Some(row) => Ok(Begin::Started(StoredAuthorization::from_row(&row)?)),
+            // The key was journaled before (or by another request of the
+            // same batch): this is a retry.
             None => {
                 let existing = self
                     .find_by_key(&command.key)
@@ -265,7 +282,8 @@ impl Journal {
     }
 
     /// Records the issuer's decision (or silence), its history entry and its
-    /// event in the outbox, in one statement: all three or none.
+    /// event in the outbox: all three or none. Concurrent calls are
+    /// group-committed in one statement.
     pub async fn record_decision(
         &self,
         current: &StoredAuthorization,
@@ -291,34 +309,17 @@ impl Journal {
         let message = convert::decision_event(&expected, self.issuer_timeout_ms)
             .map(|envelope| self.outbox_message(&expected, &envelope))
             .transpose()?;
-        let updated = sqlx::query(&format!(
-            "WITH updated AS ( \
-               UPDATE authorizations SET state = $2, response_code = $3, approval_code = $4, \
-                 issuer_latency_ms = $5, updated_at = now() \
-               WHERE transaction_id = $1 AND state = $6 RETURNING {COLUMNS}), \
-             history AS ( \
-               INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event) \
-               SELECT transaction_id, $6, $2, $7 FROM updated), \
-             announced AS ( \
-               INSERT INTO outbox (event_id, topic, message_key, payload, traceparent) \
-               SELECT $8, $9, $10, $11, $12 FROM updated WHERE $8::uuid IS NOT NULL) \
-             SELECT * FROM updated"
-        ))
-        .bind(current.transaction_id.as_uuid())
-        .bind(next.as_str())
-        .bind(response_code.map(|code| code.as_str().to_owned()))
-        .bind(approval_code.map(|code| code.as_str().to_owned()))
-        .bind(issuer_latency_ms)
-        .bind(current.state.as_str())
-        .bind(event.name())
-        .bind(message.as_ref().map(|m| m.event_id))
-        .bind(message.as_ref().map(|m| m.topic.clone()))
-        .bind(message.as_ref().map(|m| m.key.clone()))
-        .bind(message.as_ref().map(|m| m.payload.clone()))
-        .bind(message.as_ref().map(|m| m.traceparent.clone()))
-        .fetch_optional(&self.pool)
-        .await?;
-        match updated {
+        let decision = Decision {
+            transaction_id: current.transaction_id.as_uuid(),
+            from_state: current.state.as_str(),
+            to_state: next.as_str(),
+            response_code: response_code.map(|code| code.as_str().to_owned()),
+            approval_code: approval_code.map(|code| code.as_str().to_owned()),
+            issuer_latency_ms,
+            event: event.name(),
+            message,
+        };
+        match self.decisions.submit(decision).await? {
             Some(row) => StoredAuthorization::from_row(&row),
             // Another writer moved it on first; its record is the truth.
             None => self
@@ -844,6 +845,282 @@ async fn select_by_key<'e>(
     .as_ref()
     .map(StoredAuthorization::from_row)
     .transpose()
+}
+
+/// One `begin`, validated and ready to insert.
+struct Intent {
+    transaction_id: Uuid,
+    terminal_id: String,
+    merchant_id: String,
+    stan: String,
+    local_date: time::Date,
+    rrn: String,
+    masked_pan: String,
+    pan_fingerprint: String,
+    amount_minor: i64,
+    currency: &'static str,
+    state: &'static str,
+    channel: &'static str,
+}
+
+/// Inserts a batch of intents, each with its two history rows, in one
+/// statement (one transaction). A row whose key is already journaled,
+/// including by an earlier intent of the same batch, is not inserted: its
+/// result is `None`. Results are in the batch's order, matched back by
+/// transaction id.
+async fn insert_intents(
+    pool: &PgPool,
+    batch: Vec<Intent>,
+) -> Result<Vec<Option<PgRow>>, sqlx::Error> {
+    let ids: Vec<Uuid> = batch.iter().map(|intent| intent.transaction_id).collect();
+    // Rows go in in key order, so two batches (of two processes) never wait
+    // for each other's keys in opposite orders.
+    let mut sorted = batch;
+    sorted.sort_by(|a, b| {
+        (&a.terminal_id, &a.stan, a.local_date).cmp(&(&b.terminal_id, &b.stan, b.local_date))
+    });
+    let size = sorted.len();
+    let mut columns = IntentColumns::with_capacity(size);
+    for intent in sorted {
+        columns.push(intent);
+    }
+    let rows = sqlx::query(&format!(
+        "WITH inserted AS ( \
+           INSERT INTO authorizations (transaction_id, terminal_id, merchant_id, stan, \
+             local_date, rrn, masked_pan, pan_fingerprint, amount_minor, currency, state, \
+             channel) \
+           SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::date[], \
+             $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[], \
+             $12::text[]) \
+           ON CONFLICT ON CONSTRAINT authorizations_terminal_key DO NOTHING \
+           RETURNING {COLUMNS}), \
+         history AS ( \
+           INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event) \
+           SELECT transaction_id, NULL, $13::text, 'received' FROM inserted \
+           UNION ALL SELECT transaction_id, $13::text, state, $14::text FROM inserted) \
+         SELECT * FROM inserted"
+    ))
+    .bind(columns.transaction_id)
+    .bind(columns.terminal_id)
+    .bind(columns.merchant_id)
+    .bind(columns.stan)
+    .bind(columns.local_date)
+    .bind(columns.rrn)
+    .bind(columns.masked_pan)
+    .bind(columns.pan_fingerprint)
+    .bind(columns.amount_minor)
+    .bind(columns.currency)
+    .bind(columns.state)
+    .bind(columns.channel)
+    .bind(AuthorizationState::Received.as_str())
+    .bind(AuthorizationEvent::SentToIssuer.name())
+    .fetch_all(pool)
+    .await?;
+    let mut inserted: HashMap<Uuid, PgRow> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        inserted.insert(row.try_get("transaction_id")?, row);
+    }
+    Ok(ids.iter().map(|id| inserted.remove(id)).collect())
+}
+
+/// A batch of intents as one array per column, for `UNNEST`.
+struct IntentColumns {
+    transaction_id: Vec<Uuid>,
+    terminal_id: Vec<String>,
+    merchant_id: Vec<String>,
+    stan: Vec<String>,
+    local_date: Vec<time::Date>,
+    rrn: Vec<String>,
+    masked_pan: Vec<String>,
+    pan_fingerprint: Vec<String>,
+    amount_minor: Vec<i64>,
+    currency: Vec<&'static str>,
+    state: Vec<&'static str>,
+    channel: Vec<&'static str>,
+}
+
+impl IntentColumns {
+    fn with_capacity(size: usize) -> Self {
+        IntentColumns {
+            transaction_id: Vec::with_capacity(size),
+            terminal_id: Vec::with_capacity(size),
+            merchant_id: Vec::with_capacity(size),
+            stan: Vec::with_capacity(size),
+            local_date: Vec::with_capacity(size),
+            rrn: Vec::with_capacity(size),
+            masked_pan: Vec::with_capacity(size),
+            pan_fingerprint: Vec::with_capacity(size),
+            amount_minor: Vec::with_capacity(size),
+            currency: Vec::with_capacity(size),
+            state: Vec::with_capacity(size),
+            channel: Vec::with_capacity(size),
+        }
+    }
+
+    fn push(&mut self, intent: Intent) {
+        self.transaction_id.push(intent.transaction_id);
+        self.terminal_id.push(intent.terminal_id);
+        self.merchant_id.push(intent.merchant_id);
+        self.stan.push(intent.stan);
+        self.local_date.push(intent.local_date);
+        self.rrn.push(intent.rrn);
+        self.masked_pan.push(intent.masked_pan);
+        self.pan_fingerprint.push(intent.pan_fingerprint);
+        self.amount_minor.push(intent.amount_minor);
+        self.currency.push(intent.currency);
+        self.state.push(intent.state);
+        self.channel.push(intent.channel);
+    }
+}
+
+/// One `record_decision`, validated (its transition checked) and with its
+/// event, if it has one, already encoded.
+struct Decision {
+    transaction_id: Uuid,
+    from_state: &'static str,
+    to_state: &'static str,
+    response_code: Option<String>,
+    approval_code: Option<String>,
+    issuer_latency_ms: i32,
+    event: &'static str,
+    message: Option<OutboxMessage>,
+}
+
+/// Records a batch of decisions, each with its history row and its outbox
+/// row (if it has an event), in one statement (one transaction). A decision
+/// whose row is no longer in the state it was decided from is not applied:
+/// its result is `None`, and it adds neither history nor event. Results are
+/// in the batch's order, matched back by the decision's position.
+async fn update_decisions(
+    pool: &PgPool,
+    batch: Vec<Decision>,
+) -> Result<Vec<Option<PgRow>>, sqlx::Error> {
+    // Rows are locked in transaction id order (see `insert_intents`);
+    // `order[k]` is the batch position of the k-th decision sent.
+    let size = batch.len();
+    let mut sorted: Vec<(usize, Decision)> = batch.into_iter().enumerate().collect();
+    sorted.sort_by_key(|(_, decision)| decision.transaction_id);
+    let mut order = Vec::with_capacity(size);
+    let mut columns = DecisionColumns::with_capacity(size);
+    for (position, decision) in sorted {
+        order.push(position);
+        columns.push(decision);
+    }
+    let rows = sqlx::query(&format!(
+        "WITH input AS ( \
+           SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::int4[], $7::text[], $8::uuid[], $9::text[], $10::text[], $11::bytea[], \
+             $12::text[]) \
+           WITH ORDINALITY AS i(id, from_state, to_state, new_response_code, \
+             new_approval_code, latency_ms, event, event_id, topic, message_key, payload, \
+             traceparent, ord)), \
+         updated AS ( \
+           UPDATE authorizations SET state = i.to_state, response_code = i.new_response_code, \
+             approval_code = i.new_approval_code, issuer_latency_ms = i.latency_ms, \
+             updated_at = now() \
+           FROM input i \
+           WHERE transaction_id = i.id AND state = i.from_state \
+           RETURNING i.ord, {COLUMNS}), \
+         history AS ( \
+           INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event) \
+           SELECT i.id, i.from_state, i.to_state, i.event \
+           FROM updated JOIN input i USING (ord) ORDER BY ord), \
+         announced AS ( \
+           INSERT INTO outbox (event_id, topic, message_key, payload, traceparent) \
+           SELECT i.event_id, i.topic, i.message_key, i.payload, i.traceparent \
+           FROM updated JOIN input i USING (ord) \
+           WHERE i.event_id IS NOT NULL ORDER BY ord) \
+         SELECT * FROM updated"
+    ))
+    .bind(columns.transaction_id)
+    .bind(columns.from_state)
+    .bind(columns.to_state)
+    .bind(columns.response_code)
+    .bind(columns.approval_code)
+    .bind(columns.issuer_latency_ms)
+    .bind(columns.event)
+    .bind(columns.event_id)
+    .bind(columns.topic)
+    .bind(columns.message_key)
+    .bind(columns.payload)
+    .bind(columns.traceparent)
+    .fetch_all(pool)
+    .await?;
+    let mut results: Vec<Option<PgRow>> = (0..size).map(|_| None).collect();
+    for row in rows {
+        // `ord` counts the decisions sent from 1. RETURNING gives each
+        // input at most one row, so a decision repeated in one batch is
+        // applied once and its repeat falls back like a late one.
+        let ord: i64 = row.try_get("ord")?;
+        let position = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|k| order.get(k))
+            .copied()
+            .ok_or_else(|| sqlx::Error::Protocol(format!("decision ordinal {ord} out of range")))?;
+        results[position] = Some(row);
+    }
+    Ok(results)
+}
+
+/// A batch of decisions as one array per column, for `UNNEST`; the event
+/// columns are NULL for a decision without an event.
+struct DecisionColumns {
+    transaction_id: Vec<Uuid>,
+    from_state: Vec<&'static str>,
+    to_state: Vec<&'static str>,
+    response_code: Vec<Option<String>>,
+    approval_code: Vec<Option<String>>,
+    issuer_latency_ms: Vec<i32>,
+    event: Vec<&'static str>,
+    event_id: Vec<Option<Uuid>>,
+    topic: Vec<Option<String>>,
+    message_key: Vec<Option<String>>,
+    payload: Vec<Option<Vec<u8>>>,
+    traceparent: Vec<Option<String>>,
+}
+
+impl DecisionColumns {
+    fn with_capacity(size: usize) -> Self {
+        DecisionColumns {
+            transaction_id: Vec::with_capacity(size),
+            from_state: Vec::with_capacity(size),
+            to_state: Vec::with_capacity(size),
+            response_code: Vec::with_capacity(size),
+            approval_code: Vec::with_capacity(size),
+            issuer_latency_ms: Vec::with_capacity(size),
+            event: Vec::with_capacity(size),
+            event_id: Vec::with_capacity(size),
+            topic: Vec::with_capacity(size),
+            message_key: Vec::with_capacity(size),
+            payload: Vec::with_capacity(size),
+            traceparent: Vec::with_capacity(size),
+        }
+    }
+
+    fn push(&mut self, decision: Decision) {
+        self.transaction_id.push(decision.transaction_id);
+        self.from_state.push(decision.from_state);
+        self.to_state.push(decision.to_state);
+        self.response_code.push(decision.response_code);
+        self.approval_code.push(decision.approval_code);
+        self.issuer_latency_ms.push(decision.issuer_latency_ms);
+        self.event.push(decision.event);
+        let (event_id, topic, message_key, payload, traceparent) = match decision.message {
+            Some(m) => (
+                Some(m.event_id),
+                Some(m.topic),
+                Some(m.key),
+                Some(m.payload),
+                Some(m.traceparent),
+            ),
+            None => (None, None, None, None, None),
+        };
+        self.event_id.push(event_id);
+        self.topic.push(topic);
+        self.message_key.push(message_key);
+        self.payload.push(payload);
+        self.traceparent.push(traceparent);
+    }
 }
 
 /// Hands out RRN sequence numbers from blocks of 1000 reserved in the

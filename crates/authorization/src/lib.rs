@@ -12,8 +12,11 @@
 
 mod convert;
 mod error;
+mod group_commit;
 mod issuer;
-mod journal;
+// Public only for this crate's integration tests (tests/group_commit.rs).
+#[doc(hidden)]
+pub mod journal;
 mod reversals;
 mod service;
 
