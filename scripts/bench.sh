@@ -86,6 +86,9 @@ orphans=$(psql -tA "$psql_url" -c "
 results+=("\"orphans\": $orphans")
 results+=("\"orphan_sales\": $orphan_bench")
 
+# The switch stops first: its services' connection pools and the pgbench
+# clients together would pass PostgreSQL's max_connections (100).
+scripts/stack.sh down >/dev/null
 # The ceiling: one durable single-row INSERT per transaction, the same
 # synchronous_commit as the journal, at the same concurrency.
 psql -q "$psql_url" -c "DROP TABLE IF EXISTS bench_pg_ceiling; CREATE TABLE bench_pg_ceiling (id bigserial primary key, payload text not null, created_at timestamptz not null default now())" >/dev/null
@@ -93,11 +96,10 @@ echo "INSERT INTO bench_pg_ceiling (payload) VALUES ('x');" >"$out_dir/pgbench-i
 for concurrency in 16 64; do
   echo "pgbench: one-row INSERT, $concurrency clients for ${pg_seconds}s..." >&2
   tps=$(pgbench -n -c "$concurrency" -j 2 -T "$pg_seconds" -f "$out_dir/pgbench-insert.sql" "$psql_url" 2>/dev/null \
-        | awk '/^tps = / {print $3; exit}')
+        | awk '/^tps = / {print $3; exit}' || true)
   results+=("\"pgbench_insert_c$concurrency\": {\"tps\": ${tps:-null}}")
 done
 psql -q "$psql_url" -c "DROP TABLE IF EXISTS bench_pg_ceiling" >/dev/null
-scripts/stack.sh down >/dev/null
 
 # Settlement: close one window of 100,000 confirmed approvals for 1,000
 # merchants (plus held and reversed ones) and write its payout files.

@@ -175,4 +175,61 @@ impl EventHandler for DeliveryPlanner {
             self.apply(tx, event).instrument(span).await
         })
     }
+
+    /// Most events (every approval, every acknowledgement) concern neither
+    /// a merchant's endpoint nor a terminal; they are not recorded.
+    fn wants(&self, event: &EventEnvelope) -> bool {
+        let now = OffsetDateTime::now_utc();
+        !matches!(plan(event, now), Plan::Ignore)
+            || !matches!(terminal::plan(event, now), TerminalPlan::Ignore)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switch_proto::v1::{
+        AuthorizationApproved, AuthorizationFacts, AuthorizationReversed, Money,
+    };
+
+    use super::*;
+
+    fn with(payload: Payload) -> EventEnvelope {
+        EventEnvelope {
+            event_id: "0193a5d4-0000-7000-8000-000000000001".into(),
+            transaction_id: "0193a5d4-0000-7000-8000-000000000002".into(),
+            payload: Some(payload),
+            ..EventEnvelope::default()
+        }
+    }
+
+    #[test]
+    fn approvals_are_not_recorded_reversals_are() {
+        let planner = DeliveryPlanner::new("deliveries", "terminal-messages", "outbox");
+        let facts = AuthorizationFacts {
+            terminal_id: "TERM0001".into(),
+            merchant_id: "MERCHANT0000001".into(),
+            stan: "000001".into(),
+            local_date: "2026-11-24".into(),
+            rrn: "633000000001".into(),
+            masked_pan: "411111******1111".into(),
+            amount: Some(Money {
+                minor_units: 100,
+                currency: "EUR".into(),
+            }),
+            channel: "card".into(),
+        };
+        assert!(!planner.wants(&with(Payload::AuthorizationApproved(
+            AuthorizationApproved {
+                facts: Some(facts.clone()),
+                approval_code: "ABC123".into(),
+            }
+        ))));
+        assert!(planner.wants(&with(Payload::AuthorizationReversed(
+            AuthorizationReversed {
+                facts: Some(facts),
+                reason: "no_terminal_acknowledgement".into(),
+                attempts: 1,
+            }
+        ))));
+    }
 }

@@ -164,4 +164,48 @@ impl EventHandler for ApprovalLedger {
             self.apply(tx, event, payload).instrument(span).await
         })
     }
+
+    /// Declines, timeouts, acknowledgements and late answers change nothing
+    /// settlement keeps; they are not recorded.
+    fn wants(&self, event: &EventEnvelope) -> bool {
+        matches!(
+            event.payload,
+            Some(
+                Payload::AuthorizationApproved(_)
+                    | Payload::AuthorizationConfirmed(_)
+                    | Payload::ReversalRequested(_)
+                    | Payload::AuthorizationReversed(_)
+                    | Payload::AcknowledgementConflict(_)
+            )
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switch_proto::v1::{AuthorizationApproved, AuthorizationDeclined, TerminalAcknowledged};
+
+    use super::*;
+
+    fn with(payload: Payload) -> EventEnvelope {
+        EventEnvelope {
+            payload: Some(payload),
+            ..EventEnvelope::default()
+        }
+    }
+
+    #[test]
+    fn only_events_that_change_the_ledger_are_recorded() {
+        let ledger = ApprovalLedger;
+        assert!(ledger.wants(&with(Payload::AuthorizationApproved(
+            AuthorizationApproved::default()
+        ))));
+        assert!(!ledger.wants(&with(Payload::AuthorizationDeclined(
+            AuthorizationDeclined::default()
+        ))));
+        assert!(!ledger.wants(&with(Payload::TerminalAcknowledged(
+            TerminalAcknowledged::default()
+        ))));
+        assert!(!ledger.wants(&EventEnvelope::default()));
+    }
 }

@@ -50,6 +50,15 @@ pub trait EventHandler: Send + Sync {
         tx: &'a mut PgConnection,
         event: &'a EventEnvelope,
     ) -> HandlerFuture<'a>;
+
+    /// Whether `handle` would change anything for `event`. An event it
+    /// would ignore is not recorded as processed either: a replay of it
+    /// changes nothing anyway, and a consumer that reads every event of a
+    /// busy topic to act on a few (the notifier) would otherwise write a
+    /// row per event for nothing. Must agree with `handle`.
+    fn wants(&self, _event: &EventEnvelope) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +83,8 @@ pub enum ConsumerError {
 pub enum Outcome {
     Applied,
     Duplicate,
+    /// The handler has nothing to do with this event ([`EventHandler::wants`]).
+    Ignored,
     /// Not an `EventEnvelope` or no valid event id: skipped and logged, so
     /// one poison message cannot stop the partition.
     Malformed,
@@ -112,6 +123,9 @@ pub async fn apply_in(
     let Ok(event_id) = Uuid::parse_str(&event.event_id) else {
         return Ok(Outcome::Malformed);
     };
+    if !handler.wants(&event) {
+        return Ok(Outcome::Ignored);
+    }
     let inserted = sqlx::query(
         "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) \
          ON CONFLICT DO NOTHING",
