@@ -143,22 +143,56 @@ pub async fn apply_in(
 }
 
 /// Applies a batch of messages in one transaction: all of them or none.
+/// The batch's event ids are recorded with one statement, and only the
+/// events recorded by it (not processed before, not repeated earlier in
+/// the batch) reach the handler.
 async fn apply_batch(
     pool: &PgPool,
     consumer: &str,
     batch: &[BorrowedMessage<'_>],
     handler: &dyn EventHandler,
 ) -> Result<(), HandlerError> {
-    let mut tx = pool.begin().await?;
+    let mut events = Vec::with_capacity(batch.len());
     for message in batch {
         let payload = message.payload().unwrap_or_default();
-        if apply_in(&mut tx, consumer, payload, handler).await? == Outcome::Malformed {
-            tracing::error!(
+        let decoded = EventEnvelope::decode(payload)
+            .ok()
+            .and_then(|event| Uuid::parse_str(&event.event_id).ok().map(|id| (id, event)));
+        match decoded {
+            Some((id, event)) => {
+                if handler.wants(&event) {
+                    events.push((id, event));
+                }
+            }
+            None => tracing::error!(
                 topic = message.topic(),
                 partition = message.partition(),
                 offset = message.offset(),
                 "Malformed event skipped."
-            );
+            ),
+        }
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = events.iter().map(|(id, _)| *id).collect();
+    let mut tx = pool.begin().await?;
+    let recorded: std::collections::HashSet<Uuid> = sqlx::query_scalar(
+        "INSERT INTO processed_events (consumer, event_id) \
+         SELECT $1, id FROM UNNEST($2::uuid[]) AS id \
+         ON CONFLICT DO NOTHING RETURNING event_id",
+    )
+    .bind(consumer)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let mut handled = std::collections::HashSet::with_capacity(recorded.len());
+    for (id, event) in &events {
+        // The first occurrence in the batch is the one applied.
+        if recorded.contains(id) && handled.insert(*id) {
+            handler.handle(&mut tx, event).await?;
         }
     }
     tx.commit().await?;
