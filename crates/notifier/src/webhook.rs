@@ -223,10 +223,7 @@ fn amount(money: Option<&Money>) -> Value {
     }
 }
 
-pub(crate) fn timestamp(ts: &prost_types::Timestamp) -> Option<OffsetDateTime> {
-    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
-    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
-}
+pub(crate) use switch_platform::timestamps::to_time as timestamp;
 
 pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339)

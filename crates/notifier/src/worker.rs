@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use rand::Rng;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -499,45 +498,8 @@ fn millis(duration: time::Duration) -> u64 {
 /// reconnecting are lost, so it wakes once after each (re)connection; the
 /// poll interval covers the rest.
 pub async fn listen(pool: PgPool, channel: String, wake: Arc<Notify>, stop: CancellationToken) {
-    while !stop.is_cancelled() {
-        let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(&channel).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let result = tokio::select! {
-            () = stop.cancelled() => return,
-            result = connected => result,
-        };
-        match result {
-            Ok(mut listener) => {
-                wake.notify_one();
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        received = listener.try_recv() => match received {
-                            Ok(Some(_)) => wake.notify_one(),
-                            Ok(None) => {
-                                tracing::warn!(%channel, "Wake-up listener lost its connection; reconnecting.");
-                                break;
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, %channel, "Wake-up listener failed; reconnecting.");
-                                break;
-                            }
-                        },
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, %channel, "Wake-up listener could not connect.");
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+    let on_notification = |_: &str| wake.notify_one();
+    switch_platform::db::listen(pool, channel, stop, || wake.notify_one(), on_notification).await;
 }
 
 #[cfg(test)]

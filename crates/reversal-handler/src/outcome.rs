@@ -140,13 +140,7 @@ pub fn deadline(
 }
 
 /// An envelope's timestamp as a time, if it is a plausible one.
-pub fn timestamp(ts: &prost_types::Timestamp) -> Option<OffsetDateTime> {
-    if ts.seconds <= 0 || !(0..1_000_000_000).contains(&ts.nanos) {
-        return None;
-    }
-    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
-    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
-}
+pub use switch_platform::timestamps::to_time as timestamp;
 
 fn window_of(window: Duration) -> time::Duration {
     time::Duration::try_from(window).unwrap_or(time::Duration::MAX)

@@ -122,6 +122,57 @@ fn is_identifier(name: &str, allow_empty: bool) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// Listens on `channel` until `stop`, reconnecting (after a second) when
+/// the connection drops: `on_notification` gets each notification's
+/// payload, `on_connected` runs after every (re)connection, because
+/// notifications sent while the listener was away are lost and whoever
+/// waits on them must look for itself.
+pub async fn listen(
+    pool: PgPool,
+    channel: String,
+    stop: tokio_util::sync::CancellationToken,
+    mut on_connected: impl FnMut(),
+    mut on_notification: impl FnMut(&str),
+) {
+    while !stop.is_cancelled() {
+        let connected = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = connected => result,
+        };
+        match result {
+            Ok(mut listener) => {
+                on_connected();
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        received = listener.try_recv() => match received {
+                            Ok(Some(notification)) => on_notification(notification.payload()),
+                            Ok(None) => {
+                                tracing::warn!(%channel, "Listener lost its connection; reconnecting.");
+                                break;
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, %channel, "Listener failed; reconnecting.");
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, %channel, "Listener could not connect."),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,3 +20,4 @@ pub mod kafka;
 pub mod outbox;
 pub mod shutdown;
 pub mod telemetry;
+pub mod timestamps;

@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use switch_platform::consumer::{EventHandler, HandlerError, HandlerFuture};
 use switch_proto::v1::event_envelope::Payload;
@@ -232,45 +231,8 @@ pub fn to_terminal_message(
 /// After each (re)connection it wakes every subscription, since
 /// notifications sent meanwhile are lost.
 pub async fn listen(pool: PgPool, channel: String, hub: Hub, stop: CancellationToken) {
-    while !stop.is_cancelled() {
-        let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(&channel).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let result = tokio::select! {
-            () = stop.cancelled() => return,
-            result = connected => result,
-        };
-        match result {
-            Ok(mut listener) => {
-                hub.notify_all();
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        received = listener.try_recv() => match received {
-                            Ok(Some(notification)) => hub.notify(notification.payload()),
-                            Ok(None) => {
-                                tracing::warn!(%channel, "Terminal message listener lost its connection; reconnecting.");
-                                break;
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, %channel, "Terminal message listener failed; reconnecting.");
-                                break;
-                            }
-                        },
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, %channel, "Terminal message listener could not connect.");
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+    let on_notification = |terminal_id: &str| hub.notify(terminal_id);
+    switch_platform::db::listen(pool, channel, stop, || hub.notify_all(), on_notification).await;
 }
 
 /// Refreshes the total backlog gauge until `stop`.
