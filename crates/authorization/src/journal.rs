@@ -1032,6 +1032,11 @@ async fn update_decisions(
            WHERE i.event_id IS NOT NULL ORDER BY ord) \
          SELECT * FROM updated"
     ))
+    // Planned afresh for every batch: a cached generic plan, made while the
+    // journal was small (a fresh deployment, before autovacuum has analyzed
+    // it), keeps joining by sequential scan as the table grows: 0.3 ms per
+    // decision at 50,000 rows instead of microseconds.
+    .persistent(false)
     .bind(columns.transaction_id)
     .bind(columns.from_state)
     .bind(columns.to_state)
