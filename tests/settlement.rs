@@ -766,3 +766,58 @@ impl SplitMix {
         z ^ (z >> 31)
     }
 }
+
+/// Authorization keeps terminal + STAN + date unique, but a journal that was
+/// reset or restored can approve a second transaction under a key the
+/// ledger already holds. That approval must not stop the ledger (a unique
+/// violation retried forever would hold back every later event): it is
+/// recorded as a rejection, never paid, and the events after it still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approval_whose_terminal_key_is_taken_is_rejected_and_the_ledger_goes_on() {
+    let stack = settlement_stack(60_000).await;
+    let pool = stack.settlement_pool().await.unwrap();
+    let first = completed_sale(&stack, "TERM0001", "000501", 1_500).await;
+    wait_for_ledger(&stack, &pool, &first, "confirmed").await;
+
+    // The journal "forgets" the sale, as after a restore from an old backup.
+    let mut tx = stack.journal.begin().await.unwrap();
+    for table in ["authorization_transitions", "authorizations"] {
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE transaction_id = $1::uuid"
+        ))
+        .bind(&first)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let second = unacknowledged_sale(&stack, "TERM0001", "000501", 2_500).await;
+    assert_ne!(
+        first, second,
+        "the reset journal approved a new transaction"
+    );
+    let after = unacknowledged_sale(&stack, "TERM0001", "000502", 3_500).await;
+    wait_for_ledger(&stack, &pool, &after, "unconfirmed").await;
+
+    let (held_by, amount): (Uuid, i64) = sqlx::query_as(
+        "SELECT held_by, amount_minor FROM ledger_rejections WHERE transaction_id = $1::uuid",
+    )
+    .bind(&second)
+    .fetch_one(&pool)
+    .await
+    .expect("the rejected approval is recorded for operators");
+    assert_eq!(held_by.to_string(), first);
+    assert_eq!(amount, 2_500);
+    assert_eq!(
+        ledger_status(&pool, &second).await,
+        None,
+        "never in the ledger"
+    );
+    assert_eq!(
+        ledger_status(&pool, &first).await.as_deref(),
+        Some("confirmed"),
+        "the holder of the key is untouched"
+    );
+    stack.shutdown().await;
+}

@@ -28,8 +28,9 @@ use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 use crate::events::outbox_message;
+use crate::ingest::report_rejection;
 use crate::metrics::Metrics;
-use crate::store::{self, Advance, CorruptRow, NewApproval, TransactionRow};
+use crate::store::{self, Advance, CorruptRow, NewApproval, TransactionRow, Upserted};
 
 type InterceptorFn = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;
 pub type AuthorizationClient =
@@ -381,7 +382,9 @@ impl Batcher {
                         Err(status) => return Err(BatchError::Authorization(status)),
                     };
                     if let Some((approval, advance)) = approval_from_record(&record) {
-                        store::upsert(&mut conn, &approval, &advance, Some(batch)).await?;
+                        let upserted =
+                            store::upsert(&mut conn, &approval, &advance, Some(batch)).await?;
+                        report_rejection(&self.metrics, &approval, upserted);
                     }
                 }
             }
@@ -433,8 +436,9 @@ impl Batcher {
                 Err(status) => return Err(BatchError::Authorization(status)),
             };
             if let Some((approval, advance)) = approval_from_record(&record) {
-                store::upsert(&mut conn, &approval, &advance, Some(batch)).await?;
-                if advance.status == "confirmed" {
+                let upserted = store::upsert(&mut conn, &approval, &advance, Some(batch)).await?;
+                report_rejection(&self.metrics, &approval, upserted);
+                if advance.status == "confirmed" && !matches!(upserted, Upserted::KeyHeldBy(_)) {
                     confirmed.insert(id);
                 }
             }

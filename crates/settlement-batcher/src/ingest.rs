@@ -13,9 +13,29 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::events::from_timestamp;
-use crate::store::{self, Advance, NewApproval};
+use crate::metrics::Metrics;
+use crate::store::{self, Advance, NewApproval, Upserted};
 
-pub struct ApprovalLedger;
+pub struct ApprovalLedger {
+    metrics: Metrics,
+}
+
+/// Makes an approval the ledger rejected visible: it is not paid until an
+/// operator resolves it.
+pub fn report_rejection(metrics: &Metrics, approval: &NewApproval, upserted: Upserted) {
+    if let Upserted::KeyHeldBy(holder) = upserted {
+        metrics.ledger_rejected();
+        tracing::error!(
+            transaction_id = %approval.transaction_id,
+            terminal_id = %approval.terminal_id,
+            stan = %approval.stan,
+            local_date = %approval.local_date,
+            held_by = %holder,
+            "Approval rejected by the ledger: another transaction holds its terminal key. \
+             Recorded in ledger_rejections; not paid until resolved."
+        );
+    }
+}
 
 /// An approval's facts as the batcher stores them, or `None` (logged) when
 /// the event cannot be one: every later delivery would fail the same way.
@@ -74,6 +94,10 @@ pub fn approval_from_facts(
 }
 
 impl ApprovalLedger {
+    pub fn new(metrics: Metrics) -> Self {
+        ApprovalLedger { metrics }
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,
@@ -92,7 +116,8 @@ impl ApprovalLedger {
                         status: "unconfirmed",
                         ..Default::default()
                     };
-                    store::upsert(conn, &approval, &advance, None).await?;
+                    let upserted = store::upsert(conn, &approval, &advance, None).await?;
+                    report_rejection(&self.metrics, &approval, upserted);
                 }
             }
             Payload::AuthorizationConfirmed(confirmed) => {
@@ -109,7 +134,8 @@ impl ApprovalLedger {
                         evidence: Some(&confirmed.evidence),
                         reversal_reason: None,
                     };
-                    store::upsert(conn, &approval, &advance, None).await?;
+                    let upserted = store::upsert(conn, &approval, &advance, None).await?;
+                    report_rejection(&self.metrics, &approval, upserted);
                 }
             }
             Payload::ReversalRequested(requested) => {
@@ -196,7 +222,7 @@ mod tests {
 
     #[test]
     fn only_events_that_change_the_ledger_are_recorded() {
-        let ledger = ApprovalLedger;
+        let ledger = ApprovalLedger::new(Metrics::new());
         assert!(ledger.wants(&with(Payload::AuthorizationApproved(
             AuthorizationApproved::default()
         ))));

@@ -113,7 +113,13 @@ pub async fn serve(
         relay.clone(),
         metrics.clone(),
     )?;
-    let settler = Settler::new(pool.clone(), config.clone(), topic, relay.clone(), metrics);
+    let settler = Settler::new(
+        pool.clone(),
+        config.clone(),
+        topic,
+        relay.clone(),
+        metrics.clone(),
+    );
 
     let stop = CancellationToken::new();
     let relay_task = tokio::spawn(relay.run(stop.clone().cancelled_owned()));
@@ -121,6 +127,7 @@ pub async fn serve(
         pool.clone(),
         kafka.clone(),
         config.consumer_group.clone(),
+        metrics.clone(),
         stop.clone(),
     ));
     let scheduler_task = tokio::spawn(run_scheduler(settler.clone(), config.clone(), stop.clone()));
@@ -157,9 +164,10 @@ async fn run_consumer(
     pool: sqlx::PgPool,
     kafka: KafkaConfig,
     group: String,
+    metrics: metrics::Metrics,
     stop: CancellationToken,
 ) {
-    let ledger = ingest::ApprovalLedger;
+    let ledger = ingest::ApprovalLedger::new(metrics);
     let topics = [topics::AUTHORIZATION_EVENTS];
     consumer::run_until_stopped(pool, &kafka, &group, &topics, &ledger, stop).await;
 }

@@ -12,6 +12,7 @@ pub struct Metrics {
     held: Counter<u64>,
     paid_minor_units: Counter<u64>,
     run_duration: Histogram<u64>,
+    ledger_rejections: Counter<u64>,
 }
 
 impl Metrics {
@@ -43,6 +44,13 @@ impl Metrics {
                 .with_unit("ms")
                 .with_description("Time to close a settlement run's windows and write its files")
                 .build(),
+            ledger_rejections: meter
+                .u64_counter("settlement.ledger_rejections")
+                .with_description(
+                    "Approvals not taken into the ledger because another transaction holds \
+                     their terminal key (see ledger_rejections)",
+                )
+                .build(),
         }
     }
 
@@ -71,6 +79,10 @@ impl Metrics {
 
     pub fn run_finished(&self, elapsed_ms: u64) {
         self.run_duration.record(elapsed_ms, &[]);
+    }
+
+    pub fn ledger_rejected(&self) {
+        self.ledger_rejections.add(1, &[]);
     }
 }
 

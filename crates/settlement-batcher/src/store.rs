@@ -124,20 +124,35 @@ pub struct Advance<'a> {
     pub reversal_reason: Option<&'a str>,
 }
 
+/// What [`upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    /// Added, or moved forward.
+    Written,
+    /// Already known at this status or a later one.
+    Unchanged,
+    /// Another transaction holds the approval's terminal + date + STAN; the
+    /// approval was recorded in `ledger_rejections` instead.
+    KeyHeldBy(Uuid),
+}
+
 /// Records an approval, or moves an existing one forward; a status of
-/// lower rank than the stored one changes nothing. Returns whether a row
-/// was written.
+/// lower rank than the stored one changes nothing. An approval whose
+/// terminal key another transaction holds is not written to the ledger
+/// (that would fail every retry of the batch) but recorded as a rejection.
 pub async fn upsert(
     conn: &mut PgConnection,
     approval: &NewApproval,
     advance: &Advance<'_>,
     batch_number: Option<&str>,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Upserted, sqlx::Error> {
     let result = sqlx::query(
         "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, local_date, \
             rrn, masked_pan, amount_minor, currency, channel, approval_code, approved_at, status, \
             evidence, reversal_reason, batch_number) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+         WHERE NOT EXISTS (SELECT 1 FROM transactions \
+             WHERE terminal_id = $2 AND local_date = $5 AND stan = $4 AND transaction_id <> $1) \
          ON CONFLICT (transaction_id) DO UPDATE SET \
             status = EXCLUDED.status, \
             evidence = COALESCE(EXCLUDED.evidence, transactions.evidence), \
@@ -162,9 +177,41 @@ pub async fn upsert(
     .bind(advance.evidence)
     .bind(advance.reversal_reason)
     .bind(batch_number)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(result.rows_affected() > 0)
+    if result.rows_affected() > 0 {
+        return Ok(Upserted::Written);
+    }
+    // Nothing written: either nothing to change, or the key is taken.
+    let holder: Option<Uuid> = sqlx::query_scalar(
+        "SELECT transaction_id FROM transactions \
+         WHERE terminal_id = $1 AND local_date = $2 AND stan = $3 AND transaction_id <> $4",
+    )
+    .bind(&approval.terminal_id)
+    .bind(approval.local_date)
+    .bind(&approval.stan)
+    .bind(approval.transaction_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(holder) = holder else {
+        return Ok(Upserted::Unchanged);
+    };
+    sqlx::query(
+        "INSERT INTO ledger_rejections (transaction_id, terminal_id, local_date, stan, \
+            merchant_id, amount_minor, currency, held_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (transaction_id) DO NOTHING",
+    )
+    .bind(approval.transaction_id)
+    .bind(&approval.terminal_id)
+    .bind(approval.local_date)
+    .bind(&approval.stan)
+    .bind(&approval.merchant_id)
+    .bind(approval.amount_minor)
+    .bind(&approval.currency)
+    .bind(holder)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Upserted::KeyHeldBy(holder))
 }
 
 /// Moves a known approval forward; unknown ids (a reversal of an
