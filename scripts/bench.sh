@@ -30,19 +30,27 @@ orphan_sales=${BENCH_ORPHAN_SALES:-10000}
 orphan_rate=${BENCH_ORPHAN_RATE:-400}
 
 trap 'scripts/stack.sh down >/dev/null || true' EXIT
-psql -q "$psql_url" -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS bench_authorization CASCADE; DROP SCHEMA IF EXISTS bench_reversal_handler CASCADE" >/dev/null
+# Every service starts from an empty schema: a terminal + STAN + date left
+# by an earlier run would be answered as a duplicate by authorization and
+# would collide with a different transaction in the other services' records.
+for service in authorization terminal_gateway reversal_handler settlement_batcher notifier; do
+  psql -q "$psql_url" -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS bench_$service CASCADE" >/dev/null
+done
 scripts/stack.sh up
 
 # Warm up connections and the RRN block allocator (acknowledged: no orphans).
-$posctl bench --concurrency 8 --requests 500 --ack --json >/dev/null
+# Each run below has its own STAN range on its terminals, so no sale of one
+# run is a retry of another's.
+$posctl bench --concurrency 8 --requests 500 --ack --stan-start 900001 --json >/dev/null
 
 results=()
 
+stan_start=1
 for concurrency in 16 64; do
   echo "posctl bench: concurrency $concurrency for $duration..." >&2
-  # A fresh journal per run, so no STAN of this run meets one of the last.
-  psql -q "$psql_url" -c "TRUNCATE bench_authorization.authorizations, bench_authorization.authorization_transitions, bench_authorization.outbox CASCADE" >/dev/null
-  json=$($posctl bench --concurrency "$concurrency" --duration "$duration" --terminals TERM0001,TERM0002 --json)
+  json=$($posctl bench --concurrency "$concurrency" --duration "$duration" --terminals TERM0001,TERM0002 \
+         --stan-start "$stan_start" --json)
+  stan_start=400001
   echo "$json" >"$out_dir/posctl-c$concurrency.json"
   results+=("\"posctl_c$concurrency\": $json")
 done
@@ -63,7 +71,8 @@ done
 # acknowledgement deadline to the first reversal attempt sent to the issuer,
 # and to the issuer's acknowledgement of the reversal.
 echo "posctl bench: $orphan_sales sales at $orphan_rate/s on TERM0003/TERM0004, 90% acknowledged..." >&2
-orphan_bench=$($posctl bench --rate "$orphan_rate" --requests "$orphan_sales" --terminals TERM0003,TERM0004 --ack-percent 90 --json)
+orphan_bench=$($posctl bench --rate "$orphan_rate" --requests "$orphan_sales" --terminals TERM0003,TERM0004 --ack-percent 90 \
+               --stan-start 1 --json)
 echo "$orphan_bench" >"$out_dir/posctl-orphans.json"
 expected_orphans=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['approved'] - d['acknowledged'])" "$orphan_bench")
 echo "waiting for $expected_orphans orphans to be reversed..." >&2

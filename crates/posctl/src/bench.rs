@@ -50,6 +50,8 @@ pub struct BenchConfig {
     /// Acknowledge this share (0-100) of approved sales, like terminals
     /// that printed their receipts; the rest are never acknowledged.
     pub ack_percent: u8,
+    /// First STAN of every terminal's sequence; random when `None`.
+    pub stan_start: Option<u32>,
     pub json: bool,
 }
 
@@ -399,7 +401,9 @@ pub async fn run(options: &GatewayOptions, config: BenchConfig) -> Result<Summar
     let mut terminals = Vec::with_capacity(config.terminals.len());
     for terminal_id in &config.terminals {
         let client = connect(options, terminal_id).await?;
-        let stan_start: u32 = rand::random_range(1..=999_999);
+        let stan_start = config
+            .stan_start
+            .unwrap_or_else(|| rand::random_range(1..=999_999));
         terminals.push(TerminalSlot {
             terminal_id: terminal_id.clone(),
             client,
@@ -531,6 +535,7 @@ mod tests {
             terminals: vec!["TERM0001".to_owned()],
             local_date: "2025-01-01".to_owned(),
             ack_percent: 0,
+            stan_start: None,
             json: true,
         }
     }

@@ -196,6 +196,11 @@ struct BenchArgs {
     /// the rest never showed the result: the others become orphans.
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
     ack_percent: Option<u8>,
+    /// First STAN of every terminal's sequence (default: random). Runs that
+    /// must never reuse a terminal + STAN + date (a retry of an earlier
+    /// sale would be answered as a duplicate) give each run its own range.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=999_999))]
+    stan_start: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -515,6 +520,7 @@ async fn run(cli: Cli) -> Result<()> {
                 terminals,
                 local_date: args.date.unwrap_or_else(today_utc),
                 ack_percent: args.ack_percent.unwrap_or(if args.ack { 100 } else { 0 }),
+                stan_start: args.stan_start,
                 json: cli.json,
             };
             let summary = bench::run(&options, config).await?;
