@@ -12,7 +12,14 @@
 //! few hundred commits a second on a flush-bound disk, a batch thousands of
 //! events.
 //!
-//! Each consuming service creates [`PROCESSED_EVENTS_DDL`] in its migrations.
+//! Each consuming service creates [`PROCESSED_EVENTS_DDL`] and
+//! [`PROCESSED_EVENTS_AGE_INDEX_DDL`] in its migrations.
+//!
+//! A recorded id only has to outlive every way its event can come back:
+//! a redelivery after a rebalance, or a re-read of the whole topic by a
+//! group whose committed offsets expired. So ids are deleted once they are
+//! older than `kafka.dedupe_retention_hours`, which must exceed the topics'
+//! retention (8 days against Kafka's default of 7).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +46,70 @@ CREATE TABLE processed_events (
     processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, event_id)
 );";
+
+/// Lets [`prune_processed`] find old ids without a B-tree on every insert:
+/// ids are recorded in time order, so a BRIN index of a few pages covers
+/// the table.
+pub const PROCESSED_EVENTS_AGE_INDEX_DDL: &str =
+    "CREATE INDEX processed_events_by_age ON processed_events USING brin (processed_at);";
+
+/// How often a consumer deletes the ids past their retention.
+const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Ids deleted per statement when pruning.
+pub const PRUNE_BATCH: i64 = 5_000;
+
+/// Deletes `consumer`'s recorded event ids older than `retention_hours`,
+/// one statement of at most [`PRUNE_BATCH`] rows at a time; returns how
+/// many it deleted.
+pub async fn prune_processed(
+    pool: &PgPool,
+    consumer: &str,
+    retention_hours: u32,
+) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    loop {
+        let batch = sqlx::query(
+            "DELETE FROM processed_events WHERE ctid = ANY(ARRAY( \
+               SELECT ctid FROM processed_events \
+               WHERE consumer = $1 AND processed_at < now() - make_interval(hours => $2) \
+               LIMIT $3))",
+        )
+        .bind(consumer)
+        .bind(i32::try_from(retention_hours).unwrap_or(i32::MAX))
+        .bind(PRUNE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += batch;
+        if batch < PRUNE_BATCH as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Prunes `consumer`'s recorded ids every [`PRUNE_INTERVAL`] until `stop`.
+async fn prune_until_stopped(
+    pool: &PgPool,
+    consumer: &str,
+    retention_hours: u32,
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match prune_processed(pool, consumer, retention_hours).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(consumer, deleted, "Processed event ids pruned."),
+            Err(error) => {
+                tracing::warn!(consumer, %error, "Processed event ids could not be pruned.")
+            }
+        }
+    }
+}
 
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
 
@@ -280,6 +351,19 @@ pub async fn run_until_stopped(
     topics: &[&str],
     handler: &dyn EventHandler,
     stop: tokio_util::sync::CancellationToken,
+) {
+    let pruning = prune_until_stopped(&pool, group, kafka.dedupe_retention_hours, &stop);
+    let consuming = consume_until_stopped(pool.clone(), kafka, group, topics, handler, &stop);
+    tokio::join!(pruning, consuming);
+}
+
+async fn consume_until_stopped(
+    pool: PgPool,
+    kafka: &KafkaConfig,
+    group: &str,
+    topics: &[&str],
+    handler: &dyn EventHandler,
+    stop: &tokio_util::sync::CancellationToken,
 ) {
     while !stop.is_cancelled() {
         let result = run(

@@ -44,6 +44,10 @@ pub struct KafkaConfig {
     /// waits on it, and a replica that died must hand its partitions over
     /// quickly; 6000 ms is the smallest Kafka brokers accept by default.
     pub session_timeout_ms: u32,
+    /// How long consumers remember the ids of events they applied. Must
+    /// exceed the topics' retention: an event read again after its id was
+    /// forgotten would be applied twice.
+    pub dedupe_retention_hours: u32,
 }
 
 impl Default for KafkaConfig {
@@ -56,6 +60,8 @@ impl Default for KafkaConfig {
             linger_ms: 5,
             message_timeout_ms: 10_000,
             session_timeout_ms: 6_000,
+            // Kafka keeps a topic's messages 7 days unless told otherwise.
+            dedupe_retention_hours: 8 * 24,
         }
     }
 }
@@ -75,6 +81,12 @@ impl KafkaConfig {
             return Err(ConfigError::invalid(
                 "kafka.replication_factor",
                 "must be at least 1",
+            ));
+        }
+        if self.dedupe_retention_hours < 24 {
+            return Err(ConfigError::invalid(
+                "kafka.dedupe_retention_hours",
+                "must be at least 24, and longer than the topics' retention",
             ));
         }
         if !self
@@ -157,5 +169,27 @@ impl KafkaConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumers_remember_event_ids_longer_than_kafka_keeps_messages_by_default() {
+        let config = KafkaConfig::default();
+        assert!(config.dedupe_retention_hours > 7 * 24);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn a_dedupe_retention_under_a_day_is_refused_by_name() {
+        let config = KafkaConfig {
+            dedupe_retention_hours: 12,
+            ..KafkaConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("kafka.dedupe_retention_hours"), "{error}");
     }
 }

@@ -6,7 +6,8 @@
 //! published. A crash between commit and publish therefore delays an event
 //! but never loses one, and a crash between publish and marking republishes
 //! it: delivery is at least once, and consumers are idempotent on the event
-//! id (see [`crate::consumer`]).
+//! id (see [`crate::consumer`]). Published rows are kept for
+//! `retention_hours` and then deleted by the relay.
 //!
 //! Each service that publishes creates the table in its own migrations with
 //! exactly the shape of [`OUTBOX_TABLE_DDL`].
@@ -89,6 +90,10 @@ pub struct OutboxConfig {
     /// one per event keeps the journal's database free for authorizations.
     pub gather_ms: u64,
     pub batch_size: i64,
+    /// How long published rows stay (to answer "was this event
+    /// published, and when?") before the relay deletes them. Unpublished
+    /// rows are never deleted, however old.
+    pub retention_hours: u32,
 }
 
 impl Default for OutboxConfig {
@@ -98,6 +103,7 @@ impl Default for OutboxConfig {
             poll_interval_ms: 500,
             gather_ms: 5,
             batch_size: 500,
+            retention_hours: 24,
         }
     }
 }
@@ -116,9 +122,25 @@ impl OutboxConfig {
                 "must be between 1 and 10000",
             ));
         }
+        if self.retention_hours > MAX_RETENTION_HOURS {
+            return Err(ConfigError::invalid(
+                format!("{section}.outbox.retention_hours"),
+                format!("must be at most {MAX_RETENTION_HOURS} (ten years)"),
+            ));
+        }
         Ok(())
     }
 }
+
+/// The longest retention a configuration may ask for, in hours.
+pub const MAX_RETENTION_HOURS: u32 = 87_600;
+
+/// How often the relay deletes published rows past their retention.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Rows deleted per statement when pruning, so no delete holds its locks
+/// (or bloats one transaction) for long.
+pub const PRUNE_BATCH: i64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -172,6 +194,7 @@ impl OutboxRelay {
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let gather = Duration::from_millis(self.config.gather_ms);
         let mut last_sweep = Instant::now();
+        let mut last_prune = Instant::now();
         self.drain(Scan::Full).await;
         loop {
             tokio::select! {
@@ -184,6 +207,14 @@ impl OutboxRelay {
                 last_sweep = Instant::now();
             } else {
                 self.drain(Scan::Recent).await;
+            }
+            if last_prune.elapsed() >= PRUNE_INTERVAL {
+                match self.prune_published().await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::debug!(deleted, "Published outbox rows pruned."),
+                    Err(error) => tracing::warn!(%error, "Outbox rows could not be pruned."),
+                }
+                last_prune = Instant::now();
             }
         }
         self.drain(Scan::Full).await;
@@ -263,6 +294,36 @@ impl OutboxRelay {
     }
 }
 
+impl OutboxRelay {
+    /// Deletes published rows older than the retention, oldest first, one
+    /// statement of at most [`PRUNE_BATCH`] rows at a time; returns how
+    /// many it deleted. Rows are walked in id (primary key) order, which is
+    /// publishing order give or take a batch, so no index on the
+    /// publishing time is needed; the walk stops at the first batch that is
+    /// not entirely past its retention.
+    pub async fn prune_published(&self) -> Result<u64, OutboxError> {
+        let mut deleted = 0;
+        loop {
+            let batch = sqlx::query(
+                "WITH oldest AS ( \
+                   SELECT id FROM outbox WHERE published_at IS NOT NULL ORDER BY id LIMIT $1) \
+                 DELETE FROM outbox o USING oldest \
+                 WHERE o.id = oldest.id \
+                   AND o.published_at < now() - make_interval(hours => $2)",
+            )
+            .bind(PRUNE_BATCH)
+            .bind(i32::try_from(self.config.retention_hours).unwrap_or(i32::MAX))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            deleted += batch;
+            if batch < PRUNE_BATCH as u64 {
+                return Ok(deleted);
+            }
+        }
+    }
+}
+
 /// Which unpublished rows a pass looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
@@ -270,4 +331,27 @@ pub enum Scan {
     Recent,
     /// Every unpublished row.
     Full,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outbox_retention_beyond_ten_years_is_refused_by_name() {
+        let config = OutboxConfig {
+            retention_hours: MAX_RETENTION_HOURS + 1,
+            ..OutboxConfig::default()
+        };
+        let error = config.validate("authorization").unwrap_err().to_string();
+        assert!(
+            error.contains("authorization.outbox.retention_hours"),
+            "{error}"
+        );
+        let kept = OutboxConfig {
+            retention_hours: MAX_RETENTION_HOURS,
+            ..OutboxConfig::default()
+        };
+        assert!(kept.validate("authorization").is_ok());
+    }
 }
