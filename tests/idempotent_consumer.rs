@@ -110,6 +110,7 @@ async fn a_redelivered_event_changes_state_once() {
                 &format!("{suffix}-group"),
                 &["consumer-test"],
                 &RecordEffects,
+                &consumer::GroupMembership::default(),
                 stop.cancelled_owned(),
             )
             .await

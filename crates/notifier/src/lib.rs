@@ -264,7 +264,8 @@ async fn run_consumer(
     planner: DeliveryPlanner,
     stop: CancellationToken,
 ) {
-    consumer::run_until_stopped(pool, &kafka, &group, &TOPICS, &planner, stop).await;
+    let membership = consumer::GroupMembership::default();
+    consumer::run_until_stopped(pool, &kafka, &group, &TOPICS, &planner, &membership, stop).await;
 }
 
 #[cfg(test)]

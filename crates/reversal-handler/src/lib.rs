@@ -63,8 +63,9 @@ pub enum ServeError {
 
 /// Runs the reversal handler on `listener` until `shutdown` resolves:
 /// migrates its schema, ensures the topic it reads, starts the event
-/// consumer and the sweeper, and serves gRPC health and reflection. On
-/// shutdown it stops the consumer and the sweeper and waits for them.
+/// consumer and the sweeper, and serves gRPC health and reflection. Health
+/// says `NOT_SERVING` until the consumer has joined its group. On shutdown
+/// it stops the consumer and the sweeper and waits for them.
 pub async fn serve(
     database: &DatabaseConfig,
     kafka: &KafkaConfig,
@@ -81,18 +82,36 @@ pub async fn serve(
     let sweeper = Sweeper::new(pool.clone(), config.clone())?;
 
     let stop = CancellationToken::new();
+    let membership = consumer::GroupMembership::default();
     let consumer_task = tokio::spawn(run_consumer(
         pool,
         kafka.clone(),
         config.clone(),
+        membership.clone(),
         stop.clone(),
     ));
     let sweeper_task = tokio::spawn(sweeper.run(stop.clone()));
 
+    // Ready once the consumer has joined its group (which takes seconds):
+    // until then no approval is watched, and a rolling update must not
+    // retire the replica this one replaces.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+    let readiness_task = tokio::spawn({
+        let (reporter, stop) = (health_reporter.clone(), stop.clone());
+        async move {
+            tokio::select! {
+                () = membership.joined() => {
+                    reporter
+                        .set_service_status("", tonic_health::ServingStatus::Serving)
+                        .await;
+                }
+                () = stop.cancelled() => {}
+            }
+        }
+    });
     let (reflection_v1, reflection_v1alpha) = switch_platform::grpc::reflection_services()?;
     let local = listener.local_addr().ok();
     tracing::info!(listen = ?local, "Reversal handler listening.");
@@ -105,6 +124,7 @@ pub async fn serve(
     stop.cancel();
     let _ = consumer_task.await;
     let _ = sweeper_task.await;
+    let _ = readiness_task.await;
     tracing::info!("Reversal handler stopped.");
     result.map_err(ServeError::from)
 }
@@ -115,12 +135,13 @@ async fn run_consumer(
     pool: sqlx::PgPool,
     kafka: KafkaConfig,
     config: ReversalHandlerConfig,
+    membership: consumer::GroupMembership,
     stop: CancellationToken,
 ) {
     let group = config.consumer_group.clone();
     let tracker = ApprovalTracker::new(config);
     let topics = [topics::AUTHORIZATION_EVENTS, topics::SETTLEMENT_EVENTS];
-    consumer::run_until_stopped(pool, &kafka, &group, &topics, &tracker, stop).await;
+    consumer::run_until_stopped(pool, &kafka, &group, &topics, &tracker, &membership, stop).await;
 }
 
 #[cfg(test)]

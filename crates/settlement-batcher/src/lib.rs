@@ -169,7 +169,8 @@ async fn run_consumer(
 ) {
     let ledger = ingest::ApprovalLedger::new(metrics);
     let topics = [topics::AUTHORIZATION_EVENTS];
-    consumer::run_until_stopped(pool, &kafka, &group, &topics, &ledger, stop).await;
+    let membership = consumer::GroupMembership::default();
+    consumer::run_until_stopped(pool, &kafka, &group, &topics, &ledger, &membership, stop).await;
 }
 
 /// Settles runs an earlier crash left half done, then closes windows as

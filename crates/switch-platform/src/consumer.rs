@@ -27,7 +27,10 @@ use std::pin::Pin;
 use futures::StreamExt;
 use prost::Message as _;
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
@@ -107,6 +110,56 @@ async fn prune_until_stopped(
             Err(error) => {
                 tracing::warn!(consumer, %error, "Processed event ids could not be pruned.")
             }
+        }
+    }
+}
+
+/// Whether a consumer has joined its group since it started: been given
+/// its partitions (possibly none, when the group has more members than the
+/// topics have partitions). A service that only consumes is ready from then
+/// on; until then its events wait in Kafka, and a rolling update should not
+/// retire the replica it replaces. Cloning shares the state.
+#[derive(Clone)]
+pub struct GroupMembership(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for GroupMembership {
+    fn default() -> Self {
+        GroupMembership(std::sync::Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl GroupMembership {
+    pub fn has_joined(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the consumer has joined its group.
+    pub async fn joined(&self) {
+        let mut joined = self.0.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = joined.wait_for(|joined| *joined).await;
+    }
+}
+
+/// Tells a [`GroupMembership`] when the consumer gets its partitions.
+struct MembershipContext {
+    membership: GroupMembership,
+    group: String,
+}
+
+impl ClientContext for MembershipContext {}
+
+impl ConsumerContext for MembershipContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            if !self.membership.has_joined() {
+                tracing::info!(
+                    group = %self.group,
+                    partitions = partitions.count(),
+                    "Consumer joined its group."
+                );
+            }
+            self.membership.0.send_replace(true);
         }
     }
 }
@@ -271,17 +324,24 @@ async fn apply_batch(
 }
 
 /// Consumes `topics` (names without prefix) in consumer group `group` until
-/// `shutdown` resolves. A handler error stops before committing the offset
-/// and retries the same message after a pause.
+/// `shutdown` resolves, telling `membership` when it has joined the group.
+/// A handler error stops before committing the offset and retries the same
+/// message after a pause.
 pub async fn run(
     pool: PgPool,
     kafka: &KafkaConfig,
     group: &str,
     topics: &[&str],
     handler: &dyn EventHandler,
+    membership: &GroupMembership,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConsumerError> {
-    let consumer: StreamConsumer = kafka.consumer_config(group).create()?;
+    let context = MembershipContext {
+        membership: membership.clone(),
+        group: group.to_owned(),
+    };
+    let consumer: StreamConsumer<MembershipContext> =
+        kafka.consumer_config(group).create_with_context(context)?;
     let names: Vec<String> = topics.iter().map(|t| kafka.topic(t)).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
@@ -350,10 +410,19 @@ pub async fn run_until_stopped(
     group: &str,
     topics: &[&str],
     handler: &dyn EventHandler,
+    membership: &GroupMembership,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let pruning = prune_until_stopped(&pool, group, kafka.dedupe_retention_hours, &stop);
-    let consuming = consume_until_stopped(pool.clone(), kafka, group, topics, handler, &stop);
+    let consuming = consume_until_stopped(
+        pool.clone(),
+        kafka,
+        group,
+        topics,
+        handler,
+        membership,
+        &stop,
+    );
     tokio::join!(pruning, consuming);
 }
 
@@ -363,6 +432,7 @@ async fn consume_until_stopped(
     group: &str,
     topics: &[&str],
     handler: &dyn EventHandler,
+    membership: &GroupMembership,
     stop: &tokio_util::sync::CancellationToken,
 ) {
     while !stop.is_cancelled() {
@@ -372,6 +442,7 @@ async fn consume_until_stopped(
             group,
             topics,
             handler,
+            membership,
             stop.clone().cancelled_owned(),
         )
         .await;
@@ -387,5 +458,26 @@ async fn consume_until_stopped(
             () = stop.cancelled() => break,
             () = tokio::time::sleep(RESTART_DELAY) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn membership_is_shared_by_clones_and_resolves_on_the_first_assignment() {
+        let membership = GroupMembership::default();
+        let watcher = membership.clone();
+        assert!(!watcher.has_joined());
+        let waiting = tokio::spawn(async move { watcher.joined().await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing joined yet");
+        // What the rebalance callback does on an assignment.
+        membership.0.send_replace(true);
+        waiting.await.expect("joined() resolves");
+        assert!(membership.has_joined());
+        // Later waiters resolve at once.
+        membership.joined().await;
     }
 }

@@ -236,7 +236,19 @@ async fn run_consumer(
     stop: CancellationToken,
 ) {
     let topics = [topics::TERMINAL_MESSAGES];
-    consumer::run_until_stopped(pool, &kafka, CONSUMER_GROUP, &topics, &inbox, stop).await;
+    // Terminals are served whether or not pushes flow yet: the gateway's
+    // readiness is its sales path, not its consumer's membership.
+    let membership = consumer::GroupMembership::default();
+    consumer::run_until_stopped(
+        pool,
+        &kafka,
+        CONSUMER_GROUP,
+        &topics,
+        &inbox,
+        &membership,
+        stop,
+    )
+    .await;
 }
 
 #[cfg(test)]
