@@ -302,3 +302,107 @@ async fn an_orphan_confirmed_by_policy_asks_its_terminal_for_a_reprint() {
     drop(stream);
     stack.shutdown().await;
 }
+
+/// A TCP proxy standing for the network between a terminal and the
+/// gateway. Once `cut`, it carries no more bytes either way but keeps both
+/// connections open, as a NAT or load balancer that dropped the flow does:
+/// neither side sees the connection close.
+struct Blackhole {
+    address: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn blackhole_proxy(target: std::net::SocketAddr) -> Blackhole {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+    async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, cut: Arc<AtomicBool>) {
+        let mut buffer = vec![0; 16 * 1024];
+        loop {
+            let read = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            if cut.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to.write_all(&buffer[..read]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let flag = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((terminal_side, _)) = listener.accept().await {
+            let Ok(gateway_side) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (terminal_read, terminal_write) = terminal_side.into_split();
+            let (gateway_read, gateway_write) = gateway_side.into_split();
+            tokio::spawn(pump(terminal_read, gateway_write, flag.clone()));
+            tokio::spawn(pump(gateway_read, terminal_write, flag.clone()));
+        }
+    });
+    Blackhole { address, cut }
+}
+
+fn logged(terminal_id: &str, what: &str) -> bool {
+    switch_e2e::captured_logs()
+        .lines()
+        .any(|line| line.contains(what) && line.contains(terminal_id))
+}
+
+/// A subscribed terminal whose network path silently dies (no FIN, no
+/// RST) must not hold its subscription for ever: the gateway's HTTP/2
+/// pings go unanswered, it closes the connection, and the stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_terminal_that_vanishes_without_closing_is_unsubscribed_by_keepalive() {
+    capture_logs();
+    let stack = Stack::start(StackOptions {
+        gateway_keepalive_ms: (200, 300),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("the stack starts against PostgreSQL and Kafka");
+    let proxy = blackhole_proxy(stack.gateway).await;
+    let terminal_id = "TERMKA01";
+    let mut terminal = stack
+        .terminal_via(proxy.address, terminal_id)
+        .await
+        .unwrap();
+    let stream = terminal
+        .subscribe(SubscribeRequest {
+            terminal_id: terminal_id.into(),
+        })
+        .await
+        .expect("the terminal subscribes through the proxy")
+        .into_inner();
+    stack
+        .eventually(10, "the gateway to register the subscription", || async {
+            logged(terminal_id, "Terminal subscribed.").then_some(())
+        })
+        .await;
+    // Pings answered through the proxy keep it subscribed meanwhile.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        !logged(terminal_id, "Terminal unsubscribed."),
+        "a live terminal stays subscribed across pings"
+    );
+
+    proxy.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    stack
+        .eventually(
+            10,
+            "the gateway to end the vanished terminal's subscription",
+            || async { logged(terminal_id, "Terminal unsubscribed.").then_some(()) },
+        )
+        .await;
+    drop(stream);
+    stack.shutdown().await;
+}

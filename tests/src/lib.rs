@@ -66,6 +66,8 @@ pub struct StackOptions {
     /// Start the notifier with this configuration (its listen address is
     /// filled in).
     pub notifier: Option<notifier::NotifierConfig>,
+    /// The gateway's HTTP/2 keepalive: ping interval and ping timeout.
+    pub gateway_keepalive_ms: (u64, u64),
 }
 
 impl Default for StackOptions {
@@ -83,6 +85,13 @@ impl Default for StackOptions {
             reversal_handler: None,
             settlement: None,
             notifier: None,
+            gateway_keepalive_ms: {
+                let defaults = terminal_gateway::GatewayConfig::default();
+                (
+                    defaults.keepalive_interval_ms,
+                    defaults.keepalive_timeout_ms,
+                )
+            },
         }
     }
 }
@@ -228,6 +237,8 @@ impl Stack {
                 settlement.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9)))
             ),
             authorization_timeout_ms: options.issuer_timeout_ms + 4_000,
+            keepalive_interval_ms: options.gateway_keepalive_ms.0,
+            keepalive_timeout_ms: options.gateway_keepalive_ms.1,
         };
         gateway_config.validate()?;
         tasks.push(tokio::spawn({
@@ -381,9 +392,30 @@ impl Stack {
             .await
     }
 
+    /// A terminal client reaching the gateway through `address` (a proxy
+    /// standing for the network between them).
+    pub async fn terminal_via(
+        &self,
+        address: SocketAddr,
+        terminal_id: &str,
+    ) -> anyhow::Result<TerminalServiceClient<Channel>> {
+        let cert = self.pki.terminal_cert(terminal_id, "MERCHANT0000009")?;
+        self.terminal_at(address, Some(&cert), self.pki.ca_cert_pem())
+            .await
+    }
+
     /// A terminal client with any certificate (or none), for refusal tests.
     pub async fn terminal_with(
         &self,
+        cert: Option<&CertifiedKey>,
+        ca_pem: &str,
+    ) -> anyhow::Result<TerminalServiceClient<Channel>> {
+        self.terminal_at(self.gateway, cert, ca_pem).await
+    }
+
+    async fn terminal_at(
+        &self,
+        address: SocketAddr,
         cert: Option<&CertifiedKey>,
         ca_pem: &str,
     ) -> anyhow::Result<TerminalServiceClient<Channel>> {
@@ -393,7 +425,7 @@ impl Stack {
         if let Some(cert) = cert {
             tls = tls.identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
         }
-        let channel = Endpoint::from_shared(format!("https://localhost:{}", self.gateway.port()))?
+        let channel = Endpoint::from_shared(format!("https://localhost:{}", address.port()))?
             .tls_config(tls)?
             .connect_lazy();
         Ok(TerminalServiceClient::new(channel))

@@ -80,6 +80,13 @@ pub struct GatewayConfig {
     /// Upper bound on one call to authorization; keep it above the issuer
     /// timeout so the terminal hears the switch's answer, not a deadline.
     pub authorization_timeout_ms: u64,
+    /// How often the gateway pings each terminal's connection over HTTP/2.
+    /// A `Subscribe` stream can sit idle for hours: the pings keep NATs and
+    /// load balancers from dropping it silently, and reveal a terminal
+    /// that vanished without closing, whose stream then ends.
+    pub keepalive_interval_ms: u64,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -94,6 +101,8 @@ impl Default for GatewayConfig {
             authorization_endpoint: "http://127.0.0.1:50052".into(),
             settlement_endpoint: "http://127.0.0.1:50054".into(),
             authorization_timeout_ms: 5_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
         }
     }
 }
@@ -122,6 +131,18 @@ impl GatewayConfig {
         if self.authorization_timeout_ms == 0 {
             return Err(ConfigError::invalid(
                 "gateway.authorization_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.keepalive_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "gateway.keepalive_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.keepalive_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "gateway.keepalive_timeout_ms",
                 "must be at least 1",
             ));
         }
@@ -210,6 +231,8 @@ pub async fn serve(
     };
     let result = async {
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_millis(config.keepalive_interval_ms)))
+            .http2_keepalive_timeout(Some(Duration::from_millis(config.keepalive_timeout_ms)))
             .tls_config(config.tls.server_config()?)?
             .add_service(health_service)
             .add_service(reflection_v1)
