@@ -65,6 +65,14 @@ pub struct Due {
     pub traceparent: String,
 }
 
+/// An approval to watch until its deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenWatch {
+    pub facts: ApprovalFacts,
+    pub approved_at: OffsetDateTime,
+    pub deadline_at: OffsetDateTime,
+}
+
 /// Records an approval to watch until `deadline_at`. An approval already
 /// known (a redelivery, or an approval whose closing event came first)
 /// is left as it is. Returns whether a row was added.
@@ -74,25 +82,46 @@ pub async fn insert_open(
     approved_at: OffsetDateTime,
     deadline_at: OffsetDateTime,
 ) -> Result<bool, sqlx::Error> {
+    let watch = OpenWatch {
+        facts: facts.clone(),
+        approved_at,
+        deadline_at,
+    };
+    Ok(insert_open_many(conn, std::slice::from_ref(&watch)).await? == 1)
+}
+
+/// [`insert_open`] for many approvals in one statement (the consumer's
+/// batches are mostly approvals); returns how many rows were added.
+pub async fn insert_open_many(
+    conn: &mut PgConnection,
+    watches: &[OpenWatch],
+) -> Result<u64, sqlx::Error> {
+    let column = |get: fn(&OpenWatch) -> &str| -> Vec<&str> { watches.iter().map(get).collect() };
     let inserted = sqlx::query(
         "INSERT INTO approvals (transaction_id, terminal_id, merchant_id, stan, local_date, rrn, \
              traceparent, approved_at, deadline_at, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open') \
+         SELECT i.*, 'open' FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[]) AS i \
          ON CONFLICT (transaction_id) DO NOTHING",
     )
-    .bind(facts.transaction_id)
-    .bind(&facts.terminal_id)
-    .bind(&facts.merchant_id)
-    .bind(&facts.stan)
-    .bind(&facts.local_date)
-    .bind(&facts.rrn)
-    .bind(&facts.traceparent)
-    .bind(approved_at)
-    .bind(deadline_at)
+    .bind(
+        watches
+            .iter()
+            .map(|w| w.facts.transaction_id)
+            .collect::<Vec<Uuid>>(),
+    )
+    .bind(column(|w| &w.facts.terminal_id))
+    .bind(column(|w| &w.facts.merchant_id))
+    .bind(column(|w| &w.facts.stan))
+    .bind(column(|w| &w.facts.local_date))
+    .bind(column(|w| &w.facts.rrn))
+    .bind(column(|w| &w.facts.traceparent))
+    .bind(watches.iter().map(|w| w.approved_at).collect::<Vec<_>>())
+    .bind(watches.iter().map(|w| w.deadline_at).collect::<Vec<_>>())
     .execute(conn)
     .await?
     .rows_affected();
-    Ok(inserted == 1)
+    Ok(inserted)
 }
 
 /// Records `decision` as due now (a reversal owed after an issuer timeout,

@@ -4,12 +4,14 @@
 //! when authorization announces a final decision, whatever the order in
 //! which the events arrive.
 
+use std::collections::HashSet;
+
 use sqlx::PgConnection;
 use switch_core::{OrphanDecision, ReversalReason, decide_batch_orphan};
 use switch_platform::consumer::{EventHandler, HandlerError, HandlerFuture};
-use switch_platform::telemetry::set_parent_from_traceparent;
+use switch_platform::telemetry::{link_traceparent, set_parent_from_traceparent};
 use switch_proto::v1::event_envelope::Payload;
-use switch_proto::v1::{AuthorizationFacts, EventEnvelope};
+use switch_proto::v1::{AuthorizationApproved, AuthorizationFacts, EventEnvelope};
 use time::OffsetDateTime;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -17,7 +19,7 @@ use uuid::Uuid;
 use crate::config::ReversalHandlerConfig;
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, deadline, timestamp};
-use crate::store::{self, ApprovalFacts};
+use crate::store::{self, ApprovalFacts, OpenWatch};
 
 /// Applies authorization's events to the `approvals` table, inside the
 /// consumer's exactly-once transaction.
@@ -34,58 +36,71 @@ impl ApprovalTracker {
         }
     }
 
+    /// The watch an approval opens, or `None` (logged) for an event that
+    /// cannot be one.
+    fn open_watch(
+        &self,
+        event: &EventEnvelope,
+        approved: &AuthorizationApproved,
+        now: OffsetDateTime,
+    ) -> Option<OpenWatch> {
+        let facts = facts_of(event, approved.facts.as_ref())?;
+        let channel = approved.facts.as_ref().map_or("", |f| f.channel.as_str());
+        let window = self.config.window_for(&facts.merchant_id, channel);
+        let approved_at = event
+            .occurred_at
+            .as_ref()
+            .and_then(timestamp)
+            .unwrap_or(now);
+        let deadline_at = deadline(event.occurred_at.as_ref(), now, window);
+        Some(OpenWatch {
+            facts,
+            approved_at,
+            deadline_at,
+        })
+    }
+
+    /// Opens the watches gathered so far, with one statement.
+    async fn open_watches(
+        &self,
+        conn: &mut PgConnection,
+        pending: &mut Vec<OpenWatch>,
+    ) -> Result<(), HandlerError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let span = tracing::info_span!("reversal_handler.approvals", count = pending.len());
+        for watch in pending.iter() {
+            link_traceparent(&span, &watch.facts.traceparent);
+        }
+        let added = store::insert_open_many(conn, pending)
+            .instrument(span)
+            .await?;
+        tracing::debug!(
+            approvals = pending.len(),
+            added,
+            "Approvals watched until their deadlines."
+        );
+        pending.clear();
+        Ok(())
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,
         event: &EventEnvelope,
         payload: &Payload,
     ) -> Result<(), HandlerError> {
-        let facts_of = |facts: Option<&AuthorizationFacts>| -> Option<ApprovalFacts> {
-            let Ok(transaction_id) = Uuid::parse_str(&event.transaction_id) else {
-                // Not retryable: every later delivery would fail the same way.
-                tracing::error!(
-                    event_id = %event.event_id,
-                    event_type = %event.event_type,
-                    "Event without a valid transaction id ignored."
-                );
-                return None;
-            };
-            let facts = facts.cloned().unwrap_or_default();
-            Some(ApprovalFacts {
-                transaction_id,
-                terminal_id: facts.terminal_id,
-                merchant_id: facts.merchant_id,
-                stan: facts.stan,
-                local_date: facts.local_date,
-                rrn: facts.rrn,
-                traceparent: event.traceparent.clone(),
-            })
-        };
+        let facts_from = |facts: Option<&AuthorizationFacts>| facts_of(event, facts);
         let now = OffsetDateTime::now_utc();
         match payload {
             Payload::AuthorizationApproved(approved) => {
-                let Some(facts) = facts_of(approved.facts.as_ref()) else {
-                    return Ok(());
-                };
-                let channel = approved.facts.as_ref().map_or("", |f| f.channel.as_str());
-                let window = self.config.window_for(&facts.merchant_id, channel);
-                let approved_at = event
-                    .occurred_at
-                    .as_ref()
-                    .and_then(timestamp)
-                    .unwrap_or(now);
-                let deadline_at = deadline(event.occurred_at.as_ref(), now, window);
-                if store::insert_open(conn, &facts, approved_at, deadline_at).await? {
-                    tracing::debug!(
-                        transaction_id = %facts.transaction_id,
-                        merchant_id = %facts.merchant_id,
-                        %deadline_at,
-                        "Approval watched until its deadline."
-                    );
+                if let Some(watch) = self.open_watch(event, approved, now) {
+                    self.open_watches(conn, &mut vec![watch]).await?;
                 }
             }
             Payload::AuthorizationIssuerTimedOut(timed_out) => {
-                let Some(facts) = facts_of(timed_out.facts.as_ref()) else {
+                let Some(facts) = facts_from(timed_out.facts.as_ref()) else {
                     return Ok(());
                 };
                 let due_at = event
@@ -109,7 +124,7 @@ impl ApprovalTracker {
             Payload::BatchOrphanFound(found) => {
                 // The terminal's batch upload does not list it: decided
                 // now, not at its deadline.
-                let Some(facts) = facts_of(found.facts.as_ref()) else {
+                let Some(facts) = facts_from(found.facts.as_ref()) else {
                     return Ok(());
                 };
                 let (_, policy) = self.config.policy_for(&facts.merchant_id);
@@ -130,7 +145,7 @@ impl ApprovalTracker {
                 let Some(outcome) = Outcome::of_event(other) else {
                     return Ok(());
                 };
-                let Some(facts) = facts_of(closing_facts(other)) else {
+                let Some(facts) = facts_from(closing_facts(other)) else {
                     return Ok(());
                 };
                 if matches!(other, Payload::AuthorizationReversed(_)) {
@@ -160,6 +175,30 @@ impl ApprovalTracker {
     }
 }
 
+/// The approval facts an event carries, or `None` (logged) without a valid
+/// transaction id: not retryable, as every later delivery would fail the
+/// same way.
+fn facts_of(event: &EventEnvelope, facts: Option<&AuthorizationFacts>) -> Option<ApprovalFacts> {
+    let Ok(transaction_id) = Uuid::parse_str(&event.transaction_id) else {
+        tracing::error!(
+            event_id = %event.event_id,
+            event_type = %event.event_type,
+            "Event without a valid transaction id ignored."
+        );
+        return None;
+    };
+    let facts = facts.cloned().unwrap_or_default();
+    Some(ApprovalFacts {
+        transaction_id,
+        terminal_id: facts.terminal_id,
+        merchant_id: facts.merchant_id,
+        stan: facts.stan,
+        local_date: facts.local_date,
+        rrn: facts.rrn,
+        traceparent: event.traceparent.clone(),
+    })
+}
+
 fn closing_facts(payload: &Payload) -> Option<&AuthorizationFacts> {
     match payload {
         Payload::AuthorizationConfirmed(p) => p.facts.as_ref(),
@@ -186,6 +225,44 @@ impl EventHandler for ApprovalTracker {
                 set_parent_from_traceparent(&span, &event.traceparent, &event.tracestate);
             }
             self.apply(tx, event, payload).instrument(span).await
+        })
+    }
+
+    /// Approvals (most of a busy topic) are opened with one statement per
+    /// run; every other event is applied on its own, in order. An event of
+    /// a transaction whose approval is still gathered waits for that
+    /// approval to be written first, so each transaction's events apply in
+    /// their order (different transactions touch different rows).
+    fn handle_batch<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [&'a EventEnvelope],
+    ) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let now = OffsetDateTime::now_utc();
+            let mut pending: Vec<OpenWatch> = Vec::new();
+            let mut pending_ids: HashSet<Uuid> = HashSet::new();
+            for event in events {
+                if let Some(Payload::AuthorizationApproved(approved)) = &event.payload {
+                    if let Some(watch) = self.open_watch(event, approved, now) {
+                        if !pending_ids.insert(watch.facts.transaction_id) {
+                            self.open_watches(tx, &mut pending).await?;
+                            pending_ids.clear();
+                            pending_ids.insert(watch.facts.transaction_id);
+                        }
+                        pending.push(watch);
+                    }
+                    continue;
+                }
+                let concerns_pending = Uuid::parse_str(&event.transaction_id)
+                    .map_or(true, |id| pending_ids.contains(&id));
+                if concerns_pending {
+                    self.open_watches(tx, &mut pending).await?;
+                    pending_ids.clear();
+                }
+                self.handle(tx, event).await?;
+            }
+            self.open_watches(tx, &mut pending).await
         })
     }
 }

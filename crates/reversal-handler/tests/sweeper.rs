@@ -362,6 +362,92 @@ async fn events_open_decide_and_close_approvals_in_any_order() {
     db.drop().await;
 }
 
+/// A consumer batch gathers approvals into one statement; the result must
+/// be exactly that of applying the same events one by one, whatever the
+/// interleaving: each sequence below is applied to one set of transactions
+/// in one `handle_batch` and to another with `handle` per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_events_has_the_effect_of_applying_them_one_by_one() {
+    use switch_platform::consumer::EventHandler as _;
+
+    let db = TestDb::new().await;
+    let tracker = ApprovalTracker::new(ReversalHandlerConfig::default());
+    let approved = || Payload::AuthorizationApproved(pb::AuthorizationApproved::default());
+    let confirmed = || {
+        Payload::AuthorizationConfirmed(pb::AuthorizationConfirmed {
+            evidence: "terminal_acknowledgement".into(),
+            ..Default::default()
+        })
+    };
+    let reversal = || {
+        Payload::ReversalRequested(pb::ReversalRequested {
+            reason: "terminal_requested".into(),
+            ..Default::default()
+        })
+    };
+    let timed_out = || {
+        Payload::AuthorizationIssuerTimedOut(pb::AuthorizationIssuerTimedOut {
+            timeout_ms: 2_000,
+            ..Default::default()
+        })
+    };
+    // (transaction, payload) in delivery order, transactions named 0..5:
+    // approved then confirmed in the same batch; approved alone; closed
+    // before its approval arrives; approved twice (a republished event);
+    // an issuer timeout after its approval; approved after an unrelated
+    // closing event.
+    let script: Vec<(usize, Payload)> = vec![
+        (0, approved()),
+        (1, approved()),
+        (0, confirmed()),
+        (2, reversal()),
+        (2, approved()),
+        (3, approved()),
+        (3, approved()),
+        (4, approved()),
+        (4, timed_out()),
+        (0, confirmed()),
+        (5, approved()),
+    ];
+    let batched: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let single: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let events = |ids: &[Uuid]| -> Vec<EventEnvelope> {
+        script
+            .iter()
+            .map(|(who, payload)| {
+                EventEnvelope::decode(envelope(ids[*who], payload.clone()).as_slice()).unwrap()
+            })
+            .collect()
+    };
+
+    let batch = events(&batched);
+    let refs: Vec<&EventEnvelope> = batch.iter().collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    tracker.handle_batch(&mut tx, &refs).await.unwrap();
+    tx.commit().await.unwrap();
+    for event in events(&single) {
+        let mut tx = db.pool.begin().await.unwrap();
+        tracker.handle(&mut tx, &event).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    for who in 0..6 {
+        let (a, b) = (
+            row(&db.pool, batched[who]).await,
+            row(&db.pool, single[who]).await,
+        );
+        assert!(a.is_some(), "transaction {who} is tracked");
+        assert_eq!(a, b, "transaction {who}: batch and one-by-one differ");
+    }
+    assert_eq!(
+        row(&db.pool, batched[0]).await.unwrap().status,
+        "closed",
+        "the confirmation in the same batch closes the approval before it"
+    );
+    assert_eq!(row(&db.pool, batched[1]).await.unwrap().status, "open");
+    db.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_answers_close_or_reschedule() {
     let db = TestDb::new().await;

@@ -3,6 +3,8 @@
 //! unconfirmed, confirmed or reversed) that batches and windows are built
 //! from.
 
+use std::collections::HashSet;
+
 use sqlx::PgConnection;
 use switch_platform::consumer::{EventHandler, HandlerError, HandlerFuture};
 use switch_platform::telemetry::set_parent_from_traceparent;
@@ -93,9 +95,69 @@ pub fn approval_from_facts(
     })
 }
 
+/// Approvals gathered for one statement.
+#[derive(Default)]
+struct PendingApprovals {
+    approvals: Vec<NewApproval>,
+    ids: HashSet<Uuid>,
+    keys: HashSet<(String, time::Date, String)>,
+}
+
+impl PendingApprovals {
+    fn key(approval: &NewApproval) -> (String, time::Date, String) {
+        (
+            approval.terminal_id.clone(),
+            approval.local_date,
+            approval.stan.clone(),
+        )
+    }
+
+    fn clashes_with(&self, approval: &NewApproval) -> bool {
+        self.ids.contains(&approval.transaction_id) || self.keys.contains(&Self::key(approval))
+    }
+
+    fn add(&mut self, approval: NewApproval) {
+        self.ids.insert(approval.transaction_id);
+        self.keys.insert(Self::key(&approval));
+        self.approvals.push(approval);
+    }
+}
+
+impl Default for ApprovalLedger {
+    fn default() -> Self {
+        ApprovalLedger::new(Metrics::new())
+    }
+}
+
 impl ApprovalLedger {
-    pub fn new(metrics: Metrics) -> Self {
+    pub(crate) fn new(metrics: Metrics) -> Self {
         ApprovalLedger { metrics }
+    }
+
+    /// Writes the gathered approvals: one statement for all of them, then
+    /// the single-row path for any it did not add (already known, or a
+    /// terminal key another transaction holds).
+    async fn record(
+        &self,
+        conn: &mut PgConnection,
+        pending: &mut PendingApprovals,
+    ) -> Result<(), HandlerError> {
+        if pending.approvals.is_empty() {
+            return Ok(());
+        }
+        let added = store::insert_unconfirmed_many(conn, &pending.approvals).await?;
+        let unconfirmed = Advance {
+            status: "unconfirmed",
+            ..Default::default()
+        };
+        for approval in &pending.approvals {
+            if !added.contains(&approval.transaction_id) {
+                let upserted = store::upsert(conn, approval, &unconfirmed, None).await?;
+                report_rejection(&self.metrics, approval, upserted);
+            }
+        }
+        *pending = PendingApprovals::default();
+        Ok(())
     }
 
     async fn apply(
@@ -188,6 +250,44 @@ impl EventHandler for ApprovalLedger {
                 set_parent_from_traceparent(&span, &event.traceparent, &event.tracestate);
             }
             self.apply(tx, event, payload).instrument(span).await
+        })
+    }
+
+    /// Approvals (most of a busy topic) are recorded with one statement per
+    /// run; every other event is applied on its own, in order. An event of
+    /// a transaction whose approval is still gathered waits for it to be
+    /// written first, and two approvals with the same terminal key never
+    /// share a statement (the second must meet the first, to be rejected
+    /// rather than fail the batch).
+    fn handle_batch<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [&'a EventEnvelope],
+    ) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let mut pending = PendingApprovals::default();
+            for event in events {
+                if let Some(Payload::AuthorizationApproved(approved)) = &event.payload {
+                    if let Some(approval) = approval_from_facts(
+                        event,
+                        approved.facts.as_ref(),
+                        Some(&approved.approval_code),
+                    ) {
+                        if pending.clashes_with(&approval) {
+                            self.record(tx, &mut pending).await?;
+                        }
+                        pending.add(approval);
+                    }
+                    continue;
+                }
+                let concerns_pending = Uuid::parse_str(&event.transaction_id)
+                    .map_or(true, |id| pending.ids.contains(&id));
+                if concerns_pending {
+                    self.record(tx, &mut pending).await?;
+                }
+                self.handle(tx, event).await?;
+            }
+            self.record(tx, &mut pending).await
         })
     }
 

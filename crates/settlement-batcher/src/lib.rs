@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use batch::{RESPONSE_BALANCED, RESPONSE_OUT_OF_BALANCE};
 pub use config::{MerchantSettlement, MerchantTerms, SettlementConfig};
+pub use ingest::ApprovalLedger;
 pub use windows::{RunReport, SettleError, Settler, payout_reference};
 
 /// Name of the service: its schema, its consumer's default group, its

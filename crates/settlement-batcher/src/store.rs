@@ -214,6 +214,61 @@ pub async fn upsert(
     Ok(Upserted::KeyHeldBy(holder))
 }
 
+/// Records new approvals as unconfirmed with one statement; returns the
+/// ids it added. One not added is either known already (its status can
+/// only be the same or later: unconfirmed is the lowest) or has its
+/// terminal key held by another transaction: the caller passes those to
+/// [`upsert`], which tells the two apart. The approvals must have distinct
+/// ids and terminal keys.
+pub async fn insert_unconfirmed_many(
+    conn: &mut PgConnection,
+    approvals: &[NewApproval],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    let text = |get: fn(&NewApproval) -> &str| -> Vec<&str> { approvals.iter().map(get).collect() };
+    let added: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, local_date, \
+            rrn, masked_pan, amount_minor, currency, channel, approval_code, approved_at, status) \
+         SELECT i.*, 'unconfirmed' FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
+             $5::date[], $6::text[], $7::text[], $8::int8[], $9::text[], $10::text[], \
+             $11::text[], $12::timestamptz[]) \
+           AS i(transaction_id, terminal_id, merchant_id, stan, local_date, rrn, masked_pan, \
+             amount_minor, currency, channel, approval_code, approved_at) \
+         WHERE NOT EXISTS (SELECT 1 FROM transactions t \
+             WHERE t.terminal_id = i.terminal_id AND t.local_date = i.local_date \
+               AND t.stan = i.stan AND t.transaction_id <> i.transaction_id) \
+         ON CONFLICT (transaction_id) DO NOTHING \
+         RETURNING transaction_id",
+    )
+    // Planned for each batch: a generic plan made while the ledger was
+    // small would check the terminal keys by sequential scan (ADR 11).
+    .persistent(false)
+    .bind(
+        approvals
+            .iter()
+            .map(|a| a.transaction_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(text(|a| &a.terminal_id))
+    .bind(text(|a| &a.merchant_id))
+    .bind(text(|a| &a.stan))
+    .bind(approvals.iter().map(|a| a.local_date).collect::<Vec<_>>())
+    .bind(text(|a| &a.rrn))
+    .bind(text(|a| &a.masked_pan))
+    .bind(approvals.iter().map(|a| a.amount_minor).collect::<Vec<_>>())
+    .bind(text(|a| &a.currency))
+    .bind(text(|a| &a.channel))
+    .bind(
+        approvals
+            .iter()
+            .map(|a| a.approval_code.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(approvals.iter().map(|a| a.approved_at).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(added.into_iter().collect())
+}
+
 /// Moves a known approval forward; unknown ids (a reversal of an
 /// authorization that was never approved) change nothing.
 pub async fn advance(

@@ -183,6 +183,23 @@ pub trait EventHandler: Send + Sync {
     fn wants(&self, _event: &EventEnvelope) -> bool {
         true
     }
+
+    /// Applies `events`, in their order, inside the consumer's transaction.
+    /// By default one by one with `handle`; a handler overrides it to apply
+    /// runs of events with one statement, as long as the effect is exactly
+    /// that of applying them one by one.
+    fn handle_batch<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [&'a EventEnvelope],
+    ) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            for event in events {
+                self.handle(tx, event).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -313,12 +330,13 @@ async fn apply_batch(
     .into_iter()
     .collect();
     let mut handled = std::collections::HashSet::with_capacity(recorded.len());
-    for (id, event) in &events {
-        // The first occurrence in the batch is the one applied.
-        if recorded.contains(id) && handled.insert(*id) {
-            handler.handle(&mut tx, event).await?;
-        }
-    }
+    // The first occurrence in the batch is the one applied.
+    let to_apply: Vec<&EventEnvelope> = events
+        .iter()
+        .filter(|(id, _)| recorded.contains(id) && handled.insert(*id))
+        .map(|(_, event)| event)
+        .collect();
+    handler.handle_batch(&mut tx, &to_apply).await?;
     tx.commit().await?;
     Ok(())
 }

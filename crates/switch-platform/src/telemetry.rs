@@ -180,6 +180,23 @@ pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str, trac
     let _ = span.set_parent(parent);
 }
 
+/// Links `span` to the context carried in a `traceparent` string: how a
+/// span that applies many events at once (a batch) stays reachable from
+/// each event's trace, where it cannot be every event's child.
+pub fn link_traceparent(span: &tracing::Span, traceparent: &str) {
+    use opentelemetry::trace::TraceContextExt as _;
+    if traceparent.is_empty() || span.is_disabled() {
+        return;
+    }
+    let mut carrier = HashMap::new();
+    carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+    let linked = TraceContextPropagator::new().extract(&carrier);
+    let context = linked.span().span_context().clone();
+    if context.is_valid() {
+        span.add_link(context);
+    }
+}
+
 /// A span for one gRPC call received, already a child of the caller's span
 /// (from the request metadata). The parent must be set before the span is
 /// entered — OpenTelemetry refuses to re-parent a started span — so create

@@ -1,0 +1,194 @@
+//! The approval ledger's consumer on the real PostgreSQL: a batch of
+//! events, whose approvals are written with one statement, has exactly the
+//! effect of applying the same events one by one, including an approval
+//! whose terminal key another transaction holds.
+
+use prost::Message as _;
+use settlement_batcher::ApprovalLedger;
+use sqlx::PgPool;
+use switch_platform::consumer::EventHandler as _;
+use switch_platform::db::DatabaseConfig;
+use switch_proto::v1::{self as pb, EventEnvelope, event_envelope::Payload};
+use uuid::Uuid;
+
+async fn ledger_schema() -> (PgPool, String, String) {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let id = Uuid::new_v4().simple().to_string();
+    let database = DatabaseConfig {
+        url: url.clone(),
+        schema_prefix: format!("l{}_", &id[..10]),
+        max_connections: 2,
+        ..DatabaseConfig::default()
+    };
+    let schema = database.schema_for(settlement_batcher::SERVICE_NAME);
+    let pool = switch_platform::db::connect(&database, &schema)
+        .await
+        .expect("PostgreSQL is reachable");
+    settlement_batcher::MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrations apply");
+    (pool, url, schema)
+}
+
+fn facts(stan: &str) -> Option<pb::AuthorizationFacts> {
+    Some(pb::AuthorizationFacts {
+        terminal_id: "TERM0001".into(),
+        merchant_id: "MERCHANT0000001".into(),
+        stan: stan.into(),
+        local_date: "2026-11-25".into(),
+        rrn: format!("6330000{stan}"),
+        masked_pan: "411111******1111".into(),
+        amount: Some(pb::Money {
+            minor_units: 1_500,
+            currency: "EUR".into(),
+        }),
+        channel: "card".into(),
+    })
+}
+
+fn event(transaction_id: Uuid, payload: Payload) -> EventEnvelope {
+    EventEnvelope::decode(
+        EventEnvelope {
+            event_id: Uuid::new_v4().to_string(),
+            event_type: "test".into(),
+            transaction_id: transaction_id.to_string(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_795_000_000,
+                nanos: 0,
+            }),
+            payload: Some(payload),
+            ..EventEnvelope::default()
+        }
+        .encode_to_vec()
+        .as_slice(),
+    )
+    .unwrap()
+}
+
+type LedgerRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+);
+
+async fn ledger_row(pool: &PgPool, id: Uuid) -> Option<LedgerRow> {
+    sqlx::query_as(
+        "SELECT status, evidence, reversal_reason, approval_code, conflict, amount_minor \
+         FROM transactions WHERE transaction_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+async fn rejected_for(pool: &PgPool, id: Uuid) -> Option<Uuid> {
+    sqlx::query_scalar("SELECT held_by FROM ledger_rejections WHERE transaction_id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_events_has_the_effect_of_applying_them_one_by_one() {
+    let (pool, url, schema) = ledger_schema().await;
+    let ledger = ApprovalLedger::default();
+    let approved = |stan: &str| {
+        Payload::AuthorizationApproved(pb::AuthorizationApproved {
+            facts: facts(stan),
+            approval_code: "A1B2C3".into(),
+        })
+    };
+    let confirmed = |stan: &str| {
+        Payload::AuthorizationConfirmed(pb::AuthorizationConfirmed {
+            facts: facts(stan),
+            approval_code: "A1B2C3".into(),
+            evidence: "terminal_acknowledgement".into(),
+        })
+    };
+    let reversed = || {
+        Payload::AuthorizationReversed(pb::AuthorizationReversed {
+            reason: "no_terminal_acknowledgement".into(),
+            ..Default::default()
+        })
+    };
+    // (transaction 0..7, STAN offset, payload) in delivery order: approved
+    // then confirmed in the same batch; approved alone; a reversal of a
+    // sale not yet known, then its approval; a republished approval; two
+    // transactions under one terminal key (the second is rejected); an
+    // approval then its reversal.
+    let script = |base: u32| -> Vec<(usize, Payload)> {
+        let stan = |offset: u32| format!("{:06}", base + offset);
+        vec![
+            (0, approved(&stan(0))),
+            (1, approved(&stan(1))),
+            (0, confirmed(&stan(0))),
+            (2, reversed()),
+            (2, approved(&stan(2))),
+            (3, approved(&stan(3))),
+            (3, approved(&stan(3))),
+            (4, approved(&stan(4))),
+            (5, approved(&stan(4))),
+            (6, approved(&stan(6))),
+            (6, reversed()),
+        ]
+    };
+    let batched: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
+    let single: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
+
+    let batch: Vec<EventEnvelope> = script(100)
+        .into_iter()
+        .map(|(who, payload)| event(batched[who], payload))
+        .collect();
+    let refs: Vec<&EventEnvelope> = batch.iter().collect();
+    let mut tx = pool.begin().await.unwrap();
+    ledger.handle_batch(&mut tx, &refs).await.unwrap();
+    tx.commit().await.unwrap();
+    for (who, payload) in script(200) {
+        let mut tx = pool.begin().await.unwrap();
+        ledger
+            .handle(&mut tx, &event(single[who], payload))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    for who in 0..7 {
+        assert_eq!(
+            ledger_row(&pool, batched[who]).await,
+            ledger_row(&pool, single[who]).await,
+            "transaction {who}: batch and one-by-one differ"
+        );
+    }
+    let status = |row: Option<LedgerRow>| row.map(|r| r.0);
+    assert_eq!(
+        status(ledger_row(&pool, batched[0]).await).as_deref(),
+        Some("confirmed")
+    );
+    assert_eq!(
+        status(ledger_row(&pool, batched[1]).await).as_deref(),
+        Some("unconfirmed")
+    );
+    assert_eq!(
+        status(ledger_row(&pool, batched[6]).await).as_deref(),
+        Some("reversed")
+    );
+    assert_eq!(
+        ledger_row(&pool, batched[5]).await,
+        None,
+        "never in the ledger"
+    );
+    assert_eq!(rejected_for(&pool, batched[5]).await, Some(batched[4]));
+    assert_eq!(rejected_for(&pool, single[5]).await, Some(single[4]));
+
+    pool.close().await;
+    switch_platform::db::drop_schema(&url, &schema)
+        .await
+        .unwrap();
+}
