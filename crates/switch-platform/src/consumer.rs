@@ -237,86 +237,46 @@ pub const MAX_BATCH: usize = 500;
 /// How long a batch waits for more messages after the first arrived.
 const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Applies one encoded envelope exactly once for `consumer`.
+/// Applies one encoded envelope exactly once for `consumer`: the path of
+/// a consumer batch, for a batch of one.
 pub async fn apply_once(
     pool: &PgPool,
     consumer: &str,
     payload: &[u8],
     handler: &dyn EventHandler,
 ) -> Result<Outcome, HandlerError> {
-    let mut tx = pool.begin().await?;
-    let outcome = apply_in(&mut tx, consumer, payload, handler).await?;
-    tx.commit().await?;
-    Ok(outcome)
+    let outcomes = apply_encoded(pool, consumer, &[payload], handler).await?;
+    Ok(outcomes.first().copied().unwrap_or(Outcome::Malformed))
 }
 
-/// Applies one encoded envelope inside the caller's transaction, unless
-/// this consumer has processed its event id before.
-pub async fn apply_in(
-    tx: &mut PgConnection,
-    consumer: &str,
-    payload: &[u8],
-    handler: &dyn EventHandler,
-) -> Result<Outcome, HandlerError> {
-    let Ok(event) = EventEnvelope::decode(payload) else {
-        return Ok(Outcome::Malformed);
-    };
-    let Ok(event_id) = Uuid::parse_str(&event.event_id) else {
-        return Ok(Outcome::Malformed);
-    };
-    if !handler.wants(&event) {
-        return Ok(Outcome::Ignored);
-    }
-    let inserted = sqlx::query(
-        "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(event_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(Outcome::Duplicate);
-    }
-    handler.handle(tx, &event).await?;
-    Ok(Outcome::Applied)
-}
-
-/// Applies a batch of messages in one transaction: all of them or none.
-/// The batch's event ids are recorded with one statement, and only the
-/// events recorded by it (not processed before, not repeated earlier in
-/// the batch) reach the handler.
-async fn apply_batch(
+/// Applies encoded envelopes in one transaction: all of them or none.
+/// Their event ids are recorded with one statement, and only the events
+/// recorded by it (not processed before, not repeated earlier in the
+/// batch) reach the handler. Returns each envelope's outcome, in order.
+async fn apply_encoded(
     pool: &PgPool,
     consumer: &str,
-    batch: &[BorrowedMessage<'_>],
+    payloads: &[&[u8]],
     handler: &dyn EventHandler,
-) -> Result<(), HandlerError> {
-    let mut events = Vec::with_capacity(batch.len());
-    for message in batch {
-        let payload = message.payload().unwrap_or_default();
-        let decoded = EventEnvelope::decode(payload)
+) -> Result<Vec<Outcome>, HandlerError> {
+    let mut outcomes = vec![Outcome::Malformed; payloads.len()];
+    let mut events = Vec::with_capacity(payloads.len());
+    for (position, payload) in payloads.iter().enumerate() {
+        let decoded = EventEnvelope::decode(*payload)
             .ok()
             .and_then(|event| Uuid::parse_str(&event.event_id).ok().map(|id| (id, event)));
-        match decoded {
-            Some((id, event)) => {
-                if handler.wants(&event) {
-                    events.push((id, event));
-                }
+        if let Some((id, event)) = decoded {
+            if handler.wants(&event) {
+                events.push((position, id, event));
+            } else {
+                outcomes[position] = Outcome::Ignored;
             }
-            None => tracing::error!(
-                topic = message.topic(),
-                partition = message.partition(),
-                offset = message.offset(),
-                "Malformed event skipped."
-            ),
         }
     }
     if events.is_empty() {
-        return Ok(());
+        return Ok(outcomes);
     }
-    let ids: Vec<Uuid> = events.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<Uuid> = events.iter().map(|(_, id, _)| *id).collect();
     let mut tx = pool.begin().await?;
     let recorded: std::collections::HashSet<Uuid> = sqlx::query_scalar(
         "INSERT INTO processed_events (consumer, event_id) \
@@ -330,14 +290,44 @@ async fn apply_batch(
     .into_iter()
     .collect();
     let mut handled = std::collections::HashSet::with_capacity(recorded.len());
-    // The first occurrence in the batch is the one applied.
-    let to_apply: Vec<&EventEnvelope> = events
-        .iter()
-        .filter(|(id, _)| recorded.contains(id) && handled.insert(*id))
-        .map(|(_, event)| event)
-        .collect();
+    let mut to_apply = Vec::with_capacity(recorded.len());
+    for (position, id, event) in &events {
+        // The first occurrence in the batch is the one applied.
+        if recorded.contains(id) && handled.insert(*id) {
+            outcomes[*position] = Outcome::Applied;
+            to_apply.push(event);
+        } else {
+            outcomes[*position] = Outcome::Duplicate;
+        }
+    }
     handler.handle_batch(&mut tx, &to_apply).await?;
     tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Applies a batch of Kafka messages in one transaction ([`apply_encoded`])
+/// and logs the malformed ones it skipped.
+async fn apply_batch(
+    pool: &PgPool,
+    consumer: &str,
+    batch: &[BorrowedMessage<'_>],
+    handler: &dyn EventHandler,
+) -> Result<(), HandlerError> {
+    let payloads: Vec<&[u8]> = batch
+        .iter()
+        .map(|message| message.payload().unwrap_or_default())
+        .collect();
+    let outcomes = apply_encoded(pool, consumer, &payloads, handler).await?;
+    for (message, outcome) in batch.iter().zip(outcomes) {
+        if outcome == Outcome::Malformed {
+            tracing::error!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                "Malformed event skipped."
+            );
+        }
+    }
     Ok(())
 }
 
