@@ -26,7 +26,7 @@ use switch_proto::v1::{AuthorizationFacts, EventEnvelope, Money, TerminalMessage
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::webhook::timestamp;
+use switch_platform::timestamps::to_time;
 
 /// Namespace of the version 5 UUIDs of terminal messages.
 pub const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1c_29d4_8f0e_4a57_9c1b_7e52_d3a0_f6e1);
@@ -166,11 +166,7 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> TerminalPlan {
     if facts.terminal_id.trim().is_empty() {
         return TerminalPlan::Invalid("event names no terminal");
     }
-    let occurred_at = event
-        .occurred_at
-        .as_ref()
-        .and_then(timestamp)
-        .unwrap_or(now);
+    let occurred_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
     let message_id = message_id(event_id, kind);
     let text = format!(
         "Payment of {} (STAN {}) {outcome}",

@@ -17,6 +17,7 @@
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use switch_platform::timestamps::to_time;
 use switch_proto::v1::event_envelope::Payload;
 use switch_proto::v1::{AuthorizationFacts, EventEnvelope, Money};
 use time::OffsetDateTime;
@@ -99,11 +100,7 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> Plan {
     let Some(payload) = &event.payload else {
         return Plan::Ignore;
     };
-    let occurred_at = event
-        .occurred_at
-        .as_ref()
-        .and_then(timestamp)
-        .unwrap_or(now);
+    let occurred_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
     let (kind, merchant_id, data) = match payload {
         Payload::AuthorizationConfirmed(confirmed) => {
             if confirmed.evidence == switch_core::Evidence::TerminalAcknowledgement.as_str() {
@@ -152,7 +149,7 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> Plan {
             let paid_at = paid
                 .paid_at
                 .as_ref()
-                .and_then(timestamp)
+                .and_then(to_time)
                 .unwrap_or(occurred_at);
             let data = json!({
                 "window_id": paid.window_id,
@@ -222,8 +219,6 @@ fn amount(money: Option<&Money>) -> Value {
         None => Value::Null,
     }
 }
-
-pub(crate) use switch_platform::timestamps::to_time as timestamp;
 
 pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339)

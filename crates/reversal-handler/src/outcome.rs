@@ -6,6 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use switch_core::{Evidence, NextAttempt, OrphanDecision, RetrySchedule, ReversalReason};
+use switch_platform::timestamps::to_time;
 use switch_proto::v1::event_envelope::Payload;
 use switch_proto::v1::{AuthorizationRecord, AuthorizationStatus};
 use time::OffsetDateTime;
@@ -135,12 +136,9 @@ pub fn deadline(
     now: OffsetDateTime,
     window: Duration,
 ) -> OffsetDateTime {
-    let start = occurred_at.and_then(timestamp).unwrap_or(now);
+    let start = occurred_at.and_then(to_time).unwrap_or(now);
     start.checked_add(window_of(window)).unwrap_or(start)
 }
-
-/// An envelope's timestamp as a time, if it is a plausible one.
-pub use switch_platform::timestamps::to_time as timestamp;
 
 fn window_of(window: Duration) -> time::Duration {
     time::Duration::try_from(window).unwrap_or(time::Duration::MAX)

@@ -10,6 +10,7 @@ use sqlx::PgConnection;
 use switch_core::{OrphanDecision, ReversalReason, decide_batch_orphan};
 use switch_platform::consumer::{EventHandler, HandlerError, HandlerFuture};
 use switch_platform::telemetry::{link_traceparent, set_parent_from_traceparent};
+use switch_platform::timestamps::to_time;
 use switch_proto::v1::event_envelope::Payload;
 use switch_proto::v1::{AuthorizationApproved, AuthorizationFacts, EventEnvelope};
 use time::OffsetDateTime;
@@ -18,7 +19,7 @@ use uuid::Uuid;
 
 use crate::config::ReversalHandlerConfig;
 use crate::metrics::Metrics;
-use crate::outcome::{Outcome, deadline, timestamp};
+use crate::outcome::{Outcome, deadline};
 use crate::store::{self, ApprovalFacts, OpenWatch};
 
 /// Applies authorization's events to the `approvals` table, inside the
@@ -47,11 +48,7 @@ impl ApprovalTracker {
         let facts = facts_of(event, approved.facts.as_ref())?;
         let channel = approved.facts.as_ref().map_or("", |f| f.channel.as_str());
         let window = self.config.window_for(&facts.merchant_id, channel);
-        let approved_at = event
-            .occurred_at
-            .as_ref()
-            .and_then(timestamp)
-            .unwrap_or(now);
+        let approved_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
         let deadline_at = deadline(event.occurred_at.as_ref(), now, window);
         Some(OpenWatch {
             facts,
@@ -103,11 +100,7 @@ impl ApprovalTracker {
                 let Some(facts) = facts_from(timed_out.facts.as_ref()) else {
                     return Ok(());
                 };
-                let due_at = event
-                    .occurred_at
-                    .as_ref()
-                    .and_then(timestamp)
-                    .unwrap_or(now);
+                let due_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
                 let reason = ReversalReason::IssuerTimeout;
                 let decision = OrphanDecision::Reverse(reason);
                 if store::insert_decided_now(conn, &facts, due_at, decision).await? {
@@ -149,11 +142,7 @@ impl ApprovalTracker {
                     return Ok(());
                 };
                 if matches!(other, Payload::AuthorizationReversed(_)) {
-                    let reversed_at = event
-                        .occurred_at
-                        .as_ref()
-                        .and_then(timestamp)
-                        .unwrap_or(now);
+                    let reversed_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
                     if let Some(deadline_at) =
                         store::deadline_of(conn, facts.transaction_id).await?
                     {

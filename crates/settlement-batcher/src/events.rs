@@ -6,7 +6,7 @@ use switch_proto::v1::{EventEnvelope, event_envelope::Payload};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub use switch_platform::timestamps::{from_time as to_timestamp, to_time as from_timestamp};
+use switch_platform::timestamps::from_time;
 
 /// An outbox row carrying `payload` on `topic`, keyed by `key` (a
 /// transaction id for reconciliation outcomes, a merchant id for windows),
@@ -24,7 +24,7 @@ pub fn outbox_message(
         event_id: event_id.to_string(),
         event_type: event_type.to_owned(),
         transaction_id: transaction_id.to_owned(),
-        occurred_at: Some(to_timestamp(OffsetDateTime::now_utc())),
+        occurred_at: Some(from_time(OffsetDateTime::now_utc())),
         traceparent: traceparent.clone(),
         tracestate,
         payload: Some(payload),

@@ -8,13 +8,13 @@ use std::collections::HashSet;
 use sqlx::PgConnection;
 use switch_platform::consumer::{EventHandler, HandlerError, HandlerFuture};
 use switch_platform::telemetry::set_parent_from_traceparent;
+use switch_platform::timestamps::to_time;
 use switch_proto::v1::event_envelope::Payload;
 use switch_proto::v1::{AuthorizationFacts, EventEnvelope};
 use time::OffsetDateTime;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::events::from_timestamp;
 use crate::metrics::Metrics;
 use crate::store::{self, Advance, NewApproval, Upserted};
 
@@ -73,7 +73,7 @@ pub fn approval_from_facts(
     let approved_at = event
         .occurred_at
         .as_ref()
-        .and_then(from_timestamp)
+        .and_then(to_time)
         .unwrap_or_else(OffsetDateTime::now_utc);
     Some(NewApproval {
         transaction_id,

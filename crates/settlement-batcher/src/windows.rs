@@ -19,6 +19,7 @@ use switch_core::{
     Currency, Eligibility, HoldReason, Money, PayoutAccount, PayoutInstruction, PayoutRun,
 };
 use switch_platform::outbox::{self, OutboxRelay};
+use switch_platform::timestamps::from_time;
 use switch_proto::v1::event_envelope::Payload;
 use switch_proto::v1::{self as pb, MerchantPayout, WindowSummary};
 use time::format_description::well_known::Rfc3339;
@@ -27,7 +28,7 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::config::SettlementConfig;
-use crate::events::{outbox_message, to_timestamp};
+use crate::events::outbox_message;
 use crate::metrics::Metrics;
 use crate::store::CorruptRow;
 
@@ -429,7 +430,7 @@ impl Settler {
                 merchant_id: window.merchant_id.clone(),
                 window_id: window.window_id.to_string(),
                 sequence: u64::try_from(window.sequence).unwrap_or(0),
-                cutoff: Some(to_timestamp(cutoff)),
+                cutoff: Some(from_time(cutoff)),
                 payouts: window
                     .payouts
                     .iter()
@@ -578,7 +579,7 @@ impl Settler {
                         net_minor_units: payout.net_minor_units,
                         payout_reference: reference.clone(),
                     }),
-                    paid_at: Some(to_timestamp(paid_at)),
+                    paid_at: Some(from_time(paid_at)),
                     payout_file: file_name.clone(),
                 });
                 let message = outbox_message(
