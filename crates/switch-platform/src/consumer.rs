@@ -59,36 +59,26 @@ pub const PROCESSED_EVENTS_AGE_INDEX_DDL: &str =
 /// How often a consumer deletes the ids past their retention.
 const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Ids deleted per statement when pruning.
-pub const PRUNE_BATCH: i64 = 5_000;
-
 /// Deletes `consumer`'s recorded event ids older than `retention_hours`,
-/// one statement of at most [`PRUNE_BATCH`] rows at a time; returns how
-/// many it deleted.
+/// a batch at a time ([`crate::db::delete_in_batches`]); returns how many
+/// it deleted.
 pub async fn prune_processed(
     pool: &PgPool,
     consumer: &str,
     retention_hours: u32,
 ) -> Result<u64, sqlx::Error> {
-    let mut deleted = 0;
-    loop {
-        let batch = sqlx::query(
+    crate::db::delete_in_batches(pool, || {
+        sqlx::query(
             "DELETE FROM processed_events WHERE ctid = ANY(ARRAY( \
                SELECT ctid FROM processed_events \
                WHERE consumer = $1 AND processed_at < now() - make_interval(hours => $2) \
                LIMIT $3))",
         )
         .bind(consumer)
-        .bind(i32::try_from(retention_hours).unwrap_or(i32::MAX))
-        .bind(PRUNE_BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        deleted += batch;
-        if batch < PRUNE_BATCH as u64 {
-            return Ok(deleted);
-        }
-    }
+        .bind(crate::db::interval_hours(retention_hours))
+        .bind(crate::db::PRUNE_BATCH)
+    })
+    .await
 }
 
 /// Prunes `consumer`'s recorded ids every [`PRUNE_INTERVAL`] until `stop`.

@@ -122,6 +122,31 @@ fn is_identifier(name: &str, allow_empty: bool) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// Rows one pruning statement deletes at most, so no delete holds its
+/// locks (or grows one transaction) for long.
+pub const PRUNE_BATCH: i64 = 5_000;
+
+/// Runs `delete` (a statement that deletes at most [`PRUNE_BATCH`] rows)
+/// until a run deletes fewer; returns how many rows it deleted in all.
+pub async fn delete_in_batches<'q>(
+    pool: &PgPool,
+    delete: impl Fn() -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    loop {
+        let batch = delete().execute(pool).await?.rows_affected();
+        deleted += batch;
+        if batch < PRUNE_BATCH as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Hours as a `make_interval(hours => …)` argument.
+pub fn interval_hours(hours: u32) -> i32 {
+    i32::try_from(hours).unwrap_or(i32::MAX)
+}
+
 /// Listens on `channel` until `stop`, reconnecting (after a second) when
 /// the connection drops: `on_notification` gets each notification's
 /// payload, `on_connected` runs after every (re)connection, because

@@ -138,10 +138,6 @@ pub const MAX_RETENTION_HOURS: u32 = 87_600;
 /// How often the relay deletes published rows past their retention.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Rows deleted per statement when pruning, so no delete holds its locks
-/// (or bloats one transaction) for long.
-pub const PRUNE_BATCH: i64 = 5_000;
-
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error(transparent)]
@@ -233,6 +229,28 @@ impl OutboxRelay {
         }
     }
 
+    /// Deletes published rows older than the retention, oldest first, a
+    /// batch at a time ([`crate::db::delete_in_batches`]); returns how many
+    /// it deleted. Rows are walked in id (primary key) order, which is
+    /// publishing order give or take a batch, so no index on the
+    /// publishing time is needed; the walk stops at the first batch that is
+    /// not entirely past its retention.
+    pub async fn prune_published(&self) -> Result<u64, OutboxError> {
+        let deleted = crate::db::delete_in_batches(&self.pool, || {
+            sqlx::query(
+                "WITH oldest AS ( \
+                   SELECT id FROM outbox WHERE published_at IS NOT NULL ORDER BY id LIMIT $1) \
+                 DELETE FROM outbox o USING oldest \
+                 WHERE o.id = oldest.id \
+                   AND o.published_at < now() - make_interval(hours => $2)",
+            )
+            .bind(crate::db::PRUNE_BATCH)
+            .bind(crate::db::interval_hours(self.config.retention_hours))
+        })
+        .await?;
+        Ok(deleted)
+    }
+
     /// Publishes one batch of unpublished rows; returns how many were
     /// published. Rows whose send failed stay unpublished for the next pass.
     pub async fn publish_pending(&self, scan: Scan) -> Result<usize, OutboxError> {
@@ -291,36 +309,6 @@ impl OutboxRelay {
             self.published_up_to.fetch_max(*highest, Ordering::Relaxed);
         }
         Ok(published.len())
-    }
-}
-
-impl OutboxRelay {
-    /// Deletes published rows older than the retention, oldest first, one
-    /// statement of at most [`PRUNE_BATCH`] rows at a time; returns how
-    /// many it deleted. Rows are walked in id (primary key) order, which is
-    /// publishing order give or take a batch, so no index on the
-    /// publishing time is needed; the walk stops at the first batch that is
-    /// not entirely past its retention.
-    pub async fn prune_published(&self) -> Result<u64, OutboxError> {
-        let mut deleted = 0;
-        loop {
-            let batch = sqlx::query(
-                "WITH oldest AS ( \
-                   SELECT id FROM outbox WHERE published_at IS NOT NULL ORDER BY id LIMIT $1) \
-                 DELETE FROM outbox o USING oldest \
-                 WHERE o.id = oldest.id \
-                   AND o.published_at < now() - make_interval(hours => $2)",
-            )
-            .bind(PRUNE_BATCH)
-            .bind(i32::try_from(self.config.retention_hours).unwrap_or(i32::MAX))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            deleted += batch;
-            if batch < PRUNE_BATCH as u64 {
-                return Ok(deleted);
-            }
-        }
     }
 }
 

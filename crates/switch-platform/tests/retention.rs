@@ -122,7 +122,7 @@ async fn the_relay_deletes_published_rows_past_retention_and_never_unpublished_o
 #[tokio::test]
 async fn the_relay_prunes_more_rows_than_one_statement_deletes() {
     let (pool, url, schema) = schema().await;
-    let rows = switch_platform::outbox::PRUNE_BATCH * 2 + 7;
+    let rows = switch_platform::db::PRUNE_BATCH * 2 + 7;
     sqlx::query(
         "INSERT INTO outbox (event_id, topic, message_key, payload, created_at, published_at) \
          SELECT gen_random_uuid(), 't', 'k', '\\x00', now() - interval '3 days', \
