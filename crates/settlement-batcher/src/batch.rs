@@ -28,7 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 use crate::events::outbox_message;
-use crate::ingest::report_rejection;
+use crate::ingest::record_approval;
 use crate::metrics::Metrics;
 use crate::store::{self, Advance, CorruptRow, NewApproval, TransactionRow, Upserted};
 
@@ -382,9 +382,8 @@ impl Batcher {
                         Err(status) => return Err(BatchError::Authorization(status)),
                     };
                     if let Some((approval, advance)) = approval_from_record(&record) {
-                        let upserted =
-                            store::upsert(&mut conn, &approval, &advance, Some(batch)).await?;
-                        report_rejection(&self.metrics, &approval, upserted);
+                        record_approval(&mut conn, &self.metrics, &approval, &advance, Some(batch))
+                            .await?;
                     }
                 }
             }
@@ -436,8 +435,9 @@ impl Batcher {
                 Err(status) => return Err(BatchError::Authorization(status)),
             };
             if let Some((approval, advance)) = approval_from_record(&record) {
-                let upserted = store::upsert(&mut conn, &approval, &advance, Some(batch)).await?;
-                report_rejection(&self.metrics, &approval, upserted);
+                let upserted =
+                    record_approval(&mut conn, &self.metrics, &approval, &advance, Some(batch))
+                        .await?;
                 if advance.status == "confirmed" && !matches!(upserted, Upserted::KeyHeldBy(_)) {
                     confirmed.insert(id);
                 }

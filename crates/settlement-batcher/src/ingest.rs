@@ -22,9 +22,16 @@ pub struct ApprovalLedger {
     metrics: Metrics,
 }
 
-/// Makes an approval the ledger rejected visible: it is not paid until an
-/// operator resolves it.
-pub fn report_rejection(metrics: &Metrics, approval: &NewApproval, upserted: Upserted) {
+/// Records an approval in the ledger ([`store::upsert`]) and makes one the
+/// ledger rejected visible: it is not paid until an operator resolves it.
+pub async fn record_approval(
+    conn: &mut PgConnection,
+    metrics: &Metrics,
+    approval: &NewApproval,
+    advance: &Advance<'_>,
+    batch_number: Option<&str>,
+) -> Result<Upserted, sqlx::Error> {
+    let upserted = store::upsert(conn, approval, advance, batch_number).await?;
     if let Upserted::KeyHeldBy(holder) = upserted {
         metrics.ledger_rejected();
         tracing::error!(
@@ -37,6 +44,7 @@ pub fn report_rejection(metrics: &Metrics, approval: &NewApproval, upserted: Ups
              Recorded in ledger_rejections; not paid until resolved."
         );
     }
+    Ok(upserted)
 }
 
 /// An approval's facts as the batcher stores them, or `None` (logged) when
@@ -152,8 +160,7 @@ impl ApprovalLedger {
         };
         for approval in &pending.approvals {
             if !added.contains(&approval.transaction_id) {
-                let upserted = store::upsert(conn, approval, &unconfirmed, None).await?;
-                report_rejection(&self.metrics, approval, upserted);
+                record_approval(conn, &self.metrics, approval, &unconfirmed, None).await?;
             }
         }
         *pending = PendingApprovals::default();
@@ -178,8 +185,7 @@ impl ApprovalLedger {
                         status: "unconfirmed",
                         ..Default::default()
                     };
-                    let upserted = store::upsert(conn, &approval, &advance, None).await?;
-                    report_rejection(&self.metrics, &approval, upserted);
+                    record_approval(conn, &self.metrics, &approval, &advance, None).await?;
                 }
             }
             Payload::AuthorizationConfirmed(confirmed) => {
@@ -196,8 +202,7 @@ impl ApprovalLedger {
                         evidence: Some(&confirmed.evidence),
                         reversal_reason: None,
                     };
-                    let upserted = store::upsert(conn, &approval, &advance, None).await?;
-                    report_rejection(&self.metrics, &approval, upserted);
+                    record_approval(conn, &self.metrics, &approval, &advance, None).await?;
                 }
             }
             Payload::ReversalRequested(requested) => {
