@@ -879,11 +879,7 @@ async fn insert_intents(
     sorted.sort_by(|a, b| {
         (&a.terminal_id, &a.stan, a.local_date).cmp(&(&b.terminal_id, &b.stan, b.local_date))
     });
-    let size = sorted.len();
-    let mut columns = IntentColumns::with_capacity(size);
-    for intent in sorted {
-        columns.push(intent);
-    }
+    let text = |get: fn(&Intent) -> &str| -> Vec<&str> { sorted.iter().map(get).collect() };
     let rows = sqlx::query(&format!(
         "WITH inserted AS ( \
            INSERT INTO authorizations (transaction_id, terminal_id, merchant_id, stan, \
@@ -900,18 +896,18 @@ async fn insert_intents(
            UNION ALL SELECT transaction_id, $13::text, state, $14::text FROM inserted) \
          SELECT * FROM inserted"
     ))
-    .bind(columns.transaction_id)
-    .bind(columns.terminal_id)
-    .bind(columns.merchant_id)
-    .bind(columns.stan)
-    .bind(columns.local_date)
-    .bind(columns.rrn)
-    .bind(columns.masked_pan)
-    .bind(columns.pan_fingerprint)
-    .bind(columns.amount_minor)
-    .bind(columns.currency)
-    .bind(columns.state)
-    .bind(columns.channel)
+    .bind(sorted.iter().map(|i| i.transaction_id).collect::<Vec<_>>())
+    .bind(text(|i| &i.terminal_id))
+    .bind(text(|i| &i.merchant_id))
+    .bind(text(|i| &i.stan))
+    .bind(sorted.iter().map(|i| i.local_date).collect::<Vec<_>>())
+    .bind(text(|i| &i.rrn))
+    .bind(text(|i| &i.masked_pan))
+    .bind(text(|i| &i.pan_fingerprint))
+    .bind(sorted.iter().map(|i| i.amount_minor).collect::<Vec<_>>())
+    .bind(text(|i| i.currency))
+    .bind(text(|i| i.state))
+    .bind(text(|i| i.channel))
     .bind(AuthorizationState::Received.as_str())
     .bind(AuthorizationEvent::SentToIssuer.name())
     .fetch_all(pool)
@@ -921,56 +917,6 @@ async fn insert_intents(
         inserted.insert(row.try_get("transaction_id")?, row);
     }
     Ok(ids.iter().map(|id| inserted.remove(id)).collect())
-}
-
-/// A batch of intents as one array per column, for `UNNEST`.
-struct IntentColumns {
-    transaction_id: Vec<Uuid>,
-    terminal_id: Vec<String>,
-    merchant_id: Vec<String>,
-    stan: Vec<String>,
-    local_date: Vec<time::Date>,
-    rrn: Vec<String>,
-    masked_pan: Vec<String>,
-    pan_fingerprint: Vec<String>,
-    amount_minor: Vec<i64>,
-    currency: Vec<&'static str>,
-    state: Vec<&'static str>,
-    channel: Vec<&'static str>,
-}
-
-impl IntentColumns {
-    fn with_capacity(size: usize) -> Self {
-        IntentColumns {
-            transaction_id: Vec::with_capacity(size),
-            terminal_id: Vec::with_capacity(size),
-            merchant_id: Vec::with_capacity(size),
-            stan: Vec::with_capacity(size),
-            local_date: Vec::with_capacity(size),
-            rrn: Vec::with_capacity(size),
-            masked_pan: Vec::with_capacity(size),
-            pan_fingerprint: Vec::with_capacity(size),
-            amount_minor: Vec::with_capacity(size),
-            currency: Vec::with_capacity(size),
-            state: Vec::with_capacity(size),
-            channel: Vec::with_capacity(size),
-        }
-    }
-
-    fn push(&mut self, intent: Intent) {
-        self.transaction_id.push(intent.transaction_id);
-        self.terminal_id.push(intent.terminal_id);
-        self.merchant_id.push(intent.merchant_id);
-        self.stan.push(intent.stan);
-        self.local_date.push(intent.local_date);
-        self.rrn.push(intent.rrn);
-        self.masked_pan.push(intent.masked_pan);
-        self.pan_fingerprint.push(intent.pan_fingerprint);
-        self.amount_minor.push(intent.amount_minor);
-        self.currency.push(intent.currency);
-        self.state.push(intent.state);
-        self.channel.push(intent.channel);
-    }
 }
 
 /// One `record_decision`, validated (its transition checked) and with its
@@ -1000,12 +946,17 @@ async fn update_decisions(
     let size = batch.len();
     let mut sorted: Vec<(usize, Decision)> = batch.into_iter().enumerate().collect();
     sorted.sort_by_key(|(_, decision)| decision.transaction_id);
-    let mut order = Vec::with_capacity(size);
-    let mut columns = DecisionColumns::with_capacity(size);
-    for (position, decision) in sorted {
-        order.push(position);
-        columns.push(decision);
-    }
+    let order: Vec<usize> = sorted.iter().map(|(position, _)| *position).collect();
+    let decisions: Vec<&Decision> = sorted.iter().map(|(_, decision)| decision).collect();
+    let column = |get: fn(&Decision) -> Option<&str>| -> Vec<Option<&str>> {
+        decisions.iter().map(|d| get(d)).collect()
+    };
+    let message = |get: fn(&OutboxMessage) -> &str| -> Vec<Option<&str>> {
+        decisions
+            .iter()
+            .map(|d| d.message.as_ref().map(get))
+            .collect()
+    };
     let rows = sqlx::query(&format!(
         "WITH input AS ( \
            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
@@ -1037,18 +988,38 @@ async fn update_decisions(
     // it), keeps joining by sequential scan as the table grows: 0.3 ms per
     // decision at 50,000 rows instead of microseconds.
     .persistent(false)
-    .bind(columns.transaction_id)
-    .bind(columns.from_state)
-    .bind(columns.to_state)
-    .bind(columns.response_code)
-    .bind(columns.approval_code)
-    .bind(columns.issuer_latency_ms)
-    .bind(columns.event)
-    .bind(columns.event_id)
-    .bind(columns.topic)
-    .bind(columns.message_key)
-    .bind(columns.payload)
-    .bind(columns.traceparent)
+    .bind(
+        decisions
+            .iter()
+            .map(|d| d.transaction_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(decisions.iter().map(|d| d.from_state).collect::<Vec<_>>())
+    .bind(decisions.iter().map(|d| d.to_state).collect::<Vec<_>>())
+    .bind(column(|d| d.response_code.as_deref()))
+    .bind(column(|d| d.approval_code.as_deref()))
+    .bind(
+        decisions
+            .iter()
+            .map(|d| d.issuer_latency_ms)
+            .collect::<Vec<_>>(),
+    )
+    .bind(decisions.iter().map(|d| d.event).collect::<Vec<_>>())
+    .bind(
+        decisions
+            .iter()
+            .map(|d| d.message.as_ref().map(|m| m.event_id))
+            .collect::<Vec<_>>(),
+    )
+    .bind(message(|m| &m.topic))
+    .bind(message(|m| &m.key))
+    .bind(
+        decisions
+            .iter()
+            .map(|d| d.message.as_ref().map(|m| m.payload.as_slice()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(message(|m| &m.traceparent))
     .fetch_all(pool)
     .await?;
     let mut results: Vec<Option<PgRow>> = (0..size).map(|_| None).collect();
@@ -1065,67 +1036,6 @@ async fn update_decisions(
         results[position] = Some(row);
     }
     Ok(results)
-}
-
-/// A batch of decisions as one array per column, for `UNNEST`; the event
-/// columns are NULL for a decision without an event.
-struct DecisionColumns {
-    transaction_id: Vec<Uuid>,
-    from_state: Vec<&'static str>,
-    to_state: Vec<&'static str>,
-    response_code: Vec<Option<String>>,
-    approval_code: Vec<Option<String>>,
-    issuer_latency_ms: Vec<i32>,
-    event: Vec<&'static str>,
-    event_id: Vec<Option<Uuid>>,
-    topic: Vec<Option<String>>,
-    message_key: Vec<Option<String>>,
-    payload: Vec<Option<Vec<u8>>>,
-    traceparent: Vec<Option<String>>,
-}
-
-impl DecisionColumns {
-    fn with_capacity(size: usize) -> Self {
-        DecisionColumns {
-            transaction_id: Vec::with_capacity(size),
-            from_state: Vec::with_capacity(size),
-            to_state: Vec::with_capacity(size),
-            response_code: Vec::with_capacity(size),
-            approval_code: Vec::with_capacity(size),
-            issuer_latency_ms: Vec::with_capacity(size),
-            event: Vec::with_capacity(size),
-            event_id: Vec::with_capacity(size),
-            topic: Vec::with_capacity(size),
-            message_key: Vec::with_capacity(size),
-            payload: Vec::with_capacity(size),
-            traceparent: Vec::with_capacity(size),
-        }
-    }
-
-    fn push(&mut self, decision: Decision) {
-        self.transaction_id.push(decision.transaction_id);
-        self.from_state.push(decision.from_state);
-        self.to_state.push(decision.to_state);
-        self.response_code.push(decision.response_code);
-        self.approval_code.push(decision.approval_code);
-        self.issuer_latency_ms.push(decision.issuer_latency_ms);
-        self.event.push(decision.event);
-        let (event_id, topic, message_key, payload, traceparent) = match decision.message {
-            Some(m) => (
-                Some(m.event_id),
-                Some(m.topic),
-                Some(m.key),
-                Some(m.payload),
-                Some(m.traceparent),
-            ),
-            None => (None, None, None, None, None),
-        };
-        self.event_id.push(event_id);
-        self.topic.push(topic);
-        self.message_key.push(message_key);
-        self.payload.push(payload);
-        self.traceparent.push(traceparent);
-    }
 }
 
 /// Hands out RRN sequence numbers from blocks of 1000 reserved in the
