@@ -110,7 +110,7 @@ async fn a_redelivered_event_changes_state_once() {
                 &format!("{suffix}-group"),
                 &["consumer-test"],
                 &RecordEffects,
-                &consumer::GroupMembership::default(),
+                None,
                 stop.cancelled_owned(),
             )
             .await

@@ -264,8 +264,7 @@ async fn run_consumer(
     planner: DeliveryPlanner,
     stop: CancellationToken,
 ) {
-    let membership = consumer::GroupMembership::default();
-    consumer::run_until_stopped(pool, &kafka, &group, &TOPICS, &planner, &membership, stop).await;
+    consumer::run_until_stopped(pool, &kafka, &group, &TOPICS, &planner, None, stop).await;
 }
 
 #[cfg(test)]

@@ -141,7 +141,16 @@ async fn run_consumer(
     let group = config.consumer_group.clone();
     let tracker = ApprovalTracker::new(config);
     let topics = [topics::AUTHORIZATION_EVENTS, topics::SETTLEMENT_EVENTS];
-    consumer::run_until_stopped(pool, &kafka, &group, &topics, &tracker, &membership, stop).await;
+    consumer::run_until_stopped(
+        pool,
+        &kafka,
+        &group,
+        &topics,
+        &tracker,
+        Some(&membership),
+        stop,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -170,8 +170,7 @@ async fn run_consumer(
 ) {
     let ledger = ingest::ApprovalLedger::new(metrics);
     let topics = [topics::AUTHORIZATION_EVENTS];
-    let membership = consumer::GroupMembership::default();
-    consumer::run_until_stopped(pool, &kafka, &group, &topics, &ledger, &membership, stop).await;
+    consumer::run_until_stopped(pool, &kafka, &group, &topics, &ledger, None, stop).await;
 }
 
 /// Settles runs an earlier crash left half done, then closes windows as

@@ -322,7 +322,8 @@ async fn apply_batch(
 }
 
 /// Consumes `topics` (names without prefix) in consumer group `group` until
-/// `shutdown` resolves, telling `membership` when it has joined the group.
+/// `shutdown` resolves, telling `membership` (if one is given) when it has
+/// joined the group.
 /// A handler error stops before committing the offset and retries the same
 /// message after a pause.
 pub async fn run(
@@ -331,11 +332,11 @@ pub async fn run(
     group: &str,
     topics: &[&str],
     handler: &dyn EventHandler,
-    membership: &GroupMembership,
+    membership: Option<&GroupMembership>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConsumerError> {
     let context = MembershipContext {
-        membership: membership.clone(),
+        membership: membership.cloned().unwrap_or_default(),
         group: group.to_owned(),
     };
     let consumer: StreamConsumer<MembershipContext> =
@@ -408,7 +409,7 @@ pub async fn run_until_stopped(
     group: &str,
     topics: &[&str],
     handler: &dyn EventHandler,
-    membership: &GroupMembership,
+    membership: Option<&GroupMembership>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let pruning = prune_until_stopped(&pool, group, kafka.dedupe_retention_hours, &stop);
@@ -430,7 +431,7 @@ async fn consume_until_stopped(
     group: &str,
     topics: &[&str],
     handler: &dyn EventHandler,
-    membership: &GroupMembership,
+    membership: Option<&GroupMembership>,
     stop: &tokio_util::sync::CancellationToken,
 ) {
     while !stop.is_cancelled() {

@@ -261,17 +261,7 @@ async fn run_consumer(
     let topics = [topics::TERMINAL_MESSAGES];
     // Terminals are served whether or not pushes flow yet: the gateway's
     // readiness is its sales path, not its consumer's membership.
-    let membership = consumer::GroupMembership::default();
-    consumer::run_until_stopped(
-        pool,
-        &kafka,
-        CONSUMER_GROUP,
-        &topics,
-        &inbox,
-        &membership,
-        stop,
-    )
-    .await;
+    consumer::run_until_stopped(pool, &kafka, CONSUMER_GROUP, &topics, &inbox, None, stop).await;
 }
 
 #[cfg(test)]
