@@ -4,11 +4,9 @@
 //! when authorization announces a final decision, whatever the order in
 //! which the events arrive.
 
-use std::collections::HashSet;
-
 use sqlx::PgConnection;
 use switch_core::{OrphanDecision, ReversalReason, decide_batch_orphan};
-use switch_platform::consumer::{EventHandler, HandlerError, HandlerFuture};
+use switch_platform::consumer::{EventHandler, Gathered, HandlerError, HandlerFuture};
 use switch_platform::telemetry::{link_traceparent, set_parent_from_traceparent};
 use switch_platform::timestamps::to_time;
 use switch_proto::v1::event_envelope::Payload;
@@ -57,28 +55,27 @@ impl ApprovalTracker {
         })
     }
 
-    /// Opens the watches gathered so far, with one statement.
+    /// Opens `watches` with one statement.
     async fn open_watches(
         &self,
         conn: &mut PgConnection,
-        pending: &mut Vec<OpenWatch>,
+        watches: Vec<OpenWatch>,
     ) -> Result<(), HandlerError> {
-        if pending.is_empty() {
+        if watches.is_empty() {
             return Ok(());
         }
-        let span = tracing::info_span!("reversal_handler.approvals", count = pending.len());
-        for watch in pending.iter() {
+        let span = tracing::info_span!("reversal_handler.approvals", count = watches.len());
+        for watch in watches.iter() {
             link_traceparent(&span, &watch.facts.traceparent);
         }
-        let added = store::insert_open_many(conn, pending)
+        let added = store::insert_open_many(conn, &watches)
             .instrument(span)
             .await?;
         tracing::debug!(
-            approvals = pending.len(),
+            approvals = watches.len(),
             added,
             "Approvals watched until their deadlines."
         );
-        pending.clear();
         Ok(())
     }
 
@@ -93,7 +90,7 @@ impl ApprovalTracker {
         match payload {
             Payload::AuthorizationApproved(approved) => {
                 if let Some(watch) = self.open_watch(event, approved, now) {
-                    self.open_watches(conn, &mut vec![watch]).await?;
+                    self.open_watches(conn, vec![watch]).await?;
                 }
             }
             Payload::AuthorizationIssuerTimedOut(timed_out) => {
@@ -229,29 +226,24 @@ impl EventHandler for ApprovalTracker {
     ) -> HandlerFuture<'a> {
         Box::pin(async move {
             let now = OffsetDateTime::now_utc();
-            let mut pending: Vec<OpenWatch> = Vec::new();
-            let mut pending_ids: HashSet<Uuid> = HashSet::new();
+            let mut pending: Gathered<OpenWatch> = Gathered::default();
             for event in events {
                 if let Some(Payload::AuthorizationApproved(approved)) = &event.payload {
                     if let Some(watch) = self.open_watch(event, approved, now) {
-                        if !pending_ids.insert(watch.facts.transaction_id) {
-                            self.open_watches(tx, &mut pending).await?;
-                            pending_ids.clear();
-                            pending_ids.insert(watch.facts.transaction_id);
+                        let transaction_id = watch.facts.transaction_id;
+                        if pending.holds(transaction_id) {
+                            self.open_watches(tx, pending.take()).await?;
                         }
-                        pending.push(watch);
+                        pending.add(transaction_id, watch);
                     }
                     continue;
                 }
-                let concerns_pending = Uuid::parse_str(&event.transaction_id)
-                    .map_or(true, |id| pending_ids.contains(&id));
-                if concerns_pending {
-                    self.open_watches(tx, &mut pending).await?;
-                    pending_ids.clear();
+                if pending.must_write_before(event) {
+                    self.open_watches(tx, pending.take()).await?;
                 }
                 self.handle(tx, event).await?;
             }
-            self.open_watches(tx, &mut pending).await
+            self.open_watches(tx, pending.take()).await
         })
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use sqlx::PgConnection;
-use switch_platform::consumer::{EventHandler, HandlerError, HandlerFuture};
+use switch_platform::consumer::{EventHandler, Gathered, HandlerError, HandlerFuture};
 use switch_platform::telemetry::set_parent_from_traceparent;
 use switch_platform::timestamps::to_time;
 use switch_proto::v1::event_envelope::Payload;
@@ -103,11 +103,13 @@ pub fn approval_from_facts(
     })
 }
 
-/// Approvals gathered for one statement.
+/// Approvals gathered for one statement and, besides their transactions,
+/// their terminal keys: two approvals with one key never share a
+/// statement, so the second meets the first and is rejected rather than
+/// failing the batch.
 #[derive(Default)]
 struct PendingApprovals {
-    approvals: Vec<NewApproval>,
-    ids: HashSet<Uuid>,
+    gathered: Gathered<NewApproval>,
     keys: HashSet<(String, time::Date, String)>,
 }
 
@@ -121,13 +123,17 @@ impl PendingApprovals {
     }
 
     fn clashes_with(&self, approval: &NewApproval) -> bool {
-        self.ids.contains(&approval.transaction_id) || self.keys.contains(&Self::key(approval))
+        self.gathered.holds(approval.transaction_id) || self.keys.contains(&Self::key(approval))
     }
 
     fn add(&mut self, approval: NewApproval) {
-        self.ids.insert(approval.transaction_id);
         self.keys.insert(Self::key(&approval));
-        self.approvals.push(approval);
+        self.gathered.add(approval.transaction_id, approval);
+    }
+
+    fn take(&mut self) -> Vec<NewApproval> {
+        self.keys.clear();
+        self.gathered.take()
     }
 }
 
@@ -148,22 +154,21 @@ impl ApprovalLedger {
     async fn record(
         &self,
         conn: &mut PgConnection,
-        pending: &mut PendingApprovals,
+        approvals: Vec<NewApproval>,
     ) -> Result<(), HandlerError> {
-        if pending.approvals.is_empty() {
+        if approvals.is_empty() {
             return Ok(());
         }
-        let added = store::insert_unconfirmed_many(conn, &pending.approvals).await?;
+        let added = store::insert_unconfirmed_many(conn, &approvals).await?;
         let unconfirmed = Advance {
             status: "unconfirmed",
             ..Default::default()
         };
-        for approval in &pending.approvals {
+        for approval in &approvals {
             if !added.contains(&approval.transaction_id) {
                 record_approval(conn, &self.metrics, approval, &unconfirmed, None).await?;
             }
         }
-        *pending = PendingApprovals::default();
         Ok(())
     }
 
@@ -279,20 +284,18 @@ impl EventHandler for ApprovalLedger {
                         Some(&approved.approval_code),
                     ) {
                         if pending.clashes_with(&approval) {
-                            self.record(tx, &mut pending).await?;
+                            self.record(tx, pending.take()).await?;
                         }
                         pending.add(approval);
                     }
                     continue;
                 }
-                let concerns_pending = Uuid::parse_str(&event.transaction_id)
-                    .map_or(true, |id| pending.ids.contains(&id));
-                if concerns_pending {
-                    self.record(tx, &mut pending).await?;
+                if pending.gathered.must_write_before(event) {
+                    self.record(tx, pending.take()).await?;
                 }
                 self.handle(tx, event).await?;
             }
-            self.record(tx, &mut pending).await
+            self.record(tx, pending.take()).await
         })
     }
 

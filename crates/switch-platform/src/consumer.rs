@@ -192,6 +192,50 @@ pub trait EventHandler: Send + Sync {
     }
 }
 
+/// Rows an [`EventHandler::handle_batch`] gathers for one multi-row
+/// statement while it applies a batch in order. Events of different
+/// transactions touch different rows and commute, so other events may be
+/// applied while rows are gathered; an event of a transaction with a
+/// gathered row (or of no recognizable transaction) must wait until the
+/// gathered rows are written ([`Gathered::must_write_before`]).
+pub struct Gathered<T> {
+    rows: Vec<T>,
+    transactions: std::collections::HashSet<Uuid>,
+}
+
+impl<T> Default for Gathered<T> {
+    fn default() -> Self {
+        Gathered {
+            rows: Vec::new(),
+            transactions: std::collections::HashSet::new(),
+        }
+    }
+}
+
+impl<T> Gathered<T> {
+    /// Whether a row of `transaction_id` is gathered.
+    pub fn holds(&self, transaction_id: Uuid) -> bool {
+        self.transactions.contains(&transaction_id)
+    }
+
+    pub fn add(&mut self, transaction_id: Uuid, row: T) {
+        self.transactions.insert(transaction_id);
+        self.rows.push(row);
+    }
+
+    /// Whether `event` may only be applied once the gathered rows are
+    /// written.
+    pub fn must_write_before(&self, event: &EventEnvelope) -> bool {
+        Uuid::parse_str(&event.transaction_id).map_or(true, |id| self.holds(id))
+    }
+
+    /// The gathered rows, to be written now; gathering starts over.
+    pub fn take(&mut self) -> Vec<T> {
+        self.transactions.clear();
+        std::mem::take(&mut self.rows)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     #[error(transparent)]
