@@ -195,14 +195,14 @@ pub async fn serve(
     let listener_task = tokio::spawn(listen(pool.clone(), channel.clone(), wake, stop.clone()));
     let worker_task = tokio::spawn(worker.run(stop.clone()));
     let relay_task = tokio::spawn(relay.clone().run(stop.clone().cancelled_owned()));
-    let relay_wake = Arc::new(Notify::new());
-    let relay_listener_task = tokio::spawn(listen(
-        pool.clone(),
-        outbox_channel(database),
-        relay_wake.clone(),
-        stop.clone(),
-    ));
-    let relay_wake_task = tokio::spawn(wake_relay(relay, relay_wake, stop.clone()));
+    // The consumer's commits that queued terminal messages wake the relay.
+    let relay_listener_task = tokio::spawn({
+        let (pool, channel, stop) = (pool.clone(), outbox_channel(database), stop.clone());
+        async move {
+            switch_platform::db::listen(pool, channel, stop, || relay.wake(), |_| relay.wake())
+                .await;
+        }
+    });
     let consumer_task = tokio::spawn(run_consumer(
         pool.clone(),
         kafka.clone(),
@@ -238,22 +238,11 @@ pub async fn serve(
     let _ = consumer_task.await;
     let _ = worker_task.await;
     let _ = listener_task.await;
-    let _ = relay_wake_task.await;
     let _ = relay_listener_task.await;
     // Last: the relay publishes what the consumer queued before it stopped.
     let _ = relay_task.await;
     tracing::info!("Notifier stopped.");
     result.map_err(ServeError::from)
-}
-
-/// Passes the outbox listener's wake-ups on to the relay until `stop`.
-async fn wake_relay(relay: OutboxRelay, wake: Arc<Notify>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = wake.notified() => relay.wake(),
-        }
-    }
 }
 
 /// Consumes the outcome topics until `stop`.

@@ -492,11 +492,10 @@ fn millis(duration: time::Duration) -> u64 {
     u64::try_from(duration.whole_milliseconds()).unwrap_or(0)
 }
 
-/// Wakes the worker (or whoever waits on `wake`: the outbox relay too)
-/// whenever a transaction that made work due commits (`pg_notify` on
-/// `channel`), until `stop`. Notifications sent while the listener is
-/// reconnecting are lost, so it wakes once after each (re)connection; the
-/// poll interval covers the rest.
+/// Wakes the worker whenever a transaction that made deliveries due
+/// commits (`pg_notify` on `channel`), until `stop`. Notifications sent
+/// while the listener is reconnecting are lost, so it wakes once after each
+/// (re)connection; the poll interval covers the rest.
 pub async fn listen(pool: PgPool, channel: String, wake: Arc<Notify>, stop: CancellationToken) {
     let on_notification = |_: &str| wake.notify_one();
     switch_platform::db::listen(pool, channel, stop, || wake.notify_one(), on_notification).await;
