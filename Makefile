@@ -21,7 +21,7 @@ help: ## List the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: demo
-demo: build certs ## Start broker + services, run sales with posctl, show journal and events, stop
+demo: build certs broker-install ## Start broker + services, run sales with posctl, show journal and events, stop
 	@scripts/demo.sh
 
 .PHONY: test
