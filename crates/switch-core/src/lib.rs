@@ -11,6 +11,7 @@
 
 pub mod authorization;
 pub mod card;
+pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod money;
@@ -22,6 +23,7 @@ pub mod settlement;
 
 pub use authorization::*;
 pub use card::*;
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::*;
 pub use ids::*;
 pub use money::*;
