@@ -1,6 +1,7 @@
 //! The authorization service's errors, and the one place they become gRPC
 //! statuses. Messages name the offending field and never contain card data.
 
+use switch_core::lifecycle::Refusal;
 use switch_core::{IllegalTransition, InvalidField};
 use tonic::Status;
 
@@ -14,8 +15,9 @@ pub enum AuthorizationError {
     ModifiedReplay { field: &'static str },
     #[error("no authorization found for {0}")]
     NotFound(String),
-    #[error("authorization {0} has no result yet; retry the acknowledgement later")]
-    NotYetDecided(String),
+    /// The lifecycle refused the command; nothing was written.
+    #[error("authorization {target} {refusal}")]
+    Refused { target: String, refusal: Refusal },
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("the journal holds a row that does not parse: {0}")]
@@ -36,8 +38,15 @@ impl From<AuthorizationError> for Status {
             AuthorizationError::InvalidField(field) => Status::invalid_argument(field.to_string()),
             e @ AuthorizationError::ModifiedReplay { .. } => Status::already_exists(e.to_string()),
             e @ AuthorizationError::NotFound(_) => Status::not_found(e.to_string()),
-            e @ (AuthorizationError::NotYetDecided(_)
-            | AuthorizationError::FailedPrecondition(_)) => {
+            AuthorizationError::Refused {
+                target,
+                refusal: Refusal::Illegal(illegal),
+            } => {
+                tracing::error!(%target, error = %illegal, "Authorization invariant broken.");
+                Status::internal("internal error; the transaction is recorded, query it by STAN")
+            }
+            e
+            @ (AuthorizationError::Refused { .. } | AuthorizationError::FailedPrecondition(_)) => {
                 Status::failed_precondition(e.to_string())
             }
             e @ (AuthorizationError::CorruptRow(_) | AuthorizationError::IllegalTransition(_)) => {

@@ -10,15 +10,27 @@
 //! first instead of racing it. Card numbers are kept only masked and as a
 //! keyed fingerprint.
 
-mod convert;
+//!
+//! Layers, each depending only on those above it: `model` (the domain
+//! types, mostly switch-core's) → `store` (the journal in PostgreSQL: it
+//! persists decisions and decides nothing) → `lifecycle` (lock, let
+//! `switch_core::lifecycle::decide` decide, apply) → `service` and
+//! `reversals` (the gRPC API and the reversal worker). `wire` and `events`
+//! are the edges where protobuf is converted.
+
 mod error;
+mod events;
 mod group_commit;
 mod issuer;
+mod lifecycle;
 // Public only for this crate's integration tests (tests/group_commit.rs).
 #[doc(hidden)]
-pub mod journal;
+pub mod model;
 mod reversals;
 mod service;
+#[doc(hidden)]
+pub mod store;
+mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -207,23 +219,27 @@ pub async fn serve(
         Duration::from_millis(config.issuer_late_window_ms),
     )
     .map_err(|e| ServeError::IssuerEndpoint(e.to_string()))?;
-    let journal = std::sync::Arc::new(journal::Journal::new(
-        pool,
-        kafka.topic(topics::AUTHORIZATION_EVENTS),
-        u32::try_from(config.issuer_timeout_ms).unwrap_or(u32::MAX),
-    ));
+    let journal = std::sync::Arc::new(store::Journal::new(pool));
     let wake_reversals = std::sync::Arc::new(tokio::sync::Notify::new());
+    let lifecycle = lifecycle::Lifecycle {
+        journal,
+        announcer: events::Announcer {
+            topic: kafka.topic(topics::AUTHORIZATION_EVENTS),
+            issuer_timeout_ms: u32::try_from(config.issuer_timeout_ms).unwrap_or(u32::MAX),
+        },
+        clock: switch_core::SystemClock::shared(),
+        issuer_name: config.issuer_name.clone(),
+        relay: relay.clone(),
+        reversals: wake_reversals.clone(),
+    };
     let service = service::AuthorizationApi::new(
-        journal.clone(),
+        lifecycle.clone(),
         issuer.clone(),
-        config.issuer_name.clone(),
-        wake_reversals.clone(),
-        relay.clone(),
         switch_core::PanHasher::new(config.pan_hash_key.expose().as_bytes()),
         Duration::from_millis(config.issuer_timeout_ms),
     );
     let worker = reversals::ReversalWorker {
-        journal,
+        lifecycle,
         issuer,
         issuer_name: config.issuer_name.clone(),
         schedule: switch_core::RetrySchedule {

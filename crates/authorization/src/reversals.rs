@@ -12,20 +12,19 @@ use std::time::Duration;
 use futures::future::join_all;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
-use switch_core::{NextAttempt, RetrySchedule};
-use switch_proto::v1 as pb;
+use switch_core::lifecycle::{Command, Effect, ReversalAnswer, ReversalAttempt, ReversalClosed};
+use switch_core::{ResponseCode, RetrySchedule};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::issuer::GrpcIssuerLink;
-use crate::journal::{ClaimedReversal, Journal};
-
-/// Issuer answers that mean the reversal needs no repeat: done ("00"), or
-/// there is no original to reverse ("25", unable to locate record).
-const REVERSAL_DONE: [&str; 2] = ["00", "25"];
+use crate::lifecycle::Lifecycle;
+use crate::model::ClaimedReversal;
+use crate::store::Target;
+use crate::wire::pb_money;
 
 pub struct ReversalWorker {
-    pub journal: Arc<Journal>,
+    pub lifecycle: Lifecycle,
     pub issuer: GrpcIssuerLink,
     pub issuer_name: String,
     pub schedule: RetrySchedule,
@@ -66,7 +65,12 @@ impl ReversalWorker {
             self.drain(&metrics).await;
             if gauge_read_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
                 gauge_read_at = Some(std::time::Instant::now());
-                if let Ok(count) = self.journal.pending_reversals(&self.issuer_name).await {
+                if let Ok(count) = self
+                    .lifecycle
+                    .journal
+                    .pending_reversals(&self.issuer_name)
+                    .await
+                {
                     pending.record(count, &[KeyValue::new("issuer", self.issuer_name.clone())]);
                 }
             }
@@ -81,8 +85,14 @@ impl ReversalWorker {
     async fn drain(&self, metrics: &Metrics) {
         loop {
             let claimed = match self
+                .lifecycle
                 .journal
-                .claim_reversals(&self.issuer_name, self.batch_size, self.lease_ms)
+                .claim_reversals(
+                    &self.issuer_name,
+                    self.batch_size,
+                    self.lease_ms,
+                    self.lifecycle.clock.now(),
+                )
                 .await
             {
                 Ok(claimed) => claimed,
@@ -115,41 +125,44 @@ impl ReversalWorker {
     }
 
     async fn attempt(&self, claimed: &ClaimedReversal, metrics: &Metrics) {
-        let amount = pb::Money {
-            minor_units: claimed.amount.minor_units(),
-            currency: claimed.amount.currency().code().to_owned(),
-        };
         let result = self
             .issuer
-            .reverse(&claimed.rrn, &claimed.stan, amount, claimed.attempts > 1)
+            .reverse(
+                &claimed.rrn,
+                &claimed.stan,
+                pb_money(&claimed.amount),
+                claimed.attempts > 1,
+            )
             .await;
-        let outcome = match result {
-            Ok(code) if REVERSAL_DONE.contains(&code.as_str()) => {
-                match self.journal.complete_reversal(claimed).await {
-                    Ok(_) => {
-                        tracing::info!(
-                            transaction_id = %claimed.transaction_id,
-                            rrn = %claimed.rrn,
-                            reason = claimed.reason.as_str(),
-                            attempts = claimed.attempts,
-                            response_code = %code,
-                            "Reversal acknowledged by the issuer."
-                        );
-                        "acknowledged"
-                    }
-                    Err(error) => {
-                        // The issuer has it; the lease expires and the next
-                        // attempt (flagged as a repeat) records it.
-                        tracing::warn!(%error, transaction_id = %claimed.transaction_id, "Reversal acknowledged but not recorded; will repeat.");
-                        "unrecorded"
-                    }
-                }
+        let answer = match result {
+            Ok(code) => match ResponseCode::parse(&code) {
+                Ok(code) => ReversalAnswer::Answered(code),
+                Err(_) => ReversalAnswer::NoAnswer(format!("unreadable response code '{code}'")),
+            },
+            Err(reason) => ReversalAnswer::NoAnswer(reason),
+        };
+        let command = Command::ReversalAnswered {
+            answer: answer.clone(),
+            attempt: ReversalAttempt {
+                attempts: claimed.attempts,
+                age_ms: claimed.age_ms,
+                jitter: rand::random::<u64>(),
+            },
+            schedule: self.schedule,
+        };
+        let outcome = match self
+            .lifecycle
+            .execute_decision(Target::Id(claimed.transaction_id), command)
+            .await
+        {
+            Ok((_, decision)) => self.report(claimed, &answer, &decision.effects, metrics),
+            Err(error) => {
+                // Whatever the issuer did, nothing was recorded: the lease
+                // expires and the next attempt (flagged as a repeat) tries
+                // again.
+                tracing::warn!(%error, transaction_id = %claimed.transaction_id, %answer, "Reversal attempt not recorded; will repeat.");
+                "unrecorded"
             }
-            Ok(code) => {
-                self.failed(claimed, &format!("issuer answered {code}"), metrics)
-                    .await
-            }
-            Err(reason) => self.failed(claimed, &reason, metrics).await,
         };
         metrics.outcomes.add(
             1,
@@ -160,49 +173,56 @@ impl ReversalWorker {
         );
     }
 
-    async fn failed(
+    /// Logs and counts what the lifecycle made of an attempt.
+    fn report(
         &self,
         claimed: &ClaimedReversal,
-        error: &str,
+        answer: &ReversalAnswer,
+        effects: &[Effect],
         metrics: &Metrics,
     ) -> &'static str {
-        let jitter = rand::random::<u64>();
-        match self
-            .schedule
-            .after_failure(claimed.attempts, claimed.age_ms, jitter)
-        {
-            NextAttempt::After(delay_ms) => {
-                tracing::debug!(
-                    transaction_id = %claimed.transaction_id,
-                    attempts = claimed.attempts,
-                    delay_ms,
-                    %error,
-                    "Reversal attempt failed; will repeat."
-                );
-                if let Err(e) = self.journal.retry_reversal(claimed, delay_ms, error).await {
-                    tracing::warn!(error = %e, "Reversal retry not recorded; the lease will expire.");
+        for effect in effects {
+            match effect {
+                Effect::CloseReversal(ReversalClosed::Acknowledged) => {
+                    tracing::info!(
+                        transaction_id = %claimed.transaction_id,
+                        rrn = %claimed.rrn,
+                        reason = claimed.reason.as_str(),
+                        attempts = claimed.attempts,
+                        %answer,
+                        "Reversal acknowledged by the issuer."
+                    );
+                    return "acknowledged";
                 }
-                "retry"
-            }
-            NextAttempt::DeadLetter => {
-                if let Err(e) = self.journal.dead_letter_reversal(claimed).await {
-                    tracing::warn!(error = %e, "Dead letter not recorded; will retry.");
+                Effect::CloseReversal(ReversalClosed::DeadLettered) => {
+                    metrics
+                        .dead_letters
+                        .add(1, &[KeyValue::new("issuer", self.issuer_name.clone())]);
+                    tracing::error!(
+                        transaction_id = %claimed.transaction_id,
+                        rrn = %claimed.rrn,
+                        issuer = %self.issuer_name,
+                        attempts = claimed.attempts,
+                        age_ms = claimed.age_ms,
+                        error = %answer,
+                        "Reversal dead-lettered: not acknowledged within its maximum age. An operator must resolve it."
+                    );
+                    return "dead_lettered";
+                }
+                Effect::RetryReversal { delay_ms, .. } => {
+                    tracing::debug!(
+                        transaction_id = %claimed.transaction_id,
+                        attempts = claimed.attempts,
+                        delay_ms,
+                        error = %answer,
+                        "Reversal attempt failed; will repeat."
+                    );
                     return "retry";
                 }
-                metrics
-                    .dead_letters
-                    .add(1, &[KeyValue::new("issuer", self.issuer_name.clone())]);
-                tracing::error!(
-                    transaction_id = %claimed.transaction_id,
-                    rrn = %claimed.rrn,
-                    issuer = %self.issuer_name,
-                    attempts = claimed.attempts,
-                    age_ms = claimed.age_ms,
-                    %error,
-                    "Reversal dead-lettered: not acknowledged within its maximum age. An operator must resolve it."
-                );
-                "dead_lettered"
+                _ => {}
             }
         }
+        // Another attempt had already finished it.
+        "already_done"
     }
 }

@@ -7,24 +7,26 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
+use switch_core::lifecycle::{Command, IssuerVerdict, SaleIntent, decide};
 use switch_core::{
-    AuthorizationEvent, AuthorizationState, Evidence, PanHasher, ReplayVerdict, ReversalReason,
-    SaleDigest, TerminalId, TransactionId, classify_issuer_answer, compare_replay,
+    Evidence, PanHasher, ReplayVerdict, ReversalReason, SaleDigest, TerminalId, TransactionId,
+    compare_replay,
 };
-use switch_platform::outbox::OutboxRelay;
 use switch_platform::telemetry::server_span;
 use switch_proto::v1::{
     self as pb, AuthorizationRecord, authorization_service_server::AuthorizationService,
     get_authorization_request::By, reverse_request::Target,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::convert;
 use crate::error::AuthorizationError;
 use crate::issuer::{GrpcIssuerLink, IssuerOutcome, LateAnswer};
-use crate::journal::{Begin, Journal, RequestKey, SaleCommand, StoredAuthorization};
+use crate::lifecycle::Lifecycle;
+use crate::model::{Authorization, RequestKey, SaleCommand};
+use crate::store::{self, Begin};
+use crate::wire;
 
 /// Requests being authorized by this process, by key. A retry that arrives
 /// while its original is in flight waits for it here instead of racing it
@@ -32,13 +34,8 @@ use crate::journal::{Begin, Journal, RequestKey, SaleCommand, StoredAuthorizatio
 type InFlight = Arc<Mutex<HashMap<RequestKey, watch::Receiver<()>>>>;
 
 pub struct AuthorizationApi {
-    journal: Arc<Journal>,
+    lifecycle: Lifecycle,
     issuer: GrpcIssuerLink,
-    /// Name of the issuer queue reversals go to.
-    issuer_name: String,
-    /// Wakes the reversal worker when a reversal is requested.
-    reversals: Arc<Notify>,
-    relay: OutboxRelay,
     hasher: PanHasher,
     issuer_timeout: Duration,
     in_flight: InFlight,
@@ -69,21 +66,15 @@ enum Role {
 
 impl AuthorizationApi {
     pub fn new(
-        journal: Arc<Journal>,
+        lifecycle: Lifecycle,
         issuer: GrpcIssuerLink,
-        issuer_name: String,
-        reversals: Arc<Notify>,
-        relay: OutboxRelay,
         hasher: PanHasher,
         issuer_timeout: Duration,
     ) -> Self {
         let meter = opentelemetry::global::meter(crate::SERVICE_NAME);
         AuthorizationApi {
-            journal,
+            lifecycle,
             issuer,
-            issuer_name,
-            reversals,
-            relay,
             hasher,
             issuer_timeout,
             in_flight: Arc::default(),
@@ -127,7 +118,7 @@ impl AuthorizationApi {
     async fn authorize(
         &self,
         command: SaleCommand,
-    ) -> Result<(StoredAuthorization, bool), AuthorizationError> {
+    ) -> Result<(Authorization, bool), AuthorizationError> {
         let digest = SaleDigest {
             pan_fingerprint: self.hasher.fingerprint(&command.pan),
             amount: command.amount,
@@ -140,17 +131,14 @@ impl AuthorizationApi {
                 Role::Follower(mut waiting) => {
                     // Resolves when the leader finishes, however it finishes.
                     let _ = waiting.changed().await;
-                    if let Some(original) = self.journal.find_by_key(&command.key).await? {
+                    if let Some(original) = self.lifecycle.journal.find_by_key(&command.key).await?
+                    {
                         return self.replay(original, &digest).await;
                     }
                     // The leader failed before journaling; try ourselves.
                 }
                 Role::Leader(guard) => {
-                    let result = match self
-                        .journal
-                        .begin(&command, &digest.pan_fingerprint)
-                        .await?
-                    {
+                    let result = match self.begin(&command, &digest).await? {
                         Begin::Existing(original) => self.replay(original, &digest).await,
                         Begin::Started(started) => self
                             .ask_issuer(started, &command)
@@ -177,12 +165,15 @@ impl AuthorizationApi {
         if earlier == command.key {
             return;
         }
+        let acknowledge = Command::Acknowledge {
+            evidence: Evidence::LastCompletedStan,
+        };
         match self
-            .journal
-            .acknowledge(&earlier, Evidence::LastCompletedStan)
+            .lifecycle
+            .execute(store::Target::Key(&earlier), acknowledge)
             .await
         {
-            Ok(_) => self.relay.wake(),
+            Ok(_) => {}
             Err(error) => tracing::debug!(
                 terminal_id = %earlier.terminal_id,
                 stan = %earlier.stan,
@@ -195,9 +186,9 @@ impl AuthorizationApi {
     /// Answers a retry with the original's answer, once it has one.
     async fn replay(
         &self,
-        original: StoredAuthorization,
+        original: Authorization,
         retry: &SaleDigest,
-    ) -> Result<(StoredAuthorization, bool), AuthorizationError> {
+    ) -> Result<(Authorization, bool), AuthorizationError> {
         if let ReplayVerdict::Modified { field } = compare_replay(&original.digest(), retry) {
             tracing::warn!(
                 terminal_id = %original.key.terminal_id,
@@ -213,18 +204,45 @@ impl AuthorizationApi {
         let mut current = original;
         while current.state.is_in_flight() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            if let Some(fresh) = self.journal.find_by_id(current.transaction_id).await? {
+            if let Some(fresh) = self
+                .lifecycle
+                .journal
+                .find_by_id(current.transaction_id)
+                .await?
+            {
                 current = fresh;
             }
         }
         Ok((current, true))
     }
 
+    /// Journals the intent before the issuer is asked: an approval that a
+    /// crash interrupts can still be found and reversed.
+    async fn begin(
+        &self,
+        command: &SaleCommand,
+        digest: &SaleDigest,
+    ) -> Result<Begin, AuthorizationError> {
+        let journal = &self.lifecycle.journal;
+        let now = self.lifecycle.clock.now();
+        let intent = SaleIntent {
+            transaction_id: TransactionId::new(),
+            key: command.key.clone(),
+            merchant_id: command.merchant_id.clone(),
+            rrn: journal.next_rrn(now.date()).await?,
+            masked_pan: command.pan.masked(),
+            pan_fingerprint: digest.pan_fingerprint.clone(),
+            amount: command.amount,
+            channel: command.channel,
+        };
+        journal.begin(intent, now).await
+    }
+
     async fn ask_issuer(
         &self,
-        started: StoredAuthorization,
+        started: Authorization,
         command: &SaleCommand,
-    ) -> Result<StoredAuthorization, AuthorizationError> {
+    ) -> Result<Authorization, AuthorizationError> {
         let request = pb::IssuerAuthorizeRequest {
             rrn: started.rrn.to_string(),
             stan: started.key.stan.to_string(),
@@ -232,22 +250,19 @@ impl AuthorizationApi {
             merchant_id: started.merchant_id.to_string(),
             pan: command.pan.expose().to_owned(),
             expiry: command.expiry.expose().to_owned(),
-            amount: Some(pb::Money {
-                minor_units: command.amount.minor_units(),
-                currency: command.amount.currency().code().to_owned(),
-            }),
+            amount: Some(wire::pb_money(&command.amount)),
         };
         let sent = Instant::now();
         let outcome = self.issuer.authorize(request).await;
         let latency_ms = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let event = match outcome {
+        let verdict = match outcome {
             IssuerOutcome::Answered(answer) => {
-                classify_issuer_answer(&answer.response_code, &answer.approval_code).unwrap_or_else(
+                IssuerVerdict::read(&answer.response_code, &answer.approval_code).unwrap_or_else(
                     |error| {
                         // An answer we cannot read leaves whether money moved
                         // unknown, exactly like silence.
                         tracing::error!(rrn = %started.rrn, %error, "Unusable issuer answer.");
-                        AuthorizationEvent::IssuerTimedOut
+                        IssuerVerdict::Unknown
                     },
                 )
             }
@@ -256,18 +271,29 @@ impl AuthorizationApi {
                 if let Some(late) = late {
                     self.await_late_answer(started.transaction_id, late);
                 }
-                AuthorizationEvent::IssuerTimedOut
+                IssuerVerdict::Unknown
             }
         };
+        let now = self.lifecycle.clock.now();
+        let decision =
+            decide(&started, Command::IssuerDecided(verdict), now).map_err(|refusal| {
+                AuthorizationError::Refused {
+                    target: started.transaction_id.to_string(),
+                    refusal,
+                }
+            })?;
+        let announcement = self.lifecycle.announcer.messages(&decision, now).pop();
         let decided = self
+            .lifecycle
             .journal
             .record_decision(
-                &started,
-                &event,
+                decision,
+                announcement,
                 i32::try_from(latency_ms).unwrap_or(i32::MAX),
+                now,
             )
             .await?;
-        self.relay.wake();
+        self.lifecycle.relay.wake();
         let outcome = KeyValue::new("outcome", decided.state.as_str());
         self.decisions.add(1, std::slice::from_ref(&outcome));
         self.issuer_latency.record(latency_ms, &[outcome]);
@@ -291,50 +317,29 @@ impl AuthorizationApi {
     /// It never resurrects the authorization; a late approval means money
     /// is held, so it is reversed (idempotently, whatever else is under way).
     fn await_late_answer(&self, transaction_id: TransactionId, late: LateAnswer) {
-        let (journal, relay, reversals, issuer_name) = (
-            self.journal.clone(),
-            self.relay.clone(),
-            self.reversals.clone(),
-            self.issuer_name.clone(),
-        );
+        let lifecycle = self.lifecycle.clone();
         tokio::spawn(async move {
             let Ok(Some((answer, took))) = late.await else {
                 return;
             };
-            let latency_ms = i32::try_from(took.as_millis()).unwrap_or(i32::MAX);
+            let latency_ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
             tracing::warn!(
                 %transaction_id,
                 response_code = %answer.response_code,
                 latency_ms,
                 "Late issuer response recorded; the authorization stays timed out."
             );
-            if let Err(error) = journal
-                .record_late_response(
-                    transaction_id,
-                    &answer.response_code,
-                    &answer.approval_code,
-                    latency_ms,
-                )
+            let late = Command::LateIssuerAnswer {
+                response_code: answer.response_code,
+                approval_code: answer.approval_code,
+                latency_ms,
+            };
+            if let Err(error) = lifecycle
+                .execute(store::Target::Id(transaction_id), late)
                 .await
             {
                 tracing::error!(%transaction_id, %error, "Late issuer response not recorded.");
             }
-            if answer.response_code == "00" {
-                match journal
-                    .request_reversal(
-                        transaction_id,
-                        ReversalReason::LateIssuerResponse,
-                        &issuer_name,
-                    )
-                    .await
-                {
-                    Ok(_) => reversals.notify_one(),
-                    Err(error) => {
-                        tracing::error!(%transaction_id, %error, "Reversal of a late approval not requested.")
-                    }
-                }
-            }
-            relay.wake();
         });
     }
 }
@@ -348,10 +353,10 @@ impl AuthorizationService for AuthorizationApi {
         let span = server_span("authorization.authorize", request.metadata());
         async move {
             let command =
-                convert::sale_command(request.get_ref()).map_err(AuthorizationError::from)?;
+                wire::sale_command(request.get_ref()).map_err(AuthorizationError::from)?;
             let (authorization, duplicate) = self.authorize(command).await?;
             Ok(Response::new(pb::AuthorizeResponse {
-                authorization: Some(convert::record(&authorization)),
+                authorization: Some(wire::record(&authorization)),
                 duplicate,
             }))
         }
@@ -368,23 +373,29 @@ impl AuthorizationService for AuthorizationApi {
             let request = request.into_inner();
             let reason =
                 ReversalReason::parse(&request.reason).map_err(AuthorizationError::from)?;
+            let journal = &self.lifecycle.journal;
             let original = match &request.target {
                 Some(Target::TransactionId(id)) => {
                     let id = TransactionId::parse(id).map_err(AuthorizationError::from)?;
-                    self.journal
+                    journal
                         .find_by_id(id)
                         .await?
                         .ok_or_else(|| AuthorizationError::NotFound(id.to_string()))?
                 }
                 Some(Target::Key(key)) => {
-                    let key = convert::request_key(Some(key)).map_err(AuthorizationError::from)?;
-                    match self.journal.find_by_key(&key).await? {
+                    let key = wire::request_key(Some(key)).map_err(AuthorizationError::from)?;
+                    match journal.find_by_key(&key).await? {
                         Some(original) => original,
                         None => {
                             // The switch never saw it (the request was lost on
                             // the way in): nothing to reverse, but recorded.
-                            self.journal.record_unmatched_reversal(&key).await?;
-                            self.relay.wake();
+                            let now = self.lifecycle.clock.now();
+                            let announcement =
+                                self.lifecycle.announcer.unmatched_reversal(&key, now);
+                            journal
+                                .record_unmatched_reversal(&key, &announcement, now)
+                                .await?;
+                            self.lifecycle.relay.wake();
                             tracing::info!(
                                 terminal_id = %key.terminal_id,
                                 stan = %key.stan,
@@ -406,13 +417,12 @@ impl AuthorizationService for AuthorizationApi {
                 }
             };
             let reversed = self
-                .journal
-                .request_reversal(original.transaction_id, reason, &self.issuer_name)
+                .lifecycle
+                .execute(
+                    store::Target::Id(original.transaction_id),
+                    Command::RequestReversal { reason },
+                )
                 .await?;
-            if reversed.state == AuthorizationState::ReversalPending {
-                self.reversals.notify_one();
-                self.relay.wake();
-            }
             tracing::info!(
                 transaction_id = %reversed.transaction_id,
                 reason = reason.as_str(),
@@ -420,7 +430,7 @@ impl AuthorizationService for AuthorizationApi {
                 "Reversal requested."
             );
             Ok(Response::new(pb::ReverseResponse {
-                authorization: Some(convert::record(&reversed)),
+                authorization: Some(wire::record(&reversed)),
                 original_found: true,
             }))
         }
@@ -438,9 +448,11 @@ impl AuthorizationService for AuthorizationApi {
             let id =
                 TransactionId::parse(&request.transaction_id).map_err(AuthorizationError::from)?;
             let evidence = Evidence::parse(&request.evidence).map_err(AuthorizationError::from)?;
-            let confirmed = self.journal.confirm(id, evidence).await?;
-            self.relay.wake();
-            Ok(Response::new(convert::record(&confirmed)))
+            let confirmed = self
+                .lifecycle
+                .execute(store::Target::Id(id), Command::Confirm { evidence })
+                .await?;
+            Ok(Response::new(wire::record(&confirmed)))
         }
         .instrument(span)
         .await
@@ -455,11 +467,14 @@ impl AuthorizationService for AuthorizationApi {
             let found = match &request.get_ref().by {
                 Some(By::TransactionId(id)) => {
                     let id = TransactionId::parse(id).map_err(AuthorizationError::from)?;
-                    (self.journal.find_by_id(id).await?, id.to_string())
+                    (self.lifecycle.journal.find_by_id(id).await?, id.to_string())
                 }
                 Some(By::Key(key)) => {
-                    let key = convert::request_key(Some(key)).map_err(AuthorizationError::from)?;
-                    (self.journal.find_by_key(&key).await?, key.to_string())
+                    let key = wire::request_key(Some(key)).map_err(AuthorizationError::from)?;
+                    (
+                        self.lifecycle.journal.find_by_key(&key).await?,
+                        key.to_string(),
+                    )
                 }
                 None => {
                     return Err(AuthorizationError::from(switch_core::InvalidField::new(
@@ -470,7 +485,7 @@ impl AuthorizationService for AuthorizationApi {
                 }
             };
             match found {
-                (Some(authorization), _) => Ok(Response::new(convert::record(&authorization))),
+                (Some(authorization), _) => Ok(Response::new(wire::record(&authorization))),
                 (None, what) => Err(AuthorizationError::NotFound(what).into()),
             }
         }
@@ -486,8 +501,13 @@ impl AuthorizationService for AuthorizationApi {
         async move {
             let terminal_id = TerminalId::parse(&request.get_ref().terminal_id)
                 .map_err(AuthorizationError::from)?;
-            match self.journal.last_for_terminal(&terminal_id).await? {
-                Some(authorization) => Ok(Response::new(convert::record(&authorization))),
+            match self
+                .lifecycle
+                .journal
+                .last_for_terminal(&terminal_id)
+                .await?
+            {
+                Some(authorization) => Ok(Response::new(wire::record(&authorization))),
                 None => Err(AuthorizationError::NotFound(format!("terminal {terminal_id}")).into()),
             }
         }
@@ -502,13 +522,15 @@ impl AuthorizationService for AuthorizationApi {
         let span = server_span("authorization.acknowledge", request.metadata());
         async move {
             let key =
-                convert::request_key(Some(request.get_ref())).map_err(AuthorizationError::from)?;
+                wire::request_key(Some(request.get_ref())).map_err(AuthorizationError::from)?;
+            let acknowledge = Command::Acknowledge {
+                evidence: Evidence::TerminalAcknowledgement,
+            };
             let acknowledged = self
-                .journal
-                .acknowledge(&key, Evidence::TerminalAcknowledgement)
+                .lifecycle
+                .execute(store::Target::Key(&key), acknowledge)
                 .await?;
-            self.relay.wake();
-            Ok(Response::new(convert::record(&acknowledged)))
+            Ok(Response::new(wire::record(&acknowledged)))
         }
         .instrument(span)
         .await

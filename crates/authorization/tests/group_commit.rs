@@ -7,13 +7,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use authorization::AuthorizationError;
-use authorization::journal::{Begin, Journal, RequestKey, SaleCommand, StoredAuthorization};
+use authorization::model::{Authorization, RequestKey, SaleCommand};
+use authorization::store::{Begin, Journal};
 use sqlx::PgPool;
+use switch_core::lifecycle::{Command, IssuerVerdict, SaleIntent, decide};
 use switch_core::{
-    ApprovalCode, AuthorizationEvent, AuthorizationState, CardExpiry, Channel, Currency, LocalDate,
-    MerchantId, Money, Pan, PanHasher, ResponseCode, Stan, TerminalId,
+    ApprovalCode, AuthorizationState, CardExpiry, Channel, Currency, LocalDate, MerchantId, Money,
+    Pan, PanHasher, ResponseCode, Stan, TerminalId, TransactionId,
 };
 use switch_platform::db::DatabaseConfig;
+use switch_platform::outbox::OutboxMessage;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -46,11 +49,7 @@ impl TestJournal {
             .run(&pool)
             .await
             .expect("migrations apply");
-        let journal = Arc::new(Journal::new(
-            pool.clone(),
-            "test.authorization-events".into(),
-            2_000,
-        ));
+        let journal = Arc::new(Journal::new(pool.clone()));
         TestJournal {
             journal,
             pool,
@@ -105,6 +104,44 @@ fn hasher() -> PanHasher {
     PanHasher::new(b"test-only-fingerprint-key")
 }
 
+/// What the service does to start a sale: an RRN, then the intent.
+async fn begin(journal: &Journal, command: &SaleCommand) -> Result<Begin, AuthorizationError> {
+    let now = OffsetDateTime::now_utc();
+    let intent = SaleIntent {
+        transaction_id: TransactionId::new(),
+        key: command.key.clone(),
+        merchant_id: command.merchant_id.clone(),
+        rrn: journal.next_rrn(now.date()).await?,
+        masked_pan: command.pan.masked(),
+        pan_fingerprint: hasher().fingerprint(&command.pan),
+        amount: command.amount,
+        channel: command.channel,
+    };
+    journal.begin(intent, now).await
+}
+
+/// What the service does with the issuer's verdict: decide, then record
+/// the decision with one announcement.
+async fn record(
+    journal: &Journal,
+    current: &Authorization,
+    verdict: IssuerVerdict,
+    latency_ms: i32,
+) -> Result<Authorization, AuthorizationError> {
+    let now = OffsetDateTime::now_utc();
+    let decision = decide(current, Command::IssuerDecided(verdict), now).expect("decidable");
+    let announcement = OutboxMessage {
+        event_id: Uuid::new_v4(),
+        topic: "test.authorization-events".into(),
+        key: current.transaction_id.to_string(),
+        payload: Vec::new(),
+        traceparent: String::new(),
+    };
+    journal
+        .record_decision(decision, Some(announcement), latency_ms, now)
+        .await
+}
+
 /// Fires every sale at once, each from a task of its own.
 async fn begin_all(
     journal: &Arc<Journal>,
@@ -115,8 +152,7 @@ async fn begin_all(
         .map(|command| {
             let journal = journal.clone();
             tokio::spawn(async move {
-                let fingerprint = hasher().fingerprint(&command.pan);
-                let result = journal.begin(&command, &fingerprint).await;
+                let result = begin(&journal, &command).await;
                 (command, result)
             })
         })
@@ -138,8 +174,8 @@ async fn concurrent_begins_and_decisions_commit_once_each() {
     sales.extend((0..50).map(|i| sale("TERM0001", i * 3, 1_000)));
     let results = begin_all(&db.journal, sales).await;
 
-    let mut started: HashMap<RequestKey, StoredAuthorization> = HashMap::new();
-    let mut existing: Vec<StoredAuthorization> = Vec::new();
+    let mut started: HashMap<RequestKey, Authorization> = HashMap::new();
+    let mut existing: Vec<Authorization> = Vec::new();
     for (command, result) in results {
         match result.expect("begin succeeds") {
             Begin::Started(row) => {
@@ -187,38 +223,32 @@ async fn concurrent_begins_and_decisions_commit_once_each() {
     // Decisions for all 150, and for 30 of them a second, conflicting
     // decision at the same time: exactly one of the two is recorded and
     // both callers get the recorded one.
-    let mut decisions: Vec<(StoredAuthorization, AuthorizationEvent)> = Vec::new();
+    let mut decisions: Vec<(Authorization, IssuerVerdict)> = Vec::new();
     for (i, row) in started.values().enumerate() {
-        let event = match i % 3 {
-            0 => AuthorizationEvent::IssuerApproved {
-                approval_code: ApprovalCode::parse(&format!("A{i:05}")).unwrap(),
-            },
-            1 => AuthorizationEvent::IssuerDeclined {
-                response_code: ResponseCode::INSUFFICIENT_FUNDS,
-            },
-            _ => AuthorizationEvent::IssuerTimedOut,
+        let verdict = match i % 3 {
+            0 => IssuerVerdict::Approved(ApprovalCode::parse(&format!("A{i:05}")).unwrap()),
+            1 => IssuerVerdict::Declined(ResponseCode::INSUFFICIENT_FUNDS),
+            _ => IssuerVerdict::Unknown,
         };
-        decisions.push((row.clone(), event));
+        decisions.push((row.clone(), verdict));
         if i < 30 {
             decisions.push((
                 row.clone(),
-                AuthorizationEvent::IssuerDeclined {
-                    response_code: ResponseCode::DO_NOT_HONOUR,
-                },
+                IssuerVerdict::Declined(ResponseCode::DO_NOT_HONOUR),
             ));
         }
     }
     let tasks: Vec<_> = decisions
         .into_iter()
-        .map(|(current, event)| {
+        .map(|(current, verdict)| {
             let journal = db.journal.clone();
             tokio::spawn(async move {
-                let decided = journal.record_decision(&current, &event, 42).await;
+                let decided = record(&journal, &current, verdict, 42).await;
                 (current, decided)
             })
         })
         .collect();
-    let mut outcomes: HashMap<Uuid, Vec<StoredAuthorization>> = HashMap::new();
+    let mut outcomes: HashMap<Uuid, Vec<Authorization>> = HashMap::new();
     for task in tasks {
         let (current, decided) = task.await.expect("decision task");
         let decided = decided.expect("decision recorded");
@@ -294,10 +324,9 @@ async fn concurrent_begins_and_decisions_commit_once_each() {
 async fn an_idle_journal_commits_a_lone_request_at_once() {
     let db = TestJournal::new().await;
     let command = sale("TERM0002", 1, 500);
-    let fingerprint = hasher().fingerprint(&command.pan);
     let started = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        db.journal.begin(&command, &fingerprint),
+        begin(&db.journal, &command),
     )
     .await
     .expect("no waiting for a batch to fill")
@@ -305,33 +334,24 @@ async fn an_idle_journal_commits_a_lone_request_at_once() {
     let Begin::Started(started) = started else {
         panic!("a new key starts");
     };
-    let again = db
-        .journal
-        .begin(&command, &fingerprint)
-        .await
-        .expect("retry");
+    let again = begin(&db.journal, &command).await.expect("retry");
     assert!(
         matches!(again, Begin::Existing(ref row) if row.transaction_id == started.transaction_id)
     );
 
-    let decided = db
-        .journal
-        .record_decision(&started, &AuthorizationEvent::IssuerTimedOut, 2_000)
+    let decided = record(&db.journal, &started, IssuerVerdict::Unknown, 2_000)
         .await
         .expect("decision");
     assert_eq!(decided.state, AuthorizationState::IssuerTimedOut);
     // Deciding from a state the row has left records nothing more.
-    let late = db
-        .journal
-        .record_decision(
-            &started,
-            &AuthorizationEvent::IssuerDeclined {
-                response_code: ResponseCode::DO_NOT_HONOUR,
-            },
-            10,
-        )
-        .await
-        .expect("stale decision");
+    let late = record(
+        &db.journal,
+        &started,
+        IssuerVerdict::Declined(ResponseCode::DO_NOT_HONOUR),
+        10,
+    )
+    .await
+    .expect("stale decision");
     assert_eq!(late, decided);
     assert_eq!(
         db.history(started.transaction_id.as_uuid()).await,

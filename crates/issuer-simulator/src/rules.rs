@@ -1,18 +1,16 @@
 //! The simulator's deterministic decision rules: what a healthy issuer answers
 //! for a given authorization, before any fault is applied.
 
+use switch_core::ResponseCode;
 use switch_proto::v1::IssuerAuthorizeRequest;
 
-/// ISO 8583 response code: approved.
-pub const APPROVED: &str = "00";
-/// ISO 8583 response code: do not honour.
-pub const DO_NOT_HONOUR: &str = "05";
-/// ISO 8583 response code: format error.
-pub const FORMAT_ERROR: &str = "30";
-/// ISO 8583 response code: insufficient funds.
-pub const INSUFFICIENT_FUNDS: &str = "51";
-/// ISO 8583 response code: expired card.
-pub const EXPIRED_CARD: &str = "54";
+// The codes the simulator answers with are switch-core's: one table of
+// ISO 8583 response codes for the whole workspace.
+pub const APPROVED: ResponseCode = ResponseCode::APPROVED;
+pub const DO_NOT_HONOUR: ResponseCode = ResponseCode::DO_NOT_HONOUR;
+pub const FORMAT_ERROR: ResponseCode = ResponseCode::FORMAT_ERROR;
+pub const INSUFFICIENT_FUNDS: ResponseCode = ResponseCode::INSUFFICIENT_FUNDS;
+pub const EXPIRED_CARD: ResponseCode = ResponseCode::EXPIRED_CARD;
 
 /// Length of an approval code (ISO 8583 field 38).
 pub const APPROVAL_CODE_LEN: usize = 6;
@@ -34,16 +32,16 @@ pub enum Decision {
 
 impl Decision {
     /// A decline with `code`.
-    pub fn decline(code: &str) -> Self {
+    pub fn decline(code: ResponseCode) -> Self {
         Decision::Decline {
-            response_code: code.to_owned(),
+            response_code: code.as_str().to_owned(),
         }
     }
 
     /// Field 39 of the answer.
     pub fn response_code(&self) -> &str {
         match self {
-            Decision::Approve { .. } => APPROVED,
+            Decision::Approve { .. } => APPROVED.as_str(),
             Decision::Decline { response_code } => response_code,
         }
     }

@@ -120,11 +120,13 @@ impl IssuerService for Simulator {
             }
         };
         let decision = match fault {
-            Some(fault) if !fault.decline_code.is_empty() => Decision::decline(&fault.decline_code),
+            Some(fault) if !fault.decline_code.is_empty() => Decision::Decline {
+                response_code: fault.decline_code.clone(),
+            },
             _ => rules::decide(&request),
         };
         let code = decision.response_code();
-        if code == APPROVED {
+        if code == APPROVED.as_str() {
             Counters::bump(&self.counters.approved);
         } else {
             Counters::bump(&self.counters.declined);
@@ -170,7 +172,7 @@ impl IssuerService for Simulator {
         };
         let (code, already_reversed) = match fault {
             Some(fault) if !fault.decline_code.is_empty() => (fault.decline_code, false),
-            _ if request.rrn.is_empty() => (FORMAT_ERROR.to_owned(), false),
+            _ if request.rrn.is_empty() => (FORMAT_ERROR.as_str().to_owned(), false),
             _ => {
                 let newly = self
                     .reversed
@@ -178,7 +180,7 @@ impl IssuerService for Simulator {
                     // A HashSet insert cannot be left half done by a panic.
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(request.rrn.clone());
-                (APPROVED.to_owned(), !newly)
+                (APPROVED.as_str().to_owned(), !newly)
             }
         };
         debug!(

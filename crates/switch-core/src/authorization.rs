@@ -167,26 +167,6 @@ pub struct IllegalTransition {
     pub event: &'static str,
 }
 
-/// Turns an issuer's raw answer into an event: "00" with a valid approval
-/// code -> `IssuerApproved`; "00" without one -> `InvalidField`
-/// "approval_code" (an approval we cannot reference is unusable); any other
-/// valid code -> `IssuerDeclined`; an unparsable code -> `InvalidField`
-/// "response_code". The approval code is ignored on declines.
-pub fn classify_issuer_answer(
-    response_code: &str,
-    approval_code: &str,
-) -> Result<AuthorizationEvent, InvalidField> {
-    let code = ResponseCode::parse(response_code)?;
-    if code.is_approval() {
-        let approval_code = ApprovalCode::parse(approval_code)?;
-        Ok(AuthorizationEvent::IssuerApproved { approval_code })
-    } else {
-        Ok(AuthorizationEvent::IssuerDeclined {
-            response_code: code,
-        })
-    }
-}
-
 /// What the terminal is told for a state: Approved/Confirmed -> "00",
 /// Declined -> the issuer's decline code, IssuerTimedOut -> "91",
 /// Received/SentToIssuer -> "96" (an answer before the issuer decided is a
@@ -390,31 +370,6 @@ mod tests {
             err.to_string(),
             "illegal transition: sent_to_issuer in state Approved"
         );
-    }
-
-    #[test]
-    fn classify_cases() {
-        assert_eq!(classify_issuer_answer("00", "ABC123").unwrap(), approved());
-        assert_eq!(
-            classify_issuer_answer("00", "").unwrap_err().field,
-            "approval_code"
-        );
-        assert_eq!(
-            classify_issuer_answer("00", "AB 123").unwrap_err().field,
-            "approval_code"
-        );
-        assert_eq!(classify_issuer_answer("51", "").unwrap(), declined("51"));
-        assert_eq!(
-            classify_issuer_answer("05", "ABC123").unwrap(),
-            declined("05")
-        );
-        assert_eq!(classify_issuer_answer("Z1", "").unwrap(), declined("Z1"));
-        for bad in ["", "0", "000", "0 "] {
-            assert_eq!(
-                classify_issuer_answer(bad, "ABC123").unwrap_err().field,
-                "response_code"
-            );
-        }
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! This crate owns the vocabulary every other crate speaks: money and
 //! currencies, card data (PAN, expiry, masked and fingerprinted forms),
-//! ISO 8583 identifiers and response codes, the authorization lifecycle as a
-//! pure state machine, duplicate (replay) detection, settlement (batch close,
+//! ISO 8583 identifiers and response codes, the authorization lifecycle (the
+//! legal transitions in `authorization`, and in `lifecycle` the decisions:
+//! state, command and time in, next state and effects out), the clock port,
+//! duplicate (replay) detection, settlement (batch close,
 //! upload reconciliation, eligibility at the cut-off, fees) and payout files
 //! (CSV and ISO 20022 pain.001 rendering). It performs no I/O
 //! and has no async code, so every rule here can be tested exhaustively and
@@ -14,6 +16,7 @@ pub mod card;
 pub mod clock;
 pub mod error;
 pub mod ids;
+pub mod lifecycle;
 pub mod money;
 pub mod orphan;
 pub mod payout;

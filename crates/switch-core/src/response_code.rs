@@ -18,6 +18,8 @@ impl ResponseCode {
     pub const INVALID_TRANSACTION: Self = Self(*b"12");
     pub const INVALID_AMOUNT: Self = Self(*b"13");
     pub const INVALID_CARD_NUMBER: Self = Self(*b"14");
+    /// To a reversal: the issuer holds no original to reverse.
+    pub const UNABLE_TO_LOCATE_RECORD: Self = Self(*b"25");
     pub const FORMAT_ERROR: Self = Self(*b"30");
     pub const INSUFFICIENT_FUNDS: Self = Self(*b"51");
     pub const EXPIRED_CARD: Self = Self(*b"54");

@@ -1,0 +1,40 @@
+//! What the authorization service works with, in domain terms: the
+//! journaled record and its key are switch-core's; the sale as it arrives
+//! (with the card, held only in memory) and a claimed reversal are this
+//! service's own. Neither the store nor the wire edge defines these, so both
+//! can depend on them without depending on each other.
+
+use switch_core::{
+    CardExpiry, Channel, MerchantId, Money, Pan, ReversalReason, Stan, TransactionId,
+};
+
+pub use switch_core::lifecycle::{Authorization, RequestKey};
+
+/// A validated sale, ready to journal. Holds the PAN only in memory.
+#[derive(Debug)]
+pub struct SaleCommand {
+    pub key: RequestKey,
+    pub merchant_id: MerchantId,
+    pub pan: Pan,
+    pub expiry: CardExpiry,
+    pub amount: Money,
+    /// Evidence that the terminal completed an earlier transaction.
+    pub last_completed_stan: Option<Stan>,
+    pub channel: Channel,
+}
+
+/// A reversal a worker has claimed for one attempt.
+#[derive(Debug, Clone)]
+pub struct ClaimedReversal {
+    pub transaction_id: TransactionId,
+    pub reason: ReversalReason,
+    /// Including this one.
+    pub attempts: u32,
+    /// Since the reversal was requested.
+    pub age_ms: u64,
+    pub rrn: String,
+    pub stan: String,
+    pub amount: Money,
+    /// Trace context of the request that made the reversal owed.
+    pub traceparent: String,
+}

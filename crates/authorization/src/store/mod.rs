@@ -1,0 +1,371 @@
+//! The authorization journal in PostgreSQL: the storage adapter. It decides
+//! nothing. Each change is a [`Decision`] taken by `switch_core::lifecycle`
+//! under the row's lock ([`Journal::lock`] then [`Locked::apply`]); the
+//! journal writes the next record, its audit row and every effect — the
+//! reversal queue entry, the late answer, the already-encoded outbox
+//! messages — in that one transaction, so the state and its announcement
+//! cannot disagree.
+//!
+//! The two statements of every sale, the intent ([`Journal::begin`]) and the
+//! issuer's decision ([`Journal::record_decision`]), are group-committed:
+//! concurrent calls share one multi-row statement and one commit (see
+//! `group_commit` and `batch`). Their conditional writes (a key journaled
+//! once; a decision applied only to the state it was taken from) are what
+//! serialize concurrent writers there.
+
+mod batch;
+mod reversal_queue;
+mod rows;
+mod rrn;
+
+use sqlx::{PgPool, Postgres, Transaction};
+use switch_core::lifecycle::{Decision, Effect, SaleIntent};
+use switch_core::{Rrn, TerminalId, TransactionId};
+use switch_platform::outbox::{self, OutboxMessage};
+use time::{Date, OffsetDateTime};
+
+use crate::error::AuthorizationError;
+use crate::group_commit::GroupCommit;
+use crate::model::{Authorization, RequestKey};
+use batch::{DecisionRow, IntentRow};
+use rows::{COLUMNS, Lock, select_by_id, select_by_key};
+
+/// The outcome of trying to start an authorization.
+pub enum Begin {
+    /// The intent is journaled and the caller owns the issuer call.
+    Started(Authorization),
+    /// The key was journaled before: this is a retry.
+    Existing(Authorization),
+}
+
+/// Which authorization a command is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Id(TransactionId),
+    Key(&'a RequestKey),
+}
+
+impl std::fmt::Display for Target<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Id(id) => id.fmt(f),
+            Target::Key(key) => key.fmt(f),
+        }
+    }
+}
+
+/// What an applied decision's effects need besides the decision itself.
+#[derive(Debug, Clone)]
+pub struct ApplyContext<'a> {
+    /// The time the decision was taken at: every timestamp it writes.
+    pub now: OffsetDateTime,
+    /// The issuer queue a reversal goes to.
+    pub issuer: &'a str,
+    /// Trace context of the request, kept with an enqueued reversal.
+    pub traceparent: &'a str,
+}
+
+pub struct Journal {
+    pool: PgPool,
+    rrns: rrn::RrnAllocator,
+    /// The writer of intents (`begin`).
+    intents: GroupCommit<IntentRow, Option<sqlx::postgres::PgRow>>,
+    /// The writer of issuer decisions (`record_decision`).
+    decisions: GroupCommit<DecisionRow, Option<sqlx::postgres::PgRow>>,
+}
+
+/// An authorization locked for the rest of a transaction: the state a
+/// decision is taken on, and the transaction that applies it.
+pub struct Locked {
+    tx: Transaction<'static, Postgres>,
+    pub current: Authorization,
+}
+
+impl Journal {
+    /// Starts the journal's group-commit writers on the current Tokio
+    /// runtime; they stop when the journal is dropped.
+    pub fn new(pool: PgPool) -> Self {
+        let intents = {
+            let pool = pool.clone();
+            GroupCommit::spawn("intents", move |batch| {
+                let pool = pool.clone();
+                async move { batch::insert_intents(&pool, batch).await }
+            })
+        };
+        let decisions = {
+            let pool = pool.clone();
+            GroupCommit::spawn("decisions", move |batch| {
+                let pool = pool.clone();
+                async move { batch::update_decisions(&pool, batch).await }
+            })
+        };
+        Journal {
+            pool,
+            rrns: rrn::RrnAllocator::default(),
+            intents,
+            decisions,
+        }
+    }
+
+    /// The next retrieval reference number, dated `today`.
+    pub async fn next_rrn(&self, today: Date) -> Result<Rrn, AuthorizationError> {
+        self.rrns.next(&self.pool, today).await
+    }
+
+    /// Journals the intent (`Authorization::open`: state `sent_to_issuer`,
+    /// with its history from `received`) before the issuer is asked, or
+    /// finds the earlier request with the same key. Concurrent calls are
+    /// group-committed, and this returns only once their statement has
+    /// committed.
+    pub async fn begin(
+        &self,
+        intent: SaleIntent,
+        now: OffsetDateTime,
+    ) -> Result<Begin, AuthorizationError> {
+        let key = intent.key.clone();
+        let (record, history) = Authorization::open(intent, now);
+        match self.intents.submit(IntentRow { record, history }).await? {
+            Some(row) => Ok(Begin::Started(rows::authorization(&row)?)),
+            // The key was journaled before (or by another request of the
+            // same batch): this is a retry.
+            None => {
+                let existing = self
+                    .find_by_key(&key)
+                    .await?
+                    .ok_or_else(|| AuthorizationError::NotFound(key.to_string()))?;
+                Ok(Begin::Existing(existing))
+            }
+        }
+    }
+
+    /// Records the issuer's decision (or silence), its history entry and its
+    /// announcement: all three or none. Applied only if the row is still in
+    /// the state the decision was taken on; otherwise another writer moved
+    /// it on first, and its record is returned. Concurrent calls are
+    /// group-committed in one statement.
+    pub async fn record_decision(
+        &self,
+        decision: Decision,
+        message: Option<OutboxMessage>,
+        issuer_latency_ms: i32,
+        now: OffsetDateTime,
+    ) -> Result<Authorization, AuthorizationError> {
+        let id = decision.next.transaction_id;
+        let transition = decision.transition.ok_or_else(|| {
+            AuthorizationError::FailedPrecondition(format!(
+                "the issuer's decision for {id} changes no state"
+            ))
+        })?;
+        let row = DecisionRow {
+            next: decision.next,
+            transition,
+            issuer_latency_ms,
+            decided_at: now,
+            message,
+        };
+        match self.decisions.submit(row).await? {
+            Some(row) => rows::authorization(&row),
+            None => self
+                .find_by_id(id)
+                .await?
+                .ok_or_else(|| AuthorizationError::NotFound(id.to_string())),
+        }
+    }
+
+    /// Locks the authorization for a decision: the lock is held until the
+    /// decision is applied (or the `Locked` dropped, which rolls back).
+    pub async fn lock(&self, target: Target<'_>) -> Result<Locked, AuthorizationError> {
+        let mut tx = self.pool.begin().await?;
+        let current = match target {
+            Target::Id(id) => select_by_id(&mut *tx, id, Lock::ForUpdate).await?,
+            Target::Key(key) => select_by_key(&mut *tx, key, Lock::ForUpdate).await?,
+        }
+        .ok_or_else(|| AuthorizationError::NotFound(target.to_string()))?;
+        Ok(Locked { tx, current })
+    }
+
+    /// Records a terminal reversal for a transaction the switch never saw;
+    /// `announcement` is published once however often the terminal repeats
+    /// it.
+    pub async fn record_unmatched_reversal(
+        &self,
+        key: &RequestKey,
+        announcement: &OutboxMessage,
+        now: OffsetDateTime,
+    ) -> Result<(), AuthorizationError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO unmatched_reversals (terminal_id, stan, local_date, received_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(key.terminal_id.as_str())
+        .bind(key.stan.as_str())
+        .bind(key.local_date.date())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            outbox::enqueue(&mut tx, announcement).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn find_by_key(
+        &self,
+        key: &RequestKey,
+    ) -> Result<Option<Authorization>, AuthorizationError> {
+        select_by_key(&self.pool, key, Lock::None).await
+    }
+
+    pub async fn find_by_id(
+        &self,
+        id: TransactionId,
+    ) -> Result<Option<Authorization>, AuthorizationError> {
+        select_by_id(&self.pool, id, Lock::None).await
+    }
+
+    pub async fn last_for_terminal(
+        &self,
+        terminal_id: &TerminalId,
+    ) -> Result<Option<Authorization>, AuthorizationError> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM authorizations WHERE terminal_id = $1 \
+             ORDER BY created_at DESC, transaction_id DESC LIMIT 1"
+        ))
+        .bind(terminal_id.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(rows::authorization)
+        .transpose()
+    }
+}
+
+impl Locked {
+    /// Writes `decision` (taken on `self.current`), its audit row, every
+    /// effect and the `announcements` (the decision's announcements,
+    /// encoded, in order) in this transaction, and commits. Returns the
+    /// record as written.
+    pub async fn apply(
+        mut self,
+        decision: &Decision,
+        announcements: &[OutboxMessage],
+        context: &ApplyContext<'_>,
+    ) -> Result<Authorization, AuthorizationError> {
+        if decision.is_noop() {
+            self.tx.commit().await?;
+            return Ok(self.current);
+        }
+        let next = &decision.next;
+        let id = next.transaction_id.as_uuid();
+        let written = if *next == self.current {
+            self.current.clone()
+        } else {
+            let row = sqlx::query(&format!(
+                "UPDATE authorizations SET state = $2, reversal_reason = $3, \
+                   confirmation_evidence = $4, acknowledged_at = $5, conflict_at = $6, \
+                   updated_at = $7 \
+                 WHERE transaction_id = $1 RETURNING {COLUMNS}"
+            ))
+            .bind(id)
+            .bind(next.state.as_str())
+            .bind(next.reversal_reason.map(|r| r.as_str()))
+            .bind(next.confirmation_evidence.map(|e| e.as_str()))
+            .bind(next.acknowledged_at)
+            .bind(next.conflict_at)
+            .bind(context.now)
+            .fetch_one(&mut *self.tx)
+            .await?;
+            rows::authorization(&row)?
+        };
+        if let Some(transition) = &decision.transition {
+            sqlx::query(
+                "INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event, at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(transition.from.map(|state| state.as_str()))
+            .bind(transition.to.as_str())
+            .bind(transition.event)
+            .bind(context.now)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        for effect in &decision.effects {
+            match effect {
+                // Encoded by the caller, enqueued below in order.
+                Effect::Announce(_) => {}
+                Effect::EnqueueReversal { reason } => {
+                    sqlx::query(
+                        "INSERT INTO reversals (transaction_id, issuer, reason, traceparent, \
+                           requested_at, next_attempt_at) \
+                         VALUES ($1, $2, $3, $4, $5, $5) \
+                         ON CONFLICT (transaction_id) DO UPDATE SET status = 'pending', \
+                           reason = EXCLUDED.reason, next_attempt_at = EXCLUDED.next_attempt_at, \
+                           requested_at = EXCLUDED.requested_at, attempts = 0, \
+                           traceparent = EXCLUDED.traceparent",
+                    )
+                    .bind(id)
+                    .bind(context.issuer)
+                    .bind(reason.as_str())
+                    .bind(context.traceparent)
+                    .bind(context.now)
+                    .execute(&mut *self.tx)
+                    .await?;
+                }
+                Effect::RetryReversal {
+                    delay_ms,
+                    last_error,
+                } => {
+                    sqlx::query(
+                        "UPDATE reversals SET next_attempt_at = $2 + make_interval(secs => $3::double precision / 1000), \
+                           last_error = $4 WHERE transaction_id = $1",
+                    )
+                    .bind(id)
+                    .bind(context.now)
+                    .bind(i64::try_from(*delay_ms).unwrap_or(i64::MAX))
+                    .bind(last_error)
+                    .execute(&mut *self.tx)
+                    .await?;
+                }
+                Effect::CloseReversal(closed) => {
+                    sqlx::query(
+                        "UPDATE reversals SET status = $2, \
+                           acknowledged_at = CASE WHEN $2 = 'acknowledged' THEN $3 ELSE acknowledged_at END, \
+                           dead_lettered_at = CASE WHEN $2 = 'dead_lettered' THEN $3 ELSE dead_lettered_at END \
+                         WHERE transaction_id = $1",
+                    )
+                    .bind(id)
+                    .bind(closed.as_str())
+                    .bind(context.now)
+                    .execute(&mut *self.tx)
+                    .await?;
+                }
+                Effect::RecordLateAnswer {
+                    response_code,
+                    approval_code,
+                    latency_ms,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO late_issuer_responses (transaction_id, response_code, \
+                           approval_code, latency_ms, received_at) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id)
+                    .bind(response_code)
+                    .bind(approval_code)
+                    .bind(i32::try_from(*latency_ms).unwrap_or(i32::MAX))
+                    .bind(context.now)
+                    .execute(&mut *self.tx)
+                    .await?;
+                }
+            }
+        }
+        for message in announcements {
+            outbox::enqueue(&mut self.tx, message).await?;
+        }
+        self.tx.commit().await?;
+        Ok(written)
+    }
+}

@@ -1,0 +1,116 @@
+//! The gRPC edge: wire requests in, domain types out (rejecting bad input
+//! with the field's name), and authorizations back out as the records the
+//! API answers with. Events are `events`' business.
+
+use switch_core::{
+    AuthorizationState, CardExpiry, Channel, Currency, InvalidField, LocalDate, MerchantId, Money,
+    Pan, Stan, TerminalId, terminal_response_code,
+};
+use switch_proto::v1::{self as pb, AuthorizationRecord};
+use time::format_description::well_known::Rfc3339;
+
+use crate::model::{Authorization, RequestKey, SaleCommand};
+
+pub fn request_key(key: Option<&pb::TerminalKey>) -> Result<RequestKey, InvalidField> {
+    let key = key.ok_or_else(|| InvalidField::new("key", "missing"))?;
+    Ok(RequestKey {
+        terminal_id: TerminalId::parse(&key.terminal_id)?,
+        stan: Stan::parse(&key.stan)?,
+        local_date: LocalDate::parse(&key.local_date)?,
+    })
+}
+
+pub fn money(amount: Option<&pb::Money>) -> Result<Money, InvalidField> {
+    let amount = amount.ok_or_else(|| InvalidField::new("amount", "missing"))?;
+    let currency = Currency::parse(&amount.currency)?;
+    Money::positive(amount.minor_units, currency)
+}
+
+pub fn sale_command(request: &pb::AuthorizeRequest) -> Result<SaleCommand, InvalidField> {
+    let last_completed_stan = match request.last_completed_stan.as_str() {
+        "" => None,
+        stan => Some(
+            Stan::parse(stan).map_err(|e| InvalidField::new("last_completed_stan", e.reason))?,
+        ),
+    };
+    Ok(SaleCommand {
+        key: request_key(request.key.as_ref())?,
+        merchant_id: MerchantId::parse(&request.merchant_id)?,
+        pan: Pan::parse(&request.pan)?,
+        expiry: CardExpiry::parse(&request.expiry)?,
+        amount: money(request.amount.as_ref())?,
+        last_completed_stan,
+        channel: Channel::parse(&request.channel)?,
+    })
+}
+
+pub(crate) fn pb_money(money: &Money) -> pb::Money {
+    pb::Money {
+        minor_units: money.minor_units(),
+        currency: money.currency().code().to_owned(),
+    }
+}
+
+fn status(state: AuthorizationState) -> pb::AuthorizationStatus {
+    match state {
+        AuthorizationState::Received => pb::AuthorizationStatus::Received,
+        AuthorizationState::SentToIssuer => pb::AuthorizationStatus::SentToIssuer,
+        AuthorizationState::Approved => pb::AuthorizationStatus::Approved,
+        AuthorizationState::Declined => pb::AuthorizationStatus::Declined,
+        AuthorizationState::IssuerTimedOut => pb::AuthorizationStatus::IssuerTimedOut,
+        AuthorizationState::ReversalPending => pb::AuthorizationStatus::ReversalPending,
+        AuthorizationState::Reversed => pb::AuthorizationStatus::Reversed,
+        AuthorizationState::Confirmed => pb::AuthorizationStatus::Confirmed,
+        AuthorizationState::ReversalDeadLettered => pb::AuthorizationStatus::ReversalDeadLettered,
+    }
+}
+
+pub fn record(auth: &Authorization) -> AuthorizationRecord {
+    let code = terminal_response_code(auth.state, auth.response_code);
+    let message = match auth.state {
+        AuthorizationState::IssuerTimedOut => {
+            "Issuer did not answer in time; the payment is not approved".to_owned()
+        }
+        AuthorizationState::Received | AuthorizationState::SentToIssuer => {
+            "Awaiting the issuer's answer".to_owned()
+        }
+        AuthorizationState::ReversalPending | AuthorizationState::ReversalDeadLettered => {
+            "Void: the payment is being reversed; do not hand over goods".to_owned()
+        }
+        AuthorizationState::Reversed => {
+            "Void: the payment was reversed and the shopper's funds released".to_owned()
+        }
+        AuthorizationState::Confirmed => "Approved and confirmed".to_owned(),
+        _ => code.description().to_owned(),
+    };
+    AuthorizationRecord {
+        transaction_id: auth.transaction_id.to_string(),
+        terminal_id: auth.key.terminal_id.to_string(),
+        merchant_id: auth.merchant_id.to_string(),
+        stan: auth.key.stan.to_string(),
+        local_date: auth.key.local_date.to_string(),
+        rrn: auth.rrn.to_string(),
+        status: status(auth.state) as i32,
+        response_code: code.as_str().to_owned(),
+        approval_code: auth
+            .approval_code
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        masked_pan: auth.masked_pan.to_string(),
+        amount: Some(pb_money(&auth.amount)),
+        message,
+        created_at: auth.created_at.format(&Rfc3339).unwrap_or_default(),
+        acknowledged: auth.acknowledged_at.is_some(),
+        reversal_reason: auth
+            .reversal_reason
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default(),
+        confirmation_evidence: auth
+            .confirmation_evidence
+            .map(|e| e.as_str().to_owned())
+            .unwrap_or_default(),
+        conflict: auth.conflict(),
+        channel: auth.channel.as_str().to_owned(),
+    }
+}
