@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
+use switch_core::TerminalId;
 use switch_proto::v1::{AcknowledgeRequest, AuthorizationStatus, Money, SaleRequest};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -45,7 +46,7 @@ pub struct BenchConfig {
     pub duration: Duration,
     /// Stop after this many requests (overrides `duration`).
     pub requests: Option<u64>,
-    pub terminals: Vec<String>,
+    pub terminals: Vec<TerminalId>,
     pub local_date: String,
     /// Acknowledge this share (0-100) of approved sales, like terminals
     /// that printed their receipts; the rest are never acknowledged.
@@ -320,7 +321,7 @@ impl Summary {
             mean_ms: if empty { 0.0 } else { hist.mean() / 1000.0 },
             concurrency: config.concurrency,
             rate: config.rate,
-            terminals: config.terminals.clone(),
+            terminals: config.terminals.iter().map(ToString::to_string).collect(),
             error_messages: collector.error_messages,
         }
     }
@@ -405,7 +406,7 @@ pub async fn run(options: &GatewayOptions, config: BenchConfig) -> Result<Summar
             .stan_start
             .unwrap_or_else(|| rand::random_range(1..=999_999));
         terminals.push(TerminalSlot {
-            terminal_id: terminal_id.clone(),
+            terminal_id: terminal_id.to_string(),
             client,
             stan_start,
             next: AtomicU64::new(0),
@@ -532,7 +533,7 @@ mod tests {
             rate: None,
             duration: Duration::from_secs(10),
             requests: None,
-            terminals: vec!["TERM0001".to_owned()],
+            terminals: vec![TerminalId::parse("TERM0001").unwrap()],
             local_date: "2025-01-01".to_owned(),
             ack_percent: 0,
             stan_start: None,

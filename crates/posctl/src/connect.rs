@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use switch_core::TerminalId;
 use switch_proto::v1::terminal_service_client::TerminalServiceClient;
 use tonic::codegen::http::Uri;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -25,18 +26,6 @@ pub struct GatewayOptions {
 
 /// A connected client speaking for one terminal.
 pub type TerminalClient = TerminalServiceClient<Channel>;
-
-/// Rejects terminal ids that would not be a plain file name in `terminals/`.
-fn check_terminal_id(terminal_id: &str) -> Result<()> {
-    let ok = !terminal_id.is_empty()
-        && terminal_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !ok {
-        bail!("terminal id {terminal_id:?} must be ASCII alphanumerics, '-' or '_'");
-    }
-    Ok(())
-}
 
 fn read_pem(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| {
@@ -68,8 +57,9 @@ pub fn url_host(url: &str) -> Option<String> {
 }
 
 /// Builds the endpoint for one terminal identity (TLS when the URL is https).
-pub fn endpoint(options: &GatewayOptions, terminal_id: &str) -> Result<Endpoint> {
-    check_terminal_id(terminal_id)?;
+/// A [`TerminalId`] is 8 ASCII alphanumerics, so it is always a plain file
+/// name in `terminals/`.
+pub fn endpoint(options: &GatewayOptions, terminal_id: &TerminalId) -> Result<Endpoint> {
     let mut endpoint = Endpoint::from_shared(options.gateway.clone())
         .with_context(|| format!("invalid gateway URL {:?}", options.gateway))?
         .connect_timeout(Duration::from_secs(5))
@@ -77,7 +67,7 @@ pub fn endpoint(options: &GatewayOptions, terminal_id: &str) -> Result<Endpoint>
         .tcp_nodelay(true);
     if options.gateway.starts_with("https://") {
         let ca = read_pem(&options.certs_dir.join("ca.pem"))?;
-        let (cert_path, key_path) = terminal_cert_paths(&options.certs_dir, terminal_id);
+        let (cert_path, key_path) = terminal_cert_paths(&options.certs_dir, terminal_id.as_str());
         let cert = read_pem(&cert_path)?;
         let key = read_pem(&key_path)?;
         let domain = options
@@ -97,7 +87,7 @@ pub fn endpoint(options: &GatewayOptions, terminal_id: &str) -> Result<Endpoint>
 }
 
 /// Connects to the gateway as `terminal_id`.
-pub async fn connect(options: &GatewayOptions, terminal_id: &str) -> Result<TerminalClient> {
+pub async fn connect(options: &GatewayOptions, terminal_id: &TerminalId) -> Result<TerminalClient> {
     let channel = endpoint(options, terminal_id)?
         .connect()
         .await
@@ -129,10 +119,11 @@ mod tests {
     }
 
     #[test]
-    fn refuses_path_like_terminal_ids() {
-        assert!(check_terminal_id("TERM0001").is_ok());
-        assert!(check_terminal_id("../etc").is_err());
-        assert!(check_terminal_id("").is_err());
+    fn terminal_ids_are_plain_file_names() {
+        assert!(TerminalId::parse("TERM0001").is_ok());
+        assert!(TerminalId::parse("../etc/x").is_err());
+        assert!(TerminalId::parse("TERM/001").is_err());
+        assert!(TerminalId::parse("").is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message as _;
 use serde_json::{Value, json};
+use switch_core::ResponseCode;
 use switch_proto::v1::event_envelope::Payload;
 use switch_proto::v1::{AuthorizationFacts, EventEnvelope};
 
@@ -142,7 +143,7 @@ impl EventLine {
         let facts: Option<&AuthorizationFacts> = match &envelope.payload {
             Some(Payload::AuthorizationApproved(p)) => {
                 line.approval_code = Some(p.approval_code.clone());
-                line.response_code = Some("00".to_owned());
+                line.response_code = Some(ResponseCode::APPROVED.to_string());
                 p.facts.as_ref()
             }
             Some(Payload::AuthorizationDeclined(p)) => {

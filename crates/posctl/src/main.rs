@@ -10,7 +10,13 @@
 //! are, or runs settlement. `watch` prints the messages the switch pushes to
 //! the terminal ("reprint the receipt", "void the receipt") and acknowledges
 //! them; `webhooks listen` stands in for a merchant's webhook endpoint and
-//! checks each webhook's signature.
+//! checks each webhook's signature (with the `webhook-signature` crate).
+//!
+//! Identifiers, dates and currencies on the command line (terminal and
+//! merchant ids, STAN, RRN, batch number, local date, currency) are parsed
+//! with switch-core's types, so a bad value is refused with core's reason
+//! before anything is sent. Card data and amounts are sent as given: a
+//! terminal simulator must be able to show the switch refusing them.
 
 mod bench;
 mod connect;
@@ -28,6 +34,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use switch_core::{Clock, Currency, LocalDate, Stan, SystemClock, TerminalId};
 use switch_proto::v1::{
     AcknowledgeRequest, AuthorizationRecord, InquiryRequest, Money, ReprintLastRequest,
     SaleRequest, TerminalReverseRequest,
@@ -64,13 +71,14 @@ struct Cli {
         long,
         global = true,
         env = "POSCTL_TERMINAL",
-        default_value = "TERM0001"
+        default_value = "TERM0001",
+        value_parser = TerminalId::parse
     )]
-    terminal: String,
+    terminal: TerminalId,
     /// Terminal id to put in requests, if not the certificate's own: shows
     /// that the gateway refuses a terminal speaking for another.
-    #[arg(long, global = true, value_name = "TERMINAL_ID")]
-    claim: Option<String>,
+    #[arg(long, global = true, value_name = "TERMINAL_ID", value_parser = TerminalId::parse)]
+    claim: Option<TerminalId>,
     /// TLS server name to verify (default: the host of --gateway).
     #[arg(long, global = true, env = "POSCTL_TLS_DOMAIN")]
     tls_domain: Option<String>,
@@ -128,31 +136,33 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct SaleArgs {
-    /// Amount in integer minor units (1050 EUR = EUR 10.50).
+    /// Amount in integer minor units (1050 EUR = EUR 10.50). Any integer
+    /// is sent: whether it is a valid amount is the switch's to judge.
     #[arg(long, allow_negative_numbers = true)]
     amount: i64,
-    /// ISO 4217 currency code.
-    #[arg(long, default_value = "EUR")]
-    currency: String,
-    /// Card number (digits); only ever printed masked.
+    /// ISO 4217 currency code, one switch-core knows.
+    #[arg(long, default_value = "EUR", value_parser = Currency::parse)]
+    currency: Currency,
+    /// Card number (digits); only ever printed masked. Sent as given, so a
+    /// bad card shows the switch's refusal.
     #[arg(long)]
     pan: String,
-    /// Card expiry, YYMM.
+    /// Card expiry, YYMM (sent as given, like --pan).
     #[arg(long, default_value = "2812")]
     expiry: String,
     /// Systems trace audit number, 6 digits (default: random).
-    #[arg(long)]
-    stan: Option<String>,
+    #[arg(long, value_parser = Stan::parse)]
+    stan: Option<Stan>,
     /// Terminal local date, YYYY-MM-DD (default: today, UTC).
-    #[arg(long)]
-    date: Option<String>,
+    #[arg(long, value_parser = LocalDate::parse)]
+    date: Option<LocalDate>,
     /// Do not acknowledge the result: a terminal that never showed it (S1).
     #[arg(long)]
     no_ack: bool,
     /// STAN of the last transaction this terminal completed: evidence that
     /// confirms that earlier sale.
-    #[arg(long, value_name = "STAN")]
-    last_completed_stan: Option<String>,
+    #[arg(long, value_name = "STAN", value_parser = Stan::parse)]
+    last_completed_stan: Option<Stan>,
     /// How the payment was taken: card (default) or qr.
     #[arg(long, default_value = "card")]
     channel: String,
@@ -161,11 +171,11 @@ struct SaleArgs {
 #[derive(Debug, Args)]
 struct KeyArgs {
     /// Systems trace audit number of the transaction.
-    #[arg(long)]
-    stan: String,
+    #[arg(long, value_parser = Stan::parse)]
+    stan: Stan,
     /// Terminal local date, YYYY-MM-DD (default: today, UTC).
-    #[arg(long)]
-    date: Option<String>,
+    #[arg(long, value_parser = LocalDate::parse)]
+    date: Option<LocalDate>,
 }
 
 #[derive(Debug, Args)]
@@ -183,11 +193,11 @@ struct BenchArgs {
     #[arg(long)]
     requests: Option<u64>,
     /// Comma-separated terminal ids (default: all dev terminals).
-    #[arg(long, value_delimiter = ',')]
-    terminals: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = TerminalId::parse)]
+    terminals: Vec<TerminalId>,
     /// Terminal local date, YYYY-MM-DD (default: today, UTC).
-    #[arg(long)]
-    date: Option<String>,
+    #[arg(long, value_parser = LocalDate::parse)]
+    date: Option<LocalDate>,
     /// Also acknowledge every approved sale (counted as `acknowledged`);
     /// latency stays the Sale call's alone.
     #[arg(long, conflicts_with = "ack_percent")]
@@ -252,20 +262,14 @@ fn parse_duration(input: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// Today's date in UTC as `YYYY-MM-DD`.
-fn today_utc() -> String {
-    let date = time::OffsetDateTime::now_utc().date();
-    format!(
-        "{:04}-{:02}-{:02}",
-        date.year(),
-        u8::from(date.month()),
-        date.day()
-    )
+/// Today's date in UTC, the terminal's local date when none is given.
+fn today_utc() -> LocalDate {
+    LocalDate::from_date(SystemClock.now().date())
 }
 
-fn random_stan() -> String {
+fn random_stan() -> Stan {
     let value: u32 = rand::random_range(1..=999_999);
-    format!("{value:06}")
+    Stan::parse(&format!("{value:06}")).expect("six digits are a STAN")
 }
 
 /// An error already shown to the user: `main` only sets the exit code.
@@ -344,8 +348,8 @@ fn run_certs(dir: PathBuf, force: bool, json: bool) -> Result<()> {
 /// an approval for the same terminal, STAN and date (unless `--no-ack`).
 async fn run_sale(
     options: &GatewayOptions,
-    certificate: &str,
-    terminal_id: String,
+    certificate: &TerminalId,
+    terminal_id: TerminalId,
     args: SaleArgs,
     json: bool,
 ) -> Result<()> {
@@ -353,16 +357,19 @@ async fn run_sale(
     let stan = args.stan.unwrap_or_else(random_stan);
     let local_date = args.date.unwrap_or_else(today_utc);
     let request = SaleRequest {
-        terminal_id: terminal_id.clone(),
-        stan: stan.clone(),
-        local_date: local_date.clone(),
+        terminal_id: terminal_id.to_string(),
+        stan: stan.to_string(),
+        local_date: local_date.to_string(),
         pan: args.pan,
         expiry: args.expiry,
         amount: Some(Money {
             minor_units: args.amount,
-            currency: args.currency,
+            currency: args.currency.to_string(),
         }),
-        last_completed_stan: args.last_completed_stan.unwrap_or_default(),
+        last_completed_stan: args
+            .last_completed_stan
+            .map(String::from)
+            .unwrap_or_default(),
         channel: args.channel,
     };
     let response = match client.sale(request).await {
@@ -385,9 +392,9 @@ async fn run_sale(
     }
     let acknowledged = client
         .acknowledge(AcknowledgeRequest {
-            terminal_id,
-            stan: stan.clone(),
-            local_date: local_date.clone(),
+            terminal_id: terminal_id.to_string(),
+            stan: stan.to_string(),
+            local_date: local_date.to_string(),
         })
         .await;
     match acknowledged {
@@ -439,9 +446,9 @@ async fn run(cli: Cli) -> Result<()> {
             let mut client = connect(&options, &certificate).await?;
             let record = client
                 .inquiry(InquiryRequest {
-                    terminal_id,
-                    stan: args.stan,
-                    local_date: args.date.unwrap_or_else(today_utc),
+                    terminal_id: terminal_id.to_string(),
+                    stan: args.stan.to_string(),
+                    local_date: args.date.unwrap_or_else(today_utc).to_string(),
                 })
                 .await?
                 .into_inner();
@@ -451,7 +458,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::ReprintLast => {
             let mut client = connect(&options, &certificate).await?;
             let record = client
-                .reprint_last(ReprintLastRequest { terminal_id })
+                .reprint_last(ReprintLastRequest {
+                    terminal_id: terminal_id.to_string(),
+                })
                 .await?
                 .into_inner();
             print_record(&record, None, cli.json);
@@ -461,9 +470,9 @@ async fn run(cli: Cli) -> Result<()> {
             let mut client = connect(&options, &certificate).await?;
             let response = client
                 .acknowledge(AcknowledgeRequest {
-                    terminal_id,
-                    stan: args.stan,
-                    local_date: args.date.unwrap_or_else(today_utc),
+                    terminal_id: terminal_id.to_string(),
+                    stan: args.stan.to_string(),
+                    local_date: args.date.unwrap_or_else(today_utc).to_string(),
                 })
                 .await?
                 .into_inner();
@@ -473,11 +482,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Reverse(args) => {
             let mut client = connect(&options, &certificate).await?;
-            let local_date = args.date.unwrap_or_else(today_utc);
+            let stan = args.stan.to_string();
+            let local_date = args.date.unwrap_or_else(today_utc).to_string();
             let response = client
                 .reverse(TerminalReverseRequest {
-                    terminal_id,
-                    stan: args.stan.clone(),
+                    terminal_id: terminal_id.to_string(),
+                    stan: stan.clone(),
                     local_date: local_date.clone(),
                 })
                 .await?
@@ -489,12 +499,12 @@ async fn run(cli: Cli) -> Result<()> {
             if cli.json {
                 println!(
                     "{}",
-                    reverse_json(record, response.original_found, &args.stan, &local_date)
+                    reverse_json(record, response.original_found, &stan, &local_date)
                 );
             } else {
                 println!(
                     "{}",
-                    reverse_text(record, response.original_found, &args.stan, &local_date)
+                    reverse_text(record, response.original_found, &stan, &local_date)
                 );
             }
             Ok(())
@@ -503,14 +513,11 @@ async fn run(cli: Cli) -> Result<()> {
             let terminals = if args.terminals.is_empty() {
                 dev_certs::DEFAULT_TERMINALS
                     .iter()
-                    .map(|(tid, _)| (*tid).to_owned())
-                    .collect()
+                    .map(|(tid, _)| TerminalId::parse(tid))
+                    .collect::<Result<_, _>>()
+                    .context("a dev terminal id is not a terminal id")?
             } else {
                 args.terminals
-                    .into_iter()
-                    .map(|t| t.trim().to_owned())
-                    .filter(|t| !t.is_empty())
-                    .collect()
             };
             let config = bench::BenchConfig {
                 concurrency: args.concurrency,
@@ -518,7 +525,7 @@ async fn run(cli: Cli) -> Result<()> {
                 duration: args.duration,
                 requests: args.requests,
                 terminals,
-                local_date: args.date.unwrap_or_else(today_utc),
+                local_date: args.date.unwrap_or_else(today_utc).to_string(),
                 ack_percent: args.ack_percent.unwrap_or(if args.ack { 100 } else { 0 }),
                 stan_start: args.stan_start,
                 json: cli.json,
@@ -606,20 +613,52 @@ mod tests {
 
     #[test]
     fn today_is_iso_date() {
-        let today = today_utc();
+        let today = today_utc().to_string();
+        assert_eq!(LocalDate::parse(&today), Ok(today_utc()));
         assert_eq!(today.len(), 10);
-        assert_eq!(&today[4..5], "-");
-        assert_eq!(&today[7..8], "-");
     }
 
     #[test]
-    fn random_stan_is_six_digits() {
+    fn random_stan_is_never_zero() {
         for _ in 0..100 {
-            let stan = random_stan();
-            assert_eq!(stan.len(), 6);
-            assert!(stan.chars().all(|c| c.is_ascii_digit()));
-            assert_ne!(stan, "000000");
+            assert_ne!(random_stan().value(), 0);
         }
+    }
+
+    #[test]
+    fn user_input_is_parsed_with_core_types() {
+        let refused = |args: &[&str]| {
+            let mut argv = vec!["posctl"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap_err().to_string()
+        };
+        let sale = ["sale", "--amount", "1", "--pan", "4111111111111111"];
+        let with = |extra: &[&'static str]| {
+            let mut args = sale.to_vec();
+            args.extend_from_slice(extra);
+            args
+        };
+        assert!(refused(&with(&["--stan", "12345"])).contains("stan: must be exactly 6"));
+        assert!(refused(&with(&["--date", "2025-02-30"])).contains("local_date"));
+        assert!(refused(&with(&["--currency", "EURO"])).contains("currency"));
+        assert!(refused(&with(&["--currency", "XYZ"])).contains("unknown currency"));
+        assert!(refused(&["--terminal", "../etc", "reprint-last"]).contains("terminal_id"));
+        assert!(refused(&["--claim", "T1", "reprint-last"]).contains("terminal_id"));
+        assert!(refused(&["bench", "--terminals", "TERM0001,x"]).contains("terminal_id"));
+        // The card and the amount are the switch's to judge.
+        let cli = Cli::try_parse_from([
+            "posctl",
+            "sale",
+            "--amount",
+            "-1",
+            "--pan",
+            "4111111111111112",
+        ])
+        .unwrap();
+        let Command::Sale(args) = cli.command else {
+            panic!("expected sale");
+        };
+        assert_eq!((args.pan.as_str(), args.amount), ("4111111111111112", -1));
     }
 
     #[test]
@@ -639,7 +678,13 @@ mod tests {
         let Command::Bench(args) = cli.command else {
             panic!("expected bench");
         };
-        assert_eq!(args.terminals, vec!["TERM0001", "TERM0002"]);
+        assert_eq!(
+            args.terminals,
+            vec![
+                TerminalId::parse("TERM0001").unwrap(),
+                TerminalId::parse("TERM0002").unwrap()
+            ]
+        );
         assert_eq!(args.duration, Duration::from_millis(500));
         assert_eq!(args.concurrency, 16);
 
@@ -656,7 +701,7 @@ mod tests {
             panic!("expected sale");
         };
         assert_eq!(args.amount, -5);
-        assert_eq!(args.currency, "EUR");
+        assert_eq!(args.currency.code(), "EUR");
         assert_eq!(args.expiry, "2812");
         assert!(!args.no_ack);
         assert!(args.last_completed_stan.is_none());
@@ -680,7 +725,10 @@ mod tests {
             panic!("expected sale");
         };
         assert!(args.no_ack);
-        assert_eq!(args.last_completed_stan.as_deref(), Some("000041"));
+        assert_eq!(
+            args.last_completed_stan.as_ref().map(Stan::as_str),
+            Some("000041")
+        );
 
         let cli = Cli::try_parse_from([
             "posctl",
@@ -696,8 +744,11 @@ mod tests {
         let Command::Reverse(args) = cli.command else {
             panic!("expected reverse");
         };
-        assert_eq!(args.stan, "000042");
-        assert_eq!(args.date.as_deref(), Some("2025-01-01"));
+        assert_eq!(args.stan.as_str(), "000042");
+        assert_eq!(
+            args.date.map(|d| d.to_string()).as_deref(),
+            Some("2025-01-01")
+        );
         assert!(Cli::try_parse_from(["posctl", "reverse"]).is_err());
 
         let cli = Cli::try_parse_from(["posctl", "bench"]).unwrap();
@@ -715,7 +766,7 @@ mod tests {
     #[test]
     fn parses_watch_and_webhooks() {
         let cli = Cli::try_parse_from(["posctl", "--terminal", "TERM0002", "watch"]).unwrap();
-        assert_eq!(cli.terminal, "TERM0002");
+        assert_eq!(cli.terminal.as_str(), "TERM0002");
         let Command::Watch(args) = cli.command else {
             panic!("expected watch");
         };

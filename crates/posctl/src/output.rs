@@ -1,10 +1,12 @@
-//! Presentation helpers: PAN masking, money formatting with the currency's
-//! minor units, response code descriptions, the final state of an
+//! Presentation helpers: PAN masking, money formatting and response code
+//! descriptions (both switch-core's, so posctl cannot drift from the
+//! switch), the final state of an
 //! authorization (status with its reversal reason or confirmation evidence,
 //! and whether the terminal's receipt is void), and printing of authorization
 //! records and gRPC errors, both for humans and as JSON.
 
 use serde_json::{Value, json};
+use switch_core::{Currency, Money as CoreMoney, ResponseCode};
 use switch_proto::v1::{AuthorizationRecord, AuthorizationStatus, Money};
 use tonic::Code;
 
@@ -25,29 +27,17 @@ pub fn mask_pan(pan: &str) -> String {
         .collect()
 }
 
-/// Number of minor-unit digits of an ISO 4217 currency, for display only:
-/// 2 by default, 0 for JPY/KRW/VND, 3 for KWD/BHD/JOD/OMR/TND.
-pub fn currency_exponent(currency: &str) -> u32 {
-    match currency.to_ascii_uppercase().as_str() {
-        "JPY" | "KRW" | "VND" => 0,
-        "KWD" | "BHD" | "JOD" | "OMR" | "TND" => 3,
-        _ => 2,
-    }
-}
-
-/// Formats integer minor units as `"EUR 10.50"`, using integer arithmetic only.
+/// Formats integer minor units as `"EUR 10.50"` with core's [`Money`]
+/// display (the currency's own minor units, integer arithmetic only). A
+/// currency core does not know is shown with the raw minor units, never
+/// guessed.
+///
+/// [`Money`]: switch_core::Money
 pub fn format_money(minor_units: i64, currency: &str) -> String {
-    let exponent = currency_exponent(currency);
-    let sign = if minor_units < 0 { "-" } else { "" };
-    let abs = minor_units.unsigned_abs();
-    if exponent == 0 {
-        return format!("{currency} {sign}{abs}");
+    match Currency::parse(currency) {
+        Ok(currency) => CoreMoney::new(minor_units, currency).to_string(),
+        Err(_) => format!("{currency} {minor_units} (minor units)"),
     }
-    let divisor = 10u64.pow(exponent);
-    let major = abs / divisor;
-    let minor = abs % divisor;
-    let width = exponent as usize;
-    format!("{currency} {sign}{major}.{minor:0width$}")
 }
 
 /// Formats an optional [`Money`] (a missing amount shows as `-`).
@@ -132,38 +122,14 @@ pub fn record_headline(record: &AuthorizationRecord) -> String {
     )
 }
 
-/// Human description of an ISO 8583 response code (field 39).
+/// Human description of an ISO 8583 response code (field 39), from
+/// [`ResponseCode::description`]; an empty field (no code) and a malformed
+/// one are named as such.
 pub fn response_code_description(code: &str) -> &'static str {
-    match code {
-        "00" => "Approved",
-        "01" => "Refer to card issuer",
-        "03" => "Invalid merchant",
-        "04" => "Pick up card",
-        "05" => "Do not honour",
-        "06" => "Error",
-        "12" => "Invalid transaction",
-        "13" => "Invalid amount",
-        "14" => "Invalid card number",
-        "30" => "Format error",
-        "41" => "Lost card",
-        "43" => "Stolen card",
-        "51" => "Insufficient funds",
-        "54" => "Expired card",
-        "55" => "Incorrect PIN",
-        "57" => "Transaction not permitted to cardholder",
-        "58" => "Transaction not permitted to terminal",
-        "59" => "Suspected fraud",
-        "61" => "Exceeds withdrawal amount limit",
-        "62" => "Restricted card",
-        "65" => "Exceeds withdrawal frequency limit",
-        "68" => "Response received too late",
-        "91" => "Issuer or switch inoperative",
-        "94" => "Duplicate transmission",
-        "95" => "Reconcile error",
-        "96" => "System malfunction",
-        "" => "no response code",
-        _ => "unknown response code",
+    if code.is_empty() {
+        return "no response code";
     }
+    ResponseCode::parse(code).map_or("Malformed response code", |code| code.description())
 }
 
 /// Canonical upper-case name of a gRPC status code, e.g. `INVALID_ARGUMENT`.
@@ -452,6 +418,7 @@ mod tests {
         assert_eq!(format_money(1050, "KWD"), "KWD 1.050");
         assert_eq!(format_money(7, "BHD"), "BHD 0.007");
         assert_eq!(format_money(i64::MIN, "EUR"), "EUR -92233720368547758.08");
+        assert_eq!(format_money(1050, "XYZ"), "XYZ 1050 (minor units)");
         assert_eq!(format_amount(None), "-");
     }
 
@@ -463,6 +430,13 @@ mod tests {
         );
         assert_eq!(status_name(99), "UNKNOWN");
         assert_eq!(response_code_description("05"), "Do not honour");
+        assert_eq!(
+            response_code_description("91"),
+            ResponseCode::ISSUER_UNAVAILABLE.description()
+        );
+        assert_eq!(response_code_description("Z9"), "Unknown response code");
+        assert_eq!(response_code_description(""), "no response code");
+        assert_eq!(response_code_description("000"), "Malformed response code");
         assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
         let status = tonic::Status::already_exists("modified replay");
         assert_eq!(status_line(&status), "ALREADY_EXISTS: modified replay");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use serde_json::{Value, json};
+use switch_core::TerminalId;
 use switch_proto::v1::{AcknowledgeMessageRequest, SubscribeRequest, TerminalMessage};
 
 use crate::connect::{GatewayOptions, connect};
@@ -118,11 +119,12 @@ enum Stop {
 /// one, or the end of the stream.
 pub async fn run_watch(
     options: &GatewayOptions,
-    certificate: &str,
-    terminal_id: String,
+    certificate: &TerminalId,
+    terminal_id: TerminalId,
     args: WatchArgs,
     json: bool,
 ) -> Result<()> {
+    let terminal_id = terminal_id.to_string();
     let mut client = connect(options, certificate).await?;
     let mut stream = client
         .subscribe(SubscribeRequest {

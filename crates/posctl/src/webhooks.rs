@@ -18,10 +18,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use notifier::signature::{DEFAULT_TOLERANCE_S, EVENT_ID_HEADER, SIGNATURE_HEADER, verify};
 use serde_json::{Map, Value, json};
+use switch_core::{Clock, SystemClock};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use webhook_signature::{DEFAULT_TOLERANCE_S, EVENT_ID_HEADER, SIGNATURE_HEADER, verify};
 
 use crate::output::format_money;
 
@@ -172,7 +173,7 @@ pub fn delivery_json(delivery: &Delivery, repeat: bool) -> Value {
 }
 
 fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+    SystemClock.now().unix_timestamp()
 }
 
 fn reply(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
@@ -382,10 +383,9 @@ mod tests {
             }
             panic!("the listener never accepted a connection");
         };
-        let good = notifier::signature::sign(secret, now_unix(), REVERSED.as_bytes());
+        let good = webhook_signature::sign(secret, now_unix(), REVERSED.as_bytes());
         assert_eq!(post(REVERSED, good).await, StatusCode::OK);
-        let forged =
-            notifier::signature::sign("whsec_someone_else", now_unix(), REVERSED.as_bytes());
+        let forged = webhook_signature::sign("whsec_someone_else", now_unix(), REVERSED.as_bytes());
         assert_eq!(post(REVERSED, forged).await, StatusCode::BAD_REQUEST);
         tokio::time::timeout(Duration::from_secs(5), server)
             .await

@@ -53,6 +53,8 @@ impl ResponseCode {
         *self == Self::APPROVED
     }
 
+    /// The code's text for people (terminal screens, `posctl`, logs). Every
+    /// tool takes it from here, so the texts cannot drift apart.
     pub fn description(&self) -> &'static str {
         match &self.0 {
             b"00" => "Approved",
@@ -60,6 +62,7 @@ impl ResponseCode {
             b"03" => "Invalid merchant",
             b"04" => "Pick up card",
             b"05" => "Do not honour",
+            b"06" => "Error",
             b"12" => "Invalid transaction",
             b"13" => "Invalid amount",
             b"14" => "Invalid card number",
@@ -70,10 +73,15 @@ impl ResponseCode {
             b"54" => "Expired card",
             b"55" => "Incorrect PIN",
             b"57" => "Transaction not permitted to cardholder",
+            b"58" => "Transaction not permitted to terminal",
+            b"59" => "Suspected fraud",
             b"61" => "Exceeds withdrawal amount limit",
+            b"62" => "Restricted card",
+            b"65" => "Exceeds withdrawal frequency limit",
             b"68" => "Response received too late",
             b"91" => "Issuer unavailable",
             b"94" => "Duplicate transmission",
+            b"95" => "Reconcile error",
             b"96" => "System malfunction",
             _ => "Unknown response code",
         }
@@ -144,6 +152,26 @@ mod tests {
             assert_eq!(ResponseCode::parse(s).unwrap(), code);
             assert_eq!(code.description(), desc);
             assert_eq!(code.is_approval(), s == "00");
+        }
+    }
+
+    #[test]
+    fn codes_without_a_constant_are_described_too() {
+        for (s, desc) in [
+            ("04", "Pick up card"),
+            ("06", "Error"),
+            ("41", "Lost card, pick up"),
+            ("43", "Stolen card, pick up"),
+            ("55", "Incorrect PIN"),
+            ("57", "Transaction not permitted to cardholder"),
+            ("58", "Transaction not permitted to terminal"),
+            ("59", "Suspected fraud"),
+            ("61", "Exceeds withdrawal amount limit"),
+            ("62", "Restricted card"),
+            ("65", "Exceeds withdrawal frequency limit"),
+            ("95", "Reconcile error"),
+        ] {
+            assert_eq!(ResponseCode::parse(s).unwrap().description(), desc, "{s}");
         }
     }
 
