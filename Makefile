@@ -16,6 +16,11 @@ BIN := target/$(PROFILE)
 
 export KAFKA_BROKERS DATABASE_URL NISSHI RUN_DIR
 
+# rust-toolchain.toml pins 1.95.0; a fresh machine may know it only as
+# "stable" and cannot download it under its version: name it before any
+# cargo runs.
+_toolchain := $(shell scripts/ensure-toolchain.sh)
+
 .PHONY: help
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
