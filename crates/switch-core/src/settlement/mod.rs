@@ -27,12 +27,25 @@
 //! transactions by (STAN, local date) and gives every host transaction and
 //! every uploaded sale exactly one [`ReconciliationOutcome`].
 //!
-//! # Eligibility and fees
+//! # The ledger, eligibility and fees
 //!
-//! At a merchant's cut-off, [`eligibility`] says whether a transaction is
-//! paid, held or never paid. Payable amounts are summed per currency by
-//! [`payouts`], and the merchant discount ([`FeeRate`]) is applied once per
-//! currency on the gross, never per transaction.
+//! The settlement ledger's status order and its one decision live in
+//! [`ledger`]: [`ledger::decide`] moves an entry forward on an approval,
+//! confirmation, reversal or conflict, and at a merchant's cut-off pays it
+//! or holds it by [`eligibility`]; [`due_cutoff`] says when a window is due.
+//! Payable amounts are summed per currency by [`payouts`] ([`fees`]), and
+//! the merchant discount ([`FeeRate`]) is applied once per currency on the
+//! gross, never per transaction.
+
+pub mod fees;
+pub mod ledger;
+
+pub use fees::*;
+// Not `decide`: other lifecycles have one too; it is `ledger::decide`.
+pub use ledger::{
+    Eligibility, HoldReason, HostStatus, LedgerCommand, LedgerDecision, LedgerEffect, LedgerEntry,
+    LedgerRefusal, LedgerStatus, due_cutoff, eligibility,
+};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -372,43 +385,6 @@ impl fmt::Display for TotalsDifference {
     }
 }
 
-/// The host's view of one approval, for settlement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HostStatus {
-    /// Approved, no evidence of completion yet.
-    Unconfirmed,
-    Confirmed,
-    /// A reversal is owed or done (pending, reversed, dead-lettered), with
-    /// its reason. `completed` is true once the issuer acknowledged it.
-    Reversed {
-        reason: ReversalReason,
-        completed: bool,
-    },
-}
-
-impl HostStatus {
-    /// "unconfirmed", "confirmed", and "reversal_pending" or "reversed"
-    /// depending on `completed`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Unconfirmed => "unconfirmed",
-            Self::Confirmed => "confirmed",
-            Self::Reversed {
-                completed: false, ..
-            } => "reversal_pending",
-            Self::Reversed {
-                completed: true, ..
-            } => "reversed",
-        }
-    }
-}
-
-impl fmt::Display for HostStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// One approval the host holds for a terminal's batch. `key` is the
 /// caller's own id (a transaction id, a row id), carried through untouched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -713,157 +689,6 @@ fn reversal_words(status: HostStatus) -> &'static str {
         } => "reversal pending",
         _ => "reversed",
     }
-}
-
-/// Where one transaction stands at its merchant's cut-off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Eligibility {
-    /// Paid in this window.
-    Payable,
-    /// Not paid in this window; looked at again at the next cut-off.
-    Held(HoldReason),
-    /// Never paid.
-    NotPayable,
-}
-
-/// Why a transaction is held at a cut-off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HoldReason {
-    /// Still unconfirmed: no evidence the terminal completed it.
-    AwaitingEvidence,
-    /// A reversal is pending or dead-lettered: it may still fail.
-    ReversalPending,
-    /// Flagged by reconciliation: needs an operator.
-    Conflict,
-}
-
-impl HoldReason {
-    pub const ALL: [HoldReason; 3] = [
-        Self::AwaitingEvidence,
-        Self::ReversalPending,
-        Self::Conflict,
-    ];
-
-    /// Stable storage name.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::AwaitingEvidence => "awaiting_evidence",
-            Self::ReversalPending => "reversal_pending",
-            Self::Conflict => "conflict",
-        }
-    }
-}
-
-impl fmt::Display for HoldReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where a transaction stands at its merchant's cut-off:
-///
-/// - Confirmed and not flagged -> `Payable`;
-/// - Unconfirmed -> `Held(AwaitingEvidence)`;
-/// - Reversed { completed: false } -> `Held(ReversalPending)`: a pending or
-///   dead-lettered reversal may still fail, so nothing is paid, and it is
-///   not yet final;
-/// - Reversed { completed: true } -> `NotPayable`;
-/// - `conflict == true` (flagged by reconciliation) -> `Held(Conflict)`,
-///   unless the status is Reversed { completed: true } (`NotPayable`).
-pub fn eligibility(status: HostStatus, conflict: bool) -> Eligibility {
-    match status {
-        HostStatus::Reversed {
-            completed: true, ..
-        } => Eligibility::NotPayable,
-        _ if conflict => Eligibility::Held(HoldReason::Conflict),
-        HostStatus::Confirmed => Eligibility::Payable,
-        HostStatus::Unconfirmed => Eligibility::Held(HoldReason::AwaitingEvidence),
-        HostStatus::Reversed {
-            completed: false, ..
-        } => Eligibility::Held(HoldReason::ReversalPending),
-    }
-}
-
-/// A merchant discount rate in basis points (0..=10_000). Default 60.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FeeRate(u16);
-
-impl Default for FeeRate {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
-impl FeeRate {
-    /// 60 basis points (0.60 %).
-    pub const DEFAULT: FeeRate = FeeRate(60);
-
-    /// Field "fee_basis_points": 0 to 10_000 (100 %).
-    pub fn from_basis_points(bp: u32) -> Result<Self, InvalidField> {
-        match u16::try_from(bp) {
-            Ok(bp) if bp <= 10_000 => Ok(Self(bp)),
-            _ => Err(InvalidField::new(
-                "fee_basis_points",
-                format!("must be between 0 and 10000, got {bp}"),
-            )),
-        }
-    }
-
-    pub fn basis_points(&self) -> u16 {
-        self.0
-    }
-
-    /// fee = gross * bp / 10_000, rounded half up to the minor unit (in
-    /// i128, so no overflow). Computed once on the window's gross per
-    /// currency, never per transaction, so the rounding error is at most
-    /// half a minor unit per payout. Gross must be >= 0; a gross <= 0 has a
-    /// fee of 0. The fee is never more than the gross.
-    pub fn fee_on(&self, gross: i64) -> i64 {
-        if gross <= 0 {
-            return 0;
-        }
-        let fee = (i128::from(gross) * i128::from(self.0) + 5_000) / 10_000;
-        // bp <= 10_000, so fee <= gross, which fits.
-        i64::try_from(fee).unwrap_or(gross)
-    }
-}
-
-/// One merchant's payout in one currency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Payout {
-    pub currency: Currency,
-    pub transaction_count: u64,
-    pub gross_minor_units: i64,
-    pub fee_minor_units: i64,
-    pub net_minor_units: i64,
-}
-
-/// Sums payable amounts per currency (ordered by currency code) and applies
-/// the fee once per currency: net = gross - fee. Only payable amounts may be
-/// passed (the caller filters by [`eligibility`]), so this takes amounts
-/// only. Gross sums saturate at `i64::MAX` rather than overflow (unreachable
-/// with real amounts: it takes over nine million maximal ISO 8583 amounts).
-pub fn payouts(amounts: &[Money], rate: FeeRate) -> Vec<Payout> {
-    let mut sums: BTreeMap<&'static str, (Currency, u64, i64)> = BTreeMap::new();
-    for amount in amounts {
-        let (_, count, gross) =
-            sums.entry(amount.currency().code())
-                .or_insert((amount.currency(), 0, 0));
-        *count += 1;
-        *gross = gross.saturating_add(amount.minor_units());
-    }
-    sums.into_values()
-        .map(|(currency, transaction_count, gross)| {
-            let fee = rate.fee_on(gross);
-            Payout {
-                currency,
-                transaction_count,
-                gross_minor_units: gross,
-                fee_minor_units: fee,
-                net_minor_units: gross - fee,
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
