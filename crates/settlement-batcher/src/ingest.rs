@@ -1,11 +1,14 @@
 //! The consumer of authorization's events: it keeps the batcher's record of
 //! every approval (terminal, merchant, amount, and whether it is
 //! unconfirmed, confirmed or reversed) that batches and windows are built
-//! from.
+//! from. Each event becomes a `LedgerCommand` here, at the edge (an unknown
+//! reason or evidence is refused, never mapped to a default); what it
+//! changes is `switch_core::settlement::ledger::decide`'s call.
 
 use std::collections::HashSet;
 
 use sqlx::PgConnection;
+use switch_core::{Evidence, LedgerCommand, ReversalReason, SharedClock, SystemClock};
 use switch_platform::consumer::{EventHandler, Gathered, HandlerError, HandlerFuture};
 use switch_platform::telemetry::set_parent_from_traceparent;
 use switch_platform::timestamps::to_time;
@@ -16,22 +19,34 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use crate::store::{self, Advance, NewApproval, Upserted};
+use crate::store::{self, Facts, LedgerError, NewApproval, Upserted};
 
 pub struct ApprovalLedger {
     metrics: Metrics,
+    clock: SharedClock,
 }
 
-/// Records an approval in the ledger ([`store::upsert`]) and makes one the
+/// A row that does not parse is retried, not skipped: settlement does not
+/// guess about money, and an operator must see it.
+impl From<LedgerError> for HandlerError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::Database(e) => HandlerError::Database(e),
+            LedgerError::Corrupt(e) => HandlerError::Retry(e.to_string()),
+        }
+    }
+}
+
+/// Records an approval in the ledger ([`store::record`]) and makes one the
 /// ledger rejected visible: it is not paid until an operator resolves it.
 pub async fn record_approval(
     conn: &mut PgConnection,
     metrics: &Metrics,
     approval: &NewApproval,
-    advance: &Advance<'_>,
+    command: LedgerCommand,
     batch_number: Option<&str>,
-) -> Result<Upserted, sqlx::Error> {
-    let upserted = store::upsert(conn, approval, advance, batch_number).await?;
+) -> Result<Upserted, LedgerError> {
+    let upserted = store::record(conn, approval, command, batch_number).await?;
     if let Upserted::KeyHeldBy(holder) = upserted {
         metrics.ledger_rejected();
         tracing::error!(
@@ -53,16 +68,9 @@ pub fn approval_from_facts(
     event: &EventEnvelope,
     facts: Option<&AuthorizationFacts>,
     approval_code: Option<&str>,
+    now: OffsetDateTime,
 ) -> Option<NewApproval> {
-    let reject = |why: &str| {
-        tracing::error!(
-            event_id = %event.event_id,
-            event_type = %event.event_type,
-            why,
-            "Event ignored by settlement."
-        );
-        None
-    };
+    let reject = |why: &str| ignored(event, why);
     let Ok(transaction_id) = Uuid::parse_str(&event.transaction_id) else {
         return reject("no valid transaction id");
     };
@@ -78,11 +86,7 @@ pub fn approval_from_facts(
     let Ok(local_date) = switch_core::LocalDate::parse(&facts.local_date) else {
         return reject("bad local date");
     };
-    let approved_at = event
-        .occurred_at
-        .as_ref()
-        .and_then(to_time)
-        .unwrap_or_else(OffsetDateTime::now_utc);
+    let approved_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
     Some(NewApproval {
         transaction_id,
         terminal_id: facts.terminal_id.clone(),
@@ -101,6 +105,37 @@ pub fn approval_from_facts(
         approval_code: approval_code.filter(|c| !c.is_empty()).map(str::to_owned),
         approved_at,
     })
+}
+
+/// Logs an event settlement cannot apply; every later delivery would fail
+/// the same way.
+fn ignored<T>(event: &EventEnvelope, why: &str) -> Option<T> {
+    tracing::error!(
+        event_id = %event.event_id,
+        event_type = %event.event_type,
+        why,
+        "Event ignored by settlement."
+    );
+    None
+}
+
+/// An event's reversal reason, or `None` (logged) when it is not one.
+fn reason_of(event: &EventEnvelope, reason: &str) -> Option<ReversalReason> {
+    ReversalReason::parse(reason)
+        .ok()
+        .or_else(|| ignored(event, "unknown reversal reason"))
+}
+
+/// An event's evidence: `Some(None)` when it names none (proto3's empty
+/// string), `None` (logged) when it names one that does not exist.
+fn evidence_of(event: &EventEnvelope, evidence: &str) -> Option<Option<Evidence>> {
+    if evidence.is_empty() {
+        return Some(None);
+    }
+    match Evidence::parse(evidence) {
+        Ok(evidence) => Some(Some(evidence)),
+        Err(_) => ignored(event, "unknown evidence"),
+    }
 }
 
 /// Approvals gathered for one statement and, besides their transactions,
@@ -139,13 +174,22 @@ impl PendingApprovals {
 
 impl Default for ApprovalLedger {
     fn default() -> Self {
-        ApprovalLedger::new(Metrics::new())
+        ApprovalLedger::new(Metrics::new(), SystemClock::shared())
     }
 }
 
 impl ApprovalLedger {
-    pub(crate) fn new(metrics: Metrics) -> Self {
-        ApprovalLedger { metrics }
+    pub(crate) fn new(metrics: Metrics, clock: SharedClock) -> Self {
+        ApprovalLedger { metrics, clock }
+    }
+
+    fn approval(
+        &self,
+        event: &EventEnvelope,
+        facts: Option<&AuthorizationFacts>,
+        approval_code: &str,
+    ) -> Option<NewApproval> {
+        approval_from_facts(event, facts, Some(approval_code), self.clock.now())
     }
 
     /// Writes the gathered approvals: one statement for all of them, then
@@ -160,13 +204,10 @@ impl ApprovalLedger {
             return Ok(());
         }
         let added = store::insert_unconfirmed_many(conn, &approvals).await?;
-        let unconfirmed = Advance {
-            status: "unconfirmed",
-            ..Default::default()
-        };
         for approval in &approvals {
             if !added.contains(&approval.transaction_id) {
-                record_approval(conn, &self.metrics, approval, &unconfirmed, None).await?;
+                record_approval(conn, &self.metrics, approval, LedgerCommand::Approve, None)
+                    .await?;
             }
         }
         Ok(())
@@ -179,55 +220,41 @@ impl ApprovalLedger {
         payload: &Payload,
     ) -> Result<(), HandlerError> {
         let transaction_id = || Uuid::parse_str(&event.transaction_id).ok();
+        let none = Facts::default();
         match payload {
             Payload::AuthorizationApproved(approved) => {
-                if let Some(approval) = approval_from_facts(
-                    event,
-                    approved.facts.as_ref(),
-                    Some(&approved.approval_code),
-                ) {
-                    let advance = Advance {
-                        status: "unconfirmed",
-                        ..Default::default()
-                    };
-                    record_approval(conn, &self.metrics, &approval, &advance, None).await?;
+                if let Some(approval) =
+                    self.approval(event, approved.facts.as_ref(), &approved.approval_code)
+                {
+                    record_approval(conn, &self.metrics, &approval, LedgerCommand::Approve, None)
+                        .await?;
                 }
             }
             Payload::AuthorizationConfirmed(confirmed) => {
                 // Confirmation follows the approval on the same partition;
                 // inserting from its facts covers a consumer that started
                 // after the approval was compacted away.
-                if let Some(approval) = approval_from_facts(
-                    event,
-                    confirmed.facts.as_ref(),
-                    Some(&confirmed.approval_code),
+                if let (Some(approval), Some(evidence)) = (
+                    self.approval(event, confirmed.facts.as_ref(), &confirmed.approval_code),
+                    evidence_of(event, &confirmed.evidence),
                 ) {
-                    let advance = Advance {
-                        status: "confirmed",
-                        evidence: Some(&confirmed.evidence),
-                        reversal_reason: None,
-                    };
-                    record_approval(conn, &self.metrics, &approval, &advance, None).await?;
+                    let command = LedgerCommand::Confirm { evidence };
+                    record_approval(conn, &self.metrics, &approval, command, None).await?;
                 }
             }
             Payload::ReversalRequested(requested) => {
-                if let Some(id) = transaction_id() {
-                    let advance = Advance {
-                        status: "reversal_pending",
-                        evidence: None,
-                        reversal_reason: Some(&requested.reason),
-                    };
-                    store::advance(conn, id, &advance).await?;
+                if let (Some(id), Some(reason)) =
+                    (transaction_id(), reason_of(event, &requested.reason))
+                {
+                    let command = LedgerCommand::RequestReversal { reason };
+                    store::apply(conn, id, command, &none).await?;
                 }
             }
             Payload::AuthorizationReversed(reversed) => {
-                if let Some(id) = transaction_id() {
-                    let advance = Advance {
-                        status: "reversed",
-                        evidence: None,
-                        reversal_reason: Some(&reversed.reason),
-                    };
-                    store::advance(conn, id, &advance).await?;
+                if let (Some(id), Some(reason)) =
+                    (transaction_id(), reason_of(event, &reversed.reason))
+                {
+                    store::apply(conn, id, LedgerCommand::Reverse { reason }, &none).await?;
                 }
             }
             Payload::AcknowledgementConflict(conflict) => {
@@ -278,11 +305,9 @@ impl EventHandler for ApprovalLedger {
             let mut pending = PendingApprovals::default();
             for event in events {
                 if let Some(Payload::AuthorizationApproved(approved)) = &event.payload {
-                    if let Some(approval) = approval_from_facts(
-                        event,
-                        approved.facts.as_ref(),
-                        Some(&approved.approval_code),
-                    ) {
+                    if let Some(approval) =
+                        self.approval(event, approved.facts.as_ref(), &approved.approval_code)
+                    {
                         if pending.clashes_with(&approval) {
                             self.record(tx, pending.take()).await?;
                         }
@@ -330,7 +355,7 @@ mod tests {
 
     #[test]
     fn only_events_that_change_the_ledger_are_recorded() {
-        let ledger = ApprovalLedger::new(Metrics::new());
+        let ledger = ApprovalLedger::default();
         assert!(ledger.wants(&with(Payload::AuthorizationApproved(
             AuthorizationApproved::default()
         ))));

@@ -175,7 +175,7 @@ impl SettlementService for SettlementApi {
         let span = server_span("settlement.RunSettlement", request.metadata());
         let request = request.into_inner();
         async {
-            let now = OffsetDateTime::now_utc();
+            let now = self.settler.now();
             let cutoff = match request.cutoff.as_str() {
                 "" => now,
                 text => OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
