@@ -118,6 +118,20 @@ impl TransactionRow {
             .map_err(|e| self.corrupt(e.to_string()))
     }
 
+    /// The row as the ledger's decisions see it.
+    pub fn ledger_entry(&self) -> Result<LedgerEntry, CorruptRow> {
+        LedgerRow {
+            transaction_id: self.transaction_id,
+            status: self.status.clone(),
+            reversal_reason: self.reversal_reason.clone(),
+            evidence: self.evidence.clone(),
+            conflict: self.conflict.clone(),
+            window_id: self.window_id,
+            hold_reason: self.hold_reason.clone(),
+        }
+        .entry()
+    }
+
     /// The host side of reconciliation, keyed by transaction id.
     pub fn host_transaction(&self) -> Result<HostTransaction<Uuid>, CorruptRow> {
         Ok(HostTransaction {

@@ -16,6 +16,10 @@
 //! - **at a cut-off** an entry is paid, held with its reason, or never paid,
 //!   by [`eligibility`]; one paid in a window is final.
 //!
+//! [`standing`] says where an entry stands for its merchant (paid, being
+//! paid, held and why, never paid), and [`due_cutoff`] when a merchant's
+//! window is due.
+//!
 //! Stored names are parsed once, here: an unknown status, reversal reason,
 //! evidence or hold reason is an error, never mapped to a default.
 
@@ -458,6 +462,54 @@ fn advance(
     })
 }
 
+/// Where an approval stands for its merchant, as a status query answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// In a window whose payout files were written.
+    Paid,
+    /// In a closed window whose payout files are still being written.
+    Paying,
+    /// Reversed: never paid.
+    NotPayable { reason: ReversalReason },
+    /// Flagged: held until an operator resolves it.
+    Conflict,
+    /// Confirmed: paid at the merchant's next cut-off.
+    Confirmed { evidence: Option<Evidence> },
+    /// A reversal is pending; `held` once a cut-off has passed it by.
+    ReversalPending { reason: ReversalReason, held: bool },
+    /// No evidence yet; `held` once a cut-off has passed it by.
+    AwaitingEvidence { held: bool },
+}
+
+/// Where `entry` stands. `window_settled` is the state of the window that
+/// pays it, when it has one: `Some(true)` once its files are written.
+pub fn standing(entry: &LedgerEntry, window_settled: Option<bool>) -> Standing {
+    let held = entry.hold.is_some();
+    match (window_settled, entry.status) {
+        (Some(true), _) => Standing::Paid,
+        (Some(false), _) => Standing::Paying,
+        (
+            None,
+            HostStatus::Reversed {
+                reason,
+                completed: true,
+            },
+        ) => Standing::NotPayable { reason },
+        (None, _) if entry.conflict => Standing::Conflict,
+        (None, HostStatus::Confirmed) => Standing::Confirmed {
+            evidence: entry.evidence,
+        },
+        (
+            None,
+            HostStatus::Reversed {
+                reason,
+                completed: false,
+            },
+        ) => Standing::ReversalPending { reason, held },
+        (None, HostStatus::Unconfirmed) => Standing::AwaitingEvidence { held },
+    }
+}
+
 /// The cut-off a merchant's window is due at, as of `now`: the latest
 /// instant at or before `now` whose UTC time of day is `cutoff`, when it is
 /// later than the cut-off of the merchant's last window (`last`); `None`
@@ -758,6 +810,69 @@ mod tests {
             LedgerEntry::first_known(LedgerCommand::Reverse { reason: ORPHAN }).status,
             reversed(ORPHAN)
         );
+    }
+
+    #[test]
+    fn standing_of_every_status() {
+        let ack = Some(Evidence::TerminalAcknowledgement);
+        let held = |e: LedgerEntry| LedgerEntry {
+            hold: Some(HoldReason::AwaitingEvidence),
+            ..e
+        };
+        let flagged = |e: LedgerEntry| LedgerEntry {
+            conflict: true,
+            ..e
+        };
+        let confirmed = LedgerEntry {
+            evidence: ack,
+            ..entry(HostStatus::Confirmed)
+        };
+        let cases = [
+            (confirmed, Some(true), Standing::Paid),
+            (confirmed, Some(false), Standing::Paying),
+            (confirmed, None, Standing::Confirmed { evidence: ack }),
+            (flagged(confirmed), None, Standing::Conflict),
+            (
+                entry(reversed(ORPHAN)),
+                None,
+                Standing::NotPayable { reason: ORPHAN },
+            ),
+            (
+                flagged(entry(reversed(ORPHAN))),
+                None,
+                Standing::NotPayable { reason: ORPHAN },
+            ),
+            (
+                entry(pending(NO_ACK)),
+                None,
+                Standing::ReversalPending {
+                    reason: NO_ACK,
+                    held: false,
+                },
+            ),
+            (
+                held(entry(pending(NO_ACK))),
+                None,
+                Standing::ReversalPending {
+                    reason: NO_ACK,
+                    held: true,
+                },
+            ),
+            (flagged(entry(pending(NO_ACK))), None, Standing::Conflict),
+            (
+                entry(HostStatus::Unconfirmed),
+                None,
+                Standing::AwaitingEvidence { held: false },
+            ),
+            (
+                held(entry(HostStatus::Unconfirmed)),
+                None,
+                Standing::AwaitingEvidence { held: true },
+            ),
+        ];
+        for (e, window, expected) in cases {
+            assert_eq!(standing(&e, window), expected, "{e:?} {window:?}");
+        }
     }
 
     #[test]

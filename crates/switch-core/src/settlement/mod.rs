@@ -44,7 +44,7 @@ pub use fees::*;
 // Not `decide`: other lifecycles have one too; it is `ledger::decide`.
 pub use ledger::{
     Eligibility, HoldReason, HostStatus, LedgerCommand, LedgerDecision, LedgerEffect, LedgerEntry,
-    LedgerRefusal, LedgerStatus, due_cutoff, eligibility,
+    LedgerRefusal, LedgerStatus, Standing, due_cutoff, eligibility, standing,
 };
 
 use std::collections::{BTreeMap, HashMap, HashSet};
