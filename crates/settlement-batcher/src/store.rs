@@ -297,6 +297,100 @@ async fn decide_locked(
     }
 }
 
+/// One status command of a batch, for [`apply_many`].
+#[derive(Debug, Clone)]
+pub struct BatchedCommand {
+    pub transaction_id: Uuid,
+    pub command: LedgerCommand,
+    /// Filled in if the row has none.
+    pub approval_code: Option<String>,
+}
+
+/// Applies status commands of distinct transactions with two statements:
+/// their rows are locked (in id order, as a settlement run locks them),
+/// each command is decided on, and the decisions are written back with one
+/// `UNNEST` update. Returns the ids the ledger does not know, in input
+/// order, for the caller to record from their facts or to drop.
+pub async fn apply_many(
+    conn: &mut PgConnection,
+    commands: &[BatchedCommand],
+) -> Result<Vec<Uuid>, LedgerError> {
+    if commands.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = commands.iter().map(|c| c.transaction_id).collect();
+    let rows: Vec<LedgerRow> = sqlx::query_as(&format!(
+        "SELECT {LEDGER_COLUMNS} FROM transactions WHERE transaction_id = ANY($1) \
+         ORDER BY transaction_id FOR UPDATE"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut entries = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        entries.insert(row.transaction_id, row.entry()?);
+    }
+    let mut unknown = Vec::new();
+    let mut written: Vec<Uuid> = Vec::new();
+    let mut statuses: Vec<&'static str> = Vec::new();
+    let mut evidence: Vec<Option<&'static str>> = Vec::new();
+    let mut reasons: Vec<Option<&'static str>> = Vec::new();
+    let mut codes: Vec<Option<&str>> = Vec::new();
+    for batched in commands {
+        let id = batched.transaction_id;
+        let Some(entry) = entries.get(&id) else {
+            unknown.push(id);
+            continue;
+        };
+        let decision = match ledger::decide(entry, batched.command) {
+            Ok(decision) => decision,
+            Err(refusal) => {
+                tracing::debug!(transaction_id = %id, %refusal, "Ledger unchanged.");
+                continue;
+            }
+        };
+        for effect in &decision.effects {
+            match effect {
+                LedgerEffect::Advance => {
+                    let next = &decision.next;
+                    written.push(id);
+                    statuses.push(next.status.as_str());
+                    evidence.push(next.evidence.map(|e| e.as_str()));
+                    reasons.push(next.status.reversal_reason().map(|r| r.as_str()));
+                    codes.push(batched.approval_code.as_deref());
+                }
+                other => {
+                    return Err(CorruptRow {
+                        transaction_id: id,
+                        reason: format!("{other:?} is not a status change"),
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+    if !written.is_empty() {
+        sqlx::query(
+            "UPDATE transactions t SET status = u.status, evidence = u.evidence, \
+                reversal_reason = COALESCE(u.reason, t.reversal_reason), \
+                approval_code = COALESCE(t.approval_code, u.code), updated_at = now() \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                AS u(id, status, evidence, reason, code) \
+             WHERE t.transaction_id = u.id",
+        )
+        // Planned for each batch, like the approvals' insert (ADR 11).
+        .persistent(false)
+        .bind(&written)
+        .bind(&statuses)
+        .bind(&evidence)
+        .bind(&reasons)
+        .bind(&codes)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(unknown)
+}
+
 /// Records an approval with `command` (its approval, confirmation or
 /// reversal): a known one is decided on under its row lock ([`apply`]); a
 /// new one is inserted as [`LedgerEntry::first_known`]. An approval whose

@@ -120,11 +120,21 @@ async fn a_batch_of_events_has_the_effect_of_applying_them_one_by_one() {
             ..Default::default()
         })
     };
-    // (transaction 0..7, STAN offset, payload) in delivery order: approved
+    let requested = || {
+        Payload::ReversalRequested(pb::ReversalRequested {
+            reason: "batch_orphan".into(),
+            ..Default::default()
+        })
+    };
+    // (transaction 0..11, STAN offset, payload) in delivery order: approved
     // then confirmed in the same batch; approved alone; a reversal of a
     // sale not yet known, then its approval; a republished approval; two
     // transactions under one terminal key (the second is rejected); an
-    // approval then its reversal.
+    // approval then its reversal; a confirmation whose approval never
+    // arrived; a reversal requested, then the approval confirmed after
+    // all; a reversal after the confirmation (confirmed is final); a
+    // confirmation of another transaction under the key of the one before
+    // last but two (rejected).
     let script = |base: u32| -> Vec<(usize, Payload)> {
         let stan = |offset: u32| format!("{:06}", base + offset);
         vec![
@@ -139,10 +149,18 @@ async fn a_batch_of_events_has_the_effect_of_applying_them_one_by_one() {
             (5, approved(&stan(4))),
             (6, approved(&stan(6))),
             (6, reversed()),
+            (7, confirmed(&stan(7))),
+            (8, approved(&stan(8))),
+            (8, requested()),
+            (8, confirmed(&stan(8))),
+            (9, approved(&stan(9))),
+            (9, confirmed(&stan(9))),
+            (9, reversed()),
+            (10, confirmed(&stan(7))),
         ]
     };
-    let batched: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
-    let single: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
+    let batched: Vec<Uuid> = (0..11).map(|_| Uuid::new_v4()).collect();
+    let single: Vec<Uuid> = (0..11).map(|_| Uuid::new_v4()).collect();
 
     let batch: Vec<EventEnvelope> = script(100)
         .into_iter()
@@ -161,7 +179,7 @@ async fn a_batch_of_events_has_the_effect_of_applying_them_one_by_one() {
         tx.commit().await.unwrap();
     }
 
-    for who in 0..7 {
+    for who in 0..11 {
         assert_eq!(
             ledger_row(&pool, batched[who]).await,
             ledger_row(&pool, single[who]).await,
@@ -188,6 +206,23 @@ async fn a_batch_of_events_has_the_effect_of_applying_them_one_by_one() {
     );
     assert_eq!(rejected_for(&pool, batched[5]).await, Some(batched[4]));
     assert_eq!(rejected_for(&pool, single[5]).await, Some(single[4]));
+    for (who, expected) in [(7, "confirmed"), (8, "confirmed"), (9, "confirmed")] {
+        assert_eq!(
+            status(ledger_row(&pool, batched[who]).await).as_deref(),
+            Some(expected),
+            "transaction {who}"
+        );
+    }
+    assert_eq!(
+        ledger_row(&pool, batched[8])
+            .await
+            .and_then(|r| r.2)
+            .as_deref(),
+        Some("batch_orphan"),
+        "the failed reversal's reason stays on record"
+    );
+    assert_eq!(ledger_row(&pool, batched[10]).await, None);
+    assert_eq!(rejected_for(&pool, batched[10]).await, Some(batched[7]));
 
     pool.close().await;
     switch_platform::db::drop_schema(&url, &schema)
