@@ -63,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             switch_core::SystemClock::shared(),
         )?;
         let started = Instant::now();
-        let report = settler.run(&[], time::OffsetDateTime::now_utc()).await?;
+        let report = settler.run(&[], settler.now()).await?;
         let ms = started.elapsed().as_millis();
         elapsed_ms.push(ms);
 

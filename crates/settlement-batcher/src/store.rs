@@ -238,7 +238,13 @@ async fn persist(
                 .await?;
             }
             LedgerEffect::Flag => {
-                let (kind, detail) = facts.conflict.unwrap_or(("conflict", ""));
+                let Some((kind, detail)) = facts.conflict else {
+                    return Err(CorruptRow {
+                        transaction_id,
+                        reason: "a conflict flag needs its kind and detail".into(),
+                    }
+                    .into());
+                };
                 sqlx::query(
                     "UPDATE transactions SET conflict = $2, conflict_detail = $3, \
                         updated_at = now() WHERE transaction_id = $1",
