@@ -226,8 +226,6 @@ mod tests {
     fn migrations_create_the_platform_tables_exactly() {
         let migration = include_str!("../migrations/0001_settlement.sql");
         assert!(migration.contains(consumer::PROCESSED_EVENTS_DDL));
-        let rules = include_str!("../migrations/0004_ledger_rules_in_core.sql");
-        assert!(rules.contains("DROP FUNCTION status_rank"));
         let age_index = include_str!("../migrations/0003_processed_events_by_age.sql");
         assert!(age_index.contains(consumer::PROCESSED_EVENTS_AGE_INDEX_DDL));
         assert!(migration.contains(switch_platform::outbox::OUTBOX_TABLE_DDL));
