@@ -303,25 +303,6 @@ pub enum LedgerCommand {
     CloseWindow,
 }
 
-impl LedgerCommand {
-    /// The status the command moves an entry to, if it moves one.
-    pub fn target(&self) -> Option<HostStatus> {
-        match *self {
-            Self::Approve => Some(HostStatus::Unconfirmed),
-            Self::Confirm { .. } => Some(HostStatus::Confirmed),
-            Self::RequestReversal { reason } => Some(HostStatus::Reversed {
-                reason,
-                completed: false,
-            }),
-            Self::Reverse { reason } => Some(HostStatus::Reversed {
-                reason,
-                completed: true,
-            }),
-            Self::FlagConflict | Self::CloseWindow => None,
-        }
-    }
-}
-
 /// What the adapter writes for a decision, besides the next entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LedgerEffect {
