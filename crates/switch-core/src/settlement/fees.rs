@@ -62,7 +62,7 @@ pub struct Payout {
 
 /// Sums payable amounts per currency (ordered by currency code) and applies
 /// the fee once per currency: net = gross - fee. Only payable amounts may be
-/// passed (the caller filters by [`eligibility`]), so this takes amounts
+/// passed (the caller filters by [`eligibility`](super::eligibility)), so this takes amounts
 /// only. Gross sums saturate at `i64::MAX` rather than overflow (unreachable
 /// with real amounts: it takes over nine million maximal ISO 8583 amounts).
 pub fn payouts(amounts: &[Money], rate: FeeRate) -> Vec<Payout> {
