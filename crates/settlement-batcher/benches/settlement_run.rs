@@ -56,9 +56,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..SettlementConfig::default()
         };
         // The producer is never used: the outbox keeps the run's events.
-        let settler = settlement_batcher::settler(pool.clone(), &KafkaConfig::default(), &config)?;
+        let settler = settlement_batcher::settler(
+            pool.clone(),
+            &KafkaConfig::default(),
+            &config,
+            switch_core::SystemClock::shared(),
+        )?;
         let started = Instant::now();
-        let report = settler.run(&[], time::OffsetDateTime::now_utc()).await?;
+        let report = settler.run(&[], settler.now()).await?;
         let ms = started.elapsed().as_millis();
         elapsed_ms.push(ms);
 

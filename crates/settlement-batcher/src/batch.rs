@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use switch_core::{
-    ApprovalCode, BatchNumber, BatchTotals, CloseVerdict, Currency, InvalidField, LocalDate,
-    MerchantId, Money, RawCurrencyTotals, ReconciliationOutcome, Stan, TerminalId, UploadedSale,
+    ApprovalCode, BatchNumber, BatchTotals, CloseVerdict, Currency, Evidence, InvalidField,
+    LedgerCommand, LocalDate, MerchantId, Money, RawCurrencyTotals, ReconciliationOutcome,
+    ReversalReason, SharedClock, Stan, TerminalId, UploadedSale,
 };
 use switch_platform::outbox::{self, OutboxRelay};
 use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
@@ -30,7 +31,7 @@ use uuid::Uuid;
 use crate::events::outbox_message;
 use crate::ingest::record_approval;
 use crate::metrics::Metrics;
-use crate::store::{self, Advance, CorruptRow, NewApproval, TransactionRow, Upserted};
+use crate::store::{self, CorruptRow, LedgerError, NewApproval, TransactionRow, Upserted};
 
 type InterceptorFn = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;
 pub type AuthorizationClient =
@@ -61,6 +62,15 @@ pub enum BatchError {
     Corrupt(#[from] CorruptRow),
 }
 
+impl From<LedgerError> for BatchError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::Database(e) => BatchError::Database(e),
+            LedgerError::Corrupt(e) => BatchError::Corrupt(e),
+        }
+    }
+}
+
 impl From<BatchError> for Status {
     fn from(error: BatchError) -> Status {
         let message = error.to_string();
@@ -83,6 +93,7 @@ pub struct Batcher {
     topic: String,
     relay: OutboxRelay,
     metrics: Metrics,
+    clock: SharedClock,
 }
 
 /// A close request, parsed.
@@ -107,6 +118,7 @@ impl Batcher {
         topic: String,
         relay: OutboxRelay,
         metrics: Metrics,
+        clock: SharedClock,
     ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(authorization_endpoint.to_owned())?
             .tcp_nodelay(true)
@@ -120,6 +132,7 @@ impl Batcher {
             topic,
             relay,
             metrics,
+            clock,
         })
     }
 
@@ -280,6 +293,7 @@ impl Batcher {
                         &row.transaction_id.to_string(),
                         "settlement.batch_orphan_found",
                         payload,
+                        self.clock.now(),
                     );
                     outbox::enqueue(&mut tx, &message).await?;
                     wake = true;
@@ -304,6 +318,7 @@ impl Batcher {
                         &row.transaction_id.to_string(),
                         "settlement.batch_conflict",
                         payload,
+                        self.clock.now(),
                     );
                     outbox::enqueue(&mut tx, &message).await?;
                     wake = true;
@@ -381,8 +396,10 @@ impl Batcher {
                         Err(status) if status.code() == tonic::Code::NotFound => continue,
                         Err(status) => return Err(BatchError::Authorization(status)),
                     };
-                    if let Some((approval, advance)) = approval_from_record(&record) {
-                        record_approval(&mut conn, &self.metrics, &approval, &advance, Some(batch))
+                    if let Some((approval, command)) =
+                        approval_from_record(&record, self.clock.now())
+                    {
+                        record_approval(&mut conn, &self.metrics, &approval, command, Some(batch))
                             .await?;
                     }
                 }
@@ -415,7 +432,7 @@ impl Batcher {
             };
             let request = pb::ConfirmRequest {
                 transaction_id: id.to_string(),
-                evidence: switch_core::Evidence::BatchUpload.as_str().into(),
+                evidence: Evidence::BatchUpload.as_str().into(),
             };
             let record = match self.authorization.clone().confirm(request).await {
                 Ok(record) => record.into_inner(),
@@ -434,11 +451,12 @@ impl Batcher {
                 }
                 Err(status) => return Err(BatchError::Authorization(status)),
             };
-            if let Some((approval, advance)) = approval_from_record(&record) {
+            if let Some((approval, command)) = approval_from_record(&record, self.clock.now()) {
                 let upserted =
-                    record_approval(&mut conn, &self.metrics, &approval, &advance, Some(batch))
+                    record_approval(&mut conn, &self.metrics, &approval, command, Some(batch))
                         .await?;
-                if advance.status == "confirmed" && !matches!(upserted, Upserted::KeyHeldBy(_)) {
+                let is_confirmation = matches!(command, LedgerCommand::Confirm { .. });
+                if is_confirmation && !matches!(upserted, Upserted::KeyHeldBy(_)) {
                     confirmed.insert(id);
                 }
             }
@@ -631,22 +649,47 @@ pub fn facts_of(row: &TransactionRow) -> AuthorizationFacts {
     }
 }
 
-/// An authorization record as an approval for the ledger, or `None` when
-/// it never was one (declined, timed out, still in flight).
-fn approval_from_record(record: &AuthorizationRecord) -> Option<(NewApproval, Advance<'static>)> {
-    let status = match record.status() {
-        AuthorizationStatus::Approved => "unconfirmed",
-        AuthorizationStatus::Confirmed => "confirmed",
-        AuthorizationStatus::ReversalPending | AuthorizationStatus::ReversalDeadLettered => {
-            "reversal_pending"
-        }
-        AuthorizationStatus::Reversed => "reversed",
-        _ => return None,
-    };
+/// An authorization record as an approval for the ledger and the command
+/// its status stands for, or `None` when it never was one (declined, timed
+/// out, still in flight) or names a reason or evidence that does not exist
+/// (logged: nothing is mapped to a default).
+fn approval_from_record(
+    record: &AuthorizationRecord,
+    now: OffsetDateTime,
+) -> Option<(NewApproval, LedgerCommand)> {
     // A reversal pending after an issuer timeout was never an approval.
     if record.approval_code.is_empty() {
         return None;
     }
+    fn refuse<T>(record: &AuthorizationRecord, why: &str) -> Option<T> {
+        tracing::error!(
+            transaction_id = %record.transaction_id,
+            why,
+            "Authorization record not taken into the ledger."
+        );
+        None
+    }
+    let reason = || match ReversalReason::parse(&record.reversal_reason) {
+        Ok(reason) => Some(reason),
+        Err(_) => refuse(record, "unknown or missing reversal reason"),
+    };
+    let command = match record.status() {
+        AuthorizationStatus::Approved => LedgerCommand::Approve,
+        AuthorizationStatus::Confirmed => LedgerCommand::Confirm {
+            evidence: match record.confirmation_evidence.as_str() {
+                "" => None,
+                e => match Evidence::parse(e) {
+                    Ok(evidence) => Some(evidence),
+                    Err(_) => return refuse(record, "unknown evidence"),
+                },
+            },
+        },
+        AuthorizationStatus::ReversalPending | AuthorizationStatus::ReversalDeadLettered => {
+            LedgerCommand::RequestReversal { reason: reason()? }
+        }
+        AuthorizationStatus::Reversed => LedgerCommand::Reverse { reason: reason()? },
+        _ => return None,
+    };
     let amount = record.amount.as_ref()?;
     let approval = NewApproval {
         transaction_id: Uuid::parse_str(&record.transaction_id).ok()?,
@@ -664,25 +707,7 @@ fn approval_from_record(record: &AuthorizationRecord) -> Option<(NewApproval, Ad
             record.channel.clone()
         },
         approval_code: Some(record.approval_code.clone()),
-        approved_at: OffsetDateTime::parse(&record.created_at, &Rfc3339)
-            .unwrap_or_else(|_| OffsetDateTime::now_utc()),
+        approved_at: OffsetDateTime::parse(&record.created_at, &Rfc3339).unwrap_or(now),
     };
-    let reason: Option<&'static str> = match record.reversal_reason.as_str() {
-        "" => None,
-        r => switch_core::ReversalReason::parse(r)
-            .ok()
-            .map(|r| r.as_str()),
-    };
-    let evidence: Option<&'static str> = match record.confirmation_evidence.as_str() {
-        "" => None,
-        e => switch_core::Evidence::parse(e).ok().map(|e| e.as_str()),
-    };
-    Some((
-        approval,
-        Advance {
-            status,
-            evidence,
-            reversal_reason: reason,
-        },
-    ))
+    Some((approval, command))
 }

@@ -10,13 +10,14 @@ use switch_platform::timestamps::from_time;
 
 /// An outbox row carrying `payload` on `topic`, keyed by `key` (a
 /// transaction id for reconciliation outcomes, a merchant id for windows),
-/// in the current trace.
+/// in the current trace, occurring at `now` (the caller's clock).
 pub fn outbox_message(
     topic: &str,
     key: &str,
     transaction_id: &str,
     event_type: &str,
     payload: Payload,
+    now: OffsetDateTime,
 ) -> OutboxMessage {
     let (traceparent, tracestate) = current_trace_context();
     let event_id = Uuid::new_v4();
@@ -24,7 +25,7 @@ pub fn outbox_message(
         event_id: event_id.to_string(),
         event_type: event_type.to_owned(),
         transaction_id: transaction_id.to_owned(),
-        occurred_at: Some(from_time(OffsetDateTime::now_utc())),
+        occurred_at: Some(from_time(now)),
         traceparent: traceparent.clone(),
         tracestate,
         payload: Some(payload),

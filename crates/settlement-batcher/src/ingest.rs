@@ -1,11 +1,14 @@
 //! The consumer of authorization's events: it keeps the batcher's record of
 //! every approval (terminal, merchant, amount, and whether it is
 //! unconfirmed, confirmed or reversed) that batches and windows are built
-//! from.
+//! from. Each event becomes a `LedgerCommand` here, at the edge (an unknown
+//! reason or evidence is refused, never mapped to a default); what it
+//! changes is `switch_core::settlement::ledger::decide`'s call.
 
 use std::collections::HashSet;
 
 use sqlx::PgConnection;
+use switch_core::{Evidence, LedgerCommand, ReversalReason, SharedClock, SystemClock};
 use switch_platform::consumer::{EventHandler, Gathered, HandlerError, HandlerFuture};
 use switch_platform::telemetry::set_parent_from_traceparent;
 use switch_platform::timestamps::to_time;
@@ -16,22 +19,34 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use crate::store::{self, Advance, NewApproval, Upserted};
+use crate::store::{self, Facts, LedgerError, NewApproval, Upserted};
 
 pub struct ApprovalLedger {
     metrics: Metrics,
+    clock: SharedClock,
 }
 
-/// Records an approval in the ledger ([`store::upsert`]) and makes one the
+/// A row that does not parse is retried, not skipped: settlement does not
+/// guess about money, and an operator must see it.
+impl From<LedgerError> for HandlerError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::Database(e) => HandlerError::Database(e),
+            LedgerError::Corrupt(e) => HandlerError::Retry(e.to_string()),
+        }
+    }
+}
+
+/// Records an approval in the ledger ([`store::record`]) and makes one the
 /// ledger rejected visible: it is not paid until an operator resolves it.
 pub async fn record_approval(
     conn: &mut PgConnection,
     metrics: &Metrics,
     approval: &NewApproval,
-    advance: &Advance<'_>,
+    command: LedgerCommand,
     batch_number: Option<&str>,
-) -> Result<Upserted, sqlx::Error> {
-    let upserted = store::upsert(conn, approval, advance, batch_number).await?;
+) -> Result<Upserted, LedgerError> {
+    let upserted = store::record(conn, approval, command, batch_number).await?;
     if let Upserted::KeyHeldBy(holder) = upserted {
         metrics.ledger_rejected();
         tracing::error!(
@@ -53,16 +68,9 @@ pub fn approval_from_facts(
     event: &EventEnvelope,
     facts: Option<&AuthorizationFacts>,
     approval_code: Option<&str>,
+    now: OffsetDateTime,
 ) -> Option<NewApproval> {
-    let reject = |why: &str| {
-        tracing::error!(
-            event_id = %event.event_id,
-            event_type = %event.event_type,
-            why,
-            "Event ignored by settlement."
-        );
-        None
-    };
+    let reject = |why: &str| ignored(event, why);
     let Ok(transaction_id) = Uuid::parse_str(&event.transaction_id) else {
         return reject("no valid transaction id");
     };
@@ -78,11 +86,7 @@ pub fn approval_from_facts(
     let Ok(local_date) = switch_core::LocalDate::parse(&facts.local_date) else {
         return reject("bad local date");
     };
-    let approved_at = event
-        .occurred_at
-        .as_ref()
-        .and_then(to_time)
-        .unwrap_or_else(OffsetDateTime::now_utc);
+    let approved_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
     Some(NewApproval {
         transaction_id,
         terminal_id: facts.terminal_id.clone(),
@@ -103,18 +107,55 @@ pub fn approval_from_facts(
     })
 }
 
-/// Approvals gathered for one statement and, besides their transactions,
-/// their terminal keys: two approvals with one key never share a
-/// statement, so the second meets the first and is rejected rather than
-/// failing the batch.
-#[derive(Default)]
-struct PendingApprovals {
-    gathered: Gathered<NewApproval>,
-    keys: HashSet<(String, time::Date, String)>,
+/// Logs an event settlement cannot apply; every later delivery would fail
+/// the same way.
+fn ignored<T>(event: &EventEnvelope, why: &str) -> Option<T> {
+    tracing::error!(
+        event_id = %event.event_id,
+        event_type = %event.event_type,
+        why,
+        "Event ignored by settlement."
+    );
+    None
 }
 
-impl PendingApprovals {
-    fn key(approval: &NewApproval) -> (String, time::Date, String) {
+/// An event's reversal reason, or `None` (logged) when it is not one.
+fn reason_of(event: &EventEnvelope, reason: &str) -> Option<ReversalReason> {
+    ReversalReason::parse(reason)
+        .ok()
+        .or_else(|| ignored(event, "unknown reversal reason"))
+}
+
+/// An event's evidence: `Some(None)` when it names none (proto3's empty
+/// string), `None` (logged) when it names one that does not exist.
+fn evidence_of(event: &EventEnvelope, evidence: &str) -> Option<Option<Evidence>> {
+    if evidence.is_empty() {
+        return Some(None);
+    }
+    match Evidence::parse(evidence) {
+        Ok(evidence) => Some(Some(evidence)),
+        Err(_) => ignored(event, "unknown evidence"),
+    }
+}
+
+type TerminalKey = (String, time::Date, String);
+
+/// Approvals and status commands gathered for one statement each and,
+/// besides their transactions, the terminal keys of their facts. A
+/// transaction has at most one gathered row (its next event waits for it
+/// to be written), and two rows with one terminal key never share a
+/// statement: the second must meet the first, to be rejected rather than
+/// fail the batch. Approvals and commands then touch different rows and
+/// keys, so the order the two statements run in does not matter.
+#[derive(Default)]
+struct Pending {
+    approvals: Gathered<NewApproval>,
+    commands: Gathered<Command>,
+    keys: HashSet<TerminalKey>,
+}
+
+impl Pending {
+    fn key(approval: &NewApproval) -> TerminalKey {
         (
             approval.terminal_id.clone(),
             approval.local_date,
@@ -122,30 +163,60 @@ impl PendingApprovals {
         )
     }
 
-    fn clashes_with(&self, approval: &NewApproval) -> bool {
-        self.gathered.holds(approval.transaction_id) || self.keys.contains(&Self::key(approval))
+    fn holds(&self, transaction_id: Uuid) -> bool {
+        self.approvals.holds(transaction_id) || self.commands.holds(transaction_id)
     }
 
-    fn add(&mut self, approval: NewApproval) {
-        self.keys.insert(Self::key(&approval));
-        self.gathered.add(approval.transaction_id, approval);
+    /// Whether `event` may only be applied once the gathered rows are
+    /// written.
+    fn must_write_before(&self, event: &EventEnvelope) -> bool {
+        self.approvals.must_write_before(event) || self.commands.must_write_before(event)
     }
 
-    fn take(&mut self) -> Vec<NewApproval> {
+    fn clashes_with(&self, transaction_id: Uuid, approval: Option<&NewApproval>) -> bool {
+        self.holds(transaction_id) || approval.is_some_and(|a| self.keys.contains(&Self::key(a)))
+    }
+
+    fn add(&mut self, input: Input) {
+        match input {
+            Input::Approval(approval) => {
+                self.keys.insert(Self::key(&approval));
+                self.approvals.add(approval.transaction_id, approval);
+            }
+            Input::Command(command) => {
+                if let Some(approval) = &command.approval {
+                    self.keys.insert(Self::key(approval));
+                }
+                self.commands.add(command.transaction_id, command);
+            }
+            Input::Flag { .. } => {}
+        }
+    }
+
+    fn take(&mut self) -> (Vec<NewApproval>, Vec<Command>) {
         self.keys.clear();
-        self.gathered.take()
+        (self.approvals.take(), self.commands.take())
     }
 }
 
 impl Default for ApprovalLedger {
     fn default() -> Self {
-        ApprovalLedger::new(Metrics::new())
+        ApprovalLedger::new(Metrics::new(), SystemClock::shared())
     }
 }
 
 impl ApprovalLedger {
-    pub(crate) fn new(metrics: Metrics) -> Self {
-        ApprovalLedger { metrics }
+    pub(crate) fn new(metrics: Metrics, clock: SharedClock) -> Self {
+        ApprovalLedger { metrics, clock }
+    }
+
+    fn approval(
+        &self,
+        event: &EventEnvelope,
+        facts: Option<&AuthorizationFacts>,
+        approval_code: &str,
+    ) -> Option<NewApproval> {
+        approval_from_facts(event, facts, Some(approval_code), self.clock.now())
     }
 
     /// Writes the gathered approvals: one statement for all of them, then
@@ -160,89 +231,159 @@ impl ApprovalLedger {
             return Ok(());
         }
         let added = store::insert_unconfirmed_many(conn, &approvals).await?;
-        let unconfirmed = Advance {
-            status: "unconfirmed",
-            ..Default::default()
-        };
         for approval in &approvals {
             if !added.contains(&approval.transaction_id) {
-                record_approval(conn, &self.metrics, approval, &unconfirmed, None).await?;
+                record_approval(conn, &self.metrics, approval, LedgerCommand::Approve, None)
+                    .await?;
             }
         }
         Ok(())
     }
 
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        event: &EventEnvelope,
-        payload: &Payload,
-    ) -> Result<(), HandlerError> {
+    /// What `event` asks of the ledger, or `None` (logged where the event
+    /// is broken) when nothing.
+    fn input(&self, event: &EventEnvelope, payload: &Payload) -> Option<Input> {
         let transaction_id = || Uuid::parse_str(&event.transaction_id).ok();
         match payload {
-            Payload::AuthorizationApproved(approved) => {
-                if let Some(approval) = approval_from_facts(
-                    event,
-                    approved.facts.as_ref(),
-                    Some(&approved.approval_code),
-                ) {
-                    let advance = Advance {
-                        status: "unconfirmed",
-                        ..Default::default()
-                    };
-                    record_approval(conn, &self.metrics, &approval, &advance, None).await?;
-                }
-            }
+            Payload::AuthorizationApproved(approved) => self
+                .approval(event, approved.facts.as_ref(), &approved.approval_code)
+                .map(Input::Approval),
             Payload::AuthorizationConfirmed(confirmed) => {
                 // Confirmation follows the approval on the same partition;
                 // inserting from its facts covers a consumer that started
                 // after the approval was compacted away.
-                if let Some(approval) = approval_from_facts(
-                    event,
-                    confirmed.facts.as_ref(),
-                    Some(&confirmed.approval_code),
-                ) {
-                    let advance = Advance {
-                        status: "confirmed",
-                        evidence: Some(&confirmed.evidence),
-                        reversal_reason: None,
-                    };
-                    record_approval(conn, &self.metrics, &approval, &advance, None).await?;
-                }
+                let approval =
+                    self.approval(event, confirmed.facts.as_ref(), &confirmed.approval_code)?;
+                let evidence = evidence_of(event, &confirmed.evidence)?;
+                Some(Input::Command(Command {
+                    transaction_id: approval.transaction_id,
+                    command: LedgerCommand::Confirm { evidence },
+                    approval: Some(approval),
+                }))
             }
-            Payload::ReversalRequested(requested) => {
-                if let Some(id) = transaction_id() {
-                    let advance = Advance {
-                        status: "reversal_pending",
-                        evidence: None,
-                        reversal_reason: Some(&requested.reason),
-                    };
-                    store::advance(conn, id, &advance).await?;
-                }
+            Payload::ReversalRequested(requested) => Some(Input::Command(Command {
+                transaction_id: transaction_id()?,
+                command: LedgerCommand::RequestReversal {
+                    reason: reason_of(event, &requested.reason)?,
+                },
+                approval: None,
+            })),
+            Payload::AuthorizationReversed(reversed) => Some(Input::Command(Command {
+                transaction_id: transaction_id()?,
+                command: LedgerCommand::Reverse {
+                    reason: reason_of(event, &reversed.reason)?,
+                },
+                approval: None,
+            })),
+            Payload::AcknowledgementConflict(conflict) => Some(Input::Flag {
+                transaction_id: transaction_id()?,
+                detail: format!(
+                    "acknowledged after the host reversed it ({})",
+                    conflict.reversal_reason
+                ),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Applies one input on its own.
+    async fn apply(&self, conn: &mut PgConnection, input: Input) -> Result<(), HandlerError> {
+        match input {
+            Input::Approval(approval) => {
+                record_approval(conn, &self.metrics, &approval, LedgerCommand::Approve, None)
+                    .await?;
             }
-            Payload::AuthorizationReversed(reversed) => {
-                if let Some(id) = transaction_id() {
-                    let advance = Advance {
-                        status: "reversed",
-                        evidence: None,
-                        reversal_reason: Some(&reversed.reason),
-                    };
-                    store::advance(conn, id, &advance).await?;
-                }
+            Input::Command(Command {
+                command,
+                approval: Some(approval),
+                ..
+            }) => {
+                record_approval(conn, &self.metrics, &approval, command, None).await?;
             }
-            Payload::AcknowledgementConflict(conflict) => {
-                if let Some(id) = transaction_id() {
-                    let detail = format!(
-                        "acknowledged after the host reversed it ({})",
-                        conflict.reversal_reason
-                    );
-                    store::flag_conflict(conn, id, "acknowledged_after_reversal", &detail).await?;
-                }
+            Input::Command(Command {
+                transaction_id,
+                command,
+                approval: None,
+            }) => {
+                store::apply(conn, transaction_id, command, &Facts::default()).await?;
             }
-            _ => {}
+            Input::Flag {
+                transaction_id,
+                detail,
+            } => {
+                store::flag_conflict(conn, transaction_id, "acknowledged_after_reversal", &detail)
+                    .await?;
+            }
         }
         Ok(())
     }
+
+    /// Writes what is gathered: the approvals with one statement, the
+    /// status commands with one lock and one update; then, one by one,
+    /// approvals the statement did not add and commands of approvals the
+    /// ledger does not know yet (recorded from their facts).
+    async fn flush(
+        &self,
+        conn: &mut PgConnection,
+        pending: &mut Pending,
+    ) -> Result<(), HandlerError> {
+        let (approvals, commands) = pending.take();
+        self.record(conn, approvals).await?;
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let batched: Vec<store::BatchedCommand> = commands
+            .iter()
+            .map(|c| store::BatchedCommand {
+                transaction_id: c.transaction_id,
+                command: c.command,
+                approval_code: c.approval.as_ref().and_then(|a| a.approval_code.clone()),
+            })
+            .collect();
+        let unknown: HashSet<Uuid> = store::apply_many(conn, &batched)
+            .await?
+            .into_iter()
+            .collect();
+        for command in commands {
+            if let (true, Some(approval)) =
+                (unknown.contains(&command.transaction_id), &command.approval)
+            {
+                record_approval(conn, &self.metrics, approval, command.command, None).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one event asks of the ledger.
+enum Input {
+    Approval(NewApproval),
+    Command(Command),
+    Flag {
+        transaction_id: Uuid,
+        detail: String,
+    },
+}
+
+impl Input {
+    /// The transaction and facts of an input written in bulk (approvals
+    /// and status commands); `None` for one applied on its own.
+    fn gathered(&self) -> Option<(Uuid, Option<&NewApproval>)> {
+        match self {
+            Input::Approval(approval) => Some((approval.transaction_id, Some(approval))),
+            Input::Command(command) => Some((command.transaction_id, command.approval.as_ref())),
+            Input::Flag { .. } => None,
+        }
+    }
+}
+
+/// A status command (confirmation, reversal requested or done), with the
+/// approval's facts when the event carries them for a ledger that has not
+/// seen the approval.
+struct Command {
+    transaction_id: Uuid,
+    command: LedgerCommand,
+    approval: Option<NewApproval>,
 }
 
 impl EventHandler for ApprovalLedger {
@@ -259,43 +400,48 @@ impl EventHandler for ApprovalLedger {
             if !event.traceparent.is_empty() {
                 set_parent_from_traceparent(&span, &event.traceparent, &event.tracestate);
             }
-            self.apply(tx, event, payload).instrument(span).await
+            let Some(input) = self.input(event, payload) else {
+                return Ok(());
+            };
+            self.apply(tx, input).instrument(span).await
         })
     }
 
-    /// Approvals (most of a busy topic) are recorded with one statement per
-    /// run; every other event is applied on its own, in order. An event of
-    /// a transaction whose approval is still gathered waits for it to be
-    /// written first, and two approvals with the same terminal key never
-    /// share a statement (the second must meet the first, to be rejected
-    /// rather than fail the batch).
+    /// Approvals and confirmations (most of a busy topic) are written with
+    /// one statement each per run of events, reversals with them; a
+    /// conflict flag is applied on its own, in order. An event of a
+    /// transaction with a gathered row waits for it to be written first,
+    /// and two rows with the same terminal key never share a statement.
     fn handle_batch<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         events: &'a [&'a EventEnvelope],
     ) -> HandlerFuture<'a> {
         Box::pin(async move {
-            let mut pending = PendingApprovals::default();
+            let mut pending = Pending::default();
             for event in events {
-                if let Some(Payload::AuthorizationApproved(approved)) = &event.payload {
-                    if let Some(approval) = approval_from_facts(
-                        event,
-                        approved.facts.as_ref(),
-                        Some(&approved.approval_code),
-                    ) {
-                        if pending.clashes_with(&approval) {
-                            self.record(tx, pending.take()).await?;
-                        }
-                        pending.add(approval);
-                    }
+                let Some(payload) = &event.payload else {
                     continue;
+                };
+                let Some(input) = self.input(event, payload) else {
+                    continue;
+                };
+                match input.gathered() {
+                    Some((transaction_id, approval)) => {
+                        if pending.clashes_with(transaction_id, approval) {
+                            self.flush(tx, &mut pending).await?;
+                        }
+                        pending.add(input);
+                    }
+                    None => {
+                        if pending.must_write_before(event) {
+                            self.flush(tx, &mut pending).await?;
+                        }
+                        self.handle(tx, event).await?;
+                    }
                 }
-                if pending.gathered.must_write_before(event) {
-                    self.record(tx, pending.take()).await?;
-                }
-                self.handle(tx, event).await?;
             }
-            self.record(tx, pending.take()).await
+            self.flush(tx, &mut pending).await
         })
     }
 
@@ -330,7 +476,7 @@ mod tests {
 
     #[test]
     fn only_events_that_change_the_ledger_are_recorded() {
-        let ledger = ApprovalLedger::new(Metrics::new());
+        let ledger = ApprovalLedger::default();
         assert!(ledger.wants(&with(Payload::AuthorizationApproved(
             AuthorizationApproved::default()
         ))));

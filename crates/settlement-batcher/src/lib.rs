@@ -17,8 +17,10 @@
 //! - **payout files** (CSV and ISO 20022 pain.001) and the events that
 //!   announce closed windows and payouts.
 //!
-//! The rules (totals, reconciliation outcomes, eligibility, fees and their
-//! rounding) are pure code in `switch_core::settlement`.
+//! The rules (totals, reconciliation outcomes, the ledger's status order
+//! and eligibility, when a window is due, fees and their rounding) are pure
+//! code in `switch_core::settlement`; this crate locks rows, calls the
+//! decisions and persists them. Time comes from one `SharedClock`.
 
 mod batch;
 mod config;
@@ -70,12 +72,14 @@ pub enum ServeError {
 }
 
 /// A settler over an already migrated pool, for benchmarks and tests that
-/// close windows without serving. Its outbox is relayed by whoever runs
-/// the relay for that schema (none in a benchmark: events stay queued).
+/// close windows without serving, on `clock`. Its outbox is relayed by
+/// whoever runs the relay for that schema (none in a benchmark: events stay
+/// queued).
 pub fn settler(
     pool: sqlx::PgPool,
     kafka: &KafkaConfig,
     config: &SettlementConfig,
+    clock: switch_core::SharedClock,
 ) -> Result<Settler, ServeError> {
     let relay = OutboxRelay::new(pool.clone(), kafka.producer()?, config.outbox.clone());
     Ok(Settler::new(
@@ -84,6 +88,7 @@ pub fn settler(
         kafka.topic(topics::SETTLEMENT_EVENTS),
         relay,
         metrics::Metrics::new(),
+        clock,
     ))
 }
 
@@ -99,6 +104,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     config.validate()?;
+    let clock = switch_core::SystemClock::shared();
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
     kafka
@@ -113,6 +119,7 @@ pub async fn serve(
         topic.clone(),
         relay.clone(),
         metrics.clone(),
+        clock.clone(),
     )?;
     let settler = Settler::new(
         pool.clone(),
@@ -120,6 +127,7 @@ pub async fn serve(
         topic,
         relay.clone(),
         metrics.clone(),
+        clock.clone(),
     );
 
     let stop = CancellationToken::new();
@@ -129,6 +137,7 @@ pub async fn serve(
         kafka.clone(),
         config.consumer_group.clone(),
         metrics.clone(),
+        clock,
         stop.clone(),
     ));
     let scheduler_task = tokio::spawn(run_scheduler(settler.clone(), config.clone(), stop.clone()));
@@ -166,9 +175,10 @@ async fn run_consumer(
     kafka: KafkaConfig,
     group: String,
     metrics: metrics::Metrics,
+    clock: switch_core::SharedClock,
     stop: CancellationToken,
 ) {
-    let ledger = ingest::ApprovalLedger::new(metrics);
+    let ledger = ingest::ApprovalLedger::new(metrics, clock);
     let topics = [topics::AUTHORIZATION_EVENTS];
     consumer::run_until_stopped(pool, &kafka, &group, &topics, &ledger, None, stop).await;
 }
@@ -182,7 +192,7 @@ async fn run_scheduler(settler: Settler, config: SettlementConfig, stop: Cancell
             tracing::error!(%error, "Settling interrupted runs failed; retrying.");
         }
         if config.scheduler_enabled {
-            match settler.due(time::OffsetDateTime::now_utc()).await {
+            match settler.due(settler.now()).await {
                 Ok(due) => {
                     for (cutoff, merchants) in due {
                         if let Err(error) = settler.run(&merchants, cutoff).await {

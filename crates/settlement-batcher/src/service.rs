@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use switch_core::{InvalidField, LocalDate, MerchantId, Stan, TerminalId};
+use switch_core::{InvalidField, LocalDate, MerchantId, Stan, Standing, TerminalId};
 use switch_platform::telemetry::server_span;
 use switch_proto::v1::settlement_service_server::SettlementService;
 use switch_proto::v1::settlement_status_request::Query;
@@ -19,7 +19,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::batch::Batcher;
-use crate::store::{self, TransactionRow, WindowInfo};
+use crate::store::{self, CorruptRow, TransactionRow, WindowInfo};
 use crate::windows::{SettleError, Settler};
 
 /// The most transactions one merchant-day query returns.
@@ -159,9 +159,9 @@ impl SettlementService for SettlementApi {
                     let window = row
                         .window_id
                         .and_then(|id| by_window.get(&(id, row.currency.clone())).copied());
-                    settlement_of(row, window)
+                    settlement_of(row, window).map_err(|e| Status::internal(e.to_string()))
                 })
-                .collect();
+                .collect::<Result<_, _>>()?;
             Ok(Response::new(SettlementStatusResponse { transactions }))
         }
         .instrument(span)
@@ -175,7 +175,7 @@ impl SettlementService for SettlementApi {
         let span = server_span("settlement.RunSettlement", request.metadata());
         let request = request.into_inner();
         async {
-            let now = OffsetDateTime::now_utc();
+            let now = self.settler.now();
             let cutoff = match request.cutoff.as_str() {
                 "" => now,
                 text => OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
@@ -211,54 +211,58 @@ impl SettlementService for SettlementApi {
     }
 }
 
-/// Where one approval stands, in words a merchant understands.
-fn settlement_of(row: &TransactionRow, window: Option<&WindowInfo>) -> TransactionSettlement {
-    let (state, reason) = match (row.status.as_str(), &row.conflict, window) {
-        (_, _, Some(window)) if window.state == "settled" => (SettlementState::Paid, String::new()),
-        (_, _, Some(_)) => (
+/// Where one approval stands (`switch_core::standing`), in words a
+/// merchant understands.
+fn settlement_of(
+    row: &TransactionRow,
+    window: Option<&WindowInfo>,
+) -> Result<TransactionSettlement, CorruptRow> {
+    let standing =
+        switch_core::standing(&row.ledger_entry()?, window.map(|w| w.state == "settled"));
+    let waiting = |held: bool| {
+        if held {
+            SettlementState::Held
+        } else {
+            SettlementState::Pending
+        }
+    };
+    let (state, reason) = match standing {
+        Standing::Paid => (SettlementState::Paid, String::new()),
+        Standing::Paying => (
             SettlementState::Pending,
             "window closed; payout file being written".to_owned(),
         ),
-        ("reversed", _, None) => (
-            SettlementState::NotPayable,
-            format!(
-                "reversed ({})",
-                row.reversal_reason.as_deref().unwrap_or("unknown reason")
-            ),
-        ),
-        (_, Some(conflict), None) => (
+        Standing::NotPayable { reason } => {
+            (SettlementState::NotPayable, format!("reversed ({reason})"))
+        }
+        Standing::Conflict => (
             SettlementState::Held,
             format!(
-                "conflict: {conflict}{}",
+                "conflict: {}{}",
+                row.conflict.as_deref().unwrap_or_default(),
                 row.conflict_detail
                     .as_deref()
                     .map(|d| format!(" ({d})"))
                     .unwrap_or_default()
             ),
         ),
-        ("confirmed", None, None) => (
+        Standing::Confirmed { evidence } => (
             SettlementState::Pending,
             format!(
                 "confirmed ({}); paid at the merchant's next cut-off",
-                row.evidence.as_deref().unwrap_or("evidence recorded")
+                evidence.map_or("evidence recorded", |e| e.as_str())
             ),
         ),
-        (status, None, None) => {
-            let why = match status {
-                "reversal_pending" => format!(
-                    "reversal_pending: reversal of the approval in progress ({})",
-                    row.reversal_reason.as_deref().unwrap_or("unknown reason")
-                ),
-                _ => "awaiting_evidence: the terminal has not shown it completed the sale".into(),
-            };
-            if row.hold_reason.is_some() {
-                (SettlementState::Held, why)
-            } else {
-                (SettlementState::Pending, why)
-            }
-        }
+        Standing::ReversalPending { reason, held } => (
+            waiting(held),
+            format!("reversal_pending: reversal of the approval in progress ({reason})"),
+        ),
+        Standing::AwaitingEvidence { held } => (
+            waiting(held),
+            "awaiting_evidence: the terminal has not shown it completed the sale".into(),
+        ),
     };
-    TransactionSettlement {
+    Ok(TransactionSettlement {
         transaction_id: row.transaction_id.to_string(),
         rrn: row.rrn.clone(),
         terminal_id: row.terminal_id.clone(),
@@ -283,5 +287,5 @@ fn settlement_of(row: &TransactionRow, window: Option<&WindowInfo>) -> Transacti
             .unwrap_or_default(),
         payout_reference: window.and_then(|w| w.reference.clone()).unwrap_or_default(),
         conflict: row.conflict.is_some(),
-    }
+    })
 }

@@ -1,9 +1,17 @@
 //! Every SQL statement of the settlement batcher. Functions take a
 //! connection so callers decide the transaction they run in.
+//!
+//! The ledger's rules are `switch_core::settlement::ledger::decide`: a
+//! change to an approval locks its row, loads it as a [`LedgerEntry`],
+//! decides, and writes the decision. The row lock is what serializes the
+//! event consumer, batch uploads and settlement runs; no statement here
+//! decides anything itself.
 
 use sqlx::{FromRow, PgConnection};
+use switch_core::settlement::ledger;
 use switch_core::{
-    ApprovalCode, Currency, HostStatus, HostTransaction, LocalDate, Money, ReversalReason, Stan,
+    ApprovalCode, Currency, Evidence, HoldReason, HostStatus, HostTransaction, LedgerCommand,
+    LedgerDecision, LedgerEffect, LedgerEntry, LocalDate, Money, Stan,
 };
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
@@ -36,6 +44,60 @@ const COLUMNS: &str = "transaction_id, terminal_id, merchant_id, stan, local_dat
     masked_pan, amount_minor, currency, channel, approval_code, status, evidence, \
     reversal_reason, conflict, conflict_detail, batch_number, window_id, hold_reason";
 
+/// The columns of a [`LedgerEntry`], for statements that lock a row to
+/// decide on it.
+const LEDGER_COLUMNS: &str =
+    "transaction_id, status, reversal_reason, evidence, conflict, window_id, hold_reason";
+
+/// One row's ledger columns.
+#[derive(Debug, Clone, FromRow)]
+pub struct LedgerRow {
+    pub transaction_id: Uuid,
+    pub status: String,
+    pub reversal_reason: Option<String>,
+    pub evidence: Option<String>,
+    pub conflict: Option<String>,
+    pub window_id: Option<Uuid>,
+    pub hold_reason: Option<String>,
+}
+
+impl LedgerRow {
+    /// The row as the core sees it; every stored name must parse.
+    pub fn entry(&self) -> Result<LedgerEntry, CorruptRow> {
+        let corrupt = |e: switch_core::InvalidField| CorruptRow {
+            transaction_id: self.transaction_id,
+            reason: e.to_string(),
+        };
+        Ok(LedgerEntry {
+            status: HostStatus::parse(&self.status, self.reversal_reason.as_deref())
+                .map_err(corrupt)?,
+            evidence: self
+                .evidence
+                .as_deref()
+                .map(Evidence::parse)
+                .transpose()
+                .map_err(corrupt)?,
+            conflict: self.conflict.is_some(),
+            paid: self.window_id.is_some(),
+            hold: self
+                .hold_reason
+                .as_deref()
+                .map(HoldReason::parse)
+                .transpose()
+                .map_err(corrupt)?,
+        })
+    }
+}
+
+/// A ledger change failed: the database, or a row that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRow),
+}
+
 /// A row that does not parse back into domain types was written by a
 /// broken version; settlement refuses to guess about money.
 #[derive(Debug, thiserror::Error)]
@@ -52,25 +114,22 @@ impl TransactionRow {
     }
 
     pub fn host_status(&self) -> Result<HostStatus, CorruptRow> {
-        let reason = || {
-            self.reversal_reason
-                .as_deref()
-                .and_then(|r| ReversalReason::parse(r).ok())
-                .unwrap_or(ReversalReason::NoTerminalAcknowledgement)
-        };
-        match self.status.as_str() {
-            "unconfirmed" => Ok(HostStatus::Unconfirmed),
-            "confirmed" => Ok(HostStatus::Confirmed),
-            "reversal_pending" => Ok(HostStatus::Reversed {
-                reason: reason(),
-                completed: false,
-            }),
-            "reversed" => Ok(HostStatus::Reversed {
-                reason: reason(),
-                completed: true,
-            }),
-            other => Err(self.corrupt(format!("unknown status '{other}'"))),
+        HostStatus::parse(&self.status, self.reversal_reason.as_deref())
+            .map_err(|e| self.corrupt(e.to_string()))
+    }
+
+    /// The row as the ledger's decisions see it.
+    pub fn ledger_entry(&self) -> Result<LedgerEntry, CorruptRow> {
+        LedgerRow {
+            transaction_id: self.transaction_id,
+            status: self.status.clone(),
+            reversal_reason: self.reversal_reason.clone(),
+            evidence: self.evidence.clone(),
+            conflict: self.conflict.clone(),
+            window_id: self.window_id,
+            hold_reason: self.hold_reason.clone(),
         }
+        .entry()
     }
 
     /// The host side of reconciliation, keyed by transaction id.
@@ -116,73 +175,301 @@ pub struct NewApproval {
     pub approved_at: OffsetDateTime,
 }
 
-/// Where an approval now stands.
-#[derive(Debug, Clone, Default)]
-pub struct Advance<'a> {
-    pub status: &'a str,
-    pub evidence: Option<&'a str>,
-    pub reversal_reason: Option<&'a str>,
-}
-
-/// What [`upsert`] did.
+/// What [`record`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upserted {
     /// Added, or moved forward.
     Written,
-    /// Already known at this status or a later one.
+    /// Already known, and the decision was to change nothing (at this
+    /// status or a later one).
     Unchanged,
     /// Another transaction holds the approval's terminal + date + STAN; the
     /// approval was recorded in `ledger_rejections` instead.
     KeyHeldBy(Uuid),
 }
 
-/// Records an approval, or moves an existing one forward; a status of
-/// lower rank than the stored one changes nothing. An approval whose
+/// The entry of `transaction_id`, locked for the rest of the transaction.
+pub async fn lock_entry(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+) -> Result<Option<LedgerEntry>, LedgerError> {
+    let row: Option<LedgerRow> = sqlx::query_as(&format!(
+        "SELECT {LEDGER_COLUMNS} FROM transactions WHERE transaction_id = $1 FOR UPDATE"
+    ))
+    .bind(transaction_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| r.entry()).transpose()?)
+}
+
+/// What a single-row decision writes besides the entry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts<'a> {
+    /// Filled in if the row has none (an approval known first from a
+    /// lookup without it).
+    pub approval_code: Option<&'a str>,
+    /// The kind and detail of a conflict flag.
+    pub conflict: Option<(&'a str, &'a str)>,
+}
+
+/// Writes a decision taken on a row locked by [`lock_entry`].
+async fn persist(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+    decision: &LedgerDecision,
+    facts: &Facts<'_>,
+) -> Result<(), LedgerError> {
+    let next = &decision.next;
+    for effect in &decision.effects {
+        match effect {
+            LedgerEffect::Advance => {
+                sqlx::query(
+                    "UPDATE transactions SET status = $2, evidence = $3, \
+                        reversal_reason = COALESCE($4, reversal_reason), \
+                        approval_code = COALESCE(approval_code, $5), updated_at = now() \
+                     WHERE transaction_id = $1",
+                )
+                .bind(transaction_id)
+                .bind(next.status.as_str())
+                .bind(next.evidence.map(|e| e.as_str()))
+                .bind(next.status.reversal_reason().map(|r| r.as_str()))
+                .bind(facts.approval_code)
+                .execute(&mut *conn)
+                .await?;
+            }
+            LedgerEffect::Flag => {
+                let Some((kind, detail)) = facts.conflict else {
+                    return Err(CorruptRow {
+                        transaction_id,
+                        reason: "a conflict flag needs its kind and detail".into(),
+                    }
+                    .into());
+                };
+                sqlx::query(
+                    "UPDATE transactions SET conflict = $2, conflict_detail = $3, \
+                        updated_at = now() WHERE transaction_id = $1",
+                )
+                .bind(transaction_id)
+                .bind(kind)
+                .bind(detail)
+                .execute(&mut *conn)
+                .await?;
+            }
+            // Windows are closed in bulk, by `windows::close`.
+            LedgerEffect::Pay | LedgerEffect::Hold(_) => {
+                return Err(CorruptRow {
+                    transaction_id,
+                    reason: format!("{effect:?} is written by a settlement run, not one row"),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies `command` to a known approval: locks it, decides, writes the
+/// decision. Unknown ids (a reversal of an authorization that was never
+/// approved) change nothing. Returns whether anything was written.
+pub async fn apply(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+    command: LedgerCommand,
+    facts: &Facts<'_>,
+) -> Result<bool, LedgerError> {
+    let Some(entry) = lock_entry(conn, transaction_id).await? else {
+        return Ok(false);
+    };
+    decide_locked(conn, transaction_id, &entry, command, facts).await
+}
+
+/// Decides on an entry locked by [`lock_entry`] and writes the decision.
+async fn decide_locked(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+    entry: &LedgerEntry,
+    command: LedgerCommand,
+    facts: &Facts<'_>,
+) -> Result<bool, LedgerError> {
+    match ledger::decide(entry, command) {
+        Ok(decision) => {
+            persist(conn, transaction_id, &decision, facts).await?;
+            Ok(true)
+        }
+        Err(refusal) => {
+            tracing::debug!(%transaction_id, %refusal, "Ledger unchanged.");
+            Ok(false)
+        }
+    }
+}
+
+/// One status command of a batch, for [`apply_many`].
+#[derive(Debug, Clone)]
+pub struct BatchedCommand {
+    pub transaction_id: Uuid,
+    pub command: LedgerCommand,
+    /// Filled in if the row has none.
+    pub approval_code: Option<String>,
+}
+
+/// Applies status commands of distinct transactions with two statements:
+/// their rows are locked (in id order, as a settlement run locks them),
+/// each command is decided on, and the decisions are written back with one
+/// `UNNEST` update. Returns the ids the ledger does not know, in input
+/// order, for the caller to record from their facts or to drop.
+pub async fn apply_many(
+    conn: &mut PgConnection,
+    commands: &[BatchedCommand],
+) -> Result<Vec<Uuid>, LedgerError> {
+    if commands.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = commands.iter().map(|c| c.transaction_id).collect();
+    let rows: Vec<LedgerRow> = sqlx::query_as(&format!(
+        "SELECT {LEDGER_COLUMNS} FROM transactions WHERE transaction_id = ANY($1) \
+         ORDER BY transaction_id FOR UPDATE"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut entries = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        entries.insert(row.transaction_id, row.entry()?);
+    }
+    let mut unknown = Vec::new();
+    let mut written: Vec<Uuid> = Vec::new();
+    let mut statuses: Vec<&'static str> = Vec::new();
+    let mut evidence: Vec<Option<&'static str>> = Vec::new();
+    let mut reasons: Vec<Option<&'static str>> = Vec::new();
+    let mut codes: Vec<Option<&str>> = Vec::new();
+    for batched in commands {
+        let id = batched.transaction_id;
+        let Some(entry) = entries.get(&id) else {
+            unknown.push(id);
+            continue;
+        };
+        let decision = match ledger::decide(entry, batched.command) {
+            Ok(decision) => decision,
+            Err(refusal) => {
+                tracing::debug!(transaction_id = %id, %refusal, "Ledger unchanged.");
+                continue;
+            }
+        };
+        for effect in &decision.effects {
+            match effect {
+                LedgerEffect::Advance => {
+                    let next = &decision.next;
+                    written.push(id);
+                    statuses.push(next.status.as_str());
+                    evidence.push(next.evidence.map(|e| e.as_str()));
+                    reasons.push(next.status.reversal_reason().map(|r| r.as_str()));
+                    codes.push(batched.approval_code.as_deref());
+                }
+                other => {
+                    return Err(CorruptRow {
+                        transaction_id: id,
+                        reason: format!("{other:?} is not a status change"),
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+    if !written.is_empty() {
+        sqlx::query(
+            "UPDATE transactions t SET status = u.status, evidence = u.evidence, \
+                reversal_reason = COALESCE(u.reason, t.reversal_reason), \
+                approval_code = COALESCE(t.approval_code, u.code), updated_at = now() \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                AS u(id, status, evidence, reason, code) \
+             WHERE t.transaction_id = u.id",
+        )
+        // Planned for each batch, like the approvals' insert (ADR 11).
+        .persistent(false)
+        .bind(&written)
+        .bind(&statuses)
+        .bind(&evidence)
+        .bind(&reasons)
+        .bind(&codes)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(unknown)
+}
+
+/// Records an approval with `command` (its approval, confirmation or
+/// reversal): a known one is decided on under its row lock ([`apply`]); a
+/// new one is inserted as [`LedgerEntry::first_known`]. An approval whose
 /// terminal key another transaction holds is not written to the ledger
 /// (that would fail every retry of the batch) but recorded as a rejection.
-pub async fn upsert(
+pub async fn record(
     conn: &mut PgConnection,
     approval: &NewApproval,
-    advance: &Advance<'_>,
+    command: LedgerCommand,
     batch_number: Option<&str>,
-) -> Result<Upserted, sqlx::Error> {
-    let result = sqlx::query(
-        "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, local_date, \
-            rrn, masked_pan, amount_minor, currency, channel, approval_code, approved_at, status, \
-            evidence, reversal_reason, batch_number) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
-         WHERE NOT EXISTS (SELECT 1 FROM transactions \
-             WHERE terminal_id = $2 AND local_date = $5 AND stan = $4 AND transaction_id <> $1) \
-         ON CONFLICT (transaction_id) DO UPDATE SET \
-            status = EXCLUDED.status, \
-            evidence = COALESCE(EXCLUDED.evidence, transactions.evidence), \
-            reversal_reason = COALESCE(EXCLUDED.reversal_reason, transactions.reversal_reason), \
-            approval_code = COALESCE(transactions.approval_code, EXCLUDED.approval_code), \
-            updated_at = now() \
-         WHERE status_rank(EXCLUDED.status) > status_rank(transactions.status)",
-    )
-    .bind(approval.transaction_id)
-    .bind(&approval.terminal_id)
-    .bind(&approval.merchant_id)
-    .bind(&approval.stan)
-    .bind(approval.local_date)
-    .bind(&approval.rrn)
-    .bind(&approval.masked_pan)
-    .bind(approval.amount_minor)
-    .bind(&approval.currency)
-    .bind(&approval.channel)
-    .bind(&approval.approval_code)
-    .bind(approval.approved_at)
-    .bind(advance.status)
-    .bind(advance.evidence)
-    .bind(advance.reversal_reason)
-    .bind(batch_number)
-    .execute(&mut *conn)
-    .await?;
-    if result.rows_affected() > 0 {
-        return Ok(Upserted::Written);
+) -> Result<Upserted, LedgerError> {
+    let facts = Facts {
+        approval_code: approval.approval_code.as_deref(),
+        conflict: None,
+    };
+    // Twice at most: an insert that lost to a concurrent one of the same
+    // id finds the row locked the second time.
+    for _ in 0..2 {
+        if let Some(entry) = lock_entry(conn, approval.transaction_id).await? {
+            let written =
+                decide_locked(conn, approval.transaction_id, &entry, command, &facts).await?;
+            return Ok(if written {
+                Upserted::Written
+            } else {
+                Upserted::Unchanged
+            });
+        }
+        let first = LedgerEntry::first_known(command);
+        let inserted = sqlx::query(
+            "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, \
+                local_date, rrn, masked_pan, amount_minor, currency, channel, approval_code, \
+                approved_at, status, evidence, reversal_reason, batch_number) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+             WHERE NOT EXISTS (SELECT 1 FROM transactions \
+                 WHERE terminal_id = $2 AND local_date = $5 AND stan = $4 \
+                   AND transaction_id <> $1) \
+             ON CONFLICT (transaction_id) DO NOTHING",
+        )
+        .bind(approval.transaction_id)
+        .bind(&approval.terminal_id)
+        .bind(&approval.merchant_id)
+        .bind(&approval.stan)
+        .bind(approval.local_date)
+        .bind(&approval.rrn)
+        .bind(&approval.masked_pan)
+        .bind(approval.amount_minor)
+        .bind(&approval.currency)
+        .bind(&approval.channel)
+        .bind(&approval.approval_code)
+        .bind(approval.approved_at)
+        .bind(first.status.as_str())
+        .bind(first.evidence.map(|e| e.as_str()))
+        .bind(first.status.reversal_reason().map(|r| r.as_str()))
+        .bind(batch_number)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            return Ok(Upserted::Written);
+        }
+        if let Some(holder) = reject_if_key_held(conn, approval).await? {
+            return Ok(Upserted::KeyHeldBy(holder));
+        }
     }
-    // Nothing written: either nothing to change, or the key is taken.
+    Ok(Upserted::Unchanged)
+}
+
+/// When another transaction holds the approval's terminal key, records the
+/// approval in `ledger_rejections` and returns the holder.
+async fn reject_if_key_held(
+    conn: &mut PgConnection,
+    approval: &NewApproval,
+) -> Result<Option<Uuid>, sqlx::Error> {
     let holder: Option<Uuid> = sqlx::query_scalar(
         "SELECT transaction_id FROM transactions \
          WHERE terminal_id = $1 AND local_date = $2 AND stan = $3 AND transaction_id <> $4",
@@ -194,7 +481,7 @@ pub async fn upsert(
     .fetch_optional(&mut *conn)
     .await?;
     let Some(holder) = holder else {
-        return Ok(Upserted::Unchanged);
+        return Ok(None);
     };
     sqlx::query(
         "INSERT INTO ledger_rejections (transaction_id, terminal_id, local_date, stan, \
@@ -211,14 +498,14 @@ pub async fn upsert(
     .bind(holder)
     .execute(&mut *conn)
     .await?;
-    Ok(Upserted::KeyHeldBy(holder))
+    Ok(Some(holder))
 }
 
-/// Records new approvals as unconfirmed with one statement; returns the
-/// ids it added. One not added is either known already (its status can
-/// only be the same or later: unconfirmed is the lowest) or has its
-/// terminal key held by another transaction: the caller passes those to
-/// [`upsert`], which tells the two apart. The approvals must have distinct
+/// Records new approvals as [`LedgerEntry::first_known`] of an approval
+/// with one statement; returns the ids it added. One not added is either
+/// known already or has its terminal key held by another transaction: the
+/// caller passes those to [`record`], which decides on the first and tells
+/// the two apart. The approvals must have distinct
 /// ids and terminal keys.
 pub async fn insert_unconfirmed_many(
     conn: &mut PgConnection,
@@ -228,7 +515,7 @@ pub async fn insert_unconfirmed_many(
     let added: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, local_date, \
             rrn, masked_pan, amount_minor, currency, channel, approval_code, approved_at, status) \
-         SELECT i.*, 'unconfirmed' FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
+         SELECT i.*, $13 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
              $5::date[], $6::text[], $7::text[], $8::int8[], $9::text[], $10::text[], \
              $11::text[], $12::timestamptz[]) \
            AS i(transaction_id, terminal_id, merchant_id, stan, local_date, rrn, masked_pan, \
@@ -264,52 +551,30 @@ pub async fn insert_unconfirmed_many(
             .collect::<Vec<_>>(),
     )
     .bind(approvals.iter().map(|a| a.approved_at).collect::<Vec<_>>())
+    .bind(
+        LedgerEntry::first_known(LedgerCommand::Approve)
+            .status
+            .as_str(),
+    )
     .fetch_all(conn)
     .await?;
     Ok(added.into_iter().collect())
 }
 
-/// Moves a known approval forward; unknown ids (a reversal of an
-/// authorization that was never approved) change nothing.
-pub async fn advance(
-    conn: &mut PgConnection,
-    transaction_id: Uuid,
-    advance: &Advance<'_>,
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
-        "UPDATE transactions SET status = $2, \
-            evidence = COALESCE($3, evidence), \
-            reversal_reason = COALESCE($4, reversal_reason), \
-            updated_at = now() \
-         WHERE transaction_id = $1 AND status_rank($2) > status_rank(status)",
-    )
-    .bind(transaction_id)
-    .bind(advance.status)
-    .bind(advance.evidence)
-    .bind(advance.reversal_reason)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected() > 0)
-}
-
 /// Flags a receipt that exists for a payment the host undid or knows
-/// otherwise. The first flag stays: it is the one the merchant was told.
+/// otherwise, as [`ledger::decide`] allows (the first flag stays; a paid
+/// approval is not flagged). Returns whether it was flagged now.
 pub async fn flag_conflict(
     conn: &mut PgConnection,
     transaction_id: Uuid,
     kind: &str,
     detail: &str,
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
-        "UPDATE transactions SET conflict = $2, conflict_detail = $3, updated_at = now() \
-         WHERE transaction_id = $1 AND conflict IS NULL AND window_id IS NULL",
-    )
-    .bind(transaction_id)
-    .bind(kind)
-    .bind(detail)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected() > 0)
+) -> Result<bool, LedgerError> {
+    let facts = Facts {
+        approval_code: None,
+        conflict: Some((kind, detail)),
+    };
+    apply(conn, transaction_id, LedgerCommand::FlagConflict, &facts).await
 }
 
 // --- Terminal batches ---------------------------------------------------
@@ -549,6 +814,7 @@ pub async fn windows_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switch_core::ReversalReason;
 
     fn row(status: &str, reason: Option<&str>) -> TransactionRow {
         TransactionRow {
@@ -603,6 +869,10 @@ mod tests {
             }
         );
         assert!(row("paid", None).host_status().is_err());
+        // Nothing is mapped to a default: an unknown or missing reason of a
+        // reversal is a corrupt row.
+        assert!(row("reversed", Some("gremlins")).host_status().is_err());
+        assert!(row("reversal_pending", None).host_status().is_err());
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! Settlement: batch close and reconciliation with a terminal, settlement
-//! eligibility at a merchant's cut-off, and fees.
+//! Settlement: batch close and reconciliation with a terminal, the
+//! settlement ledger (its status order, its decision, eligibility at a
+//! merchant's cut-off), and fees. Batch close is here; the rest is split by
+//! concern into [`reconcile`], [`ledger`] and [`fees`], all re-exported
+//! (the unit tests of batch close, reconciliation and fees stay here).
 //!
 //! # Batch close
 //!
@@ -23,18 +26,33 @@
 //!
 //! # Upload reconciliation
 //!
-//! [`reconcile_upload`] matches the terminal's uploaded sales with the host
+//! [`reconcile_upload`] ([`reconcile`]) matches the terminal's uploaded sales with the host
 //! transactions by (STAN, local date) and gives every host transaction and
 //! every uploaded sale exactly one [`ReconciliationOutcome`].
 //!
-//! # Eligibility and fees
+//! # The ledger, eligibility and fees
 //!
-//! At a merchant's cut-off, [`eligibility`] says whether a transaction is
-//! paid, held or never paid. Payable amounts are summed per currency by
-//! [`payouts`], and the merchant discount ([`FeeRate`]) is applied once per
-//! currency on the gross, never per transaction.
+//! The settlement ledger's status order and its one decision live in
+//! [`ledger`]: [`ledger::decide`] moves an entry forward on an approval,
+//! confirmation, reversal or conflict, and at a merchant's cut-off pays it
+//! or holds it by [`eligibility`]; [`due_cutoff`] says when a window is due.
+//! Payable amounts are summed per currency by [`payouts`] ([`fees`]), and
+//! the merchant discount ([`FeeRate`]) is applied once per currency on the
+//! gross, never per transaction.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+pub mod fees;
+pub mod ledger;
+pub mod reconcile;
+
+pub use fees::*;
+pub use reconcile::*;
+// Not `decide`: other lifecycles have one too; it is `ledger::decide`.
+pub use ledger::{
+    Eligibility, HoldReason, HostStatus, LedgerCommand, LedgerDecision, LedgerEffect, LedgerEntry,
+    LedgerRefusal, LedgerStatus, Standing, due_cutoff, eligibility, standing,
+};
+
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use crate::error::InvalidField;
@@ -372,43 +390,6 @@ impl fmt::Display for TotalsDifference {
     }
 }
 
-/// The host's view of one approval, for settlement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HostStatus {
-    /// Approved, no evidence of completion yet.
-    Unconfirmed,
-    Confirmed,
-    /// A reversal is owed or done (pending, reversed, dead-lettered), with
-    /// its reason. `completed` is true once the issuer acknowledged it.
-    Reversed {
-        reason: ReversalReason,
-        completed: bool,
-    },
-}
-
-impl HostStatus {
-    /// "unconfirmed", "confirmed", and "reversal_pending" or "reversed"
-    /// depending on `completed`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Unconfirmed => "unconfirmed",
-            Self::Confirmed => "confirmed",
-            Self::Reversed {
-                completed: false, ..
-            } => "reversal_pending",
-            Self::Reversed {
-                completed: true, ..
-            } => "reversed",
-        }
-    }
-}
-
-impl fmt::Display for HostStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// One approval the host holds for a terminal's batch. `key` is the
 /// caller's own id (a transaction id, a row id), carried through untouched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -492,378 +473,6 @@ pub fn close_batch<K>(terminal: &BatchTotals, host: &[HostTransaction<K>]) -> Cl
             unconfirmed,
         })
     }
-}
-
-/// One sale as listed in the terminal's batch upload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadedSale {
-    pub stan: Stan,
-    pub local_date: LocalDate,
-    pub amount: Money,
-    pub approval_code: Option<ApprovalCode>,
-}
-
-/// What reconciling the upload found for one transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ReconciliationOutcome {
-    /// On the list, confirmed at host, same amount and approval code.
-    Matched,
-    /// On the list, unconfirmed at host: confirm it with
-    /// `Evidence::BatchUpload`.
-    ConfirmedByUpload,
-    /// Unconfirmed at host and not on the list: an orphan now, not at its
-    /// deadline (by default reversed with `ReversalReason::BatchOrphan`).
-    OrphanFound,
-    /// On the list, but reversed or reversal pending at host (S2): never
-    /// settle, flag for an operator.
-    ConflictReversedAtHost,
-    /// On the list, but no host transaction has that STAN and date.
-    UnknownAtHost,
-    /// On the list, but amount or approval code differ: never confirm, flag.
-    Mismatch,
-    /// Confirmed at host (evidence already) but missing from the list: still
-    /// settles, recorded.
-    ConfirmedNotUploaded,
-    /// Reversed at host and not on the list: consistent, nothing to do.
-    ReversedNotUploaded,
-}
-
-impl ReconciliationOutcome {
-    pub const ALL: [ReconciliationOutcome; 8] = [
-        Self::Matched,
-        Self::ConfirmedByUpload,
-        Self::OrphanFound,
-        Self::ConflictReversedAtHost,
-        Self::UnknownAtHost,
-        Self::Mismatch,
-        Self::ConfirmedNotUploaded,
-        Self::ReversedNotUploaded,
-    ];
-
-    /// Stable storage name.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Matched => "matched",
-            Self::ConfirmedByUpload => "confirmed_by_upload",
-            Self::OrphanFound => "orphan_reversal_requested",
-            Self::ConflictReversedAtHost => "conflict_reversed_at_host",
-            Self::UnknownAtHost => "unknown_at_host",
-            Self::Mismatch => "mismatch",
-            Self::ConfirmedNotUploaded => "confirmed_not_uploaded",
-            Self::ReversedNotUploaded => "reversed_not_uploaded",
-        }
-    }
-
-    /// The outcomes that flag a transaction for an operator and block its
-    /// settlement: `ConflictReversedAtHost` and `Mismatch`.
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::ConflictReversedAtHost | Self::Mismatch)
-    }
-}
-
-impl fmt::Display for ReconciliationOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The outcome for one host transaction (`key` is `Some`) or one uploaded
-/// sale unknown at the host (`key` is `None`), with a human-readable detail.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reconciled<K> {
-    pub key: Option<K>,
-    pub stan: Stan,
-    pub local_date: LocalDate,
-    pub outcome: ReconciliationOutcome,
-    pub detail: String,
-}
-
-/// Reconciles a terminal's batch upload with the host transactions of the
-/// batch. Every host transaction and every uploaded sale gets exactly one
-/// outcome.
-///
-/// Matching is by (STAN, local date). Checks in order for a matched pair:
-/// amount differs (currency or minor units) -> `Mismatch` (detail
-/// "terminal EUR 10.00, host EUR 12.00"); approval code present on both and
-/// differs -> `Mismatch`; then by host status (Confirmed -> `Matched`,
-/// Unconfirmed -> `ConfirmedByUpload`, Reversed or reversal pending ->
-/// `ConflictReversedAtHost`). A host transaction not on the list is
-/// `OrphanFound` (Unconfirmed), `ConfirmedNotUploaded` or
-/// `ReversedNotUploaded`; an uploaded sale with no host transaction is
-/// `UnknownAtHost`.
-///
-/// An uploaded sale listed twice (same STAN and date) is an error: field
-/// "transactions", reason "STAN 000123 on 2026-11-24 listed twice". Should
-/// two host transactions share a STAN and date, the upload is matched with
-/// the first of them and the others count as not on the list.
-///
-/// Output order: host transactions in input order, then unknown uploaded
-/// sales in input order.
-pub fn reconcile_upload<K: Clone>(
-    host: &[HostTransaction<K>],
-    uploaded: &[UploadedSale],
-) -> Result<Vec<Reconciled<K>>, InvalidField> {
-    let mut listed: HashMap<(&Stan, LocalDate), usize> = HashMap::with_capacity(uploaded.len());
-    for (i, sale) in uploaded.iter().enumerate() {
-        if listed.insert((&sale.stan, sale.local_date), i).is_some() {
-            return Err(InvalidField::new(
-                "transactions",
-                format!("STAN {} on {} listed twice", sale.stan, sale.local_date),
-            ));
-        }
-    }
-
-    let mut used = vec![false; uploaded.len()];
-    let mut out = Vec::with_capacity(host.len() + uploaded.len());
-    for t in host {
-        let matched = listed
-            .get(&(&t.stan, t.local_date))
-            .copied()
-            .filter(|&i| !used[i]);
-        let (outcome, detail) = match matched {
-            Some(i) => {
-                used[i] = true;
-                judge_pair(t, &uploaded[i])
-            }
-            None => judge_unlisted(t),
-        };
-        out.push(Reconciled {
-            key: Some(t.key.clone()),
-            stan: t.stan.clone(),
-            local_date: t.local_date,
-            outcome,
-            detail,
-        });
-    }
-    for (sale, _) in uploaded.iter().zip(&used).filter(|(_, used)| !**used) {
-        out.push(Reconciled {
-            key: None,
-            stan: sale.stan.clone(),
-            local_date: sale.local_date,
-            outcome: ReconciliationOutcome::UnknownAtHost,
-            detail: format!("terminal {}, no such transaction at host", sale.amount),
-        });
-    }
-    Ok(out)
-}
-
-fn judge_pair<K>(
-    host: &HostTransaction<K>,
-    sale: &UploadedSale,
-) -> (ReconciliationOutcome, String) {
-    use ReconciliationOutcome as O;
-    if sale.amount != host.amount {
-        return (
-            O::Mismatch,
-            format!("terminal {}, host {}", sale.amount, host.amount),
-        );
-    }
-    if let (Some(terminal), Some(hosts)) = (&sale.approval_code, &host.approval_code)
-        && terminal != hosts
-    {
-        return (
-            O::Mismatch,
-            format!("terminal approval code {terminal}, host approval code {hosts}"),
-        );
-    }
-    match host.status {
-        HostStatus::Confirmed => (O::Matched, "confirmed at host".to_owned()),
-        HostStatus::Unconfirmed => (
-            O::ConfirmedByUpload,
-            "unconfirmed at host, confirmed by the batch upload".to_owned(),
-        ),
-        HostStatus::Reversed { reason, .. } => (
-            O::ConflictReversedAtHost,
-            format!(
-                "listed by the terminal but {} at host ({reason})",
-                reversal_words(host.status)
-            ),
-        ),
-    }
-}
-
-fn judge_unlisted<K>(host: &HostTransaction<K>) -> (ReconciliationOutcome, String) {
-    use ReconciliationOutcome as O;
-    match host.status {
-        HostStatus::Unconfirmed => (
-            O::OrphanFound,
-            format!(
-                "unconfirmed at host and not uploaded: reverse {}",
-                host.amount
-            ),
-        ),
-        HostStatus::Confirmed => (
-            O::ConfirmedNotUploaded,
-            "confirmed at host but not uploaded".to_owned(),
-        ),
-        HostStatus::Reversed { reason, .. } => (
-            O::ReversedNotUploaded,
-            format!(
-                "{} at host ({reason}) and not uploaded",
-                reversal_words(host.status)
-            ),
-        ),
-    }
-}
-
-fn reversal_words(status: HostStatus) -> &'static str {
-    match status {
-        HostStatus::Reversed {
-            completed: false, ..
-        } => "reversal pending",
-        _ => "reversed",
-    }
-}
-
-/// Where one transaction stands at its merchant's cut-off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Eligibility {
-    /// Paid in this window.
-    Payable,
-    /// Not paid in this window; looked at again at the next cut-off.
-    Held(HoldReason),
-    /// Never paid.
-    NotPayable,
-}
-
-/// Why a transaction is held at a cut-off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HoldReason {
-    /// Still unconfirmed: no evidence the terminal completed it.
-    AwaitingEvidence,
-    /// A reversal is pending or dead-lettered: it may still fail.
-    ReversalPending,
-    /// Flagged by reconciliation: needs an operator.
-    Conflict,
-}
-
-impl HoldReason {
-    pub const ALL: [HoldReason; 3] = [
-        Self::AwaitingEvidence,
-        Self::ReversalPending,
-        Self::Conflict,
-    ];
-
-    /// Stable storage name.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::AwaitingEvidence => "awaiting_evidence",
-            Self::ReversalPending => "reversal_pending",
-            Self::Conflict => "conflict",
-        }
-    }
-}
-
-impl fmt::Display for HoldReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where a transaction stands at its merchant's cut-off:
-///
-/// - Confirmed and not flagged -> `Payable`;
-/// - Unconfirmed -> `Held(AwaitingEvidence)`;
-/// - Reversed { completed: false } -> `Held(ReversalPending)`: a pending or
-///   dead-lettered reversal may still fail, so nothing is paid, and it is
-///   not yet final;
-/// - Reversed { completed: true } -> `NotPayable`;
-/// - `conflict == true` (flagged by reconciliation) -> `Held(Conflict)`,
-///   unless the status is Reversed { completed: true } (`NotPayable`).
-pub fn eligibility(status: HostStatus, conflict: bool) -> Eligibility {
-    match status {
-        HostStatus::Reversed {
-            completed: true, ..
-        } => Eligibility::NotPayable,
-        _ if conflict => Eligibility::Held(HoldReason::Conflict),
-        HostStatus::Confirmed => Eligibility::Payable,
-        HostStatus::Unconfirmed => Eligibility::Held(HoldReason::AwaitingEvidence),
-        HostStatus::Reversed {
-            completed: false, ..
-        } => Eligibility::Held(HoldReason::ReversalPending),
-    }
-}
-
-/// A merchant discount rate in basis points (0..=10_000). Default 60.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FeeRate(u16);
-
-impl Default for FeeRate {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
-impl FeeRate {
-    /// 60 basis points (0.60 %).
-    pub const DEFAULT: FeeRate = FeeRate(60);
-
-    /// Field "fee_basis_points": 0 to 10_000 (100 %).
-    pub fn from_basis_points(bp: u32) -> Result<Self, InvalidField> {
-        match u16::try_from(bp) {
-            Ok(bp) if bp <= 10_000 => Ok(Self(bp)),
-            _ => Err(InvalidField::new(
-                "fee_basis_points",
-                format!("must be between 0 and 10000, got {bp}"),
-            )),
-        }
-    }
-
-    pub fn basis_points(&self) -> u16 {
-        self.0
-    }
-
-    /// fee = gross * bp / 10_000, rounded half up to the minor unit (in
-    /// i128, so no overflow). Computed once on the window's gross per
-    /// currency, never per transaction, so the rounding error is at most
-    /// half a minor unit per payout. Gross must be >= 0; a gross <= 0 has a
-    /// fee of 0. The fee is never more than the gross.
-    pub fn fee_on(&self, gross: i64) -> i64 {
-        if gross <= 0 {
-            return 0;
-        }
-        let fee = (i128::from(gross) * i128::from(self.0) + 5_000) / 10_000;
-        // bp <= 10_000, so fee <= gross, which fits.
-        i64::try_from(fee).unwrap_or(gross)
-    }
-}
-
-/// One merchant's payout in one currency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Payout {
-    pub currency: Currency,
-    pub transaction_count: u64,
-    pub gross_minor_units: i64,
-    pub fee_minor_units: i64,
-    pub net_minor_units: i64,
-}
-
-/// Sums payable amounts per currency (ordered by currency code) and applies
-/// the fee once per currency: net = gross - fee. Only payable amounts may be
-/// passed (the caller filters by [`eligibility`]), so this takes amounts
-/// only. Gross sums saturate at `i64::MAX` rather than overflow (unreachable
-/// with real amounts: it takes over nine million maximal ISO 8583 amounts).
-pub fn payouts(amounts: &[Money], rate: FeeRate) -> Vec<Payout> {
-    let mut sums: BTreeMap<&'static str, (Currency, u64, i64)> = BTreeMap::new();
-    for amount in amounts {
-        let (_, count, gross) =
-            sums.entry(amount.currency().code())
-                .or_insert((amount.currency(), 0, 0));
-        *count += 1;
-        *gross = gross.saturating_add(amount.minor_units());
-    }
-    sums.into_values()
-        .map(|(currency, transaction_count, gross)| {
-            let fee = rate.fee_on(gross);
-            Payout {
-                currency,
-                transaction_count,
-                gross_minor_units: gross,
-                fee_minor_units: fee,
-                net_minor_units: gross - fee,
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
