@@ -15,8 +15,8 @@ use reversal_handler::{
     apply, apply_now, claim_due, sweep_claimed, take_due,
 };
 use switch_core::{
-    Evidence, OrphanDecision, ReversalReason, Watch, WatchCommand, WatchEffect, WatchOutcome,
-    WatchRetry,
+    Clock, Evidence, OrphanDecision, ReversalReason, Watch, WatchCommand, WatchEffect,
+    WatchOutcome, WatchRetry,
 };
 use switch_platform::consumer::{Outcome as Applied, apply_once};
 use switch_proto::v1::{self as pb, EventEnvelope, event_envelope::Payload};
@@ -563,5 +563,49 @@ async fn authorization_answers_close_or_reschedule() {
     assert_eq!(outcome(failing).await.status, "closed");
     assert_eq!(fake.calls().len(), 5);
     stop.cancel();
+    db.drop().await;
+}
+
+/// What is due is decided on the sweeper's clock, the one deadlines are
+/// computed on, never on the database's `now()`: a clock past a deadline
+/// claims the approval the database would still call early, and a clock
+/// before it claims nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_is_decided_on_the_callers_clock_not_the_databases() {
+    let db = TestDb::new().await;
+    let in_a_minute = open_approval(&db.pool, "M1", 60).await;
+    let config = ReversalHandlerConfig::default();
+    let clock = clock();
+
+    let early = take_due(&db.pool, &config, CLAIM_LIMIT, LEASE, clock.now())
+        .await
+        .unwrap();
+    assert!(early.is_empty(), "claimed before its deadline: {early:?}");
+
+    clock.advance(time::Duration::seconds(61));
+    let due = take_due(&db.pool, &config, CLAIM_LIMIT, LEASE, clock.now())
+        .await
+        .unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|d| (d.transaction_id, asked(d)))
+            .collect::<Vec<_>>(),
+        vec![(
+            in_a_minute,
+            Some((
+                OrphanDecision::Reverse(ReversalReason::NoTerminalAcknowledgement),
+                true
+            ))
+        )]
+    );
+    let decided = row(&db.pool, in_a_minute).await.unwrap();
+    assert_eq!(decided.status, "decided");
+    let decided_at: time::OffsetDateTime =
+        sqlx::query_scalar("SELECT decided_at FROM approvals WHERE transaction_id = $1")
+            .bind(in_a_minute)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(decided_at, clock.now(), "timestamps come from the clock");
     db.drop().await;
 }

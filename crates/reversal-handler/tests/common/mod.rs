@@ -85,10 +85,12 @@ pub fn facts(merchant_id: &str) -> ApprovalFacts {
     }
 }
 
-/// A clock for one test: the wall clock's time when called, moved by hand
-/// from then on.
+/// A clock for one test: the wall clock's time when called (to the
+/// millisecond, which PostgreSQL stores exactly), moved by hand from then on.
 pub fn clock() -> ManualClock {
-    ManualClock::starting_at(time::OffsetDateTime::now_utc())
+    let now = time::OffsetDateTime::now_utc();
+    let millis = now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000);
+    ManualClock::starting_at(millis.unwrap_or(now))
 }
 
 /// The clock as the service takes it.
