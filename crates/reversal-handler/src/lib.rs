@@ -35,7 +35,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{MAX_ACK_WINDOW_MS, MAX_RETRY_DELAY_MS, MerchantPolicy, ReversalHandlerConfig};
-pub use outcome::{decision_columns, occurred_at, of_event, of_record, parse_decision};
 pub use store::{
     ApprovalFacts, CLAIM_LIMIT, Claimed, Swept, apply, apply_many, apply_now, claim_due,
     sweep_claimed, take_due,

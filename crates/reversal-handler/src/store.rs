@@ -62,8 +62,6 @@ pub struct Claimed {
 pub struct Swept {
     pub transaction_id: Uuid,
     pub merchant_id: String,
-    /// When the approval became due, for the latency of its outcome.
-    pub deadline_at: Option<OffsetDateTime>,
     pub traceparent: String,
     pub effects: Vec<WatchEffect>,
 }
@@ -573,16 +571,11 @@ pub async fn sweep_claimed(
             Some(Swept {
                 transaction_id: c.transaction_id,
                 merchant_id: c.merchant_id.clone(),
-                deadline_at: deadline_of(&decision.next),
                 traceparent: c.traceparent.clone(),
                 effects: decision.effects,
             })
         })
         .collect())
-}
-
-fn deadline_of(watch: &Watch) -> Option<OffsetDateTime> {
-    Columns::of(watch).deadline_at
 }
 
 /// One sweep's claim at `now`: claims up to `limit` due rows, decides them

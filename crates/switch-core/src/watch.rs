@@ -68,6 +68,19 @@ pub enum Watch {
     },
 }
 
+impl Watch {
+    /// When the approval became (or becomes) due, if it is known.
+    pub fn deadline_at(&self) -> Option<OffsetDateTime> {
+        match *self {
+            Watch::Unseen => None,
+            Watch::Open { deadline_at, .. } | Watch::Decided { deadline_at, .. } => {
+                Some(deadline_at)
+            }
+            Watch::Closed { deadline_at, .. } => deadline_at,
+        }
+    }
+}
+
 /// A decision and when it was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -348,7 +361,7 @@ pub fn decide(
         // before; a reversal's acknowledgement is timed against the deadline
         // even when the request had closed the watch already.
         (_, C::Announced { outcome, at }) => {
-            let deadline_at = deadline_of(watch);
+            let deadline_at = watch.deadline_at();
             let mut effects = Vec::new();
             if let (WatchOutcome::Reversed, Some(deadline_at)) = (outcome, deadline_at) {
                 effects.push(WatchEffect::ReversalAcknowledged {
@@ -515,19 +528,11 @@ fn closed(watch: &Watch, outcome: WatchOutcome, now: OffsetDateTime) -> Watch {
         Watch::Unseen | Watch::Open { .. } => (None, 0),
     };
     Watch::Closed {
-        deadline_at: deadline_of(watch),
+        deadline_at: watch.deadline_at(),
         verdict,
         attempts,
         outcome,
         closed_at: now,
-    }
-}
-
-fn deadline_of(watch: &Watch) -> Option<OffsetDateTime> {
-    match *watch {
-        Watch::Unseen => None,
-        Watch::Open { deadline_at, .. } | Watch::Decided { deadline_at, .. } => Some(deadline_at),
-        Watch::Closed { deadline_at, .. } => deadline_at,
     }
 }
 
