@@ -5,6 +5,8 @@
 //! `now` from the service's clock. Whatever the order in which the events
 //! arrive, [`switch_core::watch::decide`] says what changes.
 
+use std::collections::HashMap;
+
 use sqlx::PgConnection;
 use switch_core::{SharedClock, WatchCommand, WatchDecision};
 use switch_platform::consumer::{EventHandler, Gathered, HandlerError, HandlerFuture};
@@ -110,11 +112,12 @@ impl ApprovalTracker {
         commands: &[(ApprovalFacts, WatchCommand)],
         decided: &[(Uuid, WatchDecision)],
     ) {
+        let merchants: HashMap<Uuid, &str> = commands
+            .iter()
+            .map(|(facts, _)| (facts.transaction_id, facts.merchant_id.as_str()))
+            .collect();
         for (transaction_id, decision) in decided {
-            let merchant_id = commands
-                .iter()
-                .find(|(facts, _)| facts.transaction_id == *transaction_id)
-                .map_or("", |(facts, _)| facts.merchant_id.as_str());
+            let merchant_id = merchants.get(transaction_id).copied().unwrap_or_default();
             for effect in &decision.effects {
                 self.metrics.observe(*transaction_id, merchant_id, effect);
             }
