@@ -60,9 +60,7 @@ impl ManualClock {
     fn lock(&self) -> std::sync::MutexGuard<'_, OffsetDateTime> {
         // A panic while holding the lock cannot leave a half-written
         // timestamp behind, so a poisoned lock is still a good one.
-        self.now
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
