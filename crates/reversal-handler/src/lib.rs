@@ -3,15 +3,21 @@
 //!
 //! It follows authorization's events into a table of its own (`approvals`):
 //! every approval is watched until its merchant's acknowledgement deadline,
-//! an issuer timeout is owed a reversal at once, and a final decision
-//! announced by authorization (confirmation by evidence, a reversal already
-//! requested) closes the watch. An orphan found by a terminal's batch
-//! upload (announced by the settlement batcher) is decided at once. A sweeper finds approvals still open at
-//! their deadline, decides each under its merchant's policy
-//! ([`switch_core::decide_at_deadline`]), and asks authorization, the single
-//! writer of authorization state, to `Reverse` or `Confirm` it, repeating
-//! the question with backoff until authorization accepts or refuses. Once
-//! authorization has accepted a reversal it owns repeating it to the issuer.
+//! an issuer timeout is owed a reversal at once, an orphan found by a
+//! terminal's batch upload (announced by the settlement batcher) is decided
+//! at once, and a final decision announced by authorization (confirmation
+//! by evidence, a reversal already requested) closes the watch. A sweeper
+//! finds approvals still open at their deadline, and asks authorization,
+//! the single writer of authorization state, to `Reverse` or `Confirm`
+//! them, repeating the question with backoff until authorization accepts or
+//! refuses. Once authorization has accepted a reversal it owns repeating it
+//! to the issuer.
+//!
+//! Every one of those rules is [`switch_core::watch::decide`]: the consumer
+//! and the sweeper lock a watch's row, load it, decide with `now` from one
+//! [`switch_core::Clock`], and persist the next state and carry out the
+//! effects; SQL only serializes them (row locks, `SKIP LOCKED`, conflict
+//! guards) and binds that `now` wherever it asks what is due.
 
 mod config;
 mod metrics;
@@ -29,10 +35,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{MAX_ACK_WINDOW_MS, MAX_RETRY_DELAY_MS, MerchantPolicy, ReversalHandlerConfig};
-pub use outcome::{Outcome, deadline, retry_delay};
 pub use store::{
-    ApprovalFacts, CLAIM_LIMIT, Claimed, Due, claim_due, close, close_from_event,
-    insert_decided_now, insert_open, record_decisions, record_failure, take_due,
+    ApprovalFacts, CLAIM_LIMIT, Claimed, Swept, apply, apply_many, apply_now, claim_due,
+    sweep_claimed, take_due,
 };
 pub use sweeper::{CALL_TIMEOUT, LEASE, SweepReport, Sweeper};
 pub use tracker::ApprovalTracker;
@@ -79,7 +84,8 @@ pub async fn serve(
     kafka
         .ensure_topics(&[topics::AUTHORIZATION_EVENTS, topics::SETTLEMENT_EVENTS])
         .await?;
-    let sweeper = Sweeper::new(pool.clone(), config.clone())?;
+    let clock = switch_core::SystemClock::shared();
+    let sweeper = Sweeper::new(pool.clone(), config.clone(), clock.clone())?;
 
     let stop = CancellationToken::new();
     let membership = consumer::GroupMembership::default();
@@ -89,6 +95,7 @@ pub async fn serve(
         config.clone(),
         membership.clone(),
         stop.clone(),
+        clock,
     ));
     let sweeper_task = tokio::spawn(sweeper.run(stop.clone()));
 
@@ -137,9 +144,10 @@ async fn run_consumer(
     config: ReversalHandlerConfig,
     membership: consumer::GroupMembership,
     stop: CancellationToken,
+    clock: switch_core::SharedClock,
 ) {
     let group = config.consumer_group.clone();
-    let tracker = ApprovalTracker::new(config);
+    let tracker = ApprovalTracker::new(config, clock);
     let topics = [topics::AUTHORIZATION_EVENTS, topics::SETTLEMENT_EVENTS];
     consumer::run_until_stopped(
         pool,

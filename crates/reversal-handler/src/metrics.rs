@@ -1,8 +1,14 @@
-//! The reversal handler's metrics. Attributes are low-cardinality names
-//! (reasons), never ids.
+//! The reversal handler's metrics and the log lines that go with them.
+//! Attributes are low-cardinality names (reasons), never ids.
+//! [`Metrics::observe`] turns each effect of a watch decision into its log
+//! line and its counter, so the two never drift.
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
+use switch_core::{OrphanDecision, OrphanFound, WatchEffect};
+use uuid::Uuid;
+
+use crate::outcome::decision_columns;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -77,6 +83,68 @@ impl Metrics {
 
     pub fn superseded(&self) {
         self.superseded.add(1, &[]);
+    }
+}
+
+impl Metrics {
+    /// Logs and counts one effect of a watch decision about
+    /// `transaction_id`. `Ask` is the sweeper's to carry out; it is only
+    /// logged here at debug level.
+    pub fn observe(&self, transaction_id: Uuid, merchant_id: &str, effect: &WatchEffect) {
+        match *effect {
+            WatchEffect::OrphanDecided { decision, found } => {
+                let (kind, reason) = decision_columns(decision);
+                let label = match found {
+                    OrphanFound::AtDeadline => reason,
+                    OrphanFound::IssuerTimeout => "issuer_timeout",
+                    OrphanFound::BatchUpload => "batch_orphan",
+                };
+                self.orphan_detected(label);
+                tracing::info!(
+                    %transaction_id,
+                    %merchant_id,
+                    found = ?found,
+                    decision = kind,
+                    reason,
+                    "Orphaned approval decided."
+                );
+            }
+            WatchEffect::Ask { decision, attempts } => {
+                let (kind, reason) = decision_columns(decision);
+                tracing::debug!(%transaction_id, decision = kind, reason, attempts, "Asking authorization.");
+            }
+            WatchEffect::Resolved {
+                decision,
+                outcome,
+                fulfilled,
+                latency_ms,
+            } => {
+                match (fulfilled, decision) {
+                    (true, OrphanDecision::Reverse(_)) => self.reversed(latency_ms),
+                    (true, OrphanDecision::Confirm(_)) => self.confirmed(latency_ms),
+                    (false, _) => self.superseded(),
+                }
+                tracing::info!(
+                    %transaction_id,
+                    %merchant_id,
+                    %outcome,
+                    latency_ms,
+                    "Orphaned approval closed."
+                );
+            }
+            WatchEffect::ClosedByAuthorization { outcome } => {
+                tracing::debug!(%transaction_id, %outcome, "Approval closed by authorization.");
+            }
+            WatchEffect::ReversalAcknowledged { late_ms } => self.reversal_acknowledged(late_ms),
+            WatchEffect::RetryScheduled { attempts, delay } => {
+                tracing::debug!(
+                    %transaction_id,
+                    attempts,
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "Authorization will be asked again."
+                );
+            }
+        }
     }
 }
 

@@ -1,29 +1,33 @@
 //! The sweeper: every `sweep_interval_ms` it claims the approvals that are
-//! due, decides the orphans among them under their merchant's policy, and
-//! then, outside the row locks, asks authorization to carry each decision
-//! out. Authorization's answer closes the approval; an error schedules the
-//! question again with backoff, for as long as it takes.
+//! due on its clock, has [`switch_core::watch::decide`] decide each under
+//! its row lock (an orphan under its merchant's policy), and then, outside
+//! the row locks, asks authorization to carry out each decision the sweep
+//! says to ask about. Authorization's answer (accepted, refused, failed) is
+//! decided the same way: it closes the watch, or schedules the question
+//! again with backoff, for as long as it takes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use switch_core::OrphanDecision;
+use switch_core::{
+    OrphanDecision, SharedClock, WatchCommand, WatchEffect, WatchOutcome, WatchRetry,
+};
 use switch_platform::telemetry::set_parent_from_traceparent;
 use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_proto::v1::reverse_request::Target;
 use switch_proto::v1::{ConfirmRequest, ReverseRequest};
-use time::OffsetDateTime;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::config::ReversalHandlerConfig;
 use crate::metrics::Metrics;
-use crate::outcome::{Outcome, decision_columns, millis_between, retry_delay};
-use crate::store::{self, CLAIM_LIMIT, Due};
+use crate::outcome::{decision_columns, of_record};
+use crate::store::{self, CLAIM_LIMIT};
 
 /// How long one Reverse or Confirm call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -57,6 +61,16 @@ struct Inner {
     config: ReversalHandlerConfig,
     client: Client,
     metrics: Metrics,
+    clock: SharedClock,
+}
+
+/// One question to authorization, as a sweep's `Ask` effect names it.
+struct Question {
+    transaction_id: Uuid,
+    merchant_id: String,
+    decision: OrphanDecision,
+    attempts: u32,
+    traceparent: String,
 }
 
 enum Answer {
@@ -66,11 +80,13 @@ enum Answer {
 
 impl Sweeper {
     /// A sweeper asking the authorization service at the configured
-    /// endpoint; the channel connects lazily, so the sweeper starts (and
-    /// keeps deciding) while authorization is down.
+    /// endpoint, with `clock` saying what is due; the channel connects
+    /// lazily, so the sweeper starts (and keeps deciding) while
+    /// authorization is down.
     pub fn new(
         pool: sqlx::PgPool,
         config: ReversalHandlerConfig,
+        clock: SharedClock,
     ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(config.authorization_endpoint.clone())?
             .tcp_nodelay(true)
@@ -83,6 +99,7 @@ impl Sweeper {
                 config,
                 client: AuthorizationServiceClient::with_interceptor(channel, interceptor),
                 metrics: Metrics::new(),
+                clock,
             }),
         })
     }
@@ -115,30 +132,34 @@ impl Sweeper {
         }
     }
 
-    /// Claims what is due, records decisions, asks authorization about
-    /// every claimed approval concurrently and records the answers.
+    /// Claims what is due now, decides it, asks authorization about every
+    /// claimed approval concurrently and records the answers.
     pub async fn sweep_once(&self) -> Result<SweepReport, sqlx::Error> {
         let inner = &self.inner;
-        let due = store::take_due(&inner.pool, &inner.config, CLAIM_LIMIT, LEASE).await?;
+        let now = inner.clock.now();
+        let swept = store::take_due(&inner.pool, &inner.config, CLAIM_LIMIT, LEASE, now).await?;
         let mut report = SweepReport {
-            claimed: due.len(),
+            claimed: swept.len(),
             ..SweepReport::default()
         };
         let mut calls = JoinSet::new();
-        for approval in due {
-            if approval.newly_decided {
-                let (decision, reason) = decision_columns(approval.decision);
-                inner.metrics.orphan_detected(reason);
-                tracing::info!(
-                    transaction_id = %approval.transaction_id,
-                    merchant_id = %approval.merchant_id,
-                    decision,
-                    reason,
-                    "Orphaned approval decided."
-                );
+        for watch in swept {
+            for effect in &watch.effects {
+                inner
+                    .metrics
+                    .observe(watch.transaction_id, &watch.merchant_id, effect);
+                if let WatchEffect::Ask { decision, attempts } = *effect {
+                    let question = Question {
+                        transaction_id: watch.transaction_id,
+                        merchant_id: watch.merchant_id.clone(),
+                        decision,
+                        attempts,
+                        traceparent: watch.traceparent.clone(),
+                    };
+                    let inner = Arc::clone(inner);
+                    calls.spawn(async move { inner.carry_out(question).await });
+                }
             }
-            let inner = Arc::clone(inner);
-            calls.spawn(async move { inner.carry_out(approval).await });
         }
         while let Some(joined) = calls.join_next().await {
             match joined {
@@ -160,64 +181,78 @@ impl Sweeper {
 }
 
 impl Inner {
-    /// Asks authorization to carry out one decision and records its answer.
-    async fn carry_out(&self, due: Due) -> Result<Answer, sqlx::Error> {
-        let (decision, reason) = decision_columns(due.decision);
+    /// Asks authorization to carry out one decision and has its answer
+    /// decided and recorded.
+    async fn carry_out(&self, question: Question) -> Result<Answer, sqlx::Error> {
+        let (decision, reason) = decision_columns(question.decision);
         let span = tracing::info_span!(
             "reversal_handler.request",
-            transaction_id = %due.transaction_id,
+            transaction_id = %question.transaction_id,
             decision,
             reason
         );
-        if !due.traceparent.is_empty() {
-            set_parent_from_traceparent(&span, &due.traceparent, "");
+        if !question.traceparent.is_empty() {
+            set_parent_from_traceparent(&span, &question.traceparent, "");
         }
         async {
-            match self.ask(&due).await {
-                Ok(Some(outcome)) => {
-                    self.closed(&due, &outcome).await?;
-                    Ok(Answer::Closed)
-                }
+            let transaction_id = question.transaction_id;
+            let (command, answer) = match self.ask(&question).await {
+                Ok(Some(outcome)) => (WatchCommand::CallSucceeded { outcome }, Answer::Closed),
                 Ok(None) => {
                     tracing::warn!(
-                        transaction_id = %due.transaction_id,
+                        %transaction_id,
                         "Authorization answered with a state our request cannot leave; asking again."
                     );
-                    self.failed(&due).await?;
-                    Ok(Answer::Failed)
+                    (self.failure(), Answer::Failed)
                 }
                 Err(status)
                     if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) =>
                 {
                     tracing::info!(
-                        transaction_id = %due.transaction_id,
+                        %transaction_id,
                         code = ?status.code(),
                         message = status.message(),
                         "Authorization refused; another path decided the approval."
                     );
-                    self.closed(&due, &Outcome::Superseded).await?;
-                    Ok(Answer::Closed)
+                    (WatchCommand::CallRefused, Answer::Closed)
                 }
                 Err(status) => {
                     tracing::warn!(
-                        transaction_id = %due.transaction_id,
-                        attempts = due.attempts + 1,
+                        %transaction_id,
+                        attempts = question.attempts + 1,
                         code = ?status.code(),
                         message = status.message(),
                         "Authorization request failed; asking again later."
                     );
-                    self.failed(&due).await?;
-                    Ok(Answer::Failed)
+                    (self.failure(), Answer::Failed)
                 }
+            };
+            let decided =
+                store::apply_now(&self.pool, transaction_id, command, self.clock.now()).await?;
+            for effect in decided.iter().flat_map(|d| &d.effects) {
+                self.metrics
+                    .observe(transaction_id, &question.merchant_id, effect);
             }
+            Ok(answer)
         }
         .instrument(span)
         .await
     }
 
+    /// A failed call, with the configured backoff and a fresh jitter.
+    fn failure(&self) -> WatchCommand {
+        WatchCommand::CallFailed {
+            retry: WatchRetry {
+                initial_delay_ms: self.config.retry_initial_delay_ms,
+                max_delay_ms: self.config.retry_max_delay_ms,
+            },
+            jitter: rand::random::<u64>(),
+        }
+    }
+
     /// The outcome authorization's answer shows; `None` for an answer in a
     /// state the request cannot produce.
-    async fn ask(&self, due: &Due) -> Result<Option<Outcome>, Status> {
+    async fn ask(&self, due: &Question) -> Result<Option<WatchOutcome>, Status> {
         let mut client = self.client.clone();
         let transaction_id = due.transaction_id.to_string();
         let call = async {
@@ -231,7 +266,7 @@ impl Inner {
                     let response = client.reverse(request).await?.into_inner();
                     match response.authorization {
                         Some(record) if response.original_found => {
-                            Ok(Outcome::of_record(&record, due.decision))
+                            Ok(of_record(&record, due.decision))
                         }
                         _ => Err(Status::not_found(
                             "authorization does not know the approval",
@@ -245,42 +280,12 @@ impl Inner {
                     });
                     request.set_timeout(CALL_TIMEOUT);
                     let record = client.confirm(request).await?.into_inner();
-                    Ok(Outcome::of_record(&record, due.decision))
+                    Ok(of_record(&record, due.decision))
                 }
             }
         };
         tokio::time::timeout(CALL_TIMEOUT, call)
             .await
             .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in time")))
-    }
-
-    async fn closed(&self, due: &Due, outcome: &Outcome) -> Result<(), sqlx::Error> {
-        store::close(&self.pool, due.transaction_id, outcome).await?;
-        let now = OffsetDateTime::now_utc();
-        let latency_ms = millis_between(due.deadline_at.unwrap_or(now), now);
-        match (outcome.fulfils(due.decision), due.decision) {
-            (true, OrphanDecision::Reverse(_)) => self.metrics.reversed(latency_ms),
-            (true, OrphanDecision::Confirm(_)) => self.metrics.confirmed(latency_ms),
-            (false, _) => self.metrics.superseded(),
-        }
-        tracing::info!(
-            transaction_id = %due.transaction_id,
-            merchant_id = %due.merchant_id,
-            %outcome,
-            latency_ms,
-            "Orphaned approval closed."
-        );
-        Ok(())
-    }
-
-    async fn failed(&self, due: &Due) -> Result<(), sqlx::Error> {
-        let attempts = u32::try_from(due.attempts.saturating_add(1)).unwrap_or(1);
-        let delay = retry_delay(
-            self.config.retry_initial_delay_ms,
-            self.config.retry_max_delay_ms,
-            attempts,
-            rand::random::<u64>(),
-        );
-        store::record_failure(&self.pool, due.transaction_id, delay).await
     }
 }

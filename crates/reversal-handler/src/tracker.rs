@@ -1,163 +1,127 @@
 //! The consumer of authorization's events (and the settlement batcher's):
-//! it opens a watch on every approval, turns an issuer timeout or an orphan
-//! found by a batch upload into a decision due now, and closes the watch
-//! when authorization announces a final decision, whatever the order in
-//! which the events arrive.
+//! it turns each event into a [`WatchCommand`] (an approval, an issuer
+//! timeout, an orphan found by a batch upload, authorization's final
+//! decision) and has the store apply it under the watch's row lock, with
+//! `now` from the service's clock. Whatever the order in which the events
+//! arrive, [`switch_core::watch::decide`] says what changes.
+
+use std::collections::HashMap;
 
 use sqlx::PgConnection;
-use switch_core::{OrphanDecision, ReversalReason, decide_batch_orphan};
+use switch_core::{SharedClock, WatchCommand, WatchDecision};
 use switch_platform::consumer::{EventHandler, Gathered, HandlerError, HandlerFuture};
 use switch_platform::telemetry::{link_traceparent, set_parent_from_traceparent};
-use switch_platform::timestamps::to_time;
 use switch_proto::v1::event_envelope::Payload;
-use switch_proto::v1::{AuthorizationApproved, AuthorizationFacts, EventEnvelope};
+use switch_proto::v1::{AuthorizationFacts, EventEnvelope};
 use time::OffsetDateTime;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::ReversalHandlerConfig;
 use crate::metrics::Metrics;
-use crate::outcome::{Outcome, deadline};
-use crate::store::{self, ApprovalFacts, OpenWatch};
+use crate::outcome::{occurred_at, of_event};
+use crate::store::{self, ApprovalFacts};
 
 /// Applies authorization's events to the `approvals` table, inside the
 /// consumer's exactly-once transaction.
 pub struct ApprovalTracker {
     config: ReversalHandlerConfig,
     metrics: Metrics,
+    clock: SharedClock,
 }
 
 impl ApprovalTracker {
-    pub fn new(config: ReversalHandlerConfig) -> Self {
+    pub fn new(config: ReversalHandlerConfig, clock: SharedClock) -> Self {
         ApprovalTracker {
             config,
             metrics: Metrics::new(),
+            clock,
         }
     }
 
-    /// The watch an approval opens, or `None` (logged) for an event that
-    /// cannot be one.
-    fn open_watch(
+    /// The command an event gives its transaction's watch, or `None` for an
+    /// event that concerns no watch (or names no valid transaction, logged).
+    fn command_of(
         &self,
         event: &EventEnvelope,
-        approved: &AuthorizationApproved,
+        payload: &Payload,
         now: OffsetDateTime,
-    ) -> Option<OpenWatch> {
-        let facts = facts_of(event, approved.facts.as_ref())?;
-        let channel = approved.facts.as_ref().map_or("", |f| f.channel.as_str());
-        let window = self.config.window_for(&facts.merchant_id, channel);
-        let approved_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
-        let deadline_at = deadline(event.occurred_at.as_ref(), now, window);
-        Some(OpenWatch {
-            facts,
-            approved_at,
-            deadline_at,
-        })
+    ) -> Option<(ApprovalFacts, WatchCommand)> {
+        let at = occurred_at(event.occurred_at.as_ref(), now);
+        match payload {
+            Payload::AuthorizationApproved(approved) => {
+                let facts = facts_of(event, approved.facts.as_ref())?;
+                let channel = approved.facts.as_ref().map_or("", |f| f.channel.as_str());
+                let window = self.config.window_for(&facts.merchant_id, channel);
+                Some((
+                    facts,
+                    WatchCommand::Approved {
+                        approved_at: at,
+                        window,
+                    },
+                ))
+            }
+            Payload::AuthorizationIssuerTimedOut(timed_out) => Some((
+                facts_of(event, timed_out.facts.as_ref())?,
+                WatchCommand::IssuerTimedOut { at },
+            )),
+            Payload::BatchOrphanFound(found) => {
+                let facts = facts_of(event, found.facts.as_ref())?;
+                let (_, policy) = self.config.policy_for(&facts.merchant_id);
+                tracing::debug!(
+                    transaction_id = %facts.transaction_id,
+                    batch_number = %found.batch_number,
+                    "Batch upload does not list an approval."
+                );
+                Some((facts, WatchCommand::BatchOrphanFound { policy }))
+            }
+            other => {
+                let outcome = of_event(other)?;
+                Some((
+                    facts_of(event, closing_facts(other))?,
+                    WatchCommand::Announced { outcome, at },
+                ))
+            }
+        }
     }
 
-    /// Opens `watches` with one statement.
-    async fn open_watches(
-        &self,
-        conn: &mut PgConnection,
-        watches: Vec<OpenWatch>,
-    ) -> Result<(), HandlerError> {
-        if watches.is_empty() {
-            return Ok(());
-        }
-        let span = tracing::info_span!("reversal_handler.approvals", count = watches.len());
-        for watch in watches.iter() {
-            link_traceparent(&span, &watch.facts.traceparent);
-        }
-        let added = store::insert_open_many(conn, &watches)
-            .instrument(span)
-            .await?;
-        tracing::debug!(
-            approvals = watches.len(),
-            added,
-            "Approvals watched until their deadlines."
-        );
-        Ok(())
-    }
-
+    /// Applies `commands` (distinct transactions) with one round trip per
+    /// statement and carries out their effects.
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &EventEnvelope,
-        payload: &Payload,
+        commands: Vec<(ApprovalFacts, WatchCommand)>,
+        now: OffsetDateTime,
     ) -> Result<(), HandlerError> {
-        let facts_from = |facts: Option<&AuthorizationFacts>| facts_of(event, facts);
-        let now = OffsetDateTime::now_utc();
-        match payload {
-            Payload::AuthorizationApproved(approved) => {
-                if let Some(watch) = self.open_watch(event, approved, now) {
-                    self.open_watches(conn, vec![watch]).await?;
-                }
-            }
-            Payload::AuthorizationIssuerTimedOut(timed_out) => {
-                let Some(facts) = facts_from(timed_out.facts.as_ref()) else {
-                    return Ok(());
-                };
-                let due_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
-                let reason = ReversalReason::IssuerTimeout;
-                let decision = OrphanDecision::Reverse(reason);
-                if store::insert_decided_now(conn, &facts, due_at, decision).await? {
-                    self.metrics.orphan_detected(reason.as_str());
-                    tracing::info!(
-                        transaction_id = %facts.transaction_id,
-                        merchant_id = %facts.merchant_id,
-                        decision = "reverse",
-                        reason = reason.as_str(),
-                        "Issuer timed out; reversal owed."
-                    );
-                }
-            }
-            Payload::BatchOrphanFound(found) => {
-                // The terminal's batch upload does not list it: decided
-                // now, not at its deadline.
-                let Some(facts) = facts_from(found.facts.as_ref()) else {
-                    return Ok(());
-                };
-                let (_, policy) = self.config.policy_for(&facts.merchant_id);
-                let decision = decide_batch_orphan(policy);
-                if store::insert_decided_now(conn, &facts, now, decision).await? {
-                    self.metrics
-                        .orphan_detected(ReversalReason::BatchOrphan.as_str());
-                    tracing::info!(
-                        transaction_id = %facts.transaction_id,
-                        merchant_id = %facts.merchant_id,
-                        batch_number = %found.batch_number,
-                        ?decision,
-                        "Orphan found by batch upload; decided now."
-                    );
-                }
-            }
-            other => {
-                let Some(outcome) = Outcome::of_event(other) else {
-                    return Ok(());
-                };
-                let Some(facts) = facts_from(closing_facts(other)) else {
-                    return Ok(());
-                };
-                if matches!(other, Payload::AuthorizationReversed(_)) {
-                    let reversed_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
-                    if let Some(deadline_at) =
-                        store::deadline_of(conn, facts.transaction_id).await?
-                    {
-                        let late = (reversed_at - deadline_at).whole_milliseconds();
-                        self.metrics
-                            .reversal_acknowledged(u64::try_from(late).unwrap_or(0));
-                    }
-                }
-                if store::close_from_event(conn, &facts, &outcome).await? {
-                    tracing::debug!(
-                        transaction_id = %facts.transaction_id,
-                        %outcome,
-                        "Approval closed by authorization."
-                    );
-                }
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let span = tracing::info_span!("reversal_handler.approvals", count = commands.len());
+        for (facts, _) in &commands {
+            link_traceparent(&span, &facts.traceparent);
+        }
+        let decided = store::apply_many(conn, &commands, now)
+            .instrument(span)
+            .await?;
+        self.observe(&commands, &decided);
+        Ok(())
+    }
+
+    fn observe(
+        &self,
+        commands: &[(ApprovalFacts, WatchCommand)],
+        decided: &[(Uuid, WatchDecision)],
+    ) {
+        let merchants: HashMap<Uuid, &str> = commands
+            .iter()
+            .map(|(facts, _)| (facts.transaction_id, facts.merchant_id.as_str()))
+            .collect();
+        for (transaction_id, decision) in decided {
+            let merchant_id = merchants.get(transaction_id).copied().unwrap_or_default();
+            for effect in &decision.effects {
+                self.metrics.observe(*transaction_id, merchant_id, effect);
             }
         }
-        Ok(())
     }
 }
 
@@ -210,7 +174,11 @@ impl EventHandler for ApprovalTracker {
             if !event.traceparent.is_empty() {
                 set_parent_from_traceparent(&span, &event.traceparent, &event.tracestate);
             }
-            self.apply(tx, event, payload).instrument(span).await
+            let now = self.clock.now();
+            let Some(command) = self.command_of(event, payload, now) else {
+                return Ok(());
+            };
+            self.apply(tx, vec![command], now).instrument(span).await
         })
     }
 
@@ -225,25 +193,25 @@ impl EventHandler for ApprovalTracker {
         events: &'a [&'a EventEnvelope],
     ) -> HandlerFuture<'a> {
         Box::pin(async move {
-            let now = OffsetDateTime::now_utc();
-            let mut pending: Gathered<OpenWatch> = Gathered::default();
+            let now = self.clock.now();
+            let mut pending: Gathered<(ApprovalFacts, WatchCommand)> = Gathered::default();
             for event in events {
-                if let Some(Payload::AuthorizationApproved(approved)) = &event.payload {
-                    if let Some(watch) = self.open_watch(event, approved, now) {
-                        let transaction_id = watch.facts.transaction_id;
+                if let Some(payload @ Payload::AuthorizationApproved(_)) = &event.payload {
+                    if let Some(command) = self.command_of(event, payload, now) {
+                        let transaction_id = command.0.transaction_id;
                         if pending.holds(transaction_id) {
-                            self.open_watches(tx, pending.take()).await?;
+                            self.apply(tx, pending.take(), now).await?;
                         }
-                        pending.add(transaction_id, watch);
+                        pending.add(transaction_id, command);
                     }
                     continue;
                 }
                 if pending.must_write_before(event) {
-                    self.open_watches(tx, pending.take()).await?;
+                    self.apply(tx, pending.take(), now).await?;
                 }
                 self.handle(tx, event).await?;
             }
-            self.open_watches(tx, pending.take()).await
+            self.apply(tx, pending.take(), now).await
         })
     }
 }

@@ -7,19 +7,41 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
-use common::{Behaviour, FakeAuthorization, TestDb, facts, open_approval, row};
+use common::{Behaviour, FakeAuthorization, TestDb, clock, facts, open_approval, row, shared};
 use prost::Message as _;
 use reversal_handler::{
-    ApprovalTracker, CLAIM_LIMIT, LEASE, MerchantPolicy, Outcome, ReversalHandlerConfig, Sweeper,
-    claim_due, close, close_from_event, insert_decided_now, record_failure, take_due,
+    ApprovalTracker, CLAIM_LIMIT, LEASE, MerchantPolicy, ReversalHandlerConfig, Sweeper, Swept,
+    apply, apply_now, claim_due, sweep_claimed, take_due,
 };
-use switch_core::{Evidence, OrphanDecision, ReversalReason};
+use switch_core::{
+    Clock, Evidence, OrphanDecision, ReversalReason, Watch, WatchCommand, WatchEffect,
+    WatchOutcome, WatchRetry,
+};
 use switch_platform::consumer::{Outcome as Applied, apply_once};
 use switch_proto::v1::{self as pb, EventEnvelope, event_envelope::Payload};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// What a sweep asks authorization about a watch, and whether the sweep
+/// decided it (an orphan just found).
+fn asked(swept: &Swept) -> Option<(OrphanDecision, bool)> {
+    let newly = swept
+        .effects
+        .iter()
+        .any(|e| matches!(e, WatchEffect::OrphanDecided { .. }));
+    swept.effects.iter().find_map(|e| match e {
+        WatchEffect::Ask { decision, .. } => Some((*decision, newly)),
+        _ => None,
+    })
+}
+
+fn decision_of(watch: &Watch) -> Option<OrphanDecision> {
+    match watch {
+        Watch::Decided { verdict, .. } => Some(verdict.decision),
+        _ => None,
+    }
+}
 
 fn config_with_confirming_merchant(merchant_id: &str) -> ReversalHandlerConfig {
     ReversalHandlerConfig {
@@ -45,22 +67,24 @@ async fn concurrent_sweepers_never_claim_the_same_approval() {
         let facts = facts("M1");
         let mut conn = db.pool.acquire().await.unwrap();
         let now = time::OffsetDateTime::now_utc();
-        insert_decided_now(
+        apply(
             &mut conn,
             &facts,
+            WatchCommand::IssuerTimedOut { at: now },
             now,
-            OrphanDecision::Reverse(ReversalReason::IssuerTimeout),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("an issuer timeout is decided");
         due.insert(facts.transaction_id);
     }
+    let now = time::OffsetDateTime::now_utc();
 
     // Two open transactions: the second skips what the first holds.
     let mut first = db.pool.begin().await.unwrap();
     let mut second = db.pool.begin().await.unwrap();
-    let a = claim_due(&mut first, 25).await.unwrap();
-    let b = claim_due(&mut second, CLAIM_LIMIT).await.unwrap();
+    let a = claim_due(&mut first, now, 25).await.unwrap();
+    let b = claim_due(&mut second, now, CLAIM_LIMIT).await.unwrap();
     let a_ids: HashSet<Uuid> = a.iter().map(|c| c.transaction_id).collect();
     let b_ids: HashSet<Uuid> = b.iter().map(|c| c.transaction_id).collect();
     assert_eq!(a.len(), 25);
@@ -83,7 +107,7 @@ async fn concurrent_sweepers_never_claim_the_same_approval() {
         sweepers.push(tokio::spawn(async move {
             let mut taken = Vec::new();
             loop {
-                let batch = take_due(&pool, &config, 7, LEASE).await.unwrap();
+                let batch = take_due(&pool, &config, 7, LEASE, now).await.unwrap();
                 if batch.is_empty() {
                     return taken;
                 }
@@ -99,7 +123,7 @@ async fn concurrent_sweepers_never_claim_the_same_approval() {
     assert_eq!(all.len(), due.len(), "some row was taken twice: {all:?}");
     assert_eq!(unique, due);
     assert!(
-        take_due(&db.pool, &config, CLAIM_LIMIT, LEASE)
+        take_due(&db.pool, &config, CLAIM_LIMIT, LEASE, now)
             .await
             .unwrap()
             .is_empty()
@@ -115,40 +139,46 @@ async fn only_due_approvals_are_claimed_and_decided_by_policy() {
     let not_yet = open_approval(&db.pool, "M1", 60).await;
     let backing_off = open_approval(&db.pool, "M1", -60).await;
     let closed = open_approval(&db.pool, "M1", -60).await;
-    let mut conn = db.pool.acquire().await.unwrap();
-    let mut closed_facts = facts("M1");
-    closed_facts.transaction_id = closed;
-    close_from_event(
-        &mut conn,
-        &closed_facts,
-        &Outcome::Confirmed("terminal_acknowledgement".into()),
-    )
-    .await
-    .unwrap();
-    drop(conn);
+    let now = time::OffsetDateTime::now_utc();
+    let evidence = WatchCommand::Announced {
+        outcome: WatchOutcome::Confirmed(Some(Evidence::TerminalAcknowledgement)),
+        at: now,
+    };
+    apply_now(&db.pool, closed, evidence, now).await.unwrap();
     // Decided earlier, failed, and not due again for a minute.
     let config = config_with_confirming_merchant("FUEL01");
     let mut tx = db.pool.begin().await.unwrap();
-    let claimed = claim_due(&mut tx, CLAIM_LIMIT).await.unwrap();
+    let claimed = claim_due(&mut tx, now, CLAIM_LIMIT).await.unwrap();
     let claimed_backing_off: Vec<_> = claimed
         .into_iter()
         .filter(|c| c.transaction_id == backing_off)
         .collect();
-    reversal_handler::record_decisions(&mut tx, &claimed_backing_off, &config, LEASE)
+    sweep_claimed(&mut tx, &claimed_backing_off, &config, LEASE, now)
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    record_failure(&db.pool, backing_off, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let minute = WatchRetry {
+        initial_delay_ms: 60_000,
+        max_delay_ms: 60_000,
+    };
+    let failed = WatchCommand::CallFailed {
+        retry: minute,
+        jitter: 0,
+    };
+    apply_now(&db.pool, backing_off, failed, now).await.unwrap();
 
-    let due = take_due(&db.pool, &config, CLAIM_LIMIT, LEASE)
+    let due = take_due(&db.pool, &config, CLAIM_LIMIT, LEASE, now)
         .await
         .unwrap();
     let decisions: BTreeMap<Uuid, (OrphanDecision, bool)> = due
         .iter()
-        .map(|d| (d.transaction_id, (d.decision, d.newly_decided)))
+        .filter_map(|d| Some((d.transaction_id, asked(d)?)))
         .collect();
+    assert_eq!(
+        decisions.len(),
+        due.len(),
+        "every claimed watch is asked about"
+    );
     assert_eq!(
         decisions,
         BTreeMap::from([
@@ -191,8 +221,15 @@ async fn only_due_approvals_are_claimed_and_decided_by_policy() {
     );
 
     // Closing is once: a later answer does not overwrite the first.
-    assert!(close(&db.pool, orphan, &Outcome::Superseded).await.unwrap());
-    assert!(!close(&db.pool, orphan, &Outcome::Reversed).await.unwrap());
+    let refused = apply_now(&db.pool, orphan, WatchCommand::CallRefused, now)
+        .await
+        .unwrap();
+    assert!(refused.is_some_and(|d| !d.effects.is_empty()));
+    let late = WatchCommand::CallSucceeded {
+        outcome: WatchOutcome::Reversed,
+    };
+    let unchanged = apply_now(&db.pool, orphan, late, now).await.unwrap();
+    assert!(unchanged.is_some_and(|d| d.effects.is_empty()));
     assert_eq!(
         row(&db.pool, orphan).await.unwrap().outcome.as_deref(),
         Some("superseded")
@@ -247,7 +284,7 @@ fn envelope(transaction_id: Uuid, payload: Payload) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_open_decide_and_close_approvals_in_any_order() {
     let db = TestDb::new().await;
-    let tracker = ApprovalTracker::new(ReversalHandlerConfig::default());
+    let tracker = ApprovalTracker::new(ReversalHandlerConfig::default(), shared(&clock()));
     let apply = |payload: Vec<u8>| {
         let (pool, tracker) = (db.pool.clone(), &tracker);
         async move {
@@ -330,11 +367,13 @@ async fn events_open_decide_and_close_approvals_in_any_order() {
         (Some("reverse"), Some("issuer_timeout"))
     );
     let mut tx = db.pool.begin().await.unwrap();
-    let claimed = claim_due(&mut tx, CLAIM_LIMIT).await.unwrap();
+    let claimed = claim_due(&mut tx, time::OffsetDateTime::now_utc(), CLAIM_LIMIT)
+        .await
+        .unwrap();
     assert_eq!(
         claimed
             .iter()
-            .map(|c| (c.transaction_id, c.decision))
+            .map(|c| (c.transaction_id, decision_of(&c.watch)))
             .collect::<Vec<_>>(),
         vec![(
             timed_out,
@@ -371,7 +410,7 @@ async fn a_batch_of_events_has_the_effect_of_applying_them_one_by_one() {
     use switch_platform::consumer::EventHandler as _;
 
     let db = TestDb::new().await;
-    let tracker = ApprovalTracker::new(ReversalHandlerConfig::default());
+    let tracker = ApprovalTracker::new(ReversalHandlerConfig::default(), shared(&clock()));
     let approved = || Payload::AuthorizationApproved(pb::AuthorizationApproved::default());
     let confirmed = || {
         Payload::AuthorizationConfirmed(pb::AuthorizationConfirmed {
@@ -465,7 +504,8 @@ async fn authorization_answers_close_or_reschedule() {
     fake.set(superseded, Behaviour::Refuse);
     fake.set(failing, Behaviour::Fail);
 
-    let sweeper = Sweeper::new(db.pool.clone(), config).unwrap();
+    let clock = clock();
+    let sweeper = Sweeper::new(db.pool.clone(), config, shared(&clock)).unwrap();
     let report = sweeper.sweep_once().await.unwrap();
     assert_eq!((report.claimed, report.closed, report.failed), (4, 3, 1));
 
@@ -490,7 +530,6 @@ async fn authorization_answers_close_or_reschedule() {
         (retrying.status.as_str(), retrying.attempts),
         ("decided", 1)
     );
-    assert!(!retrying.due_now, "the next attempt waits for the backoff");
 
     let mut calls = fake.calls();
     calls.sort();
@@ -512,18 +551,61 @@ async fn authorization_answers_close_or_reschedule() {
     expected.sort();
     assert_eq!(calls, expected);
 
-    // Once authorization recovers, the backoff ends and the reversal is asked again.
+    // Not asked again before the backoff ends, on the sweeper's clock.
     fake.set(failing, Behaviour::Accept);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        sweeper.sweep_once().await.unwrap();
-        if outcome(failing).await.status == "closed" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "retry never happened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let early = sweeper.sweep_once().await.unwrap();
+    assert_eq!(early.claimed, 0, "asked again before the backoff ended");
+    // Once it ends (the backoff is 200 ms at first), the reversal is
+    // asked again and accepted.
+    clock.advance(time::Duration::milliseconds(250));
+    let retried = sweeper.sweep_once().await.unwrap();
+    assert_eq!((retried.claimed, retried.closed), (1, 1));
+    assert_eq!(outcome(failing).await.status, "closed");
     assert_eq!(fake.calls().len(), 5);
     stop.cancel();
+    db.drop().await;
+}
+
+/// What is due is decided on the sweeper's clock, the one deadlines are
+/// computed on, never on the database's `now()`: a clock past a deadline
+/// claims the approval the database would still call early, and a clock
+/// before it claims nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_is_decided_on_the_callers_clock_not_the_databases() {
+    let db = TestDb::new().await;
+    let in_a_minute = open_approval(&db.pool, "M1", 60).await;
+    let config = ReversalHandlerConfig::default();
+    let clock = clock();
+
+    let early = take_due(&db.pool, &config, CLAIM_LIMIT, LEASE, clock.now())
+        .await
+        .unwrap();
+    assert!(early.is_empty(), "claimed before its deadline: {early:?}");
+
+    clock.advance(time::Duration::seconds(61));
+    let due = take_due(&db.pool, &config, CLAIM_LIMIT, LEASE, clock.now())
+        .await
+        .unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|d| (d.transaction_id, asked(d)))
+            .collect::<Vec<_>>(),
+        vec![(
+            in_a_minute,
+            Some((
+                OrphanDecision::Reverse(ReversalReason::NoTerminalAcknowledgement),
+                true
+            ))
+        )]
+    );
+    let decided = row(&db.pool, in_a_minute).await.unwrap();
+    assert_eq!(decided.status, "decided");
+    let decided_at: time::OffsetDateTime =
+        sqlx::query_scalar("SELECT decided_at FROM approvals WHERE transaction_id = $1")
+            .bind(in_a_minute)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(decided_at, clock.now(), "timestamps come from the clock");
     db.drop().await;
 }

@@ -23,6 +23,7 @@ pub mod payout;
 pub mod replay;
 pub mod response_code;
 pub mod settlement;
+pub mod watch;
 
 pub use authorization::*;
 pub use card::*;
@@ -35,3 +36,7 @@ pub use payout::*;
 pub use replay::*;
 pub use response_code::*;
 pub use settlement::*;
+pub use watch::{
+    OrphanFound, Verdict, Watch, WatchCommand, WatchDecision, WatchEffect, WatchOutcome,
+    WatchRefusal, WatchRetry,
+};

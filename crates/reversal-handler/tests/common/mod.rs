@@ -7,9 +7,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use reversal_handler::{ApprovalFacts, SERVICE_NAME};
 use sqlx::PgPool;
+use switch_core::{ManualClock, SharedClock, Watch, WatchCommand};
 use switch_platform::db::DatabaseConfig;
 use switch_proto::v1::authorization_service_server::{
     AuthorizationService, AuthorizationServiceServer,
@@ -83,22 +85,40 @@ pub fn facts(merchant_id: &str) -> ApprovalFacts {
     }
 }
 
+/// A clock for one test: the wall clock's time when called (to the
+/// millisecond, which PostgreSQL stores exactly), moved by hand from then on.
+pub fn clock() -> ManualClock {
+    let now = time::OffsetDateTime::now_utc();
+    let millis = now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000);
+    ManualClock::starting_at(millis.unwrap_or(now))
+}
+
+/// The clock as the service takes it.
+pub fn shared(clock: &ManualClock) -> SharedClock {
+    Arc::new(clock.clone())
+}
+
 /// Adds an open approval whose deadline is `offset_s` seconds from now
-/// (negative: already past).
+/// (negative: already past), as its approval event would.
 pub async fn open_approval(pool: &PgPool, merchant_id: &str, offset_s: i64) -> Uuid {
     let facts = facts(merchant_id);
     let now = time::OffsetDateTime::now_utc();
+    let window = Duration::from_secs(30);
+    let approved_at = now + time::Duration::seconds(offset_s) - window;
     let mut conn = pool.acquire().await.unwrap();
-    assert!(
-        reversal_handler::insert_open(
-            &mut conn,
-            &facts,
-            now,
-            now + time::Duration::seconds(offset_s)
-        )
-        .await
-        .unwrap()
-    );
+    let decided = reversal_handler::apply(
+        &mut conn,
+        &facts,
+        WatchCommand::Approved {
+            approved_at,
+            window,
+        },
+        now,
+    )
+    .await
+    .unwrap()
+    .expect("an approval opens a watch");
+    assert!(matches!(decided.next, Watch::Open { .. }));
     facts.transaction_id
 }
 
