@@ -4,9 +4,11 @@
 //! currencies, card data (PAN, expiry, masked and fingerprinted forms),
 //! ISO 8583 identifiers and response codes, the authorization lifecycle (the
 //! legal transitions in `authorization`, and in `lifecycle` the decisions:
-//! state, command and time in, next state and effects out), the clock port,
+//! state, command and time in, next state and effects out), the reversal
+//! handler's watch of every approval until its deadline (`watch`), the clock port,
 //! duplicate (replay) detection, settlement (batch close,
-//! upload reconciliation, eligibility at the cut-off, fees) and payout files
+//! upload reconciliation, the ledger's status order and eligibility at the
+//! cut-off in `settlement::ledger`, fees) and payout files
 //! (CSV and ISO 20022 pain.001 rendering). It performs no I/O
 //! and has no async code, so every rule here can be tested exhaustively and
 //! reused unchanged by the gateway, the authorization service and the tools.
