@@ -92,7 +92,9 @@ mod tests {
 
     fn plan() -> FaultPlan {
         FaultPlan {
-            decline_code: switch_core::ResponseCode::ISSUER_UNAVAILABLE.as_str().to_owned(),
+            decline_code: switch_core::ResponseCode::ISSUER_UNAVAILABLE
+                .as_str()
+                .to_owned(),
             ..FaultPlan::default()
         }
     }
