@@ -19,6 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -169,10 +170,12 @@ pub struct GrpcServer {
     routes: Routes,
     /// The gRPC names of the services added, for health.
     services: Vec<&'static str>,
-    /// Whether the services are reported SERVING as soon as the server
-    /// listens (otherwise the service reports readiness itself).
-    ready_at_start: bool,
+    /// What the services wait for before they are reported SERVING;
+    /// `None`: serving as soon as the server listens.
+    ready: Option<BoxFuture<()>>,
     draining: CancellationToken,
+    /// Cancelled with `draining` ([`GrpcServer::cancel_on_drain`]).
+    on_drain: Vec<CancellationToken>,
     abandon: CancellationToken,
 }
 
@@ -194,8 +197,9 @@ impl GrpcServer {
             health,
             routes,
             services: Vec::new(),
-            ready_at_start: true,
+            ready: None,
             draining: CancellationToken::new(),
+            on_drain: Vec::new(),
             abandon: CancellationToken::new(),
         })
     }
@@ -240,16 +244,16 @@ impl GrpcServer {
         self
     }
 
-    /// Starts NOT_SERVING: the service reports readiness itself through
-    /// [`health`](GrpcServer::health) (the reversal handler, once its
-    /// consumer has joined its group).
+    /// Reports NOT_SERVING until `ready` resolves (the reversal handler's
+    /// consumer joining its group), SERVING from then until the drain.
     #[must_use]
-    pub fn not_ready_at_start(mut self) -> Self {
-        self.ready_at_start = false;
+    pub fn ready_when(mut self, ready: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.ready = Some(Box::pin(ready));
         self
     }
 
-    /// The health reporter, for a service that reports readiness itself.
+    /// The health reporter, for a service that reports more than the
+    /// server's own readiness.
     pub fn health(&self) -> HealthReporter {
         self.health.clone()
     }
@@ -258,6 +262,15 @@ impl GrpcServer {
     /// streams on, since the drain waits for them.
     pub fn draining(&self) -> CancellationToken {
         self.draining.clone()
+    }
+
+    /// Cancels `token` as the drain begins: how a service ends the streams
+    /// it keeps open (the gateway's `Subscribe`), which the drain would
+    /// otherwise wait for until the grace timeout.
+    #[must_use]
+    pub fn cancel_on_drain(mut self, token: &CancellationToken) -> Self {
+        self.on_drain.push(token.clone());
+        self
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains: stops
@@ -275,18 +288,37 @@ impl GrpcServer {
             health,
             routes,
             services,
-            ready_at_start,
+            ready,
             draining,
+            on_drain,
             abandon,
         } = self;
-        let status = if ready_at_start {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
+        // Set under the lock, and never to SERVING once draining, so a
+        // readiness that arrives during the drain cannot undo it.
+        let drained = Arc::new(tokio::sync::Mutex::new(false));
+        let names: Arc<[&'static str]> = std::iter::once("").chain(services).collect();
+        let report = |health: HealthReporter, names: Arc<[&'static str]>, status| async move {
+            for name in names.iter() {
+                health.set_service_status(name, status).await;
+            }
         };
-        for service in std::iter::once("").chain(services.iter().copied()) {
-            health.set_service_status(service, status).await;
-        }
+        let readiness = match ready {
+            None => {
+                report(health.clone(), names.clone(), ServingStatus::Serving).await;
+                None
+            }
+            Some(ready) => {
+                report(health.clone(), names.clone(), ServingStatus::NotServing).await;
+                let (health, names, drained) = (health.clone(), names.clone(), drained.clone());
+                Some(tokio::spawn(async move {
+                    ready.await;
+                    let drained = drained.lock().await;
+                    if !*drained {
+                        report(health, names, ServingStatus::Serving).await;
+                    }
+                }))
+            }
+        };
 
         let mut builder = Server::builder()
             .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
@@ -304,15 +336,18 @@ impl GrpcServer {
         let local = listener.local_addr().ok();
         tracing::info!(service = name, listen = ?local, tls = tls.is_some(), "Serving gRPC.");
         let signal = {
-            let (draining, health) = (draining.clone(), health.clone());
+            let (draining, health, names) = (draining.clone(), health.clone(), names.clone());
             async move {
                 shutdown.await;
-                for service in std::iter::once("").chain(services.iter().copied()) {
-                    health
-                        .set_service_status(service, ServingStatus::NotServing)
-                        .await;
+                {
+                    let mut drained = drained.lock().await;
+                    *drained = true;
+                    report(health, names, ServingStatus::NotServing).await;
                 }
                 draining.cancel();
+                for token in &on_drain {
+                    token.cancel();
+                }
                 tracing::info!(service = name, "Draining gRPC requests.");
             }
         };
@@ -337,6 +372,9 @@ impl GrpcServer {
                 Ok(())
             }
         };
+        if let Some(readiness) = readiness {
+            readiness.abort();
+        }
         tracing::info!(service = name, "gRPC server stopped.");
         result
     }
