@@ -1,7 +1,8 @@
 //! The service kit against a real socket: a drain lets a request in flight
 //! finish within the grace timeout, and returns by the grace timeout when a
 //! request does not finish; health reports SERVING while up; a client built
-//! by the kit reaches the server.
+//! by the kit reaches the server, over mutual TLS when the server requires
+//! client certificates.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,4 +195,70 @@ async fn a_taken_address_is_named() {
     let address = taken.local_addr().expect("address");
     let error = switch_platform::service::bind(address).await.unwrap_err();
     assert!(error.to_string().contains(&address.to_string()), "{error}");
+}
+
+#[tokio::test]
+async fn a_server_requiring_client_certificates_admits_only_clients_presenting_one() {
+    use switch_platform::grpc::TlsFiles;
+    use switch_platform::service::ClientTls;
+
+    let dir = std::env::temp_dir().join(format!("kit-tls-{}", uuid::Uuid::new_v4().simple()));
+    let pki = dev_certs::DevPki::generate().expect("a dev PKI");
+    pki.write_dev_layout(&dir, dev_certs::DEFAULT_TERMINALS)
+        .expect("the dev layout is written");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let (started_tx, _started) = mpsc::unbounded_channel();
+    let release = Arc::new(Notify::new());
+    let tls = TlsFiles {
+        cert_path: dir.join("server.pem"),
+        key_path: dir.join("server.key"),
+        client_ca_path: Some(dir.join("ca.pem")),
+    };
+    let server = GrpcServer::new("test")
+        .expect("reflection builds")
+        .tls(Some(&tls))
+        .add_service(IssuerServiceServer::new(Held {
+            started: started_tx,
+            release: release.clone(),
+        }));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+
+    let check = |identity: Option<(std::path::PathBuf, std::path::PathBuf)>| {
+        let channel = GrpcClient::new(format!("https://localhost:{port}"))
+            .connect_timeout(Duration::from_secs(5))
+            .tls(Some(ClientTls {
+                ca_path: dir.join("ca.pem"),
+                identity,
+                domain_name: None,
+            }))
+            .channel()
+            .expect("a valid endpoint");
+        async move {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+        }
+    };
+    let terminal = (
+        dir.join("terminals/TERM0001.pem"),
+        dir.join("terminals/TERM0001.key"),
+    );
+    within("the call with a certificate", check(Some(terminal)))
+        .await
+        .expect("a client with a certificate from the CA is served");
+    within("the call without a certificate", check(None))
+        .await
+        .expect_err("a client without a certificate is refused");
+
+    stop.send(()).expect("the server is running");
+    within("the server to return", server)
+        .await
+        .expect("the server task")
+        .expect("the server drains cleanly");
+    let _ = std::fs::remove_dir_all(&dir);
 }
