@@ -293,6 +293,19 @@ impl GrpcServer {
             on_drain,
             abandon,
         } = self;
+        let mut builder = Server::builder()
+            .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
+            .http2_keepalive_interval(limits.http2_keepalive_interval)
+            .http2_keepalive_timeout(limits.http2_keepalive_timeout)
+            .tcp_keepalive(limits.tcp_keepalive);
+        if let Some(timeout) = limits.request_timeout {
+            builder = builder.timeout(timeout);
+        }
+        if let Some(tls) = &tls {
+            builder = builder.tls_config(tls.server_config()?)?;
+        }
+        let router = builder.add_routes(routes);
+
         // Set under the lock, and never to SERVING once draining, so a
         // readiness that arrives during the drain cannot undo it.
         let drained = Arc::new(tokio::sync::Mutex::new(false));
@@ -319,19 +332,6 @@ impl GrpcServer {
                 }))
             }
         };
-
-        let mut builder = Server::builder()
-            .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
-            .http2_keepalive_interval(limits.http2_keepalive_interval)
-            .http2_keepalive_timeout(limits.http2_keepalive_timeout)
-            .tcp_keepalive(limits.tcp_keepalive);
-        if let Some(timeout) = limits.request_timeout {
-            builder = builder.timeout(timeout);
-        }
-        if let Some(tls) = &tls {
-            builder = builder.tls_config(tls.server_config()?)?;
-        }
-        let router = builder.add_routes(routes);
 
         let local = listener.local_addr().ok();
         tracing::info!(service = name, listen = ?local, tls = tls.is_some(), "Serving gRPC.");
