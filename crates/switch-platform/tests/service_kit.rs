@@ -2,7 +2,7 @@
 //! finish within the grace timeout, and returns by the grace timeout when a
 //! request does not finish; health reports SERVING while up; a client built
 //! by the kit reaches the server, over mutual TLS when the server requires
-//! client certificates.
+//! client certificates, and sending the caller's trace context.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -261,4 +261,84 @@ async fn a_server_requiring_client_certificates_admits_only_clients_presenting_o
         .expect("the server task")
         .expect("the server drains cleanly");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An issuer that hands over the `traceparent` each `Authorize` carried.
+struct Recording(mpsc::UnboundedSender<Option<String>>);
+
+#[tonic::async_trait]
+impl IssuerService for Recording {
+    async fn authorize(
+        &self,
+        request: Request<IssuerAuthorizeRequest>,
+    ) -> Result<Response<IssuerAuthorizeResponse>, Status> {
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let _ = self.0.send(traceparent);
+        Ok(Response::new(IssuerAuthorizeResponse::default()))
+    }
+
+    async fn reverse(
+        &self,
+        _request: Request<IssuerReverseRequest>,
+    ) -> Result<Response<IssuerReverseResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+}
+
+#[tokio::test]
+async fn a_traced_channel_sends_the_callers_trace_context() {
+    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use tracing::Instrument as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("kit-test")));
+    // This test's thread only (the runtime is single-threaded).
+    let _subscriber = tracing::subscriber::set_default(subscriber);
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let server = GrpcServer::new("test")
+        .expect("reflection builds")
+        .add_service(IssuerServiceServer::new(Recording(seen_tx)));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let channel = GrpcClient::new(format!("http://{address}"))
+        .traced()
+        .expect("a valid endpoint");
+    let mut client = IssuerServiceClient::new(channel);
+
+    let span = tracing::info_span!("caller");
+    let trace_id = span.context().span().span_context().trace_id();
+    within(
+        "the traced call",
+        client
+            .authorize(IssuerAuthorizeRequest::default())
+            .instrument(span),
+    )
+    .await
+    .expect("the call is answered");
+    let traceparent = within("the recorded metadata", seen.recv())
+        .await
+        .expect("the server recorded the call")
+        .expect("the call carried a traceparent");
+    assert!(
+        traceparent.contains(&trace_id.to_string()),
+        "{traceparent} is not of trace {trace_id}"
+    );
+
+    stop.send(()).expect("the server is running");
+    within("the server to return", server)
+        .await
+        .expect("the server task")
+        .expect("the server drains cleanly");
 }
