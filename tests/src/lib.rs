@@ -1,12 +1,14 @@
 //! The end-to-end harness: starts the issuer simulator, authorization and
-//! the terminal gateway on port 0 against the real PostgreSQL and Kafka,
+//! the terminal gateway (and, when asked, the reversal handler, the
+//! settlement batcher and the notifier) from `switchd`'s table of services,
+//! on port 0 against the real PostgreSQL and Kafka,
 //! with a fresh dev PKI, and gives tests terminal clients (mutual TLS), an
 //! issuer fault-injection client, the journal's pool and an independent
 //! Kafka reader. Every stack has its own schema prefix and topic prefix, so
 //! suites run in parallel without seeing each other.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -24,6 +26,7 @@ use switch_proto::v1::issuer_control_client::IssuerControlClient;
 use switch_proto::v1::settlement_service_client::SettlementServiceClient;
 use switch_proto::v1::terminal_service_client::TerminalServiceClient;
 use switch_proto::v1::{EventEnvelope, Money, SaleRequest};
+use switchd::{Service, ServiceSpec, SwitchdConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -160,168 +163,118 @@ impl Stack {
         let pki = DevPki::generate()?;
         let certs_dir = TempDir::new(&suffix)?;
         pki.write_dev_layout(certs_dir.path(), dev_certs::DEFAULT_TERMINALS)?;
-        let stop = CancellationToken::new();
-        let mut tasks = Vec::new();
+        let payout_dir = certs_dir.path().join("payouts");
 
+        // Every listener first: each service's configuration names the
+        // addresses of the others.
         let issuer_listener = TcpListener::bind("127.0.0.1:0").await?;
         let issuer = issuer_listener.local_addr()?;
-        tasks.push(tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                if let Err(error) =
-                    issuer_simulator::serve(issuer_listener, stop.cancelled_owned()).await
-                {
-                    eprintln!("issuer simulator failed: {error}");
-                }
-            }
-        }));
-
         let authorization_listener = TcpListener::bind("127.0.0.1:0").await?;
         let authorization = authorization_listener.local_addr()?;
-        let authorization_config = authorization::AuthorizationConfig {
-            listen: authorization,
-            issuer_endpoint: format!("http://{issuer}"),
-            issuer_timeout_ms: options.issuer_timeout_ms,
-            // Late answers are still recorded, but a test's shutdown does not
-            // wait half a minute for a call the simulator never answers.
-            issuer_late_window_ms: options.issuer_timeout_ms + 1_000,
-            reversal: options.reversal.clone(),
-            outbox: switch_platform::outbox::OutboxConfig {
-                relay_enabled: options.relay_enabled,
-                poll_interval_ms: 200,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        authorization_config.validate()?;
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tasks.push(tokio::spawn({
-            let (database, kafka, stop) = (database.clone(), kafka.clone(), stop.clone());
-            async move {
-                let result = authorization::serve(
-                    &database,
-                    &kafka,
-                    &authorization_config,
-                    authorization_listener,
-                    stop.cancelled_owned(),
-                )
-                .await;
-                let _ = ready_tx.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
-                if let Err(error) = result {
-                    eprintln!("authorization failed: {error}");
-                }
-            }
-        }));
-
-        let settlement_listener = match options.settlement {
-            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await?),
-            None => None,
-        };
-        let settlement = settlement_listener
-            .as_ref()
-            .map(TcpListener::local_addr)
-            .transpose()?;
         let gateway_listener = TcpListener::bind("127.0.0.1:0").await?;
         let gateway = gateway_listener.local_addr()?;
-        let gateway_config = terminal_gateway::GatewayConfig {
-            listen: gateway,
-            tls: switch_platform::grpc::TlsFiles {
-                cert_path: certs_dir.path().join("server.pem"),
-                key_path: certs_dir.path().join("server.key"),
-                client_ca_path: Some(certs_dir.path().join("ca.pem")),
-            },
-            authorization_endpoint: format!("http://{authorization}"),
-            // Without a batcher, batch calls fail fast as UNAVAILABLE.
-            settlement_endpoint: format!(
-                "http://{}",
-                settlement.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9)))
-            ),
-            authorization_timeout_ms: options.issuer_timeout_ms + 4_000,
-            keepalive_interval_ms: options.gateway_keepalive_ms.0,
-            keepalive_timeout_ms: options.gateway_keepalive_ms.1,
-        };
-        gateway_config.validate()?;
-        tasks.push(tokio::spawn({
-            let (database, kafka, stop) = (database.clone(), kafka.clone(), stop.clone());
-            async move {
-                if let Err(error) = terminal_gateway::serve(
-                    &database,
-                    &kafka,
-                    &gateway_config,
-                    gateway_listener,
-                    stop.cancelled_owned(),
-                )
-                .await
-                {
-                    eprintln!("gateway failed: {error}");
-                }
+        let optional = |wanted: bool| async move {
+            match wanted {
+                true => TcpListener::bind("127.0.0.1:0").await.map(Some),
+                false => Ok(None),
             }
-        }));
+        };
+        let handler_listener = optional(options.reversal_handler.is_some()).await?;
+        let settlement_listener = optional(options.settlement.is_some()).await?;
+        let notifier_listener = optional(options.notifier.is_some()).await?;
+        let address = |listener: &Option<TcpListener>| {
+            listener.as_ref().map(TcpListener::local_addr).transpose()
+        };
+        let handler = address(&handler_listener)?;
+        let settlement = address(&settlement_listener)?;
+        let notifier_address = address(&notifier_listener)?;
 
-        let mut ready_rx = ready_rx;
-        wait_until_serving(authorization, || {
-            ready_rx.try_recv().ok().map(|result| format!("{result:?}"))
-        })
-        .await?;
-        let mut handler = None;
-        if let Some(mut config) = options.reversal_handler.clone() {
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
-            config.listen = listener.local_addr()?;
-            config.authorization_endpoint = format!("http://{authorization}");
-            let (database, kafka, stop) = (database.clone(), kafka.clone(), stop.clone());
-            handler = Some(config.listen);
-            tasks.push(tokio::spawn(async move {
-                if let Err(error) = reversal_handler::serve(
-                    &database,
-                    &kafka,
-                    &config,
-                    listener,
-                    stop.cancelled_owned(),
-                )
-                .await
-                {
-                    eprintln!("reversal handler failed: {error}");
-                }
-            }));
+        let config = Arc::new(SwitchdConfig {
+            database: database.clone(),
+            kafka: kafka.clone(),
+            issuer_simulator: issuer_simulator::IssuerSimulatorConfig { listen: issuer },
+            authorization: authorization::AuthorizationConfig {
+                listen: authorization,
+                issuer_endpoint: format!("http://{issuer}"),
+                issuer_timeout_ms: options.issuer_timeout_ms,
+                // Late answers are still recorded, but a test's shutdown does
+                // not wait half a minute for a call the simulator never answers.
+                issuer_late_window_ms: options.issuer_timeout_ms + 1_000,
+                reversal: options.reversal.clone(),
+                outbox: switch_platform::outbox::OutboxConfig {
+                    relay_enabled: options.relay_enabled,
+                    poll_interval_ms: 200,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            gateway: terminal_gateway::GatewayConfig {
+                listen: gateway,
+                tls: switch_platform::grpc::TlsFiles {
+                    cert_path: certs_dir.path().join("server.pem"),
+                    key_path: certs_dir.path().join("server.key"),
+                    client_ca_path: Some(certs_dir.path().join("ca.pem")),
+                },
+                authorization_endpoint: format!("http://{authorization}"),
+                // Without a batcher, batch calls fail fast as UNAVAILABLE.
+                settlement_endpoint: format!(
+                    "http://{}",
+                    settlement.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9)))
+                ),
+                authorization_timeout_ms: options.issuer_timeout_ms + 4_000,
+                keepalive_interval_ms: options.gateway_keepalive_ms.0,
+                keepalive_timeout_ms: options.gateway_keepalive_ms.1,
+            },
+            reversal_handler: options
+                .reversal_handler
+                .clone()
+                .map(|config| reversal_handler::ReversalHandlerConfig {
+                    listen: handler.unwrap_or(config.listen),
+                    authorization_endpoint: format!("http://{authorization}"),
+                    ..config
+                })
+                .unwrap_or_default(),
+            settlement: options
+                .settlement
+                .clone()
+                .map(|config| settlement_batcher::SettlementConfig {
+                    listen: settlement.unwrap_or(config.listen),
+                    authorization_endpoint: format!("http://{authorization}"),
+                    payout_dir: payout_dir.clone(),
+                    ..config
+                })
+                .unwrap_or_default(),
+            notifier: options
+                .notifier
+                .clone()
+                .map(|config| notifier::NotifierConfig {
+                    listen: notifier_address.unwrap_or(config.listen),
+                    ..config
+                })
+                .unwrap_or_default(),
+            ..SwitchdConfig::default()
+        });
+
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut start = |service: Service, listener: TcpListener| {
+            launch(&config, service, listener, &stop).map(|(task, stopped)| {
+                tasks.push(task);
+                stopped
+            })
+        };
+        start(Service::IssuerSimulator, issuer_listener)?;
+        let mut authorization_stopped = start(Service::Authorization, authorization_listener)?;
+        start(Service::TerminalGateway, gateway_listener)?;
+        wait_until_serving(authorization, || authorization_stopped.try_recv().ok()).await?;
+        if let Some(listener) = handler_listener {
+            start(Service::ReversalHandler, listener)?;
         }
-        let payout_dir = certs_dir.path().join("payouts");
-        if let (Some(mut config), Some(listener)) =
-            (options.settlement.clone(), settlement_listener)
-        {
-            config.listen = listener.local_addr()?;
-            config.authorization_endpoint = format!("http://{authorization}");
-            config.payout_dir = payout_dir.clone();
-            config.validate()?;
-            let (database, kafka, stop) = (database.clone(), kafka.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                if let Err(error) = settlement_batcher::serve(
-                    &database,
-                    &kafka,
-                    &config,
-                    listener,
-                    stop.cancelled_owned(),
-                )
-                .await
-                {
-                    eprintln!("settlement batcher failed: {error}");
-                }
-            }));
+        if let Some(listener) = settlement_listener {
+            start(Service::SettlementBatcher, listener)?;
         }
-        let mut notifier_address = None;
-        if let Some(mut config) = options.notifier.clone() {
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
-            config.listen = listener.local_addr()?;
-            config.validate()?;
-            notifier_address = Some(config.listen);
-            let (database, kafka, stop) = (database.clone(), kafka.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                if let Err(error) =
-                    notifier::serve(&database, &kafka, &config, listener, stop.cancelled_owned())
-                        .await
-                {
-                    eprintln!("notifier failed: {error}");
-                }
-            }));
+        if let Some(listener) = notifier_listener {
+            start(Service::Notifier, listener)?;
         }
         let journal = switch_platform::db::connect(
             &database,
@@ -580,6 +533,33 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// Starts one service from `switchd`'s table, as `switchd` would: its
+/// configuration section validated first, then served until `stop`. The
+/// receiver says how it ended, if it ended; a failure is also printed.
+fn launch(
+    config: &Arc<SwitchdConfig>,
+    service: Service,
+    listener: TcpListener,
+    stop: &CancellationToken,
+) -> anyhow::Result<(JoinHandle<()>, tokio::sync::oneshot::Receiver<String>)> {
+    let spec = ServiceSpec::of(service);
+    (spec.validate)(config).with_context(|| format!("{} configuration", spec.name))?;
+    let serving = (spec.start)(
+        config.clone(),
+        listener,
+        Box::pin(stop.clone().cancelled_owned()),
+    );
+    let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let result = serving.await;
+        if let Err(error) = &result {
+            eprintln!("{} failed: {error}", spec.name);
+        }
+        let _ = stopped_tx.send(format!("{result:?}"));
+    });
+    Ok((task, stopped))
 }
 
 /// Waits until authorization has migrated its schema and answers its

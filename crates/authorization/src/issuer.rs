@@ -8,14 +8,12 @@
 
 use std::time::{Duration, Instant};
 
+use switch_platform::service::{GrpcClient, ServeError, TracedChannel};
 use switch_proto::v1::issuer_service_client::IssuerServiceClient;
 use switch_proto::v1::{IssuerAuthorizeRequest, IssuerReverseRequest, Money};
 use tokio::task::JoinHandle;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 
-type InterceptorFn = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-type Client = IssuerServiceClient<InterceptedService<Channel, InterceptorFn>>;
+type Client = IssuerServiceClient<TracedChannel>;
 
 /// An issuer's answer: response code and approval code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,14 +55,12 @@ impl GrpcIssuerLink {
         endpoint: &str,
         timeout: Duration,
         late_window: Duration,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())?
-            .tcp_nodelay(true)
+    ) -> Result<Self, ServeError> {
+        let channel = GrpcClient::new(endpoint)
             .connect_timeout(timeout)
-            .connect_lazy();
-        let interceptor: InterceptorFn = switch_platform::telemetry::propagate_trace_context;
+            .traced()?;
         Ok(GrpcIssuerLink {
-            client: IssuerServiceClient::with_interceptor(channel, interceptor),
+            client: IssuerServiceClient::new(channel),
             timeout,
             late_window: late_window.max(timeout),
         })

@@ -42,10 +42,12 @@ use switch_platform::db::DatabaseConfig;
 use switch_platform::grpc::TlsFiles;
 use switch_platform::kafka::{KafkaConfig, topics};
 use switch_platform::outbox::{OutboxConfig, OutboxRelay};
+use switch_platform::service::GrpcServer;
 use switch_proto::v1::authorization_service_server::AuthorizationServiceServer;
 use tokio::net::TcpListener;
 
 pub use error::AuthorizationError;
+pub use switch_platform::service::ServeError;
 
 /// Name of the service: its schema, its OpenTelemetry service name.
 pub const SERVICE_NAME: &str = "authorization";
@@ -183,25 +185,10 @@ impl ReversalConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("database: {0}")]
-    Database(#[from] switch_platform::db::DbError),
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("kafka: {0}")]
-    Kafka(#[from] switch_platform::kafka::KafkaError),
-    #[error("grpc: {0}")]
-    Grpc(#[from] switch_platform::grpc::GrpcError),
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("issuer endpoint: {0}")]
-    IssuerEndpoint(String),
-}
-
 /// Runs the authorization service on `listener` until `shutdown` resolves:
 /// migrates its schema, ensures its topics, starts the outbox relay and
-/// serves gRPC (with health and reflection).
+/// serves gRPC with the platform's kit (health, reflection, limits, a
+/// drain bounded by the grace timeout).
 pub async fn serve(
     database: &DatabaseConfig,
     kafka: &KafkaConfig,
@@ -209,6 +196,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    config.validate()?;
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
     kafka.ensure_topics(&[topics::AUTHORIZATION_EVENTS]).await?;
@@ -217,8 +205,7 @@ pub async fn serve(
         &config.issuer_endpoint,
         Duration::from_millis(config.issuer_timeout_ms),
         Duration::from_millis(config.issuer_late_window_ms),
-    )
-    .map_err(|e| ServeError::IssuerEndpoint(e.to_string()))?;
+    )?;
     let journal = std::sync::Arc::new(store::Journal::new(pool));
     let wake_reversals = std::sync::Arc::new(tokio::sync::Notify::new());
     let lifecycle = lifecycle::Lifecycle {
@@ -263,23 +250,10 @@ pub async fn serve(
         let _ = stop_worker_rx.await;
     }));
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<AuthorizationServiceServer<service::AuthorizationApi>>()
-        .await;
-    let (reflection_v1, reflection_v1alpha) = switch_platform::grpc::reflection_services()?;
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server_config()?)?;
-    }
-    let local = listener.local_addr().ok();
-    tracing::info!(listen = ?local, "Authorization service listening.");
-    let result = builder
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+    let result = GrpcServer::new(SERVICE_NAME)?
+        .tls(config.tls.as_ref())
         .add_service(AuthorizationServiceServer::new(service))
-        .serve_with_incoming_shutdown(switch_platform::grpc::incoming(listener), shutdown)
+        .serve(listener, shutdown)
         .await;
     // In-flight requests have finished: publish what they enqueued, then stop.
     let _ = stop_worker_tx.send(());
@@ -287,5 +261,5 @@ pub async fn serve(
     let _ = stop_relay_tx.send(());
     let _ = relay_task.await;
     tracing::info!("Authorization service stopped.");
-    result.map_err(ServeError::from)
+    result
 }

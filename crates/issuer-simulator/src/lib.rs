@@ -5,7 +5,8 @@
 //! `switch.v1.IssuerControl` (fault injection and counters for tests), plus
 //! the standard gRPC health service (`grpc.health.v1.Health`, SERVING for
 //! both services and for the server as a whole) and server reflection (v1 and
-//! v1alpha). Everything is in memory; a restart forgets everything.
+//! v1alpha), served by the platform's service kit like every service.
+//! Everything is in memory; a restart forgets everything.
 //!
 //! # Decision rules
 //!
@@ -61,12 +62,15 @@ pub mod service;
 use std::future::Future;
 use std::net::SocketAddr;
 
+use switch_platform::service::{GrpcServer, ServeError};
 use switch_proto::v1::issuer_control_server::IssuerControlServer;
 use switch_proto::v1::issuer_service_server::IssuerServiceServer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 pub use service::{OUTAGE_MESSAGE, Simulator};
+
+/// Name of the service: its OpenTelemetry service name, its logs.
+pub const SERVICE_NAME: &str = "issuer-simulator";
 
 /// Default listen address of the simulator.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
@@ -90,24 +94,9 @@ impl Default for IssuerSimulatorConfig {
     }
 }
 
-/// Why the simulator could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum SimulatorError {
-    /// The gRPC server failed.
-    #[error("gRPC transport error: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// The reflection service could not be built from the descriptor set.
-    #[error("cannot build the reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The configured address.
-        addr: SocketAddr,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-}
+/// Why the simulator could not start or stopped with an error: the
+/// platform's [`ServeError`], like every service's.
+pub type SimulatorError = ServeError;
 
 /// Serves the simulator on `listener` until `shutdown` resolves. Tests pass
 /// a listener bound to `127.0.0.1:0`.
@@ -123,13 +112,7 @@ pub async fn run(
     config: &IssuerSimulatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimulatorError> {
-    let listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| SimulatorError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+    let listener = switch_platform::service::bind(config.listen).await?;
     serve(listener, shutdown).await
 }
 
@@ -140,36 +123,10 @@ pub async fn serve_simulator(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimulatorError> {
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<IssuerServiceServer<Simulator>>()
-        .await;
-    health_reporter
-        .set_serving::<IssuerControlServer<Simulator>>()
-        .await;
-
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(switch_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(switch_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-
-    match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, "issuer simulator listening"),
-        Err(error) => tracing::warn!(%error, "issuer simulator listening (address unknown)"),
-    }
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+    GrpcServer::new(SERVICE_NAME)?
         .add_service(IssuerServiceServer::new(simulator.clone()))
         .add_service(IssuerControlServer::new(simulator))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve(listener, shutdown)
         .await?;
     tracing::info!("issuer simulator stopped");
     Ok(())

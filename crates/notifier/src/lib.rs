@@ -70,6 +70,7 @@ use switch_platform::consumer;
 use switch_platform::db::DatabaseConfig;
 use switch_platform::kafka::{KafkaConfig, topics};
 use switch_platform::outbox::OutboxRelay;
+use switch_platform::service::GrpcServer;
 use switch_proto::v1::notifier_service_server::NotifierServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -86,6 +87,7 @@ pub use store::{
     claim_due, insert_deliveries, list_failed, next_due_in, record_attempts, redeliver, release,
     seed_endpoints,
 };
+pub use switch_platform::service::ServeError;
 pub use worker::{Worker, after_failure, backoff, http_client, listen};
 
 /// Name of the service: its schema, its consumer's default group, its
@@ -140,26 +142,6 @@ pub async fn worker_pool(pool: &sqlx::PgPool) -> Result<sqlx::PgPool, sqlx::Erro
         .await
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("configuration: {0}")]
-    Config(#[from] switch_platform::config::ConfigError),
-    #[error("database: {0}")]
-    Database(#[from] switch_platform::db::DbError),
-    #[error("database: {0}")]
-    Sqlx(#[from] sqlx::Error),
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("kafka: {0}")]
-    Kafka(#[from] switch_platform::kafka::KafkaError),
-    #[error("http client: {0}")]
-    Http(#[from] reqwest::Error),
-    #[error("grpc: {0}")]
-    Grpc(#[from] switch_platform::grpc::GrpcError),
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
 /// Runs the notifier on `listener` until `shutdown` resolves: migrates its
 /// schema, seeds the configured endpoints, ensures the topics it reads and
 /// writes, starts the event consumer, the delivery worker and its wake-up
@@ -183,7 +165,13 @@ pub async fn serve(
         .await?;
     let channel = wake_channel(database);
     let wake = Arc::new(Notify::new());
-    let worker = Worker::new(worker_pool(&pool).await?, config.clone(), wake.clone())?;
+    let worker =
+        Worker::new(worker_pool(&pool).await?, config.clone(), wake.clone()).map_err(|error| {
+            ServeError::Start {
+                what: "http client",
+                reason: error.to_string(),
+            }
+        })?;
     let relay = OutboxRelay::new(pool.clone(), kafka.producer()?, config.outbox.clone());
     let planner = DeliveryPlanner::new(
         channel.clone(),
@@ -211,28 +199,12 @@ pub async fn serve(
         stop.clone(),
     ));
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    health_reporter
-        .set_serving::<NotifierServiceServer<NotifierAdmin>>()
-        .await;
-    let (reflection_v1, reflection_v1alpha) = switch_platform::grpc::reflection_services()?;
-    let local = listener.local_addr().ok();
-    tracing::info!(
-        listen = ?local,
-        endpoints = config.endpoints.len(),
-        "Notifier listening."
-    );
-    let result = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+    tracing::info!(endpoints = config.endpoints.len(), "Notifier starting.");
+    let result = GrpcServer::new(SERVICE_NAME)?
         .add_service(NotifierServiceServer::new(NotifierAdmin::new(
             pool, channel,
         )))
-        .serve_with_incoming_shutdown(switch_platform::grpc::incoming(listener), shutdown)
+        .serve(listener, shutdown)
         .await;
     stop.cancel();
     let _ = consumer_task.await;
@@ -242,7 +214,7 @@ pub async fn serve(
     // Last: the relay publishes what the consumer queued before it stopped.
     let _ = relay_task.await;
     tracing::info!("Notifier stopped.");
-    result.map_err(ServeError::from)
+    result
 }
 
 /// Consumes the outcome topics until `stop`.

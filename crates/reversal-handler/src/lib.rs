@@ -31,6 +31,7 @@ use std::future::Future;
 use switch_platform::consumer;
 use switch_platform::db::DatabaseConfig;
 use switch_platform::kafka::{KafkaConfig, topics};
+use switch_platform::service::GrpcServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +41,7 @@ pub use store::{
     sweep_claimed, take_due,
 };
 pub use sweeper::{CALL_TIMEOUT, LEASE, SweepReport, Sweeper};
+pub use switch_platform::service::ServeError;
 pub use tracker::ApprovalTracker;
 
 /// Name of the service: its schema, its consumer's default group, its
@@ -49,22 +51,6 @@ pub const SERVICE_NAME: &str = "reversal-handler";
 /// The service's schema migrations, for tests that set the schema up
 /// without serving.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("configuration: {0}")]
-    Config(#[from] switch_platform::config::ConfigError),
-    #[error("database: {0}")]
-    Database(#[from] switch_platform::db::DbError),
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("kafka: {0}")]
-    Kafka(#[from] switch_platform::kafka::KafkaError),
-    #[error("grpc: {0}")]
-    Grpc(#[from] switch_platform::grpc::GrpcError),
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
 
 /// Runs the reversal handler on `listener` until `shutdown` resolves:
 /// migrates its schema, ensures the topic it reads, starts the event
@@ -102,38 +88,15 @@ pub async fn serve(
     // Ready once the consumer has joined its group (which takes seconds):
     // until then no approval is watched, and a rolling update must not
     // retire the replica this one replaces.
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    let readiness_task = tokio::spawn({
-        let (reporter, stop) = (health_reporter.clone(), stop.clone());
-        async move {
-            tokio::select! {
-                () = membership.joined() => {
-                    reporter
-                        .set_service_status("", tonic_health::ServingStatus::Serving)
-                        .await;
-                }
-                () = stop.cancelled() => {}
-            }
-        }
-    });
-    let (reflection_v1, reflection_v1alpha) = switch_platform::grpc::reflection_services()?;
-    let local = listener.local_addr().ok();
-    tracing::info!(listen = ?local, "Reversal handler listening.");
-    let result = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(switch_platform::grpc::incoming(listener), shutdown)
+    let result = GrpcServer::new(SERVICE_NAME)?
+        .ready_when(async move { membership.joined().await })
+        .serve(listener, shutdown)
         .await;
     stop.cancel();
     let _ = consumer_task.await;
     let _ = sweeper_task.await;
-    let _ = readiness_task.await;
     tracing::info!("Reversal handler stopped.");
-    result.map_err(ServeError::from)
+    result
 }
 
 /// Consumes authorization's and the settlement batcher's events until

@@ -38,6 +38,7 @@ use switch_platform::consumer;
 use switch_platform::db::DatabaseConfig;
 use switch_platform::kafka::{KafkaConfig, topics};
 use switch_platform::outbox::OutboxRelay;
+use switch_platform::service::GrpcServer;
 use switch_proto::v1::settlement_service_server::SettlementServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 pub use batch::{RESPONSE_BALANCED, RESPONSE_OUT_OF_BALANCE};
 pub use config::{MerchantSettlement, MerchantTerms, SettlementConfig};
 pub use ingest::ApprovalLedger;
+pub use switch_platform::service::ServeError;
 pub use windows::{RunReport, SettleError, Settler, payout_reference};
 
 /// Name of the service: its schema, its consumer's default group, its
@@ -54,22 +56,6 @@ pub const SERVICE_NAME: &str = "settlement-batcher";
 /// The service's schema migrations, for tests and benchmarks that set the
 /// schema up without serving.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("configuration: {0}")]
-    Config(#[from] switch_platform::config::ConfigError),
-    #[error("database: {0}")]
-    Database(#[from] switch_platform::db::DbError),
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("kafka: {0}")]
-    Kafka(#[from] switch_platform::kafka::KafkaError),
-    #[error("grpc: {0}")]
-    Grpc(#[from] switch_platform::grpc::GrpcError),
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
 
 /// A settler over an already migrated pool, for benchmarks and tests that
 /// close windows without serving, on `clock`. Its outbox is relayed by
@@ -142,31 +128,21 @@ pub async fn serve(
     ));
     let scheduler_task = tokio::spawn(run_scheduler(settler.clone(), config.clone(), stop.clone()));
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<SettlementServiceServer<service::SettlementApi>>()
-        .await;
-    let (reflection_v1, reflection_v1alpha) = switch_platform::grpc::reflection_services()?;
     let api = service::SettlementApi {
         pool,
         batcher,
         settler,
     };
-    let local = listener.local_addr().ok();
-    tracing::info!(listen = ?local, "Settlement batcher listening.");
-    let result = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+    let result = GrpcServer::new(SERVICE_NAME)?
         .add_service(SettlementServiceServer::new(api))
-        .serve_with_incoming_shutdown(switch_platform::grpc::incoming(listener), shutdown)
+        .serve(listener, shutdown)
         .await;
     stop.cancel();
     let _ = consumer_task.await;
     let _ = scheduler_task.await;
     let _ = relay_task.await;
     tracing::info!("Settlement batcher stopped.");
-    result.map_err(ServeError::from)
+    result
 }
 
 /// Consumes authorization's events until `stop`.

@@ -9,7 +9,11 @@
 //! - [`kafka`]: producer settings and idempotent topic creation;
 //! - [`outbox`]: the transactional outbox and its relay to Kafka;
 //! - [`consumer`]: Kafka consumers whose effects are idempotent on the event id;
-//! - [`grpc`]: tonic servers with rustls TLS, health and reflection;
+//! - [`grpc`]: rustls TLS files, reflection and the listener plumbing;
+//! - [`service`]: the service kit: one gRPC server builder (TLS, health,
+//!   reflection, limits, graceful drain with a grace timeout), one client
+//!   builder (endpoint, timeouts, TLS, trace propagation) and the one
+//!   `ServeError` of every service's `serve`;
 //! - [`shutdown`]: the SIGTERM / Ctrl-C signal every `serve` stops on.
 
 pub mod config;
@@ -18,6 +22,7 @@ pub mod db;
 pub mod grpc;
 pub mod kafka;
 pub mod outbox;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod timestamps;

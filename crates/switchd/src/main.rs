@@ -2,21 +2,21 @@
 //!
 //! `switchd <service>` runs one service; `switchd all` runs authorization,
 //! the terminal gateway, the reversal handler, the settlement batcher, the
-//! notifier and the issuer simulator in one process, for a laptop. The binary only loads configuration, sets up telemetry, binds
-//! listeners and calls each service's `serve`; it exits with a clear message
-//! naming the key when the configuration is bad, and drains on SIGTERM.
+//! notifier and the issuer simulator in one process, for a laptop. Both
+//! start services from the one table in the library ([`switchd::SERVICES`]).
+//! The binary only loads configuration, validates the sections of the
+//! services it runs (exiting with status 2 and a message naming the key
+//! when a value is bad), sets up telemetry, binds listeners and starts each
+//! service; on SIGTERM every service drains within its grace timeout.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Parser, ValueEnum};
-use serde::{Deserialize, Serialize};
-use switch_platform::config::{self, ConfigError, Validate};
-use switch_platform::db::DatabaseConfig;
-use switch_platform::kafka::KafkaConfig;
-use switch_platform::telemetry::TelemetryConfig;
-use tokio::net::TcpListener;
+use clap::Parser;
+use switch_platform::config::{self, ConfigError};
+use switch_platform::service::ServeError;
+use switchd::{Service, SwitchdConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -29,80 +29,23 @@ struct Cli {
     /// TOML configuration file; `SWITCH__SECTION__KEY` variables override it.
     #[arg(long, env = "SWITCH_CONFIG")]
     config: Option<PathBuf>,
-    /// Print the effective configuration (secrets redacted) and exit.
+    /// Print the effective configuration (secrets redacted) and exit. Only
+    /// the shared sections are checked, so a bad one can still be shown.
     #[arg(long)]
     dump_config: bool,
     /// Which service to run.
     service: Service,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Service {
-    Authorization,
-    #[value(alias = "gateway")]
-    TerminalGateway,
-    ReversalHandler,
-    #[value(alias = "settlement")]
-    SettlementBatcher,
-    Notifier,
-    IssuerSimulator,
-    /// Every service above in one process.
-    All,
-}
-
-impl Service {
-    fn runs(self, other: Service) -> bool {
-        self == other || self == Service::All
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Service::Authorization => authorization::SERVICE_NAME,
-            Service::TerminalGateway => terminal_gateway::SERVICE_NAME,
-            Service::ReversalHandler => reversal_handler::SERVICE_NAME,
-            Service::SettlementBatcher => settlement_batcher::SERVICE_NAME,
-            Service::Notifier => notifier::SERVICE_NAME,
-            Service::IssuerSimulator => "issuer-simulator",
-            Service::All => "switchd",
-        }
-    }
-}
-
-/// The whole configuration: one section per concern.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct SwitchdConfig {
-    telemetry: TelemetryConfig,
-    database: DatabaseConfig,
-    kafka: KafkaConfig,
-    authorization: authorization::AuthorizationConfig,
-    gateway: terminal_gateway::GatewayConfig,
-    reversal_handler: reversal_handler::ReversalHandlerConfig,
-    settlement: settlement_batcher::SettlementConfig,
-    notifier: notifier::NotifierConfig,
-    issuer_simulator: issuer_simulator::IssuerSimulatorConfig,
-}
-
-impl Validate for SwitchdConfig {
-    /// Checks every section that does not depend on which service runs;
-    /// the gateway's certificate files are checked only where it runs.
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.telemetry.validate()?;
-        self.database.validate()?;
-        self.kafka.validate()?;
-        self.reversal_handler.validate()?;
-        self.settlement.validate()?;
-        self.notifier.validate()?;
-        self.authorization.validate()
-    }
-}
+/// Exit status of a configuration the services cannot run with.
+const BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let loaded: Result<SwitchdConfig, ConfigError> =
         config::load(cli.config.as_deref()).and_then(|c: SwitchdConfig| {
-            if cli.service.runs(Service::TerminalGateway) && !cli.dump_config {
-                c.gateway.validate()?;
+            if !cli.dump_config {
+                c.validate_for(cli.service)?;
             }
             Ok(c)
         });
@@ -110,7 +53,7 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("switchd: {error}");
-            return ExitCode::from(2);
+            return ExitCode::from(BAD_CONFIG);
         }
     };
     if cli.dump_config {
@@ -121,7 +64,7 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("switchd: {error}");
-                ExitCode::from(2)
+                ExitCode::from(BAD_CONFIG)
             }
         };
     }
@@ -137,132 +80,52 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.service, settings)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("switchd: {error:#}");
-            ExitCode::FAILURE
+        Err(Failure { service, error }) => {
+            eprintln!("switchd: {service}: {error}");
+            match *error {
+                ServeError::Config(_) => ExitCode::from(BAD_CONFIG),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
 
-async fn run(service: Service, settings: SwitchdConfig) -> anyhow::Result<()> {
-    let _telemetry = switch_platform::telemetry::init(service.name(), &settings.telemetry)?;
+/// Why `switchd` stopped with an error: which service, and the platform's
+/// error it reported.
+struct Failure {
+    service: &'static str,
+    error: Box<ServeError>,
+}
+
+async fn run(service: Service, settings: SwitchdConfig) -> Result<(), Failure> {
+    let _telemetry = switch_platform::telemetry::init(service.name(), &settings.telemetry)
+        .map_err(|error| Failure {
+            service: "telemetry",
+            error: Box::new(ServeError::Start {
+                what: "telemetry",
+                reason: error.to_string(),
+            }),
+        })?;
+    let settings = Arc::new(settings);
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-
-    if service.runs(Service::IssuerSimulator) {
-        let listener = bind(settings.issuer_simulator.listen).await?;
-        spawn(&mut tasks, "issuer-simulator", {
-            let stop = stop.clone();
-            async move {
-                issuer_simulator::serve(listener, stop.cancelled_owned())
-                    .await
-                    .map_err(anyhow::Error::from)
-            }
-        });
-    }
-    if service.runs(Service::Authorization) {
-        let listener = bind(settings.authorization.listen).await?;
-        let (database, kafka, config) = (
-            settings.database.clone(),
-            settings.kafka.clone(),
-            settings.authorization.clone(),
+    for spec in service.specs() {
+        let fail = |error| Failure {
+            service: spec.name,
+            error: Box::new(error),
+        };
+        let listener = switch_platform::service::bind((spec.listen)(&settings))
+            .await
+            .map_err(fail)?;
+        let serving = (spec.start)(
+            settings.clone(),
+            listener,
+            Box::pin(stop.clone().cancelled_owned()),
         );
-        spawn(&mut tasks, "authorization", {
-            let stop = stop.clone();
-            async move {
-                authorization::serve(&database, &kafka, &config, listener, stop.cancelled_owned())
-                    .await
-                    .map_err(anyhow::Error::from)
-            }
-        });
-    }
-    if service.runs(Service::TerminalGateway) {
-        let listener = bind(settings.gateway.listen).await?;
-        let (database, kafka, config) = (
-            settings.database.clone(),
-            settings.kafka.clone(),
-            settings.gateway.clone(),
-        );
-        spawn(&mut tasks, "terminal-gateway", {
-            let stop = stop.clone();
-            async move {
-                terminal_gateway::serve(
-                    &database,
-                    &kafka,
-                    &config,
-                    listener,
-                    stop.cancelled_owned(),
-                )
-                .await
-                .map_err(anyhow::Error::from)
-            }
-        });
+        tasks.spawn(async move { serving.await.map_err(fail) });
     }
 
-    if service.runs(Service::ReversalHandler) {
-        let listener = bind(settings.reversal_handler.listen).await?;
-        let (database, kafka, config) = (
-            settings.database.clone(),
-            settings.kafka.clone(),
-            settings.reversal_handler.clone(),
-        );
-        spawn(&mut tasks, "reversal-handler", {
-            let stop = stop.clone();
-            async move {
-                reversal_handler::serve(
-                    &database,
-                    &kafka,
-                    &config,
-                    listener,
-                    stop.cancelled_owned(),
-                )
-                .await
-                .map_err(anyhow::Error::from)
-            }
-        });
-    }
-
-    if service.runs(Service::SettlementBatcher) {
-        let listener = bind(settings.settlement.listen).await?;
-        let (database, kafka, config) = (
-            settings.database.clone(),
-            settings.kafka.clone(),
-            settings.settlement.clone(),
-        );
-        spawn(&mut tasks, "settlement-batcher", {
-            let stop = stop.clone();
-            async move {
-                settlement_batcher::serve(
-                    &database,
-                    &kafka,
-                    &config,
-                    listener,
-                    stop.cancelled_owned(),
-                )
-                .await
-                .map_err(anyhow::Error::from)
-            }
-        });
-    }
-
-    if service.runs(Service::Notifier) {
-        let listener = bind(settings.notifier.listen).await?;
-        let (database, kafka, config) = (
-            settings.database.clone(),
-            settings.kafka.clone(),
-            settings.notifier.clone(),
-        );
-        spawn(&mut tasks, "notifier", {
-            let stop = stop.clone();
-            async move {
-                notifier::serve(&database, &kafka, &config, listener, stop.cancelled_owned())
-                    .await
-                    .map_err(anyhow::Error::from)
-            }
-        });
-    }
-
-    // Stop everything on a signal, or as soon as any service fails.
+    // Stop everything on a signal, or as soon as any service stops.
     let mut first_error = None;
     tokio::select! {
         () = switch_platform::shutdown::signal() => {}
@@ -272,33 +135,21 @@ async fn run(service: Service, settings: SwitchdConfig) -> anyhow::Result<()> {
     }
     stop.cancel();
     while let Some(finished) = tasks.join_next().await {
-        if let Err(error) = flatten(finished) {
-            first_error.get_or_insert(error);
+        if let Err(failure) = flatten(finished) {
+            first_error.get_or_insert(failure);
         }
     }
     first_error.map_or(Ok(()), Err)
 }
 
-fn spawn(
-    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-    name: &'static str,
-    service: impl Future<Output = anyhow::Result<()>> + Send + 'static,
-) {
-    tasks.spawn(async move {
-        service
-            .await
-            .map_err(|error| error.context(format!("{name} stopped with an error")))
-    });
-}
-
-fn flatten(finished: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
-    finished.map_err(anyhow::Error::from)?
-}
-
-async fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot listen on {address}: {error}"))
+fn flatten(finished: Result<Result<(), Failure>, tokio::task::JoinError>) -> Result<(), Failure> {
+    finished.map_err(|error| Failure {
+        service: "switchd",
+        error: Box::new(ServeError::Start {
+            what: "a service task",
+            reason: error.to_string(),
+        }),
+    })?
 }
 
 #[cfg(test)]
@@ -308,6 +159,9 @@ mod tests {
     #[test]
     fn defaults_validate_and_dump_without_secrets() {
         let settings: SwitchdConfig = config::load_with_env(None, Vec::new()).unwrap();
+        settings
+            .validate_for(Service::Authorization)
+            .expect("the defaults run authorization");
         let dumped = config::dump(&settings).unwrap();
         assert!(dumped.contains("[authorization]"));
         assert!(!dumped.contains(settings.authorization.pan_hash_key.expose()));
@@ -317,19 +171,36 @@ mod tests {
 
     #[test]
     fn a_bad_environment_value_names_its_key() {
-        let error = config::load_with_env::<SwitchdConfig, _>(
+        let settings = config::load_with_env::<SwitchdConfig, _>(
             None,
             vec![(
                 "SWITCH__AUTHORIZATION__ISSUER_TIMEOUT_MS".to_owned(),
                 "0".to_owned(),
             )],
         )
-        .unwrap_err();
+        .expect("the shared sections are fine");
+        let error = settings.validate_for(Service::Authorization).unwrap_err();
         assert!(
             error
                 .to_string()
                 .contains("authorization.issuer_timeout_ms"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_command_line_names_every_service() {
+        for name in [
+            "authorization",
+            "terminal-gateway",
+            "gateway",
+            "reversal-handler",
+            "settlement",
+            "notifier",
+            "issuer-simulator",
+            "all",
+        ] {
+            Cli::try_parse_from(["switchd", name]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 }

@@ -42,11 +42,13 @@ use switch_platform::consumer;
 use switch_platform::db::DatabaseConfig;
 use switch_platform::grpc::TlsFiles;
 use switch_platform::kafka::{KafkaConfig, topics};
+use switch_platform::service::{GrpcServer, ServerLimits};
 use switch_proto::v1::terminal_service_server::TerminalServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use identity::TerminalIdentity;
+pub use switch_platform::service::ServeError;
 
 /// Name of the service: its schema, its consumer group, its OpenTelemetry
 /// service name.
@@ -150,25 +152,12 @@ impl GatewayConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("database: {0}")]
-    Database(#[from] switch_platform::db::DbError),
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("kafka: {0}")]
-    Kafka(#[from] switch_platform::kafka::KafkaError),
-    #[error("grpc: {0}")]
-    Grpc(#[from] switch_platform::grpc::GrpcError),
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
 /// Serves terminals on `listener` until `shutdown` resolves: migrates the
 /// backlog's schema, ensures `terminal-messages`, starts its consumer, the
 /// listener that wakes subscriptions and the backlog gauge, and serves
 /// `TerminalService` over mutual TLS with health (SERVING once migrated)
-/// and reflection. On shutdown open `Subscribe` streams end with
+/// and reflection (the platform's kit, with the gateway's keepalive). As
+/// the drain begins open `Subscribe` streams end with
 /// UNAVAILABLE, so terminals subscribe again to another replica.
 pub async fn serve(
     database: &DatabaseConfig,
@@ -177,6 +166,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    config.validate()?;
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
     kafka.ensure_topics(&[topics::TERMINAL_MESSAGES]).await?;
@@ -214,35 +204,18 @@ pub async fn serve(
         stop.clone(),
     ));
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<TerminalServiceServer<service::TerminalApi>>()
-        .await;
-    let (reflection_v1, reflection_v1alpha) = switch_platform::grpc::reflection_services()?;
-    tracing::info!(listen = ?listener.local_addr().ok(), "Terminal gateway listening (mutual TLS).");
-    // Open streams never finish by themselves: end them first, or the
-    // server would wait for them forever.
-    let shutdown = {
-        let stop = stop.clone();
-        async move {
-            shutdown.await;
-            stop.cancel();
-        }
-    };
-    let result = async {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_millis(config.keepalive_interval_ms)))
-            .http2_keepalive_timeout(Some(Duration::from_millis(config.keepalive_timeout_ms)))
-            .tls_config(config.tls.server_config()?)?
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(TerminalServiceServer::new(api))
-            .serve_with_incoming_shutdown(switch_platform::grpc::incoming(listener), shutdown)
-            .await?;
-        Ok::<_, ServeError>(())
-    }
-    .await;
+    let server = GrpcServer::new(SERVICE_NAME)?
+        .limits(ServerLimits {
+            http2_keepalive_interval: Some(Duration::from_millis(config.keepalive_interval_ms)),
+            http2_keepalive_timeout: Some(Duration::from_millis(config.keepalive_timeout_ms)),
+            ..ServerLimits::default()
+        })
+        .tls(Some(&config.tls))
+        .add_service(TerminalServiceServer::new(api))
+        // Open streams never finish by themselves: end them as the drain
+        // begins, or it would wait for them until the grace timeout.
+        .cancel_on_drain(&stop);
+    let result = server.serve(listener, shutdown).await;
     stop.cancel();
     let _ = consumer_task.await;
     let _ = listener_task.await;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use switch_platform::telemetry::propagate_trace_context;
+use switch_platform::service::{GrpcClient, ServeError, TracedChannel};
 use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_proto::v1::settlement_service_client::SettlementServiceClient;
 use switch_proto::v1::terminal_service_server::TerminalService;
@@ -15,8 +15,6 @@ use switch_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -28,9 +26,8 @@ use crate::store::{self, Acknowledged};
 /// read.
 const STREAM_BUFFER: usize = 16;
 
-type InterceptorFn = fn(Request<()>) -> Result<Request<()>, Status>;
-type AuthorizationClient = AuthorizationServiceClient<InterceptedService<Channel, InterceptorFn>>;
-type SettlementClient = SettlementServiceClient<InterceptedService<Channel, InterceptorFn>>;
+type AuthorizationClient = AuthorizationServiceClient<TracedChannel>;
+type SettlementClient = SettlementServiceClient<TracedChannel>;
 
 pub struct TerminalApi {
     authorization: AuthorizationClient,
@@ -45,21 +42,13 @@ impl TerminalApi {
         settlement_endpoint: &str,
         timeout: Duration,
         push: Push,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = |endpoint: &str| -> Result<Channel, tonic::transport::Error> {
-            Ok(Endpoint::from_shared(endpoint.to_owned())?
-                .tcp_nodelay(true)
-                .connect_lazy())
-        };
-        let interceptor: InterceptorFn = propagate_trace_context;
+    ) -> Result<Self, ServeError> {
         Ok(TerminalApi {
-            authorization: AuthorizationServiceClient::with_interceptor(
-                channel(authorization_endpoint)?,
-                interceptor,
+            authorization: AuthorizationServiceClient::new(
+                GrpcClient::new(authorization_endpoint).traced()?,
             ),
-            settlement: SettlementServiceClient::with_interceptor(
-                channel(settlement_endpoint)?,
-                interceptor,
+            settlement: SettlementServiceClient::new(
+                GrpcClient::new(settlement_endpoint).traced()?,
             ),
             timeout,
             push,

@@ -1,0 +1,539 @@
+//! The service kit: how every service of the switch serves gRPC, calls
+//! another service, and says why it could not start.
+//!
+//! - [`GrpcServer`] builds the one kind of server the switch runs: optional
+//!   rustls TLS (with client-certificate verification where the gateway
+//!   needs it), the health service (serving while up, not serving once
+//!   draining), both reflection APIs, request limits ([`ServerLimits`]) and
+//!   a graceful drain: on shutdown it stops accepting, lets requests in
+//!   flight finish for up to the grace timeout, then answers what is still
+//!   running with UNAVAILABLE and returns.
+//! - [`GrpcClient`] builds the one kind of channel services call each other
+//!   over: a lazily connected endpoint with connect and request timeouts,
+//!   TLS when configured, and the caller's trace context injected into
+//!   every request's metadata ([`TraceContext`]).
+//! - [`ServeError`] is why any service's `serve` failed.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
+
+use crate::config::ConfigError;
+use crate::grpc::{GrpcError, TlsFiles};
+
+/// Why a service could not start, or stopped with an error. One enum for
+/// every service, so `switchd` reports them all the same way.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("database: {0}")]
+    Database(#[from] crate::db::DbError),
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] crate::kafka::KafkaError),
+    #[error("grpc: {0}")]
+    Grpc(#[from] GrpcError),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// A configured URL of another service is not usable.
+    #[error("endpoint `{endpoint}`: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A part of the service other than the above could not start (the
+    /// notifier's HTTP client, say).
+    #[error("{what}: {reason}")]
+    Start { what: &'static str, reason: String },
+}
+
+/// Binds `address`, naming it when that fails.
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })
+}
+
+/// Limits and timers of a server. The defaults suit the switch's small
+/// request/response messages; a service overrides what it must (the
+/// gateway its keepalive, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Largest request message accepted.
+    pub max_decoding_message_bytes: usize,
+    /// Largest response message sent.
+    pub max_encoding_message_bytes: usize,
+    /// Requests one connection may have in progress; more wait. The gateway
+    /// calls authorization over one connection, so this bounds a whole
+    /// gateway's concurrency, not a terminal's.
+    pub concurrency_limit_per_connection: usize,
+    /// Upper bound on one unary call (a stream's first response), beyond
+    /// any shorter `grpc-timeout` the caller sends. `None`: the caller's.
+    pub request_timeout: Option<Duration>,
+    /// How often the server pings an HTTP/2 connection, and how long a ping
+    /// may go unanswered before the connection is closed.
+    pub http2_keepalive_interval: Option<Duration>,
+    pub http2_keepalive_timeout: Option<Duration>,
+    /// TCP keepalive of accepted sockets.
+    pub tcp_keepalive: Option<Duration>,
+    /// How long a drain lets requests in flight finish.
+    pub grace_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_decoding_message_bytes: 4 * 1024 * 1024,
+            max_encoding_message_bytes: 16 * 1024 * 1024,
+            concurrency_limit_per_connection: 1_024,
+            // Above the longest issuer timeout authorization accepts (60 s).
+            request_timeout: Some(Duration::from_secs(90)),
+            http2_keepalive_interval: Some(Duration::from_secs(60)),
+            http2_keepalive_timeout: Some(Duration::from_secs(20)),
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            grace_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// How long, after the grace timeout, abandoned requests have to send their
+/// UNAVAILABLE before the server returns regardless.
+const ABANDON_FLUSH: Duration = Duration::from_millis(500);
+
+/// A generated gRPC server whose message-size limits can be set: every
+/// server of `switch-proto`. [`GrpcServer::add_service`] applies
+/// [`ServerLimits`] through it.
+pub trait MessageLimits: Sized {
+    fn with_message_limits(self, decoding: usize, encoding: usize) -> Self;
+}
+
+macro_rules! message_limits {
+    ($($module:ident :: $server:ident < $service:ident >),* $(,)?) => {$(
+        impl<T: switch_proto::v1::$module::$service> MessageLimits
+            for switch_proto::v1::$module::$server<T>
+        {
+            fn with_message_limits(self, decoding: usize, encoding: usize) -> Self {
+                self.max_decoding_message_size(decoding)
+                    .max_encoding_message_size(encoding)
+            }
+        }
+    )*};
+}
+
+message_limits!(
+    authorization_service_server::AuthorizationServiceServer<AuthorizationService>,
+    terminal_service_server::TerminalServiceServer<TerminalService>,
+    settlement_service_server::SettlementServiceServer<SettlementService>,
+    notifier_service_server::NotifierServiceServer<NotifierService>,
+    issuer_service_server::IssuerServiceServer<IssuerService>,
+    issuer_control_server::IssuerControlServer<IssuerControl>,
+);
+
+/// The server of one service: built, then [`serve`](GrpcServer::serve)d.
+///
+/// ```ignore
+/// let server = GrpcServer::new(SERVICE_NAME)
+///     .tls(config.tls.as_ref())?
+///     .add_service(AuthorizationServiceServer::new(api));
+/// server.serve(listener, shutdown).await?;
+/// ```
+pub struct GrpcServer {
+    name: &'static str,
+    limits: ServerLimits,
+    tls: Option<TlsFiles>,
+    health: HealthReporter,
+    routes: Routes,
+    /// The gRPC names of the services added, for health.
+    services: Vec<&'static str>,
+    /// What the services wait for before they are reported SERVING;
+    /// `None`: serving as soon as the server listens.
+    ready: Option<BoxFuture<()>>,
+    draining: CancellationToken,
+    /// Cancelled with `draining` ([`GrpcServer::cancel_on_drain`]).
+    on_drain: Vec<CancellationToken>,
+    abandon: CancellationToken,
+}
+
+impl GrpcServer {
+    /// A server named `name` (for logs) with health, both reflection APIs
+    /// and the default [`ServerLimits`].
+    pub fn new(name: &'static str) -> Result<Self, ServeError> {
+        let health = HealthReporter::new();
+        let (reflection_v1, reflection_v1alpha) = crate::grpc::reflection_services()?;
+        let routes = Routes::new(HealthServer::new(HealthService::from_health_reporter(
+            health.clone(),
+        )))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+        Ok(GrpcServer {
+            name,
+            limits: ServerLimits::default(),
+            tls: None,
+            health,
+            routes,
+            services: Vec::new(),
+            ready: None,
+            draining: CancellationToken::new(),
+            on_drain: Vec::new(),
+            abandon: CancellationToken::new(),
+        })
+    }
+
+    /// Replaces the limits. Message limits apply to services added after.
+    #[must_use]
+    pub fn limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Serves over TLS when `tls` is given (plaintext otherwise); with a
+    /// client CA in it, clients must present a certificate it issued.
+    #[must_use]
+    pub fn tls(mut self, tls: Option<&TlsFiles>) -> Self {
+        self.tls = tls.cloned();
+        self
+    }
+
+    /// Adds one of the service's gRPC services, with the message limits.
+    #[must_use]
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: MessageLimits
+            + tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let service = service.with_message_limits(
+            self.limits.max_decoding_message_bytes,
+            self.limits.max_encoding_message_bytes,
+        );
+        self.services.push(S::NAME);
+        self.routes = self.routes.add_service(Abandonable {
+            inner: service,
+            abandon: self.abandon.clone(),
+        });
+        self
+    }
+
+    /// Reports NOT_SERVING until `ready` resolves (the reversal handler's
+    /// consumer joining its group), SERVING from then until the drain.
+    #[must_use]
+    pub fn ready_when(mut self, ready: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.ready = Some(Box::pin(ready));
+        self
+    }
+
+    /// The health reporter, for a service that reports more than the
+    /// server's own readiness.
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Cancelled when the drain begins: what a service ends its open
+    /// streams on, since the drain waits for them.
+    pub fn draining(&self) -> CancellationToken {
+        self.draining.clone()
+    }
+
+    /// Cancels `token` as the drain begins: how a service ends the streams
+    /// it keeps open (the gateway's `Subscribe`), which the drain would
+    /// otherwise wait for until the grace timeout.
+    #[must_use]
+    pub fn cancel_on_drain(mut self, token: &CancellationToken) -> Self {
+        self.on_drain.push(token.clone());
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains: stops
+    /// accepting, reports NOT_SERVING, lets requests in flight finish for up
+    /// to the grace timeout, answers the rest UNAVAILABLE and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let GrpcServer {
+            name,
+            limits,
+            tls,
+            health,
+            routes,
+            services,
+            ready,
+            draining,
+            on_drain,
+            abandon,
+        } = self;
+        let mut builder = Server::builder()
+            .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
+            .http2_keepalive_interval(limits.http2_keepalive_interval)
+            .http2_keepalive_timeout(limits.http2_keepalive_timeout)
+            .tcp_keepalive(limits.tcp_keepalive);
+        if let Some(timeout) = limits.request_timeout {
+            builder = builder.timeout(timeout);
+        }
+        if let Some(tls) = &tls {
+            builder = builder.tls_config(tls.server_config()?)?;
+        }
+        let router = builder.add_routes(routes);
+
+        // Set under the lock, and never to SERVING once draining, so a
+        // readiness that arrives during the drain cannot undo it.
+        let drained = Arc::new(tokio::sync::Mutex::new(false));
+        let names: Arc<[&'static str]> = std::iter::once("").chain(services).collect();
+        let report = |health: HealthReporter, names: Arc<[&'static str]>, status| async move {
+            for name in names.iter() {
+                health.set_service_status(name, status).await;
+            }
+        };
+        let readiness = match ready {
+            None => {
+                report(health.clone(), names.clone(), ServingStatus::Serving).await;
+                None
+            }
+            Some(ready) => {
+                report(health.clone(), names.clone(), ServingStatus::NotServing).await;
+                let (health, names, drained) = (health.clone(), names.clone(), drained.clone());
+                Some(tokio::spawn(async move {
+                    ready.await;
+                    let drained = drained.lock().await;
+                    if !*drained {
+                        report(health, names, ServingStatus::Serving).await;
+                    }
+                }))
+            }
+        };
+
+        let local = listener.local_addr().ok();
+        tracing::info!(service = name, listen = ?local, tls = tls.is_some(), "Serving gRPC.");
+        let signal = {
+            let (draining, health, names) = (draining.clone(), health.clone(), names.clone());
+            async move {
+                shutdown.await;
+                {
+                    let mut drained = drained.lock().await;
+                    *drained = true;
+                    report(health, names, ServingStatus::NotServing).await;
+                }
+                draining.cancel();
+                for token in &on_drain {
+                    token.cancel();
+                }
+                tracing::info!(service = name, "Draining gRPC requests.");
+            }
+        };
+        let serving = router.serve_with_incoming_shutdown(crate::grpc::incoming(listener), signal);
+        tokio::pin!(serving);
+        let grace = limits.grace_timeout;
+        let result = tokio::select! {
+            result = &mut serving => result.map_err(ServeError::from),
+            () = async {
+                draining.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(
+                    service = name,
+                    grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                    "Requests still in flight at the grace timeout; answering them UNAVAILABLE."
+                );
+                abandon.cancel();
+                // Give the refusals a moment to reach their callers; a
+                // stream that does not end is not waited for.
+                let _ = tokio::time::timeout(ABANDON_FLUSH, &mut serving).await;
+                Ok(())
+            }
+        };
+        if let Some(readiness) = readiness {
+            readiness.abort();
+        }
+        tracing::info!(service = name, "gRPC server stopped.");
+        result
+    }
+}
+
+/// A service whose requests in flight are answered UNAVAILABLE once the
+/// drain's grace timeout has passed, so nothing outlives the server.
+#[derive(Clone)]
+struct Abandonable<S> {
+    inner: S,
+    abandon: CancellationToken,
+}
+
+impl<S: NamedService> NamedService for Abandonable<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S> tower::Service<http::Request<Body>> for Abandonable<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let call = self.inner.call(request);
+        let abandon = self.abandon.clone();
+        Box::pin(async move {
+            tokio::select! {
+                response = call => response,
+                () = abandon.cancelled() => Ok(tonic::Status::unavailable(
+                    "the server stopped before this request finished",
+                )
+                .into_http()),
+            }
+        })
+    }
+}
+
+/// A tonic interceptor that sends the current span's W3C trace context
+/// with every request, so the callee's spans join the caller's trace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceContext;
+
+impl tonic::service::Interceptor for TraceContext {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        crate::telemetry::propagate_trace_context(request)
+    }
+}
+
+/// A channel to another service that propagates the trace context: what a
+/// generated client is built on (`FooClient::new(channel)`).
+pub type TracedChannel = InterceptedService<Channel, TraceContext>;
+
+/// PEM files a client trusts (and presents, for mutual TLS).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA the server's certificate must chain to.
+    pub ca_path: PathBuf,
+    /// The client's own certificate and key, when the server requires one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// The name the server's certificate must carry, when it is not the
+    /// endpoint's host.
+    pub domain_name: Option<String>,
+}
+
+/// How a service calls another: `GrpcClient::new(url)`, then
+/// [`channel`](GrpcClient::channel) or [`traced`](GrpcClient::traced).
+#[derive(Debug, Clone)]
+pub struct GrpcClient {
+    endpoint: String,
+    connect_timeout: Option<Duration>,
+    request_timeout: Option<Duration>,
+    tls: Option<ClientTls>,
+}
+
+impl GrpcClient {
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        GrpcClient {
+            endpoint: endpoint.into(),
+            connect_timeout: None,
+            request_timeout: None,
+            tls: None,
+        }
+    }
+
+    /// How long establishing the connection may take.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Upper bound on every call made over the channel (a call's own
+    /// `set_timeout` may be shorter).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Calls over TLS when `tls` is given.
+    #[must_use]
+    pub fn tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// A lazily connected channel: the service starts (and answers its own
+    /// callers with a clear UNAVAILABLE) while the other is down.
+    pub fn channel(&self) -> Result<Channel, ServeError> {
+        let bad = |reason: String| ServeError::Endpoint {
+            endpoint: self.endpoint.clone(),
+            reason,
+        };
+        let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|e| bad(e.to_string()))?
+            .tcp_nodelay(true);
+        if let Some(timeout) = self.connect_timeout {
+            endpoint = endpoint.connect_timeout(timeout);
+        }
+        if let Some(timeout) = self.request_timeout {
+            endpoint = endpoint.timeout(timeout);
+        }
+        if let Some(tls) = &self.tls {
+            let mut config =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&tls.ca_path)?));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            if let Some(name) = &tls.domain_name {
+                config = config.domain_name(name.clone());
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(endpoint.connect_lazy())
+    }
+
+    /// [`channel`](GrpcClient::channel) with trace propagation.
+    pub fn traced(&self) -> Result<TracedChannel, ServeError> {
+        Ok(InterceptedService::new(self.channel()?, TraceContext))
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| {
+        ServeError::Grpc(GrpcError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    })
+}

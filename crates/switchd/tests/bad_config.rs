@@ -1,0 +1,115 @@
+//! `switchd` refuses a bad configuration value before starting anything:
+//! it exits with status 2 and a message naming the key, for each service
+//! whose section is bad, and only where that service runs.
+
+use std::process::Command;
+
+fn switchd(service: &str, env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchd"))
+        .arg(service)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("switchd runs")
+}
+
+#[test]
+fn a_bad_value_exits_with_status_2_naming_the_key() {
+    let cases = [
+        (
+            "authorization",
+            "SWITCH__AUTHORIZATION__ISSUER_TIMEOUT_MS",
+            "0",
+            "authorization.issuer_timeout_ms",
+        ),
+        (
+            "gateway",
+            "SWITCH__GATEWAY__AUTHORIZATION_ENDPOINT",
+            "not a url",
+            // The default certificate files are checked first and missing
+            // here: the key named is the first bad one.
+            "gateway.tls.",
+        ),
+        (
+            "reversal-handler",
+            "SWITCH__REVERSAL_HANDLER__AUTHORIZATION_ENDPOINT",
+            "not a url",
+            "reversal_handler.authorization_endpoint",
+        ),
+        (
+            "settlement",
+            "SWITCH__SETTLEMENT__CUTOFF",
+            "25:99",
+            "settlement.cutoff",
+        ),
+        (
+            "notifier",
+            "SWITCH__NOTIFIER__CONSUMER_GROUP",
+            " ",
+            "notifier.consumer_group",
+        ),
+        (
+            "authorization",
+            "SWITCH__TELEMETRY__LOG_LEVEL",
+            "[",
+            "telemetry.log_level",
+        ),
+    ];
+    for (service, variable, value, key) in cases {
+        let output = switchd(service, &[(variable, value)]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{service}: {stderr}");
+        assert!(stderr.contains(key), "{service}: {stderr}");
+    }
+}
+
+#[test]
+fn a_section_is_checked_only_where_its_service_runs_and_sigterm_drains() {
+    use std::io::BufRead as _;
+    // The issuer simulator reads no authorization setting: a bad one does
+    // not stop it from starting.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchd"))
+        .arg("issuer-simulator")
+        .env_clear()
+        .env("SWITCH__AUTHORIZATION__ISSUER_TIMEOUT_MS", "0")
+        .env("SWITCH__ISSUER_SIMULATOR__LISTEN", "127.0.0.1:0")
+        .env("SWITCH__TELEMETRY__LOG_LEVEL", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("switchd runs");
+    let stdout = child.stdout.take().expect("piped stdout");
+    // Kept open to the end, so the drain's log lines have a reader.
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains("Serving gRPC."));
+    assert!(
+        serving,
+        "the simulator never served: {:?}",
+        child.wait_with_output()
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let output = child.wait_with_output().expect("switchd exits");
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        lines
+            .map_while(Result::ok)
+            .any(|line| line.contains("Draining gRPC requests.")),
+        "SIGTERM drains"
+    );
+
+    // `all` runs authorization, so there the same value is refused.
+    let output = switchd("all", &[("SWITCH__AUTHORIZATION__ISSUER_TIMEOUT_MS", "0")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("authorization.issuer_timeout_ms"),
+        "{stderr}"
+    );
+}
