@@ -12,14 +12,13 @@ use std::time::Duration;
 use switch_core::{
     OrphanDecision, SharedClock, WatchCommand, WatchEffect, WatchOutcome, WatchRetry,
 };
+use switch_platform::service::{GrpcClient, ServeError, TracedChannel};
 use switch_platform::telemetry::set_parent_from_traceparent;
 use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_proto::v1::reverse_request::Target;
 use switch_proto::v1::{ConfirmRequest, ReverseRequest};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -37,8 +36,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// attempt by at most this much.
 pub const LEASE: Duration = Duration::from_secs(5);
 
-type InterceptorFn = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;
-type Client = AuthorizationServiceClient<InterceptedService<Channel, InterceptorFn>>;
+type Client = AuthorizationServiceClient<TracedChannel>;
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -87,17 +85,15 @@ impl Sweeper {
         pool: sqlx::PgPool,
         config: ReversalHandlerConfig,
         clock: SharedClock,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(config.authorization_endpoint.clone())?
-            .tcp_nodelay(true)
+    ) -> Result<Self, ServeError> {
+        let channel = GrpcClient::new(config.authorization_endpoint.clone())
             .connect_timeout(CALL_TIMEOUT)
-            .connect_lazy();
-        let interceptor: InterceptorFn = switch_platform::telemetry::propagate_trace_context;
+            .traced()?;
         Ok(Sweeper {
             inner: Arc::new(Inner {
                 pool,
                 config,
-                client: AuthorizationServiceClient::with_interceptor(channel, interceptor),
+                client: AuthorizationServiceClient::new(channel),
                 metrics: Metrics::new(),
                 clock,
             }),

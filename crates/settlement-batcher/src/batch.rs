@@ -14,6 +14,7 @@ use switch_core::{
     ReversalReason, SharedClock, Stan, TerminalId, UploadedSale,
 };
 use switch_platform::outbox::{self, OutboxRelay};
+use switch_platform::service::{GrpcClient, ServeError, TracedChannel};
 use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_proto::v1::event_envelope::Payload;
 use switch_proto::v1::{
@@ -24,8 +25,6 @@ use switch_proto::v1::{
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tonic::Status;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 use crate::events::outbox_message;
@@ -33,9 +32,7 @@ use crate::ingest::record_approval;
 use crate::metrics::Metrics;
 use crate::store::{self, CorruptRow, LedgerError, NewApproval, TransactionRow, Upserted};
 
-type InterceptorFn = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;
-pub type AuthorizationClient =
-    AuthorizationServiceClient<InterceptedService<Channel, InterceptorFn>>;
+pub type AuthorizationClient = AuthorizationServiceClient<TracedChannel>;
 
 /// How long one call to authorization may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,16 +116,14 @@ impl Batcher {
         relay: OutboxRelay,
         metrics: Metrics,
         clock: SharedClock,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(authorization_endpoint.to_owned())?
-            .tcp_nodelay(true)
+    ) -> Result<Self, ServeError> {
+        let channel = GrpcClient::new(authorization_endpoint)
             .connect_timeout(CALL_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .connect_lazy();
-        let interceptor: InterceptorFn = switch_platform::telemetry::propagate_trace_context;
+            .request_timeout(CALL_TIMEOUT)
+            .traced()?;
         Ok(Batcher {
             pool,
-            authorization: AuthorizationServiceClient::with_interceptor(channel, interceptor),
+            authorization: AuthorizationServiceClient::new(channel),
             topic,
             relay,
             metrics,
