@@ -2,6 +2,9 @@
 //! confirm-policy orphan and a payout reach the merchant as signed
 //! webhooks; the signature fails on a tampered body or an old timestamp;
 //! and a `kill -9` of the notifier while it retries loses no delivery.
+// Fixtures are stamped with the wall clock; the code under test takes its
+// time from the Clock port.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::Duration;
 

@@ -6,6 +6,9 @@
 //! issuer fault-injection client, the journal's pool and an independent
 //! Kafka reader. Every stack has its own schema prefix and topic prefix, so
 //! suites run in parallel without seeing each other.
+// Fixtures are stamped with the wall clock; the code under test takes its
+// time from the Clock port.
+#![allow(clippy::disallowed_methods)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -128,7 +128,13 @@ async fn measure(addr: std::net::SocketAddr, run: &Run) -> Report {
     let config = NotifierConfig::default();
     let stop = CancellationToken::new();
     let worker_pool = notifier::worker_pool(&pool).await.unwrap();
-    let worker = Worker::new(worker_pool.clone(), config, Arc::new(Notify::new())).unwrap();
+    let worker = Worker::new(
+        worker_pool.clone(),
+        config,
+        Arc::new(Notify::new()),
+        switch_core::SystemClock::shared(),
+    )
+    .unwrap();
     let started = Instant::now();
     let task = tokio::spawn(worker.run(stop.clone()));
     let fast_elapsed = loop {

@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::config::validate_url;
+use switch_core::SharedClock;
+
 use crate::store::{self, RedeliverError, RedeliverTarget};
 use crate::webhook::rfc3339;
 
@@ -34,13 +36,16 @@ pub struct NotifierAdmin {
     pool: PgPool,
     /// Where redeliveries wake the workers.
     channel: String,
+    /// When a redelivery is due: now, on the workers' clock.
+    clock: SharedClock,
 }
 
 impl NotifierAdmin {
-    pub fn new(pool: PgPool, channel: impl Into<String>) -> Self {
+    pub fn new(pool: PgPool, channel: impl Into<String>, clock: SharedClock) -> Self {
         NotifierAdmin {
             pool,
             channel: channel.into(),
+            clock,
         }
     }
 }
@@ -114,16 +119,17 @@ impl NotifierService for NotifierAdmin {
                 ));
             }
         };
-        let redelivered = match store::redeliver(&self.pool, &target, &self.channel).await {
-            Ok(count) => count,
-            Err(RedeliverError::NotFound(id)) => {
-                return Err(Status::not_found(format!("delivery_id: no delivery {id}")));
-            }
-            Err(error @ RedeliverError::NotDeadLettered(..)) => {
-                return Err(Status::failed_precondition(error.to_string()));
-            }
-            Err(RedeliverError::Database(error)) => return Err(internal(&error)),
-        };
+        let redelivered =
+            match store::redeliver(&self.pool, &target, &self.channel, self.clock.now()).await {
+                Ok(count) => count,
+                Err(RedeliverError::NotFound(id)) => {
+                    return Err(Status::not_found(format!("delivery_id: no delivery {id}")));
+                }
+                Err(error @ RedeliverError::NotDeadLettered(..)) => {
+                    return Err(Status::failed_precondition(error.to_string()));
+                }
+                Err(RedeliverError::Database(error)) => return Err(internal(&error)),
+            };
         tracing::info!(
             ?target,
             redelivered,

@@ -165,18 +165,23 @@ pub async fn serve(
         .await?;
     let channel = wake_channel(database);
     let wake = Arc::new(Notify::new());
-    let worker =
-        Worker::new(worker_pool(&pool).await?, config.clone(), wake.clone()).map_err(|error| {
-            ServeError::Start {
-                what: "http client",
-                reason: error.to_string(),
-            }
-        })?;
+    let clock = switch_core::SystemClock::shared();
+    let worker = Worker::new(
+        worker_pool(&pool).await?,
+        config.clone(),
+        wake.clone(),
+        clock.clone(),
+    )
+    .map_err(|error| ServeError::Start {
+        what: "http client",
+        reason: error.to_string(),
+    })?;
     let relay = OutboxRelay::new(pool.clone(), kafka.producer()?, config.outbox.clone());
     let planner = DeliveryPlanner::new(
         channel.clone(),
         kafka.topic(TERMINAL_TOPIC),
         outbox_channel(database),
+        clock.clone(),
     );
 
     let stop = CancellationToken::new();
@@ -202,7 +207,7 @@ pub async fn serve(
     tracing::info!(endpoints = config.endpoints.len(), "Notifier starting.");
     let result = GrpcServer::new(SERVICE_NAME)?
         .add_service(NotifierServiceServer::new(NotifierAdmin::new(
-            pool, channel,
+            pool, channel, clock,
         )))
         .serve(listener, shutdown)
         .await;

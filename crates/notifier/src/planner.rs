@@ -5,6 +5,7 @@
 //! exactly once however often Kafka delivers it.
 
 use sqlx::PgConnection;
+use switch_core::SharedClock;
 use switch_platform::consumer::{EventHandler, HandlerError, HandlerFuture};
 use switch_platform::outbox::{self, OutboxMessage};
 use switch_platform::telemetry::{current_trace_context, set_parent_from_traceparent};
@@ -30,6 +31,9 @@ pub struct DeliveryPlanner {
     /// The `pg_notify` channel that wakes the outbox relay.
     outbox_channel: String,
     metrics: Metrics,
+    /// What "now" is for an event without a time of its own, and when a
+    /// new delivery is due.
+    clock: SharedClock,
 }
 
 impl DeliveryPlanner {
@@ -37,12 +41,14 @@ impl DeliveryPlanner {
         channel: impl Into<String>,
         terminal_topic: impl Into<String>,
         outbox_channel: impl Into<String>,
+        clock: SharedClock,
     ) -> Self {
         DeliveryPlanner {
             channel: channel.into(),
             terminal_topic: terminal_topic.into(),
             outbox_channel: outbox_channel.into(),
             metrics: Metrics::new(),
+            clock,
         }
     }
 
@@ -51,8 +57,9 @@ impl DeliveryPlanner {
         conn: &mut PgConnection,
         event: &EventEnvelope,
     ) -> Result<(), HandlerError> {
-        self.plan_webhook(conn, event).await?;
-        self.plan_terminal_message(conn, event).await
+        let now = self.clock.now();
+        self.plan_webhook(conn, event, now).await?;
+        self.plan_terminal_message(conn, event, now).await
     }
 
     /// Queues the terminal message `event` causes, if any, in the outbox
@@ -61,8 +68,9 @@ impl DeliveryPlanner {
         &self,
         conn: &mut PgConnection,
         event: &EventEnvelope,
+        now: OffsetDateTime,
     ) -> Result<(), HandlerError> {
-        let push = match terminal::plan(event, OffsetDateTime::now_utc()) {
+        let push = match terminal::plan(event, now) {
             TerminalPlan::Send(push) => push,
             TerminalPlan::Ignore => return Ok(()),
             TerminalPlan::Invalid(reason) => {
@@ -96,8 +104,9 @@ impl DeliveryPlanner {
         &self,
         conn: &mut PgConnection,
         event: &EventEnvelope,
+        now: OffsetDateTime,
     ) -> Result<(), HandlerError> {
-        let webhook = match plan(event, OffsetDateTime::now_utc()) {
+        let webhook = match plan(event, now) {
             Plan::Send(webhook) => webhook,
             Plan::Ignore => return Ok(()),
             Plan::Invalid(reason) => {
@@ -110,7 +119,7 @@ impl DeliveryPlanner {
                 return Ok(());
             }
         };
-        let added = store::insert_deliveries(conn, &webhook, &self.channel).await?;
+        let added = store::insert_deliveries(conn, &webhook, &self.channel, now).await?;
         if added == 0 {
             tracing::debug!(
                 event_id = %webhook.event_id,
@@ -179,7 +188,7 @@ impl EventHandler for DeliveryPlanner {
     /// Most events (every approval, every acknowledgement) concern neither
     /// a merchant's endpoint nor a terminal; they are not recorded.
     fn wants(&self, event: &EventEnvelope) -> bool {
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         !matches!(plan(event, now), Plan::Ignore)
             || !matches!(terminal::plan(event, now), TerminalPlan::Ignore)
     }
@@ -204,7 +213,12 @@ mod tests {
 
     #[test]
     fn approvals_are_not_recorded_reversals_are() {
-        let planner = DeliveryPlanner::new("deliveries", "terminal-messages", "outbox");
+        let planner = DeliveryPlanner::new(
+            "deliveries",
+            "terminal-messages",
+            "outbox",
+            switch_core::SystemClock::shared(),
+        );
         let facts = AuthorizationFacts {
             terminal_id: "TERM0001".into(),
             merchant_id: "MERCHANT0000001".into(),

@@ -179,11 +179,12 @@ pub async fn insert_deliveries(
     conn: &mut PgConnection,
     webhook: &Webhook,
     channel: &str,
+    now: OffsetDateTime,
 ) -> Result<u64, sqlx::Error> {
     let added = sqlx::query(
         "INSERT INTO deliveries (event_id, event_type, merchant_id, endpoint_id, body, \
              occurred_at, next_attempt_at) \
-         SELECT $1, $2, $3, endpoint_id, $4, $5, now() \
+         SELECT $1, $2, $3, endpoint_id, $4, $5, $6 \
          FROM endpoints WHERE merchant_id = $3 AND enabled \
          ON CONFLICT (event_id, endpoint_id) DO NOTHING",
     )
@@ -192,6 +193,7 @@ pub async fn insert_deliveries(
     .bind(&webhook.merchant_id)
     .bind(&webhook.body)
     .bind(webhook.occurred_at)
+    .bind(now)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -211,7 +213,7 @@ pub async fn notify(conn: &mut PgConnection, channel: &str) -> Result<(), sqlx::
     Ok(())
 }
 
-/// Claims up to `limit` due deliveries and leases them for `lease`.
+/// Claims up to `limit` deliveries due at `now` and leases them for `lease`.
 ///
 /// An endpoint gets at most `per_endpoint` requests in flight: `busy` lists
 /// the endpoints this worker already has requests in flight to, and how
@@ -226,6 +228,7 @@ pub async fn claim_due(
     per_endpoint: i32,
     limit: i64,
     lease: Duration,
+    now: OffsetDateTime,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let (busy_ids, busy_counts): (Vec<Uuid>, Vec<i32>) = busy.iter().copied().unzip();
     let rows = sqlx::query(
@@ -239,7 +242,7 @@ pub async fn claim_due(
              CROSS JOIN LATERAL ( \
                  SELECT d.delivery_id, d.next_attempt_at FROM deliveries d \
                  WHERE d.endpoint_id = e.endpoint_id \
-                   AND d.state = 'pending' AND d.next_attempt_at <= now() \
+                   AND d.state = 'pending' AND d.next_attempt_at <= $6 \
                  ORDER BY d.next_attempt_at \
                  LIMIT GREATEST($3 - COALESCE(busy.in_flight, 0), 0) \
                  FOR UPDATE OF d SKIP LOCKED \
@@ -251,7 +254,7 @@ pub async fn claim_due(
              LIMIT $4 \
          ) \
          UPDATE deliveries d \
-         SET next_attempt_at = now() + $5 * interval '1 millisecond', \
+         SET next_attempt_at = $6 + $5 * interval '1 millisecond', \
              lease_token = gen_random_uuid() \
          FROM chosen, endpoints e \
          WHERE d.delivery_id = chosen.delivery_id AND e.endpoint_id = d.endpoint_id \
@@ -264,6 +267,7 @@ pub async fn claim_due(
     .bind(per_endpoint)
     .bind(limit)
     .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+    .bind(now)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
@@ -289,12 +293,16 @@ pub async fn claim_due(
 
 /// Milliseconds until the next pending delivery that is not due yet falls
 /// due (leased rows included: their lease ends then); `None` when there is
-/// none.
-pub async fn next_due_in(pool: &PgPool) -> Result<Option<Duration>, sqlx::Error> {
+/// none. Measured from `now`.
+pub async fn next_due_in(
+    pool: &PgPool,
+    now: OffsetDateTime,
+) -> Result<Option<Duration>, sqlx::Error> {
     let ms: Option<i64> = sqlx::query_scalar(
-        "SELECT CEIL(EXTRACT(EPOCH FROM (min(next_attempt_at) - clock_timestamp())) * 1000)::bigint \
-         FROM deliveries WHERE state = 'pending' AND next_attempt_at > clock_timestamp()",
+        "SELECT CEIL(EXTRACT(EPOCH FROM (min(next_attempt_at) - $1)) * 1000)::bigint \
+         FROM deliveries WHERE state = 'pending' AND next_attempt_at > $1",
     )
+    .bind(now)
     .fetch_one(pool)
     .await?;
     Ok(ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
@@ -333,7 +341,7 @@ pub async fn record_attempts(
              attempts = d.attempts + 1, \
              lease_token = NULL, \
              next_attempt_at = CASE WHEN v.state = 'pending' \
-                 THEN now() + v.delay_ms * interval '1 millisecond' END, \
+                 THEN v.finished_at + v.delay_ms * interval '1 millisecond' END, \
              first_attempt_at = COALESCE(d.first_attempt_at, v.started_at), \
              last_attempt_at = v.started_at, \
              last_status = v.status, \
@@ -360,16 +368,21 @@ pub async fn record_attempts(
 
 /// Gives claims back at once (a worker stopping before its requests
 /// finished), so they need not wait for their lease.
-pub async fn release(pool: &PgPool, claims: &[(Uuid, Uuid)]) -> Result<u64, sqlx::Error> {
+pub async fn release(
+    pool: &PgPool,
+    claims: &[(Uuid, Uuid)],
+    now: OffsetDateTime,
+) -> Result<u64, sqlx::Error> {
     let (ids, tokens): (Vec<Uuid>, Vec<Uuid>) = claims.iter().copied().unzip();
     Ok(sqlx::query(
-        "UPDATE deliveries d SET next_attempt_at = now(), lease_token = NULL \
+        "UPDATE deliveries d SET next_attempt_at = $3, lease_token = NULL \
          FROM unnest($1::uuid[], $2::uuid[]) AS v(delivery_id, lease_token) \
          WHERE d.delivery_id = v.delivery_id AND d.lease_token = v.lease_token \
            AND d.state = 'pending'",
     )
     .bind(&ids)
     .bind(&tokens)
+    .bind(now)
     .execute(pool)
     .await?
     .rows_affected())
@@ -417,10 +430,11 @@ pub async fn redeliver(
     pool: &PgPool,
     target: &RedeliverTarget,
     channel: &str,
+    now: OffsetDateTime,
 ) -> Result<u64, RedeliverError> {
     let mut tx = pool.begin().await?;
     let reset = "UPDATE deliveries \
-                 SET state = 'pending', budget_start = attempts, next_attempt_at = now(), \
+                 SET state = 'pending', budget_start = attempts, next_attempt_at = $1, \
                      dead_lettered_at = NULL, lease_token = NULL \
                  WHERE state = 'dead_lettered'";
     let count = match target {
@@ -436,20 +450,26 @@ pub async fn redeliver(
                 Some("dead_lettered") => {}
                 Some(other) => return Err(RedeliverError::NotDeadLettered(*id, other.to_owned())),
             }
-            sqlx::query(&format!("{reset} AND delivery_id = $1"))
+            sqlx::query(&format!("{reset} AND delivery_id = $2"))
+                .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
         }
         RedeliverTarget::Merchant(merchant_id) => {
-            sqlx::query(&format!("{reset} AND merchant_id = $1"))
+            sqlx::query(&format!("{reset} AND merchant_id = $2"))
+                .bind(now)
                 .bind(merchant_id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
         }
-        RedeliverTarget::All => sqlx::query(reset).execute(&mut *tx).await?.rows_affected(),
+        RedeliverTarget::All => sqlx::query(reset)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
     };
     if count > 0 {
         notify(&mut tx, channel).await?;

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use sqlx::PgPool;
-use time::OffsetDateTime;
+use switch_core::{Clock, SharedClock};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -103,6 +103,8 @@ pub struct Worker {
     client: reqwest::Client,
     wake: Arc<Notify>,
     metrics: Metrics,
+    /// What is due, when an attempt started and finished, when a retry is.
+    clock: SharedClock,
 }
 
 impl Worker {
@@ -111,6 +113,7 @@ impl Worker {
         pool: PgPool,
         config: NotifierConfig,
         wake: Arc<Notify>,
+        clock: SharedClock,
     ) -> Result<Worker, reqwest::Error> {
         Ok(Worker {
             client: http_client(&config)?,
@@ -118,6 +121,7 @@ impl Worker {
             config,
             wake,
             metrics: Metrics::new(),
+            clock,
         })
     }
 
@@ -146,9 +150,15 @@ impl Worker {
             if free > 0 {
                 let busy = slots.busy();
                 let limit = i64::try_from(free).unwrap_or(i64::MAX);
-                match store::claim_due(&self.pool, &busy, per_endpoint, limit, self.config.lease())
-                    .await
-                {
+                let claimed = store::claim_due(
+                    &self.pool,
+                    &busy,
+                    per_endpoint,
+                    limit,
+                    self.config.lease(),
+                    self.clock.now(),
+                );
+                match claimed.await {
                     Ok(claimed) => {
                         maybe_more = claimed.len() == free;
                         for claimed in claimed {
@@ -178,7 +188,7 @@ impl Worker {
             // again after one.
             if wake_at.is_none() {
                 let poll = self.config.poll_interval();
-                let wait = match store::next_due_in(&self.pool).await {
+                let wait = match store::next_due_in(&self.pool, self.clock.now()).await {
                     Ok(Some(next)) => next.min(poll),
                     Ok(None) => poll,
                     Err(error) => {
@@ -205,6 +215,7 @@ impl Worker {
         let client = self.client.clone();
         let retry = self.config.retry;
         let metrics = self.metrics.clone();
+        let clock = self.clock.clone();
         let (endpoint_id, delivery_id, token) = (
             claimed.endpoint_id,
             claimed.delivery_id,
@@ -212,7 +223,7 @@ impl Worker {
         );
         let handle = slots.tasks.spawn(async move {
             metrics.request_started();
-            let attempt = send(&client, &claimed, &retry).await;
+            let attempt = send(&client, &claimed, &retry, clock.as_ref()).await;
             metrics.request_finished();
             // The recorder outlives every task; a closed channel means the
             // process is going down and the lease brings the delivery back.
@@ -252,7 +263,7 @@ impl Worker {
         // it recognise when it comes again.
         let unfinished: Vec<(Uuid, Uuid)> = slots.aborted;
         if !unfinished.is_empty() {
-            match store::release(&self.pool, &unfinished).await {
+            match store::release(&self.pool, &unfinished, self.clock.now()).await {
                 Ok(released) => tracing::info!(released, "Unfinished deliveries given back."),
                 Err(error) => tracing::warn!(
                     %error,
@@ -306,8 +317,13 @@ impl Slots {
 }
 
 /// Sends one delivery and decides where the attempt leaves it.
-async fn send(client: &reqwest::Client, claimed: &Claimed, retry: &RetryConfig) -> Attempt {
-    let started_at = OffsetDateTime::now_utc();
+async fn send(
+    client: &reqwest::Client,
+    claimed: &Claimed,
+    retry: &RetryConfig,
+    clock: &dyn Clock,
+) -> Attempt {
+    let started_at = clock.now();
     let signature = sign(
         claimed.secret.expose(),
         started_at.unix_timestamp(),
@@ -346,7 +362,7 @@ async fn send(client: &reqwest::Client, claimed: &Claimed, retry: &RetryConfig) 
         lease_token: claimed.lease_token,
         next,
         started_at,
-        finished_at: OffsetDateTime::now_utc(),
+        finished_at: clock.now(),
         status,
         error,
     }

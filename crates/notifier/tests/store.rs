@@ -3,12 +3,15 @@
 //! respect the per-endpoint cap and skip what another worker holds, a
 //! crashed worker's claim comes back when its lease ends, and a worker
 //! whose lease has passed cannot record over the new claim.
+// Fixtures are stamped with the wall clock; the code under test takes its
+// time from the Clock port.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
 use std::time::Duration;
 
-use common::{TestDb, eventually, merchant};
+use common::{TestDb, merchant};
 use notifier::webhook::{Plan, plan};
 use notifier::{
     Attempt, EndpointConfig, NextState, claim_due, insert_deliveries, record_attempts,
@@ -43,9 +46,14 @@ async fn owe(db: &TestDb, merchant_id: &str) -> u64 {
         panic!("a reversal is a webhook");
     };
     let mut conn = db.pool.acquire().await.unwrap();
-    insert_deliveries(&mut conn, &webhook, "unused_channel")
-        .await
-        .unwrap()
+    insert_deliveries(
+        &mut conn,
+        &webhook,
+        "unused_channel",
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -59,11 +67,15 @@ async fn an_event_is_owed_once_per_endpoint() {
     };
     let mut conn = db.pool.acquire().await.unwrap();
     assert_eq!(
-        insert_deliveries(&mut conn, &webhook, "c").await.unwrap(),
+        insert_deliveries(&mut conn, &webhook, "c", OffsetDateTime::now_utc())
+            .await
+            .unwrap(),
         2
     );
     assert_eq!(
-        insert_deliveries(&mut conn, &webhook, "c").await.unwrap(),
+        insert_deliveries(&mut conn, &webhook, "c", OffsetDateTime::now_utc())
+            .await
+            .unwrap(),
         0
     );
     // A merchant without endpoints is owed nothing.
@@ -88,18 +100,19 @@ async fn claims_fill_only_each_endpoints_free_slots() {
         owe(&db, &m2).await;
     }
     let lease = Duration::from_secs(60);
+    let now = OffsetDateTime::now_utc();
     // Cap 3 per endpoint; e1 has 2 in flight already: 1 more from e1, 2 from e2.
-    let claimed = claim_due(&db.pool, &[(e1, 2)], 3, 100, lease)
+    let claimed = claim_due(&db.pool, &[(e1, 2)], 3, 100, lease, now)
         .await
         .unwrap();
     let from = |e: Uuid| claimed.iter().filter(|c| c.endpoint_id == e).count();
     assert_eq!((from(e1), from(e2)), (1, 2));
     // Claimed rows are leased: a second worker finds only e1's remaining rows.
-    let second = claim_due(&db.pool, &[], 10, 100, lease).await.unwrap();
+    let second = claim_due(&db.pool, &[], 10, 100, lease, now).await.unwrap();
     assert_eq!(second.len(), 4);
     assert!(second.iter().all(|c| c.endpoint_id == e1));
     assert!(
-        claim_due(&db.pool, &[], 10, 100, lease)
+        claim_due(&db.pool, &[], 10, 100, lease, now)
             .await
             .unwrap()
             .is_empty()
@@ -114,16 +127,22 @@ async fn a_lost_claim_comes_back_and_the_stale_worker_cannot_record() {
     endpoints(&db, &m1, &["http://a.example/1"]).await;
     owe(&db, &m1).await;
     let short = Duration::from_millis(200);
-    let first = claim_due(&db.pool, &[], 8, 10, short).await.unwrap();
+    let start = OffsetDateTime::now_utc();
+    let first = claim_due(&db.pool, &[], 8, 10, short, start).await.unwrap();
     assert_eq!(first.len(), 1);
-    // The first worker "crashes"; its claim returns once the lease ends.
-    let second = eventually("the lease to run out", || async {
-        let claimed = claim_due(&db.pool, &[], 8, 10, Duration::from_secs(60))
+    // Still leased just before the lease ends, on the caller's clock...
+    let before = start + time::Duration::milliseconds(150);
+    assert!(
+        claim_due(&db.pool, &[], 8, 10, short, before)
             .await
-            .unwrap();
-        (!claimed.is_empty()).then_some(claimed)
-    })
-    .await;
+            .unwrap()
+            .is_empty()
+    );
+    // ...and back once it has: the first worker "crashed".
+    let after = start + time::Duration::milliseconds(250);
+    let second = claim_due(&db.pool, &[], 8, 10, Duration::from_secs(60), after)
+        .await
+        .unwrap();
     assert_eq!(second[0].delivery_id, first[0].delivery_id);
     assert_ne!(second[0].lease_token, first[0].lease_token);
 
@@ -131,8 +150,8 @@ async fn a_lost_claim_comes_back_and_the_stale_worker_cannot_record() {
         delivery_id: claim.delivery_id,
         lease_token: claim.lease_token,
         next,
-        started_at: OffsetDateTime::now_utc(),
-        finished_at: OffsetDateTime::now_utc(),
+        started_at: after,
+        finished_at: after,
         status: Some(500),
         error: Some("HTTP 500".into()),
     };
@@ -153,12 +172,30 @@ async fn a_lost_claim_comes_back_and_the_stale_worker_cannot_record() {
     assert_eq!(recorded, vec![second[0].delivery_id]);
     let rows = common::deliveries(&db.pool).await;
     assert_eq!((rows[0].state.as_str(), rows[0].attempts), ("pending", 1));
-    // Retried later, not now.
+    // Retried later (30 s after the attempt), not now.
     assert!(
-        claim_due(&db.pool, &[], 8, 10, short)
-            .await
-            .unwrap()
-            .is_empty()
+        claim_due(
+            &db.pool,
+            &[],
+            8,
+            10,
+            short,
+            after + time::Duration::seconds(29)
+        )
+        .await
+        .unwrap()
+        .is_empty()
     );
+    let retried = claim_due(
+        &db.pool,
+        &[],
+        8,
+        10,
+        short,
+        after + time::Duration::seconds(31),
+    )
+    .await
+    .unwrap();
+    assert_eq!(retried.len(), 1, "due once its retry time has come");
     db.drop().await;
 }

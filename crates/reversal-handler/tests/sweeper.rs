@@ -3,6 +3,9 @@
 //! merchant's policy, events open, decide and close approvals in any order,
 //! and authorization's answers (accepted, refused, failed) close or
 //! reschedule them.
+// Fixtures are stamped with the wall clock; the code under test takes its
+// time from the Clock port.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
