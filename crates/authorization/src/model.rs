@@ -4,8 +4,10 @@
 //! service's own. Neither the store nor the wire edge defines these, so both
 //! can depend on them without depending on each other.
 
+use switch_core::lifecycle::SaleIntent;
 use switch_core::{
-    CardExpiry, Channel, MerchantId, Money, Pan, ReversalReason, Stan, TransactionId,
+    CardExpiry, Channel, MerchantId, Money, Pan, PanFingerprint, ReversalReason, Rrn, Stan,
+    TransactionId,
 };
 
 pub use switch_core::lifecycle::{Authorization, RequestKey};
@@ -21,6 +23,23 @@ pub struct SaleCommand {
     /// Evidence that the terminal completed an earlier transaction.
     pub last_completed_stan: Option<Stan>,
     pub channel: Channel,
+}
+
+impl SaleCommand {
+    /// What the journal records of this sale: everything but the card,
+    /// which stays masked and fingerprinted.
+    pub fn intent(&self, rrn: Rrn, pan_fingerprint: PanFingerprint) -> SaleIntent {
+        SaleIntent {
+            transaction_id: TransactionId::new(),
+            key: self.key.clone(),
+            merchant_id: self.merchant_id.clone(),
+            rrn,
+            masked_pan: self.pan.masked(),
+            pan_fingerprint,
+            amount: self.amount,
+            channel: self.channel,
+        }
+    }
 }
 
 /// A reversal a worker has claimed for one attempt.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
-use switch_core::lifecycle::{Command, IssuerVerdict, SaleIntent, decide};
+use switch_core::lifecycle::{Command, IssuerVerdict, decide};
 use switch_core::{
     Evidence, PanHasher, ReplayVerdict, ReversalReason, SaleDigest, TerminalId, TransactionId,
     compare_replay,
@@ -225,16 +225,8 @@ impl AuthorizationApi {
     ) -> Result<Begin, AuthorizationError> {
         let journal = &self.lifecycle.journal;
         let now = self.lifecycle.clock.now();
-        let intent = SaleIntent {
-            transaction_id: TransactionId::new(),
-            key: command.key.clone(),
-            merchant_id: command.merchant_id.clone(),
-            rrn: journal.next_rrn(now.date()).await?,
-            masked_pan: command.pan.masked(),
-            pan_fingerprint: digest.pan_fingerprint.clone(),
-            amount: command.amount,
-            channel: command.channel,
-        };
+        let rrn = journal.next_rrn(now.date()).await?;
+        let intent = command.intent(rrn, digest.pan_fingerprint.clone());
         journal.begin(intent, now).await
     }
 

@@ -13,10 +13,10 @@ use authorization::AuthorizationError;
 use authorization::model::{Authorization, RequestKey, SaleCommand};
 use authorization::store::{Begin, Journal};
 use sqlx::PgPool;
-use switch_core::lifecycle::{Command, IssuerVerdict, SaleIntent, decide};
+use switch_core::lifecycle::{Command, IssuerVerdict, decide};
 use switch_core::{
     ApprovalCode, AuthorizationState, CardExpiry, Channel, Currency, LocalDate, MerchantId, Money,
-    Pan, PanHasher, ResponseCode, Stan, TerminalId, TransactionId,
+    Pan, PanHasher, ResponseCode, Stan, TerminalId,
 };
 use switch_platform::db::DatabaseConfig;
 use switch_platform::outbox::OutboxMessage;
@@ -110,16 +110,8 @@ fn hasher() -> PanHasher {
 /// What the service does to start a sale: an RRN, then the intent.
 async fn begin(journal: &Journal, command: &SaleCommand) -> Result<Begin, AuthorizationError> {
     let now = OffsetDateTime::now_utc();
-    let intent = SaleIntent {
-        transaction_id: TransactionId::new(),
-        key: command.key.clone(),
-        merchant_id: command.merchant_id.clone(),
-        rrn: journal.next_rrn(now.date()).await?,
-        masked_pan: command.pan.masked(),
-        pan_fingerprint: hasher().fingerprint(&command.pan),
-        amount: command.amount,
-        channel: command.channel,
-    };
+    let rrn = journal.next_rrn(now.date()).await?;
+    let intent = command.intent(rrn, hasher().fingerprint(&command.pan));
     journal.begin(intent, now).await
 }
 
