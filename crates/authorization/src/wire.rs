@@ -4,7 +4,7 @@
 
 use switch_core::{
     AuthorizationState, CardExpiry, Channel, Currency, InvalidField, LocalDate, MerchantId, Money,
-    Pan, Stan, TerminalId, terminal_response_code,
+    Pan, Stan, TerminalId, terminal_message, terminal_response_code,
 };
 use switch_proto::v1::{self as pb, AuthorizationRecord};
 use time::format_description::well_known::Rfc3339;
@@ -67,22 +67,7 @@ fn status(state: AuthorizationState) -> pb::AuthorizationStatus {
 
 pub fn record(auth: &Authorization) -> AuthorizationRecord {
     let code = terminal_response_code(auth.state, auth.response_code);
-    let message = match auth.state {
-        AuthorizationState::IssuerTimedOut => {
-            "Issuer did not answer in time; the payment is not approved".to_owned()
-        }
-        AuthorizationState::Received | AuthorizationState::SentToIssuer => {
-            "Awaiting the issuer's answer".to_owned()
-        }
-        AuthorizationState::ReversalPending | AuthorizationState::ReversalDeadLettered => {
-            "Void: the payment is being reversed; do not hand over goods".to_owned()
-        }
-        AuthorizationState::Reversed => {
-            "Void: the payment was reversed and the shopper's funds released".to_owned()
-        }
-        AuthorizationState::Confirmed => "Approved and confirmed".to_owned(),
-        _ => code.description().to_owned(),
-    };
+    let message = terminal_message(auth.state, code).to_owned();
     AuthorizationRecord {
         transaction_id: auth.transaction_id.to_string(),
         terminal_id: auth.key.terminal_id.to_string(),

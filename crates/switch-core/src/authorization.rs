@@ -196,6 +196,27 @@ pub fn terminal_response_code(
     }
 }
 
+/// What the terminal shows beside the code for a state: whether the payment
+/// stands, and for a void one that goods must not be handed over.
+pub fn terminal_message(state: AuthorizationState, code: ResponseCode) -> &'static str {
+    match state {
+        AuthorizationState::IssuerTimedOut => {
+            "Issuer did not answer in time; the payment is not approved"
+        }
+        AuthorizationState::Received | AuthorizationState::SentToIssuer => {
+            "Awaiting the issuer's answer"
+        }
+        AuthorizationState::ReversalPending | AuthorizationState::ReversalDeadLettered => {
+            "Void: the payment is being reversed; do not hand over goods"
+        }
+        AuthorizationState::Reversed => {
+            "Void: the payment was reversed and the shopper's funds released"
+        }
+        AuthorizationState::Confirmed => "Approved and confirmed",
+        AuthorizationState::Approved | AuthorizationState::Declined => code.description(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,6 +429,27 @@ mod tests {
                 "{s:?}"
             );
         }
+    }
+
+    #[test]
+    fn terminal_messages_say_void_exactly_for_reversals() {
+        for state in S::ALL {
+            let message = terminal_message(state, terminal_response_code(state, None));
+            assert_eq!(
+                message.starts_with("Void"),
+                matches!(
+                    state,
+                    S::ReversalPending | S::Reversed | S::ReversalDeadLettered
+                ),
+                "{state:?}: {message}"
+            );
+        }
+        let rc = |s| ResponseCode::parse(s).unwrap();
+        assert_eq!(
+            terminal_message(S::Declined, rc("51")),
+            "Insufficient funds"
+        );
+        assert_eq!(terminal_message(S::Approved, rc("00")), "Approved");
     }
 
     fn any_event() -> impl Strategy<Value = E> {
