@@ -329,6 +329,9 @@ pub async fn apply_many(
         "SELECT {LEDGER_COLUMNS} FROM transactions WHERE transaction_id = ANY($1) \
          ORDER BY transaction_id FOR UPDATE"
     ))
+    // A batch statement, planned for each batch (ADR 11): a generic plan
+    // made while the table was small would find the rows by sequential scan.
+    .persistent(false)
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;

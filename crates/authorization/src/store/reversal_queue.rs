@@ -39,6 +39,9 @@ impl Journal {
                a.stan, a.amount_minor, a.currency \
              FROM claimed c JOIN authorizations a USING (transaction_id)",
         )
+        // Planned with the caller's `now` each time (ADR 11), so the due
+        // check keeps using the partial index `reversals_due`.
+        .persistent(false)
         .bind(issuer)
         .bind(limit)
         .bind(lease_ms)
