@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use switch_core::{Evidence, InvalidField, ReconciliationOutcome, ReversalReason};
+use switch_core::{Evidence, HoldReason, InvalidField, ReconciliationOutcome, ReversalReason};
 
 use crate::v1 as pb;
 
@@ -110,6 +110,12 @@ vocabulary!(pb::ReconciliationOutcome, ReconciliationOutcome, {
     ReversedNotUploaded <=> ReversedNotUploaded,
 });
 
+vocabulary!(pb::HoldReason, HoldReason, {
+    AwaitingEvidence <=> AwaitingEvidence,
+    ReversalPending <=> ReversalPending,
+    Conflict <=> Conflict,
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +147,19 @@ mod tests {
                 required::<pb::ReconciliationOutcome, ReconciliationOutcome>("outcome", raw),
                 Ok(o)
             );
+        }
+    }
+
+    #[test]
+    fn every_hold_reason_round_trips() {
+        for h in HoldReason::ALL {
+            let raw: i32 = pb::HoldReason::from(h).into();
+            assert_eq!(
+                required::<pb::HoldReason, HoldReason>("hold_reason", raw),
+                Ok(h)
+            );
+            let name = pb::HoldReason::from(h).as_str_name();
+            assert_eq!(name, format!("HOLD_REASON_{}", h.as_str().to_uppercase()));
         }
     }
 

@@ -587,6 +587,7 @@ mod tests {
                     paid_at: "2025-01-31T18:00:05Z".to_owned(),
                     payout_reference: "PAY-1".to_owned(),
                     conflict: false,
+                    ..TransactionSettlement::default()
                 },
                 TransactionSettlement {
                     transaction_id: "t-2".to_owned(),
