@@ -86,8 +86,9 @@ pub enum TerminalPlan {
     Send(Box<TerminalPush>),
     /// Nothing the terminal needs to be told.
     Ignore,
-    /// An outcome that cannot be sent (no terminal, no event id); the
-    /// reason is logged. Never retried: every replay would fail the same way.
+    /// An outcome that cannot be sent (no terminal, no event id, an
+    /// unspecified or unknown evidence, reason or outcome); the reason is
+    /// logged. Never retried: every replay would fail the same way.
     Invalid(&'static str),
 }
 

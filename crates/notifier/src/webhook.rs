@@ -80,8 +80,9 @@ pub enum Plan {
     Send(Webhook),
     /// Not an outcome merchants are told about.
     Ignore,
-    /// An outcome that cannot be sent (no merchant, no event id); the
-    /// reason is logged. Never retried: every replay would fail the same way.
+    /// An outcome that cannot be sent (no merchant, no event id, an
+    /// unspecified or unknown evidence, reason or outcome); the reason is
+    /// logged. Never retried: every replay would fail the same way.
     Invalid(&'static str),
 }
 
@@ -481,10 +482,7 @@ mod tests {
             }),
         ] {
             let event = envelope(payload);
-            assert!(
-                matches!(plan(&event, now()), Plan::Invalid(_)),
-                "{event:?}"
-            );
+            assert!(matches!(plan(&event, now()), Plan::Invalid(_)), "{event:?}");
         }
     }
 

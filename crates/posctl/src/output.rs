@@ -9,8 +9,8 @@
 
 use serde_json::{Value, json};
 use switch_core::{
-    Currency, Evidence, InvalidField, Money as CoreMoney, ReconciliationOutcome, ResponseCode,
-    ReversalReason,
+    Currency, Evidence, HoldReason, InvalidField, Money as CoreMoney, ReconciliationOutcome,
+    ResponseCode, ReversalReason,
 };
 use switch_proto::domain::optional;
 use switch_proto::v1::{self as pb, AuthorizationRecord, AuthorizationStatus, Money};
@@ -148,6 +148,12 @@ pub fn reversal_reason_name(raw: i32) -> String {
 pub fn evidence_name(raw: i32) -> String {
     let evidence = optional::<pb::Evidence, Evidence>("evidence", raw);
     vocabulary_name(evidence.map(|e| e.map(|e| e.as_str())), raw)
+}
+
+/// The name of a wire hold reason, e.g. `awaiting_evidence`.
+pub fn hold_reason_name(raw: i32) -> String {
+    let hold = optional::<pb::HoldReason, HoldReason>("hold_reason", raw);
+    vocabulary_name(hold.map(|h| h.map(|h| h.as_str())), raw)
 }
 
 /// The name of a wire reconciliation outcome, e.g. `matched`.

@@ -11,8 +11,8 @@ use switch_proto::v1::{
 
 use super::specs::SALE_SHAPE;
 use crate::output::{
-    format_amount, format_money, format_table, money_json, or_dash, outcome_name,
-    response_code_description,
+    format_amount, format_money, format_table, hold_reason_name, money_json, or_dash, outcome_name,
+    response_code_description, reversal_reason_name,
 };
 
 /// Display name of a batch result, e.g. `OUT OF BALANCE`.
@@ -223,6 +223,8 @@ fn transaction_settlement_json(t: &TransactionSettlement) -> Value {
         "amount": money_json(t.amount.as_ref()),
         "state": settlement_state_json(t.state),
         "reason": t.reason,
+        "hold_reason": hold_reason_name(t.hold_reason),
+        "reversal_reason": reversal_reason_name(t.reversal_reason),
         "window_id": t.window_id,
         "batch_number": t.batch_number,
         "paid_at": t.paid_at,
@@ -599,6 +601,7 @@ mod tests {
                     amount: money(2000, "EUR"),
                     state: SettlementState::Held as i32,
                     reason: "conflict: conflict_reversed_at_host".to_owned(),
+                    hold_reason: switch_proto::v1::HoldReason::Conflict.into(),
                     conflict: true,
                     ..TransactionSettlement::default()
                 },
@@ -621,6 +624,8 @@ mod tests {
                 "amount": {"minor_units": 1050, "currency": "EUR", "display": "EUR 10.50"},
                 "state": "paid",
                 "reason": "",
+                "hold_reason": "",
+                "reversal_reason": "",
                 "window_id": "w-1",
                 "batch_number": "000001",
                 "paid_at": "2025-01-31T18:00:05Z",
@@ -631,6 +636,7 @@ mod tests {
         assert_eq!(value[1]["state"], "held");
         assert_eq!(value[1]["conflict"], true);
         assert_eq!(value[1]["reason"], "conflict: conflict_reversed_at_host");
+        assert_eq!(value[1]["hold_reason"], "conflict");
         assert_eq!(value.as_array().map(Vec::len), Some(2));
         assert_eq!(
             settlement_state_json(SettlementState::NotPayable as i32),
