@@ -127,7 +127,7 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> TerminalPlan {
                 TerminalMessageKind::ReprintReceipt,
                 confirmed.facts.clone().unwrap_or_default(),
                 confirmed.approval_code.clone(),
-                evidence.as_str().to_owned(),
+                pb::OutcomeReason::from(evidence),
                 "was confirmed: reprint the receipt".to_owned(),
             )
         }
@@ -144,7 +144,7 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> TerminalPlan {
                 TerminalMessageKind::VoidReceipt,
                 reversed.facts.clone().unwrap_or_default(),
                 String::new(),
-                reason.as_str().to_owned(),
+                pb::OutcomeReason::from(reason),
                 "was reversed: void the receipt".to_owned(),
             )
         }
@@ -159,7 +159,7 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> TerminalPlan {
                 TerminalMessageKind::VoidReceipt,
                 conflict.facts.clone().unwrap_or_default(),
                 String::new(),
-                reason.as_str().to_owned(),
+                pb::OutcomeReason::from(reason),
                 "had been reversed before it was acknowledged: void the receipt".to_owned(),
             )
         }
@@ -177,7 +177,7 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> TerminalPlan {
                 TerminalMessageKind::VoidReceipt,
                 conflict.facts.clone().unwrap_or_default(),
                 String::new(),
-                outcome.as_str().to_owned(),
+                pb::OutcomeReason::from(outcome),
                 format!(
                     "in batch {} was reversed at the host: void the receipt",
                     conflict.batch_number
@@ -215,7 +215,7 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> TerminalPlan {
             kind: kind.as_str().to_owned(),
             facts: Some(facts),
             approval_code,
-            reason,
+            reason: Some(reason),
             text,
         },
     }))
@@ -441,7 +441,10 @@ mod tests {
         assert_eq!(message.terminal_id, "TERM0001");
         assert_eq!(message.merchant_id, "MERCHANT0000001");
         assert_eq!(message.kind, "void_receipt");
-        assert_eq!(message.reason, "no_terminal_acknowledgement");
+        assert_eq!(
+            message.reason,
+            Some(ReversalReason::NoTerminalAcknowledgement.into())
+        );
         assert_eq!(message.approval_code, "");
         assert_eq!(message.facts, Some(facts()));
         assert_eq!(
@@ -455,7 +458,7 @@ mod tests {
         let push = sent(&confirmed(pb::Evidence::Policy));
         assert_eq!(push.message.kind, "reprint_receipt");
         assert_eq!(push.message.approval_code, "A1B2C3");
-        assert_eq!(push.message.reason, "policy");
+        assert_eq!(push.message.reason, Some(Evidence::Policy.into()));
         assert_eq!(
             push.message.text,
             "Payment of EUR 42.00 (STAN 100008) was confirmed: reprint the receipt"
@@ -470,7 +473,10 @@ mod tests {
                 reversal_reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
             },
         )));
-        assert_eq!(ack.message.reason, "no_terminal_acknowledgement");
+        assert_eq!(
+            ack.message.reason,
+            Some(ReversalReason::NoTerminalAcknowledgement.into())
+        );
         assert_eq!(
             ack.message.text,
             "Payment of EUR 42.00 (STAN 100008) had been reversed before it was acknowledged: \
@@ -479,7 +485,10 @@ mod tests {
         let batch = sent(&batch_conflict(
             pb::ReconciliationOutcome::ConflictReversedAtHost,
         ));
-        assert_eq!(batch.message.reason, "conflict_reversed_at_host");
+        assert_eq!(
+            batch.message.reason,
+            Some(ReconciliationOutcome::ConflictReversedAtHost.into())
+        );
         assert_eq!(
             batch.message.text,
             "Payment of EUR 42.00 (STAN 100008) in batch 000007 was reversed at the host: \

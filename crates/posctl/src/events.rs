@@ -20,7 +20,8 @@ use switch_proto::v1::event_envelope::Payload;
 use switch_proto::v1::{AuthorizationFacts, EventEnvelope};
 
 use crate::output::{
-    evidence_name, format_amount, mask_pan, money_json, outcome_name, reversal_reason_name,
+    evidence_name, format_amount, mask_pan, money_json, outcome_name, outcome_reason_text,
+    reversal_reason_name,
 };
 
 /// Extra wait for the first partition assignment before giving up.
@@ -215,7 +216,11 @@ impl EventLine {
                 None
             }
             Some(Payload::TerminalMessageRequested(p)) => {
-                line.reason = Some(format!("{}: {}", p.kind, p.reason));
+                line.reason = Some(format!(
+                    "{}: {}",
+                    p.kind,
+                    outcome_reason_text(p.reason.as_ref())
+                ));
                 if !p.approval_code.is_empty() {
                     line.approval_code = Some(p.approval_code.clone());
                 }

@@ -12,7 +12,7 @@ use switch_core::{
     Currency, Evidence, HoldReason, InvalidField, Money as CoreMoney, ReconciliationOutcome,
     ResponseCode, ReversalReason,
 };
-use switch_proto::domain::optional;
+use switch_proto::domain::{optional, outcome_reason_name};
 use switch_proto::v1::{self as pb, AuthorizationRecord, AuthorizationStatus, Money};
 use tonic::Code;
 
@@ -154,6 +154,16 @@ pub fn evidence_name(raw: i32) -> String {
 pub fn hold_reason_name(raw: i32) -> String {
     let hold = optional::<pb::HoldReason, HoldReason>("hold_reason", raw);
     vocabulary_name(hold.map(|h| h.map(|h| h.as_str())), raw)
+}
+
+/// The name of a terminal message's reason, e.g. `policy`: empty when
+/// there is none, `unknown` when it names nothing this build knows.
+pub fn outcome_reason_text(reason: Option<&pb::OutcomeReason>) -> String {
+    match (reason, outcome_reason_name(reason)) {
+        (_, Ok(name)) => name.to_owned(),
+        (None, Err(_)) => String::new(),
+        (Some(_), Err(_)) => "unknown".to_owned(),
+    }
 }
 
 /// The name of a wire reconciliation outcome, e.g. `matched`.

@@ -116,6 +116,56 @@ vocabulary!(pb::HoldReason, HoldReason, {
     Conflict <=> Conflict,
 });
 
+/// Each vocabulary value as the reason of a terminal message.
+impl From<Evidence> for pb::OutcomeReason {
+    fn from(value: Evidence) -> Self {
+        let value = pb::Evidence::from(value).into();
+        Self {
+            reason: Some(pb::outcome_reason::Reason::Evidence(value)),
+        }
+    }
+}
+
+impl From<ReversalReason> for pb::OutcomeReason {
+    fn from(value: ReversalReason) -> Self {
+        let value = pb::ReversalReason::from(value).into();
+        Self {
+            reason: Some(pb::outcome_reason::Reason::ReversalReason(value)),
+        }
+    }
+}
+
+impl From<ReconciliationOutcome> for pb::OutcomeReason {
+    fn from(value: ReconciliationOutcome) -> Self {
+        let value = pb::ReconciliationOutcome::from(value).into();
+        Self {
+            reason: Some(pb::outcome_reason::Reason::Outcome(value)),
+        }
+    }
+}
+
+/// The core name of a terminal message's reason (`policy`,
+/// `no_terminal_acknowledgement`, `conflict_reversed_at_host`), or an
+/// [`InvalidField`] "reason" when it is absent, unspecified or unknown.
+pub fn outcome_reason_name(
+    reason: Option<&pb::OutcomeReason>,
+) -> Result<&'static str, InvalidField> {
+    use pb::outcome_reason::Reason;
+    match reason.and_then(|r| r.reason) {
+        Some(Reason::Evidence(raw)) => {
+            required::<pb::Evidence, Evidence>("reason", raw).map(|e| e.as_str())
+        }
+        Some(Reason::ReversalReason(raw)) => {
+            required::<pb::ReversalReason, ReversalReason>("reason", raw).map(|r| r.as_str())
+        }
+        Some(Reason::Outcome(raw)) => {
+            required::<pb::ReconciliationOutcome, ReconciliationOutcome>("reason", raw)
+                .map(|o| o.as_str())
+        }
+        None => Err(InvalidField::new("reason", "missing")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +211,31 @@ mod tests {
             let name = pb::HoldReason::from(h).as_str_name();
             assert_eq!(name, format!("HOLD_REASON_{}", h.as_str().to_uppercase()));
         }
+    }
+
+    #[test]
+    fn an_outcome_reason_is_named_by_its_core_name() {
+        let reason = pb::OutcomeReason::from(ReversalReason::NoTerminalAcknowledgement);
+        assert_eq!(
+            outcome_reason_name(Some(&reason)),
+            Ok(ReversalReason::NoTerminalAcknowledgement.as_str())
+        );
+        let reason = pb::OutcomeReason::from(Evidence::Policy);
+        assert_eq!(outcome_reason_name(Some(&reason)), Ok("policy"));
+        let reason = pb::OutcomeReason::from(ReconciliationOutcome::ConflictReversedAtHost);
+        assert_eq!(
+            outcome_reason_name(Some(&reason)),
+            Ok("conflict_reversed_at_host")
+        );
+        let unspecified = pb::OutcomeReason {
+            reason: Some(pb::outcome_reason::Reason::Evidence(0)),
+        };
+        assert_eq!(
+            outcome_reason_name(Some(&unspecified)).unwrap_err().field,
+            "reason"
+        );
+        assert_eq!(outcome_reason_name(None).unwrap_err().field, "reason");
+        assert!(outcome_reason_name(Some(&pb::OutcomeReason::default())).is_err());
     }
 
     #[test]
