@@ -469,8 +469,8 @@ async fn inquiry_reprint_and_acknowledge_report_the_journal() {
         assert!(acknowledged.acknowledged);
         assert_eq!(acknowledged.status(), AuthorizationStatus::Confirmed);
         assert_eq!(
-            acknowledged.confirmation_evidence,
-            "terminal_acknowledgement"
+            acknowledged.confirmation_evidence(),
+            switch_proto::v1::Evidence::TerminalAcknowledgement
         );
     }
     let events = events_for(&stack, &first.transaction_id).await;
@@ -486,7 +486,10 @@ async fn inquiry_reprint_and_acknowledge_report_the_journal() {
     let Some(Payload::AuthorizationConfirmed(confirmed)) = &confirmations[0].payload else {
         panic!("wrong payload");
     };
-    assert_eq!(confirmed.evidence, "terminal_acknowledgement");
+    assert_eq!(
+        confirmed.evidence(),
+        switch_proto::v1::Evidence::TerminalAcknowledgement
+    );
 
     // Acknowledging the declined sale confirms nothing; it is recorded once.
     let declined_ack = AcknowledgeRequest {

@@ -267,7 +267,7 @@ fn reversal_event(transaction_id: &str) -> EventEnvelope {
                 }),
                 channel: "card".into(),
             }),
-            reason: "no_terminal_acknowledgement".into(),
+            reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
             attempts: 1,
         })),
     }

@@ -103,7 +103,10 @@ async fn s1_an_unacknowledged_approval_is_reversed_at_its_deadline() {
     assert!(waited <= window + 15_000, "detected promptly: {waited} ms");
     let inquiry = stack.inquire("TERM0001", "002001").await;
     assert_eq!(inquiry.status(), AuthorizationStatus::Reversed);
-    assert_eq!(inquiry.reversal_reason, "no_terminal_acknowledgement");
+    assert_eq!(
+        inquiry.reversal_reason(),
+        switch_proto::v1::ReversalReason::NoTerminalAcknowledgement
+    );
     assert_eq!(issuer_reversals(&stack).await, 1);
     assert_every_approval_resolved_once(&stack).await;
 

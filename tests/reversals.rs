@@ -103,7 +103,10 @@ async fn terminal_reversal_sent_repeatedly_and_concurrently_reverses_once() {
     assert_eq!(count(&events, "authorization.reversed"), 1);
     let inquiry = stack.inquire("TERM0001", "001001").await;
     assert_eq!(inquiry.status(), AuthorizationStatus::Reversed);
-    assert_eq!(inquiry.reversal_reason, "terminal_requested");
+    assert_eq!(
+        inquiry.reversal_reason(),
+        switch_proto::v1::ReversalReason::TerminalRequested
+    );
     stack.shutdown().await;
 }
 
@@ -309,7 +312,10 @@ async fn a_late_issuer_approval_is_recorded_and_never_resurrects_the_authorizati
     assert_eq!(count(&events, "authorization.approved"), 0);
     let inquiry = stack.inquire("TERM0001", "001401").await;
     assert_eq!(inquiry.status(), AuthorizationStatus::Reversed);
-    assert_eq!(inquiry.reversal_reason, "late_issuer_response");
+    assert_eq!(
+        inquiry.reversal_reason(),
+        switch_proto::v1::ReversalReason::LateIssuerResponse
+    );
     stack.shutdown().await;
 }
 

@@ -14,7 +14,7 @@ use switch_e2e::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_e2e::v1::settlement_status_request::Query;
 use switch_e2e::v1::{
     AcknowledgeRequest, AuthorizationStatus, BatchResult, CloseBatchRequest, CurrencyTotals,
-    FaultPlan, Money, ReverseRequest, RunSettlementRequest, SettlementState,
+    FaultPlan, Money, ReconciliationOutcome, ReverseRequest, RunSettlementRequest, SettlementState,
     SettlementStatusRequest, TerminalReverseRequest, TerminalTransaction, UploadBatchRequest,
     UploadedTransaction, reverse_request,
 };
@@ -217,7 +217,7 @@ async fn an_upload_reverses_the_orphan_confirms_the_completed_and_flags_the_conf
         .unwrap()
         .reverse(ReverseRequest {
             target: Some(reverse_request::Target::TransactionId(conflict.clone())),
-            reason: "no_terminal_acknowledgement".into(),
+            reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
         })
         .await
         .expect("the host reverses it");
@@ -255,15 +255,24 @@ async fn an_upload_reverses_the_orphan_confirms_the_completed_and_flags_the_conf
         .expect("the upload is reconciled")
         .into_inner();
     assert_eq!(reconciled.result(), BatchResult::Reconciled);
-    let outcome_of: HashMap<String, String> = reconciled
+    let outcome_of: HashMap<String, ReconciliationOutcome> = reconciled
         .outcomes
         .iter()
-        .map(|o| (o.transaction_id.clone(), o.outcome.clone()))
+        .map(|o| (o.transaction_id.clone(), o.outcome()))
         .collect();
-    assert_eq!(outcome_of[&orphan], "orphan_reversal_requested");
-    assert_eq!(outcome_of[&unconfirmed], "confirmed_by_upload");
-    assert_eq!(outcome_of[&conflict], "conflict_reversed_at_host");
-    assert_eq!(outcome_of[&matched], "matched");
+    assert_eq!(
+        outcome_of[&orphan],
+        ReconciliationOutcome::OrphanReversalRequested
+    );
+    assert_eq!(
+        outcome_of[&unconfirmed],
+        ReconciliationOutcome::ConfirmedByUpload
+    );
+    assert_eq!(
+        outcome_of[&conflict],
+        ReconciliationOutcome::ConflictReversedAtHost
+    );
+    assert_eq!(outcome_of[&matched], ReconciliationOutcome::Matched);
     assert_eq!(reconciled.outcomes.len(), 4);
 
     // The orphan is reversed at once, not at its deadline two minutes away.

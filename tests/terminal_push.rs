@@ -138,7 +138,14 @@ async fn an_offline_terminal_gets_the_void_when_it_subscribes_exactly_once_after
     assert_eq!(message.transaction_id, transaction_id);
     assert_eq!(message.stan, "007001");
     assert_eq!(message.local_date, today());
-    assert_eq!(message.reason, "no_terminal_acknowledgement");
+    assert_eq!(
+        message.reason,
+        Some(switch_proto::v1::OutcomeReason {
+            reason: Some(switch_proto::v1::outcome_reason::Reason::ReversalReason(
+                switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into()
+            )),
+        })
+    );
     assert_eq!(message.amount.as_ref().unwrap().minor_units, 4_200);
     assert_eq!(message.masked_pan, "411111******1111");
     assert_eq!(message.rrn.len(), 12);
@@ -259,7 +266,14 @@ async fn an_orphan_confirmed_by_policy_asks_its_terminal_for_a_reprint() {
     assert_eq!(message.kind, "reprint_receipt");
     assert_eq!(message.transaction_id, transaction_id);
     assert_eq!(message.stan, "007201");
-    assert_eq!(message.reason, "policy");
+    assert_eq!(
+        message.reason,
+        Some(switch_proto::v1::OutcomeReason {
+            reason: Some(switch_proto::v1::outcome_reason::Reason::Evidence(
+                switch_proto::v1::Evidence::Policy.into()
+            )),
+        })
+    );
     assert_eq!(message.approval_code.len(), 6, "{message:?}");
     assert!(
         message.text.contains("was confirmed: reprint the receipt"),

@@ -8,6 +8,7 @@ use switch_core::terminal_response_code;
 use switch_platform::outbox::OutboxMessage;
 use switch_platform::telemetry::current_trace_context;
 use switch_platform::timestamps::from_time;
+use switch_proto::domain::wire_optional;
 use switch_proto::v1::{self as pb, AuthorizationFacts, EventEnvelope, event_envelope::Payload};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -74,11 +75,7 @@ impl Announcer {
                 .map(ToString::to_string)
                 .unwrap_or_default()
         };
-        let reason = || {
-            auth.reversal_reason
-                .map(|r| r.as_str().to_owned())
-                .unwrap_or_default()
-        };
+        let reason = || wire_optional::<_, pb::ReversalReason>(auth.reversal_reason);
         let (event_type, payload) = match announcement {
             Announcement::Approved => (
                 "authorization.approved",
@@ -107,10 +104,7 @@ impl Announcer {
                 "authorization.confirmed",
                 Payload::AuthorizationConfirmed(pb::AuthorizationConfirmed {
                     facts,
-                    evidence: auth
-                        .confirmation_evidence
-                        .map(|e| e.as_str().to_owned())
-                        .unwrap_or_default(),
+                    evidence: wire_optional::<_, pb::Evidence>(auth.confirmation_evidence),
                     approval_code: approval_code(),
                 }),
             ),

@@ -9,8 +9,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 use switch_core::lifecycle::{Command, IssuerVerdict, decide};
 use switch_core::{
-    Evidence, PanHasher, ReplayVerdict, ReversalReason, SaleDigest, TerminalId, TransactionId,
-    compare_replay,
+    Evidence, PanHasher, ReplayVerdict, SaleDigest, TerminalId, TransactionId, compare_replay,
 };
 use switch_platform::telemetry::server_span;
 use switch_proto::v1::{
@@ -363,8 +362,7 @@ impl AuthorizationService for AuthorizationApi {
         let span = server_span("authorization.reverse", request.metadata());
         async move {
             let request = request.into_inner();
-            let reason =
-                ReversalReason::parse(&request.reason).map_err(AuthorizationError::from)?;
+            let reason = wire::reversal_reason(&request).map_err(AuthorizationError::from)?;
             let journal = &self.lifecycle.journal;
             let original = match &request.target {
                 Some(Target::TransactionId(id)) => {
@@ -439,7 +437,8 @@ impl AuthorizationService for AuthorizationApi {
             let request = request.into_inner();
             let id =
                 TransactionId::parse(&request.transaction_id).map_err(AuthorizationError::from)?;
-            let evidence = Evidence::parse(&request.evidence).map_err(AuthorizationError::from)?;
+            let evidence =
+                wire::confirmation_evidence(&request).map_err(AuthorizationError::from)?;
             let confirmed = self
                 .lifecycle
                 .execute(store::Target::Id(id), Command::Confirm { evidence })

@@ -3,13 +3,25 @@
 //! API answers with. Events are `events`' business.
 
 use switch_core::{
-    AuthorizationState, CardExpiry, Channel, Currency, InvalidField, LocalDate, MerchantId, Money,
-    Pan, Stan, TerminalId, terminal_message, terminal_response_code,
+    AuthorizationState, CardExpiry, Channel, Currency, Evidence, InvalidField, LocalDate,
+    MerchantId, Money, Pan, ReversalReason, Stan, TerminalId, terminal_message,
+    terminal_response_code,
 };
+use switch_proto::domain::{required, wire_optional};
 use switch_proto::v1::{self as pb, AuthorizationRecord};
 use time::format_description::well_known::Rfc3339;
 
 use crate::model::{Authorization, RequestKey, SaleCommand};
+
+/// `ReverseRequest.reason`: required, field "reason".
+pub fn reversal_reason(request: &pb::ReverseRequest) -> Result<ReversalReason, InvalidField> {
+    required::<pb::ReversalReason, _>("reason", request.reason)
+}
+
+/// `ConfirmRequest.evidence`: required, field "evidence".
+pub fn confirmation_evidence(request: &pb::ConfirmRequest) -> Result<Evidence, InvalidField> {
+    required::<pb::Evidence, _>("evidence", request.evidence)
+}
 
 pub fn request_key(key: Option<&pb::TerminalKey>) -> Result<RequestKey, InvalidField> {
     let key = key.ok_or_else(|| InvalidField::new("key", "missing"))?;
@@ -87,15 +99,56 @@ pub fn record(auth: &Authorization) -> AuthorizationRecord {
         message,
         created_at: auth.created_at.format(&Rfc3339).unwrap_or_default(),
         acknowledged: auth.acknowledged_at.is_some(),
-        reversal_reason: auth
-            .reversal_reason
-            .map(|r| r.as_str().to_owned())
-            .unwrap_or_default(),
-        confirmation_evidence: auth
-            .confirmation_evidence
-            .map(|e| e.as_str().to_owned())
-            .unwrap_or_default(),
+        reversal_reason: wire_optional::<_, pb::ReversalReason>(auth.reversal_reason),
+        confirmation_evidence: wire_optional::<_, pb::Evidence>(auth.confirmation_evidence),
         conflict: auth.conflict(),
         channel: auth.channel.as_str().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::AuthorizationError;
+
+    #[test]
+    fn an_unspecified_reason_or_evidence_is_refused_naming_the_field() {
+        let reverse = pb::ReverseRequest::default();
+        let refused = reversal_reason(&reverse).unwrap_err();
+        assert_eq!(refused.field, "reason");
+        let status = tonic::Status::from(AuthorizationError::from(refused));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "reason: must be specified");
+
+        let confirm = pb::ConfirmRequest::default();
+        let refused = confirmation_evidence(&confirm).unwrap_err();
+        assert_eq!(refused.field, "evidence");
+        let status = tonic::Status::from(AuthorizationError::from(refused));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "evidence: must be specified");
+    }
+
+    #[test]
+    fn a_specified_reason_or_evidence_enters_as_the_core_value() {
+        let reverse = pb::ReverseRequest {
+            reason: pb::ReversalReason::TerminalRequested.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            reversal_reason(&reverse),
+            Ok(ReversalReason::TerminalRequested)
+        );
+        let confirm = pb::ConfirmRequest {
+            evidence: pb::Evidence::Policy.into(),
+            ..Default::default()
+        };
+        assert_eq!(confirmation_evidence(&confirm), Ok(Evidence::Policy));
+        let unknown = pb::ConfirmRequest {
+            evidence: 77,
+            ..Default::default()
+        };
+        let refused = confirmation_evidence(&unknown).unwrap_err();
+        assert_eq!(refused.field, "evidence");
+        assert_eq!(refused.reason, "unknown value 77");
     }
 }

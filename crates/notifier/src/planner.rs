@@ -241,7 +241,7 @@ mod tests {
         assert!(planner.wants(&with(Payload::AuthorizationReversed(
             AuthorizationReversed {
                 facts: Some(facts),
-                reason: "no_terminal_acknowledgement".into(),
+                reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
                 attempts: 1,
             }
         ))));

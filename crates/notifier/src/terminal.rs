@@ -20,9 +20,12 @@
 //! kind, so a replayed event yields the same message, which the gateway
 //! stores once.
 
-use switch_core::Evidence;
+use switch_core::{Evidence, ReconciliationOutcome, ReversalReason};
+use switch_proto::domain::required;
 use switch_proto::v1::event_envelope::Payload;
-use switch_proto::v1::{AuthorizationFacts, EventEnvelope, Money, TerminalMessageRequested};
+use switch_proto::v1::{
+    self as pb, AuthorizationFacts, EventEnvelope, Money, TerminalMessageRequested,
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -83,8 +86,9 @@ pub enum TerminalPlan {
     Send(Box<TerminalPush>),
     /// Nothing the terminal needs to be told.
     Ignore,
-    /// An outcome that cannot be sent (no terminal, no event id); the
-    /// reason is logged. Never retried: every replay would fail the same way.
+    /// An outcome that cannot be sent (no terminal, no event id, an
+    /// unspecified or unknown evidence, reason or outcome); the reason is
+    /// logged. Never retried: every replay would fail the same way.
     Invalid(&'static str),
 }
 
@@ -95,14 +99,13 @@ pub fn message_id(event_id: Uuid, kind: TerminalMessageKind) -> Uuid {
 }
 
 /// Evidence the terminal itself gave that it completed the sale.
-fn from_the_terminal(evidence: &str) -> bool {
-    [
-        Evidence::TerminalAcknowledgement,
-        Evidence::LastCompletedStan,
-        Evidence::BatchUpload,
-    ]
-    .iter()
-    .any(|e| e.as_str() == evidence)
+fn from_the_terminal(evidence: Evidence) -> bool {
+    match evidence {
+        Evidence::TerminalAcknowledgement | Evidence::LastCompletedStan | Evidence::BatchUpload => {
+            true
+        }
+        Evidence::Policy => false,
+    }
 }
 
 /// Decides whether `event` becomes a terminal message and renders it.
@@ -113,45 +116,68 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> TerminalPlan {
     };
     let (kind, facts, approval_code, reason, outcome) = match payload {
         Payload::AuthorizationConfirmed(confirmed) => {
-            if from_the_terminal(&confirmed.evidence) {
+            let Ok(evidence) = required::<pb::Evidence, Evidence>("evidence", confirmed.evidence)
+            else {
+                return TerminalPlan::Invalid("event names no known evidence");
+            };
+            if from_the_terminal(evidence) {
                 return TerminalPlan::Ignore;
             }
             (
                 TerminalMessageKind::ReprintReceipt,
                 confirmed.facts.clone().unwrap_or_default(),
                 confirmed.approval_code.clone(),
-                confirmed.evidence.clone(),
+                pb::OutcomeReason::from(evidence),
                 "was confirmed: reprint the receipt".to_owned(),
             )
         }
         Payload::AuthorizationReversed(reversed) => {
-            if reversed.reason == switch_core::ReversalReason::TerminalRequested.as_str() {
+            let Ok(reason) =
+                required::<pb::ReversalReason, ReversalReason>("reason", reversed.reason)
+            else {
+                return TerminalPlan::Invalid("event names no known reversal reason");
+            };
+            if reason == ReversalReason::TerminalRequested {
                 return TerminalPlan::Ignore;
             }
             (
                 TerminalMessageKind::VoidReceipt,
                 reversed.facts.clone().unwrap_or_default(),
                 String::new(),
-                reversed.reason.clone(),
+                pb::OutcomeReason::from(reason),
                 "was reversed: void the receipt".to_owned(),
             )
         }
-        Payload::AcknowledgementConflict(conflict) => (
-            TerminalMessageKind::VoidReceipt,
-            conflict.facts.clone().unwrap_or_default(),
-            String::new(),
-            conflict.reversal_reason.clone(),
-            "had been reversed before it was acknowledged: void the receipt".to_owned(),
-        ),
+        Payload::AcknowledgementConflict(conflict) => {
+            let Ok(reason) = required::<pb::ReversalReason, ReversalReason>(
+                "reversal_reason",
+                conflict.reversal_reason,
+            ) else {
+                return TerminalPlan::Invalid("event names no known reversal reason");
+            };
+            (
+                TerminalMessageKind::VoidReceipt,
+                conflict.facts.clone().unwrap_or_default(),
+                String::new(),
+                pb::OutcomeReason::from(reason),
+                "had been reversed before it was acknowledged: void the receipt".to_owned(),
+            )
+        }
         Payload::BatchConflict(conflict) => {
-            if conflict.outcome != "conflict_reversed_at_host" {
+            let Ok(outcome) = required::<pb::ReconciliationOutcome, ReconciliationOutcome>(
+                "outcome",
+                conflict.outcome,
+            ) else {
+                return TerminalPlan::Invalid("event names no known reconciliation outcome");
+            };
+            if outcome != ReconciliationOutcome::ConflictReversedAtHost {
                 return TerminalPlan::Ignore;
             }
             (
                 TerminalMessageKind::VoidReceipt,
                 conflict.facts.clone().unwrap_or_default(),
                 String::new(),
-                conflict.outcome.clone(),
+                pb::OutcomeReason::from(outcome),
                 format!(
                     "in batch {} was reversed at the host: void the receipt",
                     conflict.batch_number
@@ -189,7 +215,7 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> TerminalPlan {
             kind: kind.as_str().to_owned(),
             facts: Some(facts),
             approval_code,
-            reason,
+            reason: Some(reason),
             text,
         },
     }))
@@ -260,7 +286,7 @@ mod tests {
         OffsetDateTime::from_unix_timestamp(NOW + 60).unwrap()
     }
 
-    fn confirmed(evidence: &str) -> EventEnvelope {
+    fn confirmed(evidence: impl Into<i32>) -> EventEnvelope {
         envelope(Payload::AuthorizationConfirmed(AuthorizationConfirmed {
             facts: Some(facts()),
             evidence: evidence.into(),
@@ -268,7 +294,7 @@ mod tests {
         }))
     }
 
-    fn reversed(reason: &str) -> EventEnvelope {
+    fn reversed(reason: impl Into<i32>) -> EventEnvelope {
         envelope(Payload::AuthorizationReversed(AuthorizationReversed {
             facts: Some(facts()),
             reason: reason.into(),
@@ -276,7 +302,7 @@ mod tests {
         }))
     }
 
-    fn batch_conflict(outcome: &str) -> EventEnvelope {
+    fn batch_conflict(outcome: impl Into<i32>) -> EventEnvelope {
         envelope(Payload::BatchConflict(BatchConflict {
             facts: Some(facts()),
             batch_number: "000007".into(),
@@ -301,73 +327,88 @@ mod tests {
     }
 
     #[test]
+    fn an_unspecified_or_unknown_vocabulary_value_is_invalid() {
+        for event in [
+            confirmed(pb::Evidence::Unspecified),
+            confirmed(99),
+            reversed(pb::ReversalReason::Unspecified),
+            batch_conflict(pb::ReconciliationOutcome::Unspecified),
+        ] {
+            assert!(
+                matches!(plan(&event, now()), TerminalPlan::Invalid(_)),
+                "{event:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_planning_table() {
         use TerminalMessageKind::{ReprintReceipt, VoidReceipt};
-        let table: [(&str, EventEnvelope, Option<TerminalMessageKind>); 14] = [
+        let table: [(&str, EventEnvelope, Option<TerminalMessageKind>); 13] = [
             (
                 "confirmed by policy",
-                confirmed("policy"),
-                Some(ReprintReceipt),
-            ),
-            (
-                "confirmed by an evidence unknown to this table",
-                confirmed("something_new"),
+                confirmed(pb::Evidence::Policy),
                 Some(ReprintReceipt),
             ),
             (
                 "confirmed by the terminal's acknowledgement",
-                confirmed("terminal_acknowledgement"),
+                confirmed(pb::Evidence::TerminalAcknowledgement),
                 None,
             ),
             (
                 "confirmed by the terminal's last completed STAN",
-                confirmed("last_completed_stan"),
+                confirmed(pb::Evidence::LastCompletedStan),
                 None,
             ),
             (
                 "confirmed by the terminal's batch upload",
-                confirmed("batch_upload"),
+                confirmed(pb::Evidence::BatchUpload),
                 None,
             ),
             (
                 "reversed without acknowledgement",
-                reversed("no_terminal_acknowledgement"),
+                reversed(pb::ReversalReason::NoTerminalAcknowledgement),
                 Some(VoidReceipt),
             ),
             (
                 "reversed after an issuer timeout",
-                reversed("issuer_timeout"),
+                reversed(pb::ReversalReason::IssuerTimeout),
                 Some(VoidReceipt),
             ),
             (
                 "reversed after a late issuer answer",
-                reversed("late_issuer_response"),
+                reversed(pb::ReversalReason::LateIssuerResponse),
                 Some(VoidReceipt),
             ),
             (
                 "reversed as a batch orphan",
-                reversed("batch_orphan"),
+                reversed(pb::ReversalReason::BatchOrphan),
                 Some(VoidReceipt),
             ),
             (
                 "reversed at the terminal's request",
-                reversed("terminal_requested"),
+                reversed(pb::ReversalReason::TerminalRequested),
                 None,
             ),
             (
                 "acknowledged after the reversal",
                 envelope(Payload::AcknowledgementConflict(AcknowledgementConflict {
                     facts: Some(facts()),
-                    reversal_reason: "no_terminal_acknowledgement".into(),
+                    reversal_reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement
+                        .into(),
                 })),
                 Some(VoidReceipt),
             ),
             (
                 "batch lists a sale reversed at the host",
-                batch_conflict("conflict_reversed_at_host"),
+                batch_conflict(pb::ReconciliationOutcome::ConflictReversedAtHost),
                 Some(VoidReceipt),
             ),
-            ("batch mismatch", batch_conflict("mismatch"), None),
+            (
+                "batch mismatch",
+                batch_conflict(pb::ReconciliationOutcome::Mismatch),
+                None,
+            ),
             (
                 "an approval",
                 envelope(Payload::AuthorizationApproved(AuthorizationApproved {
@@ -387,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_void_message_says_what_to_do_with_the_receipt() {
-        let push = sent(&reversed("no_terminal_acknowledgement"));
+        let push = sent(&reversed(pb::ReversalReason::NoTerminalAcknowledgement));
         assert_eq!(push.kind, TerminalMessageKind::VoidReceipt);
         assert_eq!(push.key(), "TERM0001");
         assert_eq!(push.transaction_id, "0193a5d4-7e1f-7c3a-9d5e-0000000000aa");
@@ -400,7 +441,10 @@ mod tests {
         assert_eq!(message.terminal_id, "TERM0001");
         assert_eq!(message.merchant_id, "MERCHANT0000001");
         assert_eq!(message.kind, "void_receipt");
-        assert_eq!(message.reason, "no_terminal_acknowledgement");
+        assert_eq!(
+            message.reason,
+            Some(ReversalReason::NoTerminalAcknowledgement.into())
+        );
         assert_eq!(message.approval_code, "");
         assert_eq!(message.facts, Some(facts()));
         assert_eq!(
@@ -411,10 +455,10 @@ mod tests {
 
     #[test]
     fn a_reprint_message_carries_the_approval_code_and_evidence() {
-        let push = sent(&confirmed("policy"));
+        let push = sent(&confirmed(pb::Evidence::Policy));
         assert_eq!(push.message.kind, "reprint_receipt");
         assert_eq!(push.message.approval_code, "A1B2C3");
-        assert_eq!(push.message.reason, "policy");
+        assert_eq!(push.message.reason, Some(Evidence::Policy.into()));
         assert_eq!(
             push.message.text,
             "Payment of EUR 42.00 (STAN 100008) was confirmed: reprint the receipt"
@@ -426,17 +470,25 @@ mod tests {
         let ack = sent(&envelope(Payload::AcknowledgementConflict(
             AcknowledgementConflict {
                 facts: Some(facts()),
-                reversal_reason: "no_terminal_acknowledgement".into(),
+                reversal_reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
             },
         )));
-        assert_eq!(ack.message.reason, "no_terminal_acknowledgement");
+        assert_eq!(
+            ack.message.reason,
+            Some(ReversalReason::NoTerminalAcknowledgement.into())
+        );
         assert_eq!(
             ack.message.text,
             "Payment of EUR 42.00 (STAN 100008) had been reversed before it was acknowledged: \
              void the receipt"
         );
-        let batch = sent(&batch_conflict("conflict_reversed_at_host"));
-        assert_eq!(batch.message.reason, "conflict_reversed_at_host");
+        let batch = sent(&batch_conflict(
+            pb::ReconciliationOutcome::ConflictReversedAtHost,
+        ));
+        assert_eq!(
+            batch.message.reason,
+            Some(ReconciliationOutcome::ConflictReversedAtHost.into())
+        );
         assert_eq!(
             batch.message.text,
             "Payment of EUR 42.00 (STAN 100008) in batch 000007 was reversed at the host: \
@@ -446,8 +498,8 @@ mod tests {
 
     #[test]
     fn a_replayed_event_yields_the_same_message_id() {
-        let first = sent(&reversed("issuer_timeout"));
-        let again = sent(&reversed("issuer_timeout"));
+        let first = sent(&reversed(pb::ReversalReason::IssuerTimeout));
+        let again = sent(&reversed(pb::ReversalReason::IssuerTimeout));
         assert_eq!(first.message_id, again.message_id);
         assert_eq!(first.message_id.get_version_num(), 5);
         let event_id = Uuid::parse_str(EVENT_ID).unwrap();
@@ -459,7 +511,7 @@ mod tests {
             message_id(event_id, TerminalMessageKind::VoidReceipt),
             message_id(event_id, TerminalMessageKind::ReprintReceipt)
         );
-        let mut other = reversed("issuer_timeout");
+        let mut other = reversed(pb::ReversalReason::IssuerTimeout);
         other.event_id = "0193a5d4-7e1f-7c3a-9d5e-000000000002".into();
         assert_ne!(sent(&other).message_id, first.message_id);
     }
@@ -473,7 +525,7 @@ mod tests {
         });
         let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
             facts: Some(yen),
-            reason: "issuer_timeout".into(),
+            reason: switch_proto::v1::ReversalReason::IssuerTimeout.into(),
             attempts: 1,
         }));
         assert!(
@@ -489,7 +541,7 @@ mod tests {
         });
         let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
             facts: Some(odd),
-            reason: "issuer_timeout".into(),
+            reason: switch_proto::v1::ReversalReason::IssuerTimeout.into(),
             attempts: 1,
         }));
         assert!(
@@ -506,7 +558,7 @@ mod tests {
         leaky.masked_pan = "4111111111111111".into();
         let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
             facts: Some(leaky),
-            reason: "issuer_timeout".into(),
+            reason: switch_proto::v1::ReversalReason::IssuerTimeout.into(),
             attempts: 1,
         }));
         let push = sent(&event);
@@ -519,18 +571,18 @@ mod tests {
         no_terminal.terminal_id.clear();
         let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
             facts: Some(no_terminal),
-            reason: "issuer_timeout".into(),
+            reason: switch_proto::v1::ReversalReason::IssuerTimeout.into(),
             attempts: 1,
         }));
         assert!(matches!(plan(&event, now()), TerminalPlan::Invalid(_)));
-        let mut bad_id = reversed("issuer_timeout");
+        let mut bad_id = reversed(pb::ReversalReason::IssuerTimeout);
         bad_id.event_id = "not-a-uuid".into();
         assert!(matches!(plan(&bad_id, now()), TerminalPlan::Invalid(_)));
     }
 
     #[test]
     fn a_missing_occurred_at_uses_now() {
-        let mut event = reversed("issuer_timeout");
+        let mut event = reversed(pb::ReversalReason::IssuerTimeout);
         event.occurred_at = None;
         assert_eq!(sent(&event).occurred_at, now());
     }

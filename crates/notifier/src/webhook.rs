@@ -17,9 +17,11 @@
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use switch_core::{Evidence, ReconciliationOutcome, ReversalReason};
 use switch_platform::timestamps::to_time;
+use switch_proto::domain::required;
 use switch_proto::v1::event_envelope::Payload;
-use switch_proto::v1::{AuthorizationFacts, EventEnvelope, Money};
+use switch_proto::v1::{self as pb, AuthorizationFacts, EventEnvelope, Money};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
@@ -78,8 +80,9 @@ pub enum Plan {
     Send(Webhook),
     /// Not an outcome merchants are told about.
     Ignore,
-    /// An outcome that cannot be sent (no merchant, no event id); the
-    /// reason is logged. Never retried: every replay would fail the same way.
+    /// An outcome that cannot be sent (no merchant, no event id, an
+    /// unspecified or unknown evidence, reason or outcome); the reason is
+    /// logged. Never retried: every replay would fail the same way.
     Invalid(&'static str),
 }
 
@@ -103,19 +106,28 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> Plan {
     let occurred_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
     let (kind, merchant_id, data) = match payload {
         Payload::AuthorizationConfirmed(confirmed) => {
-            if confirmed.evidence == switch_core::Evidence::TerminalAcknowledgement.as_str() {
+            let Ok(evidence) = required::<pb::Evidence, Evidence>("evidence", confirmed.evidence)
+            else {
+                return Plan::Invalid("event names no known evidence");
+            };
+            if evidence == Evidence::TerminalAcknowledgement {
                 return Plan::Ignore;
             }
             let facts = confirmed.facts.clone().unwrap_or_default();
             let mut data = transaction(&event.transaction_id, &facts);
             data["approval_code"] = json!(confirmed.approval_code);
-            data["evidence"] = json!(confirmed.evidence);
+            data["evidence"] = json!(evidence.as_str());
             (WebhookType::PaymentConfirmed, facts.merchant_id, data)
         }
         Payload::AuthorizationReversed(reversed) => {
+            let Ok(reason) =
+                required::<pb::ReversalReason, ReversalReason>("reason", reversed.reason)
+            else {
+                return Plan::Invalid("event names no known reversal reason");
+            };
             let facts = reversed.facts.clone().unwrap_or_default();
             let mut data = transaction(&event.transaction_id, &facts);
-            data["reason"] = json!(reversed.reason);
+            data["reason"] = json!(reason.as_str());
             // The switch's reference of the reversal is the original's RRN:
             // ISO 8583 reversals carry the original's retrieval reference.
             data["reversal_reference"] = json!(facts.rrn);
@@ -126,22 +138,34 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> Plan {
             (WebhookType::PaymentReversed, facts.merchant_id, data)
         }
         Payload::AcknowledgementConflict(conflict) => {
+            let Ok(reason) = required::<pb::ReversalReason, ReversalReason>(
+                "reversal_reason",
+                conflict.reversal_reason,
+            ) else {
+                return Plan::Invalid("event names no known reversal reason");
+            };
             let facts = conflict.facts.clone().unwrap_or_default();
             let mut data = transaction(&event.transaction_id, &facts);
-            data["source"] = json!("terminal_acknowledgement");
+            data["source"] = json!(Evidence::TerminalAcknowledgement.as_str());
             data["outcome"] = json!("acknowledged_after_reversal");
-            data["reversal_reason"] = json!(conflict.reversal_reason);
+            data["reversal_reason"] = json!(reason.as_str());
             data["receipt_void"] = json!(true);
             (WebhookType::PaymentConflict, facts.merchant_id, data)
         }
         Payload::BatchConflict(conflict) => {
+            let Ok(outcome) = required::<pb::ReconciliationOutcome, ReconciliationOutcome>(
+                "outcome",
+                conflict.outcome,
+            ) else {
+                return Plan::Invalid("event names no known reconciliation outcome");
+            };
             let facts = conflict.facts.clone().unwrap_or_default();
             let mut data = transaction(&event.transaction_id, &facts);
-            data["source"] = json!("batch_upload");
+            data["source"] = json!(Evidence::BatchUpload.as_str());
             data["batch_number"] = json!(conflict.batch_number);
-            data["outcome"] = json!(conflict.outcome);
+            data["outcome"] = json!(outcome.as_str());
             data["detail"] = json!(conflict.detail);
-            data["receipt_void"] = json!(conflict.outcome == "conflict_reversed_at_host");
+            data["receipt_void"] = json!(outcome == ReconciliationOutcome::ConflictReversedAtHost);
             (WebhookType::PaymentConflict, facts.merchant_id, data)
         }
         Payload::MerchantPaid(paid) => {
@@ -283,7 +307,7 @@ mod tests {
     fn an_orphan_confirmed_carries_what_a_reprint_needs() {
         let event = envelope(Payload::AuthorizationConfirmed(AuthorizationConfirmed {
             facts: Some(facts()),
-            evidence: "policy".into(),
+            evidence: switch_proto::v1::Evidence::Policy.into(),
             approval_code: "A1B2C3".into(),
         }));
         let (webhook, body) = sent(&event);
@@ -318,7 +342,7 @@ mod tests {
     fn a_terminal_acknowledgement_sends_nothing() {
         let event = envelope(Payload::AuthorizationConfirmed(AuthorizationConfirmed {
             facts: Some(facts()),
-            evidence: "terminal_acknowledgement".into(),
+            evidence: switch_proto::v1::Evidence::TerminalAcknowledgement.into(),
             approval_code: "A1B2C3".into(),
         }));
         assert_eq!(plan(&event, now()), Plan::Ignore);
@@ -333,7 +357,7 @@ mod tests {
     fn a_reversal_says_when_funds_are_released() {
         let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
             facts: Some(facts()),
-            reason: "no_terminal_acknowledgement".into(),
+            reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
             attempts: 2,
         }));
         let (webhook, body) = sent(&event);
@@ -350,7 +374,7 @@ mod tests {
     fn conflicts_from_an_acknowledgement_or_a_batch() {
         let ack = envelope(Payload::AcknowledgementConflict(AcknowledgementConflict {
             facts: Some(facts()),
-            reversal_reason: "no_terminal_acknowledgement".into(),
+            reversal_reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
         }));
         let (webhook, body) = sent(&ack);
         assert_eq!(webhook.kind, WebhookType::PaymentConflict);
@@ -364,7 +388,7 @@ mod tests {
         let batch = envelope(Payload::BatchConflict(BatchConflict {
             facts: Some(facts()),
             batch_number: "000007".into(),
-            outcome: "mismatch".into(),
+            outcome: switch_proto::v1::ReconciliationOutcome::Mismatch.into(),
             detail: "amount 1050 at host, 1500 on terminal".into(),
         }));
         let (_, body) = sent(&batch);
@@ -420,7 +444,7 @@ mod tests {
         leaky.masked_pan = "4111111111111111".into();
         let event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
             facts: Some(leaky),
-            reason: "issuer_timeout".into(),
+            reason: switch_proto::v1::ReversalReason::IssuerTimeout.into(),
             attempts: 1,
         }));
         let (webhook, body) = sent(&event);
@@ -446,9 +470,27 @@ mod tests {
     }
 
     #[test]
+    fn an_unspecified_vocabulary_value_is_invalid() {
+        for payload in [
+            Payload::AuthorizationConfirmed(AuthorizationConfirmed {
+                facts: Some(facts()),
+                ..AuthorizationConfirmed::default()
+            }),
+            Payload::AuthorizationReversed(AuthorizationReversed {
+                facts: Some(facts()),
+                ..AuthorizationReversed::default()
+            }),
+        ] {
+            let event = envelope(payload);
+            assert!(matches!(plan(&event, now()), Plan::Invalid(_)), "{event:?}");
+        }
+    }
+
+    #[test]
     fn a_missing_occurred_at_uses_now() {
         let mut event = envelope(Payload::AuthorizationReversed(AuthorizationReversed {
             facts: Some(facts()),
+            reason: pb::ReversalReason::IssuerTimeout.into(),
             ..AuthorizationReversed::default()
         }));
         event.occurred_at = None;

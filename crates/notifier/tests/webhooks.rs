@@ -49,8 +49,12 @@ async fn every_outcome_becomes_one_signed_webhook() {
     // A confirmation by the terminal's own acknowledgement comes first on
     // the (single) partition: once the later events are delivered, it has
     // been processed, and must have produced nothing.
-    let acknowledged = confirmed(&m1, "000001", "terminal_acknowledgement");
-    let orphan_confirmed = confirmed(&m1, "000002", "policy");
+    let acknowledged = confirmed(
+        &m1,
+        "000001",
+        switch_proto::v1::Evidence::TerminalAcknowledgement,
+    );
+    let orphan_confirmed = confirmed(&m1, "000002", switch_proto::v1::Evidence::Policy);
     let orphan_reversed = reversed(&m1, "000003");
     let ack_conflict = acknowledgement_conflict(&m1, "000004");
     let events = [

@@ -19,7 +19,10 @@ use switch_core::ResponseCode;
 use switch_proto::v1::event_envelope::Payload;
 use switch_proto::v1::{AuthorizationFacts, EventEnvelope};
 
-use crate::output::{format_amount, mask_pan, money_json};
+use crate::output::{
+    evidence_name, format_amount, mask_pan, money_json, outcome_name, outcome_reason_text,
+    reversal_reason_name,
+};
 
 /// Extra wait for the first partition assignment before giving up.
 const ASSIGNMENT_GRACE: Duration = Duration::from_secs(20);
@@ -156,26 +159,26 @@ impl EventLine {
             }
             Some(Payload::TerminalAcknowledged(p)) => p.facts.as_ref(),
             Some(Payload::AuthorizationConfirmed(p)) => {
-                line.evidence = Some(p.evidence.clone());
+                line.evidence = Some(evidence_name(p.evidence));
                 line.approval_code = Some(p.approval_code.clone());
                 p.facts.as_ref()
             }
             Some(Payload::ReversalRequested(p)) => {
-                line.reason = Some(p.reason.clone());
+                line.reason = Some(reversal_reason_name(p.reason));
                 p.facts.as_ref()
             }
             Some(Payload::AuthorizationReversed(p)) => {
-                line.reason = Some(p.reason.clone());
+                line.reason = Some(reversal_reason_name(p.reason));
                 line.attempts = Some(p.attempts);
                 p.facts.as_ref()
             }
             Some(Payload::ReversalDeadLettered(p)) => {
-                line.reason = Some(p.reason.clone());
+                line.reason = Some(reversal_reason_name(p.reason));
                 line.attempts = Some(p.attempts);
                 p.facts.as_ref()
             }
             Some(Payload::AcknowledgementConflict(p)) => {
-                line.reason = Some(p.reversal_reason.clone());
+                line.reason = Some(reversal_reason_name(p.reversal_reason));
                 p.facts.as_ref()
             }
             Some(Payload::LateIssuerResponse(p)) => {
@@ -192,10 +195,11 @@ impl EventLine {
             }
             Some(Payload::BatchOrphanFound(p)) => p.facts.as_ref(),
             Some(Payload::BatchConflict(p)) => {
+                let outcome = outcome_name(p.outcome);
                 line.reason = Some(if p.detail.is_empty() {
-                    p.outcome.clone()
+                    outcome
                 } else {
-                    format!("{}: {}", p.outcome, p.detail)
+                    format!("{outcome}: {}", p.detail)
                 });
                 p.facts.as_ref()
             }
@@ -212,7 +216,11 @@ impl EventLine {
                 None
             }
             Some(Payload::TerminalMessageRequested(p)) => {
-                line.reason = Some(format!("{}: {}", p.kind, p.reason));
+                line.reason = Some(format!(
+                    "{}: {}",
+                    p.kind,
+                    outcome_reason_text(p.reason.as_ref())
+                ));
                 if !p.approval_code.is_empty() {
                     line.approval_code = Some(p.approval_code.clone());
                 }
@@ -489,7 +497,7 @@ mod tests {
     fn flattens_confirmation_and_reversal_events() {
         let line = line_for(Payload::AuthorizationConfirmed(AuthorizationConfirmed {
             facts: Some(facts()),
-            evidence: "last_completed_stan".to_owned(),
+            evidence: switch_proto::v1::Evidence::LastCompletedStan.into(),
             approval_code: "A1B2C3".to_owned(),
         }));
         assert_eq!(line.event_type, "authorization_confirmed");
@@ -502,7 +510,7 @@ mod tests {
 
         let line = line_for(Payload::ReversalRequested(ReversalRequested {
             facts: Some(facts()),
-            reason: "no_terminal_acknowledgement".to_owned(),
+            reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
         }));
         assert_eq!(line.event_type, "reversal_requested");
         assert!(line.text().contains("reason=no_terminal_acknowledgement"));
@@ -510,7 +518,7 @@ mod tests {
 
         let line = line_for(Payload::AuthorizationReversed(AuthorizationReversed {
             facts: Some(facts()),
-            reason: "issuer_timeout".to_owned(),
+            reason: switch_proto::v1::ReversalReason::IssuerTimeout.into(),
             attempts: 3,
         }));
         let text = line.text();
@@ -519,7 +527,7 @@ mod tests {
 
         let line = line_for(Payload::ReversalDeadLettered(ReversalDeadLettered {
             facts: Some(facts()),
-            reason: "terminal_requested".to_owned(),
+            reason: switch_proto::v1::ReversalReason::TerminalRequested.into(),
             attempts: 12,
         }));
         assert_eq!(line.event_type, "reversal_dead_lettered");
@@ -533,7 +541,7 @@ mod tests {
     fn flattens_conflict_late_response_and_unmatched_reversal() {
         let line = line_for(Payload::AcknowledgementConflict(AcknowledgementConflict {
             facts: Some(facts()),
-            reversal_reason: "no_terminal_acknowledgement".to_owned(),
+            reversal_reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
         }));
         assert_eq!(line.event_type, "acknowledgement_conflict");
         assert!(line.text().contains("reason=no_terminal_acknowledgement"));
@@ -578,7 +586,7 @@ mod tests {
         let line = line_for(Payload::BatchConflict(BatchConflict {
             facts: Some(facts()),
             batch_number: "000001".to_owned(),
-            outcome: "mismatch".to_owned(),
+            outcome: switch_proto::v1::ReconciliationOutcome::Mismatch.into(),
             detail: "amount differs".to_owned(),
         }));
         assert_eq!(line.event_type, "batch_conflict");

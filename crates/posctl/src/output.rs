@@ -3,11 +3,17 @@
 //! switch), the final state of an
 //! authorization (status with its reversal reason or confirmation evidence,
 //! and whether the terminal's receipt is void), and printing of authorization
-//! records and gRPC errors, both for humans and as JSON.
+//! records and gRPC errors, both for humans and as JSON. The wire's
+//! vocabulary enums (evidence, reversal reason, reconciliation outcome) are
+//! shown by switch-core's names, converted once here.
 
 use serde_json::{Value, json};
-use switch_core::{Currency, Money as CoreMoney, ResponseCode};
-use switch_proto::v1::{AuthorizationRecord, AuthorizationStatus, Money};
+use switch_core::{
+    Currency, Evidence, HoldReason, InvalidField, Money as CoreMoney, ReconciliationOutcome,
+    ResponseCode, ReversalReason,
+};
+use switch_proto::domain::{optional, outcome_reason_name};
+use switch_proto::v1::{self as pb, AuthorizationRecord, AuthorizationStatus, Money};
 use tonic::Code;
 
 /// Masks a card number for display: the first 6 and last 4 characters stay,
@@ -117,9 +123,53 @@ pub fn status_headline(status: i32, reversal_reason: &str, confirmation_evidence
 pub fn record_headline(record: &AuthorizationRecord) -> String {
     status_headline(
         record.status,
-        &record.reversal_reason,
-        &record.confirmation_evidence,
+        &reversal_reason_name(record.reversal_reason),
+        &evidence_name(record.confirmation_evidence),
     )
+}
+
+/// A vocabulary value's core name: empty when unspecified, `unknown (N)`
+/// for a number this build does not know.
+fn vocabulary_name(named: Result<Option<&'static str>, InvalidField>, raw: i32) -> String {
+    match named {
+        Ok(Some(name)) => name.to_owned(),
+        Ok(None) => String::new(),
+        Err(_) => format!("unknown ({raw})"),
+    }
+}
+
+/// The name of a wire reversal reason, e.g. `no_terminal_acknowledgement`.
+pub fn reversal_reason_name(raw: i32) -> String {
+    let reason = optional::<pb::ReversalReason, ReversalReason>("reversal_reason", raw);
+    vocabulary_name(reason.map(|r| r.map(|r| r.as_str())), raw)
+}
+
+/// The name of a wire evidence, e.g. `terminal_acknowledgement`.
+pub fn evidence_name(raw: i32) -> String {
+    let evidence = optional::<pb::Evidence, Evidence>("evidence", raw);
+    vocabulary_name(evidence.map(|e| e.map(|e| e.as_str())), raw)
+}
+
+/// The name of a wire hold reason, e.g. `awaiting_evidence`.
+pub fn hold_reason_name(raw: i32) -> String {
+    let hold = optional::<pb::HoldReason, HoldReason>("hold_reason", raw);
+    vocabulary_name(hold.map(|h| h.map(|h| h.as_str())), raw)
+}
+
+/// The name of a terminal message's reason, e.g. `policy`: empty when
+/// there is none, `unknown` when it names nothing this build knows.
+pub fn outcome_reason_text(reason: Option<&pb::OutcomeReason>) -> String {
+    match (reason, outcome_reason_name(reason)) {
+        (_, Ok(name)) => name.to_owned(),
+        (None, Err(_)) => String::new(),
+        (Some(_), Err(_)) => "unknown".to_owned(),
+    }
+}
+
+/// The name of a wire reconciliation outcome, e.g. `matched`.
+pub fn outcome_name(raw: i32) -> String {
+    let outcome = optional::<pb::ReconciliationOutcome, ReconciliationOutcome>("outcome", raw);
+    vocabulary_name(outcome.map(|o| o.map(|o| o.as_str())), raw)
 }
 
 /// Human description of an ISO 8583 response code (field 39), from
@@ -195,8 +245,8 @@ pub fn record_json(record: &AuthorizationRecord, duplicate: Option<bool>) -> Val
         "local_date": record.local_date,
         "created_at": record.created_at,
         "acknowledged": record.acknowledged,
-        "reversal_reason": record.reversal_reason,
-        "confirmation_evidence": record.confirmation_evidence,
+        "reversal_reason": reversal_reason_name(record.reversal_reason),
+        "confirmation_evidence": evidence_name(record.confirmation_evidence),
         "conflict": record.conflict,
         "void": record.conflict || is_void_status(record.status),
     });
@@ -507,6 +557,21 @@ mod tests {
     }
 
     #[test]
+    fn vocabulary_values_show_by_their_core_names() {
+        assert_eq!(
+            reversal_reason_name(pb::ReversalReason::BatchOrphan.into()),
+            "batch_orphan"
+        );
+        assert_eq!(evidence_name(pb::Evidence::Policy.into()), "policy");
+        assert_eq!(
+            outcome_name(pb::ReconciliationOutcome::OrphanReversalRequested.into()),
+            "orphan_reversal_requested"
+        );
+        assert_eq!(evidence_name(0), "");
+        assert_eq!(reversal_reason_name(42), "unknown (42)");
+    }
+
+    #[test]
     fn headline_shows_reason_and_evidence() {
         assert_eq!(
             status_headline(
@@ -566,7 +631,7 @@ mod tests {
     fn reversed_record_is_marked_void() {
         let record = AuthorizationRecord {
             status: AuthorizationStatus::Reversed as i32,
-            reversal_reason: "no_terminal_acknowledgement".to_owned(),
+            reversal_reason: pb::ReversalReason::NoTerminalAcknowledgement.into(),
             ..AuthorizationRecord::default()
         };
         let text = record_text(&record, None);
@@ -581,7 +646,7 @@ mod tests {
 
         let confirmed = AuthorizationRecord {
             status: AuthorizationStatus::Confirmed as i32,
-            confirmation_evidence: "terminal_acknowledgement".to_owned(),
+            confirmation_evidence: pb::Evidence::TerminalAcknowledgement.into(),
             acknowledged: true,
             ..AuthorizationRecord::default()
         };
@@ -597,7 +662,7 @@ mod tests {
     fn conflict_voids_the_receipt() {
         let record = AuthorizationRecord {
             status: AuthorizationStatus::Reversed as i32,
-            reversal_reason: "no_terminal_acknowledgement".to_owned(),
+            reversal_reason: pb::ReversalReason::NoTerminalAcknowledgement.into(),
             acknowledged: true,
             conflict: true,
             ..AuthorizationRecord::default()
@@ -613,7 +678,7 @@ mod tests {
     fn acknowledged_sale_output() {
         let record = AuthorizationRecord {
             status: AuthorizationStatus::Confirmed as i32,
-            confirmation_evidence: "terminal_acknowledgement".to_owned(),
+            confirmation_evidence: pb::Evidence::TerminalAcknowledgement.into(),
             ..AuthorizationRecord::default()
         };
         let text = acknowledged_sale_text(&record, false);
@@ -644,7 +709,7 @@ mod tests {
 
         let record = AuthorizationRecord {
             status: AuthorizationStatus::ReversalPending as i32,
-            reversal_reason: "terminal_requested".to_owned(),
+            reversal_reason: pb::ReversalReason::TerminalRequested.into(),
             masked_pan: "4111111111111111".to_owned(),
             ..AuthorizationRecord::default()
         };

@@ -11,7 +11,9 @@ use switch_core::TerminalId;
 use switch_proto::v1::{AcknowledgeMessageRequest, SubscribeRequest, TerminalMessage};
 
 use crate::connect::{GatewayOptions, connect};
-use crate::output::{code_name, format_amount, mask_pan, money_json, or_dash, status_line};
+use crate::output::{
+    code_name, format_amount, mask_pan, money_json, or_dash, outcome_reason_text, status_line,
+};
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -64,8 +66,9 @@ pub fn message_text(message: &TerminalMessage, ack: &AckState) -> String {
         or_dash(&message.rrn),
         format_amount(message.amount.as_ref()),
     );
-    if !message.reason.is_empty() {
-        head.push_str(&format!("  ({})", message.reason));
+    let reason = outcome_reason_text(message.reason.as_ref());
+    if !reason.is_empty() {
+        head.push_str(&format!("  ({reason})"));
     }
     head.push_str(&format!("  #{} {}", message.sequence, ack_text(ack)));
     format!("{head}\n  {}", or_dash(&message.text))
@@ -84,7 +87,7 @@ pub fn message_json(message: &TerminalMessage, ack: &AckState) -> Value {
         "amount": money_json(message.amount.as_ref()),
         "masked_pan": mask_pan(&message.masked_pan),
         "approval_code": message.approval_code,
-        "reason": message.reason,
+        "reason": outcome_reason_text(message.reason.as_ref()),
         "text": message.text,
         "created_at": message.created_at,
         "acknowledged": matches!(ack, AckState::Acknowledged { .. }),
@@ -196,7 +199,7 @@ pub async fn run_watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switch_proto::v1::Money;
+    use switch_proto::v1::{self as pb, Money};
 
     fn message() -> TerminalMessage {
         TerminalMessage {
@@ -213,7 +216,11 @@ mod tests {
             }),
             masked_pan: "411111******1111".into(),
             approval_code: String::new(),
-            reason: "no_terminal_acknowledgement".into(),
+            reason: Some(pb::OutcomeReason {
+                reason: Some(pb::outcome_reason::Reason::ReversalReason(
+                    pb::ReversalReason::NoTerminalAcknowledgement.into(),
+                )),
+            }),
             text: "Payment of EUR 42.00 (STAN 100008) was reversed: void the receipt".into(),
             created_at: "2026-11-24T16:00:00Z".into(),
         }
@@ -229,7 +236,7 @@ mod tests {
         );
         let mut bare = message();
         bare.kind = "reprint_receipt".into();
-        bare.reason.clear();
+        bare.reason = None;
         bare.rrn.clear();
         bare.amount = None;
         bare.text.clear();

@@ -6,21 +6,22 @@
 
 use switch_core::{Evidence, OrphanDecision, ReversalReason, WatchOutcome};
 use switch_platform::timestamps::to_time;
+use switch_proto::domain::optional;
 use switch_proto::v1::event_envelope::Payload;
-use switch_proto::v1::{AuthorizationRecord, AuthorizationStatus};
+use switch_proto::v1::{self as pb, AuthorizationRecord, AuthorizationStatus};
 use time::OffsetDateTime;
 
 /// The outcome an event announces, or `None` for events that do not close
-/// an approval. An evidence or reason the core does not know reads as
-/// `None` (stored as `unknown`).
+/// an approval. An unspecified evidence or reason, or a number this build
+/// does not know, reads as `None` (stored as `unknown`).
 pub fn of_event(payload: &Payload) -> Option<WatchOutcome> {
     match payload {
-        Payload::AuthorizationConfirmed(confirmed) => Some(WatchOutcome::Confirmed(
-            Evidence::parse(&confirmed.evidence).ok(),
-        )),
-        Payload::ReversalRequested(requested) => Some(WatchOutcome::ReversalRequested(
-            ReversalReason::parse(&requested.reason).ok(),
-        )),
+        Payload::AuthorizationConfirmed(confirmed) => {
+            Some(WatchOutcome::Confirmed(evidence(confirmed.evidence)))
+        }
+        Payload::ReversalRequested(requested) => {
+            Some(WatchOutcome::ReversalRequested(reason(requested.reason)))
+        }
         Payload::AuthorizationReversed(_) => Some(WatchOutcome::Reversed),
         Payload::ReversalDeadLettered(_) => Some(WatchOutcome::ReversalDeadLettered),
         _ => None,
@@ -35,22 +36,18 @@ pub fn of_record(record: &AuthorizationRecord, decision: OrphanDecision) -> Opti
     let status = AuthorizationStatus::try_from(record.status).ok()?;
     match status {
         AuthorizationStatus::ReversalPending => Some(WatchOutcome::ReversalRequested(
-            ReversalReason::parse(&record.reversal_reason)
-                .ok()
-                .or(match decision {
-                    OrphanDecision::Reverse(reason) => Some(reason),
-                    OrphanDecision::Confirm(_) => None,
-                }),
+            reason(record.reversal_reason).or(match decision {
+                OrphanDecision::Reverse(reason) => Some(reason),
+                OrphanDecision::Confirm(_) => None,
+            }),
         )),
         AuthorizationStatus::Reversed => Some(WatchOutcome::Reversed),
         AuthorizationStatus::ReversalDeadLettered => Some(WatchOutcome::ReversalDeadLettered),
         AuthorizationStatus::Confirmed => Some(WatchOutcome::Confirmed(
-            Evidence::parse(&record.confirmation_evidence)
-                .ok()
-                .or(match decision {
-                    OrphanDecision::Confirm(evidence) => Some(evidence),
-                    OrphanDecision::Reverse(_) => None,
-                }),
+            evidence(record.confirmation_evidence).or(match decision {
+                OrphanDecision::Confirm(evidence) => Some(evidence),
+                OrphanDecision::Reverse(_) => None,
+            }),
         )),
         AuthorizationStatus::Unspecified
         | AuthorizationStatus::Received
@@ -59,6 +56,16 @@ pub fn of_record(record: &AuthorizationRecord, decision: OrphanDecision) -> Opti
         | AuthorizationStatus::Declined
         | AuthorizationStatus::IssuerTimedOut => None,
     }
+}
+
+fn evidence(raw: i32) -> Option<Evidence> {
+    optional::<pb::Evidence, _>("evidence", raw).ok().flatten()
+}
+
+fn reason(raw: i32) -> Option<ReversalReason> {
+    optional::<pb::ReversalReason, _>("reason", raw)
+        .ok()
+        .flatten()
 }
 
 /// The `decision` and `reason` columns of a decision.
@@ -93,7 +100,6 @@ pub fn occurred_at(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switch_proto::v1 as pb;
     use time::macros::datetime;
 
     const REVERSE: OrphanDecision =
@@ -114,7 +120,7 @@ mod tests {
     #[test]
     fn closing_events_name_their_outcome() {
         let confirmed = Payload::AuthorizationConfirmed(pb::AuthorizationConfirmed {
-            evidence: "batch_upload".into(),
+            evidence: pb::Evidence::BatchUpload.into(),
             ..Default::default()
         });
         assert_eq!(
@@ -122,7 +128,7 @@ mod tests {
             Some(WatchOutcome::Confirmed(Some(Evidence::BatchUpload)))
         );
         let requested = Payload::ReversalRequested(pb::ReversalRequested {
-            reason: "terminal_requested".into(),
+            reason: pb::ReversalReason::TerminalRequested.into(),
             ..Default::default()
         });
         assert_eq!(
@@ -159,7 +165,7 @@ mod tests {
             named(of_record(&pending, REVERSE)),
             Some("reversal_requested:no_terminal_acknowledgement".into())
         );
-        pending.reversal_reason = "terminal_requested".into();
+        pending.reversal_reason = pb::ReversalReason::TerminalRequested.into();
         assert_eq!(
             named(of_record(&pending, REVERSE)),
             Some("reversal_requested:terminal_requested".into())
@@ -169,7 +175,7 @@ mod tests {
             named(of_record(&confirmed, CONFIRM)),
             Some("confirmed:policy".into())
         );
-        confirmed.confirmation_evidence = "last_completed_stan".into();
+        confirmed.confirmation_evidence = pb::Evidence::LastCompletedStan.into();
         let outcome = of_record(&confirmed, REVERSE);
         assert_eq!(named(outcome), Some("confirmed:last_completed_stan".into()));
         assert!(outcome.is_some_and(|o| !o.fulfils(REVERSE)));

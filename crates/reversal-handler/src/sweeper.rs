@@ -16,7 +16,7 @@ use switch_platform::service::{GrpcClient, ServeError, TracedChannel};
 use switch_platform::telemetry::set_parent_from_traceparent;
 use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_proto::v1::reverse_request::Target;
-use switch_proto::v1::{ConfirmRequest, ReverseRequest};
+use switch_proto::v1::{self as pb, ConfirmRequest, ReverseRequest};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -256,7 +256,7 @@ impl Inner {
                 OrphanDecision::Reverse(reason) => {
                     let mut request = tonic::Request::new(ReverseRequest {
                         target: Some(Target::TransactionId(transaction_id)),
-                        reason: reason.as_str().to_owned(),
+                        reason: pb::ReversalReason::from(reason).into(),
                     });
                     request.set_timeout(CALL_TIMEOUT);
                     let response = client.reverse(request).await?.into_inner();
@@ -272,7 +272,7 @@ impl Inner {
                 OrphanDecision::Confirm(evidence) => {
                     let mut request = tonic::Request::new(ConfirmRequest {
                         transaction_id,
-                        evidence: evidence.as_str().to_owned(),
+                        evidence: pb::Evidence::from(evidence).into(),
                     });
                     request.set_timeout(CALL_TIMEOUT);
                     let record = client.confirm(request).await?.into_inner();

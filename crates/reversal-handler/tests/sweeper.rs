@@ -322,7 +322,7 @@ async fn events_open_decide_and_close_approvals_in_any_order() {
     apply(envelope(
         confirmed,
         Payload::AuthorizationConfirmed(pb::AuthorizationConfirmed {
-            evidence: "terminal_acknowledgement".into(),
+            evidence: switch_proto::v1::Evidence::TerminalAcknowledgement.into(),
             ..Default::default()
         }),
     ))
@@ -340,7 +340,7 @@ async fn events_open_decide_and_close_approvals_in_any_order() {
     apply(envelope(
         reversed_first,
         Payload::ReversalRequested(pb::ReversalRequested {
-            reason: "terminal_requested".into(),
+            reason: switch_proto::v1::ReversalReason::TerminalRequested.into(),
             ..Default::default()
         }),
     ))
@@ -417,13 +417,13 @@ async fn a_batch_of_events_has_the_effect_of_applying_them_one_by_one() {
     let approved = || Payload::AuthorizationApproved(pb::AuthorizationApproved::default());
     let confirmed = || {
         Payload::AuthorizationConfirmed(pb::AuthorizationConfirmed {
-            evidence: "terminal_acknowledgement".into(),
+            evidence: switch_proto::v1::Evidence::TerminalAcknowledgement.into(),
             ..Default::default()
         })
     };
     let reversal = || {
         Payload::ReversalRequested(pb::ReversalRequested {
-            reason: "terminal_requested".into(),
+            reason: switch_proto::v1::ReversalReason::TerminalRequested.into(),
             ..Default::default()
         })
     };

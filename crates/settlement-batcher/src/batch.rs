@@ -15,6 +15,7 @@ use switch_core::{
 };
 use switch_platform::outbox::{self, OutboxRelay};
 use switch_platform::service::{GrpcClient, ServeError, TracedChannel};
+use switch_proto::domain::{optional, required};
 use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_proto::v1::event_envelope::Payload;
 use switch_proto::v1::{
@@ -304,7 +305,7 @@ impl Batcher {
                     let payload = Payload::BatchConflict(pb::BatchConflict {
                         facts: Some(facts_of(row)),
                         batch_number: batch.clone(),
-                        outcome: outcome.as_str().into(),
+                        outcome: pb::ReconciliationOutcome::from(outcome).into(),
                         detail: item.detail.clone(),
                     });
                     let message = outbox_message(
@@ -328,7 +329,7 @@ impl Batcher {
                     .map(|r| r.transaction_id.to_string())
                     .unwrap_or_default(),
                 rrn: row.map(|r| r.rrn.clone()).unwrap_or_default(),
-                outcome: outcome.as_str().into(),
+                outcome: pb::ReconciliationOutcome::from(outcome).into(),
                 detail: item.detail.clone(),
             });
         }
@@ -427,7 +428,7 @@ impl Batcher {
             };
             let request = pb::ConfirmRequest {
                 transaction_id: id.to_string(),
-                evidence: Evidence::BatchUpload.as_str().into(),
+                evidence: pb::Evidence::from(Evidence::BatchUpload).into(),
             };
             let record = match self.authorization.clone().confirm(request).await {
                 Ok(record) => record.into_inner(),
@@ -664,19 +665,22 @@ fn approval_from_record(
         );
         None
     }
-    let reason = || match ReversalReason::parse(&record.reversal_reason) {
+    let reason = || match required::<pb::ReversalReason, ReversalReason>(
+        "reversal_reason",
+        record.reversal_reason,
+    ) {
         Ok(reason) => Some(reason),
         Err(_) => refuse(record, "unknown or missing reversal reason"),
     };
     let command = match record.status() {
         AuthorizationStatus::Approved => LedgerCommand::Approve,
         AuthorizationStatus::Confirmed => LedgerCommand::Confirm {
-            evidence: match record.confirmation_evidence.as_str() {
-                "" => None,
-                e => match Evidence::parse(e) {
-                    Ok(evidence) => Some(evidence),
-                    Err(_) => return refuse(record, "unknown evidence"),
-                },
+            evidence: match optional::<pb::Evidence, Evidence>(
+                "confirmation_evidence",
+                record.confirmation_evidence,
+            ) {
+                Ok(evidence) => evidence,
+                Err(_) => return refuse(record, "unknown evidence"),
             },
         },
         AuthorizationStatus::ReversalPending | AuthorizationStatus::ReversalDeadLettered => {

@@ -12,8 +12,9 @@ use switch_core::{Evidence, LedgerCommand, ReversalReason, SharedClock, SystemCl
 use switch_platform::consumer::{EventHandler, Gathered, HandlerError, HandlerFuture};
 use switch_platform::telemetry::set_parent_from_traceparent;
 use switch_platform::timestamps::to_time;
+use switch_proto::domain::{optional, required};
 use switch_proto::v1::event_envelope::Payload;
-use switch_proto::v1::{AuthorizationFacts, EventEnvelope};
+use switch_proto::v1::{self as pb, AuthorizationFacts, EventEnvelope};
 use time::OffsetDateTime;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -120,20 +121,17 @@ fn ignored<T>(event: &EventEnvelope, why: &str) -> Option<T> {
 }
 
 /// An event's reversal reason, or `None` (logged) when it is not one.
-fn reason_of(event: &EventEnvelope, reason: &str) -> Option<ReversalReason> {
-    ReversalReason::parse(reason)
+fn reason_of(event: &EventEnvelope, reason: i32) -> Option<ReversalReason> {
+    required::<pb::ReversalReason, _>("reason", reason)
         .ok()
-        .or_else(|| ignored(event, "unknown reversal reason"))
+        .or_else(|| ignored(event, "unspecified or unknown reversal reason"))
 }
 
-/// An event's evidence: `Some(None)` when it names none (proto3's empty
-/// string), `None` (logged) when it names one that does not exist.
-fn evidence_of(event: &EventEnvelope, evidence: &str) -> Option<Option<Evidence>> {
-    if evidence.is_empty() {
-        return Some(None);
-    }
-    match Evidence::parse(evidence) {
-        Ok(evidence) => Some(Some(evidence)),
+/// An event's evidence: `Some(None)` when it names none (UNSPECIFIED),
+/// `None` (logged) when it names a number this build does not know.
+fn evidence_of(event: &EventEnvelope, evidence: i32) -> Option<Option<Evidence>> {
+    match optional::<pb::Evidence, _>("evidence", evidence) {
+        Ok(evidence) => Some(evidence),
         Err(_) => ignored(event, "unknown evidence"),
     }
 }
@@ -254,7 +252,7 @@ impl ApprovalLedger {
                 // after the approval was compacted away.
                 let approval =
                     self.approval(event, confirmed.facts.as_ref(), &confirmed.approval_code)?;
-                let evidence = evidence_of(event, &confirmed.evidence)?;
+                let evidence = evidence_of(event, confirmed.evidence)?;
                 Some(Input::Command(Command {
                     transaction_id: approval.transaction_id,
                     command: LedgerCommand::Confirm { evidence },
@@ -264,14 +262,14 @@ impl ApprovalLedger {
             Payload::ReversalRequested(requested) => Some(Input::Command(Command {
                 transaction_id: transaction_id()?,
                 command: LedgerCommand::RequestReversal {
-                    reason: reason_of(event, &requested.reason)?,
+                    reason: reason_of(event, requested.reason)?,
                 },
                 approval: None,
             })),
             Payload::AuthorizationReversed(reversed) => Some(Input::Command(Command {
                 transaction_id: transaction_id()?,
                 command: LedgerCommand::Reverse {
-                    reason: reason_of(event, &reversed.reason)?,
+                    reason: reason_of(event, reversed.reason)?,
                 },
                 approval: None,
             })),
@@ -279,7 +277,13 @@ impl ApprovalLedger {
                 transaction_id: transaction_id()?,
                 detail: format!(
                     "acknowledged after the host reversed it ({})",
-                    conflict.reversal_reason
+                    optional::<pb::ReversalReason, ReversalReason>(
+                        "reversal_reason",
+                        conflict.reversal_reason
+                    )
+                    .ok()
+                    .flatten()
+                    .map_or("unknown reason", |r| r.as_str())
                 ),
             }),
             _ => None,

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use switch_core::{InvalidField, LocalDate, MerchantId, Stan, Standing, TerminalId};
+use switch_core::{HoldReason, InvalidField, LocalDate, MerchantId, Stan, Standing, TerminalId};
 use switch_platform::telemetry::server_span;
+use switch_proto::domain::wire_optional;
 use switch_proto::v1::settlement_service_server::SettlementService;
 use switch_proto::v1::settlement_status_request::Query;
 use switch_proto::v1::{
@@ -217,8 +218,14 @@ fn settlement_of(
     row: &TransactionRow,
     window: Option<&WindowInfo>,
 ) -> Result<TransactionSettlement, CorruptRow> {
-    let standing =
-        switch_core::standing(&row.ledger_entry()?, window.map(|w| w.state == "settled"));
+    let entry = row.ledger_entry()?;
+    let standing = switch_core::standing(&entry, window.map(|w| w.state == "settled"));
+    let hold_reason = match standing {
+        Standing::Conflict => Some(HoldReason::Conflict),
+        Standing::ReversalPending { held: true, .. } => Some(HoldReason::ReversalPending),
+        Standing::AwaitingEvidence { held: true } => Some(HoldReason::AwaitingEvidence),
+        _ => None,
+    };
     let waiting = |held: bool| {
         if held {
             SettlementState::Held
@@ -287,5 +294,7 @@ fn settlement_of(
             .unwrap_or_default(),
         payout_reference: window.and_then(|w| w.reference.clone()).unwrap_or_default(),
         conflict: row.conflict.is_some(),
+        hold_reason: wire_optional::<_, pb::HoldReason>(hold_reason),
+        reversal_reason: wire_optional::<_, pb::ReversalReason>(entry.status.reversal_reason()),
     })
 }

@@ -111,18 +111,18 @@ async fn a_batch_of_events_has_the_effect_of_applying_them_one_by_one() {
         Payload::AuthorizationConfirmed(pb::AuthorizationConfirmed {
             facts: facts(stan),
             approval_code: "A1B2C3".into(),
-            evidence: "terminal_acknowledgement".into(),
+            evidence: switch_proto::v1::Evidence::TerminalAcknowledgement.into(),
         })
     };
     let reversed = || {
         Payload::AuthorizationReversed(pb::AuthorizationReversed {
-            reason: "no_terminal_acknowledgement".into(),
+            reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
             ..Default::default()
         })
     };
     let requested = || {
         Payload::ReversalRequested(pb::ReversalRequested {
-            reason: "batch_orphan".into(),
+            reason: switch_proto::v1::ReversalReason::BatchOrphan.into(),
             ..Default::default()
         })
     };
@@ -289,7 +289,7 @@ async fn a_stored_reason_that_does_not_parse_stops_the_event_instead_of_being_gu
     .await
     .unwrap();
     let reversed = Payload::AuthorizationReversed(pb::AuthorizationReversed {
-        reason: "no_terminal_acknowledgement".into(),
+        reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
         ..Default::default()
     });
     let mut tx = pool.begin().await.unwrap();
@@ -305,7 +305,8 @@ async fn a_stored_reason_that_does_not_parse_stops_the_event_instead_of_being_gu
         approval_code: "A1B2C3".into(),
     });
     let unknown = Payload::ReversalRequested(pb::ReversalRequested {
-        reason: "gremlins".into(),
+        // A number no ReversalReason has.
+        reason: 99,
         ..Default::default()
     });
     let mut tx = pool.begin().await.unwrap();

@@ -85,7 +85,7 @@ fn completed_sale(
             pb::AuthorizationConfirmed {
                 facts: Some(facts),
                 approval_code: "A1B2C3".into(),
-                evidence: "terminal_acknowledgement".into(),
+                evidence: switch_proto::v1::Evidence::TerminalAcknowledgement.into(),
             },
         )),
     ]

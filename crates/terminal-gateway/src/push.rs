@@ -219,7 +219,7 @@ pub fn to_terminal_message(
             amount: facts.amount,
             masked_pan: facts.masked_pan,
             approval_code: requested.approval_code.clone(),
-            reason: requested.reason.clone(),
+            reason: requested.reason,
             text: requested.text.clone(),
             created_at,
         },
@@ -335,6 +335,15 @@ mod tests {
     use super::*;
     use switch_proto::v1::{AuthorizationFacts, Money};
 
+    fn no_terminal_acknowledgement() -> switch_proto::v1::OutcomeReason {
+        use switch_proto::v1::{OutcomeReason, ReversalReason, outcome_reason::Reason};
+        OutcomeReason {
+            reason: Some(Reason::ReversalReason(
+                ReversalReason::NoTerminalAcknowledgement.into(),
+            )),
+        }
+    }
+
     #[tokio::test]
     async fn the_hub_wakes_only_the_terminal_named_and_forgets_it_with_its_last_subscription() {
         let hub = Hub::default();
@@ -401,7 +410,7 @@ mod tests {
                 channel: "card".into(),
             }),
             approval_code: String::new(),
-            reason: "no_terminal_acknowledgement".into(),
+            reason: Some(no_terminal_acknowledgement()),
             text: "Payment of EUR 42.00 (STAN 100008) was reversed: void the receipt".into(),
         };
         let (id, message) = to_terminal_message(&event, &requested).unwrap();
@@ -414,7 +423,7 @@ mod tests {
         assert_eq!(message.rrn, "633000000042");
         assert_eq!(message.masked_pan, "411111******1111");
         assert_eq!(message.amount.as_ref().unwrap().minor_units, 4200);
-        assert_eq!(message.reason, "no_terminal_acknowledgement");
+        assert_eq!(message.reason, Some(no_terminal_acknowledgement()));
         assert_eq!(message.text, requested.text);
         assert_eq!(message.created_at, "2025-11-24T16:00:00Z");
 

@@ -182,7 +182,7 @@ impl TerminalService for TerminalApi {
                     &reversal.stan,
                     &reversal.local_date,
                 ))),
-                reason: "terminal_requested".to_owned(),
+                reason: pb::ReversalReason::TerminalRequested.into(),
             }))
             .await?
             .into_inner();

@@ -291,7 +291,7 @@ pub fn envelope(event_type: &str, transaction_id: Option<Uuid>, payload: Payload
     }
 }
 
-pub fn confirmed(merchant_id: &str, stan: &str, evidence: &str) -> EventEnvelope {
+pub fn confirmed(merchant_id: &str, stan: &str, evidence: pb::Evidence) -> EventEnvelope {
     envelope(
         "authorization.confirmed",
         Some(Uuid::now_v7()),
@@ -309,7 +309,7 @@ pub fn reversed(merchant_id: &str, stan: &str) -> EventEnvelope {
         Some(Uuid::now_v7()),
         Payload::AuthorizationReversed(pb::AuthorizationReversed {
             facts: Some(facts(merchant_id, stan)),
-            reason: "no_terminal_acknowledgement".into(),
+            reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
             attempts: 2,
         }),
     )
@@ -321,7 +321,7 @@ pub fn acknowledgement_conflict(merchant_id: &str, stan: &str) -> EventEnvelope 
         Some(Uuid::now_v7()),
         Payload::AcknowledgementConflict(pb::AcknowledgementConflict {
             facts: Some(facts(merchant_id, stan)),
-            reversal_reason: "no_terminal_acknowledgement".into(),
+            reversal_reason: switch_proto::v1::ReversalReason::NoTerminalAcknowledgement.into(),
         }),
     )
 }
@@ -333,7 +333,7 @@ pub fn batch_conflict(merchant_id: &str, stan: &str) -> EventEnvelope {
         Payload::BatchConflict(pb::BatchConflict {
             facts: Some(facts(merchant_id, stan)),
             batch_number: "000007".into(),
-            outcome: "conflict_reversed_at_host".into(),
+            outcome: switch_proto::v1::ReconciliationOutcome::ConflictReversedAtHost.into(),
             detail: "the host reversed it (no_terminal_acknowledgement)".into(),
         }),
     )

@@ -11,7 +11,8 @@ use switch_proto::v1::{
 
 use super::specs::SALE_SHAPE;
 use crate::output::{
-    format_amount, format_money, format_table, money_json, or_dash, response_code_description,
+    format_amount, format_money, format_table, hold_reason_name, money_json, or_dash, outcome_name,
+    response_code_description, reversal_reason_name,
 };
 
 /// Display name of a batch result, e.g. `OUT OF BALANCE`.
@@ -116,7 +117,7 @@ pub fn close_batch_text(response: &CloseBatchResponse, batch: &str) -> String {
 pub fn outcome_counts(response: &UploadBatchResponse) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for outcome in &response.outcomes {
-        *counts.entry(outcome.outcome.clone()).or_insert(0) += 1;
+        *counts.entry(outcome_name(outcome.outcome)).or_insert(0) += 1;
     }
     counts
 }
@@ -132,7 +133,7 @@ pub fn upload_batch_json(response: &UploadBatchResponse) -> Value {
                 "local_date": o.local_date,
                 "transaction_id": o.transaction_id,
                 "rrn": o.rrn,
-                "outcome": o.outcome,
+                "outcome": outcome_name(o.outcome),
                 "detail": o.detail,
             })
         })
@@ -165,7 +166,7 @@ pub fn upload_batch_text(response: &UploadBatchResponse, batch: &str) -> String 
                 or_dash(&o.stan),
                 or_dash(&o.local_date),
                 or_dash(&o.rrn),
-                or_dash(&o.outcome),
+                or_dash(&outcome_name(o.outcome)),
                 or_dash(&o.detail),
             ]
         })
@@ -222,6 +223,8 @@ fn transaction_settlement_json(t: &TransactionSettlement) -> Value {
         "amount": money_json(t.amount.as_ref()),
         "state": settlement_state_json(t.state),
         "reason": t.reason,
+        "hold_reason": hold_reason_name(t.hold_reason),
+        "reversal_reason": reversal_reason_name(t.reversal_reason),
         "window_id": t.window_id,
         "batch_number": t.batch_number,
         "paid_at": t.paid_at,
@@ -391,7 +394,7 @@ pub fn run_settlement_text(response: &RunSettlementResponse) -> String {
 mod tests {
     use super::*;
     use crate::settlement::test_support::{money, totals};
-    use switch_proto::v1::ReconciledTransaction;
+    use switch_proto::v1::{ReconciledTransaction, ReconciliationOutcome};
 
     fn out_of_balance() -> CloseBatchResponse {
         CloseBatchResponse {
@@ -482,27 +485,47 @@ mod tests {
 
     fn reconciled() -> UploadBatchResponse {
         let outcome =
-            |stan: &str, id: &str, rrn: &str, outcome: &str, detail: &str| ReconciledTransaction {
-                stan: stan.to_owned(),
-                local_date: "2025-01-31".to_owned(),
-                transaction_id: id.to_owned(),
-                rrn: rrn.to_owned(),
-                outcome: outcome.to_owned(),
-                detail: detail.to_owned(),
+            |stan: &str, id: &str, rrn: &str, outcome: ReconciliationOutcome, detail: &str| {
+                ReconciledTransaction {
+                    stan: stan.to_owned(),
+                    local_date: "2025-01-31".to_owned(),
+                    transaction_id: id.to_owned(),
+                    rrn: rrn.to_owned(),
+                    outcome: outcome.into(),
+                    detail: detail.to_owned(),
+                }
             };
         UploadBatchResponse {
             result: BatchResult::Reconciled as i32,
             outcomes: vec![
-                outcome("000001", "t-1", "503100000001", "matched", ""),
+                outcome(
+                    "000001",
+                    "t-1",
+                    "503100000001",
+                    ReconciliationOutcome::Matched,
+                    "",
+                ),
                 outcome(
                     "000002",
                     "t-2",
                     "503100000002",
-                    "orphan_reversal_requested",
+                    ReconciliationOutcome::OrphanReversalRequested,
                     "not in the upload",
                 ),
-                outcome("000003", "", "", "unknown_at_host", "no such approval"),
-                outcome("000004", "t-4", "503100000004", "matched", ""),
+                outcome(
+                    "000003",
+                    "",
+                    "",
+                    ReconciliationOutcome::UnknownAtHost,
+                    "no such approval",
+                ),
+                outcome(
+                    "000004",
+                    "t-4",
+                    "503100000004",
+                    ReconciliationOutcome::Matched,
+                    "",
+                ),
             ],
             duplicate: false,
         }
@@ -566,6 +589,7 @@ mod tests {
                     paid_at: "2025-01-31T18:00:05Z".to_owned(),
                     payout_reference: "PAY-1".to_owned(),
                     conflict: false,
+                    ..TransactionSettlement::default()
                 },
                 TransactionSettlement {
                     transaction_id: "t-2".to_owned(),
@@ -577,6 +601,7 @@ mod tests {
                     amount: money(2000, "EUR"),
                     state: SettlementState::Held as i32,
                     reason: "conflict: conflict_reversed_at_host".to_owned(),
+                    hold_reason: switch_proto::v1::HoldReason::Conflict.into(),
                     conflict: true,
                     ..TransactionSettlement::default()
                 },
@@ -599,6 +624,8 @@ mod tests {
                 "amount": {"minor_units": 1050, "currency": "EUR", "display": "EUR 10.50"},
                 "state": "paid",
                 "reason": "",
+                "hold_reason": "",
+                "reversal_reason": "",
                 "window_id": "w-1",
                 "batch_number": "000001",
                 "paid_at": "2025-01-31T18:00:05Z",
@@ -609,6 +636,7 @@ mod tests {
         assert_eq!(value[1]["state"], "held");
         assert_eq!(value[1]["conflict"], true);
         assert_eq!(value[1]["reason"], "conflict: conflict_reversed_at_host");
+        assert_eq!(value[1]["hold_reason"], "conflict");
         assert_eq!(value.as_array().map(Vec::len), Some(2));
         assert_eq!(
             settlement_state_json(SettlementState::NotPayable as i32),

@@ -15,6 +15,7 @@ use reversal_handler::{ApprovalFacts, SERVICE_NAME};
 use sqlx::PgPool;
 use switch_core::{ManualClock, SharedClock, Watch, WatchCommand};
 use switch_platform::db::DatabaseConfig;
+use switch_proto::domain::required;
 use switch_proto::v1::authorization_service_server::{
     AuthorizationService, AuthorizationServiceServer,
 };
@@ -254,7 +255,10 @@ impl AuthorizationService for FakeAuthorization {
         let Some(Target::TransactionId(id)) = request.target else {
             return Err(Status::invalid_argument("transaction_id expected"));
         };
-        self.answer(&id, format!("reverse:{}", request.reason))?;
+        let reason: switch_core::ReversalReason =
+            required::<pb::ReversalReason, _>("reason", request.reason)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.answer(&id, format!("reverse:{reason}"))?;
         Ok(Response::new(pb::ReverseResponse {
             authorization: Some(AuthorizationRecord {
                 transaction_id: id,
@@ -292,10 +296,10 @@ impl AuthorizationService for FakeAuthorization {
         request: Request<pb::ConfirmRequest>,
     ) -> Result<Response<AuthorizationRecord>, Status> {
         let request = request.into_inner();
-        self.answer(
-            &request.transaction_id,
-            format!("confirm:{}", request.evidence),
-        )?;
+        let evidence: switch_core::Evidence =
+            required::<pb::Evidence, _>("evidence", request.evidence)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.answer(&request.transaction_id, format!("confirm:{evidence}"))?;
         Ok(Response::new(AuthorizationRecord {
             transaction_id: request.transaction_id,
             status: AuthorizationStatus::Confirmed as i32,
