@@ -44,6 +44,12 @@ bench: broker-install ## Benchmark the full stack (posctl bench) against a pgben
 	@PROFILE=release KAFKA_BROKERS=$(BENCH_KAFKA_BROKERS) BROKER_DIR=$(RUN_DIR)/bench-broker \
 		BROKER_STORAGE=memory://nisshi/ scripts/with-broker.sh scripts/bench.sh
 
+SIM_SECONDS ?= 10
+
+.PHONY: simulate
+simulate: ## Run the deterministic simulation (release) for SIM_SECONDS (default 10); prints transactions per second
+	@SIM_SECONDS=$(SIM_SECONDS) cargo run --release --quiet -p simulation --bin simulate
+
 # cargo-deny gates licences, duplicate versions and sources (deny.toml).
 # 0.20.2 declares rust-version 1.88, so it builds with the pinned 1.95.0;
 # installing it takes about 7.5 minutes once on 2 cores.

@@ -13,14 +13,27 @@
 //! adapters' part: lock-free because one step runs at a time.
 //!
 //! A seeded [`StdRng`] chooses at each step one enabled action: deliver any
-//! message in flight (so messages are reordered and delayed), lose or
-//! duplicate one, advance the clock, let a terminal start, retry, time out and
+//! message in flight (so messages are reordered), hold one back for up to
+//! 30 s, lose or duplicate one, advance the clock, let a terminal start, retry, time out and
 //! reverse, or go silent forever, let the reversal handler consume an event,
 //! commit its offset or sweep a due watch, and crash a process. Once every
 //! sale is started the faults stop and the world runs to quiescence: the
 //! clock jumps to the next deadline until nothing is left to do. Invariants
 //! are checked after every step and at quiescence; a violation names the
-//! invariant, the seed and the last steps.
+//! invariant, the seed, every step that names the offending RRN and the
+//! last steps of the run.
+//!
+//! Invariants (problem.md): I1 at quiescence every authorization is
+//! declined, confirmed or reversed, and at most one of confirmed/reversed
+//! was announced; I2 the issuer releases an RRN at most once and the switch
+//! announces it reversed at most once; I3 the issuer sees at most one RRN per
+//! terminal and STAN, however often the sale is retried; I7 no confirmed
+//! authorization is released (every step), and at quiescence a reversed or
+//! declined one holds no funds and a confirmed one does.
+//!
+//! [`Faults::SOUND`] are the faults the rules survive today;
+//! [`Faults::HOLE_1`] and [`Faults::HOLE_2`] add the faults of issue 12's
+//! holes 1 and 2, which the tests must find until they are fixed.
 //!
 //! # Replaying a seed
 //!
@@ -148,6 +161,30 @@ pub struct Faults {
 }
 
 impl Faults {
+    /// No fault: every message is delivered once, nothing crashes.
+    pub const NONE: Faults = Faults {
+        loss: false,
+        duplicate: false,
+        delay: false,
+        terminal_silence: false,
+        crash_handler: false,
+        crash_authorization_idle: false,
+        crash_during_issuer_call: false,
+        reversal_overtakes: false,
+    };
+
+    /// Issue 12's hole 1: the sound faults, and a crash during the issuer call.
+    pub const HOLE_1: Faults = Faults {
+        crash_during_issuer_call: true,
+        ..Faults::SOUND
+    };
+
+    /// Issue 12's hole 2: the sound faults, and reversals that overtake.
+    pub const HOLE_2: Faults = Faults {
+        reversal_overtakes: true,
+        ..Faults::SOUND
+    };
+
     /// The faults whose rules are sound today.
     pub const SOUND: Faults = Faults {
         loss: true,
