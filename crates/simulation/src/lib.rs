@@ -321,6 +321,69 @@ enum Msg {
     },
 }
 
+impl fmt::Display for Msg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Msg::Sale { terminal, stan } => write!(f, "sale terminal {terminal} STAN {stan}"),
+            Msg::TerminalReversal { terminal, stan } => {
+                write!(f, "terminal reversal terminal {terminal} STAN {stan}")
+            }
+            Msg::Ack { terminal, stan } => write!(f, "ack terminal {terminal} STAN {stan}"),
+            Msg::Answer {
+                terminal,
+                stan,
+                approved,
+            } => write!(
+                f,
+                "answer to terminal {terminal} STAN {stan}: {}",
+                if *approved {
+                    "approved"
+                } else {
+                    "not approved"
+                }
+            ),
+            Msg::IssuerAuth {
+                rrn,
+                amount,
+                incarnation,
+                ..
+            } => write!(f, "issuer auth {rrn} amount {amount} (conn {incarnation})"),
+            Msg::IssuerReversal {
+                rrn,
+                incarnation,
+                attempt,
+            } => write!(
+                f,
+                "issuer reversal {rrn} attempt {attempt} (conn {incarnation})"
+            ),
+            Msg::IssuerAuthAnswer {
+                rrn,
+                code,
+                incarnation,
+                ..
+            } => write!(
+                f,
+                "issuer auth answer {rrn} code {} (conn {incarnation})",
+                code.as_str()
+            ),
+            Msg::IssuerReversalAnswer {
+                rrn,
+                code,
+                incarnation,
+                attempt,
+            } => write!(
+                f,
+                "issuer reversal answer {rrn} attempt {attempt} code {} (conn {incarnation})",
+                code.as_str()
+            ),
+            Msg::Ask { rrn, decision } => write!(f, "ask authorization {decision:?} for {rrn}"),
+            Msg::AskAnswer { rrn, command } => {
+                write!(f, "answer to handler for {rrn}: {command:?}")
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Envelope {
     /// Send order; a duplicate keeps its original's.
@@ -694,22 +757,22 @@ impl World {
         match action {
             Action::Deliver(i) => {
                 let envelope = self.bag.swap_remove(i);
-                self.record(format!("{at}ms deliver {:?}", envelope.msg));
+                self.record(format!("{at}ms deliver {}", envelope.msg));
                 self.deliver(envelope.msg);
             }
             Action::Lose(i) => {
                 let envelope = self.bag.swap_remove(i);
-                self.record(format!("{at}ms LOSE {:?}", envelope.msg));
+                self.record(format!("{at}ms LOSE {}", envelope.msg));
             }
             Action::Duplicate(i) => {
                 let copy = self.bag[i].clone();
-                self.record(format!("{at}ms DUPLICATE {:?}", copy.msg));
+                self.record(format!("{at}ms DUPLICATE {}", copy.msg));
                 self.bag.push(copy);
             }
             Action::Delay(i, ms) => {
                 let envelope = &mut self.bag[i];
                 envelope.not_before = self.now + Duration::milliseconds(ms);
-                let line = format!("{at}ms DELAY {ms}ms {:?}", envelope.msg);
+                let line = format!("{at}ms DELAY {ms}ms {}", envelope.msg);
                 self.record(line);
             }
             Action::Tick(ms) => {
@@ -1223,7 +1286,15 @@ impl World {
             if rrns.len() > 1 {
                 return Err(self.violation(
                     I3_ONE_AUTHORIZATION,
-                    format!("terminal {} STAN {}: issuer saw {rrns:?}", key.0, key.1),
+                    format!(
+                        "terminal {} STAN {}: issuer saw {}",
+                        key.0,
+                        key.1,
+                        rrns.iter()
+                            .map(|r| r.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                     rrns.first(),
                 ));
             }
