@@ -227,6 +227,44 @@ impl Config {
 pub struct Report {
     pub transactions: usize,
     pub steps: usize,
+    pub stats: Stats,
+}
+
+/// What happened in a run: shows which paths a set of runs exercised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub approved: u64,
+    pub declined: u64,
+    pub issuer_timed_out: u64,
+    pub late_answers: u64,
+    pub confirmed: u64,
+    pub reversed: u64,
+    /// Reversals the issuer answered "25" (no original).
+    pub reversals_unmatched: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub delayed: u64,
+    pub terminals_silenced: u64,
+    pub authorization_crashes: u64,
+    pub handler_crashes: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, other: &Stats) {
+        self.approved += other.approved;
+        self.declined += other.declined;
+        self.issuer_timed_out += other.issuer_timed_out;
+        self.late_answers += other.late_answers;
+        self.confirmed += other.confirmed;
+        self.reversed += other.reversed;
+        self.reversals_unmatched += other.reversals_unmatched;
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+        self.delayed += other.delayed;
+        self.terminals_silenced += other.terminals_silenced;
+        self.authorization_crashes += other.authorization_crashes;
+        self.handler_crashes += other.handler_crashes;
+    }
 }
 
 /// An invariant broke.
@@ -514,6 +552,7 @@ struct World {
     trace: Vec<String>,
     steps: usize,
     faults_on: bool,
+    stats: Stats,
     masked_pan: MaskedPan,
     fingerprint: PanFingerprint,
 }
@@ -555,6 +594,7 @@ impl World {
             trace: Vec::new(),
             steps: 0,
             faults_on: true,
+            stats: Stats::default(),
             masked_pan: pan.masked(),
             fingerprint: PanHasher::new(b"simulation").fingerprint(&pan),
         }
@@ -591,9 +631,23 @@ impl World {
             self.check_always()?;
         }
         self.check_quiescent()?;
+        let mut stats = self.stats;
+        for event in &self.topic {
+            use lifecycle::Announcement as A;
+            match event.announcement {
+                A::Approved => stats.approved += 1,
+                A::Declined => stats.declined += 1,
+                A::IssuerTimedOut => stats.issuer_timed_out += 1,
+                A::LateIssuerResponse { .. } => stats.late_answers += 1,
+                A::Confirmed => stats.confirmed += 1,
+                A::Reversed { .. } => stats.reversed += 1,
+                _ => {}
+            }
+        }
         Ok(Report {
             transactions: self.started,
             steps: self.steps,
+            stats,
         })
     }
 
@@ -761,15 +815,18 @@ impl World {
                 self.deliver(envelope.msg);
             }
             Action::Lose(i) => {
+                self.stats.lost += 1;
                 let envelope = self.bag.swap_remove(i);
                 self.record(format!("{at}ms LOSE {}", envelope.msg));
             }
             Action::Duplicate(i) => {
+                self.stats.duplicated += 1;
                 let copy = self.bag[i].clone();
                 self.record(format!("{at}ms DUPLICATE {}", copy.msg));
                 self.bag.push(copy);
             }
             Action::Delay(i, ms) => {
+                self.stats.delayed += 1;
                 let envelope = &mut self.bag[i];
                 envelope.not_before = self.now + Duration::milliseconds(ms);
                 let line = format!("{at}ms DELAY {ms}ms {}", envelope.msg);
@@ -817,6 +874,7 @@ impl World {
                 });
             }
             Action::Silence(t) => {
+                self.stats.terminals_silenced += 1;
                 self.record(format!("{at}ms TERMINAL {t} SILENT"));
                 self.terminals[t].silent = true;
             }
@@ -873,6 +931,7 @@ impl World {
                 );
             }
             Action::CrashAuthorization => {
+                self.stats.authorization_crashes += 1;
                 let calls: Vec<String> = (self.authorization.pending_sales.keys())
                     .map(|rrn| rrn.to_string())
                     .collect();
@@ -886,6 +945,7 @@ impl World {
                 auth.reversal_calls.clear();
             }
             Action::CrashHandler => {
+                self.stats.handler_crashes += 1;
                 self.record(format!(
                     "{at}ms HANDLER CRASHES (position {} committed {})",
                     self.handler.position, self.handler.committed
@@ -944,7 +1004,10 @@ impl World {
                 attempt,
             } => {
                 let code = match self.issuer.ledger.get_mut(&rrn) {
-                    None => ResponseCode::UNABLE_TO_LOCATE_RECORD,
+                    None => {
+                        self.stats.reversals_unmatched += 1;
+                        ResponseCode::UNABLE_TO_LOCATE_RECORD
+                    }
                     Some((funds, _)) => {
                         if *funds == Funds::Held {
                             *funds = Funds::Released;

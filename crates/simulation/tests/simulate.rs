@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use simulation::{Config, Faults, I1_FINAL, I7_FUNDS, Violation, run, seed_from_env};
+use simulation::{Config, Faults, I1_FINAL, I7_FUNDS, Stats, Violation, run, seed_from_env};
 
 /// Seeds in the randomized run: sized to take about 30 s in a debug build.
 const SEEDS: u64 = 10_000;
@@ -13,11 +13,16 @@ fn no_invariant_breaks_under_the_sound_faults() {
         Some(seed) => vec![seed],
         None => (0..SEEDS).collect(),
     };
+    let replay = seeds.len() == 1;
     let started = Instant::now();
     let mut transactions = 0;
+    let mut stats = Stats::default();
     for seed in seeds {
         match run(&Config::new(seed, Faults::SOUND)) {
-            Ok(report) => transactions += report.transactions,
+            Ok(report) => {
+                transactions += report.transactions;
+                stats.add(&report.stats);
+            }
             Err(violation) => panic!("{violation}"),
         }
     }
@@ -26,7 +31,29 @@ fn no_invariant_breaks_under_the_sound_faults() {
         "{transactions} simulated transactions in {ms} ms ({} per second)",
         transactions as u128 * 1_000 / ms
     );
-    assert!(transactions > 0);
+    println!("{stats:?}");
+    if !replay {
+        // The runs went down every path the faults open, and not only the
+        // happy one: otherwise "no invariant broke" would say little.
+        let paths = [
+            ("approved", stats.approved),
+            ("declined", stats.declined),
+            ("issuer timed out", stats.issuer_timed_out),
+            ("late answers", stats.late_answers),
+            ("confirmed", stats.confirmed),
+            ("reversed", stats.reversed),
+            ("reversals answered 25", stats.reversals_unmatched),
+            ("lost", stats.lost),
+            ("duplicated", stats.duplicated),
+            ("delayed", stats.delayed),
+            ("terminals silenced", stats.terminals_silenced),
+            ("authorization crashes", stats.authorization_crashes),
+            ("handler crashes", stats.handler_crashes),
+        ];
+        for (path, count) in paths {
+            assert!(count > 0, "no run exercised: {path}");
+        }
+    }
 }
 
 /// Runs consecutive seeds with `faults` until one breaks an invariant or
