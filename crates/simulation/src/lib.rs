@@ -10,12 +10,16 @@
 //! [`switch_core::lifecycle::decide`], the reversal handler calls
 //! [`switch_core::watch::decide`], transitions are `AuthorizationState::on`.
 //! This crate only carries messages, keeps the records, and plays the
-//! adapters' part: lock-free because one step runs at a time.
+//! adapters' part (load, decide, persist next and effects); it needs no
+//! locks because one step runs at a time. Every map is ordered, so a run
+//! is the same in every process.
 //!
 //! A seeded [`StdRng`] chooses at each step one enabled action: deliver any
 //! message in flight (so messages are reordered), hold one back for up to
-//! 30 s, lose or duplicate one, advance the clock, let a terminal start, retry, time out and
-//! reverse, or go silent forever, let the reversal handler consume an event,
+//! 30 s, lose or duplicate one, advance the clock, let a terminal start,
+//! retry, time out and reverse, or go silent forever, let authorization
+//! time out an issuer call or work its reversal queue, let the reversal
+//! handler consume an event,
 //! commit its offset or sweep a due watch, and crash a process. Once every
 //! sale is started the faults stop and the world runs to quiescence: the
 //! clock jumps to the next deadline until nothing is left to do. Invariants
@@ -45,7 +49,7 @@
 //!
 //! # Assumptions where the real adapters could differ
 //!
-//! The chaos run on the real stack (issue 11) must check these:
+//! The chaos run on the real stack (issue 12's companion) must check these:
 //!
 //! - **Outbox**: an announcement is on the topic as soon as its decision is
 //!   committed (the relay is reliable and keeps the journal's order per
@@ -74,6 +78,16 @@
 //!   repeated); retries reuse the STAN; a silent terminal never speaks again.
 //! - **Dead letters**: the reversal queue's maximum age is long enough that
 //!   nothing dead-letters in a run; operators' redrives are not modelled.
+//! - **Handler to authorization**: the handler's request (reverse/confirm)
+//!   and its answer travel the faulty network; a lost one is asked again
+//!   when the sweep's lease runs out. Authorization answers with the
+//!   outcome its record shows (`CallSucceeded`), or `CallRefused` when
+//!   `decide` refuses or the record shows no outcome (declined); the
+//!   `CallFailed` path (authorization unreachable) is not modelled.
+//! - **Merchants**: every third terminal's merchant confirms orphans at the
+//!   deadline, the others reverse; the acknowledgement window is 60 s, the
+//!   issuer timeout 10 s with a 20 s window for a late answer, the
+//!   terminal's timeout 30 s.
 //!
 //! Not yet modelled (next slices): settlement, notifier, partial approvals,
 //! an issuer that is down, database write failures, the model check.

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use simulation::{Config, Faults, run, seed_from_env};
+use simulation::{Config, Faults, Stats, run, seed_from_env};
 
 fn main() -> ExitCode {
     let seconds: u64 = std::env::var("SIM_SECONDS")
@@ -19,9 +19,13 @@ fn main() -> ExitCode {
     let mut transactions: u64 = 0;
     let mut runs: u64 = 0;
     let mut seed = first;
+    let mut stats = Stats::default();
     while started.elapsed() < budget {
         match run(&Config::new(seed, Faults::SOUND)) {
-            Ok(report) => transactions += report.transactions as u64,
+            Ok(report) => {
+                transactions += report.transactions as u64;
+                stats.add(&report.stats);
+            }
             Err(violation) => {
                 eprintln!("{violation}");
                 return ExitCode::FAILURE;
@@ -38,5 +42,6 @@ fn main() -> ExitCode {
          in {ms} ms: {} transactions per wall second",
         transactions.saturating_mul(1_000) / ms
     );
+    println!("{stats:?}");
     ExitCode::SUCCESS
 }
