@@ -36,8 +36,9 @@
 //! declined one holds no funds and a confirmed one does.
 //!
 //! [`Faults::SOUND`] are the faults the rules survive today;
-//! [`Faults::HOLE_1`] and [`Faults::HOLE_2`] add the faults of issue 12's
-//! holes 1 and 2, which the tests must find until they are fixed.
+//! [`Faults::HOLE_1`], [`Faults::HOLE_2`] and [`Faults::HOLE_3`] add the
+//! faults of issue 12's holes 1, 2 and 3, which the tests must find until
+//! they are fixed.
 //!
 //! # Replaying a seed
 //!
@@ -172,6 +173,9 @@ pub struct Faults {
     pub crash_during_issuer_call: bool,
     /// A reversal to the issuer may overtake its original (hole 2).
     pub reversal_overtakes: bool,
+    /// The issuer approves some sales partially ("10"): it holds funds, and
+    /// the switch reads the answer as a decline (hole 3).
+    pub partial_approvals: bool,
 }
 
 impl Faults {
@@ -185,6 +189,7 @@ impl Faults {
         crash_authorization_idle: false,
         crash_during_issuer_call: false,
         reversal_overtakes: false,
+        partial_approvals: false,
     };
 
     /// Issue 12's hole 1: the sound faults, and a crash during the issuer call.
@@ -199,6 +204,12 @@ impl Faults {
         ..Faults::SOUND
     };
 
+    /// Issue 12's hole 3: the sound faults, and partial approvals.
+    pub const HOLE_3: Faults = Faults {
+        partial_approvals: true,
+        ..Faults::SOUND
+    };
+
     /// The faults whose rules are sound today.
     pub const SOUND: Faults = Faults {
         loss: true,
@@ -209,6 +220,7 @@ impl Faults {
         crash_authorization_idle: true,
         crash_during_issuer_call: false,
         reversal_overtakes: false,
+        partial_approvals: false,
     };
 }
 
@@ -1152,11 +1164,15 @@ impl World {
     }
 
     fn issuer_auth(&mut self, rrn: R, key: Key, amount: i64, incarnation: u32) {
+        let partial_approvals = self.config.faults.partial_approvals;
         let issuer = &mut self.issuer;
         let rrns = issuer.rrns_per_key.entry(key).or_default();
         if !rrns.contains(&rrn) {
             rrns.push(rrn.clone());
         }
+        // A partial approval holds funds (less than asked) as an approval
+        // does; only its code differs.
+        let partial = partial_approvals && amount % 7 == 0;
         let (funds, approval) = issuer.ledger.entry(rrn.clone()).or_insert_with(|| {
             if amount % 5 == 0 {
                 (Funds::Declined, String::new())
@@ -1167,6 +1183,8 @@ impl World {
         });
         let code = if *funds == Funds::Declined {
             ResponseCode::INSUFFICIENT_FUNDS
+        } else if partial {
+            ResponseCode::PARTIAL_APPROVAL
         } else {
             ResponseCode::APPROVED
         };

@@ -131,6 +131,34 @@ fn hole_2_reversal_overtaking_its_original_is_found() {
     assert_eq!(replayed.detail, violation.detail);
 }
 
+/// Hole 3 of issue 12: the issuer approves partially ("10") and holds the
+/// funds; the switch reads "10" as a decline and never releases them. When
+/// the hole is fixed, flip this test: the same faults must find nothing.
+#[test]
+fn hole_3_partial_approval_is_found() {
+    let faults = Faults::HOLE_3;
+    let (violation, transactions) = hunt(
+        faults,
+        20_000,
+        I7_FUNDS,
+        "is declined but the issuer shows Some(Held)",
+    )
+    .expect("hole 3 is found");
+    assert_eq!(violation.invariant, I7_FUNDS, "{violation}");
+    assert!(
+        violation
+            .detail
+            .contains("is declined but the issuer shows Some(Held)"),
+        "{violation}"
+    );
+    println!(
+        "hole 3 found by seed {} after {transactions} transactions",
+        violation.seed
+    );
+    let replayed = run(&Config::new(violation.seed, faults)).expect_err("the seed replays");
+    assert_eq!(replayed.detail, violation.detail);
+}
+
 #[test]
 fn a_seed_replays_step_for_step() {
     let config = Config::new(42, Faults::SOUND);

@@ -15,6 +15,8 @@ impl ResponseCode {
     pub const REFER_TO_ISSUER: Self = Self(*b"01");
     pub const INVALID_MERCHANT: Self = Self(*b"03");
     pub const DO_NOT_HONOUR: Self = Self(*b"05");
+    /// The issuer approved, and holds, less than the amount asked.
+    pub const PARTIAL_APPROVAL: Self = Self(*b"10");
     pub const INVALID_TRANSACTION: Self = Self(*b"12");
     pub const INVALID_AMOUNT: Self = Self(*b"13");
     pub const INVALID_CARD_NUMBER: Self = Self(*b"14");
