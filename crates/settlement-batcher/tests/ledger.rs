@@ -5,34 +5,14 @@
 //! shape only (the ledger's rules are switch-core's), and a stored name
 //! that does not parse is never guessed at.
 
+mod common;
+
 use prost::Message as _;
 use settlement_batcher::ApprovalLedger;
 use sqlx::PgPool;
 use switch_platform::consumer::EventHandler as _;
-use switch_platform::db::DatabaseConfig;
 use switch_proto::v1::{self as pb, EventEnvelope, event_envelope::Payload};
 use uuid::Uuid;
-
-async fn ledger_schema() -> (PgPool, String, String) {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let id = Uuid::new_v4().simple().to_string();
-    let database = DatabaseConfig {
-        url: url.clone(),
-        schema_prefix: format!("l{}_", &id[..10]),
-        max_connections: 2,
-        ..DatabaseConfig::default()
-    };
-    let schema = database.schema_for(settlement_batcher::SERVICE_NAME);
-    let pool = switch_platform::db::connect(&database, &schema)
-        .await
-        .expect("PostgreSQL is reachable");
-    settlement_batcher::MIGRATOR
-        .run(&pool)
-        .await
-        .expect("migrations apply");
-    (pool, url, schema)
-}
 
 fn facts(stan: &str) -> Option<pb::AuthorizationFacts> {
     Some(pb::AuthorizationFacts {
@@ -99,7 +79,7 @@ async fn rejected_for(pool: &PgPool, id: Uuid) -> Option<Uuid> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_events_has_the_effect_of_applying_them_one_by_one() {
-    let (pool, url, schema) = ledger_schema().await;
+    let (pool, url, schema) = common::fresh_schema().await;
     let ledger = ApprovalLedger::default();
     let approved = |stan: &str| {
         Payload::AuthorizationApproved(pb::AuthorizationApproved {
@@ -232,7 +212,7 @@ async fn a_batch_of_events_has_the_effect_of_applying_them_one_by_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schema_keeps_data_shape_and_no_ledger_rule() {
-    let (pool, url, schema) = ledger_schema().await;
+    let (pool, url, schema) = common::fresh_schema().await;
     let functions: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
          WHERE n.nspname = $1",
@@ -269,7 +249,7 @@ async fn the_schema_keeps_data_shape_and_no_ledger_rule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_reason_that_does_not_parse_stops_the_event_instead_of_being_guessed() {
-    let (pool, url, schema) = ledger_schema().await;
+    let (pool, url, schema) = common::fresh_schema().await;
     let ledger = ApprovalLedger::default();
     let id = Uuid::new_v4();
     let approved = Payload::AuthorizationApproved(pb::AuthorizationApproved {

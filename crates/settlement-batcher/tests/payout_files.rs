@@ -3,39 +3,18 @@
 //! clock that has moved on, and writes exactly the bytes the first attempt
 //! wrote, because the files' ids and timestamps come from the recorded run.
 
+mod common;
+
 use std::sync::Arc;
 
 use prost::Message as _;
 use settlement_batcher::{ApprovalLedger, SettlementConfig};
-use sqlx::PgPool;
 use switch_core::ManualClock;
 use switch_platform::consumer::EventHandler as _;
-use switch_platform::db::DatabaseConfig;
 use switch_platform::kafka::KafkaConfig;
 use switch_proto::v1::{self as pb, EventEnvelope, event_envelope::Payload};
 use time::macros::datetime;
 use uuid::Uuid;
-
-async fn schema() -> (PgPool, String, String) {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let id = Uuid::new_v4().simple().to_string();
-    let database = DatabaseConfig {
-        url: url.clone(),
-        schema_prefix: format!("p{}_", &id[..10]),
-        max_connections: 2,
-        ..DatabaseConfig::default()
-    };
-    let schema = database.schema_for(settlement_batcher::SERVICE_NAME);
-    let pool = switch_platform::db::connect(&database, &schema)
-        .await
-        .expect("PostgreSQL is reachable");
-    settlement_batcher::MIGRATOR
-        .run(&pool)
-        .await
-        .expect("migrations apply");
-    (pool, url, schema)
-}
 
 /// An approval and its confirmation, sold on 2026-11-24 at 12:00 UTC.
 fn completed_sale(
@@ -100,7 +79,7 @@ fn files(report_csv: &std::path::Path, report_pain: &std::path::Path) -> (Vec<u8
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_finished_after_a_crash_writes_the_same_payout_files() {
-    let (pool, url, schema) = schema().await;
+    let (pool, url, schema) = common::fresh_schema().await;
     let ledger = ApprovalLedger::default();
     let mut events = Vec::new();
     events.extend(completed_sale("MERCHANT0000001", "000001", 1_250, "EUR"));
