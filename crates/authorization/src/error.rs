@@ -1,8 +1,8 @@
 //! The authorization service's errors, and the one place they become gRPC
 //! statuses. Messages name the offending field and never contain card data.
 
+use switch_core::InvalidField;
 use switch_core::lifecycle::Refusal;
-use switch_core::{IllegalTransition, InvalidField};
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +22,6 @@ pub enum AuthorizationError {
     FailedPrecondition(String),
     #[error("the journal holds a row that does not parse: {0}")]
     CorruptRow(InvalidField),
-    #[error(transparent)]
-    IllegalTransition(#[from] IllegalTransition),
     #[error("journal unavailable: {0}")]
     Journal(#[from] sqlx::Error),
     /// The group-commit statement this request was part of failed: every
@@ -49,7 +47,7 @@ impl From<AuthorizationError> for Status {
             @ (AuthorizationError::Refused { .. } | AuthorizationError::FailedPrecondition(_)) => {
                 Status::failed_precondition(e.to_string())
             }
-            e @ (AuthorizationError::CorruptRow(_) | AuthorizationError::IllegalTransition(_)) => {
+            e @ AuthorizationError::CorruptRow(_) => {
                 tracing::error!(error = %e, "Authorization invariant broken.");
                 Status::internal("internal error; the transaction is recorded, query it by STAN")
             }
