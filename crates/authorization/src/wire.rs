@@ -3,9 +3,8 @@
 //! API answers with. Events are `events`' business.
 
 use switch_core::{
-    AuthorizationState, CardExpiry, Channel, Currency, Evidence, InvalidField, LocalDate,
-    MerchantId, Money, Pan, ReversalReason, Stan, TerminalId, terminal_message,
-    terminal_response_code,
+    CardExpiry, Channel, Currency, Evidence, InvalidField, LocalDate, MerchantId, Money, Pan,
+    ReversalReason, Stan, TerminalId, terminal_message, terminal_response_code,
 };
 use switch_proto::domain::{required, wire_optional};
 use switch_proto::v1::{self as pb, AuthorizationRecord};
@@ -63,20 +62,6 @@ pub(crate) fn pb_money(money: &Money) -> pb::Money {
     }
 }
 
-fn status(state: AuthorizationState) -> pb::AuthorizationStatus {
-    match state {
-        AuthorizationState::Received => pb::AuthorizationStatus::Received,
-        AuthorizationState::SentToIssuer => pb::AuthorizationStatus::SentToIssuer,
-        AuthorizationState::Approved => pb::AuthorizationStatus::Approved,
-        AuthorizationState::Declined => pb::AuthorizationStatus::Declined,
-        AuthorizationState::IssuerTimedOut => pb::AuthorizationStatus::IssuerTimedOut,
-        AuthorizationState::ReversalPending => pb::AuthorizationStatus::ReversalPending,
-        AuthorizationState::Reversed => pb::AuthorizationStatus::Reversed,
-        AuthorizationState::Confirmed => pb::AuthorizationStatus::Confirmed,
-        AuthorizationState::ReversalDeadLettered => pb::AuthorizationStatus::ReversalDeadLettered,
-    }
-}
-
 pub fn record(auth: &Authorization) -> AuthorizationRecord {
     let code = terminal_response_code(auth.state, auth.response_code);
     let message = terminal_message(auth.state, code).to_owned();
@@ -87,7 +72,7 @@ pub fn record(auth: &Authorization) -> AuthorizationRecord {
         stan: auth.key.stan.to_string(),
         local_date: auth.key.local_date.to_string(),
         rrn: auth.rrn.to_string(),
-        status: status(auth.state) as i32,
+        status: pb::AuthorizationStatus::from(auth.state) as i32,
         response_code: code.as_str().to_owned(),
         approval_code: auth
             .approval_code

@@ -4,7 +4,7 @@
 //! (what closes, what is due, how long to back off) are in
 //! [`switch_core::watch`].
 
-use switch_core::{Evidence, OrphanDecision, ReversalReason, WatchOutcome};
+use switch_core::{AuthorizationState, Evidence, OrphanDecision, ReversalReason, WatchOutcome};
 use switch_platform::timestamps::to_time;
 use switch_proto::domain::optional;
 use switch_proto::v1::event_envelope::Payload;
@@ -34,28 +34,16 @@ pub fn of_event(payload: &Payload) -> Option<WatchOutcome> {
 /// the record leaves empty.
 pub fn of_record(record: &AuthorizationRecord, decision: OrphanDecision) -> Option<WatchOutcome> {
     let status = AuthorizationStatus::try_from(record.status).ok()?;
-    match status {
-        AuthorizationStatus::ReversalPending => Some(WatchOutcome::ReversalRequested(
-            reason(record.reversal_reason).or(match decision {
-                OrphanDecision::Reverse(reason) => Some(reason),
-                OrphanDecision::Confirm(_) => None,
-            }),
-        )),
-        AuthorizationStatus::Reversed => Some(WatchOutcome::Reversed),
-        AuthorizationStatus::ReversalDeadLettered => Some(WatchOutcome::ReversalDeadLettered),
-        AuthorizationStatus::Confirmed => Some(WatchOutcome::Confirmed(
-            evidence(record.confirmation_evidence).or(match decision {
-                OrphanDecision::Confirm(evidence) => Some(evidence),
-                OrphanDecision::Reverse(_) => None,
-            }),
-        )),
-        AuthorizationStatus::Unspecified
-        | AuthorizationStatus::Received
-        | AuthorizationStatus::SentToIssuer
-        | AuthorizationStatus::Approved
-        | AuthorizationStatus::Declined
-        | AuthorizationStatus::IssuerTimedOut => None,
-    }
+    let state = AuthorizationState::try_from(status).ok()?;
+    let (asked_evidence, asked_reason) = match decision {
+        OrphanDecision::Confirm(evidence) => (Some(evidence), None),
+        OrphanDecision::Reverse(reason) => (None, Some(reason)),
+    };
+    WatchOutcome::of_authorization(
+        state,
+        evidence(record.confirmation_evidence).or(asked_evidence),
+        reason(record.reversal_reason).or(asked_reason),
+    )
 }
 
 fn evidence(raw: i32) -> Option<Evidence> {

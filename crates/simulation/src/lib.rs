@@ -1491,17 +1491,11 @@ fn watch_due(watch: &Watch) -> Option<OffsetDateTime> {
 
 /// What a record's state tells the reversal handler, if it is an outcome.
 fn outcome_of(record: &Authorization) -> Option<WatchOutcome> {
-    match record.state {
-        AuthorizationState::Confirmed => {
-            Some(WatchOutcome::Confirmed(record.confirmation_evidence))
-        }
-        AuthorizationState::ReversalPending => {
-            Some(WatchOutcome::ReversalRequested(record.reversal_reason))
-        }
-        AuthorizationState::Reversed => Some(WatchOutcome::Reversed),
-        AuthorizationState::ReversalDeadLettered => Some(WatchOutcome::ReversalDeadLettered),
-        _ => None,
-    }
+    WatchOutcome::of_authorization(
+        record.state,
+        record.confirmation_evidence,
+        record.reversal_reason,
+    )
 }
 
 fn request_key(terminal: usize, stan: u32, now: OffsetDateTime) -> RequestKey {

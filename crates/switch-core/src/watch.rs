@@ -29,6 +29,7 @@ use std::time::Duration as StdDuration;
 
 use time::{Duration, OffsetDateTime};
 
+use crate::authorization::AuthorizationState;
 use crate::error::InvalidField;
 use crate::orphan::{
     Evidence, NextAttempt, OrphanDecision, OrphanPolicy, RetrySchedule, ReversalReason,
@@ -105,6 +106,27 @@ pub enum WatchOutcome {
 }
 
 impl WatchOutcome {
+    /// What an authorization in `state` tells its watch, with the evidence
+    /// or reversal reason it recorded; `None` for a state that is no
+    /// outcome (still deciding, approved, declined, timed out).
+    pub fn of_authorization(
+        state: AuthorizationState,
+        evidence: Option<Evidence>,
+        reason: Option<ReversalReason>,
+    ) -> Option<WatchOutcome> {
+        match state {
+            AuthorizationState::Confirmed => Some(Self::Confirmed(evidence)),
+            AuthorizationState::ReversalPending => Some(Self::ReversalRequested(reason)),
+            AuthorizationState::Reversed => Some(Self::Reversed),
+            AuthorizationState::ReversalDeadLettered => Some(Self::ReversalDeadLettered),
+            AuthorizationState::Received
+            | AuthorizationState::SentToIssuer
+            | AuthorizationState::Approved
+            | AuthorizationState::Declined
+            | AuthorizationState::IssuerTimedOut => None,
+        }
+    }
+
     /// Whether this outcome is what `decision` asked for.
     pub fn fulfils(&self, decision: OrphanDecision) -> bool {
         match decision {

@@ -11,7 +11,9 @@
 
 use std::fmt;
 
-use switch_core::{Evidence, HoldReason, InvalidField, ReconciliationOutcome, ReversalReason};
+use switch_core::{
+    AuthorizationState, Evidence, HoldReason, InvalidField, ReconciliationOutcome, ReversalReason,
+};
 
 use crate::v1 as pb;
 
@@ -83,6 +85,18 @@ macro_rules! vocabulary {
         }
     };
 }
+
+vocabulary!(pb::AuthorizationStatus, AuthorizationState, {
+    Received <=> Received,
+    SentToIssuer <=> SentToIssuer,
+    Approved <=> Approved,
+    Declined <=> Declined,
+    IssuerTimedOut <=> IssuerTimedOut,
+    ReversalPending <=> ReversalPending,
+    Reversed <=> Reversed,
+    Confirmed <=> Confirmed,
+    ReversalDeadLettered <=> ReversalDeadLettered,
+});
 
 vocabulary!(pb::Evidence, Evidence, {
     TerminalAcknowledgement <=> TerminalAcknowledgement,
@@ -169,6 +183,18 @@ pub fn outcome_reason_name(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_authorization_state_round_trips() {
+        for state in AuthorizationState::ALL {
+            let raw: i32 = pb::AuthorizationStatus::from(state).into();
+            assert_eq!(
+                required::<pb::AuthorizationStatus, AuthorizationState>("status", raw),
+                Ok(state)
+            );
+        }
+        assert!(required::<pb::AuthorizationStatus, AuthorizationState>("status", 0).is_err());
+    }
 
     #[test]
     fn every_evidence_round_trips() {
