@@ -39,16 +39,7 @@ pub(super) async fn insert_intents(
     // Rows go in in key order, so two batches (of two processes) never wait
     // for each other's keys in opposite orders.
     let mut sorted = batch;
-    sorted.sort_by(|a, b| {
-        let key = |i: &IntentRow| {
-            (
-                i.record.key.terminal_id.as_str().to_owned(),
-                i.record.key.stan.as_str().to_owned(),
-                i.record.key.local_date.date(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
+    sorted.sort_by(|a, b| intent_key(a).cmp(&intent_key(b)));
     let records: Vec<&Authorization> = sorted.iter().map(|i| &i.record).collect();
     let text = |get: fn(&Authorization) -> &str| -> Vec<&str> {
         records.iter().map(|record| get(record)).collect()
@@ -110,6 +101,16 @@ pub(super) async fn insert_intents(
         inserted.insert(row.try_get("transaction_id")?, row);
     }
     Ok(ids.iter().map(|id| inserted.remove(id)).collect())
+}
+
+/// The order intents are inserted in: their terminal key.
+fn intent_key(intent: &IntentRow) -> (&str, &str, time::Date) {
+    let key = &intent.record.key;
+    (
+        key.terminal_id.as_str(),
+        key.stan.as_str(),
+        key.local_date.date(),
+    )
 }
 
 fn ids_of(records: &[&Authorization]) -> Vec<Uuid> {
@@ -200,13 +201,13 @@ pub(super) async fn update_decisions(
     .bind(
         decisions
             .iter()
-            .map(|d| d.next.response_code.as_ref().map(|c| c.as_str().to_owned()))
+            .map(|d| d.next.response_code.as_ref().map(|c| c.as_str()))
             .collect::<Vec<_>>(),
     )
     .bind(
         decisions
             .iter()
-            .map(|d| d.next.approval_code.as_ref().map(|c| c.as_str().to_owned()))
+            .map(|d| d.next.approval_code.as_ref().map(|c| c.as_str()))
             .collect::<Vec<_>>(),
     )
     .bind(
