@@ -7,7 +7,6 @@
 
 mod common;
 
-use prost::Message as _;
 use settlement_batcher::ApprovalLedger;
 use sqlx::PgPool;
 use switch_platform::consumer::EventHandler as _;
@@ -31,22 +30,7 @@ fn facts(stan: &str) -> Option<pb::AuthorizationFacts> {
 }
 
 fn event(transaction_id: Uuid, payload: Payload) -> EventEnvelope {
-    EventEnvelope::decode(
-        EventEnvelope {
-            event_id: Uuid::new_v4().to_string(),
-            event_type: "test".into(),
-            transaction_id: transaction_id.to_string(),
-            occurred_at: Some(prost_types::Timestamp {
-                seconds: 1_795_000_000,
-                nanos: 0,
-            }),
-            payload: Some(payload),
-            ..EventEnvelope::default()
-        }
-        .encode_to_vec()
-        .as_slice(),
-    )
-    .unwrap()
+    common::event(&transaction_id.to_string(), 1_795_000_000, payload)
 }
 
 type LedgerRow = (

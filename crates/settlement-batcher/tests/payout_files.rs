@@ -7,7 +7,6 @@ mod common;
 
 use std::sync::Arc;
 
-use prost::Message as _;
 use settlement_batcher::{ApprovalLedger, SettlementConfig};
 use switch_core::ManualClock;
 use switch_platform::consumer::EventHandler as _;
@@ -38,22 +37,11 @@ fn completed_sale(
         channel: "card".into(),
     };
     let envelope = |payload| {
-        EventEnvelope::decode(
-            EventEnvelope {
-                event_id: Uuid::new_v4().to_string(),
-                event_type: "test".into(),
-                transaction_id: transaction_id.clone(),
-                occurred_at: Some(prost_types::Timestamp {
-                    seconds: datetime!(2026-11-24 12:00 UTC).unix_timestamp(),
-                    nanos: 0,
-                }),
-                payload: Some(payload),
-                ..EventEnvelope::default()
-            }
-            .encode_to_vec()
-            .as_slice(),
+        common::event(
+            &transaction_id,
+            datetime!(2026-11-24 12:00 UTC).unix_timestamp(),
+            payload,
         )
-        .unwrap()
     };
     vec![
         envelope(Payload::AuthorizationApproved(pb::AuthorizationApproved {

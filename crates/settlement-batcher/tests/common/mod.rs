@@ -1,8 +1,11 @@
 //! What the settlement batcher's integration tests share: a migrated
-//! schema of their own on the real PostgreSQL.
+//! schema of their own on the real PostgreSQL, and events as they arrive
+//! from Kafka.
 
+use prost::Message as _;
 use sqlx::PgPool;
 use switch_platform::db::DatabaseConfig;
+use switch_proto::v1::{EventEnvelope, event_envelope::Payload};
 use uuid::Uuid;
 
 /// A fresh, migrated schema: its pool, the database URL and the schema's
@@ -26,4 +29,25 @@ pub async fn fresh_schema() -> (PgPool, String, String) {
         .await
         .expect("migrations apply");
     (pool, url, schema)
+}
+
+/// An event of `transaction_id` that occurred at `occurred_at` (unix
+/// seconds), encoded and decoded again as the consumer receives it.
+pub fn event(transaction_id: &str, occurred_at: i64, payload: Payload) -> EventEnvelope {
+    EventEnvelope::decode(
+        EventEnvelope {
+            event_id: Uuid::new_v4().to_string(),
+            event_type: "test".into(),
+            transaction_id: transaction_id.to_owned(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: occurred_at,
+                nanos: 0,
+            }),
+            payload: Some(payload),
+            ..EventEnvelope::default()
+        }
+        .encode_to_vec()
+        .as_slice(),
+    )
+    .expect("an envelope decodes")
 }
