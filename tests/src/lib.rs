@@ -61,6 +61,10 @@ pub fn unique_suffix() -> String {
 #[derive(Debug, Clone)]
 pub struct StackOptions {
     pub issuer_timeout_ms: u64,
+    /// The issuer call's deadline; `None`: one second past the timeout, so
+    /// a test's shutdown does not wait for a call the simulator never
+    /// answers.
+    pub issuer_late_window_ms: Option<u64>,
     pub relay_enabled: bool,
     pub reversal: authorization::ReversalConfig,
     /// Start the reversal handler with this configuration (its
@@ -80,6 +84,7 @@ impl Default for StackOptions {
     fn default() -> Self {
         StackOptions {
             issuer_timeout_ms: 1_000,
+            issuer_late_window_ms: None,
             relay_enabled: true,
             // Fast repeats, so outage tests finish in seconds.
             reversal: authorization::ReversalConfig {
@@ -200,9 +205,10 @@ impl Stack {
                 listen: authorization,
                 issuer_endpoint: format!("http://{issuer}"),
                 issuer_timeout_ms: options.issuer_timeout_ms,
-                // Late answers are still recorded, but a test's shutdown does
-                // not wait half a minute for a call the simulator never answers.
-                issuer_late_window_ms: options.issuer_timeout_ms + 1_000,
+                issuer_late_window_ms: options
+                    .issuer_late_window_ms
+                    .unwrap_or(options.issuer_timeout_ms + 1_000),
+                recovery_interval_ms: 200,
                 reversal: options.reversal.clone(),
                 outbox: switch_platform::outbox::OutboxConfig {
                     relay_enabled: options.relay_enabled,
@@ -435,6 +441,11 @@ impl Stack {
             .stats(switch_proto::v1::StatsRequest {})
             .await?
             .into_inner())
+    }
+
+    /// What the issuer's own ledger holds for `rrn`.
+    pub async fn issuer_funds(&self, rrn: &str) -> (switch_proto::v1::FundsState, i64) {
+        issuer_funds(self.issuer, rrn).await
     }
 
     pub fn events_topic(&self) -> String {
@@ -683,6 +694,20 @@ impl Drop for SwitchdProcess {
 }
 
 /// A free local port (bound, then released).
+/// What the issuer simulator at `issuer` holds for `rrn`.
+pub async fn issuer_funds(issuer: SocketAddr, rrn: &str) -> (switch_proto::v1::FundsState, i64) {
+    let funds = IssuerControlClient::connect(format!("http://{issuer}"))
+        .await
+        .expect("the issuer simulator answers")
+        .funds(switch_proto::v1::FundsRequest {
+            rrn: rrn.to_owned(),
+        })
+        .await
+        .expect("the ledger is read")
+        .into_inner();
+    (funds.state(), funds.held_minor_units)
+}
+
 pub async fn free_address() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     listener.local_addr().expect("a bound address")

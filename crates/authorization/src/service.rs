@@ -269,25 +269,35 @@ impl AuthorizationApi {
             }
         };
         let now = self.lifecycle.clock.now();
-        let decision =
-            decide(&started, Command::IssuerDecided(verdict), now).map_err(|refusal| {
-                AuthorizationError::Refused {
-                    target: started.transaction_id.to_string(),
-                    refusal,
-                }
-            })?;
-        let announcement = self.lifecycle.announcer.messages(&decision, now).pop();
-        let decided = self
-            .lifecycle
-            .journal
-            .record_decision(
-                decision,
-                announcement,
-                i32::try_from(latency_ms).unwrap_or(i32::MAX),
-                now,
-            )
-            .await?;
-        self.lifecycle.relay.wake();
+        let command = Command::IssuerDecided(verdict);
+        let decision = decide(&started, command.clone(), now).map_err(|refusal| {
+            AuthorizationError::Refused {
+                target: started.transaction_id.to_string(),
+                refusal,
+            }
+        })?;
+        let decided = if decision.is_announcement_only() {
+            // The common case: group-committed with its announcement.
+            let announcement = self.lifecycle.announcer.messages(&decision, now).pop();
+            let decided = self
+                .lifecycle
+                .journal
+                .record_decision(
+                    decision,
+                    announcement,
+                    i32::try_from(latency_ms).unwrap_or(i32::MAX),
+                    now,
+                )
+                .await?;
+            self.lifecycle.relay.wake();
+            decided
+        } else {
+            // An approval the switch does not accept also enqueues its
+            // reversal: the general path, which writes every effect.
+            self.lifecycle
+                .execute(store::Target::Id(started.transaction_id), command)
+                .await?
+        };
         let outcome = KeyValue::new("outcome", decided.state.as_str());
         self.decisions.add(1, std::slice::from_ref(&outcome));
         self.issuer_latency.record(latency_ms, &[outcome]);

@@ -26,6 +26,10 @@ pub struct Fault {
     pub outage: bool,
     /// Decline with this code instead of the normal rules (empty: no override).
     pub decline_code: String,
+    /// Approve for half the amount ("10") where the rules approve.
+    pub partial_approval: bool,
+    /// Approve, then never answer.
+    pub approve_then_hang: bool,
 }
 
 /// A plan with the instant it stops applying.
@@ -76,6 +80,8 @@ impl Faults {
             no_response: plan.no_response,
             outage: plan.outage,
             decline_code: plan.decline_code.clone(),
+            partial_approval: plan.partial_approval,
+            approve_then_hang: plan.approve_then_hang,
         })
     }
 

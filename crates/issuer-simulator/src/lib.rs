@@ -27,9 +27,17 @@
 //! less) is declined `"30"` (format error); nothing a client sends can make
 //! the simulator panic.
 //!
-//! Reversals are always answered `"00"` (`"30"` for an empty RRN) and are
-//! idempotent: reversed RRNs are remembered, and a repeat is answered `"00"`
-//! again. Every reversal call is counted, repeats included.
+//! The simulator keeps the issuer's own ledger: every RRN it decided, and
+//! whether it holds the shopper's funds (approved, fully or partially),
+//! released them (reversed) or held nothing (declined);
+//! `IssuerControl.Funds` reads it, so tests compare the switch's view with
+//! the issuer's. A reversal of an RRN it decided releases the hold and is
+//! answered `"00"`, idempotently (a repeat is answered `"00"` again); a
+//! reversal of an RRN it never decided — the original never arrived, or
+//! is still being held back by `latency_ms` — is answered `"25"` (unable to
+//! locate the original), and the original may still be approved after
+//! that, as a real issuer's would. `"30"` for an empty RRN. Every reversal
+//! call is counted, repeats included.
 //!
 //! # Faults
 //!
@@ -41,14 +49,17 @@
 //! matching request, in order: wait `latency_ms`; then `outage` answers
 //! UNAVAILABLE ("issuer outage (simulated)"), `no_response` never answers
 //! (the caller's deadline fires), and `decline_code` replaces the decision
-//! of the normal rules.
+//! of the normal rules; `partial_approval` turns an approval into one for
+//! half the amount (`"10"`, half held); `approve_then_hang` approves (funds
+//! held) and then never answers: the answer is lost.
 //!
 //! # Counters
 //!
 //! `IssuerControl.Stats` returns: `authorizations` and `reversals` (every
 //! call received, whatever happened to it), `approved` and `declined`
-//! (authorization answers sent), `dropped` (calls of either kind refused by
-//! an outage or left unanswered by `no_response`).
+//! (authorization decisions that hold funds, and the others), `dropped`
+//! (calls of either kind refused by an outage or left unanswered by
+//! `no_response` or `approve_then_hang`).
 //!
 //! # Logging
 //!

@@ -23,6 +23,11 @@ pub enum Decision {
         /// Six uppercase alphanumerics, derived from the RRN.
         approval_code: String,
     },
+    /// Approved for less than asked ("10"): this much is held.
+    ApprovePartially {
+        approval_code: String,
+        held_minor_units: i64,
+    },
     /// Declined with this ISO 8583 response code.
     Decline {
         /// Field 39.
@@ -42,6 +47,7 @@ impl Decision {
     pub fn response_code(&self) -> &str {
         match self {
             Decision::Approve { .. } => APPROVED.as_str(),
+            Decision::ApprovePartially { .. } => ResponseCode::PARTIAL_APPROVAL.as_str(),
             Decision::Decline { response_code } => response_code,
         }
     }
@@ -49,8 +55,21 @@ impl Decision {
     /// Field 38 of the answer; empty unless approved.
     pub fn approval_code(&self) -> &str {
         match self {
-            Decision::Approve { approval_code } => approval_code,
+            Decision::Approve { approval_code }
+            | Decision::ApprovePartially { approval_code, .. } => approval_code,
             Decision::Decline { .. } => "",
+        }
+    }
+
+    /// The same decision as a partial approval of half of `amount`, if
+    /// it is an approval.
+    pub fn partially(self, amount: i64) -> Self {
+        match self {
+            Decision::Approve { approval_code } => Decision::ApprovePartially {
+                approval_code,
+                held_minor_units: (amount / 2).max(1),
+            },
+            other => other,
         }
     }
 }

@@ -1,15 +1,17 @@
 //! The gRPC services: `IssuerService` (the issuer host itself) and
 //! `IssuerControl` (fault injection and counters for tests).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use switch_core::ResponseCode;
 use switch_proto::v1::issuer_control_server::IssuerControl;
 use switch_proto::v1::issuer_service_server::IssuerService;
 use switch_proto::v1::{
-    FaultPlan, FaultPlanAck, IssuerAuthorizeRequest, IssuerAuthorizeResponse, IssuerReverseRequest,
-    IssuerReverseResponse, IssuerStats, Money, StatsRequest,
+    FaultPlan, FaultPlanAck, FundsRequest, FundsResponse, FundsState, IssuerAuthorizeRequest,
+    IssuerAuthorizeResponse, IssuerReverseRequest, IssuerReverseResponse, IssuerStats, Money,
+    StatsRequest,
 };
 use tonic::{Request, Response, Status};
 use tracing::debug;
@@ -54,19 +56,47 @@ impl Counters {
     }
 }
 
+/// What the issuer holds for one RRN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Funds {
+    Held(i64),
+    Released(i64),
+    Declined,
+}
+
 /// The simulator's state, shared by both services (cloning shares it).
 #[derive(Debug, Clone, Default)]
 pub struct Simulator {
     faults: Faults,
     counters: Arc<Counters>,
-    /// RRNs reversed so far, so repeats are recognised (and still answered "00").
-    reversed: Arc<Mutex<HashSet<String>>>,
+    /// The issuer's ledger: every RRN it decided, and what it holds for it.
+    /// A reversal of an RRN it never decided is answered "25".
+    ledger: Arc<Mutex<HashMap<String, Funds>>>,
 }
 
 impl Simulator {
     /// A simulator with no faults, no history and zeroed counters.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The ledger. Every change is one insert or update of a map entry,
+    /// which a panic cannot leave half done: a poisoned lock is usable.
+    fn ledger(&self) -> std::sync::MutexGuard<'_, HashMap<String, Funds>> {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records what a decision holds; a repeated authorization of the same
+    /// RRN keeps the first entry.
+    fn record(&self, rrn: &str, decision: &Decision, amount: i64) {
+        let funds = match decision {
+            Decision::Approve { .. } => Funds::Held(amount),
+            Decision::ApprovePartially {
+                held_minor_units, ..
+            } => Funds::Held(*held_minor_units),
+            Decision::Decline { .. } => Funds::Declined,
+        };
+        self.ledger().entry(rrn.to_owned()).or_insert(funds);
     }
 
     /// Applies the non-answer parts of a fault: latency first, then outage
@@ -119,17 +149,31 @@ impl IssuerService for Simulator {
                 return Err(status);
             }
         };
-        let decision = match fault {
+        let amount_minor = request.amount.as_ref().map_or(0, |m| m.minor_units);
+        let decision = match &fault {
             Some(fault) if !fault.decline_code.is_empty() => Decision::Decline {
                 response_code: fault.decline_code.clone(),
             },
+            Some(fault) if fault.partial_approval => {
+                rules::decide(&request).partially(amount_minor)
+            }
             _ => rules::decide(&request),
         };
+        if !request.rrn.is_empty() {
+            self.record(&request.rrn, &decision, amount_minor);
+        }
         let code = decision.response_code();
-        if code == APPROVED.as_str() {
+        let holds = ResponseCode::parse(code).is_ok_and(|c| c.holds_funds());
+        if holds {
             Counters::bump(&self.counters.approved);
         } else {
             Counters::bump(&self.counters.declined);
+        }
+        if holds && fault.as_ref().is_some_and(|f| f.approve_then_hang) {
+            // Approved and held; the answer is lost.
+            Counters::bump(&self.counters.dropped);
+            debug!(rrn = %request.rrn, stan = %request.stan, decision = code, "authorization approved, answer lost");
+            std::future::pending::<()>().await;
         }
         debug!(
             rrn = %request.rrn,
@@ -173,15 +217,21 @@ impl IssuerService for Simulator {
         let (code, already_reversed) = match fault {
             Some(fault) if !fault.decline_code.is_empty() => (fault.decline_code, false),
             _ if request.rrn.is_empty() => (FORMAT_ERROR.as_str().to_owned(), false),
-            _ => {
-                let newly = self
-                    .reversed
-                    .lock()
-                    // A HashSet insert cannot be left half done by a panic.
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(request.rrn.clone());
-                (APPROVED.as_str().to_owned(), !newly)
-            }
+            _ => match self.ledger().get_mut(&request.rrn) {
+                // No original to reverse: it never arrived, or has not been
+                // decided yet (it may still be).
+                None => (
+                    ResponseCode::UNABLE_TO_LOCATE_RECORD.as_str().to_owned(),
+                    false,
+                ),
+                Some(funds) => {
+                    let already_reversed = !matches!(funds, Funds::Held(_));
+                    if let Funds::Held(held) = *funds {
+                        *funds = Funds::Released(held);
+                    }
+                    (APPROVED.as_str().to_owned(), already_reversed)
+                }
+            },
         };
         debug!(
             rrn = %request.rrn,
@@ -216,5 +266,21 @@ impl IssuerControl for Simulator {
         _request: Request<StatsRequest>,
     ) -> Result<Response<IssuerStats>, Status> {
         Ok(Response::new(self.counters.snapshot()))
+    }
+
+    async fn funds(
+        &self,
+        request: Request<FundsRequest>,
+    ) -> Result<Response<FundsResponse>, Status> {
+        let (state, held_minor_units) = match self.ledger().get(&request.get_ref().rrn) {
+            None => (FundsState::Unknown, 0),
+            Some(Funds::Held(held)) => (FundsState::Held, *held),
+            Some(Funds::Released(held)) => (FundsState::Released, *held),
+            Some(Funds::Declined) => (FundsState::Declined, 0),
+        };
+        Ok(Response::new(FundsResponse {
+            state: state.into(),
+            held_minor_units,
+        }))
     }
 }

@@ -8,8 +8,8 @@ use issuer_simulator::rules::approval_code;
 use switch_proto::v1::issuer_control_client::IssuerControlClient;
 use switch_proto::v1::issuer_service_client::IssuerServiceClient;
 use switch_proto::v1::{
-    FaultPlan, IssuerAuthorizeRequest, IssuerAuthorizeResponse, IssuerReverseRequest, IssuerStats,
-    Money, StatsRequest,
+    FaultPlan, FundsRequest, FundsState, IssuerAuthorizeRequest, IssuerAuthorizeResponse,
+    IssuerReverseRequest, IssuerStats, Money, StatsRequest,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -97,6 +97,19 @@ impl Harness {
             .await
             .expect("stats")
             .into_inner()
+    }
+
+    async fn funds(&self, rrn: &str) -> (FundsState, i64) {
+        let funds = self
+            .control
+            .clone()
+            .funds(FundsRequest {
+                rrn: rrn.to_owned(),
+            })
+            .await
+            .expect("funds")
+            .into_inner();
+        (funds.state(), funds.held_minor_units)
     }
 
     async fn stop(mut self) {
@@ -416,6 +429,85 @@ async fn rpc_kind_selection() {
 }
 
 #[tokio::test]
+async fn a_partial_approval_holds_half_until_reversed() {
+    let h = Harness::start().await;
+    h.set_faults(FaultPlan {
+        partial_approval: true,
+        ..FaultPlan::default()
+    })
+    .await;
+    let answer = h.authorize("600000000020", "000001", 1000).await.unwrap();
+    assert_eq!(answer.response_code, "10");
+    assert_eq!(answer.approval_code.len(), 6);
+    assert_eq!(h.funds("600000000020").await, (FundsState::Held, 500));
+    // Declines stay declines.
+    assert_eq!(h.code("600000000021", "000002", 1051).await, "51");
+    assert_eq!(
+        h.reverse("600000000020", "000001", false).await.unwrap(),
+        "00"
+    );
+    assert_eq!(h.funds("600000000020").await, (FundsState::Released, 500));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn approve_then_hang_holds_funds_and_loses_the_answer() {
+    let h = Harness::start().await;
+    h.set_faults(FaultPlan {
+        approve_then_hang: true,
+        ..FaultPlan::default()
+    })
+    .await;
+    let mut request = tonic::Request::new(auth_request("600000000022", "000001", Some(1000)));
+    request.set_timeout(Duration::from_millis(300));
+    let status = h
+        .issuer
+        .clone()
+        .authorize(request)
+        .await
+        .expect_err("no answer");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert_eq!(h.funds("600000000022").await, (FundsState::Held, 1000));
+    assert_eq!(h.stats().await.dropped, 1);
+    h.stop().await;
+}
+
+/// A reversal that overtakes its original (still held back by latency)
+/// is answered "25"; the original is approved afterwards.
+#[tokio::test]
+async fn a_reversal_overtaking_its_original_is_answered_25() {
+    let h = Harness::start().await;
+    h.set_faults(FaultPlan {
+        latency_ms: 300,
+        authorizations_only: true,
+        ..FaultPlan::default()
+    })
+    .await;
+    let issuer = h.issuer.clone();
+    let original = tokio::spawn(async move {
+        let mut issuer = issuer;
+        issuer
+            .authorize(auth_request("600000000023", "000001", Some(1000)))
+            .await
+            .map(|r| r.into_inner().response_code)
+    });
+    // The original is received (counted) before the reversal is sent.
+    while h.stats().await.authorizations == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        h.reverse("600000000023", "000001", false).await.unwrap(),
+        "25"
+    );
+    assert_eq!(original.await.unwrap().unwrap(), "00");
+    assert_eq!(h.funds("600000000023").await, (FundsState::Held, 1000));
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn reversals_are_idempotent_and_counted() {
     let h = Harness::start().await;
     assert_eq!(h.code("600000000014", "000001", 1000).await, "00");
@@ -438,13 +530,16 @@ async fn reversals_are_idempotent_and_counted() {
             .expect("repeat"),
         "00"
     );
-    // Reversing an RRN the simulator never saw is answered "00" too.
+    // Reversing an RRN the simulator never decided: no original ("25").
     assert_eq!(
         h.reverse("699999999999", "000004", false)
             .await
             .expect("reverse"),
-        "00"
+        "25"
     );
+    assert_eq!(h.funds("600000000014").await, (FundsState::Released, 1000));
+    assert_eq!(h.funds("600000000015").await, (FundsState::Declined, 0));
+    assert_eq!(h.funds("699999999999").await, (FundsState::Unknown, 0));
     assert_eq!(
         h.stats().await,
         IssuerStats {

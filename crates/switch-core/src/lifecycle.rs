@@ -438,6 +438,16 @@ impl Decision {
         })
     }
 
+    /// Whether its only effects are announcements (at most one): all the
+    /// journal's fast path for issuer decisions can write.
+    pub fn is_announcement_only(&self) -> bool {
+        self.effects.len() <= 1
+            && self
+                .effects
+                .iter()
+                .all(|effect| matches!(effect, Effect::Announce(_)))
+    }
+
     /// Whether the reversal queue has new work.
     pub fn enqueues_reversal(&self) -> bool {
         self.effects

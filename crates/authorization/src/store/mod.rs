@@ -142,7 +142,10 @@ impl Journal {
     /// announcement: all three or none. Applied only if the row is still in
     /// the state the decision was taken on; otherwise another writer moved
     /// it on first, and its record is returned. Concurrent calls are
-    /// group-committed in one statement.
+    /// group-committed in one statement, which writes the record, its
+    /// history and one announcement only: a decision with other effects
+    /// (a reversal to enqueue) goes through [`Journal::lock`] and
+    /// [`Locked::apply`], and is refused here rather than half applied.
     pub async fn record_decision(
         &self,
         decision: Decision,
@@ -151,6 +154,11 @@ impl Journal {
         now: OffsetDateTime,
     ) -> Result<Authorization, AuthorizationError> {
         let id = decision.next.transaction_id;
+        if !decision.is_announcement_only() {
+            return Err(AuthorizationError::FailedPrecondition(format!(
+                "the issuer's decision for {id} has effects the group commit does not write"
+            )));
+        }
         let transition = decision.transition.ok_or_else(|| {
             AuthorizationError::FailedPrecondition(format!(
                 "the issuer's decision for {id} changes no state"
@@ -295,7 +303,7 @@ impl Locked {
             let row = sqlx::query(&format!(
                 "UPDATE authorizations SET state = $2, reversal_reason = $3, \
                    confirmation_evidence = $4, acknowledged_at = $5, conflict_at = $6, \
-                   updated_at = $7 \
+                   updated_at = $7, response_code = $8, approval_code = $9 \
                  WHERE transaction_id = $1 RETURNING {COLUMNS}"
             ))
             .bind(id)
@@ -305,6 +313,8 @@ impl Locked {
             .bind(next.acknowledged_at)
             .bind(next.conflict_at)
             .bind(context.now)
+            .bind(next.response_code.as_ref().map(|c| c.as_str()))
+            .bind(next.approval_code.as_ref().map(|c| c.as_str()))
             .fetch_one(&mut *self.tx)
             .await?;
             rows::authorization(&row)?
