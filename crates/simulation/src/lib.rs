@@ -1657,3 +1657,35 @@ fn request_key(terminal: usize, stan: u32, now: OffsetDateTime) -> RequestKey {
 pub fn seed_from_env() -> Option<u64> {
     std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok())
 }
+
+/// The smallest run it can find that breaks the same invariant as
+/// `violation` did under `config`: the same seed and faults with fewer
+/// sales, then fewer terminals. Each candidate is a complete run of its
+/// own (a seed names a schedule for its configuration), so the result
+/// replays exactly with the configuration returned.
+pub fn shrink(config: &Config, violation: &Violation) -> (Config, Violation) {
+    let mut best = (*config, violation.clone());
+    let breaks_the_same = |candidate: &Config| {
+        run(candidate)
+            .err()
+            .filter(|found| found.invariant == violation.invariant)
+    };
+    for sales in 1..config.sales {
+        let candidate = Config { sales, ..*config };
+        if let Some(found) = breaks_the_same(&candidate) {
+            best = (candidate, found);
+            break;
+        }
+    }
+    for terminals in 1..best.0.terminals {
+        let candidate = Config {
+            terminals,
+            ..best.0
+        };
+        if let Some(found) = breaks_the_same(&candidate) {
+            best = (candidate, found);
+            break;
+        }
+    }
+    best
+}

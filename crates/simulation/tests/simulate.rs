@@ -3,38 +3,76 @@
 use std::time::Instant;
 
 use simulation::{
-    Ablation, Config, Faults, I1_FINAL, I7_FUNDS, Stats, Violation, run, seed_from_env,
+    Ablation, Config, Faults, I1_FINAL, I7_FUNDS, Stats, Violation, run, seed_from_env, shrink,
 };
 
-/// Seeds in the randomized run: sized to take about 30 s in a debug build.
-const SEEDS: u64 = 10_000;
+/// Simulated transactions in the randomized run: issue 12 asks for a
+/// million in `make test` (the simulation and switch-core are compiled
+/// optimized even in test builds, see the workspace's Cargo.toml).
+const TRANSACTIONS: usize = 1_000_000;
+
+/// Seeds `first, first + step, …` until `transactions` are simulated; the
+/// first violation ends the run.
+fn run_seeds(first: u64, step: u64, transactions: usize) -> Result<(usize, Stats), Violation> {
+    let mut done = 0;
+    let mut stats = Stats::default();
+    let mut seed = first;
+    while done < transactions {
+        let report = run(&Config::new(seed, Faults::SOUND))?;
+        done += report.transactions;
+        stats.add(&report.stats);
+        seed += step;
+    }
+    Ok((done, stats))
+}
+
+/// Fails with the violation and the shortest run the shrinker finds.
+fn fail(violation: Violation) -> ! {
+    let config = Config::new(violation.seed, Faults::SOUND);
+    let (small, shrunk) = shrink(&config, &violation);
+    panic!(
+        "{violation}\nshortest run found: seed {} with {} sales on {} terminals:\n{shrunk}",
+        small.seed, small.sales, small.terminals
+    );
+}
 
 #[test]
-fn no_invariant_breaks_under_the_sound_faults() {
-    let seeds: Vec<u64> = match seed_from_env() {
-        Some(seed) => vec![seed],
-        None => (0..SEEDS).collect(),
-    };
-    let replay = seeds.len() == 1;
+fn no_invariant_breaks_under_every_fault() {
     let started = Instant::now();
-    let mut transactions = 0;
-    let mut stats = Stats::default();
-    for seed in seeds {
-        match run(&Config::new(seed, Faults::SOUND)) {
-            Ok(report) => {
-                transactions += report.transactions;
-                stats.add(&report.stats);
+    let (transactions, stats) = match seed_from_env() {
+        Some(seed) => run_seeds(seed, 1, 1).unwrap_or_else(|violation| fail(violation)),
+        None => {
+            // One share of the seeds per core; the union is the same
+            // whatever the number of cores, up to where each share stops.
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+            let share = TRANSACTIONS.div_ceil(threads);
+            let results = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|t| scope.spawn(move || run_seeds(t as u64, threads as u64, share)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|worker| worker.join().expect("a simulation thread panicked"))
+                    .collect::<Vec<_>>()
+            });
+            let mut transactions = 0;
+            let mut stats = Stats::default();
+            for result in results {
+                let (done, share_stats) = result.unwrap_or_else(|violation| fail(violation));
+                transactions += done;
+                stats.add(&share_stats);
             }
-            Err(violation) => panic!("{violation}"),
+            assert!(transactions >= TRANSACTIONS, "{transactions} simulated");
+            (transactions, stats)
         }
-    }
+    };
     let ms = started.elapsed().as_millis().max(1);
     println!(
         "{transactions} simulated transactions in {ms} ms ({} per second)",
         transactions as u128 * 1_000 / ms
     );
     println!("{stats:?}");
-    if !replay {
+    if seed_from_env().is_none() {
         // The runs went down every path the faults open, and not only the
         // happy one: otherwise "no invariant broke" would say little.
         let paths = [
@@ -112,6 +150,18 @@ fn hole_is_found_without_its_fix(
     let config = Config::new(violation.seed, faults);
     let replayed = run(&config.ablated(ablation)).expect_err("the seed replays");
     assert_eq!(replayed.detail, violation.detail);
+    // The shortest run the shrinker finds breaks the same invariant, and
+    // replays exactly from its configuration.
+    let (small, shrunk) = shrink(&config.ablated(ablation), &violation);
+    assert_eq!(shrunk.invariant, violation.invariant);
+    assert!(shrunk.transactions <= violation.transactions);
+    assert_eq!(run(&small).expect_err("replays").detail, shrunk.detail);
+    println!(
+        "{hole} shrunk to {} sales on {} terminals ({} trace lines):\n{shrunk}",
+        small.sales,
+        small.terminals,
+        shrunk.trace.len()
+    );
     if let Err(violation) = run(&config) {
         panic!("with the fix, {hole}'s seed must pass: {violation}");
     }
