@@ -3,8 +3,10 @@
 //! that means for the authorization is the state machine's job.
 //!
 //! A call the switch stops waiting for is not cancelled: it may still be
-//! answered within the late window, and that late answer is handed back so
-//! it can be recorded (and an approval reversed) rather than lost.
+//! answered until its deadline (the late window), and that late answer is
+//! handed back so it can be recorded (and an approval reversed) rather than
+//! lost. The deadline travels with the call, so the issuer does not act on
+//! it later: the lifecycle's rules rely on that (`IssuerWindows`).
 
 use std::time::{Duration, Instant};
 
@@ -45,33 +47,31 @@ pub enum IssuerOutcome {
 pub struct GrpcIssuerLink {
     client: Client,
     timeout: Duration,
-    late_window: Duration,
 }
 
 impl GrpcIssuerLink {
     /// Connects lazily, so the switch starts (and answers terminals with a
     /// clear "issuer unavailable") even while the issuer is down.
-    pub fn connect(
-        endpoint: &str,
-        timeout: Duration,
-        late_window: Duration,
-    ) -> Result<Self, ServeError> {
+    pub fn connect(endpoint: &str, timeout: Duration) -> Result<Self, ServeError> {
         let channel = GrpcClient::new(endpoint)
             .connect_timeout(timeout)
             .traced()?;
         Ok(GrpcIssuerLink {
             client: IssuerServiceClient::new(channel),
             timeout,
-            late_window: late_window.max(timeout),
         })
     }
 
-    pub async fn authorize(&self, request: IssuerAuthorizeRequest) -> IssuerOutcome {
+    /// Asks the issuer; the call's deadline at the issuer is `deadline`
+    /// from now, the switch itself waits only for its own timeout.
+    pub async fn authorize(
+        &self,
+        request: IssuerAuthorizeRequest,
+        deadline: Duration,
+    ) -> IssuerOutcome {
         let mut client = self.client.clone();
         let mut request = tonic::Request::new(request);
-        // The issuer may take up to the late window; the switch waits only
-        // for its own timeout.
-        request.set_timeout(self.late_window);
+        request.set_timeout(deadline);
         let sent = Instant::now();
         let mut call = tokio::spawn(async move {
             client

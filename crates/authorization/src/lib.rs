@@ -23,6 +23,7 @@ mod events;
 mod group_commit;
 mod issuer;
 mod lifecycle;
+mod recovery;
 // Public only for this crate's integration tests (tests/group_commit.rs).
 #[doc(hidden)]
 pub mod model;
@@ -63,9 +64,15 @@ pub struct AuthorizationConfig {
     /// How long the switch waits for the issuer before recording the
     /// authorization as timed out (whether money moved is then unknown).
     pub issuer_timeout_ms: u64,
-    /// How long an issuer answer is still awaited (and recorded as late)
-    /// after the switch stopped waiting.
+    /// The issuer call's deadline, from when it is sent: an answer until
+    /// then is still awaited (and recorded as late) after the switch
+    /// stopped waiting, and the issuer does not act on the call later.
+    /// Until then a reversal answered "25" may have overtaken its original
+    /// and is repeated; past it, an intent still in flight was abandoned
+    /// by a process that died and is recovered as timed out.
     pub issuer_late_window_ms: u64,
+    /// How often the recovery sweep looks for abandoned issuer calls.
+    pub recovery_interval_ms: u64,
     /// Name of the issuer queue: reversals to one issuer never wait behind
     /// another's.
     pub issuer_name: String,
@@ -85,6 +92,7 @@ impl Default for AuthorizationConfig {
             issuer_endpoint: "http://127.0.0.1:50070".into(),
             issuer_timeout_ms: 2_000,
             issuer_late_window_ms: 30_000,
+            recovery_interval_ms: 5_000,
             issuer_name: "default".into(),
             reversal: ReversalConfig::default(),
             pan_hash_key: Secret::new("dev-only-pan-fingerprint-key-change-me"),
@@ -100,6 +108,20 @@ impl AuthorizationConfig {
             return Err(ConfigError::invalid(
                 "authorization.issuer_timeout_ms",
                 "must be between 1 and 60000",
+            ));
+        }
+        if self.issuer_late_window_ms < self.issuer_timeout_ms
+            || self.issuer_late_window_ms > 600_000
+        {
+            return Err(ConfigError::invalid(
+                "authorization.issuer_late_window_ms",
+                "must be at least issuer_timeout_ms and at most 600000",
+            ));
+        }
+        if !(100..=600_000).contains(&self.recovery_interval_ms) {
+            return Err(ConfigError::invalid(
+                "authorization.recovery_interval_ms",
+                "must be between 100 and 600000",
             ));
         }
         if tonic::transport::Endpoint::from_shared(self.issuer_endpoint.clone()).is_err() {
@@ -201,11 +223,11 @@ pub async fn serve(
     MIGRATOR.run(&pool).await?;
     kafka.ensure_topics(&[topics::AUTHORIZATION_EVENTS]).await?;
     let relay = OutboxRelay::new(pool.clone(), kafka.producer()?, config.outbox.clone());
-    let issuer = issuer::GrpcIssuerLink::connect(
-        &config.issuer_endpoint,
+    let windows = switch_core::lifecycle::IssuerWindows::new(
         Duration::from_millis(config.issuer_timeout_ms),
         Duration::from_millis(config.issuer_late_window_ms),
-    )?;
+    );
+    let issuer = issuer::GrpcIssuerLink::connect(&config.issuer_endpoint, windows.call_timeout)?;
     let journal = std::sync::Arc::new(store::Journal::new(pool));
     let wake_reversals = std::sync::Arc::new(tokio::sync::Notify::new());
     let lifecycle = lifecycle::Lifecycle {
@@ -223,8 +245,14 @@ pub async fn serve(
         lifecycle.clone(),
         issuer.clone(),
         switch_core::PanHasher::new(config.pan_hash_key.expose().as_bytes()),
-        Duration::from_millis(config.issuer_timeout_ms),
+        windows,
     );
+    let recovery = recovery::RecoverySweep {
+        lifecycle: lifecycle.clone(),
+        windows,
+        interval: Duration::from_millis(config.recovery_interval_ms),
+        batch_size: config.reversal.batch_size,
+    };
     let worker = reversals::ReversalWorker {
         lifecycle,
         issuer,
@@ -234,6 +262,7 @@ pub async fn serve(
             max_delay_ms: config.reversal.max_delay_ms,
             max_age_ms: config.reversal.max_age_ms,
         },
+        windows,
         batch_size: config.reversal.batch_size,
         lease_ms: i64::try_from(config.issuer_timeout_ms.saturating_mul(2) + 1_000)
             .unwrap_or(i64::MAX),
@@ -250,12 +279,19 @@ pub async fn serve(
         let _ = stop_worker_rx.await;
     }));
 
+    let (stop_recovery_tx, stop_recovery_rx) = tokio::sync::oneshot::channel::<()>();
+    let recovery_task = tokio::spawn(recovery.run(async {
+        let _ = stop_recovery_rx.await;
+    }));
+
     let result = GrpcServer::new(SERVICE_NAME)?
         .tls(config.tls.as_ref())
         .add_service(AuthorizationServiceServer::new(service))
         .serve(listener, shutdown)
         .await;
     // In-flight requests have finished: publish what they enqueued, then stop.
+    let _ = stop_recovery_tx.send(());
+    let _ = recovery_task.await;
     let _ = stop_worker_tx.send(());
     let _ = worker_task.await;
     let _ = stop_relay_tx.send(());

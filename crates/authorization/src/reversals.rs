@@ -12,7 +12,9 @@ use std::time::Duration;
 use futures::future::join_all;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
-use switch_core::lifecycle::{Command, Effect, ReversalAnswer, ReversalAttempt, ReversalClosed};
+use switch_core::lifecycle::{
+    Command, Effect, IssuerWindows, ReversalAnswer, ReversalAttempt, ReversalClosed,
+};
 use switch_core::{ResponseCode, RetrySchedule};
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -28,6 +30,9 @@ pub struct ReversalWorker {
     pub issuer: GrpcIssuerLink,
     pub issuer_name: String,
     pub schedule: RetrySchedule,
+    /// Until when an original call may still reach the issuer: a "25"
+    /// before then does not end the reversal.
+    pub windows: IssuerWindows,
     pub batch_size: i64,
     /// How long a claim is held: longer than one attempt can take.
     pub lease_ms: i64,
@@ -125,6 +130,7 @@ impl ReversalWorker {
     }
 
     async fn attempt(&self, claimed: &ClaimedReversal, metrics: &Metrics) {
+        let sent_at = self.lifecycle.clock.now();
         let result = self
             .issuer
             .reverse(
@@ -147,8 +153,10 @@ impl ReversalWorker {
                 attempts: claimed.attempts,
                 age_ms: claimed.age_ms,
                 jitter: rand::random::<u64>(),
+                sent_at,
             },
             schedule: self.schedule,
+            windows: self.windows,
         };
         let outcome = match self
             .lifecycle

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
-use switch_core::lifecycle::{Command, IssuerVerdict, decide};
+use switch_core::lifecycle::{Command, IssuerVerdict, IssuerWindows, decide};
 use switch_core::{
     Evidence, PanHasher, ReplayVerdict, SaleDigest, TerminalId, TransactionId, compare_replay,
 };
@@ -36,7 +36,7 @@ pub struct AuthorizationApi {
     lifecycle: Lifecycle,
     issuer: GrpcIssuerLink,
     hasher: PanHasher,
-    issuer_timeout: Duration,
+    windows: IssuerWindows,
     in_flight: InFlight,
     decisions: Counter<u64>,
     issuer_latency: Histogram<u64>,
@@ -68,14 +68,14 @@ impl AuthorizationApi {
         lifecycle: Lifecycle,
         issuer: GrpcIssuerLink,
         hasher: PanHasher,
-        issuer_timeout: Duration,
+        windows: IssuerWindows,
     ) -> Self {
         let meter = opentelemetry::global::meter(crate::SERVICE_NAME);
         AuthorizationApi {
             lifecycle,
             issuer,
             hasher,
-            issuer_timeout,
+            windows,
             in_flight: Arc::default(),
             decisions: meter
                 .u64_counter("authorization.decisions")
@@ -199,7 +199,7 @@ impl AuthorizationApi {
         }
         // The original may be in flight in another replica: wait for its
         // decision, bounded by the issuer timeout plus a margin.
-        let deadline = Instant::now() + self.issuer_timeout + Duration::from_secs(2);
+        let deadline = Instant::now() + self.windows.call_timeout + Duration::from_secs(2);
         let mut current = original;
         while current.state.is_in_flight() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -243,8 +243,11 @@ impl AuthorizationApi {
             expiry: command.expiry.expose().to_owned(),
             amount: Some(wire::pb_money(&command.amount)),
         };
+        // The call's deadline is the one the lifecycle's rules assume.
+        let deadline = self.windows.call_deadline(&started) - self.lifecycle.clock.now();
+        let deadline = Duration::try_from(deadline).unwrap_or(self.windows.call_timeout);
         let sent = Instant::now();
-        let outcome = self.issuer.authorize(request).await;
+        let outcome = self.issuer.authorize(request, deadline).await;
         let latency_ms = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX);
         let verdict = match outcome {
             IssuerOutcome::Answered(answer) => {

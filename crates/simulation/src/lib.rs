@@ -102,7 +102,7 @@ use std::time::Duration as StdDuration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use switch_core::lifecycle::{
-    self, Authorization, Command, Effect, IssuerVerdict, RequestKey, ReversalAnswer,
+    self, Authorization, Command, Effect, IssuerVerdict, IssuerWindows, RequestKey, ReversalAnswer,
     ReversalAttempt, SaleIntent,
 };
 use switch_core::watch::{self, millis_between};
@@ -141,7 +141,16 @@ impl fmt::Display for R {
 pub const START: OffsetDateTime = datetime!(2026-12-01 10:00 UTC);
 
 const ISSUER_TIMEOUT: Duration = Duration::seconds(10);
-const LATE_WINDOW: Duration = Duration::seconds(20);
+/// The issuer call's deadline, from when it was sent (production's
+/// `issuer_late_window_ms`).
+const CALL_DEADLINE: Duration = Duration::seconds(30);
+const WINDOWS: IssuerWindows = IssuerWindows {
+    call_timeout: StdDuration::from_secs(10),
+    late_window: StdDuration::from_secs(30),
+};
+/// How often authorization's recovery sweep runs (production's
+/// `recovery_interval_ms`).
+const RECOVERY_INTERVAL: Duration = Duration::seconds(5);
 const REVERSAL_CALL_TIMEOUT: Duration = Duration::seconds(5);
 const TERMINAL_TIMEOUT: Duration = Duration::seconds(30);
 const TERMINAL_RETRY_AFTER: Duration = Duration::seconds(5);
@@ -171,12 +180,14 @@ pub struct Faults {
     /// Authorization restarts while no sale's issuer call is in flight.
     pub crash_authorization_idle: bool,
     /// Authorization restarts while a sale's issuer call is in flight:
-    /// between journaling the intent and recording the decision (hole 1).
+    /// between journaling the intent and recording the decision (the fault
+    /// behind issue 12's hole 1).
     pub crash_during_issuer_call: bool,
-    /// A reversal to the issuer may overtake its original (hole 2).
+    /// A reversal to the issuer may overtake its original, which the
+    /// issuer answers "25" and approves afterwards (hole 2).
     pub reversal_overtakes: bool,
-    /// The issuer approves some sales partially ("10"): it holds funds, and
-    /// the switch reads the answer as a decline (hole 3).
+    /// The issuer approves some sales partially ("10") and holds the
+    /// funds (hole 3).
     pub partial_approvals: bool,
 }
 
@@ -194,26 +205,8 @@ impl Faults {
         partial_approvals: false,
     };
 
-    /// Issue 12's hole 1: the sound faults, and a crash during the issuer call.
-    pub const HOLE_1: Faults = Faults {
-        crash_during_issuer_call: true,
-        ..Faults::SOUND
-    };
-
-    /// Issue 12's hole 2: the sound faults, and reversals that overtake.
-    pub const HOLE_2: Faults = Faults {
-        reversal_overtakes: true,
-        ..Faults::SOUND
-    };
-
-    /// Issue 12's hole 3: the sound faults, and partial approvals.
-    pub const HOLE_3: Faults = Faults {
-        partial_approvals: true,
-        ..Faults::SOUND
-    };
-
-    /// The faults whose rules are sound today.
-    pub const SOUND: Faults = Faults {
+    /// The faults the rules survived before issue 12's fixes.
+    pub const BASIC: Faults = Faults {
         loss: true,
         duplicate: true,
         delay: true,
@@ -223,6 +216,60 @@ impl Faults {
         crash_during_issuer_call: false,
         reversal_overtakes: false,
         partial_approvals: false,
+    };
+
+    /// The basic faults, and a crash during the issuer call (hole 1's).
+    pub const HOLE_1: Faults = Faults {
+        crash_during_issuer_call: true,
+        ..Faults::BASIC
+    };
+
+    /// The basic faults, and reversals that overtake (hole 2's).
+    pub const HOLE_2: Faults = Faults {
+        reversal_overtakes: true,
+        ..Faults::BASIC
+    };
+
+    /// The basic faults, and partial approvals (hole 3's).
+    pub const HOLE_3: Faults = Faults {
+        partial_approvals: true,
+        ..Faults::BASIC
+    };
+
+    /// Every fault: the rules are sound under all of them.
+    pub const SOUND: Faults = Faults {
+        loss: true,
+        duplicate: true,
+        delay: true,
+        terminal_silence: true,
+        crash_handler: true,
+        crash_authorization_idle: true,
+        crash_during_issuer_call: true,
+        reversal_overtakes: true,
+        partial_approvals: true,
+    };
+}
+
+/// Fixes of issue 12's holes taken back out, one by one: a run with an
+/// ablation must find its hole again, which shows the simulation would
+/// catch the rule's regression (mutation testing of the fixes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ablation {
+    /// Hole 1: authorization runs no recovery sweep for abandoned calls.
+    pub no_recovery_sweep: bool,
+    /// Hole 2: a reversal answered "25" ends at once, however early (the
+    /// windows `decide` is given say the original can no longer land).
+    pub reversal_ends_on_first_25: bool,
+    /// Hole 3: an approval the switch does not accept is read as a plain
+    /// decline, as before the fix.
+    pub partial_approval_read_as_decline: bool,
+}
+
+impl Ablation {
+    pub const NONE: Ablation = Ablation {
+        no_recovery_sweep: false,
+        reversal_ends_on_first_25: false,
+        partial_approval_read_as_decline: false,
     };
 }
 
@@ -236,6 +283,7 @@ pub struct Config {
     pub faults: Faults,
     /// A fault is injected at a step with probability `1 / fault_one_in`.
     pub fault_one_in: u32,
+    pub ablation: Ablation,
 }
 
 impl Config {
@@ -246,7 +294,13 @@ impl Config {
             sales: 24,
             faults,
             fault_one_in: 12,
+            ablation: Ablation::NONE,
         }
+    }
+
+    /// The same run with one of the fixes taken out.
+    pub fn ablated(self, ablation: Ablation) -> Config {
+        Config { ablation, ..self }
     }
 }
 
@@ -359,6 +413,8 @@ enum Msg {
         key: Key,
         amount: i64,
         incarnation: u32,
+        /// The call's deadline: the issuer does not act on it later.
+        deadline: OffsetDateTime,
     },
     IssuerReversal {
         rrn: R,
@@ -494,12 +550,13 @@ struct QueueEntry {
 #[derive(Debug, Clone, Copy)]
 struct ReversalCall {
     attempt: u32,
+    sent_at: OffsetDateTime,
     deadline: OffsetDateTime,
 }
 
 /// The authorization service: the journal, its reversal queue and sequence
 /// are committed; the rest is memory, gone on a restart.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct AuthorizationService {
     journal: BTreeMap<Key, Authorization>,
     by_rrn: BTreeMap<R, Key>,
@@ -509,6 +566,8 @@ struct AuthorizationService {
     pending_sales: BTreeMap<R, OffsetDateTime>,
     late_waits: BTreeMap<R, OffsetDateTime>,
     reversal_calls: BTreeMap<R, ReversalCall>,
+    /// When the recovery sweep runs next (at once after a restart).
+    recovery_due_at: OffsetDateTime,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -558,6 +617,7 @@ enum Action {
     Consume,
     CommitOffset,
     Sweep(R),
+    RecoverySweep,
     CrashAuthorization,
     CrashHandler,
 }
@@ -613,7 +673,17 @@ impl World {
             seq: 0,
             bag: Vec::new(),
             terminals,
-            authorization: AuthorizationService::default(),
+            authorization: AuthorizationService {
+                journal: BTreeMap::new(),
+                by_rrn: BTreeMap::new(),
+                queue: BTreeMap::new(),
+                rrn_sequence: 0,
+                incarnation: 0,
+                pending_sales: BTreeMap::new(),
+                late_waits: BTreeMap::new(),
+                reversal_calls: BTreeMap::new(),
+                recovery_due_at: START,
+            },
             issuer: Issuer::default(),
             topic: Vec::new(),
             handler: Handler::default(),
@@ -744,6 +814,9 @@ impl World {
                 actions.push(Action::SendReversal(rrn.clone()));
             }
         }
+        if !self.config.ablation.no_recovery_sweep && now >= auth.recovery_due_at {
+            actions.push(Action::RecoverySweep);
+        }
         for (rrn, call) in &auth.reversal_calls {
             if now >= call.deadline {
                 actions.push(Action::ReversalTimeout(rrn.clone()));
@@ -823,10 +896,50 @@ impl World {
             )
             .chain(auth.reversal_calls.values().map(|c| c.deadline))
             .chain(self.handler.watches.values().filter_map(watch_due))
+            .chain(self.recovery_due())
             .chain(terminals)
             .chain(self.bag.iter().map(|e| e.not_before))
             .filter(|at| *at > self.now)
             .min()
+    }
+
+    /// When the recovery sweep will find an abandoned call, if it may.
+    fn recovery_due(&self) -> Option<OffsetDateTime> {
+        if self.config.ablation.no_recovery_sweep {
+            return None;
+        }
+        let auth = &self.authorization;
+        auth.journal
+            .values()
+            .filter(|record| record.state == AuthorizationState::SentToIssuer)
+            .map(|record| {
+                let abandoned = WINDOWS.call_deadline(record) + Duration::milliseconds(1);
+                abandoned.max(auth.recovery_due_at)
+            })
+            .min()
+    }
+
+    /// The sale's call deadline at the issuer.
+    fn call_deadline(&self, rrn: &R) -> OffsetDateTime {
+        let auth = &self.authorization;
+        auth.by_rrn
+            .get(rrn)
+            .and_then(|key| auth.journal.get(key))
+            .map_or(self.now, |record| WINDOWS.call_deadline(record))
+    }
+
+    /// Authorization's recovery sweep: the adapter's query, then
+    /// `decide` under the (simulated) lock for every candidate.
+    fn recovery_sweep(&mut self) {
+        let before = WINDOWS.abandoned_before(self.now);
+        let abandoned: Vec<Key> = (self.authorization.journal.iter())
+            .filter(|(_, r)| r.state == AuthorizationState::SentToIssuer && r.created_at < before)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in abandoned {
+            self.execute(key, Command::RecoverAbandonedCall { windows: WINDOWS });
+        }
+        self.authorization.recovery_due_at = self.now + RECOVERY_INTERVAL;
     }
 
     fn record(&mut self, line: String) {
@@ -908,9 +1021,8 @@ impl World {
             }
             Action::IssuerTimeout(rrn) => {
                 self.authorization.pending_sales.remove(&rrn);
-                self.authorization
-                    .late_waits
-                    .insert(rrn.clone(), self.now + LATE_WINDOW);
+                let deadline = self.call_deadline(&rrn);
+                self.authorization.late_waits.insert(rrn.clone(), deadline);
                 self.record(format!("{at}ms issuer call {rrn} times out"));
                 self.issuer_decided(&rrn, IssuerVerdict::Unknown);
             }
@@ -923,6 +1035,7 @@ impl World {
                     rrn.clone(),
                     ReversalCall {
                         attempt,
+                        sent_at: self.now,
                         deadline: self.now + REVERSAL_CALL_TIMEOUT,
                     },
                 );
@@ -942,9 +1055,14 @@ impl World {
                     "{at}ms reversal {rrn} attempt {} timed out",
                     call.attempt
                 ));
-                self.reversal_answered(&rrn, ReversalAnswer::NoAnswer("timeout".into()));
+                self.reversal_answered(
+                    &rrn,
+                    ReversalAnswer::NoAnswer("timeout".into()),
+                    call.sent_at,
+                );
             }
             Action::Consume => self.consume(),
+            Action::RecoverySweep => self.recovery_sweep(),
             Action::CommitOffset => {
                 self.handler.committed = self.handler.position;
             }
@@ -971,6 +1089,7 @@ impl World {
                 auth.pending_sales.clear();
                 auth.late_waits.clear();
                 auth.reversal_calls.clear();
+                auth.recovery_due_at = self.now;
             }
             Action::CrashHandler => {
                 self.stats.handler_crashes += 1;
@@ -1025,7 +1144,16 @@ impl World {
                 key,
                 amount,
                 incarnation,
-            } => self.issuer_auth(rrn, key, amount, incarnation),
+                deadline,
+            } => {
+                if self.now > deadline {
+                    // Past its deadline the call is dropped unanswered.
+                    let at = millis_between(START, self.now);
+                    self.record(format!("{at}ms issuer drops {rrn}: past its deadline"));
+                    return;
+                }
+                self.issuer_auth(rrn, key, amount, incarnation)
+            }
             Msg::IssuerReversal {
                 rrn,
                 incarnation,
@@ -1061,8 +1189,15 @@ impl World {
                     return;
                 }
                 if self.authorization.pending_sales.remove(&rrn).is_some() {
-                    let verdict = IssuerVerdict::read(code.as_str(), &approval)
-                        .unwrap_or(IssuerVerdict::Unknown);
+                    let verdict = match IssuerVerdict::read(code.as_str(), &approval) {
+                        Ok(IssuerVerdict::NotAccepted { response_code, .. })
+                            if self.config.ablation.partial_approval_read_as_decline =>
+                        {
+                            IssuerVerdict::Declined(response_code)
+                        }
+                        Ok(verdict) => verdict,
+                        Err(_) => IssuerVerdict::Unknown,
+                    };
                     self.issuer_decided(&rrn, verdict);
                 } else if let Some(until) = self.authorization.late_waits.remove(&rrn)
                     && self.now <= until
@@ -1087,12 +1222,12 @@ impl World {
                 if incarnation != self.authorization.incarnation {
                     return;
                 }
-                match self.authorization.reversal_calls.get(&rrn) {
-                    Some(call) if call.attempt == attempt => {}
+                let call = match self.authorization.reversal_calls.get(&rrn) {
+                    Some(call) if call.attempt == attempt => *call,
                     _ => return,
-                }
+                };
                 self.authorization.reversal_calls.remove(&rrn);
-                self.reversal_answered(&rrn, ReversalAnswer::Answered(code));
+                self.reversal_answered(&rrn, ReversalAnswer::Answered(code), call.sent_at);
             }
             Msg::Ask { rrn, decision } => {
                 let Some(key) = self.authorization.by_rrn.get(&rrn).cloned() else {
@@ -1157,11 +1292,13 @@ impl World {
         auth.pending_sales
             .insert(rrn.clone(), self.now + ISSUER_TIMEOUT);
         let incarnation = auth.incarnation;
+        let deadline = self.now + CALL_DEADLINE;
         self.send(Msg::IssuerAuth {
             rrn,
             key,
             amount,
             incarnation,
+            deadline,
         });
     }
 
@@ -1214,7 +1351,7 @@ impl World {
         }
     }
 
-    fn reversal_answered(&mut self, rrn: &R, answer: ReversalAnswer) {
+    fn reversal_answered(&mut self, rrn: &R, answer: ReversalAnswer, sent_at: OffsetDateTime) {
         let Some(key) = self.authorization.by_rrn.get(rrn).cloned() else {
             return;
         };
@@ -1225,6 +1362,15 @@ impl World {
             attempts: entry.attempts + 1,
             age_ms: millis_between(entry.requested_at, self.now),
             jitter: self.rng.random(),
+            sent_at,
+        };
+        let windows = if self.config.ablation.reversal_ends_on_first_25 {
+            IssuerWindows {
+                call_timeout: StdDuration::ZERO,
+                late_window: StdDuration::ZERO,
+            }
+        } else {
+            WINDOWS
         };
         self.execute(
             key,
@@ -1232,6 +1378,7 @@ impl World {
                 answer,
                 attempt,
                 schedule: REVERSAL_SCHEDULE,
+                windows,
             },
         );
     }

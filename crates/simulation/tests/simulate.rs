@@ -2,7 +2,9 @@
 
 use std::time::Instant;
 
-use simulation::{Config, Faults, I1_FINAL, I7_FUNDS, Stats, Violation, run, seed_from_env};
+use simulation::{
+    Ablation, Config, Faults, I1_FINAL, I7_FUNDS, Stats, Violation, run, seed_from_env,
+};
 
 /// Seeds in the randomized run: sized to take about 30 s in a debug build.
 const SEEDS: u64 = 10_000;
@@ -56,19 +58,20 @@ fn no_invariant_breaks_under_the_sound_faults() {
     }
 }
 
-/// Runs consecutive seeds with `faults` until one breaks an invariant or
-/// `max_transactions` were simulated.
-/// A violation of another invariant fails the test: only `expected` may
-/// be found, and it is skipped (counted) while it does not `matches`.
+/// Runs consecutive seeds with `faults` and `ablation` until one breaks an
+/// invariant or `max_transactions` were simulated. A violation of another
+/// invariant fails the test: only `expected` may be found, and it is
+/// skipped (counted) while it does not `matches`.
 fn hunt(
     faults: Faults,
+    ablation: Ablation,
     max_transactions: usize,
     expected: &str,
     matches: &str,
 ) -> Option<(Violation, usize)> {
     let mut transactions = 0;
     for seed in 0.. {
-        match run(&Config::new(seed, faults)) {
+        match run(&Config::new(seed, faults).ablated(ablation)) {
             Ok(report) => transactions += report.transactions,
             Err(violation)
                 if violation.invariant == expected && !violation.detail.contains(matches) =>
@@ -88,122 +91,86 @@ fn hunt(
     None
 }
 
-/// Hole 1 of issue 12: authorization dies while the issuer call is in
-/// flight; the row stays `sent_to_issuer` and nothing sweeps for it. When
-/// the hole is fixed, flip this test: the same faults must find nothing.
-#[test]
-fn hole_1_crash_between_intent_and_decision_is_found() {
-    let faults = Faults::HOLE_1;
-    let (violation, _) =
-        hunt(faults, 20_000, I1_FINAL, "issuer Some(Held)").expect("hole 1 is found");
-    assert_eq!(violation.invariant, I1_FINAL, "{violation}");
-    assert!(violation.detail.contains("sent_to_issuer"), "{violation}");
-    assert!(
-        violation.detail.contains("issuer Some(Held)"),
-        "{violation}"
-    );
-    // The seed that found it replays exactly.
-    let replayed = run(&Config::new(violation.seed, faults)).expect_err("the seed replays");
-    assert_eq!(replayed.detail, violation.detail);
-}
-
-/// Hole 2 of issue 12: a reversal overtakes its original, is answered "25"
-/// and counted as done; the original's approval then leaves funds held.
-/// When the hole is fixed, flip this test.
-#[test]
-fn hole_2_reversal_overtaking_its_original_is_found() {
-    let faults = Faults::HOLE_2;
-    let (violation, _) = hunt(
-        faults,
-        20_000,
-        I7_FUNDS,
-        "reversed but the issuer shows Some(Held)",
-    )
-    .expect("hole 2 is found");
-    assert_eq!(violation.invariant, I7_FUNDS, "{violation}");
-    assert!(
-        violation
-            .detail
-            .contains("reversed but the issuer shows Some(Held)"),
-        "{violation}"
-    );
-    let replayed = run(&Config::new(violation.seed, faults)).expect_err("the seed replays");
-    assert_eq!(replayed.detail, violation.detail);
-}
-
-/// Hole 3 of issue 12: the issuer approves partially ("10") and holds the
-/// funds; the switch reads "10" as a decline and never releases them. When
-/// the hole is fixed, flip this test: the same faults must find nothing.
-#[test]
-fn hole_3_partial_approval_is_found() {
-    let faults = Faults::HOLE_3;
-    let (violation, transactions) = hunt(
-        faults,
-        20_000,
-        I7_FUNDS,
-        "is declined but the issuer shows Some(Held)",
-    )
-    .expect("hole 3 is found");
-    assert_eq!(violation.invariant, I7_FUNDS, "{violation}");
-    assert!(
-        violation
-            .detail
-            .contains("is declined but the issuer shows Some(Held)"),
-        "{violation}"
-    );
+/// Each hole of issue 12, fixed, is found again as soon as its fix is taken
+/// out (`ablation`); the seed that finds it replays exactly, and passes
+/// with the fix in.
+fn hole_is_found_without_its_fix(
+    hole: &str,
+    faults: Faults,
+    ablation: Ablation,
+    invariant: &str,
+    detail: &str,
+) {
+    let (violation, transactions) = hunt(faults, ablation, 20_000, invariant, detail)
+        .unwrap_or_else(|| panic!("{hole} is found without its fix"));
+    assert_eq!(violation.invariant, invariant, "{violation}");
+    assert!(violation.detail.contains(detail), "{violation}");
     println!(
-        "hole 3 found by seed {} after {transactions} transactions",
+        "{hole} found by seed {} after {transactions} transactions",
         violation.seed
     );
-    let replayed = run(&Config::new(violation.seed, faults)).expect_err("the seed replays");
+    let config = Config::new(violation.seed, faults);
+    let replayed = run(&config.ablated(ablation)).expect_err("the seed replays");
     assert_eq!(replayed.detail, violation.detail);
+    if let Err(violation) = run(&config) {
+        panic!("with the fix, {hole}'s seed must pass: {violation}");
+    }
+}
+
+/// Hole 1: authorization dies while the issuer call is in flight; the row
+/// stays `sent_to_issuer`. The fix: the recovery sweep.
+#[test]
+fn hole_1_abandoned_call_is_found_without_the_recovery_sweep() {
+    hole_is_found_without_its_fix(
+        "hole 1",
+        Faults::HOLE_1,
+        Ablation {
+            no_recovery_sweep: true,
+            ..Ablation::NONE
+        },
+        I1_FINAL,
+        "ends sent_to_issuer",
+    );
+}
+
+/// Hole 2: a reversal overtakes its original, is answered "25" and counted
+/// as done; the original's approval then leaves funds held. The fix: "25"
+/// ends a reversal only past the original call's deadline.
+#[test]
+fn hole_2_overtaking_reversal_is_found_when_25_ends_it_at_once() {
+    hole_is_found_without_its_fix(
+        "hole 2",
+        Faults::HOLE_2,
+        Ablation {
+            reversal_ends_on_first_25: true,
+            ..Ablation::NONE
+        },
+        I7_FUNDS,
+        "reversed but the issuer shows Some(Held)",
+    );
+}
+
+/// Hole 3: the issuer approves partially ("10") and holds the funds; read
+/// as a decline, they are never released. The fix: an approval the switch
+/// does not accept is reversed.
+#[test]
+fn hole_3_partial_approval_is_found_when_read_as_a_decline() {
+    hole_is_found_without_its_fix(
+        "hole 3",
+        Faults::HOLE_3,
+        Ablation {
+            partial_approval_read_as_decline: true,
+            ..Ablation::NONE
+        },
+        I7_FUNDS,
+        "is declined but the issuer shows Some(Held)",
+    );
 }
 
 #[test]
 fn a_seed_replays_step_for_step() {
     let config = Config::new(42, Faults::SOUND);
     assert_eq!(run(&config).unwrap(), run(&config).unwrap());
-}
-
-/// The seeds that first found each hole (seeds 0.. in order; hole 1 after
-/// 72 simulated transactions, hole 2 after 48). A seed names a schedule of
-/// this exact simulation: a change to the scheduler renumbers them, and the
-/// hunts above find the hole again. Flip these with the hunts when a hole is
-/// fixed.
-#[test]
-fn hole_1_regression_seed_2() {
-    let violation = run(&Config::new(2, Faults::HOLE_1)).expect_err("seed 2 finds hole 1");
-    assert_eq!(violation.invariant, I1_FINAL, "{violation}");
-    assert!(
-        violation.detail.contains("ends sent_to_issuer"),
-        "{violation}"
-    );
-    assert!(
-        violation.detail.contains("issuer Some(Held)"),
-        "{violation}"
-    );
-}
-
-#[test]
-fn hole_2_regression_seed_1() {
-    let violation = run(&Config::new(1, Faults::HOLE_2)).expect_err("seed 1 finds hole 2");
-    assert_eq!(violation.invariant, I7_FUNDS, "{violation}");
-    assert!(
-        violation
-            .detail
-            .contains("is reversed but the issuer shows Some(Held)"),
-        "{violation}"
-    );
-    // The trace shows the overtaking: "25" before the original's approval.
-    let rrn = violation.detail.split_whitespace().next().expect("an RRN");
-    let trace = violation.trace.join("\n");
-    let answered_25 = trace
-        .find(&format!("issuer reversal answer {rrn} attempt 1 code 25"))
-        .expect("a 25 in the trace");
-    let approved = trace
-        .rfind(&format!("issuer auth answer {rrn} code 00"))
-        .expect("an approval");
-    assert!(answered_25 < approved, "{violation}");
 }
 
 #[test]

@@ -172,6 +172,8 @@ pub struct IllegalTransition {
 /// Received/SentToIssuer -> "96" (an answer before the issuer decided is a
 /// switch fault). Reversal states repeat the issuer's original answer ("00",
 /// or "91" when it never answered); the status says the payment is void.
+/// An approval the switch did not accept (a partial "10", or "08", "11",
+/// "16") reads "05": a terminal must never take it for an approval.
 ///
 /// For Declined, a missing or "00" issuer code falls back to "05" so that a
 /// declined authorization can never be reported as approved.
@@ -183,9 +185,11 @@ pub fn terminal_response_code(
         AuthorizationState::Approved | AuthorizationState::Confirmed => ResponseCode::APPROVED,
         AuthorizationState::ReversalPending
         | AuthorizationState::Reversed
-        | AuthorizationState::ReversalDeadLettered => {
-            issuer_code.unwrap_or(ResponseCode::ISSUER_UNAVAILABLE)
-        }
+        | AuthorizationState::ReversalDeadLettered => match issuer_code {
+            Some(code) if code.holds_funds() && !code.is_approval() => ResponseCode::DO_NOT_HONOUR,
+            Some(code) => code,
+            None => ResponseCode::ISSUER_UNAVAILABLE,
+        },
         AuthorizationState::Declined => issuer_code
             .filter(|c| !c.is_approval())
             .unwrap_or(ResponseCode::DO_NOT_HONOUR),
@@ -421,6 +425,17 @@ mod tests {
             terminal_response_code(S::ReversalPending, Some(rc("00"))),
             rc("00")
         );
+        // An approval the switch did not accept is never shown as one, in
+        // any reversal state.
+        for s in [S::ReversalPending, S::Reversed, S::ReversalDeadLettered] {
+            for held in ["08", "10", "11", "16"] {
+                assert_eq!(
+                    terminal_response_code(s, Some(rc(held))),
+                    rc("05"),
+                    "{s:?} {held}"
+                );
+            }
+        }
         for s in S::ALL {
             let code = terminal_response_code(s, Some(rc("51")));
             assert_eq!(

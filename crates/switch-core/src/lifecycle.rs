@@ -13,6 +13,7 @@
 //! refusals a caller is told about.
 
 use std::fmt;
+use std::time::Duration;
 
 use time::OffsetDateTime;
 
@@ -142,6 +143,13 @@ impl Authorization {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IssuerVerdict {
     Approved(ApprovalCode),
+    /// The issuer holds funds under an approval the switch does not accept
+    /// (partial, or conditional: see [`ResponseCode::holds_funds`]). The
+    /// terminal is told "declined" and the hold is reversed at once.
+    NotAccepted {
+        response_code: ResponseCode,
+        approval_code: Option<ApprovalCode>,
+    },
     Declined(ResponseCode),
     /// No answer in time, or one that could not be read: whether money
     /// moved is unknown.
@@ -150,13 +158,21 @@ pub enum IssuerVerdict {
 
 impl IssuerVerdict {
     /// Reads an issuer's raw answer: "00" with a valid approval code is an
-    /// approval, any other valid code a decline; an approval without a
-    /// usable approval code, or an unreadable code, is an error (the
-    /// caller treats it as [`IssuerVerdict::Unknown`]).
+    /// approval, another code of the approval family holds funds the switch
+    /// does not accept, any other valid code is a decline; an approval
+    /// without a usable approval code, or an unreadable code, is an error
+    /// (the caller treats it as [`IssuerVerdict::Unknown`]).
     pub fn read(response_code: &str, approval_code: &str) -> Result<Self, InvalidField> {
         let code = ResponseCode::parse(response_code)?;
         if code.is_approval() {
             Ok(IssuerVerdict::Approved(ApprovalCode::parse(approval_code)?))
+        } else if code.holds_funds() {
+            // The approval code only helps the issuer find the hold; a
+            // reversal without it is still a reversal.
+            Ok(IssuerVerdict::NotAccepted {
+                response_code: code,
+                approval_code: ApprovalCode::parse(approval_code).ok(),
+            })
         } else {
             Ok(IssuerVerdict::Declined(code))
         }
@@ -164,19 +180,58 @@ impl IssuerVerdict {
 
     /// Whether the issuer holds the shopper's funds after this answer.
     pub fn holds_funds(&self) -> bool {
-        matches!(self, IssuerVerdict::Approved(_))
+        matches!(
+            self,
+            IssuerVerdict::Approved(_) | IssuerVerdict::NotAccepted { .. }
+        )
+    }
+}
+
+/// How long the switch waits for the issuer's answer to a sale, and until
+/// when the issuer may still act on the call: the call carries that
+/// deadline (the gRPC deadline; ISO 8583's transmission time plays the
+/// same part), and an issuer does not approve a request past it.
+///
+/// Both are measured from the moment the intent was journaled
+/// ([`Authorization::created_at`]), just before the call is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuerWindows {
+    /// The switch stops waiting and records the sale as timed out.
+    pub call_timeout: Duration,
+    /// The call's deadline at the issuer; an answer until then is late but
+    /// recorded. Never shorter than `call_timeout`.
+    pub late_window: Duration,
+}
+
+impl IssuerWindows {
+    pub fn new(call_timeout: Duration, late_window: Duration) -> IssuerWindows {
+        IssuerWindows {
+            call_timeout,
+            late_window: late_window.max(call_timeout),
+        }
     }
 
-    fn event(&self) -> AuthorizationEvent {
-        match self {
-            IssuerVerdict::Approved(approval_code) => AuthorizationEvent::IssuerApproved {
-                approval_code: approval_code.clone(),
-            },
-            IssuerVerdict::Declined(response_code) => AuthorizationEvent::IssuerDeclined {
-                response_code: *response_code,
-            },
-            IssuerVerdict::Unknown => AuthorizationEvent::IssuerTimedOut,
-        }
+    /// Until when the issuer may still act on the sale's call.
+    pub fn call_deadline(&self, record: &Authorization) -> OffsetDateTime {
+        record.created_at + self.late_window
+    }
+
+    /// Until when the switch's own call to the issuer waits.
+    pub fn call_timeout_at(&self, record: &Authorization) -> OffsetDateTime {
+        record.created_at + self.call_timeout
+    }
+
+    /// Whether the original call may still reach the issuer at `now`: an
+    /// issuer that answers a reversal "25" (no original) may yet receive
+    /// and approve the original until then.
+    pub fn original_may_land(&self, record: &Authorization, now: OffsetDateTime) -> bool {
+        now < self.call_deadline(record)
+    }
+
+    /// Intents journaled before this instant and still in flight were
+    /// abandoned: no process can still be waiting for their answer.
+    pub fn abandoned_before(&self, now: OffsetDateTime) -> OffsetDateTime {
+        now - self.late_window
     }
 }
 
@@ -189,6 +244,8 @@ pub struct ReversalAttempt {
     pub age_ms: u64,
     /// Random input for the backoff's jitter.
     pub jitter: u64,
+    /// When this attempt was sent: the issuer answered it later.
+    pub sent_at: OffsetDateTime,
 }
 
 /// What happened to one reversal attempt.
@@ -202,10 +259,23 @@ pub enum ReversalAnswer {
 
 impl ReversalAnswer {
     /// Answers that end a reversal: done ("00"), or the issuer holds no
-    /// original to reverse ("25").
-    fn ends_reversal(&self) -> bool {
-        matches!(self, ReversalAnswer::Answered(code)
-            if *code == ResponseCode::APPROVED || *code == ResponseCode::UNABLE_TO_LOCATE_RECORD)
+    /// original to reverse ("25") for an attempt sent once the original
+    /// could no longer reach it. A "25" to an attempt sent earlier may only
+    /// mean the reversal overtook the original, which the issuer can still
+    /// approve (issue 12, hole 2) — however late that "25" arrives.
+    fn ends_reversal(
+        &self,
+        record: &Authorization,
+        windows: IssuerWindows,
+        attempt: &ReversalAttempt,
+    ) -> bool {
+        match self {
+            ReversalAnswer::Answered(code) if *code == ResponseCode::APPROVED => true,
+            ReversalAnswer::Answered(code) if *code == ResponseCode::UNABLE_TO_LOCATE_RECORD => {
+                !windows.original_may_land(record, attempt.sent_at)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -237,7 +307,11 @@ pub enum Command {
         answer: ReversalAnswer,
         attempt: ReversalAttempt,
         schedule: RetrySchedule,
+        windows: IssuerWindows,
     },
+    /// A sweep found the intent still in flight: the process that sent the
+    /// issuer call died before recording its answer (issue 12, hole 1).
+    RecoverAbandonedCall { windows: IssuerWindows },
     /// An operator sends a dead-lettered reversal round again.
     Redrive,
     /// The issuer answered the sale after the switch had stopped waiting.
@@ -256,6 +330,7 @@ impl Command {
             Command::Confirm { .. } => "confirm",
             Command::RequestReversal { .. } => "request_reversal",
             Command::ReversalAnswered { .. } => "reversal_answered",
+            Command::RecoverAbandonedCall { .. } => "recover_abandoned_call",
             Command::Redrive => "redrive",
             Command::LateIssuerAnswer { .. } => "late_issuer_answer",
         }
@@ -383,6 +458,8 @@ pub enum Refusal {
     ConfirmedNotReversed { evidence: Option<Evidence> },
     #[error("is {state}: there is no dead-lettered reversal to redrive")]
     NothingToRedrive { state: AuthorizationState },
+    #[error("may still be answered by the issuer until {deadline}")]
+    CallStillOpen { deadline: OffsetDateTime },
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),
 }
@@ -395,27 +472,21 @@ pub fn decide(
 ) -> Result<Decision, Refusal> {
     use AuthorizationState as S;
     match command {
-        Command::IssuerDecided(verdict) => {
-            let event = verdict.event();
-            let mut next = moved(current, &event)?;
-            let announcement = match &verdict {
-                IssuerVerdict::Approved(approval_code) => {
-                    next.response_code = Some(ResponseCode::APPROVED);
-                    next.approval_code = Some(approval_code.clone());
-                    Announcement::Approved
-                }
-                IssuerVerdict::Declined(response_code) => {
-                    next.response_code = Some(*response_code);
-                    Announcement::Declined
-                }
-                IssuerVerdict::Unknown => Announcement::IssuerTimedOut,
-            };
-            Ok(transition(
-                current,
-                next,
-                &event,
-                vec![Effect::Announce(announcement)],
-            ))
+        Command::IssuerDecided(verdict) => issuer_decided(current, verdict),
+
+        Command::RecoverAbandonedCall { windows } => {
+            if current.state != S::SentToIssuer {
+                // Decided meanwhile: nothing was abandoned.
+                return Ok(Decision::unchanged(current));
+            }
+            if windows.original_may_land(current, now) {
+                return Err(Refusal::CallStillOpen {
+                    deadline: windows.call_deadline(current),
+                });
+            }
+            // Whether the issuer approved is unknown, exactly as after a
+            // timeout: the same rule follows (the timeout reversal).
+            issuer_decided(current, IssuerVerdict::Unknown)
         }
 
         Command::Acknowledge { evidence } => {
@@ -499,9 +570,10 @@ pub fn decide(
             answer,
             attempt,
             schedule,
+            windows,
         } => {
             let owed = current.state == S::ReversalPending;
-            if answer.ends_reversal() {
+            if answer.ends_reversal(current, windows, &attempt) {
                 if !matches!(current.state, S::ReversalPending | S::ReversalDeadLettered) {
                     // Another attempt finished it first.
                     return Ok(Decision::unchanged(current));
@@ -524,14 +596,24 @@ pub fn decide(
                 return Ok(Decision::unchanged(current));
             }
             match schedule.after_failure(attempt.attempts, attempt.age_ms, attempt.jitter) {
-                NextAttempt::After(delay_ms) => Ok(updated(
-                    current,
-                    current.clone(),
-                    vec![Effect::RetryReversal {
-                        delay_ms,
-                        last_error: answer.to_string(),
-                    }],
-                )),
+                NextAttempt::After(backoff_ms) => {
+                    // While the original may land, an attempt cannot end
+                    // the reversal with "25": the next one that can is the
+                    // first sent past the original's deadline.
+                    let delay_ms = if windows.original_may_land(current, now) {
+                        backoff_ms.max(millis_until(now, windows.call_deadline(current)))
+                    } else {
+                        backoff_ms
+                    };
+                    Ok(updated(
+                        current,
+                        current.clone(),
+                        vec![Effect::RetryReversal {
+                            delay_ms,
+                            last_error: answer.to_string(),
+                        }],
+                    ))
+                }
                 NextAttempt::DeadLetter => {
                     let event = AuthorizationEvent::ReversalDeadLettered;
                     let next = moved(current, &event)?;
@@ -608,6 +690,71 @@ pub fn decide(
             }
         }
     }
+}
+
+/// The issuer's verdict on a sale still in flight.
+fn issuer_decided(current: &Authorization, verdict: IssuerVerdict) -> Result<Decision, Refusal> {
+    match verdict {
+        IssuerVerdict::Approved(approval_code) => {
+            let event = AuthorizationEvent::IssuerApproved {
+                approval_code: approval_code.clone(),
+            };
+            let mut next = moved(current, &event)?;
+            next.response_code = Some(ResponseCode::APPROVED);
+            next.approval_code = Some(approval_code);
+            Ok(transition(
+                current,
+                next,
+                &event,
+                vec![Effect::Announce(Announcement::Approved)],
+            ))
+        }
+        IssuerVerdict::NotAccepted {
+            response_code,
+            approval_code,
+        } => {
+            // Like every verdict, only for a sale still waiting for one.
+            if current.state != AuthorizationState::SentToIssuer {
+                return Err(Refusal::Illegal(IllegalTransition {
+                    from: current.state,
+                    event: "issuer_approved_not_accepted",
+                }));
+            }
+            // Declined to the terminal, and owed back to the shopper: the
+            // record goes straight to the reversal, keeping the issuer's
+            // code and approval for the reversal and the audit.
+            let mut decision = reversal_requested(current, ReversalReason::ApprovalNotAccepted)?;
+            decision.next.response_code = Some(response_code);
+            decision.next.approval_code = approval_code;
+            Ok(decision)
+        }
+        IssuerVerdict::Declined(response_code) => {
+            let event = AuthorizationEvent::IssuerDeclined { response_code };
+            let mut next = moved(current, &event)?;
+            next.response_code = Some(response_code);
+            Ok(transition(
+                current,
+                next,
+                &event,
+                vec![Effect::Announce(Announcement::Declined)],
+            ))
+        }
+        IssuerVerdict::Unknown => {
+            let event = AuthorizationEvent::IssuerTimedOut;
+            let next = moved(current, &event)?;
+            Ok(transition(
+                current,
+                next,
+                &event,
+                vec![Effect::Announce(Announcement::IssuerTimedOut)],
+            ))
+        }
+    }
+}
+
+/// Whole milliseconds from `now` until `at`, zero if it has passed.
+fn millis_until(now: OffsetDateTime, at: OffsetDateTime) -> u64 {
+    u64::try_from((at - now).whole_milliseconds()).unwrap_or(0)
 }
 
 fn moved(current: &Authorization, event: &AuthorizationEvent) -> Result<Authorization, Refusal> {

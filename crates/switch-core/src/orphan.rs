@@ -25,15 +25,20 @@ pub enum ReversalReason {
     LateIssuerResponse,
     /// Approved at the host but missing from the terminal's batch upload.
     BatchOrphan,
+    /// The issuer holds funds under an approval the switch does not accept
+    /// (a partial approval, "10"; or "08", "11", "16"): the terminal was
+    /// told "declined".
+    ApprovalNotAccepted,
 }
 
 impl ReversalReason {
-    pub const ALL: [ReversalReason; 5] = [
+    pub const ALL: [ReversalReason; 6] = [
         Self::NoTerminalAcknowledgement,
         Self::IssuerTimeout,
         Self::TerminalRequested,
         Self::LateIssuerResponse,
         Self::BatchOrphan,
+        Self::ApprovalNotAccepted,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -43,6 +48,7 @@ impl ReversalReason {
             Self::TerminalRequested => "terminal_requested",
             Self::LateIssuerResponse => "late_issuer_response",
             Self::BatchOrphan => "batch_orphan",
+            Self::ApprovalNotAccepted => "approval_not_accepted",
         }
     }
 

@@ -15,11 +15,17 @@ impl ResponseCode {
     pub const REFER_TO_ISSUER: Self = Self(*b"01");
     pub const INVALID_MERCHANT: Self = Self(*b"03");
     pub const DO_NOT_HONOUR: Self = Self(*b"05");
+    /// Approved once the merchant checked the cardholder's identity.
+    pub const HONOUR_WITH_IDENTIFICATION: Self = Self(*b"08");
     /// The issuer approved, and holds, less than the amount asked.
     pub const PARTIAL_APPROVAL: Self = Self(*b"10");
+    /// Approved (VIP).
+    pub const APPROVED_VIP: Self = Self(*b"11");
     pub const INVALID_TRANSACTION: Self = Self(*b"12");
     pub const INVALID_AMOUNT: Self = Self(*b"13");
     pub const INVALID_CARD_NUMBER: Self = Self(*b"14");
+    /// Approved, update track 3.
+    pub const APPROVED_UPDATE_TRACK_3: Self = Self(*b"16");
     /// To a reversal: the issuer holds no original to reverse.
     pub const UNABLE_TO_LOCATE_RECORD: Self = Self(*b"25");
     pub const FORMAT_ERROR: Self = Self(*b"30");
@@ -49,10 +55,19 @@ impl ResponseCode {
         std::str::from_utf8(&self.0).unwrap_or("??")
     }
 
-    /// Only "00" approves; "08"/"10"/"11"-style partial approvals are not
-    /// supported by the switch and are treated as declines.
+    /// Only "00" is an approval the switch accepts: the full amount,
+    /// unconditionally.
     pub fn is_approval(&self) -> bool {
         *self == Self::APPROVED
+    }
+
+    /// Whether the issuer holds the shopper's funds after answering a sale
+    /// with this code (ISO 8583:1987's approval family: "00", "08", "10",
+    /// "11", "16"). Every code here but "00" is one the switch does not
+    /// accept: the terminal is told "declined", so the hold must be
+    /// reversed, or the shopper is charged for a sale that never happened.
+    pub fn holds_funds(&self) -> bool {
+        matches!(&self.0, b"00" | b"08" | b"10" | b"11" | b"16")
     }
 
     /// The code's text for people (terminal screens, `posctl`, logs). Every
@@ -65,9 +80,14 @@ impl ResponseCode {
             b"04" => "Pick up card",
             b"05" => "Do not honour",
             b"06" => "Error",
+            b"08" => "Honour with identification",
+            b"10" => "Approved for a partial amount",
+            b"11" => "Approved (VIP)",
             b"12" => "Invalid transaction",
             b"13" => "Invalid amount",
             b"14" => "Invalid card number",
+            b"16" => "Approved, update track 3",
+            b"25" => "Unable to locate record",
             b"30" => "Format error",
             b"41" => "Lost card, pick up",
             b"43" => "Stolen card, pick up",
@@ -155,6 +175,22 @@ mod tests {
             assert_eq!(code.description(), desc);
             assert_eq!(code.is_approval(), s == "00");
         }
+    }
+
+    #[test]
+    fn the_approval_family_holds_funds_and_only_00_is_accepted() {
+        for s in ["00", "08", "10", "11", "16"] {
+            let code = ResponseCode::parse(s).unwrap();
+            assert!(code.holds_funds(), "{s}");
+            assert_eq!(code.is_approval(), s == "00", "{s}");
+        }
+        for s in ["01", "05", "12", "25", "51", "91", "96", "Z9"] {
+            assert!(!ResponseCode::parse(s).unwrap().holds_funds(), "{s}");
+        }
+        assert_eq!(
+            ResponseCode::PARTIAL_APPROVAL.description(),
+            "Approved for a partial amount"
+        );
     }
 
     #[test]

@@ -111,6 +111,7 @@ vocabulary!(pb::ReversalReason, ReversalReason, {
     TerminalRequested <=> TerminalRequested,
     LateIssuerResponse <=> LateIssuerResponse,
     BatchOrphan <=> BatchOrphan,
+    ApprovalNotAccepted <=> ApprovalNotAccepted,
 });
 
 vocabulary!(pb::ReconciliationOutcome, ReconciliationOutcome, {

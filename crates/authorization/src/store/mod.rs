@@ -226,6 +226,35 @@ impl Journal {
         select_by_id(&self.pool, id, Lock::None).await
     }
 
+    /// Intents journaled in `[from, before)` (from the beginning of the
+    /// journal when `from` is `None`) and still waiting for the issuer's
+    /// answer, oldest first: candidates for
+    /// `switch_core::lifecycle::Command::RecoverAbandonedCall`, which
+    /// decides under the lock whether each really was abandoned.
+    pub async fn calls_in_flight(
+        &self,
+        from: Option<OffsetDateTime>,
+        before: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<(TransactionId, OffsetDateTime)>, AuthorizationError> {
+        let rows: Vec<(uuid::Uuid, OffsetDateTime)> = sqlx::query_as(
+            "SELECT transaction_id, created_at FROM authorizations \
+             WHERE state = 'sent_to_issuer' AND created_at < $2 \
+               AND ($1::timestamptz IS NULL OR created_at >= $1) \
+             ORDER BY created_at LIMIT $3",
+        )
+        .bind(from)
+        .bind(before)
+        .bind(limit)
+        .persistent(false)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, created_at)| (TransactionId::from_uuid(id), created_at))
+            .collect())
+    }
+
     pub async fn last_for_terminal(
         &self,
         terminal_id: &TerminalId,

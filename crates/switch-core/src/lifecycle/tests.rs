@@ -18,6 +18,18 @@ const SCHEDULE: RetrySchedule = RetrySchedule {
     max_age_ms: 60_000,
 };
 
+/// The original call's deadline (T0 + 4 s) has passed at T1.
+const WINDOWS: IssuerWindows = IssuerWindows {
+    call_timeout: std::time::Duration::from_secs(2),
+    late_window: std::time::Duration::from_secs(4),
+};
+
+/// The original call may still reach the issuer at T1 (until T0 + 60 s).
+const OPEN_WINDOWS: IssuerWindows = IssuerWindows {
+    call_timeout: std::time::Duration::from_secs(2),
+    late_window: std::time::Duration::from_secs(60),
+};
+
 fn rc(code: &str) -> ResponseCode {
     ResponseCode::parse(code).unwrap()
 }
@@ -69,14 +81,20 @@ fn in_state(state: S) -> Authorization {
 }
 
 fn answered(code: &str, age_ms: u64) -> Command {
+    answered_within(code, age_ms, WINDOWS)
+}
+
+fn answered_within(code: &str, age_ms: u64, windows: IssuerWindows) -> Command {
     Command::ReversalAnswered {
         answer: ReversalAnswer::Answered(rc(code)),
         attempt: ReversalAttempt {
             attempts: 3,
             age_ms,
             jitter: 0,
+            sent_at: T1,
         },
         schedule: SCHEDULE,
+        windows,
     }
 }
 
@@ -103,6 +121,23 @@ fn commands() -> Vec<(&'static str, Command)> {
         ),
         ("silent", Command::IssuerDecided(IssuerVerdict::Unknown)),
         (
+            "partial",
+            Command::IssuerDecided(IssuerVerdict::NotAccepted {
+                response_code: rc("10"),
+                approval_code: Some(ApprovalCode::parse("PRT001").unwrap()),
+            }),
+        ),
+        (
+            "recover",
+            Command::RecoverAbandonedCall { windows: WINDOWS },
+        ),
+        (
+            "recover_early",
+            Command::RecoverAbandonedCall {
+                windows: OPEN_WINDOWS,
+            },
+        ),
+        (
             "ack",
             Command::Acknowledge {
                 evidence: Evidence::TerminalAcknowledgement,
@@ -128,6 +163,10 @@ fn commands() -> Vec<(&'static str, Command)> {
         ),
         ("reversed_00", answered("00", 1_000)),
         ("reversed_25", answered("25", 1_000)),
+        (
+            "reversed_25_early",
+            answered_within("25", 1_000, OPEN_WINDOWS),
+        ),
         ("refused_05", answered("05", 1_000)),
         (
             "no_answer_too_old",
@@ -137,8 +176,10 @@ fn commands() -> Vec<(&'static str, Command)> {
                     attempts: 40,
                     age_ms: 60_000,
                     jitter: 7,
+                    sent_at: T1,
                 },
                 schedule: SCHEDULE,
+                windows: WINDOWS,
             },
         ),
         ("redrive", Command::Redrive),
@@ -169,7 +210,14 @@ fn expected(state: S, command: &str) -> Expected {
         "silent" if state == S::SentToIssuer => {
             Next(S::IssuerTimedOut, &["announce:issuer_timed_out"])
         }
-        "approved" | "declined" | "silent" => Refused("illegal"),
+        "partial" if state == S::SentToIssuer => Next(S::ReversalPending, REVERSAL),
+        "approved" | "declined" | "silent" | "partial" => Refused("illegal"),
+
+        "recover" if state == S::SentToIssuer => {
+            Next(S::IssuerTimedOut, &["announce:issuer_timed_out"])
+        }
+        "recover_early" if state == S::SentToIssuer => Refused("call_still_open"),
+        "recover" | "recover_early" => Next(state, NOTHING),
 
         "ack" | "last_stan" => match state {
             S::Received | S::SentToIssuer => Refused("not_yet_decided"),
@@ -198,7 +246,8 @@ fn expected(state: S, command: &str) -> Expected {
             }
             _ => Next(state, NOTHING),
         },
-        "refused_05" => match state {
+        // The reversal may have overtaken its original: not done yet.
+        "refused_05" | "reversed_25_early" => match state {
             S::ReversalPending => Next(state, &["retry"]),
             _ => Next(state, NOTHING),
         },
@@ -262,6 +311,7 @@ fn refusal_kind(refusal: &Refusal) -> &'static str {
         Refusal::NotConfirmable { .. } => "not_confirmable",
         Refusal::ConfirmedNotReversed { .. } => "confirmed_not_reversed",
         Refusal::NothingToRedrive { .. } => "nothing_to_redrive",
+        Refusal::CallStillOpen { .. } => "call_still_open",
         Refusal::Illegal(_) => "illegal",
     }
 }
@@ -413,6 +463,127 @@ fn a_failed_attempt_is_repeated_with_backoff_and_the_reason_kept() {
             last_error: "issuer answered 05".into()
         }]
     );
+}
+
+#[test]
+fn approvals_the_switch_does_not_accept_are_read_as_holding_funds() {
+    for code in ["08", "10", "11", "16"] {
+        let verdict = IssuerVerdict::read(code, "PRT001").unwrap();
+        assert_eq!(
+            verdict,
+            IssuerVerdict::NotAccepted {
+                response_code: rc(code),
+                approval_code: Some(ApprovalCode::parse("PRT001").unwrap()),
+            }
+        );
+        assert!(verdict.holds_funds(), "{code}");
+    }
+    // Without a usable approval code the hold is still reversed.
+    assert_eq!(
+        IssuerVerdict::read("10", "").unwrap(),
+        IssuerVerdict::NotAccepted {
+            response_code: rc("10"),
+            approval_code: None,
+        }
+    );
+    assert!(!IssuerVerdict::read("51", "").unwrap().holds_funds());
+}
+
+#[test]
+fn a_partial_approval_is_declined_to_the_terminal_and_reversed() {
+    let decision = decide(
+        &in_state(S::SentToIssuer),
+        Command::IssuerDecided(IssuerVerdict::read("10", "PRT001").unwrap()),
+        T1,
+    )
+    .unwrap();
+    let next = &decision.next;
+    assert_eq!(next.state, S::ReversalPending);
+    assert_eq!(
+        next.reversal_reason,
+        Some(ReversalReason::ApprovalNotAccepted)
+    );
+    assert_eq!(next.response_code, Some(rc("10")));
+    assert_eq!(next.approval_code.as_ref().unwrap().as_str(), "PRT001");
+    assert_eq!(
+        decision.effects[0],
+        Effect::EnqueueReversal {
+            reason: ReversalReason::ApprovalNotAccepted
+        }
+    );
+    let code = crate::terminal_response_code(next.state, next.response_code);
+    assert!(!code.holds_funds(), "the terminal is told {code}");
+}
+
+#[test]
+fn a_25_before_the_originals_deadline_is_repeated_after_it() {
+    // The original was sent at T0 and may reach the issuer until T0 + 60 s;
+    // at T1 (T0 + 5 s) a "25" may only mean the reversal overtook it.
+    let decision = decide(
+        &in_state(S::ReversalPending),
+        answered_within("25", 1_000, OPEN_WINDOWS),
+        T1,
+    )
+    .unwrap();
+    assert_eq!(decision.next.state, S::ReversalPending);
+    assert_eq!(
+        decision.effects,
+        [Effect::RetryReversal {
+            delay_ms: 55_000,
+            last_error: "issuer answered 25".into()
+        }]
+    );
+    // A "25" to an attempt sent before the deadline does not end it, however
+    // late it arrives: the issuer answered before the original landed.
+    let after = T0 + time::Duration::seconds(61);
+    let late_25 = decide(
+        &in_state(S::ReversalPending),
+        answered_within("25", 50_000, OPEN_WINDOWS),
+        after,
+    )
+    .unwrap();
+    assert_eq!(late_25.next.state, S::ReversalPending);
+    // An attempt sent at the deadline answered "25": the issuer holds nothing.
+    let mut past_deadline = answered_within("25", 50_000, OPEN_WINDOWS);
+    if let Command::ReversalAnswered { attempt, .. } = &mut past_deadline {
+        attempt.sent_at = T0 + time::Duration::seconds(60);
+    }
+    let done = decide(&in_state(S::ReversalPending), past_deadline, after).unwrap();
+    assert_eq!(done.next.state, S::Reversed);
+}
+
+#[test]
+fn an_abandoned_call_is_recovered_only_past_its_deadline() {
+    let record = in_state(S::SentToIssuer);
+    let refused = decide(
+        &record,
+        Command::RecoverAbandonedCall {
+            windows: OPEN_WINDOWS,
+        },
+        T1,
+    )
+    .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "may still be answered by the issuer until 2026-12-01 10:01:00.0 +00:00:00"
+    );
+    assert_eq!(
+        OPEN_WINDOWS.abandoned_before(T1),
+        T0 - time::Duration::seconds(55)
+    );
+    let recovered = decide(
+        &record,
+        Command::RecoverAbandonedCall { windows: WINDOWS },
+        T1,
+    )
+    .unwrap();
+    assert_eq!(recovered.next.state, S::IssuerTimedOut);
+    // The late window is never shorter than the call's own timeout.
+    let windows = IssuerWindows::new(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(3),
+    );
+    assert_eq!(windows.late_window, std::time::Duration::from_secs(10));
 }
 
 #[test]
