@@ -45,10 +45,18 @@
 //! while no sale's issuer call is in flight (its memory is lost: pending
 //! calls, late-answer waits, reversal calls in flight; the journal and the
 //! queue stay). [`Options::crash_during_issuer_call`] allows the crash while
-//! a call is in flight (hole 1); [`Options::partial_approvals`] lets the
-//! issuer answer "10" and hold the funds (hole 3). The issuer chooses
-//! freely, on first sight of an RRN, whether it approves or declines (or
-//! approves partially).
+//! a call is in flight (the fault behind hole 1);
+//! [`Options::partial_approvals`] lets the issuer answer "10" and hold the
+//! funds (hole 3's). The issuer chooses freely, on first sight of an RRN,
+//! whether it approves or declines (or approves partially).
+//!
+//! The holes are fixed: authorization's recovery sweep records an intent
+//! still in flight past its call's deadline as timed out
+//! (`Command::RecoverAbandonedCall`, an enabled action here), a "25" ends
+//! a reversal only for an attempt sent past the original's deadline, and
+//! an approval the switch does not accept is reversed. The hole options
+//! must find nothing; [`Options::ablated`] takes a fix back out (the
+//! simulation's [`Ablation`]), and the search must find the hole again.
 //!
 //! Every fault at once over two sales is millions of states; [`SOUND_RUNS`]
 //! is the set of searches that checks the sound faults instead (pairs of
@@ -60,14 +68,15 @@
 //!
 //! Time is discrete and finite. The model's clock is an epoch counter,
 //! `now = START + epoch × 1 h`; an hour is longer than every window (the
-//! acknowledgement window of 60 s, the late window of 20 s, the sweep's
+//! acknowledgement window of 60 s, the issuer call's deadline of 30 s, the sweep's
 //! lease of 5 s, every reversal backoff), so one tick makes every deadline
 //! set before it due. At most [`Bounds::epochs`] ticks happen, and a tick
 //! is enabled only while something waits for a deadline still ahead (a
 //! watch, a reversal due later, a late-answer wait, an authorization
-//! younger than its late window) and no message is in flight: a tick while
-//! one is (the message is delayed past every window) costs one of
-//! [`Bounds::delays`].
+//! younger than its call's deadline), no adapter timer shorter than an
+//! hour is running (the terminal's wait, an issuer call, a reversal call:
+//! they end first), and no message is in flight: a tick while one is (the
+//! message is delayed past every window) costs one of [`Bounds::delays`].
 //!
 //! The adapters' own timers are enabled actions, not deadlines: the issuer
 //! call times out, the terminal retries or times out and reverses, a
@@ -90,6 +99,8 @@
 //!   atomically; a crash falls between two steps.
 //! - An answer from the issuer to a call made before a restart is lost with
 //!   the connection; the issuer still acts on the call.
+//! - The issuer drops an authorization call past its deadline (30 s after
+//!   the intent was journaled) unanswered, as the call's deadline tells it.
 //! - The issuer answers a repeated authorization with its first answer,
 //!   releases funds on a reversal ("00", idempotently) and answers "25" to a
 //!   reversal of an RRN it has not seen.
@@ -116,8 +127,8 @@ use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 use std::time::{Duration as StdDuration, Instant};
 
 use switch_core::lifecycle::{
-    self, Announcement, Authorization, Command, Effect, IssuerVerdict, RequestKey, ReversalAnswer,
-    ReversalAttempt, SaleIntent,
+    self, Announcement, Authorization, Command, Effect, IssuerVerdict, IssuerWindows, RequestKey,
+    ReversalAnswer, ReversalAttempt, SaleIntent,
 };
 use switch_core::watch::{self, millis_between};
 use switch_core::{
@@ -127,14 +138,18 @@ use switch_core::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::{I1_FINAL, I2_REVERSED_ONCE, I3_ONE_AUTHORIZATION, I7_FUNDS, START};
+use crate::{Ablation, I1_FINAL, I2_REVERSED_ONCE, I3_ONE_AUTHORIZATION, I7_FUNDS, START};
 
 /// Sales the terminal starts; also the number of RRNs the switch can hand out.
 pub const SALES: usize = 2;
 
 /// One tick of the model's clock: longer than every window and backoff.
 const EPOCH: Duration = Duration::hours(1);
-const LATE_WINDOW: Duration = Duration::seconds(20);
+/// The issuer call's timeout and deadline (the simulation's).
+const WINDOWS: IssuerWindows = IssuerWindows {
+    call_timeout: StdDuration::from_secs(10),
+    late_window: StdDuration::from_secs(30),
+};
 const ACK_WINDOW: StdDuration = StdDuration::from_secs(60);
 const SWEEP_LEASE: StdDuration = StdDuration::from_secs(5);
 const REVERSAL_SCHEDULE: RetrySchedule = RetrySchedule {
@@ -172,12 +187,15 @@ pub struct Options {
     /// The handler consumes every event before anything else happens.
     pub eager_handler: bool,
     /// Authorization may crash while a sale's issuer call is in flight
-    /// (issue 12, hole 1).
+    /// (the fault behind issue 12's hole 1).
     pub crash_during_issuer_call: bool,
     /// A reversal to the issuer may overtake its original (hole 2).
     pub reversal_overtakes: bool,
     /// The issuer may approve partially ("10") and hold funds (hole 3).
     pub partial_approvals: bool,
+    /// A fix of issue 12 taken back out (the simulation's ablations): the
+    /// search must find its hole again.
+    pub ablation: Ablation,
 }
 
 impl Bounds {
@@ -203,7 +221,13 @@ impl Options {
             crash_during_issuer_call: false,
             reversal_overtakes: false,
             partial_approvals: false,
+            ablation: Ablation::NONE,
         }
+    }
+
+    /// The same search with one of the fixes taken out.
+    pub const fn ablated(self, ablation: Ablation) -> Options {
+        Options { ablation, ..self }
     }
 
     /// One sale under `bounds`, the sound faults only.
@@ -214,8 +238,8 @@ impl Options {
         }
     }
 
-    /// Issue 12's hole 1: two sales, a loss and a crash, which may come
-    /// while the issuer call is in flight.
+    /// Issue 12's hole 1's fault: two sales, a loss and a crash, which may
+    /// come while the issuer call is in flight.
     pub const HOLE_1: Options = Options {
         crash_during_issuer_call: true,
         ..Options::two_sales(Bounds {
@@ -225,8 +249,8 @@ impl Options {
         })
     };
 
-    /// Issue 12's hole 2: two sales, a premature timeout, and reversals
-    /// that overtake their original.
+    /// Issue 12's hole 2's fault: two sales, a premature timeout, and
+    /// reversals that overtake their original.
     pub const HOLE_2: Options = Options {
         reversal_overtakes: true,
         ..Options::two_sales(Bounds {
@@ -235,7 +259,7 @@ impl Options {
         })
     };
 
-    /// Issue 12's hole 3: two sales, no fault, and partial approvals.
+    /// Issue 12's hole 3's fault: two sales, no fault, and partial approvals.
     pub const HOLE_3: Options = Options {
         partial_approvals: true,
         ..Options::two_sales(Bounds::NONE)
@@ -586,16 +610,24 @@ impl fmt::Display for Msg {
 /// A call to the issuer, on the connection that keeps one RRN's calls in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum IssuerCall {
-    Auth { sale: u8, incarnation: u8 },
-    Reversal { incarnation: u8, attempt: u8 },
+    /// The issuer does not act on the call after `deadline`.
+    Auth {
+        sale: u8,
+        incarnation: u8,
+        deadline: OffsetDateTime,
+    },
+    Reversal {
+        incarnation: u8,
+        attempt: u8,
+    },
 }
 
 impl fmt::Display for IssuerCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            IssuerCall::Auth { sale, incarnation } => {
-                write!(f, "issuer auth STAN {} (conn {incarnation})", sale + 1)
-            }
+            IssuerCall::Auth {
+                sale, incarnation, ..
+            } => write!(f, "issuer auth STAN {} (conn {incarnation})", sale + 1),
             IssuerCall::Reversal {
                 incarnation,
                 attempt,
@@ -720,7 +752,8 @@ struct State {
     incarnation: u8,
     pending_calls: [bool; SALES],
     late_waits: [Option<OffsetDateTime>; SALES],
-    reversal_calls: [Option<u8>; SALES],
+    /// The attempt in flight, and when it was sent.
+    reversal_calls: [Option<(u8, OffsetDateTime)>; SALES],
     // The issuer (per RRN; RRNs it saw per sale as a bit set).
     ledger: [Option<Ledger>; SALES],
     releases: [u8; SALES],
@@ -837,6 +870,10 @@ impl State {
         START + EPOCH * i32::from(self.epoch)
     }
 
+    fn record_of(&self, rrn: u8) -> Option<&Record> {
+        self.records.iter().flatten().find(|r| r.rrn == rrn)
+    }
+
     fn sale_of(&self, rrn: u8) -> Option<u8> {
         (0..SALES as u8)
             .find(|&s| self.records[usize::from(s)].as_ref().map(|r| r.rrn) == Some(rrn))
@@ -875,7 +912,7 @@ impl State {
             .iter()
             .flatten()
             .filter(|r| !r.state.is_final())
-            .map(|r| r.created_at + LATE_WINDOW);
+            .map(|r| r.created_at + WINDOWS.late_window);
         watches
             .chain(queue)
             .chain(late_waits)
@@ -918,6 +955,14 @@ impl State {
                 matches!(*m, Msg::IssuerAuthAnswer { rrn: r, incarnation: i, .. }
                     if r == rrn && i == incarnation)
             })
+    }
+
+    /// Whether an adapter's timer shorter than a tick is running: it fires
+    /// (or its answer comes) before an hour has passed.
+    fn timer_running(&self) -> bool {
+        self.waiting.is_some()
+            || self.pending_calls.iter().any(|p| *p)
+            || self.reversal_calls.iter().any(|c| c.is_some())
     }
 
     /// Whether any message is in flight.
@@ -977,6 +1022,8 @@ enum Action {
     ReversalTimeout(u8),
     Consume,
     Sweep(u8),
+    /// Authorization's recovery sweep finds the sale's intent abandoned.
+    RecoverAbandonedCall(u8),
     CrashAuthorization,
     /// The handler restarts from the offset it had committed last:
     /// commits happen at any time, so any offset it consumed up to.
@@ -1025,6 +1072,11 @@ impl fmt::Display for Action {
             }
             Action::Consume => write!(f, "handler consumes the next event"),
             Action::Sweep(r) => write!(f, "handler sweeps the watch of rrn#{}", r + 1),
+            Action::RecoverAbandonedCall(sale) => write!(
+                f,
+                "authorization's recovery sweep finds STAN {} abandoned",
+                sale + 1
+            ),
             Action::CrashAuthorization => write!(f, "AUTHORIZATION CRASHES"),
             Action::CrashHandler { committed } => {
                 write!(f, "HANDLER CRASHES, restarts from offset {committed}")
@@ -1235,7 +1287,7 @@ impl Model {
             {
                 actions.push(Action::SendReversal(rrn));
             }
-            if let Some(attempt) = s.reversal_calls[r]
+            if let Some((attempt, _)) = s.reversal_calls[r]
                 && (premature_left || !s.reversal_in_flight(rrn, attempt))
             {
                 actions.push(Action::ReversalTimeout(rrn));
@@ -1246,6 +1298,16 @@ impl Model {
         }
         if usize::from(s.position) < s.topic.len() {
             actions.push(Action::Consume);
+        }
+        let abandoned_before = WINDOWS.abandoned_before(now);
+        for sale in 0..SALES as u8 {
+            if let Some(record) = &s.records[usize::from(sale)]
+                && !self.options.ablation.no_recovery_sweep
+                && record.state == AuthorizationState::SentToIssuer
+                && record.created_at < abandoned_before
+            {
+                actions.push(Action::RecoverAbandonedCall(sale));
+            }
         }
         if s.spent.crashes < bounds.crashes {
             let calls = s.pending_calls.iter().any(|p| *p);
@@ -1258,6 +1320,7 @@ impl Model {
         }
         if s.epoch < bounds.epochs
             && s.next_deadline().is_some()
+            && !s.timer_running()
             && (!s.in_flight() || s.spent.delays < bounds.delays)
         {
             actions.push(Action::Tick);
@@ -1360,14 +1423,15 @@ impl Step<'_> {
                 self.premature_unless(|s| !s.issuer_answer_coming(rrn));
                 let r = usize::from(rrn);
                 self.s.pending_calls[r] = false;
-                self.s.late_waits[r] = Some(now + LATE_WINDOW);
+                let created_at = self.s.record_of(rrn).map(|r| r.created_at);
+                self.s.late_waits[r] = created_at.map(|at| at + WINDOWS.late_window);
                 self.issuer_decided(rrn, IssuerVerdict::Unknown);
             }
             Action::SendReversal(rrn) => {
                 let r = usize::from(rrn);
                 let entry = self.s.queue[r].expect("a queued reversal");
                 let attempt = entry.attempts + 1;
-                self.s.reversal_calls[r] = Some(attempt);
+                self.s.reversal_calls[r] = Some((attempt, now));
                 let incarnation = self.s.incarnation;
                 self.s.issuer_calls[r].push(IssuerCall::Reversal {
                     incarnation,
@@ -1376,11 +1440,11 @@ impl Step<'_> {
             }
             Action::ReversalTimeout(rrn) => {
                 let r = usize::from(rrn);
-                let attempt = self.s.reversal_calls[r].take().expect("a reversal call");
+                let (attempt, sent_at) = self.s.reversal_calls[r].take().expect("a reversal call");
                 if self.s.reversal_in_flight(rrn, attempt) {
                     self.s.spent.premature += 1;
                 }
-                self.reversal_answered(rrn, ReversalAnswer::NoAnswer("timeout".into()));
+                self.reversal_answered(rrn, ReversalAnswer::NoAnswer("timeout".into()), sent_at);
             }
             Action::Consume => self.consume(),
             Action::Sweep(rrn) => {
@@ -1395,6 +1459,9 @@ impl Step<'_> {
                         lease: SWEEP_LEASE,
                     },
                 );
+            }
+            Action::RecoverAbandonedCall(sale) => {
+                self.execute(sale, Command::RecoverAbandonedCall { windows: WINDOWS });
             }
             Action::CrashAuthorization => {
                 self.s.spent.crashes += 1;
@@ -1452,8 +1519,15 @@ impl Step<'_> {
                 let approval_code = self.model.approval_code(rrn).as_str().to_owned();
                 if self.s.pending_calls[r] {
                     self.s.pending_calls[r] = false;
-                    let verdict = IssuerVerdict::read(&response_code, &approval_code)
-                        .unwrap_or(IssuerVerdict::Unknown);
+                    let verdict = match IssuerVerdict::read(&response_code, &approval_code) {
+                        Ok(IssuerVerdict::NotAccepted { response_code, .. })
+                            if self.model.options.ablation.partial_approval_read_as_decline =>
+                        {
+                            IssuerVerdict::Declined(response_code)
+                        }
+                        Ok(verdict) => verdict,
+                        Err(_) => IssuerVerdict::Unknown,
+                    };
                     self.issuer_decided(rrn, verdict);
                 } else if let Some(until) = self.s.late_waits[r].take()
                     && self.s.now() <= until
@@ -1476,11 +1550,18 @@ impl Step<'_> {
                 attempt,
             } => {
                 let r = usize::from(rrn);
-                if incarnation != self.s.incarnation || self.s.reversal_calls[r] != Some(attempt) {
+                let Some((sent, sent_at)) = self.s.reversal_calls[r] else {
+                    return;
+                };
+                if incarnation != self.s.incarnation || sent != attempt {
                     return;
                 }
                 self.s.reversal_calls[r] = None;
-                self.reversal_answered(rrn, ReversalAnswer::Answered(code.response_code()));
+                self.reversal_answered(
+                    rrn,
+                    ReversalAnswer::Answered(code.response_code()),
+                    sent_at,
+                );
             }
             Msg::Ask { rrn, asked } => {
                 let Some(sale) = self.s.sale_of(rrn) else {
@@ -1534,13 +1615,27 @@ impl Step<'_> {
         self.s.records[usize::from(sale)] = Some(record);
         self.s.pending_calls[usize::from(rrn)] = true;
         let incarnation = self.s.incarnation;
-        self.s.issuer_calls[usize::from(rrn)].push(IssuerCall::Auth { sale, incarnation });
+        let deadline = WINDOWS.call_deadline(&authorization);
+        self.s.issuer_calls[usize::from(rrn)].push(IssuerCall::Auth {
+            sale,
+            incarnation,
+            deadline,
+        });
     }
 
     fn issuer(&mut self, rrn: u8, call: IssuerCall, verdict: Option<IssuerCode>) {
         let r = usize::from(rrn);
         match call {
-            IssuerCall::Auth { sale, incarnation } => {
+            IssuerCall::Auth {
+                sale,
+                incarnation,
+                deadline,
+            } => {
+                if self.s.now() > deadline {
+                    // Past its deadline the call is dropped unanswered.
+                    self.note(|| format!("issuer drops rrn#{}: past its deadline", rrn + 1));
+                    return;
+                }
                 self.s.rrns_seen[usize::from(sale)] |= 1 << rrn;
                 let ledger = *self.s.ledger[r].get_or_insert_with(|| {
                     let answer = verdict.expect("the issuer's choice on first sight");
@@ -1601,7 +1696,7 @@ impl Step<'_> {
         }
     }
 
-    fn reversal_answered(&mut self, rrn: u8, answer: ReversalAnswer) {
+    fn reversal_answered(&mut self, rrn: u8, answer: ReversalAnswer, sent_at: OffsetDateTime) {
         let Some(sale) = self.s.sale_of(rrn) else {
             return;
         };
@@ -1612,6 +1707,15 @@ impl Step<'_> {
             attempts: u32::from(entry.attempts) + 1,
             age_ms: millis_between(entry.requested_at, self.s.now()),
             jitter: 0,
+            sent_at,
+        };
+        let windows = if self.model.options.ablation.reversal_ends_on_first_25 {
+            IssuerWindows {
+                call_timeout: StdDuration::ZERO,
+                late_window: StdDuration::ZERO,
+            }
+        } else {
+            WINDOWS
         };
         self.execute(
             sale,
@@ -1619,6 +1723,7 @@ impl Step<'_> {
                 answer,
                 attempt,
                 schedule: REVERSAL_SCHEDULE,
+                windows,
             },
         );
     }
