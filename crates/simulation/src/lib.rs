@@ -93,6 +93,8 @@
 //! Not yet modelled (next slices): settlement, notifier, partial approvals,
 //! an issuer that is down, database write failures, the model check.
 
+pub mod model;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration as StdDuration;
