@@ -188,6 +188,14 @@ impl PartialOrd for R {
     }
 }
 
+/// Ordered as its text, so a map keyed by RRN is searched by `&str`
+/// without building an `R` (the checks after every step do).
+impl std::borrow::Borrow<str> for R {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
 impl fmt::Display for R {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -798,7 +806,7 @@ impl World {
 
     /// Every action that may happen now.
     fn enabled(&mut self) -> Vec<Action> {
-        let mut actions = Vec::new();
+        let mut actions = Vec::with_capacity(self.bag.len() + 32);
         for i in 0..self.bag.len() {
             if self.deliverable(i) {
                 actions.push(Action::Deliver(i));
@@ -1513,7 +1521,7 @@ impl World {
                 && self
                     .issuer
                     .ledger
-                    .get(&R(record.rrn.clone()))
+                    .get(record.rrn.as_str())
                     .is_some_and(|(funds, _)| *funds == Funds::Released)
             {
                 return Err(self.violation(
