@@ -248,7 +248,7 @@ pub struct Faults {
     /// The notifier restarts: its uncommitted offsets and its requests in
     /// flight are lost.
     pub crash_notifier: bool,
-    /// A merchant's webhook endpoint answers 500 for up to two minutes.
+    /// A merchant's webhook endpoint answers 500 for up to a minute.
     pub webhook_outage: bool,
 }
 
