@@ -74,6 +74,17 @@ pub struct RetryConfig {
     pub max_attempts: u32,
 }
 
+impl RetryConfig {
+    /// The retry rule these settings configure.
+    pub fn rule(&self) -> switch_core::notify::DeliveryRetry {
+        switch_core::notify::DeliveryRetry {
+            initial_delay_ms: self.initial_delay_ms,
+            max_delay_ms: self.max_delay_ms,
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {

@@ -1,27 +1,15 @@
-//! Which events become messages for the terminal, and what each says.
-//! Pure, like [`crate::webhook`]: an envelope in, a message out.
-//!
-//! A terminal hears about outcomes that change what its receipt means:
-//!
-//! | event | message | why |
-//! |---|---|---|
-//! | `AuthorizationConfirmed`, evidence `policy` (or any evidence that is not the terminal's own) | `reprint_receipt` | an orphan confirmed at its deadline: the terminal never showed the approval, so it prints the receipt now |
-//! | `AuthorizationReversed`, reason other than `terminal_requested` | `void_receipt` | the switch took the money back; the terminal may hold a receipt it must void |
-//! | `AcknowledgementConflict` | `void_receipt` | the terminal printed a receipt for a payment already reversed (S2) |
-//! | `BatchConflict`, outcome `conflict_reversed_at_host` | `void_receipt` | the terminal's batch lists a sale the host reversed |
-//!
-//! Evidence that comes from the terminal itself (`terminal_acknowledgement`,
-//! `last_completed_stan`, `batch_upload`) sends nothing: each says the
-//! terminal completed the sale, receipt included, and a second receipt would
-//! only confuse the shopper. A reversal the terminal asked for
-//! (`terminal_requested`, S4) sends nothing either: the terminal knows.
+//! What each message for the terminal says. Pure, like [`crate::webhook`]:
+//! an envelope in, a message out. Which events become which message
+//! (`reprint_receipt` for an orphan confirmed without the terminal's own
+//! evidence, `void_receipt` for a reversal the terminal did not ask for or
+//! a conflict) is `switch_core::notify::terminal_message_for`'s rule, whose
+//! table is there.
 //!
 //! The message id is a UUID (version 5) of the causing event's id and the
-//! kind, so a replayed event yields the same message, which the gateway
-//! stores once.
+//! kind (`switch_core::notify::terminal_message_id`), so a replayed event
+//! yields the same message, which the gateway stores once.
 
-use switch_core::{Evidence, ReconciliationOutcome, ReversalReason};
-use switch_proto::domain::required;
+use switch_core::notify::{self, NotifiedEvent};
 use switch_proto::v1::event_envelope::Payload;
 use switch_proto::v1::{
     self as pb, AuthorizationFacts, EventEnvelope, Money, TerminalMessageRequested,
@@ -31,34 +19,9 @@ use uuid::Uuid;
 
 use switch_platform::timestamps::to_time;
 
-/// Namespace of the version 5 UUIDs of terminal messages.
-pub const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1c_29d4_8f0e_4a57_9c1b_7e52_d3a0_f6e1);
+use crate::webhook::notified_event;
 
-/// The kinds of terminal message; their names are part of the terminal API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TerminalMessageKind {
-    /// Confirmed without the terminal's own evidence: print the receipt.
-    ReprintReceipt,
-    /// Reversed at the host: any receipt for it is void.
-    VoidReceipt,
-}
-
-impl TerminalMessageKind {
-    pub const ALL: [TerminalMessageKind; 2] = [Self::ReprintReceipt, Self::VoidReceipt];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ReprintReceipt => "reprint_receipt",
-            Self::VoidReceipt => "void_receipt",
-        }
-    }
-}
-
-impl std::fmt::Display for TerminalMessageKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use switch_core::notify::{MESSAGE_ID_NAMESPACE, TerminalMessageKind};
 
 /// A message for one terminal, ready to be wrapped in an envelope.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,96 +57,57 @@ pub enum TerminalPlan {
 
 /// The message id of `kind` caused by the event `event_id`.
 pub fn message_id(event_id: Uuid, kind: TerminalMessageKind) -> Uuid {
-    let name = format!("{}/{}", event_id.as_hyphenated(), kind.as_str());
-    Uuid::new_v5(&MESSAGE_ID_NAMESPACE, name.as_bytes())
+    notify::terminal_message_id(event_id, kind)
 }
 
-/// Evidence the terminal itself gave that it completed the sale.
-fn from_the_terminal(evidence: Evidence) -> bool {
-    match evidence {
-        Evidence::TerminalAcknowledgement | Evidence::LastCompletedStan | Evidence::BatchUpload => {
-            true
-        }
-        Evidence::Policy => false,
-    }
-}
-
-/// Decides whether `event` becomes a terminal message and renders it.
-/// `now` stands in for an event without `occurred_at`.
+/// Decides whether `event` becomes a terminal message
+/// (`notify::terminal_message_for`) and renders it. `now` stands in for an
+/// event without `occurred_at`.
 pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> TerminalPlan {
     let Some(payload) = &event.payload else {
         return TerminalPlan::Ignore;
     };
-    let (kind, facts, approval_code, reason, outcome) = match payload {
-        Payload::AuthorizationConfirmed(confirmed) => {
-            let Ok(evidence) = required::<pb::Evidence, Evidence>("evidence", confirmed.evidence)
-            else {
-                return TerminalPlan::Invalid("event names no known evidence");
-            };
-            if from_the_terminal(evidence) {
-                return TerminalPlan::Ignore;
-            }
-            (
-                TerminalMessageKind::ReprintReceipt,
-                confirmed.facts.clone().unwrap_or_default(),
-                confirmed.approval_code.clone(),
-                pb::OutcomeReason::from(evidence),
-                "was confirmed: reprint the receipt".to_owned(),
-            )
-        }
-        Payload::AuthorizationReversed(reversed) => {
-            let Ok(reason) =
-                required::<pb::ReversalReason, ReversalReason>("reason", reversed.reason)
-            else {
-                return TerminalPlan::Invalid("event names no known reversal reason");
-            };
-            if reason == ReversalReason::TerminalRequested {
-                return TerminalPlan::Ignore;
-            }
-            (
-                TerminalMessageKind::VoidReceipt,
-                reversed.facts.clone().unwrap_or_default(),
-                String::new(),
-                pb::OutcomeReason::from(reason),
-                "was reversed: void the receipt".to_owned(),
-            )
-        }
-        Payload::AcknowledgementConflict(conflict) => {
-            let Ok(reason) = required::<pb::ReversalReason, ReversalReason>(
-                "reversal_reason",
-                conflict.reversal_reason,
-            ) else {
-                return TerminalPlan::Invalid("event names no known reversal reason");
-            };
-            (
-                TerminalMessageKind::VoidReceipt,
-                conflict.facts.clone().unwrap_or_default(),
-                String::new(),
-                pb::OutcomeReason::from(reason),
-                "had been reversed before it was acknowledged: void the receipt".to_owned(),
-            )
-        }
-        Payload::BatchConflict(conflict) => {
-            let Ok(outcome) = required::<pb::ReconciliationOutcome, ReconciliationOutcome>(
-                "outcome",
-                conflict.outcome,
-            ) else {
-                return TerminalPlan::Invalid("event names no known reconciliation outcome");
-            };
-            if outcome != ReconciliationOutcome::ConflictReversedAtHost {
-                return TerminalPlan::Ignore;
-            }
-            (
-                TerminalMessageKind::VoidReceipt,
-                conflict.facts.clone().unwrap_or_default(),
-                String::new(),
-                pb::OutcomeReason::from(outcome),
-                format!(
-                    "in batch {} was reversed at the host: void the receipt",
-                    conflict.batch_number
-                ),
-            )
-        }
+    let outcome = match notified_event(payload) {
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => return TerminalPlan::Ignore,
+        Err(reason) => return TerminalPlan::Invalid(reason),
+    };
+    let Some(kind) = notify::terminal_message_for(outcome) else {
+        return TerminalPlan::Ignore;
+    };
+    let (facts, approval_code, reason, outcome) = match (payload, outcome) {
+        (Payload::AuthorizationConfirmed(confirmed), NotifiedEvent::Confirmed { evidence }) => (
+            confirmed.facts.clone().unwrap_or_default(),
+            confirmed.approval_code.clone(),
+            pb::OutcomeReason::from(evidence),
+            "was confirmed: reprint the receipt".to_owned(),
+        ),
+        (Payload::AuthorizationReversed(reversed), NotifiedEvent::Reversed { reason }) => (
+            reversed.facts.clone().unwrap_or_default(),
+            String::new(),
+            pb::OutcomeReason::from(reason),
+            "was reversed: void the receipt".to_owned(),
+        ),
+        (
+            Payload::AcknowledgementConflict(conflict),
+            NotifiedEvent::AcknowledgementConflict { reversal_reason },
+        ) => (
+            conflict.facts.clone().unwrap_or_default(),
+            String::new(),
+            pb::OutcomeReason::from(reversal_reason),
+            "had been reversed before it was acknowledged: void the receipt".to_owned(),
+        ),
+        (Payload::BatchConflict(conflict), NotifiedEvent::BatchConflict { outcome }) => (
+            conflict.facts.clone().unwrap_or_default(),
+            String::new(),
+            pb::OutcomeReason::from(outcome),
+            format!(
+                "in batch {} was reversed at the host: void the receipt",
+                conflict.batch_number
+            ),
+        ),
+        // `notified_event` reads each payload as its own outcome, and a
+        // payout owes no terminal message.
         _ => return TerminalPlan::Ignore,
     };
     let Ok(event_id) = Uuid::parse_str(&event.event_id) else {
@@ -244,6 +168,7 @@ fn masked_pan(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switch_core::{Evidence, ReconciliationOutcome, ReversalReason};
     use switch_proto::v1::{
         AcknowledgementConflict, AuthorizationApproved, AuthorizationConfirmed,
         AuthorizationReversed, BatchConflict, MerchantPaid,

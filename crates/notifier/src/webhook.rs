@@ -1,22 +1,14 @@
-//! Which events become webhooks, and what each webhook says. Pure: an
-//! envelope in, a body out, so every payload is tested without a broker.
-//!
-//! A merchant hears about outcomes it could not otherwise know:
-//!
-//! | event | webhook type | why |
-//! |---|---|---|
-//! | `AuthorizationConfirmed`, evidence other than `terminal_acknowledgement` | `payment.confirmed` | an orphan confirmed (policy, last completed STAN, batch upload): the terminal may have printed nothing, so the data to reprint the receipt is included |
-//! | `AuthorizationReversed` | `payment.reversed` | the shopper's funds are released; the RRN is the reversal's reference |
-//! | `AcknowledgementConflict`, `BatchConflict` | `payment.conflict` | a receipt was printed for a payment that was reversed or does not match |
-//! | `MerchantPaid` | `settlement.paid` | a payout was issued |
-//!
-//! A confirmation by the terminal's own acknowledgement sends nothing: the
-//! terminal printed the receipt, and one webhook per sale would only be
-//! noise. Bodies carry only masked PANs; anything else in that field is
-//! dropped.
+//! What each webhook says. Pure: an envelope in, a body out, so every
+//! payload is tested without a broker. Which events become webhooks is
+//! `switch_core::notify::webhook_for`'s rule (its table is there), on the
+//! event's vocabulary as [`notified_event`] reads it. A payment webhook
+//! carries what a merchant needs to find the sale and reprint or void its
+//! receipt; a reversal's reference is the original's RRN. Bodies carry
+//! only masked PANs; anything else in that field is dropped.
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use switch_core::notify::{self, NotifiedEvent, TerminalMessageKind};
 use switch_core::{Evidence, ReconciliationOutcome, ReversalReason};
 use switch_platform::timestamps::to_time;
 use switch_proto::domain::required;
@@ -26,38 +18,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-/// The kinds of webhook; their names are part of the merchant API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WebhookType {
-    PaymentConfirmed,
-    PaymentReversed,
-    PaymentConflict,
-    SettlementPaid,
-}
-
-impl WebhookType {
-    pub const ALL: [WebhookType; 4] = [
-        Self::PaymentConfirmed,
-        Self::PaymentReversed,
-        Self::PaymentConflict,
-        Self::SettlementPaid,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PaymentConfirmed => "payment.confirmed",
-            Self::PaymentReversed => "payment.reversed",
-            Self::PaymentConflict => "payment.conflict",
-            Self::SettlementPaid => "settlement.paid",
-        }
-    }
-}
-
-impl std::fmt::Display for WebhookType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use switch_core::notify::WebhookType;
 
 /// A webhook to send to every endpoint of `merchant_id`.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,34 +58,63 @@ struct Body<'a> {
     data: Value,
 }
 
-/// Decides whether `event` becomes a webhook and renders it. `now` stands
-/// in for an event without `occurred_at`.
+/// The event's outcome in the core's vocabulary: `Ok(None)` for an event
+/// that is no outcome, `Err` (the reason) for one whose evidence, reason
+/// or outcome is unspecified or unknown.
+pub fn notified_event(payload: &Payload) -> Result<Option<NotifiedEvent>, &'static str> {
+    let event = match payload {
+        Payload::AuthorizationConfirmed(confirmed) => NotifiedEvent::Confirmed {
+            evidence: required::<pb::Evidence, Evidence>("evidence", confirmed.evidence)
+                .map_err(|_| "event names no known evidence")?,
+        },
+        Payload::AuthorizationReversed(reversed) => NotifiedEvent::Reversed {
+            reason: required::<pb::ReversalReason, ReversalReason>("reason", reversed.reason)
+                .map_err(|_| "event names no known reversal reason")?,
+        },
+        Payload::AcknowledgementConflict(conflict) => NotifiedEvent::AcknowledgementConflict {
+            reversal_reason: required::<pb::ReversalReason, ReversalReason>(
+                "reversal_reason",
+                conflict.reversal_reason,
+            )
+            .map_err(|_| "event names no known reversal reason")?,
+        },
+        Payload::BatchConflict(conflict) => NotifiedEvent::BatchConflict {
+            outcome: required::<pb::ReconciliationOutcome, ReconciliationOutcome>(
+                "outcome",
+                conflict.outcome,
+            )
+            .map_err(|_| "event names no known reconciliation outcome")?,
+        },
+        Payload::MerchantPaid(_) => NotifiedEvent::MerchantPaid,
+        _ => return Ok(None),
+    };
+    Ok(Some(event))
+}
+
+/// Decides whether `event` becomes a webhook (`notify::webhook_for`) and
+/// renders it. `now` stands in for an event without `occurred_at`.
 pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> Plan {
     let Some(payload) = &event.payload else {
         return Plan::Ignore;
     };
+    let outcome = match notified_event(payload) {
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => return Plan::Ignore,
+        Err(reason) => return Plan::Invalid(reason),
+    };
+    let Some(kind) = notify::webhook_for(outcome) else {
+        return Plan::Ignore;
+    };
     let occurred_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
-    let (kind, merchant_id, data) = match payload {
-        Payload::AuthorizationConfirmed(confirmed) => {
-            let Ok(evidence) = required::<pb::Evidence, Evidence>("evidence", confirmed.evidence)
-            else {
-                return Plan::Invalid("event names no known evidence");
-            };
-            if evidence == Evidence::TerminalAcknowledgement {
-                return Plan::Ignore;
-            }
+    let (merchant_id, data) = match (payload, outcome) {
+        (Payload::AuthorizationConfirmed(confirmed), NotifiedEvent::Confirmed { evidence }) => {
             let facts = confirmed.facts.clone().unwrap_or_default();
             let mut data = transaction(&event.transaction_id, &facts);
             data["approval_code"] = json!(confirmed.approval_code);
             data["evidence"] = json!(evidence.as_str());
-            (WebhookType::PaymentConfirmed, facts.merchant_id, data)
+            (facts.merchant_id, data)
         }
-        Payload::AuthorizationReversed(reversed) => {
-            let Ok(reason) =
-                required::<pb::ReversalReason, ReversalReason>("reason", reversed.reason)
-            else {
-                return Plan::Invalid("event names no known reversal reason");
-            };
+        (Payload::AuthorizationReversed(reversed), NotifiedEvent::Reversed { reason }) => {
             let facts = reversed.facts.clone().unwrap_or_default();
             let mut data = transaction(&event.transaction_id, &facts);
             data["reason"] = json!(reason.as_str());
@@ -135,40 +125,34 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> Plan {
             // The issuer acknowledged the reversal when the event happened:
             // from then on the hold on the shopper's funds is released.
             data["funds_released_at"] = json!(rfc3339(occurred_at));
-            (WebhookType::PaymentReversed, facts.merchant_id, data)
+            (facts.merchant_id, data)
         }
-        Payload::AcknowledgementConflict(conflict) => {
-            let Ok(reason) = required::<pb::ReversalReason, ReversalReason>(
-                "reversal_reason",
-                conflict.reversal_reason,
-            ) else {
-                return Plan::Invalid("event names no known reversal reason");
-            };
+        (
+            Payload::AcknowledgementConflict(conflict),
+            NotifiedEvent::AcknowledgementConflict { reversal_reason },
+        ) => {
             let facts = conflict.facts.clone().unwrap_or_default();
             let mut data = transaction(&event.transaction_id, &facts);
             data["source"] = json!(Evidence::TerminalAcknowledgement.as_str());
             data["outcome"] = json!("acknowledged_after_reversal");
-            data["reversal_reason"] = json!(reason.as_str());
+            data["reversal_reason"] = json!(reversal_reason.as_str());
             data["receipt_void"] = json!(true);
-            (WebhookType::PaymentConflict, facts.merchant_id, data)
+            (facts.merchant_id, data)
         }
-        Payload::BatchConflict(conflict) => {
-            let Ok(outcome) = required::<pb::ReconciliationOutcome, ReconciliationOutcome>(
-                "outcome",
-                conflict.outcome,
-            ) else {
-                return Plan::Invalid("event names no known reconciliation outcome");
-            };
+        (Payload::BatchConflict(conflict), NotifiedEvent::BatchConflict { outcome }) => {
             let facts = conflict.facts.clone().unwrap_or_default();
             let mut data = transaction(&event.transaction_id, &facts);
             data["source"] = json!(Evidence::BatchUpload.as_str());
             data["batch_number"] = json!(conflict.batch_number);
             data["outcome"] = json!(outcome.as_str());
             data["detail"] = json!(conflict.detail);
-            data["receipt_void"] = json!(outcome == ReconciliationOutcome::ConflictReversedAtHost);
-            (WebhookType::PaymentConflict, facts.merchant_id, data)
+            data["receipt_void"] = json!(
+                notify::terminal_message_for(NotifiedEvent::BatchConflict { outcome })
+                    == Some(TerminalMessageKind::VoidReceipt)
+            );
+            (facts.merchant_id, data)
         }
-        Payload::MerchantPaid(paid) => {
+        (Payload::MerchantPaid(paid), NotifiedEvent::MerchantPaid) => {
             let payout = paid.payout.clone().unwrap_or_default();
             let paid_at = paid
                 .paid_at
@@ -186,8 +170,9 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> Plan {
                 "payout_file": paid.payout_file,
                 "paid_at": rfc3339(paid_at),
             });
-            (WebhookType::SettlementPaid, paid.merchant_id.clone(), data)
+            (paid.merchant_id.clone(), data)
         }
+        // `notified_event` reads each payload as its own outcome.
         _ => return Plan::Ignore,
     };
     let Ok(event_id) = Uuid::parse_str(&event.event_id) else {

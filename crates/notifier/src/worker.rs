@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use sqlx::PgPool;
+use switch_core::notify::{self, AfterFailure};
 use switch_core::{Clock, SharedClock};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -48,30 +49,20 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
 
 /// The delay before the next attempt after `failures` failed attempts in
-/// the current budget: `initial_delay_ms` doubled per earlier failure,
-/// capped at `max_delay_ms`, then scaled by `jitter_permille` (800..=1200
-/// for ±20%).
+/// the current budget, scaled by `jitter_permille` (800..=1200 for ±20%):
+/// `switch_core::notify::DeliveryRetry::backoff`.
 pub fn backoff(retry: &RetryConfig, failures: u32, jitter_permille: u64) -> Duration {
-    let doublings = failures.saturating_sub(1).min(40);
-    let base = retry
-        .initial_delay_ms
-        .saturating_mul(1_u64 << doublings)
-        .min(retry.max_delay_ms);
-    Duration::from_millis(base.saturating_mul(jitter_permille) / 1_000)
+    retry.rule().backoff(failures, jitter_permille)
 }
 
 /// Where a failed attempt leaves a delivery that had `budget_used` failed
-/// attempts in its budget before it: retried after a jittered backoff, or
-/// dead-lettered once the budget is spent.
+/// attempts in its budget before it (`DeliveryRetry::after_failure`), with
+/// the jitter drawn here so the rule stays pure.
 pub fn after_failure(retry: &RetryConfig, budget_used: u32) -> NextState {
-    let failures = budget_used.saturating_add(1);
-    if failures >= retry.max_attempts {
-        NextState::DeadLettered
-    } else {
-        // Full ±20% jitter, so endpoints that failed together do not come
-        // back in lock step.
-        let jitter = rand::rng().random_range(800..=1_200);
-        NextState::Retry(backoff(retry, failures, jitter))
+    let jitter = rand::rng().random_range(notify::JITTER_PERMILLE);
+    match retry.rule().after_failure(budget_used, jitter) {
+        AfterFailure::Retry(delay) => NextState::Retry(delay),
+        AfterFailure::DeadLettered => NextState::DeadLettered,
     }
 }
 

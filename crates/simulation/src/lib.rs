@@ -5,10 +5,18 @@
 //! A simulated world of terminals, the authorization service (its journal of
 //! [`Authorization`] records, its reversal queue and its outbox), the issuer
 //! (with its own ledger of funds held per RRN), the authorization topic, the
-//! reversal handler (its watches and its consumer offset) and the network
-//! between them. Every rule is the one production uses: authorization calls
+//! reversal handler (its watches and its consumer offset), the settlement
+//! batcher (its ledger, its consumer offset, its windows and the settlement
+//! topic; `settlement.rs`), the notifier (its consumer offsets, its webhook
+//! deliveries, the gateway's terminal messages, and the merchants' endpoints
+//! and terminals that receive them; `notifier.rs`) and the network between
+//! them. Every rule is the one production uses: authorization calls
 //! [`switch_core::lifecycle::decide`], the reversal handler calls
-//! [`switch_core::watch::decide`], transitions are `AuthorizationState::on`.
+//! [`switch_core::watch::decide`], transitions are `AuthorizationState::on`,
+//! settlement calls [`switch_core::settlement::ledger::decide`],
+//! [`switch_core::due_cutoff`] and [`switch_core::payouts`], the notifier
+//! [`switch_core::notify`]'s `webhook_for`, `terminal_message_for`,
+//! `terminal_message_id` and `DeliveryRetry::after_failure`.
 //! This crate only carries messages, keeps the records, and plays the
 //! adapters' part (load, decide, persist next and effects); it needs no
 //! locks because one step runs at a time. Every map is ordered, so a run
@@ -20,7 +28,11 @@
 //! retry, time out and reverse, or go silent forever, let authorization
 //! time out an issuer call or work its reversal queue, let the reversal
 //! handler consume an event,
-//! commit its offset or sweep a due watch, and crash a process. Once every
+//! commit its offset or sweep a due watch, let settlement consume events,
+//! close a due window or settle a closed one, let the notifier consume
+//! events, attempt a due delivery or time its request out, let the gateway
+//! push a message, take a merchant's endpoint down for up to a minute, and
+//! crash a process (authorization, the handler, settlement, the notifier). Once every
 //! sale is started the faults stop and the world runs to quiescence: the
 //! clock jumps to the next deadline until nothing is left to do. Invariants
 //! are checked after every step and at quiescence; a violation names the
@@ -33,7 +45,28 @@
 //! announces it reversed at most once; I3 the issuer sees at most one RRN per
 //! terminal and STAN, however often the sale is retried; I7 no confirmed
 //! authorization is released (every step), and at quiescence a reversed or
-//! declined one holds no funds and a confirmed one does.
+//! declined one holds no funds and a confirmed one does. I2 for
+//! settlement: a window pays only approvals confirmed and held at the
+//! issuer when it closes (checked at every close; confirmed is final and I7
+//! holds after every step). I4 at quiescence: settlement's ledger agrees
+//! with the journal, every window is settled, each window's payouts add up
+//! to the amounts it paid (gross = fee + net, 0 <= fee <= gross), and per
+//! merchant the settled gross is the sum of its confirmed approvals, each
+//! difference explained by a conflict flag (no refunds are modelled). I5:
+//! no delivery is dead-lettered (every step); at quiescence every delivery
+//! owed was delivered, each merchant received, counted once per event id,
+//! exactly one `payment.reversed` for each reversed payment and one
+//! `payment.confirmed` for each confirmed without the terminal's own
+//! acknowledgement, and nothing else about its payments, and every payout;
+//! the gateway keeps exactly one `void_receipt` for each payment reversed
+//! for a reason other than the terminal's request, one `reprint_receipt`
+//! for each confirmed by policy, and a void one for each acknowledgement
+//! after a reversal; a terminal that still speaks received and
+//! acknowledged each. Duplicates are allowed only where production
+//! deduplicates: a merchant may receive one event's webhook more than once
+//! (same `Switch-Event-Id`, which the webhook contract tells it to
+//! deduplicate on), and a terminal one message more than once (same message
+//! id, acknowledged by id).
 //!
 //! [`Faults::SOUND`] are the faults the rules survive today;
 //! [`Faults::HOLE_1`], [`Faults::HOLE_2`] and [`Faults::HOLE_3`] add the
@@ -85,13 +118,39 @@
 //!   outcome its record shows (`CallSucceeded`), or `CallRefused` when
 //!   `decide` refuses or the record shows no outcome (declined); the
 //!   `CallFailed` path (authorization unreachable) is not modelled.
-//! - **Merchants**: every third terminal's merchant confirms orphans at the
-//!   deadline, the others reverse; the acknowledgement window is 60 s, the
-//!   issuer timeout 10 s with a 20 s window for a late answer, the
-//!   terminal's timeout 30 s.
+//! - **Merchants**: each terminal has its own merchant; every third
+//!   merchant confirms orphans at the deadline, the others reverse; the
+//!   acknowledgement window is 60 s, the issuer timeout 10 s with a 20 s
+//!   window for a late answer, the terminal's timeout 30 s.
+//! - **Settlement**: one currency (EUR), the default fee rate (60 bp) for
+//!   every merchant, a daily cut-off per merchant, the first 40 s + 25 s per
+//!   merchant after the run starts (so windows close while approvals are
+//!   still unconfirmed or being reversed), the next a day later. Its
+//!   consumer applies whatever has arrived in one transaction with the
+//!   processed event ids (production's batch); a window is closed in one
+//!   transaction and settled in another, the payout files are not
+//!   modelled, and the settlement topic's outbox and relay are reliable.
+//!   Batch close and upload reconciliation (terminal batches), refunds and
+//!   the operator's conflict resolution are not modelled. Once faults
+//!   stopped, the clock jumps to a cut-off only while a merchant has a
+//!   payable approval (production closes a window each day regardless).
+//! - **Notifier**: one endpoint per merchant, production's default retry
+//!   schedule (1 s doubling to 300 s, 12 attempts), request timeout 10 s,
+//!   lease 60 s. An endpoint outage lasts less than the retry budget, so a
+//!   dead letter is a violation here (in production an operator would
+//!   redeliver it). The notifier's outbox, its relay and the gateway's
+//!   inbox of terminal messages are one reliable step; the gateway pushes
+//!   an unacknowledged message again every 5 s while its terminal speaks;
+//!   a crash of the gateway is not modelled.
 //!
-//! Not yet modelled (next slices): settlement, notifier, partial approvals,
-//! an issuer that is down, database write failures, the model check.
+//! Not yet modelled (next slices): partial approvals, an issuer that is
+//! down, database write failures, terminal batches, the model check.
+
+mod notifier;
+mod settlement;
+
+pub use notifier::NotifierStats;
+pub use settlement::SettlementStats;
 
 pub mod model;
 
@@ -128,6 +187,14 @@ impl Ord for R {
 impl PartialOrd for R {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
+    }
+}
+
+/// Ordered as its text, so a map keyed by RRN is searched by `&str`
+/// without building an `R` (the checks after every step do).
+impl std::borrow::Borrow<str> for R {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
     }
 }
 
@@ -189,6 +256,13 @@ pub struct Faults {
     /// The issuer approves some sales partially ("10") and holds the
     /// funds (hole 3).
     pub partial_approvals: bool,
+    /// The settlement batcher restarts: its uncommitted offset is lost.
+    pub crash_settlement: bool,
+    /// The notifier restarts: its uncommitted offsets and its requests in
+    /// flight are lost.
+    pub crash_notifier: bool,
+    /// A merchant's webhook endpoint answers 500 for up to a minute.
+    pub webhook_outage: bool,
 }
 
 impl Faults {
@@ -203,6 +277,9 @@ impl Faults {
         crash_during_issuer_call: false,
         reversal_overtakes: false,
         partial_approvals: false,
+        crash_settlement: false,
+        crash_notifier: false,
+        webhook_outage: false,
     };
 
     /// The faults the rules survived before issue 12's fixes.
@@ -216,6 +293,9 @@ impl Faults {
         crash_during_issuer_call: false,
         reversal_overtakes: false,
         partial_approvals: false,
+        crash_settlement: true,
+        crash_notifier: true,
+        webhook_outage: true,
     };
 
     /// The basic faults, and a crash during the issuer call (hole 1's).
@@ -247,6 +327,9 @@ impl Faults {
         crash_during_issuer_call: true,
         reversal_overtakes: true,
         partial_approvals: true,
+        crash_settlement: true,
+        crash_notifier: true,
+        webhook_outage: true,
     };
 }
 
@@ -329,6 +412,8 @@ pub struct Stats {
     pub terminals_silenced: u64,
     pub authorization_crashes: u64,
     pub handler_crashes: u64,
+    pub settlement: SettlementStats,
+    pub notifier: NotifierStats,
 }
 
 impl Stats {
@@ -346,6 +431,8 @@ impl Stats {
         self.terminals_silenced += other.terminals_silenced;
         self.authorization_crashes += other.authorization_crashes;
         self.handler_crashes += other.handler_crashes;
+        self.settlement.add(&other.settlement);
+        self.notifier.add(&other.notifier);
     }
 }
 
@@ -380,8 +467,14 @@ impl fmt::Display for Violation {
 pub const I1_FINAL: &str = "I1 every approval ends in exactly one final state";
 /// Problem.md invariant 2.
 pub const I2_REVERSED_ONCE: &str = "I2 no authorization reversed twice";
+/// Problem.md invariant 2, for settlement.
+pub const I2_SETTLED_OR_REVERSED: &str = "I2 none is both settled and reversed";
 /// Problem.md invariant 3.
 pub const I3_ONE_AUTHORIZATION: &str = "I3 a retry never creates a second authorization";
+/// Problem.md invariant 4.
+pub const I4_SETTLED: &str = "I4 per merchant, settled = confirmed - refunds - fees";
+/// Problem.md invariant 5, and nothing announced is lost.
+pub const I5_TOLD: &str = "I5 merchant and terminal told every orphan's outcome";
 /// Problem.md invariant 7.
 pub const I7_FUNDS: &str = "I7 the issuer's funds match the switch's outcome";
 /// The run did not reach quiescence.
@@ -441,6 +534,7 @@ enum Msg {
         rrn: R,
         command: WatchCommand,
     },
+    Notifier(notifier::Net),
 }
 
 impl fmt::Display for Msg {
@@ -502,6 +596,7 @@ impl fmt::Display for Msg {
             Msg::AskAnswer { rrn, command } => {
                 write!(f, "answer to handler for {rrn}: {command:?}")
             }
+            Msg::Notifier(net) => net.fmt(f),
         }
     }
 }
@@ -590,6 +685,9 @@ struct Event {
     rrn: R,
     announcement: lifecycle::Announcement,
     outcome_detail: Option<WatchOutcome>,
+    /// The record's evidence and reversal reason, as the event carries them.
+    evidence: Option<Evidence>,
+    reason: Option<ReversalReason>,
     at: OffsetDateTime,
 }
 
@@ -620,6 +718,8 @@ enum Action {
     RecoverySweep,
     CrashAuthorization,
     CrashHandler,
+    Settlement(settlement::Step),
+    Notifier(notifier::Step),
 }
 
 /// The simulated world.
@@ -634,6 +734,8 @@ struct World {
     issuer: Issuer,
     topic: Vec<Event>,
     handler: Handler,
+    settlement: settlement::Settlement,
+    notifier: notifier::Notifier,
     started: usize,
     amounts: BTreeMap<Key, i64>,
     /// Every step of the run, for the trace of a violation.
@@ -687,6 +789,8 @@ impl World {
             issuer: Issuer::default(),
             topic: Vec::new(),
             handler: Handler::default(),
+            settlement: settlement::Settlement::new(config.terminals),
+            notifier: notifier::Notifier::default(),
             started: 0,
             amounts: BTreeMap::new(),
             trace: Vec::new(),
@@ -777,7 +881,7 @@ impl World {
 
     /// Every action that may happen now.
     fn enabled(&mut self) -> Vec<Action> {
-        let mut actions = Vec::new();
+        let mut actions = Vec::with_capacity(self.bag.len() + 32);
         for i in 0..self.bag.len() {
             if self.deliverable(i) {
                 actions.push(Action::Deliver(i));
@@ -833,6 +937,8 @@ impl World {
                 actions.push(Action::Sweep(rrn.clone()));
             }
         }
+        self.settlement_enabled(&mut actions);
+        self.notifier_enabled(&mut actions);
         if self.faults_on {
             actions.push(Action::Tick(self.rng.random_range(50..3_000)));
             if self.rng.random_ratio(1, self.config.fault_one_in) {
@@ -858,6 +964,8 @@ impl World {
                 if faults.crash_handler {
                     chosen.push(Action::CrashHandler);
                 }
+                self.settlement_faults(&mut chosen);
+                self.notifier_faults(&mut chosen);
                 let calls = !self.authorization.pending_sales.is_empty();
                 if (faults.crash_authorization_idle && !calls)
                     || (faults.crash_during_issuer_call && calls)
@@ -898,6 +1006,8 @@ impl World {
             .chain(self.handler.watches.values().filter_map(watch_due))
             .chain(self.recovery_due())
             .chain(terminals)
+            .chain(self.settlement_timers())
+            .chain(self.notifier_timers())
             .chain(self.bag.iter().map(|e| e.not_before))
             .filter(|at| *at > self.now)
             .min()
@@ -1099,6 +1209,8 @@ impl World {
                 ));
                 self.handler.position = self.handler.committed;
             }
+            Action::Settlement(step) => self.settlement_step(step),
+            Action::Notifier(step) => self.notifier_step(step),
         }
     }
 
@@ -1250,6 +1362,7 @@ impl World {
                 });
             }
             Msg::AskAnswer { rrn, command } => self.watch_command(&rrn, command),
+            Msg::Notifier(net) => self.notifier_deliver(net),
         }
     }
 
@@ -1279,7 +1392,8 @@ impl World {
                 auth.rrn_sequence,
             ))),
             key: request_key(terminal, stan, self.now),
-            merchant_id: MerchantId::parse("SIMMERCHANT").expect("valid merchant id"),
+            merchant_id: MerchantId::parse(&format!("SIMMERCHANT{terminal:04}"))
+                .expect("valid merchant id"),
             rrn: rrn.0.clone(),
             masked_pan: self.masked_pan.clone(),
             pan_fingerprint: self.fingerprint.clone(),
@@ -1409,6 +1523,8 @@ impl World {
                         rrn: rrn.clone(),
                         announcement,
                         outcome_detail,
+                        evidence: next.confirmation_evidence,
+                        reason: next.reversal_reason,
                         at: self.now,
                     });
                 }
@@ -1557,7 +1673,7 @@ impl World {
                 && self
                     .issuer
                     .ledger
-                    .get(&R(record.rrn.clone()))
+                    .get(record.rrn.as_str())
                     .is_some_and(|(funds, _)| *funds == Funds::Released)
             {
                 return Err(self.violation(
@@ -1567,7 +1683,8 @@ impl World {
                 ));
             }
         }
-        Ok(())
+        self.check_settlement_always()?;
+        self.check_notifier_always()
     }
 
     /// Invariants that hold once faults stopped and every deadline passed.
@@ -1623,7 +1740,8 @@ impl World {
                 ));
             }
         }
-        Ok(())
+        self.check_settlement_quiescent()?;
+        self.check_notifier_quiescent()
     }
 }
 

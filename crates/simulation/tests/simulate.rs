@@ -89,6 +89,27 @@ fn no_invariant_breaks_under_every_fault() {
             ("terminals silenced", stats.terminals_silenced),
             ("authorization crashes", stats.authorization_crashes),
             ("handler crashes", stats.handler_crashes),
+            ("settlement windows closed", stats.settlement.windows_closed),
+            ("approvals paid", stats.settlement.entries_paid),
+            ("approvals held at a cut-off", stats.settlement.entries_held),
+            (
+                "settlement events redelivered",
+                stats.settlement.events_redelivered,
+            ),
+            ("settlement crashes", stats.settlement.crashes),
+            ("webhooks owed", stats.notifier.webhooks_owed),
+            ("webhooks delivered", stats.notifier.webhooks_delivered),
+            ("webhook attempts failed", stats.notifier.attempts_failed),
+            ("webhooks received again", stats.notifier.webhooks_repeated),
+            ("payouts told", stats.notifier.payouts_told),
+            ("terminal messages", stats.notifier.terminal_messages),
+            ("terminal pushes repeated", stats.notifier.pushes_repeated),
+            (
+                "notifier events redelivered",
+                stats.notifier.events_redelivered,
+            ),
+            ("webhook endpoint outages", stats.notifier.outages),
+            ("notifier crashes", stats.notifier.crashes),
         ];
         for (path, count) in paths {
             assert!(count > 0, "no run exercised: {path}");

@@ -9,7 +9,9 @@
 //! duplicate (replay) detection, settlement (batch close,
 //! upload reconciliation, the ledger's status order and eligibility at the
 //! cut-off in `settlement::ledger`, fees) and payout files
-//! (CSV and ISO 20022 pain.001 rendering). It performs no I/O
+//! (CSV and ISO 20022 pain.001 rendering), and who is told of an outcome
+//! (`notify`: which webhook and terminal message an event owes, and how a
+//! failed delivery is retried). It performs no I/O
 //! and has no async code, so every rule here can be tested exhaustively and
 //! reused unchanged by the gateway, the authorization service and the tools.
 
@@ -20,6 +22,7 @@ pub mod error;
 pub mod ids;
 pub mod lifecycle;
 pub mod money;
+pub mod notify;
 pub mod orphan;
 pub mod payout;
 pub mod replay;

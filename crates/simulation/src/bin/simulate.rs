@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let first = seed_from_env().unwrap_or(0);
     let started = Instant::now();
     let mut transactions: u64 = 0;
+    let mut steps: u64 = 0;
     let mut runs: u64 = 0;
     let mut seed = first;
     let mut stats = Stats::default();
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         match run(&Config::new(seed, Faults::SOUND)) {
             Ok(report) => {
                 transactions += report.transactions as u64;
+                steps += report.steps as u64;
                 stats.add(&report.stats);
             }
             Err(violation) => {
@@ -39,7 +41,7 @@ fn main() -> ExitCode {
         .max(1);
     println!(
         "{transactions} simulated transactions in {runs} runs (seeds {first}..{seed}) \
-         in {ms} ms: {} transactions per wall second",
+         in {ms} ms: {} transactions per wall second ({steps} steps)",
         transactions.saturating_mul(1_000) / ms
     );
     println!("{stats:?}");
