@@ -223,7 +223,8 @@ impl NotifierStats {
 /// in `state`, and what its terminal must have been told: problem.md's
 /// fifth invariant, stated on its own terms (an orphan is an approval the
 /// terminal did not complete; a reversal the terminal asked for is known
-/// to it, a confirmation by its acknowledgement is the sale it completed).
+/// to it, as is one of an approval it was told was declined; a
+/// confirmation by its acknowledgement is the sale it completed).
 fn owed(
     state: AuthorizationState,
     evidence: Option<Evidence>,
@@ -232,8 +233,11 @@ fn owed(
     match state {
         AuthorizationState::Reversed => (
             Some(WebhookType::PaymentReversed),
-            (reason != Some(ReversalReason::TerminalRequested))
-                .then_some(TerminalMessageKind::VoidReceipt),
+            (!matches!(
+                reason,
+                Some(ReversalReason::TerminalRequested | ReversalReason::ApprovalNotAccepted)
+            ))
+            .then_some(TerminalMessageKind::VoidReceipt),
         ),
         AuthorizationState::Confirmed => match evidence {
             Some(Evidence::TerminalAcknowledgement) => (None, None),

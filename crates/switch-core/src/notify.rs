@@ -133,8 +133,10 @@ pub fn terminal_message_for(event: NotifiedEvent) -> Option<TerminalMessageKind>
     match event {
         NotifiedEvent::Confirmed { evidence } if from_the_terminal(evidence) => None,
         NotifiedEvent::Confirmed { .. } => Some(TerminalMessageKind::ReprintReceipt),
+        // The terminal asked for it, or was told "declined" in the first
+        // place (an approval the switch did not accept): no receipt to void.
         NotifiedEvent::Reversed {
-            reason: ReversalReason::TerminalRequested,
+            reason: ReversalReason::TerminalRequested | ReversalReason::ApprovalNotAccepted,
         } => None,
         NotifiedEvent::Reversed { .. } | NotifiedEvent::AcknowledgementConflict { .. } => {
             Some(TerminalMessageKind::VoidReceipt)
@@ -251,6 +253,11 @@ mod tests {
                 Some(VoidReceipt),
             ),
             (reversed(R::TerminalRequested), Some(PaymentReversed), None),
+            (
+                reversed(R::ApprovalNotAccepted),
+                Some(PaymentReversed),
+                None,
+            ),
             (
                 reversed(R::LateIssuerResponse),
                 Some(PaymentReversed),
