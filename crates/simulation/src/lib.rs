@@ -1,4 +1,5 @@
-//! A deterministic simulation of the money path (first slice of issue 12).
+//! A deterministic simulation of the money path (issue 12), and in
+//! [`model`] an exhaustive model check of its heart.
 //!
 //! # What it owns
 //!
@@ -26,7 +27,9 @@
 //! message in flight (so messages are reordered), hold one back for up to
 //! 30 s, lose or duplicate one, advance the clock, let a terminal start,
 //! retry, time out and reverse, or go silent forever, let authorization
-//! time out an issuer call or work its reversal queue, let the reversal
+//! time out an issuer call, work its reversal queue or run its recovery
+//! sweep for abandoned calls, let the issuer approve partially or receive
+//! a reversal before its original, let the reversal
 //! handler consume an event,
 //! commit its offset or sweep a due watch, let settlement consume events,
 //! close a due window or settle a closed one, let the notifier consume
@@ -68,10 +71,11 @@
 //! deduplicate on), and a terminal one message more than once (same message
 //! id, acknowledged by id).
 //!
-//! [`Faults::SOUND`] are the faults the rules survive today;
-//! [`Faults::HOLE_1`], [`Faults::HOLE_2`] and [`Faults::HOLE_3`] add the
-//! faults of issue 12's holes 1, 2 and 3, which the tests must find until
-//! they are fixed.
+//! [`Faults::SOUND`] is every fault; the rules survive all of them.
+//! [`Faults::HOLE_1`], [`Faults::HOLE_2`] and [`Faults::HOLE_3`] are the
+//! faults behind issue 12's holes 1, 2 and 3 on top of [`Faults::BASIC`];
+//! with an [`Ablation`] (the hole's fix taken out) the tests find each hole
+//! again, and [`shrink`] cuts the failing run down.
 //!
 //! # Replaying a seed
 //!
@@ -101,13 +105,22 @@
 //!   original's place, unless [`Faults::reversal_overtakes`] is on.
 //! - **Restart**: the reversal queue survives; entries whose call was in
 //!   flight are due again at once. Pending issuer calls and the late-answer
-//!   waits are memory and vanish (issue 12, hole 4).
+//!   waits are memory and vanish (issue 12, hole 4: the record of a late
+//!   answer is lost, the money is not, and no invariant here checks the
+//!   record). The recovery sweep runs at once after a restart, then every
+//!   5 s.
+//! - **Issuer deadline**: every authorization call carries its deadline
+//!   (30 s after the intent was journaled, production's
+//!   `issuer_late_window_ms`); the issuer drops a call that reaches it
+//!   later, unanswered. The rules of holes 1 and 2 rest on this (ADR 14).
 //! - **Refused verdicts**: an issuer verdict that `decide` refuses (the row
 //!   was reversed meanwhile) is dropped, as `authorization::service` does.
 //! - **Issuer**: approves unless the amount is a multiple of 5 (declines
 //!   "51"), holds the amount per RRN, answers a repeated authorization with
 //!   its first answer, releases on a reversal ("00", idempotently) and
-//!   answers "25" to a reversal of an RRN it has not seen.
+//!   answers "25" to a reversal of an RRN it has not seen; with
+//!   [`Faults::partial_approvals`] it answers "10" to amounts that are
+//!   multiples of 7 and holds them all the same.
 //! - **Terminals**: reverse once on timeout (a lost terminal reversal is not
 //!   repeated); retries reuse the STAN; a silent terminal never speaks again.
 //! - **Dead letters**: the reversal queue's maximum age is long enough that
@@ -120,8 +133,8 @@
 //!   `CallFailed` path (authorization unreachable) is not modelled.
 //! - **Merchants**: each terminal has its own merchant; every third
 //!   merchant confirms orphans at the deadline, the others reverse; the
-//!   acknowledgement window is 60 s, the issuer timeout 10 s with a 20 s
-//!   window for a late answer, the terminal's timeout 30 s.
+//!   acknowledgement window is 60 s, the issuer timeout 10 s with the
+//!   call's deadline at 30 s, the terminal's timeout 30 s.
 //! - **Settlement**: one currency (EUR), the default fee rate (60 bp) for
 //!   every merchant, a daily cut-off per merchant, the first 40 s + 25 s per
 //!   merchant after the run starts (so windows close while approvals are
@@ -143,8 +156,15 @@
 //!   an unacknowledged message again every 5 s while its terminal speaks;
 //!   a crash of the gateway is not modelled.
 //!
-//! Not yet modelled (next slices): partial approvals, an issuer that is
-//! down, database write failures, terminal batches, the model check.
+//! - **Journal write failures**: a rejected write commits nothing of its
+//!   decision and the caller gets an error: a sale's terminal gets no
+//!   answer, a reversal attempt is repeated, the handler's call fails and
+//!   is retried with backoff.
+//! - **Issuer outage**: the issuer refuses every call while down; a refused
+//!   sale is as unknown as a silent one, a refused reversal is repeated.
+//!
+//! Not yet modelled: several partitions, the outbox relay's own delay and
+//! crashes, terminal batches, dead letters and operators' redrives.
 
 mod notifier;
 mod settlement;
@@ -228,6 +248,12 @@ const REVERSAL_SCHEDULE: RetrySchedule = RetrySchedule {
     max_delay_ms: 10_000,
     max_age_ms: 24 * 3_600_000,
 };
+/// The reversal handler's backoff when a call to authorization fails
+/// (production's test configuration: 50 ms doubling to 500 ms).
+const HANDLER_RETRY: watch::WatchRetry = watch::WatchRetry {
+    initial_delay_ms: 50,
+    max_delay_ms: 500,
+};
 const TRACE_LEN: usize = 15;
 const MAX_STEPS_PER_SALE: usize = 2_000;
 
@@ -263,6 +289,12 @@ pub struct Faults {
     pub crash_notifier: bool,
     /// A merchant's webhook endpoint answers 500 for up to a minute.
     pub webhook_outage: bool,
+    /// The issuer is down for up to a minute: every call reaching it
+    /// meanwhile is refused at once (UNAVAILABLE).
+    pub issuer_outage: bool,
+    /// The journal rejects one write (PostgreSQL restarting): nothing of
+    /// the decision is committed, the caller gets an error.
+    pub journal_write_fails: bool,
 }
 
 impl Faults {
@@ -280,9 +312,12 @@ impl Faults {
         crash_settlement: false,
         crash_notifier: false,
         webhook_outage: false,
+        issuer_outage: false,
+        journal_write_fails: false,
     };
 
-    /// The faults the rules survived before issue 12's fixes.
+    /// The faults the rules survived before issue 12's fixes (a journal
+    /// write failure during the issuer's decision is hole 1 too).
     pub const BASIC: Faults = Faults {
         loss: true,
         duplicate: true,
@@ -296,6 +331,8 @@ impl Faults {
         crash_settlement: true,
         crash_notifier: true,
         webhook_outage: true,
+        issuer_outage: true,
+        journal_write_fails: false,
     };
 
     /// The basic faults, and a crash during the issuer call (hole 1's).
@@ -330,6 +367,8 @@ impl Faults {
         crash_settlement: true,
         crash_notifier: true,
         webhook_outage: true,
+        issuer_outage: true,
+        journal_write_fails: true,
     };
 }
 
@@ -412,6 +451,10 @@ pub struct Stats {
     pub terminals_silenced: u64,
     pub authorization_crashes: u64,
     pub handler_crashes: u64,
+    pub issuer_outages: u64,
+    /// Calls the issuer refused while down.
+    pub issuer_refusals: u64,
+    pub journal_write_failures: u64,
     pub settlement: SettlementStats,
     pub notifier: NotifierStats,
 }
@@ -431,6 +474,9 @@ impl Stats {
         self.terminals_silenced += other.terminals_silenced;
         self.authorization_crashes += other.authorization_crashes;
         self.handler_crashes += other.handler_crashes;
+        self.issuer_outages += other.issuer_outages;
+        self.issuer_refusals += other.issuer_refusals;
+        self.journal_write_failures += other.journal_write_failures;
         self.settlement.add(&other.settlement);
         self.notifier.add(&other.notifier);
     }
@@ -534,6 +580,13 @@ enum Msg {
         rrn: R,
         command: WatchCommand,
     },
+    /// The issuer refused a call (it is down): UNAVAILABLE.
+    IssuerRefused {
+        rrn: R,
+        incarnation: u32,
+        /// The reversal attempt refused; `None` for the authorization.
+        reversal_attempt: Option<u32>,
+    },
     Notifier(notifier::Net),
 }
 
@@ -596,6 +649,17 @@ impl fmt::Display for Msg {
             Msg::AskAnswer { rrn, command } => {
                 write!(f, "answer to handler for {rrn}: {command:?}")
             }
+            Msg::IssuerRefused {
+                rrn,
+                incarnation,
+                reversal_attempt,
+            } => write!(
+                f,
+                "issuer refuses {} {rrn} (conn {incarnation})",
+                reversal_attempt.map_or("authorization".to_owned(), |a| format!(
+                    "reversal attempt {a}"
+                ))
+            ),
             Msg::Notifier(net) => net.fmt(f),
         }
     }
@@ -663,6 +727,8 @@ struct AuthorizationService {
     reversal_calls: BTreeMap<R, ReversalCall>,
     /// When the recovery sweep runs next (at once after a restart).
     recovery_due_at: OffsetDateTime,
+    /// The journal rejects the next write.
+    next_write_fails: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -674,6 +740,8 @@ enum Funds {
 
 #[derive(Debug, Default)]
 struct Issuer {
+    /// Calls reaching it before this are refused.
+    down_until: Option<OffsetDateTime>,
     ledger: BTreeMap<R, (Funds, String)>,
     rrns_per_key: BTreeMap<Key, Vec<R>>,
     releases: BTreeMap<R, u32>,
@@ -716,6 +784,8 @@ enum Action {
     CommitOffset,
     Sweep(R),
     RecoverySweep,
+    IssuerDown(i64),
+    FailNextJournalWrite,
     CrashAuthorization,
     CrashHandler,
     Settlement(settlement::Step),
@@ -785,6 +855,7 @@ impl World {
                 late_waits: BTreeMap::new(),
                 reversal_calls: BTreeMap::new(),
                 recovery_due_at: START,
+                next_write_fails: false,
             },
             issuer: Issuer::default(),
             topic: Vec::new(),
@@ -964,6 +1035,12 @@ impl World {
                 if faults.crash_handler {
                     chosen.push(Action::CrashHandler);
                 }
+                if faults.issuer_outage && self.rng.random_ratio(1, 4) {
+                    chosen.push(Action::IssuerDown(self.rng.random_range(1_000..60_000)));
+                }
+                if faults.journal_write_fails {
+                    chosen.push(Action::FailNextJournalWrite);
+                }
                 self.settlement_faults(&mut chosen);
                 self.notifier_faults(&mut chosen);
                 let calls = !self.authorization.pending_sales.is_empty();
@@ -1050,6 +1127,14 @@ impl World {
             self.execute(key, Command::RecoverAbandonedCall { windows: WINDOWS });
         }
         self.authorization.recovery_due_at = self.now + RECOVERY_INTERVAL;
+    }
+
+    fn issuer_is_down(&mut self) -> bool {
+        let down = self.issuer.down_until.is_some_and(|until| self.now < until);
+        if down {
+            self.stats.issuer_refusals += 1;
+        }
+        down
     }
 
     fn record(&mut self, line: String) {
@@ -1173,6 +1258,14 @@ impl World {
             }
             Action::Consume => self.consume(),
             Action::RecoverySweep => self.recovery_sweep(),
+            Action::IssuerDown(ms) => {
+                self.stats.issuer_outages += 1;
+                self.record(format!("{at}ms ISSUER DOWN for {ms}ms"));
+                self.issuer.down_until = Some(self.now + Duration::milliseconds(ms));
+            }
+            Action::FailNextJournalWrite => {
+                self.authorization.next_write_fails = true;
+            }
             Action::CommitOffset => {
                 self.handler.committed = self.handler.position;
             }
@@ -1258,6 +1351,14 @@ impl World {
                 incarnation,
                 deadline,
             } => {
+                if self.issuer_is_down() {
+                    self.send(Msg::IssuerRefused {
+                        rrn,
+                        incarnation,
+                        reversal_attempt: None,
+                    });
+                    return;
+                }
                 if self.now > deadline {
                     // Past its deadline the call is dropped unanswered.
                     let at = millis_between(START, self.now);
@@ -1271,6 +1372,14 @@ impl World {
                 incarnation,
                 attempt,
             } => {
+                if self.issuer_is_down() {
+                    self.send(Msg::IssuerRefused {
+                        rrn,
+                        incarnation,
+                        reversal_attempt: Some(attempt),
+                    });
+                    return;
+                }
                 let code = match self.issuer.ledger.get_mut(&rrn) {
                     None => {
                         self.stats.reversals_unmatched += 1;
@@ -1349,11 +1458,19 @@ impl World {
                     OrphanDecision::Reverse(reason) => Command::RequestReversal { reason },
                     OrphanDecision::Confirm(evidence) => Command::Confirm { evidence },
                 };
+                let failures = self.stats.journal_write_failures;
                 let answer = match self.execute(key, command) {
                     Some(record) => match outcome_of(&record) {
                         Some(outcome) => WatchCommand::CallSucceeded { outcome },
                         None => WatchCommand::CallRefused,
                     },
+                    // An error, not a refusal: the handler tries again.
+                    None if self.stats.journal_write_failures > failures => {
+                        WatchCommand::CallFailed {
+                            retry: HANDLER_RETRY,
+                            jitter: self.rng.random(),
+                        }
+                    }
                     None => WatchCommand::CallRefused,
                 };
                 self.send(Msg::AskAnswer {
@@ -1362,6 +1479,36 @@ impl World {
                 });
             }
             Msg::AskAnswer { rrn, command } => self.watch_command(&rrn, command),
+            Msg::IssuerRefused {
+                rrn,
+                incarnation,
+                reversal_attempt,
+            } => {
+                if incarnation != self.authorization.incarnation {
+                    return;
+                }
+                match reversal_attempt {
+                    // A refused call is no answer: whether money moved is
+                    // unknown (a proxy may refuse after the issuer acted).
+                    None => {
+                        if self.authorization.pending_sales.remove(&rrn).is_some() {
+                            self.issuer_decided(&rrn, IssuerVerdict::Unknown);
+                        }
+                    }
+                    Some(attempt) => {
+                        let call = match self.authorization.reversal_calls.get(&rrn) {
+                            Some(call) if call.attempt == attempt => *call,
+                            _ => return,
+                        };
+                        self.authorization.reversal_calls.remove(&rrn);
+                        self.reversal_answered(
+                            &rrn,
+                            ReversalAnswer::NoAnswer("unavailable".into()),
+                            call.sent_at,
+                        );
+                    }
+                }
+            }
             Msg::Notifier(net) => self.notifier_deliver(net),
         }
     }
@@ -1514,6 +1661,12 @@ impl World {
         let next = decision.next.clone();
         let rrn = R(next.rrn.clone());
         let at = millis_between(START, self.now);
+        if std::mem::take(&mut self.authorization.next_write_fails) && !decision.is_noop() {
+            // Nothing of the decision is committed.
+            self.stats.journal_write_failures += 1;
+            self.record(format!("{at}ms {rrn} {name}: JOURNAL WRITE FAILS"));
+            return None;
+        }
         self.record(format!("{at}ms {rrn} {name}: {from} -> {}", next.state));
         for effect in decision.effects {
             match effect {
