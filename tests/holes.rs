@@ -9,6 +9,10 @@
 //!    original can still land.
 //! 3. A partial approval ("10") holds funds: it must be reversed, and the
 //!    terminal told "declined".
+//! 4. Late answers are awaited in memory: a graceful restart (SIGTERM, a
+//!    rolling deploy) must still record one that arrives before the call's
+//!    deadline. (After `kill -9` it is lost with the connection; the money
+//!    is safe regardless, hole 1's test shows the timeout reversal.)
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -357,4 +361,104 @@ async fn an_approval_whose_process_died_mid_call_is_recovered_and_reversed() {
         let _ =
             switch_platform::db::drop_schema(&database.url, &database.schema_for(service)).await;
     }
+}
+
+/// Hole 4: the issuer holds the original back past the switch's timeout;
+/// authorization gets SIGTERM while the late answer is still awaited. It
+/// records the late approval (and reverses it) before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_awaited_during_a_graceful_restart_is_recorded() {
+    capture_logs();
+    let prefix = unique_suffix();
+    let stop = CancellationToken::new();
+    let issuer_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = issuer_listener.local_addr().unwrap();
+    tokio::spawn(issuer_simulator::serve(
+        issuer_listener,
+        stop.clone().cancelled_owned(),
+    ));
+    let mut control = switch_e2e::v1::issuer_control_client::IssuerControlClient::connect(format!(
+        "http://{issuer}"
+    ))
+    .await
+    .unwrap();
+    control
+        .set_faults(FaultPlan {
+            latency_ms: 1_000,
+            authorizations_only: true,
+            ..FaultPlan::default()
+        })
+        .await
+        .unwrap();
+    let listen = free_address().await;
+    let mut authorization = authorization_process(&prefix, listen, issuer);
+    authorization
+        .wait_until_healthy(listen, AUTHORIZATION)
+        .await;
+    let record = AuthorizationServiceClient::connect(format!("http://{listen}"))
+        .await
+        .unwrap()
+        .authorize(AuthorizeRequest {
+            key: Some(TerminalKey {
+                terminal_id: "TERM0001".into(),
+                stan: "012301".into(),
+                local_date: today(),
+            }),
+            merchant_id: "MERCHANT0000001".into(),
+            pan: VISA.into(),
+            expiry: "2812".into(),
+            amount: Some(Money {
+                minor_units: 3_300,
+                currency: "EUR".into(),
+            }),
+            last_completed_stan: String::new(),
+            channel: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .authorization
+        .unwrap();
+    assert_eq!(record.status(), AuthorizationStatus::IssuerTimedOut);
+    // The answer is due in about half a second; the process is asked to
+    // stop now.
+    let exit = authorization.terminate();
+    assert!(exit.success(), "a graceful exit: {exit}");
+
+    let database = DatabaseConfig {
+        url: database_url(),
+        schema_prefix: format!("{prefix}_"),
+        ..DatabaseConfig::default()
+    };
+    let schema = database.schema_for(authorization::SERVICE_NAME);
+    let journal = switch_platform::db::connect(&database, &schema)
+        .await
+        .unwrap();
+    let late: Vec<(String, String)> = sqlx::query_as(
+        "SELECT response_code, approval_code FROM late_issuer_responses \
+         WHERE transaction_id = $1::uuid",
+    )
+    .bind(&record.transaction_id)
+    .fetch_all(&journal)
+    .await
+    .unwrap();
+    assert_eq!(late.len(), 1, "the late answer is on the record: {late:?}");
+    assert_eq!(late[0].0, "00");
+    let (state, reason): (String, Option<String>) = sqlx::query_as(
+        "SELECT state, reversal_reason FROM authorizations WHERE transaction_id = $1::uuid",
+    )
+    .bind(&record.transaction_id)
+    .fetch_one(&journal)
+    .await
+    .unwrap();
+    assert!(
+        state == "reversal_pending" || state == "reversed",
+        "the late approval is reversed, or owed: {state}"
+    );
+    assert_eq!(reason.as_deref(), Some("late_issuer_response"));
+    stop.cancel();
+    journal.close().await;
+    switch_platform::db::drop_schema(&database.url, &schema)
+        .await
+        .unwrap();
 }

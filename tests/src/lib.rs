@@ -680,6 +680,18 @@ impl SwitchdProcess {
             .expect("switchd becomes ready");
     }
 
+    /// SIGTERM, as Kubernetes sends it, and waits for the graceful exit;
+    /// returns how it exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGTERM delivered to {}", self.service);
+        self.child.wait().expect("switchd exits")
+    }
+
     /// SIGKILL: no shutdown hook, no draining, no final relay pass.
     pub fn kill_9(&mut self) {
         let _ = self.child.kill();
@@ -693,7 +705,6 @@ impl Drop for SwitchdProcess {
     }
 }
 
-/// A free local port (bound, then released).
 /// What the issuer simulator at `issuer` holds for `rrn`.
 pub async fn issuer_funds(issuer: SocketAddr, rrn: &str) -> (switch_proto::v1::FundsState, i64) {
     let funds = IssuerControlClient::connect(format!("http://{issuer}"))
@@ -708,6 +719,7 @@ pub async fn issuer_funds(issuer: SocketAddr, rrn: &str) -> (switch_proto::v1::F
     (funds.state(), funds.held_minor_units)
 }
 
+/// A free local port (bound, then released).
 pub async fn free_address() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     listener.local_addr().expect("a bound address")

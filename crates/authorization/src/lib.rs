@@ -228,6 +228,7 @@ pub async fn serve(
         Duration::from_millis(config.issuer_late_window_ms),
     );
     let issuer = issuer::GrpcIssuerLink::connect(&config.issuer_endpoint, windows.call_timeout)?;
+    let late_answers = service::LateAnswers::default();
     let journal = std::sync::Arc::new(store::Journal::new(pool));
     let wake_reversals = std::sync::Arc::new(tokio::sync::Notify::new());
     let lifecycle = lifecycle::Lifecycle {
@@ -246,6 +247,7 @@ pub async fn serve(
         issuer.clone(),
         switch_core::PanHasher::new(config.pan_hash_key.expose().as_bytes()),
         windows,
+        late_answers.clone(),
     );
     let recovery = recovery::RecoverySweep {
         lifecycle: lifecycle.clone(),
@@ -289,7 +291,10 @@ pub async fn serve(
         .add_service(AuthorizationServiceServer::new(service))
         .serve(listener, shutdown)
         .await;
-    // In-flight requests have finished: publish what they enqueued, then stop.
+    // In-flight requests have finished; late answers still awaited are
+    // recorded (each by its call's deadline), then what they all enqueued
+    // is published before the workers stop.
+    late_answers.drain().await;
     let _ = stop_recovery_tx.send(());
     let _ = recovery_task.await;
     let _ = stop_worker_tx.send(());

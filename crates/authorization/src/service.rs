@@ -32,11 +32,47 @@ use crate::wire;
 /// to the journal's unique key.
 type InFlight = Arc<Mutex<HashMap<RequestKey, watch::Receiver<()>>>>;
 
+/// The tasks awaiting late issuer answers. A graceful shutdown waits for
+/// them (each ends by its call's deadline), so a rolling restart does not
+/// lose the record of a late answer; only a crash does.
+#[derive(Clone, Default)]
+pub struct LateAnswers(Arc<Mutex<tokio::task::JoinSet<()>>>);
+
+impl LateAnswers {
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Reap the finished ones, so the set holds only what is awaited.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// Waits for every late answer still awaited (or its deadline).
+    pub async fn drain(&self) {
+        let mut tasks = std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !tasks.is_empty() {
+            tracing::info!(
+                awaited = tasks.len(),
+                "Waiting for late issuer answers before stopping."
+            );
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
 pub struct AuthorizationApi {
     lifecycle: Lifecycle,
     issuer: GrpcIssuerLink,
     hasher: PanHasher,
     windows: IssuerWindows,
+    late_answers: LateAnswers,
     in_flight: InFlight,
     decisions: Counter<u64>,
     issuer_latency: Histogram<u64>,
@@ -69,6 +105,7 @@ impl AuthorizationApi {
         issuer: GrpcIssuerLink,
         hasher: PanHasher,
         windows: IssuerWindows,
+        late_answers: LateAnswers,
     ) -> Self {
         let meter = opentelemetry::global::meter(crate::SERVICE_NAME);
         AuthorizationApi {
@@ -76,6 +113,7 @@ impl AuthorizationApi {
             issuer,
             hasher,
             windows,
+            late_answers,
             in_flight: Arc::default(),
             decisions: meter
                 .u64_counter("authorization.decisions")
@@ -322,7 +360,7 @@ impl AuthorizationApi {
     /// is held, so it is reversed (idempotently, whatever else is under way).
     fn await_late_answer(&self, transaction_id: TransactionId, late: LateAnswer) {
         let lifecycle = self.lifecycle.clone();
-        tokio::spawn(async move {
+        self.late_answers.spawn(async move {
             let Ok(Some((answer, took))) = late.await else {
                 return;
             };

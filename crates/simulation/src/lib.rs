@@ -105,9 +105,10 @@
 //!   original's place, unless [`Faults::reversal_overtakes`] is on.
 //! - **Restart**: the reversal queue survives; entries whose call was in
 //!   flight are due again at once. Pending issuer calls and the late-answer
-//!   waits are memory and vanish (issue 12, hole 4: the record of a late
-//!   answer is lost, the money is not, and no invariant here checks the
-//!   record). The recovery sweep runs at once after a restart, then every
+//!   waits are memory and vanish: a crash is `kill -9` (a graceful stop
+//!   waits for late answers, issue 12's hole 4, and is not modelled; after
+//!   a crash the record of a late answer is lost, the money is not, and no
+//!   invariant here checks the record). The recovery sweep runs at once after a restart, then every
 //!   5 s.
 //! - **Issuer deadline**: every authorization call carries its deadline
 //!   (30 s after the intent was journaled, production's
