@@ -157,10 +157,12 @@
 //!   an unacknowledged message again every 5 s while its terminal speaks;
 //!   a crash of the gateway is not modelled.
 //!
-//! - **Journal write failures**: a rejected write commits nothing of its
-//!   decision and the caller gets an error: a sale's terminal gets no
-//!   answer, a reversal attempt is repeated, the handler's call fails and
-//!   is retried with backoff.
+//! - **Journal down**: for up to 10 s every write is rejected and commits
+//!   nothing of its decision; the caller gets an error: a sale's terminal
+//!   gets no answer (its intent is left to the recovery sweep), a reversal
+//!   attempt is repeated once the worker's lease (11 s) runs out, the
+//!   handler's call fails and is retried with backoff, a late answer is
+//!   lost (as production logs it). Reads keep working.
 //! - **Issuer outage**: the issuer refuses every call while down; a refused
 //!   sale is as unknown as a silent one, a refused reversal is repeated.
 //!
@@ -240,6 +242,9 @@ const WINDOWS: IssuerWindows = IssuerWindows {
 /// `recovery_interval_ms`).
 const RECOVERY_INTERVAL: Duration = Duration::seconds(5);
 const REVERSAL_CALL_TIMEOUT: Duration = Duration::seconds(5);
+/// How long the reversal worker's claim on a queue entry lasts
+/// (production: twice the call timeout and a second).
+const REVERSAL_LEASE: Duration = Duration::seconds(11);
 const TERMINAL_TIMEOUT: Duration = Duration::seconds(30);
 const TERMINAL_RETRY_AFTER: Duration = Duration::seconds(5);
 const ACK_WINDOW: StdDuration = StdDuration::from_secs(60);
@@ -293,8 +298,9 @@ pub struct Faults {
     /// The issuer is down for up to a minute: every call reaching it
     /// meanwhile is refused at once (UNAVAILABLE).
     pub issuer_outage: bool,
-    /// The journal rejects one write (PostgreSQL restarting): nothing of
-    /// the decision is committed, the caller gets an error.
+    /// The journal rejects every write for up to 10 s (PostgreSQL
+    /// restarting, or unreachable): nothing of a decision is committed,
+    /// the caller gets an error.
     pub journal_write_fails: bool,
 }
 
@@ -728,8 +734,8 @@ struct AuthorizationService {
     reversal_calls: BTreeMap<R, ReversalCall>,
     /// When the recovery sweep runs next (at once after a restart).
     recovery_due_at: OffsetDateTime,
-    /// The journal rejects the next write.
-    next_write_fails: bool,
+    /// The journal rejects every write until then.
+    journal_down_until: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -786,7 +792,7 @@ enum Action {
     Sweep(R),
     RecoverySweep,
     IssuerDown(i64),
-    FailNextJournalWrite,
+    JournalDown(i64),
     CrashAuthorization,
     CrashHandler,
     Settlement(settlement::Step),
@@ -856,7 +862,7 @@ impl World {
                 late_waits: BTreeMap::new(),
                 reversal_calls: BTreeMap::new(),
                 recovery_due_at: START,
-                next_write_fails: false,
+                journal_down_until: None,
             },
             issuer: Issuer::default(),
             topic: Vec::new(),
@@ -1039,8 +1045,8 @@ impl World {
                 if faults.issuer_outage && self.rng.random_ratio(1, 4) {
                     chosen.push(Action::IssuerDown(self.rng.random_range(1_000..60_000)));
                 }
-                if faults.journal_write_fails {
-                    chosen.push(Action::FailNextJournalWrite);
+                if faults.journal_write_fails && self.rng.random_ratio(1, 4) {
+                    chosen.push(Action::JournalDown(self.rng.random_range(100..10_000)));
                 }
                 self.settlement_faults(&mut chosen);
                 self.notifier_faults(&mut chosen);
@@ -1264,8 +1270,9 @@ impl World {
                 self.record(format!("{at}ms ISSUER DOWN for {ms}ms"));
                 self.issuer.down_until = Some(self.now + Duration::milliseconds(ms));
             }
-            Action::FailNextJournalWrite => {
-                self.authorization.next_write_fails = true;
+            Action::JournalDown(ms) => {
+                self.record(format!("{at}ms JOURNAL DOWN for {ms}ms"));
+                self.authorization.journal_down_until = Some(self.now + Duration::milliseconds(ms));
             }
             Action::CommitOffset => {
                 self.handler.committed = self.handler.position;
@@ -1634,6 +1641,7 @@ impl World {
         } else {
             WINDOWS
         };
+        let failures = self.stats.journal_write_failures;
         self.execute(
             key,
             Command::ReversalAnswered {
@@ -1643,6 +1651,13 @@ impl World {
                 windows,
             },
         );
+        if self.stats.journal_write_failures > failures
+            && let Some(entry) = self.authorization.queue.get_mut(rrn)
+        {
+            // Unrecorded: the worker's claim on the entry is a lease, and
+            // the next attempt waits for it to run out.
+            entry.due_at = self.now + REVERSAL_LEASE;
+        }
     }
 
     /// The journal's adapter: load, decide, commit the record and its
@@ -1662,7 +1677,9 @@ impl World {
         let next = decision.next.clone();
         let rrn = R(next.rrn.clone());
         let at = millis_between(START, self.now);
-        if std::mem::take(&mut self.authorization.next_write_fails) && !decision.is_noop() {
+        let journal_down =
+            (self.authorization.journal_down_until).is_some_and(|until| self.now < until);
+        if journal_down && !decision.is_noop() {
             // Nothing of the decision is committed.
             self.stats.journal_write_failures += 1;
             self.record(format!("{at}ms {rrn} {name}: JOURNAL WRITE FAILS"));
