@@ -23,6 +23,20 @@ fn a_bad_value_exits_with_status_2_naming_the_key() {
             "authorization.issuer_timeout_ms",
         ),
         (
+            // The call's deadline may not come before the switch stops
+            // waiting: every rule of ADR 14 is stated against it.
+            "authorization",
+            "SWITCH__AUTHORIZATION__ISSUER_LATE_WINDOW_MS",
+            "500",
+            "authorization.issuer_late_window_ms",
+        ),
+        (
+            "authorization",
+            "SWITCH__AUTHORIZATION__RECOVERY_INTERVAL_MS",
+            "0",
+            "authorization.recovery_interval_ms",
+        ),
+        (
             "gateway",
             "SWITCH__GATEWAY__AUTHORIZATION_ENDPOINT",
             "not a url",
