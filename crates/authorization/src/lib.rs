@@ -208,9 +208,11 @@ impl ReversalConfig {
 }
 
 /// Runs the authorization service on `listener` until `shutdown` resolves:
-/// migrates its schema, ensures its topics, starts the outbox relay and
-/// serves gRPC with the platform's kit (health, reflection, limits, a
-/// drain bounded by the grace timeout).
+/// migrates its schema and serves gRPC with the platform's kit (health,
+/// reflection, limits, a drain bounded by the grace timeout), while in the
+/// background it ensures its topic, as soon as the broker can be reached,
+/// and then runs the outbox relay: a broker outage at start-up stops no
+/// sale (issue 13, hole 3).
 pub async fn serve(
     database: &DatabaseConfig,
     kafka: &KafkaConfig,
@@ -221,7 +223,6 @@ pub async fn serve(
     config.validate()?;
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
-    kafka.ensure_topics(&[topics::AUTHORIZATION_EVENTS]).await?;
     let relay = OutboxRelay::new(pool.clone(), kafka.producer()?, config.outbox.clone());
     let windows = switch_core::lifecycle::IssuerWindows::new(
         Duration::from_millis(config.issuer_timeout_ms),
@@ -272,10 +273,28 @@ pub async fn serve(
         wake: wake_reversals,
     };
 
-    let (stop_relay_tx, stop_relay_rx) = tokio::sync::oneshot::channel::<()>();
-    let relay_task = tokio::spawn(relay.run(async {
-        let _ = stop_relay_rx.await;
-    }));
+    // Sales need the journal, not the broker: the relay starts publishing
+    // once the topic exists, and until then the outbox holds the events.
+    let (stop_relay_tx, stop_relay_rx) = tokio::sync::watch::channel(false);
+    let relay_task = {
+        let kafka = kafka.clone();
+        let mut stopped = stop_relay_rx.clone();
+        let mut stopped_too = stop_relay_rx;
+        tokio::spawn(async move {
+            let ready = kafka
+                .ensure_topics_until_ready(&[topics::AUTHORIZATION_EVENTS], async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if ready {
+                relay
+                    .run(async move {
+                        let _ = stopped_too.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+            }
+        })
+    };
     let (stop_worker_tx, stop_worker_rx) = tokio::sync::oneshot::channel::<()>();
     let worker_task = tokio::spawn(worker.run(async {
         let _ = stop_worker_rx.await;
@@ -299,7 +318,7 @@ pub async fn serve(
     let _ = recovery_task.await;
     let _ = stop_worker_tx.send(());
     let _ = worker_task.await;
-    let _ = stop_relay_tx.send(());
+    let _ = stop_relay_tx.send(true);
     let _ = relay_task.await;
     tracing::info!("Authorization service stopped.");
     result

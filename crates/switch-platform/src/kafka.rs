@@ -140,6 +140,35 @@ impl KafkaConfig {
         config
     }
 
+    /// Creates each topic unless it exists already, trying again (1 s
+    /// doubling to 30 s) while the broker cannot be reached, until it can
+    /// or `stop` resolves; returns whether the topics exist. For services
+    /// whose requests do not need the broker (their events wait in the
+    /// outbox): they serve during a broker outage and publish after it.
+    pub async fn ensure_topics_until_ready(
+        &self,
+        topics: &[&str],
+        stop: impl std::future::Future<Output = ()>,
+    ) -> bool {
+        tokio::pin!(stop);
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self.ensure_topics(topics).await {
+                Ok(()) => return true,
+                Err(error) => tracing::warn!(
+                    %error,
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "Broker unreachable: topics not ensured yet; serving meanwhile."
+                ),
+            }
+            tokio::select! {
+                () = &mut stop => return false,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
     /// Creates each topic unless it exists already.
     pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaError> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

@@ -169,7 +169,6 @@ pub async fn serve(
     config.validate()?;
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
-    kafka.ensure_topics(&[topics::TERMINAL_MESSAGES]).await?;
     let metrics = metrics::Metrics::new();
     let channel = message_channel(database);
     let stop = CancellationToken::new();
@@ -233,7 +232,14 @@ async fn run_consumer(
 ) {
     let topics = [topics::TERMINAL_MESSAGES];
     // Terminals are served whether or not pushes flow yet: the gateway's
-    // readiness is its sales path, not its consumer's membership.
+    // readiness is its sales path, not its consumer's membership, nor the
+    // broker's being reachable at start-up.
+    if !kafka
+        .ensure_topics_until_ready(&topics, stop.clone().cancelled_owned())
+        .await
+    {
+        return;
+    }
     consumer::run_until_stopped(pool, &kafka, CONSUMER_GROUP, &topics, &inbox, None, stop).await;
 }
 
