@@ -423,3 +423,53 @@ async fn a_failed_batch_fails_every_request_in_it_and_loses_none() {
     );
     db.drop().await;
 }
+
+/// Issue 13, hole 4: the RRN's sequence wraps, so an intent may come with
+/// an RRN already journaled. It alone takes the next RRN; the sales that
+/// share its batch are started as if nothing happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_rrn_already_journaled_is_skipped_by_its_intent_not_its_batch() {
+    let db = TestJournal::new().await;
+    let first = match begin(&db.journal, &sale("TERM0002", 1, 1_000))
+        .await
+        .unwrap()
+    {
+        Begin::Started(row) => row,
+        Begin::Existing(_) => panic!("a new key starts"),
+    };
+    // The wrapped sequence hands out the first sale's RRN again, while 20
+    // other sales are being started at the same moment.
+    let colliding = sale("TERM0002", 2, 2_000);
+    let intent = colliding.intent(first.rrn.clone(), hasher().fingerprint(&colliding.pan));
+    let journal = db.journal.clone();
+    let collided =
+        tokio::spawn(async move { journal.begin(intent, OffsetDateTime::now_utc()).await });
+    let others = begin_all(
+        &db.journal,
+        (10..30).map(|i| sale("TERM0002", i, 1_000)).collect(),
+    )
+    .await;
+    let collided = match collided
+        .await
+        .unwrap()
+        .expect("the colliding intent starts")
+    {
+        Begin::Started(row) => row,
+        Begin::Existing(row) => panic!("a new key is no retry: {row:?}"),
+    };
+    assert_eq!(collided.key, colliding.key);
+    assert_ne!(collided.rrn, first.rrn, "it took the next RRN");
+    for (command, result) in others {
+        match result.expect("the batch is not failed by the collision") {
+            Begin::Started(row) => assert_eq!(row.key, command.key),
+            Begin::Existing(row) => panic!("a new key is no retry: {row:?}"),
+        }
+    }
+    assert_eq!(db.count("SELECT count(*) FROM authorizations").await, 22);
+    assert_eq!(
+        db.count("SELECT count(DISTINCT rrn) FROM authorizations")
+            .await,
+        22
+    );
+    db.drop().await;
+}

@@ -24,10 +24,10 @@ pub(super) struct IntentRow {
 }
 
 /// Inserts a batch of intents, each with its history rows, in one
-/// statement (one transaction). A row whose key is already journaled,
-/// including by an earlier intent of the same batch, is not inserted: its
-/// result is `None`. Results are in the batch's order, matched back by
-/// transaction id.
+/// statement (one transaction). A row whose key or RRN is already
+/// journaled, including by an earlier intent of the same batch, is not
+/// inserted: its result is `None`, and the rest of the batch goes in.
+/// Results are in the batch's order, matched back by transaction id.
 pub(super) async fn insert_intents(
     pool: &PgPool,
     batch: Vec<IntentRow>,
@@ -60,7 +60,7 @@ pub(super) async fn insert_intents(
              $11::text[], $12::text[], $13::timestamptz[]) \
              AS i(id, terminal, merchant, stan, local_date, rrn, masked_pan, fingerprint, \
                amount, currency, state, channel, created) \
-           ON CONFLICT ON CONSTRAINT authorizations_terminal_key DO NOTHING \
+           ON CONFLICT DO NOTHING \
            RETURNING {COLUMNS}), \
          history AS ( \
            INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event, at) \

@@ -117,25 +117,35 @@ impl Journal {
     /// finds the earlier request with the same key. Concurrent calls are
     /// group-committed, and this returns only once their statement has
     /// committed.
+    ///
+    /// The RRN's eight-digit sequence wraps (issue 13, hole 4): an RRN
+    /// already journaled is skipped by this intent alone, never by its
+    /// batch, and the intent takes the next one.
     pub async fn begin(
         &self,
-        intent: SaleIntent,
+        mut intent: SaleIntent,
         now: OffsetDateTime,
     ) -> Result<Begin, AuthorizationError> {
-        let key = intent.key.clone();
-        let (record, history) = Authorization::open(intent, now);
-        match self.intents.submit(IntentRow { record, history }).await? {
-            Some(row) => Ok(Begin::Started(rows::authorization(&row)?)),
+        const RRN_ATTEMPTS: usize = 3;
+        for _ in 0..RRN_ATTEMPTS {
+            let key = intent.key.clone();
+            let (record, history) = Authorization::open(intent.clone(), now);
+            if let Some(row) = self.intents.submit(IntentRow { record, history }).await? {
+                return Ok(Begin::Started(rows::authorization(&row)?));
+            }
             // The key was journaled before (or by another request of the
             // same batch): this is a retry.
-            None => {
-                let existing = self
-                    .find_by_key(&key)
-                    .await?
-                    .ok_or_else(|| AuthorizationError::NotFound(key.to_string()))?;
-                Ok(Begin::Existing(existing))
+            if let Some(existing) = self.find_by_key(&key).await? {
+                return Ok(Begin::Existing(existing));
             }
+            // Not the key: the RRN is in use.
+            let taken = std::mem::replace(&mut intent.rrn, self.next_rrn(now.date()).await?);
+            tracing::warn!(rrn = %taken, next = %intent.rrn, "RRN already journaled (the sequence wrapped); taking the next.");
         }
+        Err(AuthorizationError::FailedPrecondition(format!(
+            "no free RRN for {} after {RRN_ATTEMPTS} attempts",
+            intent.key
+        )))
     }
 
     /// Records the issuer's decision (or silence), its history entry and its
