@@ -140,3 +140,103 @@ async fn a_redelivered_event_changes_state_once() {
         .await
         .unwrap();
 }
+
+/// Issue 13, hole 2: a poison event — one its handler fails on every time,
+/// for reasons of its own (here a constraint it violates) — is
+/// dead-lettered after a bounded number of attempts, and the consumer moves
+/// on to the events behind it. After a fix, a replay applies it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_dead_lettered_and_the_consumer_moves_on() {
+    let suffix = unique_suffix();
+    let database = DatabaseConfig {
+        url: database_url(),
+        schema_prefix: format!("{suffix}_"),
+        max_connections: 4,
+        ..DatabaseConfig::default()
+    };
+    let schema = database.schema_for("consumer");
+    let pool = switch_platform::db::connect(&database, &schema)
+        .await
+        .unwrap();
+    for ddl in [
+        consumer::PROCESSED_EVENTS_DDL,
+        consumer::DEAD_LETTER_EVENTS_DDL,
+        "CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, event_id TEXT, \
+         event_type TEXT CONSTRAINT no_poison CHECK (event_type <> 'poison'))",
+    ] {
+        sqlx::raw_sql(ddl).execute(&pool).await.unwrap();
+    }
+    let kafka = KafkaConfig {
+        brokers: kafka_brokers(),
+        topic_prefix: format!("{suffix}."),
+        partitions: 1,
+        ..KafkaConfig::default()
+    };
+    kafka.ensure_topics(&["consumer-test"]).await.unwrap();
+    let topic = kafka.topic("consumer-test");
+    let producer = kafka.producer().unwrap();
+    let poison = envelope("poison");
+    for event in [envelope("before"), poison.clone(), envelope("after")] {
+        publish(&producer, &topic, &event.encode_to_vec()).await;
+    }
+
+    let group = format!("{suffix}-group");
+    let stop = CancellationToken::new();
+    let consumer_task = tokio::spawn({
+        let (pool, kafka, stop, group) = (pool.clone(), kafka.clone(), stop.clone(), group.clone());
+        async move {
+            consumer::run(
+                pool,
+                &kafka,
+                &group,
+                &["consumer-test"],
+                &RecordEffects,
+                None,
+                stop.cancelled_owned(),
+            )
+            .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !effects(&pool).await.contains(&"after".to_owned()) {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer got past the poison event"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(effects(&pool).await, ["before", "after"]);
+    let (error, attempts): (String, i32) =
+        sqlx::query_as("SELECT error, attempts FROM dead_letter_events WHERE consumer = $1")
+            .bind(&group)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(error.contains("no_poison"), "{error}");
+    assert_eq!(attempts, consumer::POISON_ATTEMPTS as i32);
+    stop.cancel();
+    consumer_task.await.unwrap().unwrap();
+
+    // The fix, then the replay: applied once, marked, not replayed again.
+    sqlx::query("ALTER TABLE effects DROP CONSTRAINT no_poison")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        consumer::replay_dead_letters(&pool, &group, &RecordEffects)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(effects(&pool).await, ["before", "after", "poison"]);
+    assert_eq!(
+        consumer::replay_dead_letters(&pool, &group, &RecordEffects)
+            .await
+            .unwrap(),
+        0
+    );
+    pool.close().await;
+    switch_platform::db::drop_schema(&database.url, &schema)
+        .await
+        .unwrap();
+}

@@ -202,6 +202,8 @@ mod tests {
     fn migrations_create_the_platform_tables_exactly() {
         let migration = include_str!("../migrations/0001_settlement.sql");
         assert!(migration.contains(consumer::PROCESSED_EVENTS_DDL));
+        let dead_letters = include_str!("../migrations/0005_dead_letter_events.sql");
+        assert!(dead_letters.contains(consumer::DEAD_LETTER_EVENTS_DDL));
         let age_index = include_str!("../migrations/0003_processed_events_by_age.sql");
         assert!(age_index.contains(consumer::PROCESSED_EVENTS_AGE_INDEX_DDL));
         assert!(migration.contains(switch_platform::outbox::OUTBOX_TABLE_DDL));

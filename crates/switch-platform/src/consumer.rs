@@ -12,8 +12,18 @@
 //! few hundred commits a second on a flush-bound disk, a batch thousands of
 //! events.
 //!
-//! Each consuming service creates [`PROCESSED_EVENTS_DDL`] and
-//! [`PROCESSED_EVENTS_AGE_INDEX_DDL`] in its migrations.
+//! Each consuming service creates [`PROCESSED_EVENTS_DDL`],
+//! [`PROCESSED_EVENTS_AGE_INDEX_DDL`] and [`DEAD_LETTER_EVENTS_DDL`] in its
+//! migrations.
+//!
+//! A poison event — one the handler fails on by itself, every time, while
+//! the database answers — would stop its partition for good (issue 13,
+//! hole 2). When a batch fails, its events are applied one at a time; one
+//! that fails [`POISON_ATTEMPTS`] times with an error that is not
+//! transient (not a lost connection, a shutdown, a deadlock or a
+//! serialization failure) goes to `dead_letter_events`, is counted and
+//! logged, and the consumer moves on. [`replay_dead_letters`] applies them
+//! again after a fix.
 //!
 //! A recorded id only has to outlive every way its event can come back:
 //! a redelivery after a rebalance, or a re-read of the whole topic by a
@@ -49,6 +59,26 @@ CREATE TABLE processed_events (
     processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, event_id)
 );";
+
+/// Where a consumer puts the events it gave up on; copy it into the
+/// service's migrations.
+pub const DEAD_LETTER_EVENTS_DDL: &str = "\
+CREATE TABLE dead_letter_events (
+    consumer         TEXT NOT NULL,
+    topic            TEXT NOT NULL,
+    kafka_partition  INTEGER NOT NULL,
+    kafka_offset     BIGINT NOT NULL,
+    payload          BYTEA NOT NULL,
+    error            TEXT NOT NULL,
+    attempts         INTEGER NOT NULL,
+    dead_lettered_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    replayed_at      TIMESTAMPTZ,
+    PRIMARY KEY (consumer, topic, kafka_partition, kafka_offset)
+);";
+
+/// Attempts, each alone, before an event that keeps failing is
+/// dead-lettered.
+pub const POISON_ATTEMPTS: u32 = 5;
 
 /// Lets [`prune_processed`] find old ids without a B-tree on every insert:
 /// ids are recorded in time order, so a BRIN index of a few pages covers
@@ -419,9 +449,11 @@ pub async fn run(
                 () = &mut linger => break,
             }
         }
-        while let Err(error) = apply_batch(&pool, group, &batch, handler).await {
-            tracing::warn!(%error, %group, size = batch.len(), "Event batch failed; retrying.");
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if let Err(error) = apply_batch(&pool, group, &batch, handler).await {
+            tracing::warn!(%error, %group, size = batch.len(), "Event batch failed; applying its events one at a time.");
+            for message in &batch {
+                apply_alone(&pool, group, message, handler).await;
+            }
         }
         // Commit the next offset of every partition in the batch, now that
         // the batch's effects are durable.
@@ -438,6 +470,143 @@ pub async fn run(
         }
         consumer.commit(&offsets, CommitMode::Async)?;
     }
+}
+
+/// Whether a handler's error says nothing about the event: the database
+/// was unreachable, shutting down, or asked to try again. Such an event is
+/// retried for as long as it takes; any other error counts against it.
+pub fn is_transient(error: &HandlerError) -> bool {
+    match error {
+        HandlerError::Retry(_) => false,
+        HandlerError::Database(sqlx::Error::Database(db)) => {
+            let class = db
+                .code()
+                .map(|code| code.chars().take(2).collect::<String>());
+            // 08 connection, 40 rollback (serialization, deadlock), 53
+            // insufficient resources, 57 operator intervention, 58 system.
+            matches!(class.as_deref(), Some("08" | "40" | "53" | "57" | "58"))
+        }
+        HandlerError::Database(_) => true,
+    }
+}
+
+/// Applies one message by itself until it is applied, or, failing
+/// [`POISON_ATTEMPTS`] times for reasons of its own, dead-letters it.
+async fn apply_alone(
+    pool: &PgPool,
+    consumer: &str,
+    message: &BorrowedMessage<'_>,
+    handler: &dyn EventHandler,
+) {
+    let mut failures = 0u32;
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        let error = match apply_batch(pool, consumer, std::slice::from_ref(message), handler).await
+        {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        if !is_transient(&error) {
+            failures += 1;
+        }
+        if failures >= POISON_ATTEMPTS {
+            match dead_letter(pool, consumer, message, &error, failures).await {
+                Ok(()) => {
+                    opentelemetry::global::meter("switch-platform")
+                        .u64_counter("consumer.dead_lettered")
+                        .with_description("Events a consumer gave up on, by consumer")
+                        .build()
+                        .add(
+                            1,
+                            &[opentelemetry::KeyValue::new(
+                                "consumer",
+                                consumer.to_owned(),
+                            )],
+                        );
+                    tracing::error!(
+                        %error,
+                        consumer,
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        attempts = failures,
+                        "Poison event dead-lettered; the consumer moves on."
+                    );
+                    return;
+                }
+                Err(dead_letter_error) => {
+                    tracing::warn!(%dead_letter_error, consumer, "Poison event could not be dead-lettered; retrying.")
+                }
+            }
+        } else {
+            tracing::warn!(%error, consumer, offset = message.offset(), failures, "Event failed; retrying it alone.");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+async fn dead_letter(
+    pool: &PgPool,
+    consumer: &str,
+    message: &BorrowedMessage<'_>,
+    error: &HandlerError,
+    attempts: u32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO dead_letter_events (consumer, topic, kafka_partition, kafka_offset, \
+           payload, error, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(message.topic())
+    .bind(message.partition())
+    .bind(message.offset())
+    .bind(message.payload().unwrap_or_default())
+    .bind(error.to_string())
+    .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Applies `consumer`'s dead-lettered events again (after a fix), oldest
+/// first, each exactly once like any delivery; marks those applied as
+/// replayed and returns how many were. One that fails again stays.
+pub async fn replay_dead_letters(
+    pool: &PgPool,
+    consumer: &str,
+    handler: &dyn EventHandler,
+) -> Result<u64, sqlx::Error> {
+    let rows: Vec<(String, i32, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT topic, kafka_partition, kafka_offset, payload FROM dead_letter_events \
+         WHERE consumer = $1 AND replayed_at IS NULL ORDER BY dead_lettered_at, kafka_offset",
+    )
+    .bind(consumer)
+    .fetch_all(pool)
+    .await?;
+    let mut replayed = 0;
+    for (topic, partition, offset, payload) in rows {
+        match apply_once(pool, consumer, &payload, handler).await {
+            Ok(_) => {
+                sqlx::query(
+                    "UPDATE dead_letter_events SET replayed_at = now() WHERE consumer = $1 \
+                     AND topic = $2 AND kafka_partition = $3 AND kafka_offset = $4",
+                )
+                .bind(consumer)
+                .bind(&topic)
+                .bind(partition)
+                .bind(offset)
+                .execute(pool)
+                .await?;
+                replayed += 1;
+            }
+            Err(error) => {
+                tracing::warn!(%error, consumer, %topic, offset, "Dead-lettered event failed again; kept.")
+            }
+        }
+    }
+    Ok(replayed)
 }
 
 /// How long a stopped consumer waits before [`run_until_stopped`] starts it

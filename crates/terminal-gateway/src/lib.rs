@@ -267,6 +267,8 @@ mod tests {
     fn migrations_create_the_consumer_table_exactly() {
         let migration = include_str!("../migrations/0001_terminal_messages.sql");
         assert!(migration.contains(consumer::PROCESSED_EVENTS_DDL));
+        let dead_letters = include_str!("../migrations/0003_dead_letter_events.sql");
+        assert!(dead_letters.contains(consumer::DEAD_LETTER_EVENTS_DDL));
         let age_index = include_str!("../migrations/0002_processed_events_by_age.sql");
         assert!(age_index.contains(consumer::PROCESSED_EVENTS_AGE_INDEX_DDL));
     }
