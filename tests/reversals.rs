@@ -3,9 +3,10 @@
 //! never saw, an issuer that is down while reversals are owed, dead letters,
 //! late issuer approvals, and late terminal acknowledgements (S2).
 
+use switch_e2e::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_e2e::v1::{
-    AcknowledgeRequest, AuthorizationStatus, EventEnvelope, FaultPlan, TerminalReverseRequest,
-    event_envelope::Payload,
+    AcknowledgeRequest, AuthorizationStatus, EventEnvelope, FaultPlan, RedriveRequest,
+    TerminalReverseRequest, event_envelope::Payload,
 };
 use switch_e2e::{Stack, StackOptions, VISA, capture_logs, sale, today};
 
@@ -209,7 +210,8 @@ async fn reversals_repeat_while_the_issuer_is_down_and_finish_once_when_it_is_ba
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_reversal_not_acknowledged_within_its_maximum_age_is_dead_lettered() {
+async fn a_reversal_not_acknowledged_within_its_maximum_age_is_dead_lettered_and_an_operator_redrives_it()
+ {
     let mut options = StackOptions::default();
     options.reversal.max_age_ms = 1_500;
     let stack = stack_with(options).await;
@@ -249,6 +251,68 @@ async fn a_reversal_not_acknowledged_within_its_maximum_age_is_dead_lettered() {
         switch_e2e::captured_logs().contains("Reversal dead-lettered"),
         "the dead letter is logged as an error for alerting"
     );
+
+    // Issue 13, hole 1: the issuer is back; an operator redrives it.
+    stack
+        .issuer_control()
+        .await
+        .unwrap()
+        .set_faults(FaultPlan::default())
+        .await
+        .unwrap();
+    let mut authorization =
+        AuthorizationServiceClient::connect(format!("http://{}", stack.authorization))
+            .await
+            .unwrap();
+    let redrive = |operator: &str, reason: &str| RedriveRequest {
+        transaction_id: approved.transaction_id.clone(),
+        operator: operator.into(),
+        reason: reason.into(),
+    };
+    let refused = authorization
+        .redrive(redrive(" ", "issuer back"))
+        .await
+        .expect_err("an operator is required");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("operator"), "{refused:?}");
+    let redriven = authorization
+        .redrive(redrive("ops.alice", "INC-42: issuer link restored"))
+        .await
+        .expect("a dead-lettered reversal is redriven")
+        .into_inner();
+    assert!(
+        matches!(
+            redriven.status(),
+            AuthorizationStatus::ReversalPending | AuthorizationStatus::Reversed
+        ),
+        "{redriven:?}"
+    );
+    stack
+        .wait_for_state(&approved.transaction_id, "reversed", 20)
+        .await;
+    let (operator, reason): (String, String) = sqlx::query_as(
+        "SELECT operator, reason FROM operator_actions \
+         WHERE transaction_id = $1::uuid AND action = 'redrive'",
+    )
+    .bind(&approved.transaction_id)
+    .fetch_one(&stack.journal)
+    .await
+    .unwrap();
+    assert_eq!(
+        (operator.as_str(), reason.as_str()),
+        ("ops.alice", "INC-42: issuer link restored")
+    );
+    let again = authorization
+        .redrive(redrive("ops.alice", "twice"))
+        .await
+        .expect_err("nothing left to redrive");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
+    assert!(
+        again.message().contains("no dead-lettered reversal"),
+        "{again:?}"
+    );
+    let events = events_of(&stack, &approved.transaction_id).await;
+    assert_eq!(count(&events, "authorization.reversed"), 1);
     stack.shutdown().await;
 }
 

@@ -47,6 +47,17 @@ impl Lifecycle {
         target: Target<'_>,
         command: Command,
     ) -> Result<(Authorization, Decision), AuthorizationError> {
+        self.execute_as(target, command, None).await
+    }
+
+    /// As [`Lifecycle::execute_decision`], recording the operator's action
+    /// (who, why) in the decision's transaction.
+    pub async fn execute_as(
+        &self,
+        target: Target<'_>,
+        command: Command,
+        operator_action: Option<crate::store::OperatorAction<'_>>,
+    ) -> Result<(Authorization, Decision), AuthorizationError> {
         let locked = self.journal.lock(target).await?;
         let now = self.clock.now();
         let decision = decide(&locked.current, command, now).map_err(|refusal| {
@@ -65,6 +76,7 @@ impl Lifecycle {
                     now,
                     issuer: &self.issuer_name,
                     traceparent: &traceparent,
+                    operator_action,
                 },
             )
             .await?;

@@ -500,6 +500,41 @@ impl AuthorizationService for AuthorizationApi {
         .await
     }
 
+    async fn redrive(
+        &self,
+        request: Request<pb::RedriveRequest>,
+    ) -> Result<Response<AuthorizationRecord>, Status> {
+        let span = server_span("authorization.redrive", request.metadata());
+        async move {
+            let request = request.into_inner();
+            let id =
+                TransactionId::parse(&request.transaction_id).map_err(AuthorizationError::from)?;
+            let operator = wire::operator_text("operator", &request.operator)
+                .map_err(AuthorizationError::from)?;
+            let reason =
+                wire::operator_text("reason", &request.reason).map_err(AuthorizationError::from)?;
+            let action = store::OperatorAction {
+                action: "redrive",
+                operator,
+                reason,
+            };
+            let (redriven, _) = self
+                .lifecycle
+                .execute_as(store::Target::Id(id), Command::Redrive, Some(action))
+                .await?;
+            tracing::warn!(
+                transaction_id = %id,
+                rrn = %redriven.rrn,
+                operator,
+                reason,
+                "Dead-lettered reversal redriven by an operator."
+            );
+            Ok(Response::new(wire::record(&redriven)))
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn get_authorization(
         &self,
         request: Request<pb::GetAuthorizationRequest>,

@@ -13,6 +13,19 @@ use time::format_description::well_known::Rfc3339;
 use crate::model::{Authorization, RequestKey, SaleCommand};
 
 /// `ReverseRequest.reason`: required, field "reason".
+/// An operator's name or reason (field `field`): required, trimmed, at
+/// most 200 characters.
+pub fn operator_text<'a>(field: &'static str, value: &'a str) -> Result<&'a str, InvalidField> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(InvalidField::new(field, "is required"));
+    }
+    if trimmed.chars().count() > 200 {
+        return Err(InvalidField::new(field, "must be at most 200 characters"));
+    }
+    Ok(trimmed)
+}
+
 pub fn reversal_reason(request: &pb::ReverseRequest) -> Result<ReversalReason, InvalidField> {
     required::<pb::ReversalReason, _>("reason", request.reason)
 }

@@ -63,6 +63,16 @@ pub struct ApplyContext<'a> {
     pub issuer: &'a str,
     /// Trace context of the request, kept with an enqueued reversal.
     pub traceparent: &'a str,
+    /// The operator's action behind the decision, recorded with it.
+    pub operator_action: Option<OperatorAction<'a>>,
+}
+
+/// Who asked for a decision by hand, and why.
+#[derive(Debug, Clone, Copy)]
+pub struct OperatorAction<'a> {
+    pub action: &'static str,
+    pub operator: &'a str,
+    pub reason: &'a str,
 }
 
 pub struct Journal {
@@ -329,6 +339,19 @@ impl Locked {
             .await?;
             rows::authorization(&row)?
         };
+        if let Some(action) = &context.operator_action {
+            sqlx::query(
+                "INSERT INTO operator_actions (transaction_id, action, operator, reason, at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(action.action)
+            .bind(action.operator)
+            .bind(action.reason)
+            .bind(context.now)
+            .execute(&mut *self.tx)
+            .await?;
+        }
         if let Some(transition) = &decision.transition {
             sqlx::query(
                 "INSERT INTO authorization_transitions (transaction_id, from_state, to_state, event, at) \
