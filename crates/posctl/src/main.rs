@@ -21,6 +21,7 @@
 mod bench;
 mod connect;
 mod events;
+mod operator;
 mod output;
 mod settlement;
 mod watch;
@@ -132,6 +133,9 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Merchant webhooks: receive, verify and print them.
     Webhooks(webhooks::WebhooksArgs),
+    /// Operators: send a dead-lettered reversal round again, saying who
+    /// asks and why (asks authorization directly, not the gateway).
+    Redrive(operator::RedriveArgs),
 }
 
 #[derive(Debug, Args)]
@@ -561,6 +565,7 @@ async fn run(cli: Cli) -> Result<()> {
             watch::run_watch(&options, &certificate, terminal_id, args, cli.json).await
         }
         Command::Webhooks(args) => webhooks::run_webhooks(args, cli.json).await,
+        Command::Redrive(args) => operator::run_redrive(args, cli.timeout, cli.json).await,
     }
 }
 
@@ -659,6 +664,40 @@ mod tests {
             panic!("expected sale");
         };
         assert_eq!((args.pan.as_str(), args.amount), ("4111111111111112", -1));
+    }
+
+    #[test]
+    fn a_redrive_says_who_and_why() {
+        let cli = Cli::try_parse_from([
+            "posctl",
+            "redrive",
+            "--transaction-id",
+            "01a23462-640c-7367-8d86-1fa0f9da8477",
+            "--operator",
+            "ops.alice",
+            "--reason",
+            "INC-42",
+        ])
+        .unwrap();
+        let Command::Redrive(args) = cli.command else {
+            panic!("expected redrive");
+        };
+        assert_eq!(
+            (args.operator.as_str(), args.reason.as_str()),
+            ("ops.alice", "INC-42")
+        );
+        assert_eq!(args.url, operator::DEFAULT_AUTHORIZATION_URL);
+        let missing = Cli::try_parse_from([
+            "posctl",
+            "redrive",
+            "--transaction-id",
+            "x",
+            "--operator",
+            "o",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("--reason"), "{missing}");
     }
 
     #[test]
