@@ -307,4 +307,12 @@ impl AuthorizationService for FakeAuthorization {
             ..AuthorizationRecord::default()
         }))
     }
+
+    /// Operators redrive; the reversal handler never does.
+    async fn redrive(
+        &self,
+        _request: Request<pb::RedriveRequest>,
+    ) -> Result<Response<AuthorizationRecord>, Status> {
+        Err(Status::unimplemented("the handler never redrives"))
+    }
 }
