@@ -249,9 +249,15 @@ impl Settler {
 }
 
 /// Written to a temporary name and renamed, so a reader never sees half a
-/// payout file.
+/// payout file. The temporary name is the writer's own: two writers of the
+/// same run (a retry racing the first attempt) write identical bytes, and
+/// with a shared name one renamed the other's file away from under it.
 async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temporary = path.with_extension("partial");
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.{}.partial", Uuid::new_v4().simple()));
     tokio::fs::write(&temporary, bytes).await?;
     tokio::fs::rename(&temporary, path).await
 }
