@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use switch_e2e::v1::AuthorizationStatus;
 use switch_e2e::v1::authorization_service_client::AuthorizationServiceClient;
-use switch_e2e::v1::{AuthorizationStatus, AuthorizeRequest, Money, TerminalKey};
 use switch_e2e::{
-    SwitchdProcess, VISA, capture_logs, database_url, free_address, kafka_brokers, read_topic,
-    switchd_env, today, unique_suffix,
+    SwitchdProcess, capture_logs, database_url, free_address, kafka_brokers, read_topic,
+    switchd_env, unique_suffix,
 };
 use switch_platform::db::DatabaseConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -41,12 +41,7 @@ async fn authorization_starts_and_sells_while_the_broker_is_down_and_publishes_a
     capture_logs();
     let prefix = unique_suffix();
     let stop = CancellationToken::new();
-    let issuer_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let issuer = issuer_listener.local_addr().unwrap();
-    tokio::spawn(issuer_simulator::serve(
-        issuer_listener,
-        stop.clone().cancelled_owned(),
-    ));
+    let issuer = switch_e2e::spawn_issuer(&stop).await;
     // Nothing listens here yet: the broker is down.
     let broker: SocketAddr = free_address().await;
     let listen = free_address().await;
@@ -72,22 +67,7 @@ async fn authorization_starts_and_sells_while_the_broker_is_down_and_publishes_a
     let record = AuthorizationServiceClient::connect(format!("http://{listen}"))
         .await
         .unwrap()
-        .authorize(AuthorizeRequest {
-            key: Some(TerminalKey {
-                terminal_id: "TERM0001".into(),
-                stan: "013001".into(),
-                local_date: today(),
-            }),
-            merchant_id: "MERCHANT0000001".into(),
-            pan: VISA.into(),
-            expiry: "2812".into(),
-            amount: Some(Money {
-                minor_units: 2_000,
-                currency: "EUR".into(),
-            }),
-            last_completed_stan: String::new(),
-            channel: String::new(),
-        })
+        .authorize(switch_e2e::authorize_request("TERM0001", "013001", 2_000))
         .await
         .expect("a sale is served while the broker is down")
         .into_inner()

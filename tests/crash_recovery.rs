@@ -4,14 +4,13 @@
 
 use std::net::SocketAddr;
 
+use switch_e2e::v1::AuthorizationStatus;
 use switch_e2e::v1::authorization_service_client::AuthorizationServiceClient;
-use switch_e2e::v1::{AuthorizationStatus, AuthorizeRequest, Money, TerminalKey};
 use switch_e2e::{
-    SwitchdProcess, VISA, database_url, free_address, kafka_brokers, read_topic, switchd_env,
+    SwitchdProcess, database_url, free_address, kafka_brokers, read_topic, switchd_env,
     unique_suffix,
 };
 use switch_platform::db::DatabaseConfig;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn authorization(
@@ -47,12 +46,7 @@ const AUTHORIZATION: &str = "switch.v1.AuthorizationService";
 async fn event_committed_before_kill_9_is_published_exactly_once_after_restart() {
     let prefix = unique_suffix();
     let stop = CancellationToken::new();
-    let issuer_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let issuer = issuer_listener.local_addr().unwrap();
-    tokio::spawn(issuer_simulator::serve(
-        issuer_listener,
-        stop.clone().cancelled_owned(),
-    ));
+    let issuer = switch_e2e::spawn_issuer(&stop).await;
 
     // First life: the relay is held back, as if the process died in the
     // instant between committing and publishing.
@@ -63,22 +57,7 @@ async fn event_committed_before_kill_9_is_published_exactly_once_after_restart()
         .await
         .unwrap();
     let record = client
-        .authorize(AuthorizeRequest {
-            key: Some(TerminalKey {
-                terminal_id: "TERM0001".into(),
-                stan: "000901".into(),
-                local_date: switch_e2e::today(),
-            }),
-            merchant_id: "MERCHANT0000001".into(),
-            pan: VISA.into(),
-            expiry: "2812".into(),
-            amount: Some(Money {
-                minor_units: 4_200,
-                currency: "EUR".into(),
-            }),
-            last_completed_stan: String::new(),
-            channel: String::new(),
-        })
+        .authorize(switch_e2e::authorize_request("TERM0001", "000901", 4_200))
         .await
         .unwrap()
         .into_inner()

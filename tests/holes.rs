@@ -18,16 +18,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use switch_e2e::v1::authorization_service_client::AuthorizationServiceClient;
-use switch_e2e::v1::{
-    AuthorizationStatus, AuthorizeRequest, FaultPlan, FundsState, Money, TerminalKey,
-    TerminalReverseRequest,
-};
+use switch_e2e::v1::{AuthorizationStatus, FaultPlan, FundsState, TerminalReverseRequest};
 use switch_e2e::{
     Stack, StackOptions, SwitchdProcess, VISA, capture_logs, database_url, free_address,
     issuer_funds, quick_reversal_handler, sale, switchd_env, today, unique_suffix,
 };
 use switch_platform::db::DatabaseConfig;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 async fn stack_with(options: StackOptions) -> Stack {
@@ -237,12 +233,7 @@ async fn an_approval_whose_process_died_mid_call_is_recovered_and_reversed() {
     capture_logs();
     let prefix = unique_suffix();
     let stop = CancellationToken::new();
-    let issuer_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let issuer = issuer_listener.local_addr().unwrap();
-    tokio::spawn(issuer_simulator::serve(
-        issuer_listener,
-        stop.clone().cancelled_owned(),
-    ));
+    let issuer = switch_e2e::spawn_issuer(&stop).await;
     let mut control = switch_e2e::v1::issuer_control_client::IssuerControlClient::connect(format!(
         "http://{issuer}"
     ))
@@ -264,22 +255,7 @@ async fn an_approval_whose_process_died_mid_call_is_recovered_and_reversed() {
         .unwrap();
     let call = tokio::spawn(async move {
         client
-            .authorize(AuthorizeRequest {
-                key: Some(TerminalKey {
-                    terminal_id: "TERM0001".into(),
-                    stan: "012201".into(),
-                    local_date: today(),
-                }),
-                merchant_id: "MERCHANT0000001".into(),
-                pan: VISA.into(),
-                expiry: "2812".into(),
-                amount: Some(Money {
-                    minor_units: 6_100,
-                    currency: "EUR".into(),
-                }),
-                last_completed_stan: String::new(),
-                channel: String::new(),
-            })
+            .authorize(switch_e2e::authorize_request("TERM0001", "012201", 6_100))
             .await
     });
 
@@ -371,12 +347,7 @@ async fn a_late_answer_awaited_during_a_graceful_restart_is_recorded() {
     capture_logs();
     let prefix = unique_suffix();
     let stop = CancellationToken::new();
-    let issuer_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let issuer = issuer_listener.local_addr().unwrap();
-    tokio::spawn(issuer_simulator::serve(
-        issuer_listener,
-        stop.clone().cancelled_owned(),
-    ));
+    let issuer = switch_e2e::spawn_issuer(&stop).await;
     let mut control = switch_e2e::v1::issuer_control_client::IssuerControlClient::connect(format!(
         "http://{issuer}"
     ))
@@ -398,22 +369,7 @@ async fn a_late_answer_awaited_during_a_graceful_restart_is_recorded() {
     let record = AuthorizationServiceClient::connect(format!("http://{listen}"))
         .await
         .unwrap()
-        .authorize(AuthorizeRequest {
-            key: Some(TerminalKey {
-                terminal_id: "TERM0001".into(),
-                stan: "012301".into(),
-                local_date: today(),
-            }),
-            merchant_id: "MERCHANT0000001".into(),
-            pan: VISA.into(),
-            expiry: "2812".into(),
-            amount: Some(Money {
-                minor_units: 3_300,
-                currency: "EUR".into(),
-            }),
-            last_completed_stan: String::new(),
-            channel: String::new(),
-        })
+        .authorize(switch_e2e::authorize_request("TERM0001", "012301", 3_300))
         .await
         .unwrap()
         .into_inner()

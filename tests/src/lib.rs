@@ -705,6 +705,42 @@ impl Drop for SwitchdProcess {
     }
 }
 
+/// Starts an in-process issuer simulator on a free port until `stop`.
+pub async fn spawn_issuer(stop: &CancellationToken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let address = listener.local_addr().expect("a bound address");
+    tokio::spawn(issuer_simulator::serve(
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    address
+}
+
+/// An `Authorize` request from `terminal_id` (merchant MERCHANT0000001,
+/// today, the Visa test card) for `minor_units` euro cents.
+pub fn authorize_request(
+    terminal_id: &str,
+    stan: &str,
+    minor_units: i64,
+) -> switch_proto::v1::AuthorizeRequest {
+    switch_proto::v1::AuthorizeRequest {
+        key: Some(switch_proto::v1::TerminalKey {
+            terminal_id: terminal_id.into(),
+            stan: stan.into(),
+            local_date: today(),
+        }),
+        merchant_id: "MERCHANT0000001".into(),
+        pan: VISA.into(),
+        expiry: "2812".into(),
+        amount: Some(Money {
+            minor_units,
+            currency: "EUR".into(),
+        }),
+        last_completed_stan: String::new(),
+        channel: String::new(),
+    }
+}
+
 /// What the issuer simulator at `issuer` holds for `rrn`.
 pub async fn issuer_funds(issuer: SocketAddr, rrn: &str) -> (switch_proto::v1::FundsState, i64) {
     let funds = IssuerControlClient::connect(format!("http://{issuer}"))
