@@ -275,21 +275,19 @@ pub async fn serve(
 
     // Sales need the journal, not the broker: the relay starts publishing
     // once the topic exists, and until then the outbox holds the events.
-    let (stop_relay_tx, stop_relay_rx) = tokio::sync::watch::channel(false);
+    let (stop_relay_tx, mut stop_relay_rx) = tokio::sync::oneshot::channel::<()>();
     let relay_task = {
         let kafka = kafka.clone();
-        let mut stopped = stop_relay_rx.clone();
-        let mut stopped_too = stop_relay_rx;
         tokio::spawn(async move {
             let ready = kafka
-                .ensure_topics_until_ready(&[topics::AUTHORIZATION_EVENTS], async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
+                .ensure_topics_until_ready(&[topics::AUTHORIZATION_EVENTS], async {
+                    let _ = (&mut stop_relay_rx).await;
                 })
                 .await;
             if ready {
                 relay
                     .run(async move {
-                        let _ = stopped_too.wait_for(|stop| *stop).await;
+                        let _ = stop_relay_rx.await;
                     })
                     .await;
             }
@@ -318,7 +316,7 @@ pub async fn serve(
     let _ = recovery_task.await;
     let _ = stop_worker_tx.send(());
     let _ = worker_task.await;
-    let _ = stop_relay_tx.send(true);
+    let _ = stop_relay_tx.send(());
     let _ = relay_task.await;
     tracing::info!("Authorization service stopped.");
     result
