@@ -1136,6 +1136,17 @@ impl World {
         self.authorization.recovery_due_at = self.now + RECOVERY_INTERVAL;
     }
 
+    /// The reversal call awaiting the answer to `attempt`, taken off the
+    /// calls in flight; `None` for an answer to an attempt given up on.
+    fn take_reversal_call(&mut self, rrn: &R, attempt: u32) -> Option<ReversalCall> {
+        let calls = &mut self.authorization.reversal_calls;
+        if calls.get(rrn).is_some_and(|call| call.attempt == attempt) {
+            calls.remove(rrn)
+        } else {
+            None
+        }
+    }
+
     fn issuer_is_down(&mut self) -> bool {
         let down = self.issuer.down_until.is_some_and(|until| self.now < until);
         if down {
@@ -1451,11 +1462,9 @@ impl World {
                 if incarnation != self.authorization.incarnation {
                     return;
                 }
-                let call = match self.authorization.reversal_calls.get(&rrn) {
-                    Some(call) if call.attempt == attempt => *call,
-                    _ => return,
+                let Some(call) = self.take_reversal_call(&rrn, attempt) else {
+                    return;
                 };
-                self.authorization.reversal_calls.remove(&rrn);
                 self.reversal_answered(&rrn, ReversalAnswer::Answered(code), call.sent_at);
             }
             Msg::Ask { rrn, decision } => {
@@ -1504,11 +1513,9 @@ impl World {
                         }
                     }
                     Some(attempt) => {
-                        let call = match self.authorization.reversal_calls.get(&rrn) {
-                            Some(call) if call.attempt == attempt => *call,
-                            _ => return,
+                        let Some(call) = self.take_reversal_call(&rrn, attempt) else {
+                            return;
                         };
-                        self.authorization.reversal_calls.remove(&rrn);
                         self.reversal_answered(
                             &rrn,
                             ReversalAnswer::NoAnswer("unavailable".into()),
