@@ -1,4 +1,4 @@
-//! The active fault plan: which requests it hits and when it expires.
+//! The active fault plans: which requests each hits and when it expires.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -39,55 +39,83 @@ struct ActivePlan {
     expires_at: Option<Instant>,
 }
 
-/// The shared fault plan. Cloning shares the same plan. The lock is a std
-/// mutex held only to copy or replace the plan, never across an `.await`.
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    active: Arc<Mutex<Option<ActivePlan>>>,
-}
-
-impl Faults {
-    /// Replaces the active plan; an all-default plan clears faults.
-    pub fn set(&self, plan: FaultPlan) {
-        let next = (plan != FaultPlan::default()).then(|| ActivePlan {
-            expires_at: (plan.window_ms > 0)
-                .then(|| Instant::now() + Duration::from_millis(u64::from(plan.window_ms))),
-            plan,
-        });
-        *self.lock() = next;
+impl ActivePlan {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|expires_at| now >= expires_at)
     }
 
-    /// The fault to apply to a `kind` request with `stan`, if any. An expired
-    /// plan is dropped on the way.
-    pub fn for_request(&self, kind: RpcKind, stan: &str) -> Option<Fault> {
-        let mut active = self.lock();
-        let current = active.as_ref()?;
-        if current
-            .expires_at
-            .is_some_and(|expires_at| Instant::now() >= expires_at)
-        {
-            *active = None;
-            return None;
-        }
-        let plan = &current.plan;
+    /// Whether the plan matches a `kind` request with `stan`, before its
+    /// share is drawn.
+    fn matches(&self, kind: RpcKind, stan: &str) -> bool {
+        let plan = &self.plan;
         let applies_to_kind = match kind {
             RpcKind::Authorization => !plan.reversals_only || plan.authorizations_only,
             RpcKind::Reversal => !plan.authorizations_only || plan.reversals_only,
         };
-        let applies_to_stan = plan.stans.is_empty() || plan.stans.iter().any(|s| s == stan);
-        (applies_to_kind && applies_to_stan).then(|| Fault {
+        applies_to_kind && (plan.stans.is_empty() || plan.stans.iter().any(|s| s == stan))
+    }
+
+    /// Draws whether a matching request is in the plan's share.
+    fn drawn(&self) -> bool {
+        self.plan.per_mille == 0 || rand::random_range(0..1000) < self.plan.per_mille
+    }
+
+    fn fault(&self) -> Fault {
+        let plan = &self.plan;
+        Fault {
             latency: Duration::from_millis(u64::from(plan.latency_ms)),
             no_response: plan.no_response,
             outage: plan.outage,
             decline_code: plan.decline_code.clone(),
             partial_approval: plan.partial_approval,
             approve_then_hang: plan.approve_then_hang,
-        })
+        }
+    }
+}
+
+/// The shared fault plans, in the order they were added. Cloning shares
+/// them. The lock is a std mutex held only to read or replace the plans,
+/// never across an `.await`.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    active: Arc<Mutex<Vec<ActivePlan>>>,
+}
+
+impl Faults {
+    /// Replaces the active plans with `plan`, or adds it after them when
+    /// it says `add`; an all-default plan clears every fault.
+    pub fn set(&self, plan: FaultPlan) {
+        let mut active = self.lock();
+        if plan == FaultPlan::default() {
+            active.clear();
+            return;
+        }
+        if !plan.add {
+            active.clear();
+        }
+        active.push(ActivePlan {
+            expires_at: (plan.window_ms > 0)
+                .then(|| Instant::now() + Duration::from_millis(u64::from(plan.window_ms))),
+            plan,
+        });
     }
 
-    /// The plan holds no data that a panicking holder could leave half
-    /// updated (it is replaced whole), so a poisoned lock is still usable.
-    fn lock(&self) -> MutexGuard<'_, Option<ActivePlan>> {
+    /// The fault to apply to a `kind` request with `stan`, if any: the
+    /// first plan that matches it and draws it. Expired plans are dropped
+    /// on the way.
+    pub fn for_request(&self, kind: RpcKind, stan: &str) -> Option<Fault> {
+        let mut active = self.lock();
+        let now = Instant::now();
+        active.retain(|plan| !plan.expired(now));
+        active
+            .iter()
+            .find(|plan| plan.matches(kind, stan) && plan.drawn())
+            .map(ActivePlan::fault)
+    }
+
+    /// Each plan is replaced or appended whole, so a panicking holder
+    /// cannot leave one half updated: a poisoned lock is still usable.
+    fn lock(&self) -> MutexGuard<'_, Vec<ActivePlan>> {
         self.active.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -165,5 +193,47 @@ mod tests {
         assert!(faults.for_request(RpcKind::Authorization, "1").is_some());
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(faults.for_request(RpcKind::Authorization, "1").is_none());
+    }
+
+    #[test]
+    fn added_plans_apply_in_order_and_a_plain_plan_replaces_them() {
+        let faults = Faults::default();
+        faults.set(FaultPlan {
+            stans: vec!["000001".to_owned()],
+            decline_code: "05".to_owned(),
+            ..FaultPlan::default()
+        });
+        faults.set(FaultPlan {
+            add: true,
+            ..plan()
+        });
+        let code = |stan| {
+            faults
+                .for_request(RpcKind::Authorization, stan)
+                .map(|f| f.decline_code)
+        };
+        assert_eq!(code("000001").as_deref(), Some("05"));
+        assert_eq!(code("000002").as_deref(), Some("91"));
+        faults.set(FaultPlan {
+            stans: vec!["000001".to_owned()],
+            ..plan()
+        });
+        assert_eq!(code("000001").as_deref(), Some("91"));
+        assert_eq!(code("000002"), None);
+    }
+
+    #[test]
+    fn a_share_applies_to_about_that_many_requests() {
+        let faults = Faults::default();
+        faults.set(FaultPlan {
+            per_mille: 100,
+            ..plan()
+        });
+        let hit = (0..20_000)
+            .filter(|_| faults.for_request(RpcKind::Authorization, "1").is_some())
+            .count();
+        // 10% of 20,000 is 2,000 with a standard deviation of about 42:
+        // these bounds are more than 7 deviations away.
+        assert!((1_700..=2_300).contains(&hit), "{hit} of 20000 hit");
     }
 }

@@ -6,7 +6,12 @@
 //! the standard gRPC health service (`grpc.health.v1.Health`, SERVING for
 //! both services and for the server as a whole) and server reflection (v1 and
 //! v1alpha), served by the platform's service kit like every service.
-//! Everything is in memory; a restart forgets everything.
+//! Faults and counters are in memory. The ledger ([`ledger`]) is in memory
+//! too unless `ledger = "database"`: then it lives in the simulator's own
+//! schema (`issuer_simulator`) of the switch's database, outlives a restart
+//! of the simulator, and an audit (the chaos run's) reads it beside the
+//! switch's tables. While that database cannot be reached the simulator
+//! decides nothing and answers UNAVAILABLE, as an issuer host that is down.
 //!
 //! # Decision rules
 //!
@@ -41,11 +46,14 @@
 //!
 //! # Faults
 //!
-//! `IssuerControl.SetFaults` replaces the active [`FaultPlan`](switch_proto::v1::FaultPlan);
-//! an all-default plan clears it. A plan applies to requests whose STAN is
-//! in `stans` (empty: every request), on authorizations, reversals or both
-//! (`authorizations_only` / `reversals_only`; neither or both set: both),
-//! until `window_ms` has passed since it was set (0: until replaced). On a
+//! `IssuerControl.SetFaults` replaces the active [`FaultPlan`](switch_proto::v1::FaultPlan)s,
+//! or, with `add`, adds one after them; an all-default plan clears them. A
+//! request gets the first plan that applies to it. A plan applies to
+//! requests whose STAN is in `stans` (empty: every request), on
+//! authorizations, reversals or both (`authorizations_only` /
+//! `reversals_only`; neither or both set: both), to a random `per_mille`
+//! share of those (0: all of them), until `window_ms` has passed since it
+//! was set (0: until replaced). On a
 //! matching request, in order: wait `latency_ms`; then `outage` answers
 //! UNAVAILABLE ("issuer outage (simulated)"), `no_response` never answers
 //! (the caller's deadline fires), and `decline_code` replaces the decision
@@ -67,12 +75,14 @@
 //! PAN is never logged; at most its last four digits.
 
 pub mod faults;
+pub mod ledger;
 pub mod rules;
 pub mod service;
 
 use std::future::Future;
 use std::net::SocketAddr;
 
+use switch_platform::db::DatabaseConfig;
 use switch_platform::service::{GrpcServer, ServeError};
 use switch_proto::v1::issuer_control_server::IssuerControlServer;
 use switch_proto::v1::issuer_service_server::IssuerServiceServer;
@@ -89,20 +99,37 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
     50070,
 ));
 
+/// The simulator's schema migrations (its durable ledger).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
 /// Configuration of the issuer simulator.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IssuerSimulatorConfig {
     /// Address the gRPC server listens on; default `127.0.0.1:50070`.
     pub listen: SocketAddr,
+    /// Where the issuer's ledger lives: `memory` (default) or `database`.
+    pub ledger: LedgerStore,
 }
 
 impl Default for IssuerSimulatorConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN,
+            ledger: LedgerStore::Memory,
         }
     }
+}
+
+/// Where the issuer's ledger lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerStore {
+    /// Forgotten when the simulator stops.
+    #[default]
+    Memory,
+    /// In the simulator's own schema of the switch's database.
+    Database,
 }
 
 /// Why the simulator could not start or stopped with an error: the
@@ -118,13 +145,35 @@ pub async fn serve(
     serve_simulator(Simulator::new(), listener, shutdown).await
 }
 
+/// Serves the simulator as `config` says on `listener` until `shutdown`
+/// resolves: with its ledger in `database` (migrated first) when
+/// configured so.
+pub async fn serve_configured(
+    config: &IssuerSimulatorConfig,
+    database: &DatabaseConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SimulatorError> {
+    let ledger = match config.ledger {
+        LedgerStore::Memory => ledger::Ledger::default(),
+        LedgerStore::Database => {
+            let pool =
+                switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
+            MIGRATOR.run(&pool).await?;
+            ledger::Ledger::Database(pool)
+        }
+    };
+    serve_simulator(Simulator::with_ledger(ledger), listener, shutdown).await
+}
+
 /// Binds `config.listen` and serves until `shutdown` resolves.
 pub async fn run(
     config: &IssuerSimulatorConfig,
+    database: &DatabaseConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimulatorError> {
     let listener = switch_platform::service::bind(config.listen).await?;
-    serve(listener, shutdown).await
+    serve_configured(config, database, listener, shutdown).await
 }
 
 /// Like [`serve`], with a caller-provided [`Simulator`] (e.g. to share state

@@ -1,9 +1,8 @@
 //! The gRPC services: `IssuerService` (the issuer host itself) and
 //! `IssuerControl` (fault injection and counters for tests).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use switch_core::ResponseCode;
 use switch_proto::v1::issuer_control_server::IssuerControl;
@@ -17,6 +16,7 @@ use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use crate::faults::{Fault, Faults, RpcKind};
+use crate::ledger::{Funds, Ledger, LedgerError};
 use crate::rules::{self, APPROVED, Decision, FORMAT_ERROR};
 
 /// Message of the UNAVAILABLE status returned during a simulated outage.
@@ -56,14 +56,6 @@ impl Counters {
     }
 }
 
-/// What the issuer holds for one RRN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Funds {
-    Held(i64),
-    Released(i64),
-    Declined,
-}
-
 /// The simulator's state, shared by both services (cloning shares it).
 #[derive(Debug, Clone, Default)]
 pub struct Simulator {
@@ -71,24 +63,33 @@ pub struct Simulator {
     counters: Arc<Counters>,
     /// The issuer's ledger: every RRN it decided, and what it holds for it.
     /// A reversal of an RRN it never decided is answered "25".
-    ledger: Arc<Mutex<HashMap<String, Funds>>>,
+    ledger: Ledger,
 }
 
 impl Simulator {
-    /// A simulator with no faults, no history and zeroed counters.
+    /// A simulator with no faults, no history, zeroed counters and its
+    /// ledger in memory.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The ledger. Every change is one insert or update of a map entry,
-    /// which a panic cannot leave half done: a poisoned lock is usable.
-    fn ledger(&self) -> std::sync::MutexGuard<'_, HashMap<String, Funds>> {
-        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    /// A simulator whose ledger is `ledger`.
+    pub fn with_ledger(ledger: Ledger) -> Self {
+        Simulator {
+            ledger,
+            ..Self::default()
+        }
     }
 
-    /// Records what a decision holds; a repeated authorization of the same
-    /// RRN keeps the first entry.
-    fn record(&self, rrn: &str, decision: &Decision, amount: i64) {
+    /// Records what a decision holds before it is answered; a repeated
+    /// authorization of the same RRN keeps the first entry. A ledger that
+    /// cannot record means no decision: the issuer is unavailable.
+    async fn record(
+        &self,
+        request: &IssuerAuthorizeRequest,
+        decision: &Decision,
+        amount: i64,
+    ) -> Result<(), Status> {
         let funds = match decision {
             Decision::Approve { .. } => Funds::Held(amount),
             Decision::ApprovePartially {
@@ -96,7 +97,10 @@ impl Simulator {
             } => Funds::Held(*held_minor_units),
             Decision::Decline { .. } => Funds::Declined,
         };
-        self.ledger().entry(rrn.to_owned()).or_insert(funds);
+        self.ledger
+            .record(&request.rrn, &request.stan, funds, decision.response_code())
+            .await
+            .map_err(unavailable)
     }
 
     /// Applies the non-answer parts of a fault: latency first, then outage
@@ -120,6 +124,12 @@ impl Simulator {
         }
         Ok(Some(fault))
     }
+}
+
+/// The ledger could not be read or written: the issuer cannot decide.
+fn unavailable(error: LedgerError) -> Status {
+    tracing::warn!(%error, "issuer ledger unavailable");
+    Status::unavailable(error.to_string())
 }
 
 #[tonic::async_trait]
@@ -160,7 +170,7 @@ impl IssuerService for Simulator {
             _ => rules::decide(&request),
         };
         if !request.rrn.is_empty() {
-            self.record(&request.rrn, &decision, amount_minor);
+            self.record(&request, &decision, amount_minor).await?;
         }
         let code = decision.response_code();
         let holds = ResponseCode::parse(code).is_ok_and(|c| c.holds_funds());
@@ -217,20 +227,19 @@ impl IssuerService for Simulator {
         let (code, already_reversed) = match fault {
             Some(fault) if !fault.decline_code.is_empty() => (fault.decline_code, false),
             _ if request.rrn.is_empty() => (FORMAT_ERROR.as_str().to_owned(), false),
-            _ => match self.ledger().get_mut(&request.rrn) {
+            _ => match self
+                .ledger
+                .reverse(&request.rrn, request.repeat)
+                .await
+                .map_err(unavailable)?
+            {
                 // No original to reverse: it never arrived, or has not been
                 // decided yet (it may still be).
                 None => (
                     ResponseCode::UNABLE_TO_LOCATE_RECORD.as_str().to_owned(),
                     false,
                 ),
-                Some(funds) => {
-                    let already_reversed = !matches!(funds, Funds::Held(_));
-                    if let Funds::Held(held) = *funds {
-                        *funds = Funds::Released(held);
-                    }
-                    (APPROVED.as_str().to_owned(), already_reversed)
-                }
+                Some(already_reversed) => (APPROVED.as_str().to_owned(), already_reversed),
             },
         };
         debug!(
@@ -272,15 +281,22 @@ impl IssuerControl for Simulator {
         &self,
         request: Request<FundsRequest>,
     ) -> Result<Response<FundsResponse>, Status> {
-        let (state, held_minor_units) = match self.ledger().get(&request.get_ref().rrn) {
+        let entry = self
+            .ledger
+            .entry(&request.get_ref().rrn)
+            .await
+            .map_err(unavailable)?;
+        let (state, held_minor_units) = match entry.map(|e| e.funds) {
             None => (FundsState::Unknown, 0),
-            Some(Funds::Held(held)) => (FundsState::Held, *held),
-            Some(Funds::Released(held)) => (FundsState::Released, *held),
+            Some(Funds::Held(held)) => (FundsState::Held, held),
+            Some(Funds::Released(held)) => (FundsState::Released, held),
             Some(Funds::Declined) => (FundsState::Declined, 0),
         };
         Ok(Response::new(FundsResponse {
             state: state.into(),
             held_minor_units,
+            reversal_requests: entry.map_or(0, |e| e.reversal_requests),
+            unflagged_repeats: entry.map_or(0, |e| e.unflagged_repeats),
         }))
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use issuer_simulator::rules::approval_code;
+use switch_platform::db::DatabaseConfig;
 use switch_proto::v1::issuer_control_client::IssuerControlClient;
 use switch_proto::v1::issuer_service_client::IssuerServiceClient;
 use switch_proto::v1::{
@@ -29,12 +30,27 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Self::start_configured(
+            &issuer_simulator::IssuerSimulatorConfig::default(),
+            &DatabaseConfig::default(),
+        )
+        .await
+    }
+
+    async fn start_configured(
+        config: &issuer_simulator::IssuerSimulatorConfig,
+        database: &DatabaseConfig,
+    ) -> Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(issuer_simulator::serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let (config, database) = (config.clone(), database.clone());
+        let server = tokio::spawn(async move {
+            issuer_simulator::serve_configured(&config, &database, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")
             .connect()
@@ -100,16 +116,19 @@ impl Harness {
     }
 
     async fn funds(&self, rrn: &str) -> (FundsState, i64) {
-        let funds = self
-            .control
+        let funds = self.funds_entry(rrn).await;
+        (funds.state(), funds.held_minor_units)
+    }
+
+    async fn funds_entry(&self, rrn: &str) -> switch_proto::v1::FundsResponse {
+        self.control
             .clone()
             .funds(FundsRequest {
                 rrn: rrn.to_owned(),
             })
             .await
             .expect("funds")
-            .into_inner();
-        (funds.state(), funds.held_minor_units)
+            .into_inner()
     }
 
     async fn stop(mut self) {
@@ -682,12 +701,75 @@ async fn run_reports_bind_errors() {
     let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let config = issuer_simulator::IssuerSimulatorConfig {
         listen: taken.local_addr().expect("addr"),
+        ..Default::default()
     };
-    let error = issuer_simulator::run(&config, std::future::ready(()))
+    let database = switch_platform::db::DatabaseConfig::default();
+    let error = issuer_simulator::run(&config, &database, std::future::ready(()))
         .await
         .expect_err("address in use");
     assert!(
         matches!(error, issuer_simulator::SimulatorError::Bind { .. }),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_database_ledger_outlives_the_simulator_and_counts_unflagged_repeats() {
+    let unique = rand::random::<u32>();
+    let database = DatabaseConfig {
+        url: std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
+        schema_prefix: format!("iss{}_{unique}_", std::process::id()),
+        ..DatabaseConfig::default()
+    };
+    let config = issuer_simulator::IssuerSimulatorConfig {
+        ledger: issuer_simulator::LedgerStore::Database,
+        ..Default::default()
+    };
+    let (rrn, stan) = ("633100000001", "000001");
+
+    let first = Harness::start_configured(&config, &database).await;
+    assert_eq!(first.code(rrn, stan, 1_000).await, "00");
+    assert_eq!(first.code("633100000002", "000002", 1_051).await, "51");
+    first.stop().await;
+
+    // A new process finds what the first decided.
+    let second = Harness::start_configured(&config, &database).await;
+    assert_eq!(second.funds(rrn).await, (FundsState::Held, 1_000));
+    assert_eq!(
+        second.funds("633100000002").await,
+        (FundsState::Declined, 0)
+    );
+    assert_eq!(
+        second.reverse(rrn, stan, false).await.expect("reversed"),
+        "00"
+    );
+    assert_eq!(second.reverse(rrn, stan, true).await.expect("repeat"), "00");
+    // A second reversal that does not say it is a repeat: an issuer without
+    // duplicate detection would credit it again.
+    assert_eq!(second.reverse(rrn, stan, false).await.expect("again"), "00");
+    let entry = second.funds_entry(rrn).await;
+    assert_eq!(
+        (
+            entry.state(),
+            entry.held_minor_units,
+            entry.reversal_requests,
+            entry.unflagged_repeats
+        ),
+        (FundsState::Released, 1_000, 3, 1)
+    );
+    assert_eq!(
+        second
+            .reverse("633100000009", "000009", false)
+            .await
+            .expect("unknown"),
+        "25"
+    );
+    second.stop().await;
+    switch_platform::db::drop_schema(
+        &database.url,
+        &database.schema_for(issuer_simulator::SERVICE_NAME),
+    )
+    .await
+    .expect("the schema is dropped");
 }

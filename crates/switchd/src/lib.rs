@@ -124,7 +124,17 @@ pub static SERVICES: [ServiceSpec; 6] = [
         name: issuer_simulator::SERVICE_NAME,
         listen: |c| c.issuer_simulator.listen,
         validate: |_| Ok(()),
-        start: |_, listener, shutdown| Box::pin(issuer_simulator::serve(listener, shutdown)),
+        start: |c, listener, shutdown| {
+            Box::pin(async move {
+                issuer_simulator::serve_configured(
+                    &c.issuer_simulator,
+                    &c.database,
+                    listener,
+                    shutdown,
+                )
+                .await
+            })
+        },
     },
     ServiceSpec {
         service: Service::Authorization,
