@@ -93,7 +93,11 @@ pub async fn connect(config: &DatabaseConfig, schema: &str) -> Result<PgPool, Db
     }
     bootstrap.close().await?;
 
-    let options = base.options([("search_path", schema)]);
+    // The schema names the service (and, under a prefix, its deployment),
+    // so operators see in pg_stat_activity which service holds a backend.
+    let options = base
+        .options([("search_path", schema)])
+        .application_name(schema);
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
