@@ -44,6 +44,15 @@ bench: broker-install ## Benchmark the full stack (posctl bench) against a pgben
 	@PROFILE=release KAFKA_BROKERS=$(BENCH_KAFKA_BROKERS) BROKER_DIR=$(RUN_DIR)/bench-broker \
 		BROKER_STORAGE=memory://nisshi/ scripts/with-broker.sh scripts/bench.sh
 
+# The chaos run starts its own broker (a file-backed store, so it can kill
+# and restart it) and every service as its own process; see tests/chaos.rs.
+.PHONY: chaos
+chaos: broker-install ## Full chaos run: 100,000 sales through kills, broker and PostgreSQL restarts, then the audit
+	@$(MAKE) --no-print-directory build PROFILE=release
+	@mkdir -p $(RUN_DIR)
+	CHAOS_PLAN=full CHAOS_REPORT=$(abspath $(RUN_DIR))/chaos-report.json \
+		cargo test --release -p switch-e2e --test chaos -- --nocapture
+
 SIM_SECONDS ?= 10
 
 .PHONY: simulate

@@ -37,6 +37,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 pub use switch_proto::v1;
 
+pub mod chaos;
 pub mod webhook_receiver;
 
 /// Luhn-valid test card numbers used by the suites.
@@ -200,7 +201,10 @@ impl Stack {
         let config = Arc::new(SwitchdConfig {
             database: database.clone(),
             kafka: kafka.clone(),
-            issuer_simulator: issuer_simulator::IssuerSimulatorConfig { listen: issuer },
+            issuer_simulator: issuer_simulator::IssuerSimulatorConfig {
+                listen: issuer,
+                ..Default::default()
+            },
             authorization: authorization::AuthorizationConfig {
                 listen: authorization,
                 issuer_endpoint: format!("http://{issuer}"),
@@ -651,12 +655,34 @@ pub struct SwitchdProcess {
 
 impl SwitchdProcess {
     pub fn spawn(service: &str, env: &[(String, String)]) -> SwitchdProcess {
+        Self::spawn_to(service, env, std::process::Stdio::inherit())
+    }
+
+    /// Like [`SwitchdProcess::spawn`], its log appended to `log`.
+    pub fn spawn_logged(
+        service: &str,
+        env: &[(String, String)],
+        log: &std::path::Path,
+    ) -> SwitchdProcess {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("the log file opens");
+        Self::spawn_to(service, env, file.into())
+    }
+
+    fn spawn_to(
+        service: &str,
+        env: &[(String, String)],
+        stderr: std::process::Stdio,
+    ) -> SwitchdProcess {
         let child = std::process::Command::new(switchd_binary())
             .arg(service)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("SWITCH__TELEMETRY__LOG_LEVEL", "warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("switchd starts");
         SwitchdProcess {
@@ -820,7 +846,9 @@ fn read_topic_blocking(brokers: &str, topic: &str) -> anyhow::Result<Vec<OwnedMe
         return Ok(messages);
     }
     consumer.assign(&assignment)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Time enough for a chaos run's topics (hundreds of thousands of
+    // messages) on the development broker.
+    let deadline = Instant::now() + Duration::from_secs(300);
     while !remaining.is_empty() {
         if Instant::now() > deadline {
             bail!("could not read {topic} to its high watermark: {remaining:?} left");
