@@ -96,6 +96,9 @@ impl From<Vec<u8>> for Value<'_> {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Message<'a> {
     mti: Mti,
+    // Bit `128 - n` set when field `n` is: iterating the fields present is
+    // then a walk over set bits, not over 129 slots.
+    present: u128,
     // Indexed by field number; 0 and 1 stay empty. An array rather than a
     // map so unpacking allocates nothing for the container.
     fields: [Option<Value<'a>>; 129],
@@ -105,6 +108,7 @@ impl<'a> Message<'a> {
     pub fn new(mti: Mti) -> Self {
         Message {
             mti,
+            present: 0,
             fields: std::array::from_fn(|_| None),
         }
     }
@@ -129,11 +133,14 @@ impl<'a> Message<'a> {
             "ISO 8583 data fields are numbered 2-128, not {field}"
         );
         self.fields[usize::from(field)] = Some(value.into());
+        self.present |= bit(field);
         self
     }
 
     pub fn remove(&mut self, field: u8) -> Option<Value<'a>> {
-        self.fields.get_mut(usize::from(field))?.take()
+        let value = self.fields.get_mut(usize::from(field))?.take()?;
+        self.present &= !bit(field);
+        Some(value)
     }
 
     pub fn get(&self, field: u8) -> Option<&Value<'a>> {
@@ -156,10 +163,21 @@ impl<'a> Message<'a> {
 
     /// The fields present, in field-number order.
     pub fn fields(&self) -> impl Iterator<Item = (u8, &Value<'a>)> {
-        self.fields
-            .iter()
-            .enumerate()
-            .filter_map(|(n, v)| Some((u8::try_from(n).ok()?, v.as_ref()?)))
+        let mut rest = self.present;
+        std::iter::from_fn(move || {
+            if rest == 0 {
+                return None;
+            }
+            let field = (rest.leading_zeros() + 1) as u8;
+            rest &= !bit(field);
+            Some((field, self.fields[usize::from(field)].as_ref()?))
+        })
+    }
+
+    /// The fields present as a 128-bit bitmap, field 1 in the top bit (the
+    /// wire's order); bit 1 is never set here.
+    pub(crate) fn present(&self) -> u128 {
+        self.present
     }
 
     /// Field 11, the system trace audit number.
@@ -176,9 +194,14 @@ impl<'a> Message<'a> {
     pub fn into_owned(self) -> Message<'static> {
         Message {
             mti: self.mti,
+            present: self.present,
             fields: self.fields.map(|v| v.map(Value::into_owned)),
         }
     }
+}
+
+fn bit(field: u8) -> u128 {
+    1u128 << (128 - u32::from(field))
 }
 
 /// Fields whose values are never shown in clear: track 2 (35), track 3

@@ -260,70 +260,66 @@ impl Profile {
             base,
         };
         let mti = self.read_mti(&mut r)?;
-        let mut partial = Partial {
-            envelope,
-            mti,
-            stan: None,
-            terminal_id: None,
-        };
-        let bitmap = match self.read_bitmaps(&mut r) {
-            Ok(bitmap) => bitmap,
-            Err(error) => {
-                return Err(UnpackError {
-                    error,
-                    partial: Some(partial),
-                });
-            }
-        };
         let mut message = Message::new(mti);
-        // The first error wins, but a field whose length was readable is
-        // skipped rather than ending the read, so fields 11 and 41 after a
-        // malformed field still reach the partial read.
-        let mut first_error = None;
-        for field in 2..=128u8 {
-            if !bitmap.has(field) {
-                continue;
-            }
-            let Some(spec) = self.field(field) else {
-                first_error.get_or_insert(Error::UndefinedField {
-                    field,
-                    offset: base + bitmap.offset_of(field),
-                });
-                break;
-            };
-            match read_field(spec, field, &mut r) {
-                Ok(value) => {
-                    match field {
-                        11 => partial.stan = value.as_text().map(str::to_owned),
-                        41 => partial.terminal_id = value.as_text().map(str::to_owned),
-                        _ => {}
-                    }
-                    if first_error.is_none() {
-                        message.set(field, value);
-                    }
-                }
-                Err(FieldError::Content(error)) => {
-                    first_error.get_or_insert(error);
-                }
-                Err(FieldError::Structure(error)) => {
-                    first_error.get_or_insert(error);
-                    break;
-                }
-            }
-        }
-        if first_error.is_none() && r.pos != body.len() {
-            first_error = Some(Error::TrailingBytes {
-                offset: r.offset(),
-                count: body.len() - r.pos,
-            });
-        }
+        let first_error = match self.read_bitmaps(&mut r) {
+            Ok(bitmap) => self.read_fields(&bitmap, &mut r, &mut message),
+            Err(error) => Some(error),
+        };
         match first_error {
             None => Ok(message),
             Some(error) => Err(UnpackError {
                 error,
-                partial: Some(partial),
+                // Owned copies only here, so a good message costs none.
+                partial: Some(Partial {
+                    envelope,
+                    mti,
+                    stan: message.stan().map(str::to_owned),
+                    terminal_id: message.terminal_id().map(str::to_owned),
+                }),
             }),
         }
+    }
+
+    /// Reads every field the bitmap announces into `message` and returns
+    /// the first error. A field whose length was readable is skipped
+    /// rather than ending the read, and the fields that decoded are kept,
+    /// so fields 11 and 41 after a malformed field still reach the partial
+    /// read.
+    fn read_fields<'a>(
+        &self,
+        bitmap: &Bitmap,
+        r: &mut Reader<'a>,
+        message: &mut Message<'a>,
+    ) -> Option<Error> {
+        let mut first_error = None;
+        // Bit 1 announces the secondary bitmap, already read.
+        let mut rest = bitmap.bits & !(1u128 << 127);
+        while rest != 0 {
+            let field = (rest.leading_zeros() + 1) as u8;
+            rest &= !(1u128 << (128 - u32::from(field)));
+            let Some(spec) = self.field(field) else {
+                return first_error.or(Some(Error::UndefinedField {
+                    field,
+                    offset: r.base + bitmap.offset_of(field),
+                }));
+            };
+            match read_field(spec, field, r) {
+                Ok(value) => {
+                    message.set(field, value);
+                }
+                Err(FieldError::Content(error)) => {
+                    first_error.get_or_insert(error);
+                }
+                Err(FieldError::Structure(error)) => return first_error.or(Some(error)),
+            }
+        }
+        if first_error.is_none() && r.pos != r.buf.len() {
+            first_error = Some(Error::TrailingBytes {
+                offset: r.offset(),
+                count: r.buf.len() - r.pos,
+            });
+        }
+        first_error
     }
 
     fn read_mti(&self, r: &mut Reader<'_>) -> Result<Mti, Error> {
@@ -392,15 +388,12 @@ impl Profile {
             ]),
             _ => out.extend_from_slice(&digits),
         }
-        let mut bits = 0u128;
-        for (field, _) in message.fields() {
-            if self.field(field).is_none() {
-                return Err(Error::UndefinedField {
-                    field,
-                    offset: out.len() - start,
-                });
-            }
-            bits |= 1u128 << (128 - u32::from(field));
+        let mut bits = message.present();
+        if let Some((field, _)) = message.fields().find(|(n, _)| self.field(*n).is_none()) {
+            return Err(Error::UndefinedField {
+                field,
+                offset: out.len() - start,
+            });
         }
         if bits & u128::from(u64::MAX) != 0 {
             bits |= 1u128 << 127;
@@ -410,9 +403,11 @@ impl Profile {
             self.write_bitmap(bits as u64, out);
         }
         for (field, value) in message.fields() {
-            if let Some(spec) = self.field(field) {
-                write_field(spec, field, value, out, start)?;
-            }
+            let spec = self.field(field).ok_or(Error::UndefinedField {
+                field,
+                offset: out.len() - start,
+            })?;
+            write_field(spec, field, value, out, start)?;
         }
         let len = out.len() - start;
         if len > self.max_len {
@@ -588,12 +583,14 @@ fn decode_data<'a>(
             // is right-aligned, last when left-aligned.
             let pad = data.len() * 2 - units;
             let skip = if spec.align == Align::Right { pad } else { 0 };
-            let pad_at = if skip == 1 { 0 } else { data.len() * 2 - 1 };
-            if pad == 1 && !matches!(nibble(data, pad_at), 0x0 | 0xF) {
-                return Err(Error::BadBcdDigit {
-                    part,
-                    offset: offset + pad_at / 2,
-                });
+            if pad == 1 {
+                let pad_at = if skip == 1 { 0 } else { units };
+                if !matches!(nibble(data, pad_at), 0x0 | 0xF) {
+                    return Err(Error::BadBcdDigit {
+                        part,
+                        offset: offset + pad_at / 2,
+                    });
+                }
             }
             let mut text = String::with_capacity(units);
             for i in skip..skip + units {
@@ -658,8 +655,11 @@ fn write_field(
             let len = spec.prefix_units(units);
             match spec.prefix {
                 PrefixEncoding::Ascii => {
+                    // At most three digits (checked by the table test).
                     let digits = length.prefix_digits();
-                    out.extend_from_slice(format!("{len:0digits$}").as_bytes());
+                    for place in [100, 10, 1].into_iter().skip(3 - digits) {
+                        out.push(b'0' + ((len / place) % 10) as u8);
+                    }
                 }
                 PrefixEncoding::Bcd => {
                     // `len` is at most 999 (checked by the table test), so
