@@ -1,8 +1,8 @@
 //! A message: its MTI and the values of its fields, independent of any
 //! profile. Unpacking borrows values from the input where the wire form is
 //! the value (ASCII text, raw binary) and owns them only where it must
-//! decode (BCD digits, hexadecimal), so a typical ASCII message unpacks
-//! without allocating.
+//! decode (BCD digits, hexadecimal), so an ASCII message without binary
+//! fields unpacks without allocating.
 
 use std::borrow::Cow;
 use std::fmt;

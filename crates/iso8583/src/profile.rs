@@ -674,9 +674,15 @@ fn write_field(
         }
     }
     let data_at = out.len() - start;
+    // A right-aligned odd BCD value starts with a pad nibble.
+    let lead =
+        usize::from(spec.encoding == Encoding::Bcd && units % 2 == 1 && spec.align == Align::Right);
     if spec.kind != Kind::B {
-        let per_byte = if spec.encoding == Encoding::Bcd { 2 } else { 1 };
-        check_text(spec.kind, part, data, |i| data_at + i / per_byte)?;
+        let at = |i: usize| match spec.encoding {
+            Encoding::Bcd => data_at + (i + lead) / 2,
+            _ => data_at + i,
+        };
+        check_text(spec.kind, part, data, at)?;
     }
     match spec.encoding {
         Encoding::Ascii | Encoding::Raw => out.extend_from_slice(data),
