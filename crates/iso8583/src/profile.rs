@@ -173,7 +173,8 @@ impl Profile {
     }
 
     /// Packs one whole frame. The envelope must carry what the framing has
-    /// (for a response, [`Envelope::response`] of the request's).
+    /// (for a response, [`Envelope::response`] of the request's). Error
+    /// offsets count from the message's first byte, after the envelope.
     pub fn pack_frame(&self, envelope: &Envelope, message: &Message<'_>) -> Result<Vec<u8>, Error> {
         let header_len = self.framing.length.size();
         let mut out = Vec::with_capacity(256);
