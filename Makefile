@@ -81,6 +81,29 @@ $(CARGO_DENY):
 	cargo install cargo-deny@$(CARGO_DENY_VERSION) --locked \
 		--root $(TOOLS_DIR)/cargo-deny-$(CARGO_DENY_VERSION)
 
+# Coverage-guided fuzzing of crates/iso8583 (cargo-fuzz needs nightly; the
+# project itself stays on stable). New inputs go to $(RUN_DIR)/fuzz, the
+# committed corpus is read, not grown: minimize into it with `cargo fuzz
+# cmin` when a run found something worth keeping.
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ ?= $(TOOLS_DIR)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := unpack_ascii unpack_cup round_trip
+
+.PHONY: fuzz
+fuzz: $(CARGO_FUZZ) ## Fuzz the ISO 8583 codec (nightly), each target for FUZZ_SECONDS (default 60)
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(RUN_DIR)/fuzz/$$t && \
+		(cd crates/iso8583 && RUSTUP_TOOLCHAIN=nightly $(CARGO_FUZZ) run $$t \
+			$(abspath $(RUN_DIR))/fuzz/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=4500 -timeout=10) || exit 1; \
+	done
+
+$(CARGO_FUZZ):
+	@echo "Installing cargo-fuzz $(CARGO_FUZZ_VERSION) (once, with nightly)..."
+	cargo +nightly install cargo-fuzz@$(CARGO_FUZZ_VERSION) --locked \
+		--root $(TOOLS_DIR)/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+
 .PHONY: build
 build: ## Build switchd and posctl
 	cargo build $(CARGO_PROFILE_FLAG) -p switchd -p posctl

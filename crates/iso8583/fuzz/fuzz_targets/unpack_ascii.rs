@@ -1,0 +1,5 @@
+//! Fuzz target `unpack_ascii`: the body is `iso8583::fuzzing::unpack_ascii`, shared with
+//! the deterministic smoke test in `cargo test`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| iso8583::fuzzing::unpack_ascii(data));
