@@ -60,6 +60,10 @@ impl Lifecycle {
     ) -> Result<(Authorization, Decision), AuthorizationError> {
         let locked = self.journal.lock(target).await?;
         let now = self.clock.now();
+        let reversal_answer = match &command {
+            Command::ReversalAnswered { answer, .. } => Some(answer.clone()),
+            _ => None,
+        };
         let decision = decide(&locked.current, command, now).map_err(|refusal| {
             AuthorizationError::Refused {
                 target: target.to_string(),
@@ -77,6 +81,7 @@ impl Lifecycle {
                     issuer: &self.issuer_name,
                     traceparent: &traceparent,
                     operator_action,
+                    reversal_answer: reversal_answer.as_ref(),
                 },
             )
             .await?;

@@ -57,3 +57,27 @@ pub struct ClaimedReversal {
     /// Trace context of the request that made the reversal owed.
     pub traceparent: String,
 }
+
+/// A reversal the worker gave up on, with what its attempts got: what an
+/// operator looks at before a redrive.
+#[derive(Debug, Clone)]
+pub struct DeadLetteredReversal {
+    pub authorization: Authorization,
+    pub reason: ReversalReason,
+    pub attempts: u32,
+    pub requested_at: time::OffsetDateTime,
+    pub first_attempt_at: Option<time::OffsetDateTime>,
+    pub last_attempt_at: Option<time::OffsetDateTime>,
+    /// The issuer's code to the last attempt; `None` when it did not answer.
+    pub last_response_code: Option<String>,
+    pub last_error: Option<String>,
+    pub dead_lettered_at: time::OffsetDateTime,
+}
+
+/// Where a page of dead-lettered reversals starts: after this one, in the
+/// order they were given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterCursor {
+    pub dead_lettered_at: time::OffsetDateTime,
+    pub transaction_id: TransactionId,
+}

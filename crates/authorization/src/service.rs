@@ -509,10 +509,10 @@ impl AuthorizationService for AuthorizationApi {
             let request = request.into_inner();
             let id =
                 TransactionId::parse(&request.transaction_id).map_err(AuthorizationError::from)?;
-            let operator = wire::operator_text("operator", &request.operator)
+            let operator = switch_core::operator_text("operator", &request.operator)
                 .map_err(AuthorizationError::from)?;
-            let reason =
-                wire::operator_text("reason", &request.reason).map_err(AuthorizationError::from)?;
+            let reason = switch_core::operator_text("reason", &request.reason)
+                .map_err(AuthorizationError::from)?;
             let action = store::OperatorAction {
                 action: "redrive",
                 operator,
@@ -530,6 +530,37 @@ impl AuthorizationService for AuthorizationApi {
                 "Dead-lettered reversal redriven by an operator."
             );
             Ok(Response::new(wire::record(&redriven)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn list_dead_lettered(
+        &self,
+        request: Request<pb::ListDeadLetteredRequest>,
+    ) -> Result<Response<pb::ListDeadLetteredResponse>, Status> {
+        let span = server_span("authorization.list_dead_lettered", request.metadata());
+        async move {
+            let request = request.into_inner();
+            let limit = wire::list_limit(request.limit).map_err(AuthorizationError::from)?;
+            let after = wire::parse_dead_letter_cursor(&request.cursor)
+                .map_err(AuthorizationError::from)?;
+            // One more than the page: whether another page follows.
+            let mut page = self
+                .lifecycle
+                .journal
+                .dead_lettered(after, i64::from(limit) + 1)
+                .await?;
+            let more = page.len() > limit as usize;
+            page.truncate(limit as usize);
+            let next_cursor = match page.last() {
+                Some(last) if more => wire::dead_letter_cursor(last),
+                _ => String::new(),
+            };
+            Ok(Response::new(pb::ListDeadLetteredResponse {
+                reversals: page.iter().map(wire::dead_lettered).collect(),
+                next_cursor,
+            }))
         }
         .instrument(span)
         .await

@@ -10,22 +10,73 @@ use switch_proto::domain::{required, wire_optional};
 use switch_proto::v1::{self as pb, AuthorizationRecord};
 use time::format_description::well_known::Rfc3339;
 
-use crate::model::{Authorization, RequestKey, SaleCommand};
+use crate::model::{
+    Authorization, DeadLetterCursor, DeadLetteredReversal, RequestKey, SaleCommand,
+};
 
-/// `ReverseRequest.reason`: required, field "reason".
-/// An operator's name or reason (field `field`): required, trimmed, at
-/// most 200 characters.
-pub fn operator_text<'a>(field: &'static str, value: &'a str) -> Result<&'a str, InvalidField> {
-    let trimmed = value.trim();
-    if trimmed.is_empty() {
-        return Err(InvalidField::new(field, "is required"));
+/// Dead-lettered reversals listed when the request names no limit.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Most dead-lettered reversals listed at once.
+pub const MAX_LIST_LIMIT: u32 = 1_000;
+
+/// A page's `limit`: 0 is the default; above the maximum is refused.
+pub fn list_limit(limit: u32) -> Result<u32, InvalidField> {
+    match limit {
+        0 => Ok(DEFAULT_LIST_LIMIT),
+        n if n > MAX_LIST_LIMIT => Err(InvalidField::new(
+            "limit",
+            format!("must be at most {MAX_LIST_LIMIT}"),
+        )),
+        n => Ok(n),
     }
-    if trimmed.chars().count() > 200 {
-        return Err(InvalidField::new(field, "must be at most 200 characters"));
-    }
-    Ok(trimmed)
 }
 
+/// The cursor after `last`: when it was given up on (nanoseconds since the
+/// epoch) and its transaction, the order the list is in.
+pub fn dead_letter_cursor(last: &DeadLetteredReversal) -> String {
+    format!(
+        "{}_{}",
+        last.dead_lettered_at.unix_timestamp_nanos(),
+        last.authorization.transaction_id
+    )
+}
+
+/// A request's `cursor`: empty for the first page, otherwise one that
+/// [`dead_letter_cursor`] made.
+pub fn parse_dead_letter_cursor(cursor: &str) -> Result<Option<DeadLetterCursor>, InvalidField> {
+    if cursor.is_empty() {
+        return Ok(None);
+    }
+    let refused = || InvalidField::new("cursor", "is not a cursor this service issued");
+    let (nanos, id) = cursor.split_once('_').ok_or_else(refused)?;
+    let nanos: i128 = nanos.parse().map_err(|_| refused())?;
+    Ok(Some(DeadLetterCursor {
+        dead_lettered_at: time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .map_err(|_| refused())?,
+        transaction_id: switch_core::TransactionId::parse(id).map_err(|_| refused())?,
+    }))
+}
+
+fn rfc3339(at: Option<time::OffsetDateTime>) -> String {
+    at.and_then(|at| at.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+pub fn dead_lettered(reversal: &DeadLetteredReversal) -> pb::DeadLetteredReversal {
+    pb::DeadLetteredReversal {
+        authorization: Some(record(&reversal.authorization)),
+        reason: pb::ReversalReason::from(reversal.reason).into(),
+        attempts: reversal.attempts,
+        requested_at: rfc3339(Some(reversal.requested_at)),
+        first_attempt_at: rfc3339(reversal.first_attempt_at),
+        last_attempt_at: rfc3339(reversal.last_attempt_at),
+        last_response_code: reversal.last_response_code.clone().unwrap_or_default(),
+        last_error: reversal.last_error.clone().unwrap_or_default(),
+        dead_lettered_at: rfc3339(Some(reversal.dead_lettered_at)),
+    }
+}
+
+/// `ReverseRequest.reason`: required, field "reason".
 pub fn reversal_reason(request: &pb::ReverseRequest) -> Result<ReversalReason, InvalidField> {
     required::<pb::ReversalReason, _>("reason", request.reason)
 }
@@ -124,6 +175,40 @@ mod tests {
         let status = tonic::Status::from(AuthorizationError::from(refused));
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(status.message(), "evidence: must be specified");
+    }
+
+    #[test]
+    fn a_page_is_bounded_and_its_cursor_is_ours() {
+        assert_eq!(list_limit(0), Ok(DEFAULT_LIST_LIMIT));
+        assert_eq!(list_limit(1_000), Ok(1_000));
+        let refused = list_limit(1_001).unwrap_err();
+        assert_eq!(refused.field, "limit");
+        let status = tonic::Status::from(AuthorizationError::from(refused));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "limit: must be at most 1000");
+
+        assert_eq!(parse_dead_letter_cursor(""), Ok(None));
+        let at = time::macros::datetime!(2026-12-02 10:00:00.123456 UTC);
+        let id = switch_core::TransactionId::new();
+        let cursor = format!("{}_{id}", at.unix_timestamp_nanos());
+        assert_eq!(
+            parse_dead_letter_cursor(&cursor),
+            Ok(Some(DeadLetterCursor {
+                dead_lettered_at: at,
+                transaction_id: id
+            }))
+        );
+        for bad in [
+            "x",
+            "12_not-a-uuid",
+            "abc_01a23462-640c-7367-8d86-1fa0f9da8477",
+        ] {
+            assert_eq!(
+                parse_dead_letter_cursor(bad).unwrap_err().field,
+                "cursor",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

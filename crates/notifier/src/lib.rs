@@ -222,6 +222,32 @@ pub async fn serve(
     result
 }
 
+/// The notifier's consumer without Kafka, for an operator's replay of its
+/// dead-lettered events (`switchd admin dead-letters`): its schema
+/// migrated, its group, and the planner, which writes only that schema
+/// (deliveries, and terminal messages in its outbox) and wakes the running
+/// notifier's worker and relay through their channels.
+pub async fn offline_consumer(
+    database: &DatabaseConfig,
+    kafka: &KafkaConfig,
+    config: &NotifierConfig,
+) -> Result<consumer::OfflineConsumer, ServeError> {
+    config.validate()?;
+    let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
+    MIGRATOR.run(&pool).await?;
+    let planner = DeliveryPlanner::new(
+        wake_channel(database),
+        kafka.topic(TERMINAL_TOPIC),
+        outbox_channel(database),
+        switch_core::SystemClock::shared(),
+    );
+    Ok(consumer::OfflineConsumer {
+        pool,
+        consumer: config.consumer_group.clone(),
+        handler: Box::new(planner),
+    })
+}
+
 /// Consumes the outcome topics until `stop`.
 async fn run_consumer(
     pool: sqlx::PgPool,
@@ -275,6 +301,8 @@ mod tests {
         assert!(migration.contains(consumer::PROCESSED_EVENTS_DDL));
         let dead_letters = include_str!("../migrations/0004_dead_letter_events.sql");
         assert!(dead_letters.contains(consumer::DEAD_LETTER_EVENTS_DDL));
+        let replays = include_str!("../migrations/0005_dead_letter_replays.sql");
+        assert!(replays.contains(consumer::DEAD_LETTER_REPLAYS_DDL));
         let age_index = include_str!("../migrations/0003_processed_events_by_age.sql");
         assert!(age_index.contains(consumer::PROCESSED_EVENTS_AGE_INDEX_DDL));
     }

@@ -134,8 +134,12 @@ enum Command {
     /// Merchant webhooks: receive, verify and print them.
     Webhooks(webhooks::WebhooksArgs),
     /// Operators: send a dead-lettered reversal round again, saying who
-    /// asks and why (asks authorization directly, not the gateway).
+    /// asks and why (asks authorization directly, not the gateway); the
+    /// same as `reversals redrive`.
     Redrive(operator::RedriveArgs),
+    /// Operators: list the reversals the switch gave up on, or redrive one
+    /// (asks authorization directly, not the gateway).
+    Reversals(operator::ReversalsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -566,6 +570,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Webhooks(args) => webhooks::run_webhooks(args, cli.json).await,
         Command::Redrive(args) => operator::run_redrive(args, cli.timeout, cli.json).await,
+        Command::Reversals(args) => operator::run_reversals(args, cli.timeout, cli.json).await,
     }
 }
 

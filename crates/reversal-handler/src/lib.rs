@@ -99,6 +99,28 @@ pub async fn serve(
     result
 }
 
+/// The reversal handler's consumer without Kafka, for an operator's replay
+/// of its dead-lettered events (`switchd admin dead-letters`): its schema
+/// migrated, its group, and the handler that writes only the `approvals`
+/// of that schema (the calls to authorization are the sweeper's, which
+/// the running service does).
+pub async fn offline_consumer(
+    database: &DatabaseConfig,
+    config: &ReversalHandlerConfig,
+) -> Result<consumer::OfflineConsumer, ServeError> {
+    config.validate()?;
+    let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(consumer::OfflineConsumer {
+        pool,
+        consumer: config.consumer_group.clone(),
+        handler: Box::new(ApprovalTracker::new(
+            config.clone(),
+            switch_core::SystemClock::shared(),
+        )),
+    })
+}
+
 /// Consumes authorization's and the settlement batcher's events until
 /// `stop`.
 async fn run_consumer(
@@ -142,6 +164,8 @@ mod tests {
         assert!(migration.contains(consumer::PROCESSED_EVENTS_DDL));
         let dead_letters = include_str!("../migrations/0003_dead_letter_events.sql");
         assert!(dead_letters.contains(consumer::DEAD_LETTER_EVENTS_DDL));
+        let replays = include_str!("../migrations/0004_dead_letter_replays.sql");
+        assert!(replays.contains(consumer::DEAD_LETTER_REPLAYS_DDL));
         let age_index = include_str!("../migrations/0002_processed_events_by_age.sql");
         assert!(age_index.contains(consumer::PROCESSED_EVENTS_AGE_INDEX_DDL));
     }

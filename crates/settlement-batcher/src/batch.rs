@@ -649,7 +649,7 @@ pub fn facts_of(row: &TransactionRow) -> AuthorizationFacts {
 /// its status stands for, or `None` when it never was one (declined, timed
 /// out, still in flight) or names a reason or evidence that does not exist
 /// (logged: nothing is mapped to a default).
-fn approval_from_record(
+pub(crate) fn approval_from_record(
     record: &AuthorizationRecord,
     now: OffsetDateTime,
 ) -> Option<(NewApproval, LedgerCommand)> {

@@ -50,6 +50,7 @@ pub async fn record_approval(
     let upserted = store::record(conn, approval, command, batch_number).await?;
     if let Upserted::KeyHeldBy(holder) = upserted {
         metrics.ledger_rejected();
+        metrics.open_rejections(store::open_rejections(conn).await?);
         tracing::error!(
             transaction_id = %approval.transaction_id,
             terminal_id = %approval.terminal_id,
@@ -309,7 +310,7 @@ impl ApprovalLedger {
                 command,
                 approval: None,
             }) => {
-                store::apply(conn, transaction_id, command, &Facts::default()).await?;
+                store::apply_or_track(conn, transaction_id, command).await?;
             }
             Input::Flag {
                 transaction_id,
@@ -348,12 +349,23 @@ impl ApprovalLedger {
             .await?
             .into_iter()
             .collect();
+        // Unknown to the ledger: recorded from their facts, or, without
+        // facts, followed by their rejection if the ledger rejected them
+        // (a reversal of a sale that was never approved changes nothing).
+        let mut untracked = Vec::new();
         for command in commands {
-            if let (true, Some(approval)) =
-                (unknown.contains(&command.transaction_id), &command.approval)
-            {
-                record_approval(conn, &self.metrics, approval, command.command, None).await?;
+            if !unknown.contains(&command.transaction_id) {
+                continue;
             }
+            match &command.approval {
+                Some(approval) => {
+                    record_approval(conn, &self.metrics, approval, command.command, None).await?;
+                }
+                None => untracked.push((command.transaction_id, command.command)),
+            }
+        }
+        for (id, command) in store::track_rejected(conn, &untracked).await? {
+            store::apply(conn, id, command, &Facts::default()).await?;
         }
         Ok(())
     }

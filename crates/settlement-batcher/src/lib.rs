@@ -15,7 +15,10 @@
 //!   approvals are paid net of the merchant discount rate, unresolved ones
 //!   are held and carried over, with the reason;
 //! - **payout files** (CSV and ISO 20022 pain.001) and the events that
-//!   announce closed windows and payouts.
+//!   announce closed windows and payouts;
+//! - **ledger rejections**: approvals whose terminal key another
+//!   transaction holds, followed while open and resolved once by an
+//!   operator (dismissed, or admitted into the ledger).
 //!
 //! The rules (totals, reconciliation outcomes, the ledger's status order
 //! and eligibility, when a window is due, fees and their rounding) are pure
@@ -27,6 +30,7 @@ mod config;
 mod events;
 mod ingest;
 mod metrics;
+mod rejections;
 mod service;
 mod store;
 mod windows;
@@ -46,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 pub use batch::{RESPONSE_BALANCED, RESPONSE_OUT_OF_BALANCE};
 pub use config::{MerchantSettlement, MerchantTerms, SettlementConfig};
 pub use ingest::ApprovalLedger;
+pub use rejections::LedgerRejections;
 pub use switch_platform::service::ServeError;
 pub use windows::{RunReport, SettleError, Settler, payout_reference};
 
@@ -123,15 +128,20 @@ pub async fn serve(
         kafka.clone(),
         config.consumer_group.clone(),
         metrics.clone(),
-        clock,
+        clock.clone(),
         stop.clone(),
     ));
     let scheduler_task = tokio::spawn(run_scheduler(settler.clone(), config.clone(), stop.clone()));
 
+    let rejections = LedgerRejections::new(pool.clone(), &config.authorization_endpoint, clock)?;
+    if let Err(error) = rejections.report_open().await {
+        tracing::warn!(%error, "Open ledger rejections could not be counted.");
+    }
     let api = service::SettlementApi {
         pool,
         batcher,
         settler,
+        rejections,
     };
     let result = GrpcServer::new(SERVICE_NAME)?
         .add_service(SettlementServiceServer::new(api))
@@ -143,6 +153,24 @@ pub async fn serve(
     let _ = relay_task.await;
     tracing::info!("Settlement batcher stopped.");
     result
+}
+
+/// The settlement batcher's consumer without Kafka, for an operator's
+/// replay of its dead-lettered events (`switchd admin dead-letters`): its
+/// schema migrated, its group, and the ledger's handler, which writes only
+/// that schema.
+pub async fn offline_consumer(
+    database: &DatabaseConfig,
+    config: &SettlementConfig,
+) -> Result<consumer::OfflineConsumer, ServeError> {
+    config.validate()?;
+    let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(consumer::OfflineConsumer {
+        pool,
+        consumer: config.consumer_group.clone(),
+        handler: Box::new(ingest::ApprovalLedger::default()),
+    })
 }
 
 /// Consumes authorization's events until `stop`.
@@ -204,6 +232,8 @@ mod tests {
         assert!(migration.contains(consumer::PROCESSED_EVENTS_DDL));
         let dead_letters = include_str!("../migrations/0005_dead_letter_events.sql");
         assert!(dead_letters.contains(consumer::DEAD_LETTER_EVENTS_DDL));
+        let replays = include_str!("../migrations/0007_dead_letter_replays.sql");
+        assert!(replays.contains(consumer::DEAD_LETTER_REPLAYS_DDL));
         let age_index = include_str!("../migrations/0003_processed_events_by_age.sql");
         assert!(age_index.contains(consumer::PROCESSED_EVENTS_AGE_INDEX_DDL));
         assert!(migration.contains(switch_platform::outbox::OUTBOX_TABLE_DDL));

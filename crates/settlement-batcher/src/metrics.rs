@@ -2,7 +2,7 @@
 //! (results, outcomes, currencies), never ids.
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::metrics::{Counter, Gauge, Histogram};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -13,6 +13,7 @@ pub struct Metrics {
     paid_minor_units: Counter<u64>,
     run_duration: Histogram<u64>,
     ledger_rejections: Counter<u64>,
+    open_rejections: Gauge<i64>,
 }
 
 impl Metrics {
@@ -51,6 +52,12 @@ impl Metrics {
                      their terminal key (see ledger_rejections)",
                 )
                 .build(),
+            open_rejections: meter
+                .i64_gauge("settlement.ledger_rejections.open")
+                .with_description(
+                    "Ledger rejections no operator has resolved yet (never paid until resolved)",
+                )
+                .build(),
         }
     }
 
@@ -83,6 +90,11 @@ impl Metrics {
 
     pub fn ledger_rejected(&self) {
         self.ledger_rejections.add(1, &[]);
+    }
+
+    /// How many rejections are open, after one was recorded or resolved.
+    pub fn open_rejections(&self, open: i64) {
+        self.open_rejections.record(open, &[]);
     }
 }
 

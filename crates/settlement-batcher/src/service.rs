@@ -30,6 +30,7 @@ pub struct SettlementApi {
     pub(crate) pool: sqlx::PgPool,
     pub(crate) batcher: Batcher,
     pub(crate) settler: Settler,
+    pub(crate) rejections: crate::LedgerRejections,
 }
 
 impl From<SettleError> for Status {
@@ -49,6 +50,28 @@ fn invalid(error: InvalidField) -> Status {
 
 #[tonic::async_trait]
 impl SettlementService for SettlementApi {
+    async fn list_ledger_rejections(
+        &self,
+        request: Request<pb::ListLedgerRejectionsRequest>,
+    ) -> Result<Response<pb::ListLedgerRejectionsResponse>, Status> {
+        let span = server_span("settlement.ListLedgerRejections", request.metadata());
+        let request = request.into_inner();
+        async { Ok(Response::new(self.rejections.list(&request).await?)) }
+            .instrument(span)
+            .await
+    }
+
+    async fn resolve_ledger_rejection(
+        &self,
+        request: Request<pb::ResolveLedgerRejectionRequest>,
+    ) -> Result<Response<pb::LedgerRejection>, Status> {
+        let span = server_span("settlement.ResolveLedgerRejection", request.metadata());
+        let request = request.into_inner();
+        async { Ok(Response::new(self.rejections.resolve(&request).await?)) }
+            .instrument(span)
+            .await
+    }
+
     async fn close_batch(
         &self,
         request: Request<CloseBatchRequest>,
@@ -105,7 +128,7 @@ impl SettlementService for SettlementApi {
                             .collect()
                     } else {
                         let date = LocalDate::parse(&key.local_date).map_err(invalid)?;
-                        store::by_terminal_key(
+                        store::all_by_terminal_key(
                             &mut conn,
                             terminal.as_str(),
                             date.date(),
@@ -113,8 +136,6 @@ impl SettlementService for SettlementApi {
                         )
                         .await
                         .map_err(db)?
-                        .into_iter()
-                        .collect()
                     }
                 }
                 Some(Query::Merchant(day)) => {

@@ -9,6 +9,9 @@
 
 use sqlx::{FromRow, PgConnection};
 use switch_core::settlement::ledger;
+use switch_core::settlement::rejection::{
+    self, Rejection, Resolution, ResolutionDecision, Tracked,
+};
 use switch_core::{
     ApprovalCode, Currency, Evidence, HoldReason, HostStatus, HostTransaction, LedgerCommand,
     LedgerDecision, LedgerEffect, LedgerEntry, LocalDate, Money, Stan,
@@ -283,6 +286,24 @@ pub async fn apply(
     decide_locked(conn, transaction_id, &entry, command, facts).await
 }
 
+/// [`apply`], and for an approval outside the ledger because it was
+/// rejected, has its rejection follow the command ([`track_rejected`]),
+/// or, once admitted, applies it in the ledger.
+pub async fn apply_or_track(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+    command: LedgerCommand,
+) -> Result<(), LedgerError> {
+    if let Some(entry) = lock_entry(conn, transaction_id).await? {
+        decide_locked(conn, transaction_id, &entry, command, &Facts::default()).await?;
+        return Ok(());
+    }
+    for (id, command) in track_rejected(conn, &[(transaction_id, command)]).await? {
+        apply(conn, id, command, &Facts::default()).await?;
+    }
+    Ok(())
+}
+
 /// Decides on an entry locked by [`lock_entry`] and writes the decision.
 async fn decide_locked(
     conn: &mut PgConnection,
@@ -460,22 +481,38 @@ pub async fn record(
         if inserted > 0 {
             return Ok(Upserted::Written);
         }
-        if let Some(holder) = reject_if_key_held(conn, approval).await? {
-            return Ok(Upserted::KeyHeldBy(holder));
+        match reject_if_key_held(conn, approval, command).await? {
+            KeyHeld::By(holder) => return Ok(Upserted::KeyHeldBy(holder)),
+            // Admitted meanwhile: the next round finds it in the ledger.
+            KeyHeld::Admitted | KeyHeld::Free => {}
         }
     }
     Ok(Upserted::Unchanged)
 }
 
+/// Whether another transaction holds an approval's terminal key.
+enum KeyHeld {
+    /// No: the insert lost to a concurrent one of the same id.
+    Free,
+    /// Yes: the approval is (or already was) rejected.
+    By(Uuid),
+    /// It was rejected, and an operator has admitted it since.
+    Admitted,
+}
+
 /// When another transaction holds the approval's terminal key, records the
-/// approval in `ledger_rejections` and returns the holder.
+/// approval in `ledger_rejections`, standing where `command` puts it
+/// ([`Rejection::new`]); one already rejected follows `command` instead
+/// ([`rejection::track`]).
 async fn reject_if_key_held(
     conn: &mut PgConnection,
     approval: &NewApproval,
-) -> Result<Option<Uuid>, sqlx::Error> {
+    command: LedgerCommand,
+) -> Result<KeyHeld, LedgerError> {
     let holder: Option<Uuid> = sqlx::query_scalar(
         "SELECT transaction_id FROM transactions \
-         WHERE terminal_id = $1 AND local_date = $2 AND stan = $3 AND transaction_id <> $4",
+         WHERE terminal_id = $1 AND local_date = $2 AND stan = $3 AND transaction_id <> $4 \
+         ORDER BY key_instance LIMIT 1",
     )
     .bind(&approval.terminal_id)
     .bind(approval.local_date)
@@ -484,12 +521,17 @@ async fn reject_if_key_held(
     .fetch_optional(&mut *conn)
     .await?;
     let Some(holder) = holder else {
-        return Ok(None);
+        return Ok(KeyHeld::Free);
     };
-    sqlx::query(
+    let Some(entry) = Rejection::new(command).tracked else {
+        return Ok(KeyHeld::By(holder));
+    };
+    let inserted = sqlx::query(
         "INSERT INTO ledger_rejections (transaction_id, terminal_id, local_date, stan, \
-            merchant_id, amount_minor, currency, held_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (transaction_id) DO NOTHING",
+            merchant_id, amount_minor, currency, held_by, rrn, masked_pan, channel, \
+            approval_code, approved_at, status, evidence, reversal_reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         ON CONFLICT (transaction_id) DO NOTHING",
     )
     .bind(approval.transaction_id)
     .bind(&approval.terminal_id)
@@ -499,9 +541,295 @@ async fn reject_if_key_held(
     .bind(approval.amount_minor)
     .bind(&approval.currency)
     .bind(holder)
+    .bind(&approval.rrn)
+    .bind(&approval.masked_pan)
+    .bind(&approval.channel)
+    .bind(&approval.approval_code)
+    .bind(approval.approved_at)
+    .bind(entry.status.as_str())
+    .bind(entry.evidence.map(|e| e.as_str()))
+    .bind(entry.status.reversal_reason().map(|r| r.as_str()))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        let admitted = track_rejected(conn, &[(approval.transaction_id, command)]).await?;
+        if !admitted.is_empty() {
+            return Ok(KeyHeld::Admitted);
+        }
+    }
+    Ok(KeyHeld::By(holder))
+}
+
+// --- Ledger rejections ----------------------------------------------------
+
+/// A ledger rejection as stored.
+#[derive(Debug, Clone, FromRow)]
+pub struct RejectionRow {
+    pub transaction_id: Uuid,
+    pub terminal_id: String,
+    pub local_date: Date,
+    pub stan: String,
+    pub merchant_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub held_by: Uuid,
+    pub recorded_at: OffsetDateTime,
+    pub rrn: Option<String>,
+    pub masked_pan: Option<String>,
+    pub channel: Option<String>,
+    pub approval_code: Option<String>,
+    pub approved_at: Option<OffsetDateTime>,
+    pub status: Option<String>,
+    pub evidence: Option<String>,
+    pub reversal_reason: Option<String>,
+    pub resolution: Option<String>,
+    pub resolved_by: Option<String>,
+    pub resolution_reason: Option<String>,
+    pub resolved_at: Option<OffsetDateTime>,
+}
+
+const REJECTION_COLUMNS: &str = "transaction_id, terminal_id, local_date, stan, merchant_id, \
+    amount_minor, currency, held_by, recorded_at, rrn, masked_pan, channel, approval_code, \
+    approved_at, status, evidence, reversal_reason, resolution, resolved_by, \
+    resolution_reason, resolved_at";
+
+impl RejectionRow {
+    /// The rejection as the core sees it; every stored name must parse.
+    pub fn rejection(&self) -> Result<Rejection, CorruptRow> {
+        let corrupt = |e: switch_core::InvalidField| CorruptRow {
+            transaction_id: self.transaction_id,
+            reason: format!("ledger rejection: {e}"),
+        };
+        let tracked = match &self.status {
+            None => None,
+            Some(status) => Some(
+                LedgerRow {
+                    transaction_id: self.transaction_id,
+                    status: status.clone(),
+                    reversal_reason: self.reversal_reason.clone(),
+                    evidence: self.evidence.clone(),
+                    conflict: None,
+                    window_id: None,
+                    hold_reason: None,
+                }
+                .entry()?,
+            ),
+        };
+        Ok(Rejection {
+            tracked,
+            resolution: self
+                .resolution
+                .as_deref()
+                .map(Resolution::parse)
+                .transpose()
+                .map_err(corrupt)?,
+        })
+    }
+
+    /// The approval's facts, when the rejection kept them (every one
+    /// recorded since the ledger keeps them).
+    pub fn approval(&self) -> Option<NewApproval> {
+        Some(NewApproval {
+            transaction_id: self.transaction_id,
+            terminal_id: self.terminal_id.clone(),
+            merchant_id: self.merchant_id.clone(),
+            stan: self.stan.clone(),
+            local_date: self.local_date,
+            rrn: self.rrn.clone()?,
+            masked_pan: self.masked_pan.clone()?,
+            amount_minor: self.amount_minor,
+            currency: self.currency.clone(),
+            channel: self.channel.clone().unwrap_or_else(|| "card".to_owned()),
+            approval_code: self.approval_code.clone(),
+            approved_at: self.approved_at?,
+        })
+    }
+}
+
+/// Has the open rejections of `commands` (their approvals outside the
+/// ledger; distinct ids) follow their commands ([`rejection::track`]), and
+/// returns those an operator has admitted meanwhile, whose commands are
+/// the ledger's to apply now. Ids without a rejection change nothing.
+pub async fn track_rejected(
+    conn: &mut PgConnection,
+    commands: &[(Uuid, LedgerCommand)],
+) -> Result<Vec<(Uuid, LedgerCommand)>, LedgerError> {
+    if commands.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = commands.iter().map(|(id, _)| *id).collect();
+    let rows: Vec<RejectionRow> = sqlx::query_as(&format!(
+        "SELECT {REJECTION_COLUMNS} FROM ledger_rejections WHERE transaction_id = ANY($1) \
+         ORDER BY transaction_id FOR UPDATE"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut rejections = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        rejections.insert(row.transaction_id, row.rejection()?);
+    }
+    let mut admitted = Vec::new();
+    for (id, command) in commands {
+        let Some(rejection) = rejections.get_mut(id) else {
+            continue;
+        };
+        match rejection::track(rejection, *command) {
+            Tracked::Moved(next) => {
+                sqlx::query(
+                    "UPDATE ledger_rejections SET status = $2, evidence = $3, \
+                        reversal_reason = COALESCE($4, reversal_reason) \
+                     WHERE transaction_id = $1",
+                )
+                .bind(id)
+                .bind(next.status.as_str())
+                .bind(next.evidence.map(|e| e.as_str()))
+                .bind(next.status.reversal_reason().map(|r| r.as_str()))
+                .execute(&mut *conn)
+                .await?;
+                rejection.tracked = Some(next);
+            }
+            Tracked::InLedger => admitted.push((*id, *command)),
+            Tracked::Unchanged => {}
+        }
+    }
+    Ok(admitted)
+}
+
+/// The rejection of `transaction_id`, locked for the rest of the
+/// transaction when `lock`.
+pub async fn rejection_of(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+    lock: bool,
+) -> Result<Option<RejectionRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {REJECTION_COLUMNS} FROM ledger_rejections WHERE transaction_id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    ))
+    .bind(transaction_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Where a page of rejections starts: after this one, in the order they
+/// were recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectionCursor {
+    pub recorded_at: OffsetDateTime,
+    pub transaction_id: Uuid,
+}
+
+/// Rejections in the order they were recorded, after `after`, at most
+/// `limit`; resolved ones only if `include_resolved`.
+pub async fn list_rejections(
+    conn: &mut PgConnection,
+    include_resolved: bool,
+    after: Option<RejectionCursor>,
+    limit: i64,
+) -> Result<Vec<RejectionRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {REJECTION_COLUMNS} FROM ledger_rejections \
+         WHERE ($1 OR resolution IS NULL) \
+           AND ($2::timestamptz IS NULL OR (recorded_at, transaction_id) > ($2, $3)) \
+         ORDER BY recorded_at, transaction_id LIMIT $4"
+    ))
+    .bind(include_resolved)
+    .bind(after.map(|c| c.recorded_at))
+    .bind(after.map(|c| c.transaction_id))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Rejections no operator has resolved yet.
+pub async fn open_rejections(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM ledger_rejections WHERE resolution IS NULL")
+        .fetch_one(conn)
+        .await
+}
+
+/// Who resolved a rejection, why and when.
+#[derive(Debug, Clone, Copy)]
+pub struct ResolvedBy<'a> {
+    pub operator: &'a str,
+    pub reason: &'a str,
+    pub at: OffsetDateTime,
+}
+
+/// Writes a resolution decided on a rejection locked by [`rejection_of`]:
+/// an admitted approval enters the ledger as `entry` (`approval`'s facts)
+/// beside the key's holder, under the next instance of the key (the caller
+/// holds [`lock_terminal`], taken before the rejection's lock, so an
+/// admission is serialized with the terminal's closes and with another
+/// admission under the key); either way the rejection records the
+/// resolution, who, why and when.
+pub async fn resolve_rejection(
+    conn: &mut PgConnection,
+    decision: &ResolutionDecision,
+    approval: Option<&NewApproval>,
+    reversal_reason: Option<&str>,
+    by: &ResolvedBy<'_>,
+    transaction_id: Uuid,
+) -> Result<(), LedgerError> {
+    let resolution = match decision {
+        ResolutionDecision::Dismissed => Resolution::Dismiss,
+        ResolutionDecision::Admitted { entry } => {
+            let Some(approval) = approval else {
+                return Err(CorruptRow {
+                    transaction_id,
+                    reason: "an admitted rejection needs the approval's facts".into(),
+                }
+                .into());
+            };
+            sqlx::query(
+                "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, \
+                    local_date, rrn, masked_pan, amount_minor, currency, channel, approval_code, \
+                    approved_at, status, evidence, reversal_reason, key_instance) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                    COALESCE((SELECT max(key_instance) FROM transactions \
+                              WHERE terminal_id = $2 AND local_date = $5 AND stan = $4), -1) + 1",
+            )
+            .bind(approval.transaction_id)
+            .bind(&approval.terminal_id)
+            .bind(&approval.merchant_id)
+            .bind(&approval.stan)
+            .bind(approval.local_date)
+            .bind(&approval.rrn)
+            .bind(&approval.masked_pan)
+            .bind(approval.amount_minor)
+            .bind(&approval.currency)
+            .bind(&approval.channel)
+            .bind(&approval.approval_code)
+            .bind(approval.approved_at)
+            .bind(entry.status.as_str())
+            .bind(entry.evidence.map(|e| e.as_str()))
+            .bind(
+                entry
+                    .status
+                    .reversal_reason()
+                    .map(|r| r.as_str())
+                    .or(reversal_reason),
+            )
+            .execute(&mut *conn)
+            .await?;
+            Resolution::Admit
+        }
+    };
+    sqlx::query(
+        "UPDATE ledger_rejections SET resolution = $2, resolved_by = $3, \
+            resolution_reason = $4, resolved_at = $5 \
+         WHERE transaction_id = $1",
+    )
+    .bind(transaction_id)
+    .bind(resolution.as_str())
+    .bind(by.operator)
+    .bind(by.reason)
+    .bind(by.at)
     .execute(&mut *conn)
     .await?;
-    Ok(Some(holder))
+    Ok(())
 }
 
 /// Records new approvals as [`LedgerEntry::first_known`] of an approval
@@ -702,21 +1030,37 @@ pub async fn record_upload(
     Ok(())
 }
 
-/// A transaction by the terminal's key, whatever batch it is in.
+/// A transaction by the terminal's key, whatever batch it is in: the one
+/// that took the key first, when an admitted rejection shares it.
 pub async fn by_terminal_key(
     conn: &mut PgConnection,
     terminal_id: &str,
     local_date: Date,
     stan: &str,
 ) -> Result<Option<TransactionRow>, sqlx::Error> {
+    Ok(all_by_terminal_key(conn, terminal_id, local_date, stan)
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// Every transaction under the terminal's key: one, or more once an
+/// operator admitted a rejected approval beside its holder, in the order
+/// they took the key.
+pub async fn all_by_terminal_key(
+    conn: &mut PgConnection,
+    terminal_id: &str,
+    local_date: Date,
+    stan: &str,
+) -> Result<Vec<TransactionRow>, sqlx::Error> {
     sqlx::query_as::<_, TransactionRow>(&format!(
         "SELECT {COLUMNS} FROM transactions \
-         WHERE terminal_id = $1 AND local_date = $2 AND stan = $3"
+         WHERE terminal_id = $1 AND local_date = $2 AND stan = $3 ORDER BY key_instance"
     ))
     .bind(terminal_id)
     .bind(local_date)
     .bind(stan)
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await
 }
 
@@ -760,7 +1104,7 @@ pub async fn latest_by_stan(
 ) -> Result<Option<TransactionRow>, sqlx::Error> {
     sqlx::query_as::<_, TransactionRow>(&format!(
         "SELECT {COLUMNS} FROM transactions WHERE terminal_id = $1 AND stan = $2 \
-         ORDER BY local_date DESC LIMIT 1"
+         ORDER BY local_date DESC, key_instance LIMIT 1"
     ))
     .bind(terminal_id)
     .bind(stan)

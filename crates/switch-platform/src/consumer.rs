@@ -13,8 +13,8 @@
 //! events.
 //!
 //! Each consuming service creates [`PROCESSED_EVENTS_DDL`],
-//! [`PROCESSED_EVENTS_AGE_INDEX_DDL`] and [`DEAD_LETTER_EVENTS_DDL`] in its
-//! migrations.
+//! [`PROCESSED_EVENTS_AGE_INDEX_DDL`], [`DEAD_LETTER_EVENTS_DDL`] and
+//! [`DEAD_LETTER_REPLAYS_DDL`] in its migrations.
 //!
 //! A poison event — one the handler fails on by itself, every time, while
 //! the database answers — would stop its partition for good (issue 13,
@@ -22,8 +22,11 @@
 //! that fails [`POISON_ATTEMPTS`] times with an error that is not
 //! transient (not a lost connection, a shutdown, a deadlock or a
 //! serialization failure) goes to `dead_letter_events`, is counted and
-//! logged, and the consumer moves on. [`replay_dead_letters`] applies them
-//! again after a fix.
+//! logged, and the consumer moves on. After a fix an operator lists them
+//! ([`list_dead_letters`]) and replays them ([`replay_dead_letters_by`]),
+//! saying who and why: each replay is applied exactly once like any
+//! delivery and marked with who, why and what it did, in the transaction
+//! that applies it (`switchd admin dead-letters`).
 //!
 //! A recorded id only has to outlive every way its event can come back:
 //! a redelivery after a rebalance, or a re-read of the whole topic by a
@@ -46,6 +49,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::{PgConnection, PgPool};
 use switch_proto::v1::EventEnvelope;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::kafka::KafkaConfig;
@@ -75,6 +79,14 @@ CREATE TABLE dead_letter_events (
     replayed_at      TIMESTAMPTZ,
     PRIMARY KEY (consumer, topic, kafka_partition, kafka_offset)
 );";
+
+/// Who replayed a dead-lettered event, why, and what the replay did;
+/// copy it into the service's migrations after [`DEAD_LETTER_EVENTS_DDL`].
+pub const DEAD_LETTER_REPLAYS_DDL: &str = "\
+ALTER TABLE dead_letter_events
+    ADD COLUMN replayed_by   TEXT,
+    ADD COLUMN replay_reason TEXT,
+    ADD COLUMN replay_result TEXT;";
 
 /// Attempts, each alone, before an event that keeps failing is
 /// dead-lettered.
@@ -314,11 +326,25 @@ pub async fn apply_once(
 }
 
 /// Applies encoded envelopes in one transaction: all of them or none.
-/// Their event ids are recorded with one statement, and only the events
-/// recorded by it (not processed before, not repeated earlier in the
-/// batch) reach the handler. Returns each envelope's outcome, in order.
+/// Returns each envelope's outcome, in order ([`apply_encoded_in`]).
 async fn apply_encoded(
     pool: &PgPool,
+    consumer: &str,
+    payloads: &[&[u8]],
+    handler: &dyn EventHandler,
+) -> Result<Vec<Outcome>, HandlerError> {
+    let mut tx = pool.begin().await?;
+    let outcomes = apply_encoded_in(&mut tx, consumer, payloads, handler).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Applies encoded envelopes inside the caller's transaction. Their event
+/// ids are recorded with one statement, and only the events recorded by it
+/// (not processed before, not repeated earlier in the batch) reach the
+/// handler. Returns each envelope's outcome, in order.
+async fn apply_encoded_in(
+    tx: &mut PgConnection,
     consumer: &str,
     payloads: &[&[u8]],
     handler: &dyn EventHandler,
@@ -341,7 +367,6 @@ async fn apply_encoded(
         return Ok(outcomes);
     }
     let ids: Vec<Uuid> = events.iter().map(|(_, id, _)| *id).collect();
-    let mut tx = pool.begin().await?;
     let recorded: std::collections::HashSet<Uuid> = sqlx::query_scalar(
         "INSERT INTO processed_events (consumer, event_id) \
          SELECT $1, id FROM UNNEST($2::uuid[]) AS id \
@@ -364,8 +389,7 @@ async fn apply_encoded(
             outcomes[*position] = Outcome::Duplicate;
         }
     }
-    handler.handle_batch(&mut tx, &to_apply).await?;
-    tx.commit().await?;
+    handler.handle_batch(tx, &to_apply).await?;
     Ok(outcomes)
 }
 
@@ -570,43 +594,347 @@ async fn dead_letter(
     Ok(())
 }
 
-/// Applies `consumer`'s dead-lettered events again (after a fix), oldest
-/// first, each exactly once like any delivery; marks those applied as
-/// replayed and returns how many were. One that fails again stays.
+/// One dead-lettered event, as operators list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// From the payload, when it decodes.
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub transaction_id: Option<String>,
+    /// The last error: of the consumer's last attempt, or of a failed
+    /// replay.
+    pub error: String,
+    /// The consumer's attempts, and each failed replay.
+    pub attempts: i32,
+    pub dead_lettered_at: OffsetDateTime,
+    pub replayed_at: Option<OffsetDateTime>,
+    pub replayed_by: Option<String>,
+    pub replay_reason: Option<String>,
+    /// What the replay did ([`ReplayResult::as_str`]).
+    pub replay_result: Option<String>,
+}
+
+/// `consumer`'s dead-lettered events, oldest first, at most `limit`; those
+/// already replayed only if `include_replayed`.
+pub async fn list_dead_letters(
+    pool: &PgPool,
+    consumer: &str,
+    include_replayed: bool,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    type Row = (
+        String,
+        i32,
+        i64,
+        Vec<u8>,
+        String,
+        i32,
+        OffsetDateTime,
+        Option<OffsetDateTime>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT topic, kafka_partition, kafka_offset, payload, error, attempts, \
+           dead_lettered_at, replayed_at, replayed_by, replay_reason, replay_result \
+         FROM dead_letter_events WHERE consumer = $1 AND ($2 OR replayed_at IS NULL) \
+         ORDER BY dead_lettered_at, topic, kafka_partition, kafka_offset LIMIT $3",
+    )
+    .bind(consumer)
+    .bind(include_replayed)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let event = EventEnvelope::decode(row.3.as_slice()).ok();
+            DeadLetter {
+                topic: row.0,
+                partition: row.1,
+                offset: row.2,
+                event_id: event.as_ref().map(|e| e.event_id.clone()),
+                event_type: event.as_ref().map(|e| e.event_type.clone()),
+                transaction_id: event.map(|e| e.transaction_id),
+                error: row.4,
+                attempts: row.5,
+                dead_lettered_at: row.6,
+                replayed_at: row.7,
+                replayed_by: row.8,
+                replay_reason: row.9,
+                replay_result: row.10,
+            }
+        })
+        .collect())
+}
+
+/// Which dead-lettered events a replay takes: every one not yet replayed,
+/// narrowed by each filter given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplaySelection {
+    pub topic: Option<String>,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+}
+
+/// An operator's replay: who, why and which events.
+#[derive(Debug, Clone, Copy)]
+pub struct Replay<'a> {
+    pub operator: &'a str,
+    pub reason: &'a str,
+    pub selection: &'a ReplaySelection,
+}
+
+/// What replaying one dead-lettered event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayResult {
+    /// Its effect was applied now.
+    Applied,
+    /// Its id was already recorded as processed (the live consumer applied
+    /// a redelivery of it): nothing applied twice.
+    AlreadyProcessed,
+    /// The handler has nothing to do with it any more.
+    Ignored,
+    /// It does not decode as an event.
+    Malformed,
+    /// It failed again: kept, not replayed, with this error.
+    Failed(String),
+}
+
+impl ReplayResult {
+    /// The name recorded with a replayed event (`replay_result`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReplayResult::Applied => "applied",
+            ReplayResult::AlreadyProcessed => "already_processed",
+            ReplayResult::Ignored => "ignored",
+            ReplayResult::Malformed => "malformed",
+            ReplayResult::Failed(_) => "failed",
+        }
+    }
+
+    fn of(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Applied => ReplayResult::Applied,
+            Outcome::Duplicate => ReplayResult::AlreadyProcessed,
+            Outcome::Ignored => ReplayResult::Ignored,
+            Outcome::Malformed => ReplayResult::Malformed,
+        }
+    }
+}
+
+/// One event a replay took, and what it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub result: ReplayResult,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// An operator's name or reason is missing or too long
+    /// ([`switch_core::operator_text`]); nothing was replayed.
+    #[error(transparent)]
+    Invalid(#[from] switch_core::InvalidField),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Applies `consumer`'s dead-lettered events that `replay` selects again
+/// (after a fix), oldest first, each exactly once like any delivery: its id
+/// is recorded as processed in the transaction that applies it and marks
+/// it replayed with who, why and what happened, so a replay racing the
+/// live consumer, or a second replay, applies nothing twice. One that
+/// fails again is kept, with its new error. Returns what happened to each.
+pub async fn replay_dead_letters_by(
+    pool: &PgPool,
+    consumer: &str,
+    handler: &dyn EventHandler,
+    replay: &Replay<'_>,
+) -> Result<Vec<Replayed>, ReplayError> {
+    let operator = switch_core::operator_text("operator", replay.operator)?;
+    let reason = switch_core::operator_text("reason", replay.reason)?;
+    replay_selected(
+        pool,
+        consumer,
+        handler,
+        replay.selection,
+        Some((operator, reason)),
+    )
+    .await
+}
+
+/// Replays every dead-lettered event of `consumer` without saying who or
+/// why (it records neither); returns how many were applied or found
+/// processed. Kept for the end-to-end suite written against it, whose
+/// table has no replay columns; operators use [`replay_dead_letters_by`].
+#[doc(hidden)]
 pub async fn replay_dead_letters(
     pool: &PgPool,
     consumer: &str,
     handler: &dyn EventHandler,
 ) -> Result<u64, sqlx::Error> {
-    let rows: Vec<(String, i32, i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT topic, kafka_partition, kafka_offset, payload FROM dead_letter_events \
-         WHERE consumer = $1 AND replayed_at IS NULL ORDER BY dead_lettered_at, kafka_offset",
+    let replayed = replay_selected(pool, consumer, handler, &ReplaySelection::default(), None)
+        .await
+        .map_err(|error| match error {
+            ReplayError::Database(error) => error,
+            ReplayError::Invalid(invalid) => sqlx::Error::Protocol(invalid.to_string()),
+        })?;
+    Ok(replayed
+        .iter()
+        .filter(|r| !matches!(r.result, ReplayResult::Failed(_)))
+        .count() as u64)
+}
+
+async fn replay_selected(
+    pool: &PgPool,
+    consumer: &str,
+    handler: &dyn EventHandler,
+    selection: &ReplaySelection,
+    by: Option<(&str, &str)>,
+) -> Result<Vec<Replayed>, ReplayError> {
+    let keys: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT topic, kafka_partition, kafka_offset FROM dead_letter_events \
+         WHERE consumer = $1 AND replayed_at IS NULL \
+           AND ($2::text IS NULL OR topic = $2) \
+           AND ($3::integer IS NULL OR kafka_partition = $3) \
+           AND ($4::bigint IS NULL OR kafka_offset = $4) \
+         ORDER BY dead_lettered_at, topic, kafka_partition, kafka_offset",
     )
     .bind(consumer)
+    .bind(selection.topic.as_deref())
+    .bind(selection.partition)
+    .bind(selection.offset)
     .fetch_all(pool)
     .await?;
-    let mut replayed = 0;
-    for (topic, partition, offset, payload) in rows {
-        match apply_once(pool, consumer, &payload, handler).await {
-            Ok(_) => {
+    let mut replayed = Vec::with_capacity(keys.len());
+    for (topic, partition, offset) in keys {
+        let mut tx = pool.begin().await?;
+        // Locked, and checked again: another replay may have taken it.
+        let payload: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT payload FROM dead_letter_events WHERE consumer = $1 AND topic = $2 \
+               AND kafka_partition = $3 AND kafka_offset = $4 AND replayed_at IS NULL \
+             FOR UPDATE",
+        )
+        .bind(consumer)
+        .bind(&topic)
+        .bind(partition)
+        .bind(offset)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(payload) = payload else {
+            continue;
+        };
+        let result = match apply_encoded_in(&mut tx, consumer, &[&payload], handler).await {
+            Ok(outcomes) => {
+                let result =
+                    ReplayResult::of(outcomes.first().copied().unwrap_or(Outcome::Malformed));
+                mark_replayed(&mut tx, consumer, (&topic, partition, offset), by, &result).await?;
+                tx.commit().await?;
+                tracing::warn!(
+                    consumer,
+                    %topic,
+                    partition,
+                    offset,
+                    operator = by.map(|(operator, _)| operator),
+                    reason = by.map(|(_, reason)| reason),
+                    result = result.as_str(),
+                    "Dead-lettered event replayed."
+                );
+                result
+            }
+            Err(error) => {
+                drop(tx);
                 sqlx::query(
-                    "UPDATE dead_letter_events SET replayed_at = now() WHERE consumer = $1 \
-                     AND topic = $2 AND kafka_partition = $3 AND kafka_offset = $4",
+                    "UPDATE dead_letter_events SET error = $5, attempts = attempts + 1 \
+                     WHERE consumer = $1 AND topic = $2 AND kafka_partition = $3 \
+                       AND kafka_offset = $4",
                 )
                 .bind(consumer)
                 .bind(&topic)
                 .bind(partition)
                 .bind(offset)
+                .bind(error.to_string())
                 .execute(pool)
                 .await?;
-                replayed += 1;
+                tracing::warn!(%error, consumer, %topic, partition, offset, "Dead-lettered event failed again; kept.");
+                ReplayResult::Failed(error.to_string())
             }
-            Err(error) => {
-                tracing::warn!(%error, consumer, %topic, offset, "Dead-lettered event failed again; kept.")
-            }
-        }
+        };
+        replayed.push(Replayed {
+            topic,
+            partition,
+            offset,
+            result,
+        });
     }
     Ok(replayed)
+}
+
+async fn mark_replayed(
+    tx: &mut PgConnection,
+    consumer: &str,
+    (topic, partition, offset): (&str, i32, i64),
+    by: Option<(&str, &str)>,
+    result: &ReplayResult,
+) -> Result<(), sqlx::Error> {
+    let query = match by {
+        Some((operator, reason)) => sqlx::query(
+            "UPDATE dead_letter_events SET replayed_at = now(), replayed_by = $5, \
+               replay_reason = $6, replay_result = $7 \
+             WHERE consumer = $1 AND topic = $2 AND kafka_partition = $3 AND kafka_offset = $4",
+        )
+        .bind(consumer)
+        .bind(topic)
+        .bind(partition)
+        .bind(offset)
+        .bind(operator)
+        .bind(reason)
+        .bind(result.as_str()),
+        None => sqlx::query(
+            "UPDATE dead_letter_events SET replayed_at = now() \
+             WHERE consumer = $1 AND topic = $2 AND kafka_partition = $3 AND kafka_offset = $4",
+        )
+        .bind(consumer)
+        .bind(topic)
+        .bind(partition)
+        .bind(offset),
+    };
+    query.execute(tx).await?;
+    Ok(())
+}
+
+/// A service's consumer without its Kafka side: the pool of its schema, the
+/// name it records its events under (its group) and its handler. What an
+/// operator's command needs to list and replay the service's dead-lettered
+/// events with the service's own configuration, beside the running service:
+/// every handler writes only to its own service's schema.
+pub struct OfflineConsumer {
+    pub pool: PgPool,
+    pub consumer: String,
+    pub handler: Box<dyn EventHandler>,
+}
+
+impl OfflineConsumer {
+    /// [`list_dead_letters`] of this consumer.
+    pub async fn list(
+        &self,
+        include_replayed: bool,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+        list_dead_letters(&self.pool, &self.consumer, include_replayed, limit).await
+    }
+
+    /// [`replay_dead_letters_by`] with this consumer's handler.
+    pub async fn replay(&self, replay: &Replay<'_>) -> Result<Vec<Replayed>, ReplayError> {
+        replay_dead_letters_by(&self.pool, &self.consumer, self.handler.as_ref(), replay).await
+    }
 }
 
 /// How long a stopped consumer waits before [`run_until_stopped`] starts it

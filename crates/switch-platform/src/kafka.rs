@@ -153,7 +153,14 @@ impl KafkaConfig {
         tokio::pin!(stop);
         let mut delay = Duration::from_secs(1);
         loop {
-            match self.ensure_topics(topics).await {
+            // Raced with `stop`: against a broker that cannot be reached an
+            // attempt lasts the admin client's timeout, and a service
+            // stopping meanwhile must not wait for it.
+            let attempt = tokio::select! {
+                () = &mut stop => return false,
+                attempt = self.ensure_topics(topics) => attempt,
+            };
+            match attempt {
                 Ok(()) => return true,
                 Err(error) => tracing::warn!(
                     %error,

@@ -11,8 +11,10 @@
 
 use std::fmt;
 
+use switch_core::settlement::rejection::Resolution;
 use switch_core::{
-    AuthorizationState, Evidence, HoldReason, InvalidField, ReconciliationOutcome, ReversalReason,
+    AuthorizationState, Evidence, HoldReason, InvalidField, LedgerStatus, ReconciliationOutcome,
+    ReversalReason,
 };
 
 use crate::v1 as pb;
@@ -131,6 +133,18 @@ vocabulary!(pb::HoldReason, HoldReason, {
     Conflict <=> Conflict,
 });
 
+vocabulary!(pb::LedgerStatus, LedgerStatus, {
+    Unconfirmed <=> Unconfirmed,
+    ReversalPending <=> ReversalPending,
+    Confirmed <=> Confirmed,
+    Reversed <=> Reversed,
+});
+
+vocabulary!(pb::RejectionResolution, Resolution, {
+    Dismiss <=> Dismiss,
+    Admit <=> Admit,
+});
+
 /// Each vocabulary value as the reason of a terminal message.
 impl From<Evidence> for pb::OutcomeReason {
     fn from(value: Evidence) -> Self {
@@ -238,6 +252,31 @@ mod tests {
             let name = pb::HoldReason::from(h).as_str_name();
             assert_eq!(name, format!("HOLD_REASON_{}", h.as_str().to_uppercase()));
         }
+    }
+
+    #[test]
+    fn every_ledger_status_and_resolution_round_trips() {
+        for status in LedgerStatus::ALL {
+            let raw: i32 = pb::LedgerStatus::from(status).into();
+            assert_eq!(
+                required::<pb::LedgerStatus, LedgerStatus>("status", raw),
+                Ok(status)
+            );
+            let name = pb::LedgerStatus::from(status).as_str_name();
+            assert_eq!(
+                name,
+                format!("LEDGER_STATUS_{}", status.as_str().to_uppercase())
+            );
+        }
+        for resolution in Resolution::ALL {
+            let raw: i32 = pb::RejectionResolution::from(resolution).into();
+            assert_eq!(
+                required::<pb::RejectionResolution, Resolution>("resolution", raw),
+                Ok(resolution)
+            );
+        }
+        let refused = required::<pb::RejectionResolution, Resolution>("resolution", 0);
+        assert_eq!(refused.unwrap_err().field, "resolution");
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! started. `switchd <service>`, `switchd all` and the end-to-end harness
 //! (`tests/`) all start services from this one table, so a service added
 //! here is started, validated and drained the same way everywhere.
+//!
+//! [`admin`] holds the operators' commands that run beside the services
+//! with their configuration (`switchd admin dead-letters`).
+
+pub mod admin;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -8,13 +8,16 @@
 //! services it runs (exiting with status 2 and a message naming the key
 //! when a value is bad), sets up telemetry, binds listeners and starts each
 //! service; on SIGTERM every service drains within its grace timeout.
+//!
+//! `switchd admin …` runs an operator's command with the same
+//! configuration instead of a service ([`switchd::admin`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
-use switch_platform::config::{self, ConfigError};
+use clap::{Parser, Subcommand};
+use switch_platform::config::{self, ConfigError, Validate};
 use switch_platform::service::ServeError;
 use switchd::{Service, SwitchdConfig};
 use tokio_util::sync::CancellationToken;
@@ -23,18 +26,31 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "switchd",
     version,
-    about = "Runs the payment switch's services"
+    about = "Runs the payment switch's services",
+    subcommand_negates_reqs = true,
+    override_usage = "switchd [OPTIONS] <SERVICE>\n       switchd [OPTIONS] admin <COMMAND>"
 )]
 struct Cli {
     /// TOML configuration file; `SWITCH__SECTION__KEY` variables override it.
-    #[arg(long, env = "SWITCH_CONFIG")]
+    #[arg(long, env = "SWITCH_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Print the effective configuration (secrets redacted) and exit. Only
     /// the shared sections are checked, so a bad one can still be shown.
     #[arg(long)]
     dump_config: bool,
     /// Which service to run.
-    service: Service,
+    #[arg(required = true)]
+    service: Option<Service>,
+    #[command(subcommand)]
+    admin: Option<Admin>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Admin {
+    /// Operators' commands, run beside the services with their
+    /// configuration (no service is started).
+    #[command(subcommand)]
+    Admin(switchd::admin::AdminCommand),
 }
 
 /// Exit status of a configuration the services cannot run with.
@@ -44,8 +60,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let loaded: Result<SwitchdConfig, ConfigError> =
         config::load(cli.config.as_deref()).and_then(|c: SwitchdConfig| {
-            if !cli.dump_config {
-                c.validate_for(cli.service)?;
+            match cli.service {
+                _ if cli.dump_config => {}
+                Some(service) => c.validate_for(service)?,
+                // An admin command checks the shared sections here and the
+                // section of the service it acts for when it builds it.
+                None => c.validate()?,
             }
             Ok(c)
         });
@@ -78,12 +98,43 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.service, settings)) {
+    let service = match (cli.service, cli.admin) {
+        (Some(_), Some(_)) => {
+            eprintln!("switchd: give a service to run or an admin command, not both");
+            return ExitCode::from(BAD_CONFIG);
+        }
+        (Some(service), None) => service,
+        (None, Some(Admin::Admin(command))) => return run_admin(&runtime, command, &settings),
+        (None, None) => unreachable!("clap requires a service or a subcommand"),
+    };
+    match runtime.block_on(run(service, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { service, error }) => {
             eprintln!("switchd: {service}: {error}");
             match *error {
                 ServeError::Config(_) => ExitCode::from(BAD_CONFIG),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// Runs an admin command: status 0 when it did what was asked, 2 when the
+/// operator's input or the configuration is refused, 1 otherwise.
+fn run_admin(
+    runtime: &tokio::runtime::Runtime,
+    command: switchd::admin::AdminCommand,
+    settings: &SwitchdConfig,
+) -> ExitCode {
+    use switchd::admin::AdminError;
+    match runtime.block_on(switchd::admin::run(command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("switchd admin: {error}");
+            match error {
+                AdminError::Invalid(_) | AdminError::Start(ServeError::Config(_)) => {
+                    ExitCode::from(BAD_CONFIG)
+                }
                 _ => ExitCode::FAILURE,
             }
         }
@@ -202,5 +253,77 @@ mod tests {
         ] {
             Cli::try_parse_from(["switchd", name]).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+        assert!(
+            Cli::try_parse_from(["switchd"]).is_err(),
+            "a service is required"
+        );
+    }
+
+    #[test]
+    fn admin_commands_parse_beside_the_services() {
+        use switchd::admin::{AdminCommand, ConsumingService, DeadLettersCommand};
+        let cli = Cli::try_parse_from([
+            "switchd",
+            "--config",
+            "switch.toml",
+            "admin",
+            "dead-letters",
+            "replay",
+            "--service",
+            "settlement",
+            "--operator",
+            "ops.alice",
+            "--reason",
+            "INC-7: fixed",
+            "--offset",
+            "41",
+        ])
+        .unwrap();
+        assert_eq!(cli.service, None);
+        let Some(Admin::Admin(AdminCommand::DeadLetters(DeadLettersCommand::Replay(args)))) =
+            cli.admin
+        else {
+            panic!("expected admin dead-letters replay");
+        };
+        assert_eq!(args.service, ConsumingService::SettlementBatcher);
+        assert_eq!(args.offset, Some(41));
+        assert_eq!(args.operator, "ops.alice");
+        let missing = Cli::try_parse_from([
+            "switchd",
+            "admin",
+            "dead-letters",
+            "replay",
+            "--service",
+            "notifier",
+            "--operator",
+            "ops.alice",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("--reason"), "{missing}");
+        let no_consumer = Cli::try_parse_from([
+            "switchd",
+            "admin",
+            "dead-letters",
+            "list",
+            "--service",
+            "authorization",
+        ]);
+        assert!(no_consumer.is_err(), "authorization consumes no events");
+        let cli = Cli::try_parse_from([
+            "switchd",
+            "admin",
+            "dead-letters",
+            "list",
+            "--service",
+            "gateway",
+            "--all",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.admin,
+            Some(Admin::Admin(AdminCommand::DeadLetters(DeadLettersCommand::List(ref args))))
+                if args.service == ConsumingService::TerminalGateway && args.all
+        ));
     }
 }

@@ -223,6 +223,27 @@ pub async fn serve(
     result
 }
 
+/// The gateway's consumer without Kafka, for an operator's replay of its
+/// dead-lettered events (`switchd admin dead-letters`; the gateway's only
+/// port faces terminals, so it offers no operator RPC): its schema
+/// migrated, its group, and the inbox, which writes only the backlog of
+/// that schema and wakes the running gateway's subscriptions. Unlike the
+/// service, it needs none of the gateway's certificates.
+pub async fn offline_consumer(
+    database: &DatabaseConfig,
+) -> Result<consumer::OfflineConsumer, ServeError> {
+    let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(consumer::OfflineConsumer {
+        pool,
+        consumer: CONSUMER_GROUP.to_owned(),
+        handler: Box::new(push::Inbox::new(
+            message_channel(database),
+            metrics::Metrics::new(),
+        )),
+    })
+}
+
 /// Consumes `terminal-messages` until `stop`.
 async fn run_consumer(
     pool: sqlx::PgPool,
@@ -269,6 +290,8 @@ mod tests {
         assert!(migration.contains(consumer::PROCESSED_EVENTS_DDL));
         let dead_letters = include_str!("../migrations/0003_dead_letter_events.sql");
         assert!(dead_letters.contains(consumer::DEAD_LETTER_EVENTS_DDL));
+        let replays = include_str!("../migrations/0004_dead_letter_replays.sql");
+        assert!(replays.contains(consumer::DEAD_LETTER_REPLAYS_DDL));
         let age_index = include_str!("../migrations/0002_processed_events_by_age.sql");
         assert!(age_index.contains(consumer::PROCESSED_EVENTS_AGE_INDEX_DDL));
     }

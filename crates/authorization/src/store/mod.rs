@@ -19,7 +19,7 @@ mod rows;
 mod rrn;
 
 use sqlx::{PgPool, Postgres, Transaction};
-use switch_core::lifecycle::{Decision, Effect, SaleIntent};
+use switch_core::lifecycle::{Decision, Effect, ReversalAnswer, SaleIntent};
 use switch_core::{Rrn, TerminalId, TransactionId};
 use switch_platform::outbox::{self, OutboxMessage};
 use time::{Date, OffsetDateTime};
@@ -65,6 +65,9 @@ pub struct ApplyContext<'a> {
     pub traceparent: &'a str,
     /// The operator's action behind the decision, recorded with it.
     pub operator_action: Option<OperatorAction<'a>>,
+    /// The issuer's answer to the reversal attempt the decision is about:
+    /// kept with the queue entry it retries or closes, for operators.
+    pub reversal_answer: Option<&'a ReversalAnswer>,
 }
 
 /// Who asked for a decision by hand, and why.
@@ -300,6 +303,15 @@ impl Journal {
     }
 }
 
+/// The response code of a reversal attempt's answer; `None` when the
+/// issuer did not answer (or no attempt is concerned).
+fn answer_code(answer: Option<&ReversalAnswer>) -> Option<&str> {
+    match answer {
+        Some(ReversalAnswer::Answered(code)) => Some(code.as_str()),
+        Some(ReversalAnswer::NoAnswer(_)) | None => None,
+    }
+}
+
 impl Locked {
     /// Writes `decision` (taken on `self.current`), its audit row, every
     /// effect and the `announcements` (the decision's announcements,
@@ -393,25 +405,32 @@ impl Locked {
                 } => {
                     sqlx::query(
                         "UPDATE reversals SET next_attempt_at = $2 + make_interval(secs => $3::double precision / 1000), \
-                           last_error = $4 WHERE transaction_id = $1",
+                           last_error = $4, last_response_code = $5 WHERE transaction_id = $1",
                     )
                     .bind(id)
                     .bind(context.now)
                     .bind(i64::try_from(*delay_ms).unwrap_or(i64::MAX))
                     .bind(last_error)
+                    .bind(answer_code(context.reversal_answer))
                     .execute(&mut *self.tx)
                     .await?;
                 }
                 Effect::CloseReversal(closed) => {
+                    // The last attempt's answer closes it: kept when known.
                     sqlx::query(
                         "UPDATE reversals SET status = $2, \
                            acknowledged_at = CASE WHEN $2 = 'acknowledged' THEN $3 ELSE acknowledged_at END, \
-                           dead_lettered_at = CASE WHEN $2 = 'dead_lettered' THEN $3 ELSE dead_lettered_at END \
+                           dead_lettered_at = CASE WHEN $2 = 'dead_lettered' THEN $3 ELSE dead_lettered_at END, \
+                           last_response_code = CASE WHEN $4 THEN $5 ELSE last_response_code END, \
+                           last_error = CASE WHEN $4 THEN $6 ELSE last_error END \
                          WHERE transaction_id = $1",
                     )
                     .bind(id)
                     .bind(closed.as_str())
                     .bind(context.now)
+                    .bind(context.reversal_answer.is_some())
+                    .bind(answer_code(context.reversal_answer))
+                    .bind(context.reversal_answer.map(ToString::to_string))
                     .execute(&mut *self.tx)
                     .await?;
                 }

@@ -10,8 +10,9 @@ use time::OffsetDateTime;
 
 use super::Journal;
 use super::rows::parse;
+use super::rows::{self, COLUMNS};
 use crate::error::AuthorizationError;
-use crate::model::ClaimedReversal;
+use crate::model::{ClaimedReversal, DeadLetterCursor, DeadLetteredReversal};
 
 impl Journal {
     /// Claims up to `limit` reversals of `issuer` due at `now`, leasing each
@@ -31,7 +32,7 @@ impl Journal {
              claimed AS ( \
                UPDATE reversals r SET attempts = r.attempts + 1, \
                  next_attempt_at = $4 + make_interval(secs => $3::double precision / 1000), \
-                 first_sent_at = COALESCE(r.first_sent_at, $4) \
+                 first_sent_at = COALESCE(r.first_sent_at, $4), last_attempt_at = $4 \
                FROM due WHERE r.transaction_id = due.transaction_id \
                RETURNING r.transaction_id, r.reason, r.attempts, r.traceparent, \
                  greatest(0, (extract(epoch FROM $4 - r.requested_at) * 1000))::bigint AS age_ms) \
@@ -64,6 +65,53 @@ impl Journal {
                         row.try_get("amount_minor")?,
                         parse(Currency::parse(&currency))?,
                     ),
+                })
+            })
+            .collect()
+    }
+
+    /// Dead-lettered reversals in the order they were given up on, after
+    /// `after`, at most `limit`: a page of what operators list.
+    pub async fn dead_lettered(
+        &self,
+        after: Option<DeadLetterCursor>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetteredReversal>, AuthorizationError> {
+        let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("a.{c}")).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {}, r.reason AS queued_reason, r.attempts AS queued_attempts, \
+               r.requested_at AS queued_at, r.first_sent_at, r.last_attempt_at, \
+               r.last_response_code, r.last_error, r.dead_lettered_at \
+             FROM reversals r JOIN authorizations a ON a.transaction_id = r.transaction_id \
+             WHERE r.status = 'dead_lettered' \
+               AND ($1::timestamptz IS NULL OR (r.dead_lettered_at, r.transaction_id) > ($1, $2)) \
+             ORDER BY r.dead_lettered_at, r.transaction_id LIMIT $3",
+            columns.join(", ")
+        ))
+        .bind(after.map(|c| c.dead_lettered_at))
+        .bind(after.map(|c| c.transaction_id.as_uuid()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let reason: String = row.try_get("queued_reason")?;
+                let dead_lettered_at: Option<OffsetDateTime> = row.try_get("dead_lettered_at")?;
+                Ok(DeadLetteredReversal {
+                    authorization: rows::authorization(row)?,
+                    reason: parse(ReversalReason::parse(&reason))?,
+                    attempts: u32::try_from(row.try_get::<i32, _>("queued_attempts")?).unwrap_or(0),
+                    requested_at: row.try_get("queued_at")?,
+                    first_attempt_at: row.try_get("first_sent_at")?,
+                    last_attempt_at: row.try_get("last_attempt_at")?,
+                    last_response_code: row.try_get("last_response_code")?,
+                    last_error: row.try_get("last_error")?,
+                    dead_lettered_at: dead_lettered_at.ok_or_else(|| {
+                        AuthorizationError::CorruptRow(switch_core::InvalidField::new(
+                            "dead_lettered_at",
+                            "missing on a dead-lettered reversal",
+                        ))
+                    })?,
                 })
             })
             .collect()

@@ -2,8 +2,8 @@
 //! identifier is parsed with switch-core's type, so a bad value is refused
 //! with core's reason before anything is sent.
 
-use clap::{ArgGroup, Args, Subcommand};
-use switch_core::{BatchNumber, LocalDate, MerchantId, Rrn, Stan};
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+use switch_core::{BatchNumber, LocalDate, MerchantId, Rrn, Stan, TransactionId};
 use switch_proto::v1::{CurrencyTotals, UploadedTransaction};
 
 use super::specs::{SALE_SHAPE, TOTALS_SHAPE, parse_cutoff, parse_sale_spec, parse_totals_spec};
@@ -61,6 +61,57 @@ pub enum SettlementCommand {
     Status(StatusArgs),
     /// Close the open settlement windows at a cut-off and pay them out.
     Run(RunArgs),
+    /// Operators: approvals the ledger rejected because another
+    /// transaction holds their terminal + date + STAN; list or resolve them.
+    #[command(subcommand)]
+    Rejections(RejectionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RejectionsCommand {
+    /// The rejections still open (all with --all), oldest first, with where
+    /// each rejected approval stands.
+    List(RejectionsListArgs),
+    /// Resolve one, once: dismiss it (a duplicate, never paid) or admit it
+    /// (a distinct sale, paid by its status); who and why are recorded.
+    Resolve(ResolveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RejectionsListArgs {
+    /// At most this many (the service's default is 100, its maximum 1000).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Start after this cursor (printed after a page that has more).
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Also the resolved ones.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// What an operator decides for a rejected approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResolutionArg {
+    /// A duplicate of the transaction holding the key: never paid.
+    Dismiss,
+    /// A distinct sale: it enters the ledger where its events took it.
+    Admit,
+}
+
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    /// The rejected approval's transaction.
+    #[arg(long, value_parser = TransactionId::parse)]
+    pub transaction_id: TransactionId,
+    #[arg(long, value_enum)]
+    pub resolution: ResolutionArg,
+    /// Who resolves it (a person or a runbook); recorded with it.
+    #[arg(long, env = "POSCTL_OPERATOR")]
+    pub operator: String,
+    /// Why (the incident, what was checked); recorded with it.
+    #[arg(long)]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +296,67 @@ mod tests {
         let error =
             Cli::try_parse_from(["posctl", "settlement", "run", "--merchant", "M-1"]).unwrap_err();
         assert!(error.to_string().contains("merchant_id"), "{error}");
+    }
+
+    #[test]
+    fn rejections_are_listed_and_resolved_with_who_and_why() {
+        let cli = Cli::try_parse_from([
+            "posctl",
+            "settlement",
+            "rejections",
+            "resolve",
+            "--transaction-id",
+            "01a23462-640c-7367-8d86-1fa0f9da8477",
+            "--resolution",
+            "admit",
+            "--operator",
+            "ops.alice",
+            "--reason",
+            "INC-9: a second terminal with the same id",
+        ])
+        .unwrap();
+        let Command::Settlement(settlement) = cli.command else {
+            panic!("expected settlement");
+        };
+        let SettlementCommand::Rejections(RejectionsCommand::Resolve(args)) = settlement.command
+        else {
+            panic!("expected settlement rejections resolve");
+        };
+        assert_eq!(args.resolution, ResolutionArg::Admit);
+        assert_eq!(args.operator, "ops.alice");
+        for (bad, flag) in [
+            (
+                ["--transaction-id", "x", "--resolution", "admit"],
+                "transaction_id",
+            ),
+            (
+                [
+                    "--transaction-id",
+                    "01a23462-640c-7367-8d86-1fa0f9da8477",
+                    "--resolution",
+                    "pay",
+                ],
+                "--resolution",
+            ),
+        ] {
+            let mut argv = vec!["posctl", "settlement", "rejections", "resolve"];
+            argv.extend(bad);
+            argv.extend(["--operator", "o", "--reason", "r"]);
+            let error = Cli::try_parse_from(argv).unwrap_err().to_string();
+            assert!(error.contains(flag), "{error}");
+        }
+        let cli =
+            Cli::try_parse_from(["posctl", "settlement", "rejections", "list", "--all"]).unwrap();
+        let Command::Settlement(settlement) = cli.command else {
+            panic!("expected settlement");
+        };
+        assert!(matches!(
+            settlement.command,
+            SettlementCommand::Rejections(RejectionsCommand::List(RejectionsListArgs {
+                all: true,
+                ..
+            }))
+        ));
     }
 
     #[test]

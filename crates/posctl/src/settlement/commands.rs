@@ -1,5 +1,6 @@
 //! The commands: close and upload a batch through the gateway as the
-//! terminal, and ask the settlement service directly.
+//! terminal, and ask the settlement service directly (status, runs, and
+//! operators' ledger rejections).
 
 use std::time::Duration;
 
@@ -144,6 +145,10 @@ pub async fn run_settlement(
                 println!("{}", settlement_status_text(&response));
             }
             Ok(())
+        }
+        SettlementCommand::Rejections(command) => {
+            let client = connect_settlement(&args.url, timeout).await?;
+            super::rejections::run_rejections(client, command, json).await
         }
         SettlementCommand::Run(run_args) => {
             let mut client = connect_settlement(&args.url, timeout).await?;

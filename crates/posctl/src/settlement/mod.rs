@@ -9,11 +9,13 @@
 //! By concern: [`args`] declares the flags, [`specs`] parses the `--totals`
 //! and `--sale` values with switch-core's types, [`query`] turns `settlement
 //! status` flags into the service's query, [`render`] shows every answer as
-//! text or JSON, and [`commands`] sends the requests.
+//! text or JSON, and [`commands`] sends the requests. [`rejections`] is the
+//! operators' `settlement rejections list|resolve`.
 
 pub mod args;
 pub mod commands;
 pub mod query;
+pub mod rejections;
 pub mod render;
 pub mod specs;
 

@@ -315,4 +315,14 @@ impl AuthorizationService for FakeAuthorization {
     ) -> Result<Response<AuthorizationRecord>, Status> {
         Err(Status::unimplemented("the handler never redrives"))
     }
+
+    /// Operators list dead letters; the reversal handler never does.
+    async fn list_dead_lettered(
+        &self,
+        _request: Request<pb::ListDeadLetteredRequest>,
+    ) -> Result<Response<pb::ListDeadLetteredResponse>, Status> {
+        Err(Status::unimplemented(
+            "the handler never lists dead letters",
+        ))
+    }
 }

@@ -39,10 +39,19 @@
 //! Payable amounts are summed per currency by [`payouts`] ([`fees`]), and
 //! the merchant discount ([`FeeRate`]) is applied once per currency on the
 //! gross, never per transaction.
+//!
+//! # Ledger rejections
+//!
+//! An approval whose terminal key another transaction holds is rejected,
+//! followed while the rejection is open and resolved once by an operator
+//! ([`rejection`]: [`rejection::track`], [`rejection::resolve`]): dismissed
+//! as a duplicate, never paid, or admitted as a distinct sale where it
+//! stands.
 
 pub mod fees;
 pub mod ledger;
 pub mod reconcile;
+pub mod rejection;
 
 pub use fees::*;
 pub use reconcile::*;
