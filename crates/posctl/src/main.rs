@@ -19,6 +19,7 @@
 //! terminal simulator must be able to show the switch refusing them.
 
 mod bench;
+mod broker_bench;
 mod connect;
 mod events;
 mod operator;
@@ -140,6 +141,9 @@ enum Command {
     /// Operators: list the reversals the switch gave up on, or redrive one
     /// (asks authorization directly, not the gateway).
     Reversals(operator::ReversalsArgs),
+    /// Measure a Kafka-protocol broker: produce and fetch rates, group join
+    /// time, and what survives a SIGKILL (see scripts/broker-compare.sh).
+    BrokerBench(broker_bench::BrokerBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -541,6 +545,7 @@ async fn run(cli: Cli) -> Result<()> {
             let summary = bench::run(&options, config).await?;
             bench::print_summary(&summary, cli.json)
         }
+        Command::BrokerBench(args) => broker_bench::run(args).await,
         Command::Events(args) => {
             if args.limit == Some(0) {
                 bail!("--limit must be at least 1");
