@@ -5,7 +5,7 @@
 #      five chunks, so a store that slows down as the topic fills shows it;
 #   2. fetch them all with one group (join time and fetch rate), commit;
 #   3. join a fresh group three times (time to the first message);
-#   4. produce 100,000 more and SIGKILL the broker two seconds in, restart
+#   4. produce 100,000 more at 10,000/s and SIGKILL the broker two seconds in, restart
 #      it on the same store, let the producer finish (it retries), then
 #      check that every acknowledged message is there and that the group of
 #      step 2 still has its committed offset.
@@ -70,7 +70,8 @@ for candidate in "$@"; do
     joins+=("$(field "$out" join_ms)")
   done
   echo "  group joins (ms): ${joins[*]}" >&2
-  timeout 600 $bench produce --topic compare --messages 100000 --first "$messages" \
+  # Paced at 10,000/s, so the kill lands mid-run on every store.
+  timeout 600 $bench produce --topic compare --messages 100000 --first "$messages" --rate 10000 \
       --acked-file "$dir/acked" --message-timeout-ms 120000 >"$dir/killed-produce.json" &
   producer=$!
   sleep 2

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts or stops the development Kafka-protocol broker (nisshi, formerly
 # Tansu) unless a broker already answers at KAFKA_BROKERS. The broker keeps
-# its data in .run/broker/nisshi.db (SQLite), so it survives its own restart;
-# nothing in the switch depends on that (the outbox republishes).
+# its data in a PostgreSQL database of its own (BROKER_STORAGE, created on
+# start), so it survives its own restart; nothing in the switch depends on
+# that (the outbox republishes).
 set -euo pipefail
 
 cmd=${1:?usage: broker.sh start|stop|status}
@@ -12,9 +13,10 @@ first=${brokers%%,*}
 host=${first%:*}
 port=${first##*:}
 run_dir=${BROKER_DIR:-${RUN_DIR:-.run}/broker}
-# sqlite://FILE (relative to run_dir; survives broker restarts) or
-# memory://nisshi/ (fresh each start; the benchmark uses it).
-storage=${BROKER_STORAGE:-sqlite://nisshi.db}
+# postgres://…/DATABASE (survives broker restarts; the default),
+# sqlite://FILE (relative to run_dir) or memory://nisshi/ (fresh each
+# start; the benchmark uses it).
+storage=${BROKER_STORAGE:-postgres://postgres@127.0.0.1:5432/nisshi?sslmode=disable}
 pid_file=$run_dir/nisshi.pid
 
 reachable() { (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; }
@@ -26,6 +28,14 @@ start)
     exit 0
   fi
   mkdir -p "$run_dir"
+  if [[ $storage == postgres* ]]; then
+    database=${storage%%\?*}
+    database=${database##*/}
+    admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+    if [[ -z $(psql -tA "$admin_url" -c "SELECT 1 FROM pg_database WHERE datname = '$database'") ]]; then
+      psql -q "$admin_url" -c "CREATE DATABASE \"$database\""
+    fi
+  fi
   # The sqlite path is relative to the broker's working directory.
   (cd "$run_dir" && { nohup "$nisshi" broker \
       --listener-url "tcp://$host:$port" \

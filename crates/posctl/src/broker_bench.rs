@@ -59,6 +59,10 @@ enum BrokerBenchCommand {
         /// broker killed mid-run fails the rest after this).
         #[arg(long, default_value_t = 30_000)]
         message_timeout_ms: u64,
+        /// Send at most this many messages per second (so a kill lands
+        /// mid-run whatever the store's speed); unpaced by default.
+        #[arg(long)]
+        rate: Option<u64>,
     },
     /// Join GROUP, read MESSAGES from where it stands, commit, and print
     /// the join time (until the first message) and the read rate.
@@ -102,12 +106,16 @@ pub async fn run(args: BrokerBenchArgs) -> Result<()> {
             partitions,
             acked_file,
             message_timeout_ms,
+            rate,
         } => produce(
             &brokers,
             &topic,
             first..first + messages,
-            size,
-            partitions,
+            Shape {
+                size,
+                partitions,
+                rate,
+            },
             acked_file,
             message_timeout_ms,
         ),
@@ -191,12 +199,22 @@ fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
     Ok(())
 }
 
+/// What is produced: message size, partitions, pace.
+struct Shape {
+    size: usize,
+    partitions: i32,
+    rate: Option<u64>,
+}
+
 fn produce(
     brokers: &str,
     topic: &str,
     sequences: std::ops::Range<u64>,
-    size: usize,
-    partitions: i32,
+    Shape {
+        size,
+        partitions,
+        rate,
+    }: Shape,
     acked_file: Option<PathBuf>,
     message_timeout_ms: u64,
 ) -> Result<()> {
@@ -219,7 +237,16 @@ fn produce(
     let total = sequences.end - sequences.start;
     let mut payload = vec![b'x'; size];
     let started = Instant::now();
-    for sequence in sequences {
+    // A fatal producer error (a store that lost the producer's state in a
+    // kill, say) ends the run; what was acknowledged before still counts.
+    let mut fatal = None;
+    'messages: for (sent, sequence) in sequences.enumerate() {
+        if let Some(rate) = rate.filter(|rate| *rate > 0) {
+            let due = Duration::from_micros(sent as u64 * 1_000_000 / rate);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
         payload[..8].copy_from_slice(&sequence.to_be_bytes());
         let key = sequence.to_be_bytes();
         loop {
@@ -232,7 +259,10 @@ fn produce(
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((error, _)) => return Err(error).context("producing"),
+                Err((error, _)) => {
+                    fatal = Some(error.to_string());
+                    break 'messages;
+                }
             }
         }
     }
@@ -259,11 +289,12 @@ fn produce(
     println!(
         "{}",
         json!({
-            "sent": total,
+            "requested": total,
             "acked": acked_count,
             "failed": failed,
             "ms": elapsed.as_millis() as u64,
             "produce_per_s": per_second(acked_count, elapsed),
+            "error": fatal,
         })
     );
     Ok(())

@@ -57,7 +57,35 @@ struct Broker {
     address: SocketAddr,
     dir: PathBuf,
     storage: String,
+    /// The PostgreSQL database made for this run's store, dropped with it.
+    database: Option<String>,
     child: Option<Child>,
+}
+
+/// The store of the run's broker: `CHAOS_BROKER_STORAGE` when set, else a
+/// fresh PostgreSQL database of its own beside the switch's (the store
+/// the Makefile's broker uses), so PostgreSQL's restart takes the broker's
+/// store down too.
+async fn broker_storage(prefix: &str) -> anyhow::Result<(String, Option<String>)> {
+    if let Ok(storage) = std::env::var("CHAOS_BROKER_STORAGE") {
+        return Ok((storage, None));
+    }
+    let url = database_url();
+    let server = url
+        .split('?')
+        .next()
+        .and_then(|without_query| without_query.rsplit_once('/'))
+        .map(|(server, _database)| server.to_owned())
+        .context("DATABASE_URL names no database")?;
+    let database = format!("chaos_broker_{prefix}");
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{database}\""))
+        .execute(&mut connection)
+        .await?;
+    Ok((
+        format!("{server}/{database}?sslmode=disable"),
+        Some(database),
+    ))
 }
 
 impl Broker {
@@ -116,6 +144,17 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill_9();
+        if let Some(database) = &self.database {
+            // Drop runs outside any runtime: psql, not the async pool.
+            let _ = Command::new("psql")
+                .args([
+                    "-q",
+                    &database_url(),
+                    "-c",
+                    &format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"),
+                ])
+                .status();
+        }
     }
 }
 
@@ -126,7 +165,7 @@ fn nisshi_binary() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(path));
     }
     let home = std::env::var_os("HOME").context("HOME is not set")?;
-    let cached = Path::new(&home).join(".cache/pos-switch/nisshi-0.7.0-pre.2/bin/nisshi");
+    let cached = Path::new(&home).join(".cache/pos-switch/nisshi-0.8.1/bin/nisshi");
     if cached.is_file() {
         return Ok(cached);
     }
@@ -181,12 +220,13 @@ impl Deployment {
         pki.write_dev_layout(&dir, &layout)?;
         let broker_dir = dir.join("broker");
         std::fs::create_dir_all(&broker_dir)?;
+        let (storage, broker_database) = broker_storage(&prefix).await?;
         let mut broker = Broker {
             binary: nisshi_binary()?,
             address: free_address().await,
             dir: broker_dir,
-            storage: std::env::var("CHAOS_BROKER_STORAGE")
-                .unwrap_or_else(|_| "sqlite://chaos.db".to_owned()),
+            storage,
+            database: broker_database,
             child: None,
         };
         broker.start()?;
