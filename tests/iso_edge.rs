@@ -480,3 +480,79 @@ async fn answers_are_matched_by_terminal_and_stan_and_cup_sales_work() {
     assert_eq!(answer.text(37), Some(record.rrn.as_str()));
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_close_over_iso_reaches_the_settlement_batcher() {
+    capture_logs();
+    let stack = Stack::start(StackOptions {
+        iso_listeners: vec![IsoListenerConfig::default()],
+        settlement: Some(switch_e2e::test_settlement()),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("the stack starts against PostgreSQL and Kafka");
+    let ledger = stack.settlement_pool().await.unwrap();
+    let mut iso = terminal(&stack, 0, "TERM0001").await;
+    for (stan, amount) in [("000701", 1_010), ("000702", 2_020)] {
+        assert_eq!(
+            code(
+                &iso.call(&iso_sale("TERM0001", stan, VISA, amount))
+                    .await
+                    .unwrap()
+            ),
+            "00"
+        );
+        assert_eq!(
+            code(
+                &iso.call(&about("0220", "TERM0001", stan, amount))
+                    .await
+                    .unwrap()
+            ),
+            "00"
+        );
+        let (id, _, _) = row(&stack, "TERM0001", stan).await.unwrap();
+        stack
+            .eventually(30, "the ledger to hold the confirmed sale", || async {
+                let status: Option<String> = sqlx::query_scalar(
+                    "SELECT status FROM transactions WHERE transaction_id = $1::uuid",
+                )
+                .bind(&id)
+                .fetch_optional(&ledger)
+                .await
+                .unwrap();
+                (status.as_deref() == Some("confirmed")).then_some(())
+            })
+            .await;
+    }
+
+    let close = |sales: i64, amount: i64| {
+        let mut close = Message::new(Mti::RECONCILIATION_REQUEST);
+        close
+            .set(11, "000703")
+            .set(41, "TERM0001")
+            .set(50, "978")
+            .set(60, "000001")
+            .set(76, format!("{sales:010}"))
+            .set(88, format!("{amount:016}"));
+        close
+    };
+    let answer = iso.call(&close(2, 3_030)).await.unwrap();
+    assert_eq!(answer.mti().to_string(), "0510");
+    assert_eq!(code(&answer), "00", "balanced");
+    assert_eq!(answer.text(60), Some("000001"));
+    assert_eq!(answer.text(76), Some("0000000002"), "the host's count");
+    assert_eq!(
+        answer.text(88),
+        Some("0000000000003030"),
+        "the host's amount"
+    );
+    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM batches")
+        .fetch_one(&ledger)
+        .await
+        .unwrap();
+    assert_eq!(batches, 1);
+
+    // The same batch number with other totals is not a repeat.
+    assert_eq!(code(&iso.call(&close(1, 1_010)).await.unwrap()), "94");
+    stack.shutdown().await;
+}

@@ -146,6 +146,7 @@ async fn handle(
         (2, 0) => sale(listener, identity, message).await,
         (2, 2) => advice(listener, identity, message).await,
         (4, 0) | (4, 2) => reversal(listener, identity, message).await,
+        (5, 0) => close_batch(listener, identity, message).await,
         _ => Err(IsoRefusal::InvalidTransaction),
     }
 }
@@ -297,6 +298,90 @@ async fn reversal(
         reversal_accepted(),
         rrn.into_iter().map(|rrn| (37, rrn)).collect(),
     ))
+}
+
+/// Totals of a 0500, by field: sales are debits, the terminal's
+/// reversals debit reversals (ISO 8583:1987 fields 74-89).
+const SALES_COUNT: u8 = 76;
+const SALES_AMOUNT: u8 = 88;
+const REVERSALS_COUNT: u8 = 77;
+const REVERSALS_AMOUNT: u8 = 89;
+
+/// 0500: the terminal closes its batch with its totals, forwarded as
+/// `CloseBatch`. The batch number is field 60 (six digits, where UnionPay
+/// terminals put it as 60.2), the currency field 50 (or 49), the totals
+/// fields 76/88 (sales) and 77/89 (reversals); the answer carries the
+/// host's totals in the same fields. Only profiles that define those
+/// fields can close a batch over ISO.
+async fn close_batch(
+    listener: &Listener,
+    identity: &TerminalIdentity,
+    message: &Message<'_>,
+) -> Result<Answered, IsoRefusal> {
+    let profile = &listener.profile;
+    if [SALES_COUNT, SALES_AMOUNT, REVERSALS_COUNT, REVERSALS_AMOUNT]
+        .into_iter()
+        .any(|field| profile.field(field).is_none())
+    {
+        return Err(IsoRefusal::InvalidTransaction);
+    }
+    let batch_number = message
+        .text(60)
+        .filter(|batch| batch.len() == 6 && batch.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or(IsoRefusal::Malformed)?;
+    let currency = message
+        .text(50)
+        .or_else(|| message.text(49))
+        .ok_or(IsoRefusal::Malformed)
+        .and_then(|code| Currency::from_numeric(code).map_err(|e| IsoRefusal::for_field(&e)))?;
+    let number = |field: u8| -> Result<i64, IsoRefusal> {
+        message.text(field).map_or(Ok(0), |digits| {
+            digits.parse().map_err(|_| IsoRefusal::InvalidAmount)
+        })
+    };
+    let totals = pb::CurrencyTotals {
+        currency: currency.code().to_owned(),
+        sales_count: number(SALES_COUNT)?,
+        sales_minor_units: number(SALES_AMOUNT)?,
+        reversals_count: number(REVERSALS_COUNT)?,
+        reversals_minor_units: number(REVERSALS_AMOUNT)?,
+    };
+    let empty = totals.sales_count == 0 && totals.reversals_count == 0;
+    let answer = listener
+        .api
+        .forward_close_batch(
+            identity,
+            pb::CloseBatchRequest {
+                terminal_id: identity.terminal_id.clone(),
+                merchant_id: identity.merchant_id.clone(),
+                batch_number: batch_number.to_owned(),
+                totals: if empty { Vec::new() } else { vec![totals] },
+            },
+        )
+        .await
+        .map_err(|status| refusal_of(&status))?;
+    let code =
+        ResponseCode::parse(&answer.response_code).map_err(|_| IsoRefusal::SystemMalfunction)?;
+    let host = answer
+        .host_totals
+        .iter()
+        .find(|host| host.currency == currency.code());
+    let field = |n: u8, value: i64| {
+        profile
+            .pad_value(n, &value.max(0).to_string())
+            .map(|padded| (n, padded))
+            .map_err(|_| IsoRefusal::SystemMalfunction)
+    };
+    let extra = match host {
+        Some(host) => vec![
+            field(SALES_COUNT, host.sales_count)?,
+            field(SALES_AMOUNT, host.sales_minor_units)?,
+            field(REVERSALS_COUNT, host.reversals_count)?,
+            field(REVERSALS_AMOUNT, host.reversals_minor_units)?,
+        ],
+        None => Vec::new(),
+    };
+    Ok((code, extra))
 }
 
 /// What a failed call to the services behind the edge tells the terminal.

@@ -17,7 +17,8 @@
 //! ([`crate::service::TerminalApi`]): a 0200 sale is an `Authorize`, a 0220
 //! completion advice an `Acknowledge`, a 0400/0420 reversal (and the repeats
 //! 0401/0421) a terminal-requested `Reverse`, whose idempotency in the
-//! journal gives a repeat the original's answer. 0800 (sign-on, echo,
+//! journal gives a repeat the original's answer; a 0500 batch close a
+//! `CloseBatch` to the settlement batcher. 0800 (sign-on, echo,
 //! sign-off) is answered here. Field 39 comes from the authorization's
 //! record, or, when the edge refuses, from `switch_core::iso_response`.
 //! A message that cannot be read gets "30" in its MTI's response class when
