@@ -556,3 +556,51 @@ async fn a_batch_close_over_iso_reaches_the_settlement_batcher() {
     assert_eq!(code(&iso.call(&close(1, 1_010)).await.unwrap()), "94");
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lab_listener_serves_plain_tcp_only_when_configured() {
+    capture_logs();
+    let stack = Stack::start(StackOptions {
+        iso_listeners: vec![
+            IsoListenerConfig {
+                plain_tcp_for_lab: true,
+                ..IsoListenerConfig::default()
+            },
+            IsoListenerConfig::default(),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+    .expect("the stack starts against PostgreSQL and Kafka");
+
+    // The lab listener: fields 41 and 42 name the terminal and merchant.
+    let mut lab = IsoTerminal::connect_plain(stack.iso[0], Profile::ASCII_1987)
+        .await
+        .unwrap();
+    let mut sale = iso_sale("TERM0004", "000801", VISA, 300);
+    sale.set(42, "MERCHANT0000002");
+    assert_eq!(code(&lab.call(&sale).await.unwrap()), "00");
+    let merchant: String =
+        sqlx::query_scalar("SELECT merchant_id FROM authorizations WHERE terminal_id = 'TERM0004'")
+            .fetch_one(&stack.journal)
+            .await
+            .unwrap();
+    assert_eq!(merchant, "MERCHANT0000002");
+
+    // The other listener keeps to TLS: plain ISO bytes get at most a TLS
+    // alert (record type 21), never an answer, and the connection closes.
+    let mut plain = IsoTerminal::connect_plain(stack.iso[1], Profile::ASCII_1987)
+        .await
+        .unwrap();
+    plain
+        .send(&iso_sale("TERM0001", "000802", VISA, 300))
+        .await
+        .unwrap();
+    let sent_back = plain.read_until_closed().await.unwrap();
+    assert!(
+        sent_back.is_empty() || sent_back[0] == 21,
+        "not a TLS alert: {sent_back:02X?}"
+    );
+    assert_eq!(row(&stack, "TERM0001", "000802").await, None);
+    stack.shutdown().await;
+}

@@ -155,6 +155,18 @@ impl IsoTerminal {
     }
 }
 
+impl IsoTerminal {
+    /// Everything the gateway sends until it closes the connection (a TLS
+    /// alert, say); an error if it keeps it open.
+    pub async fn read_until_closed(&mut self) -> anyhow::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        match tokio::time::timeout(ANSWER_TIMEOUT, self.stream.read_to_end(&mut bytes)).await {
+            Ok(_) => Ok(bytes),
+            Err(_) => bail!("the gateway kept the connection open"),
+        }
+    }
+}
+
 /// Field 39 of an answer.
 pub fn code(answer: &Message<'_>) -> String {
     answer.text(39).unwrap_or("<none>").to_owned()
