@@ -604,3 +604,103 @@ async fn a_lab_listener_serves_plain_tcp_only_when_configured() {
     assert_eq!(row(&stack, "TERM0001", "000802").await, None);
     stack.shutdown().await;
 }
+
+/// `posctl` next to the test binary (target/<profile>/posctl).
+fn posctl_binary() -> std::path::PathBuf {
+    let path = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("posctl")))
+        .expect("the test binary lives under target/<profile>/deps");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (cargo build -p posctl)",
+        path.display()
+    );
+    path
+}
+
+async fn posctl(args: Vec<String>) -> (bool, Vec<serde_json::Value>) {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(posctl_binary())
+            .args(args)
+            .output()
+            .expect("posctl runs")
+    })
+    .await
+    .unwrap();
+    let lines = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    (output.status.success(), lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posctl_speaks_iso_8583_over_tls() {
+    let stack = stack().await;
+    let certs =
+        switch_e2e::TempDir::new(&format!("posctl-iso-{}", switch_e2e::unique_suffix())).unwrap();
+    stack
+        .pki
+        .write_dev_layout(certs.path(), dev_certs::DEFAULT_TERMINALS)
+        .unwrap();
+    let base = |command: &[&str]| {
+        let mut args: Vec<String> = [
+            "--json",
+            "--terminal",
+            "TERM0001",
+            "--certs-dir",
+            certs.path().to_str().unwrap(),
+            "iso",
+            "--address",
+            &stack.iso[0].to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(command.iter().map(|s| s.to_string()));
+        args
+    };
+
+    let (ok, echo) = posctl(base(&["echo"])).await;
+    assert!(ok);
+    assert_eq!(
+        (echo[0]["mti"].as_str(), echo[0]["response_code"].as_str()),
+        (Some("0810"), Some("00"))
+    );
+
+    let (ok, sale) = posctl(base(&[
+        "sale", "--amount", "1234", "--pan", VISA, "--stan", "000901",
+    ]))
+    .await;
+    assert!(ok);
+    assert_eq!(
+        sale.len(),
+        2,
+        "the sale and its completion advice: {sale:?}"
+    );
+    assert_eq!(
+        (sale[0]["mti"].as_str(), sale[0]["response_code"].as_str()),
+        (Some("0210"), Some("00"))
+    );
+    assert_eq!(
+        (sale[1]["mti"].as_str(), sale[1]["response_code"].as_str()),
+        (Some("0230"), Some("00"))
+    );
+    let (id, _, _) = row(&stack, "TERM0001", "000901").await.unwrap();
+    stack.wait_for_state(&id, "confirmed", 10).await;
+
+    let (ok, _) = posctl(base(&[
+        "sale", "--no-ack", "--amount", "1500", "--pan", VISA, "--stan", "000902",
+    ]))
+    .await;
+    assert!(ok);
+    let (ok, reversal) = posctl(base(&["reverse", "--stan", "000902"])).await;
+    assert!(ok);
+    let (ok, repeat) = posctl(base(&["reverse", "--stan", "000902", "--repeat"])).await;
+    assert!(ok);
+    assert_eq!(reversal, repeat, "the repeat gets the original's answer");
+    let (id, _, _) = row(&stack, "TERM0001", "000902").await.unwrap();
+    stack.wait_for_state(&id, "reversed", 10).await;
+    stack.shutdown().await;
+}

@@ -7,7 +7,8 @@
 //! sale the terminal never got an answer for. `close-batch` and
 //! `upload-batch` close and reconcile the terminal's batch through the
 //! gateway; `settlement` asks the settlement batcher directly where payments
-//! are, or runs settlement. `watch` prints the messages the switch pushes to
+//! are, or runs settlement. `iso` speaks ISO 8583 to an ISO listener of
+//! the gateway (echo, sale with its completion advice, reversal). `watch` prints the messages the switch pushes to
 //! the terminal ("reprint the receipt", "void the receipt") and acknowledges
 //! them; `webhooks listen` stands in for a merchant's webhook endpoint and
 //! checks each webhook's signature (with the `webhook-signature` crate).
@@ -21,6 +22,7 @@
 mod bench;
 mod connect;
 mod events;
+mod iso;
 mod operator;
 mod output;
 mod settlement;
@@ -140,6 +142,9 @@ enum Command {
     /// Operators: list the reversals the switch gave up on, or redrive one
     /// (asks authorization directly, not the gateway).
     Reversals(operator::ReversalsArgs),
+    /// Speak ISO 8583 to one of the gateway's ISO listeners (echo, sale,
+    /// reverse) with this terminal's certificate.
+    Iso(iso::IsoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -571,6 +576,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Webhooks(args) => webhooks::run_webhooks(args, cli.json).await,
         Command::Redrive(args) => operator::run_redrive(args, cli.timeout, cli.json).await,
         Command::Reversals(args) => operator::run_reversals(args, cli.timeout, cli.json).await,
+        Command::Iso(args) => {
+            iso::run_iso(args, &cli.certs_dir, &certificate, cli.timeout, cli.json).await
+        }
     }
 }
 
