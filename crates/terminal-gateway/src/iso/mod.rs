@@ -46,12 +46,13 @@ use crate::service::TerminalApi;
 
 /// A wire layout a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum IsoProfile {
     /// ISO 8583:1987 ASCII (pyiso8583's `default_ascii`), two-byte binary
     /// length header.
+    #[serde(rename = "ascii_1987")]
     Ascii1987,
     /// China UnionPay POS: two-byte length, TPDU, header, BCD.
+    #[serde(rename = "cup_pos")]
     CupPos,
 }
 
@@ -167,4 +168,69 @@ pub(crate) async fn spawn(
         )));
     }
     Ok(tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_read_from_toml_with_their_documented_names() {
+        #[derive(Deserialize)]
+        struct Gateway {
+            iso_listeners: Vec<IsoListenerConfig>,
+        }
+        let gateway: Gateway = toml::from_str(
+            r#"
+            [[iso_listeners]]
+            listen = "127.0.0.1:18583"
+            profile = "ascii_1987"
+
+            [[iso_listeners]]
+            listen = "127.0.0.1:18584"
+            profile = "cup_pos"
+            plain_tcp_for_lab = true
+            "#,
+        )
+        .expect("the documented keys parse");
+        let [ascii, cup] = &gateway.iso_listeners[..] else {
+            panic!("two listeners");
+        };
+        assert_eq!(
+            (ascii.profile, ascii.plain_tcp_for_lab),
+            (IsoProfile::Ascii1987, false)
+        );
+        assert_eq!(
+            (cup.profile, cup.plain_tcp_for_lab),
+            (IsoProfile::CupPos, true)
+        );
+        assert_eq!(cup.profile.profile().name, iso8583::Profile::CUP_POS.name);
+        assert!(toml::from_str::<Gateway>("[[iso_listeners]]\nprofile = \"ascii1987\"").is_err());
+        assert!(toml::from_str::<Gateway>("[[iso_listeners]]\ntls = true").is_err());
+    }
+
+    #[test]
+    fn listeners_are_validated_naming_the_key() {
+        let zero = IsoListenerConfig {
+            max_in_flight: 0,
+            ..IsoListenerConfig::default()
+        };
+        assert!(
+            zero.validate(2)
+                .unwrap_err()
+                .to_string()
+                .contains("gateway.iso_listeners[2].max_in_flight")
+        );
+        let zero = IsoListenerConfig {
+            handshake_timeout_ms: 0,
+            ..IsoListenerConfig::default()
+        };
+        assert!(
+            zero.validate(0)
+                .unwrap_err()
+                .to_string()
+                .contains("handshake_timeout_ms")
+        );
+        assert!(IsoListenerConfig::default().validate(0).is_ok());
+    }
 }
