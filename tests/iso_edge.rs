@@ -619,6 +619,7 @@ fn posctl_binary() -> std::path::PathBuf {
     path
 }
 
+/// Runs posctl; panics with its stderr when it fails.
 async fn posctl(args: Vec<String>) -> (bool, Vec<serde_json::Value>) {
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(posctl_binary())
@@ -628,6 +629,11 @@ async fn posctl(args: Vec<String>) -> (bool, Vec<serde_json::Value>) {
     })
     .await
     .unwrap();
+    assert!(
+        output.status.success(),
+        "posctl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let lines = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| serde_json::from_str(line).expect("a JSON line"))
@@ -662,6 +668,9 @@ async fn posctl_speaks_iso_8583_over_tls() {
         args
     };
 
+    // posctl does not wait for a listener still starting: a terminal
+    // that does is connected first.
+    drop(terminal(&stack, 0, "TERM0001").await);
     let (ok, echo) = posctl(base(&["echo"])).await;
     assert!(ok);
     assert_eq!(

@@ -176,7 +176,12 @@ where
             }
         };
         frame.resize(len, 0);
-        if reader.read_exact(&mut frame[header_len..]).await.is_err() {
+        // A frame left half sent must not hold the shutdown.
+        let read = tokio::select! {
+            () = stop.cancelled() => break,
+            read = reader.read_exact(&mut frame[header_len..]) => read,
+        };
+        if read.is_err() {
             tracing::info!("ISO 8583 connection closed in the middle of a frame.");
             break;
         }

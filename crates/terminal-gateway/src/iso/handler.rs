@@ -83,8 +83,9 @@ pub(super) fn read(listener: &Listener, caller: &Caller, frame: &[u8]) -> Read {
     let (Some(_), Some(terminal_id)) = (message.stan(), message.terminal_id()) else {
         return Read::Close(format!("{mti} without field 11 or field 41"));
     };
+    // Field 41 is fixed-length: a shorter terminal id arrives padded.
     if let Caller::Certified(identity) = caller
-        && terminal_id != identity.terminal_id
+        && terminal_id.trim_end() != identity.terminal_id
     {
         listener.metrics.wrong_terminal();
         tracing::warn!(%mti, field_41 = terminal_id, certificate = %identity.terminal_id,
