@@ -371,6 +371,44 @@ async fn bad_requests_get_precise_codes_and_unreadable_ones_close_the_connection
         assert_eq!(row(&stack, "TERM0002", stan).await, None);
     }
 
+    // The issuer's decline passes through as the authorization's code.
+    assert_eq!(
+        code(
+            &iso.call(&iso_sale("TERM0001", "000407", VISA, 105))
+                .await
+                .unwrap()
+        ),
+        "05"
+    );
+    let (_, state, _) = row(&stack, "TERM0001", "000407").await.unwrap();
+    assert_eq!(state, "declined");
+
+    // An issuer that never answers: 91, never a decline.
+    stack
+        .issuer_control()
+        .await
+        .unwrap()
+        .set_faults(switch_e2e::v1::FaultPlan {
+            stans: vec!["000408".into()],
+            no_response: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            &iso.call(&iso_sale("TERM0001", "000408", VISA, 100))
+                .await
+                .unwrap()
+        ),
+        "91"
+    );
+    let (_, state, _) = row(&stack, "TERM0001", "000408").await.unwrap();
+    assert!(
+        ["issuer_timed_out", "reversal_pending", "reversed"].contains(&state.as_str()),
+        "{state}"
+    );
+
     // A retry with another amount is not a retry: 94, and still one
     // authorization.
     assert_eq!(
@@ -412,6 +450,12 @@ async fn bad_requests_get_precise_codes_and_unreadable_ones_close_the_connection
     frame.extend_from_slice(body);
     iso.send_raw(&frame).await.unwrap();
     assert!(iso.closed_by_gateway().await.unwrap());
+
+    // A length header beyond the profile's maximum: nothing is buffered,
+    // the connection is closed.
+    let mut oversize = terminal(&stack, 0, "TERM0001").await;
+    oversize.send_raw(&[0xFF, 0xFF, b'0', b'2']).await.unwrap();
+    assert!(oversize.closed_by_gateway().await.unwrap());
 
     // A terminal without a certificate never gets a session.
     let refused = IsoTerminal::connect_tls(

@@ -312,6 +312,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn iso_listeners_need_addresses_of_their_own() {
+        // Any existing file passes the TLS check, which is not under test.
+        let file = PathBuf::from(env!("CARGO_MANIFEST_PATH"));
+        let config = |addresses: &[u16]| GatewayConfig {
+            tls: TlsFiles {
+                cert_path: file.clone(),
+                key_path: file.clone(),
+                client_ca_path: Some(file.clone()),
+            },
+            iso_listeners: addresses
+                .iter()
+                .map(|port| IsoListenerConfig {
+                    listen: SocketAddr::from(([127, 0, 0, 1], *port)),
+                    ..IsoListenerConfig::default()
+                })
+                .collect(),
+            ..GatewayConfig::default()
+        };
+        assert!(config(&[]).validate().is_ok());
+        assert!(config(&[8583, 8584]).validate().is_ok());
+        let twice = config(&[8583, 8583]).validate().unwrap_err().to_string();
+        assert!(twice.contains("gateway.iso_listeners[1].listen"), "{twice}");
+        let grpc = config(&[50051]).validate().unwrap_err().to_string();
+        assert!(grpc.contains("gateway.iso_listeners[0].listen"), "{grpc}");
+    }
+
+    #[test]
     fn schema_and_channel_are_named_after_the_service() {
         assert_eq!(
             DatabaseConfig::default().schema_for(SERVICE_NAME),
