@@ -757,3 +757,194 @@ async fn posctl_speaks_iso_8583_over_tls() {
     stack.wait_for_state(&id, "reversed", 10).await;
     stack.shutdown().await;
 }
+
+/// The Python of the virtual environment with pyiso8583 (`make pyiso8583`).
+fn pyiso8583_python() -> std::path::PathBuf {
+    let python = std::env::var_os("PYISO8583_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| {
+                std::path::PathBuf::from(home).join(".cache/pos-switch/pyiso8583-4.0.1/bin/python")
+            })
+        })
+        .expect("PYISO8583_PYTHON or HOME is set");
+    assert!(
+        python.is_file(),
+        "{} is missing: `make pyiso8583` installs it (`make test` does)",
+        python.display()
+    );
+    python
+}
+
+/// Runs the pyiso8583 terminal for `requests`; one JSON line per exchange.
+async fn pyiso_terminal(
+    stack: &Stack,
+    certs: &std::path::Path,
+    requests: &[String],
+) -> Vec<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/pyiso_terminal.py");
+    let mut args: Vec<String> = vec![
+        script.into(),
+        "127.0.0.1".into(),
+        stack.iso[0].port().to_string(),
+        certs.join("ca.pem").display().to_string(),
+        certs.join("terminals/TERM0001.pem").display().to_string(),
+        certs.join("terminals/TERM0001.key").display().to_string(),
+        "TERM0001".into(),
+        mmdd(),
+    ];
+    args.extend(requests.iter().cloned());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(pyiso8583_python())
+            .args(args)
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the pyiso8583 terminal failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+/// The same bytes decoded by pyiso8583 (`decoded`) and by this codec agree
+/// field for field: the MTI, and every data field, none more, none less.
+fn agrees(hex_bytes: &str, decoded: &serde_json::Value) -> Message<'static> {
+    let bytes = hex::decode(hex_bytes).unwrap();
+    let ours = Profile::ASCII_1987
+        .unpack(&bytes)
+        .expect("our codec reads what pyiso8583 wrote and read")
+        .into_owned();
+    assert_eq!(decoded["t"].as_str(), Some(ours.mti().as_str()));
+    let theirs: Vec<(u8, String)> = decoded
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(key, _)| !matches!(key.as_str(), "t" | "p" | "s" | "1"))
+        .map(|(key, value)| (key.parse().unwrap(), value.as_str().unwrap().to_owned()))
+        .collect();
+    let mut theirs = theirs;
+    theirs.sort();
+    let mine: Vec<(u8, String)> = ours
+        .fields()
+        .map(|(n, value)| (n, value.as_text().expect("text fields only").to_owned()))
+        .collect();
+    assert_eq!(mine, theirs, "field for field");
+    ours
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pyiso8583_terminal_is_served_and_both_codecs_agree() {
+    capture_logs();
+    let stack = Stack::start(StackOptions {
+        iso_listeners: vec![IsoListenerConfig::default()],
+        settlement: Some(switch_e2e::test_settlement()),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("the stack starts against PostgreSQL and Kafka");
+    let ledger = stack.settlement_pool().await.unwrap();
+    let certs =
+        switch_e2e::TempDir::new(&format!("pyiso-{}", switch_e2e::unique_suffix())).unwrap();
+    stack
+        .pki
+        .write_dev_layout(certs.path(), dev_certs::DEFAULT_TERMINALS)
+        .unwrap();
+    // The listener may still be binding: a terminal that waits goes first.
+    drop(terminal(&stack, 0, "TERM0001").await);
+
+    let requests: Vec<String> = [
+        "echo",
+        "sale:001001:1500",
+        "advice:001001:1500",
+        "sale:001002:2500",
+        "reversal:001002:2500",
+    ]
+    .map(String::from)
+    .to_vec();
+    let exchanges = pyiso_terminal(&stack, certs.path(), &requests).await;
+    assert_eq!(exchanges.len(), requests.len());
+    let mut answers = Vec::new();
+    for exchange in &exchanges {
+        agrees(
+            exchange["request_hex"].as_str().unwrap(),
+            &exchange["request"],
+        );
+        answers.push(agrees(
+            exchange["answer_hex"].as_str().unwrap(),
+            &exchange["answer"],
+        ));
+    }
+    let shown: Vec<(String, String)> = answers
+        .iter()
+        .map(|a| (a.mti().to_string(), code(a)))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("0810".into(), "00".into()),
+            ("0210".into(), "00".into()),
+            ("0230".into(), "00".into()),
+            ("0210".into(), "00".into()),
+            ("0410".into(), "00".into()),
+        ]
+    );
+    let (confirmed, _, _) = row(&stack, "TERM0001", "001001").await.unwrap();
+    stack.wait_for_state(&confirmed, "confirmed", 10).await;
+    let (reversed, _, _) = row(&stack, "TERM0001", "001002").await.unwrap();
+    stack.wait_for_state(&reversed, "reversed", 10).await;
+
+    // The batch close, once the batcher holds the confirmed sale: one sale
+    // of 15.00, one reversal asked for.
+    stack
+        .eventually(30, "the ledger to hold the confirmed sale", || async {
+            let status: Option<String> = sqlx::query_scalar(
+                "SELECT status FROM transactions WHERE transaction_id = $1::uuid",
+            )
+            .bind(&confirmed)
+            .fetch_optional(&ledger)
+            .await
+            .unwrap();
+            (status.as_deref() == Some("confirmed")).then_some(())
+        })
+        .await;
+    let close = pyiso_terminal(
+        &stack,
+        certs.path(),
+        &["close:001003:000001:1:1500:1:2500".into()],
+    )
+    .await;
+    agrees(
+        close[0]["request_hex"].as_str().unwrap(),
+        &close[0]["request"],
+    );
+    let answer = agrees(
+        close[0]["answer_hex"].as_str().unwrap(),
+        &close[0]["answer"],
+    );
+    assert_eq!(answer.mti().to_string(), "0510");
+    assert_eq!(code(&answer), "00", "balanced: {answer:?}");
+    assert_eq!(answer.text(60), Some("000001"));
+    assert_eq!(
+        (
+            answer.text(76),
+            answer.text(88),
+            answer.text(77),
+            answer.text(89)
+        ),
+        (
+            Some("0000000001"),
+            Some("0000000000001500"),
+            Some("0000000001"),
+            Some("0000000000002500")
+        ),
+        "the host's totals"
+    );
+    stack.shutdown().await;
+}
