@@ -457,6 +457,19 @@ async fn bad_requests_get_precise_codes_and_unreadable_ones_close_the_connection
     oversize.send_raw(&[0xFF, 0xFF, b'0', b'2']).await.unwrap();
     assert!(oversize.closed_by_gateway().await.unwrap());
 
+    // Everything logged at debug level so far in this process, malformed
+    // and refused messages included: the masked PAN at most, never the
+    // card number.
+    let logs = switch_e2e::captured_logs();
+    assert!(
+        logs.contains("ISO 8583 message malformed"),
+        "logs were captured"
+    );
+    assert_eq!(
+        switch_e2e::luhn_valid_digit_runs(&logs),
+        Vec::<String>::new()
+    );
+
     // A terminal without a certificate never gets a session.
     let refused = IsoTerminal::connect_tls(
         stack.iso[0],
