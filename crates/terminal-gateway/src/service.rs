@@ -2,7 +2,10 @@
 //! authorization service (or, for batches, the settlement batcher), passing
 //! its answers (and its precise errors) through unchanged. `Subscribe` and
 //! `AcknowledgeMessage` are answered here, from the terminal backlog
-//! ([`crate::push`]).
+//! ([`crate::push`]). The forwarding itself (`forward_*`, taking the
+//! caller's identity) is shared with the ISO 8583 listeners
+//! ([`crate::iso`]), so both edges reach authorization and the batcher the
+//! same way.
 
 use std::time::Duration;
 

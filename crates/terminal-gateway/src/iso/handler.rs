@@ -10,6 +10,7 @@ use switch_core::iso_response::{
 use switch_core::{CardExpiry, Currency, InvalidField, LocalDate, Money, Pan, ResponseCode};
 use switch_proto::v1 as pb;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 use super::Listener;
 use crate::identity::TerminalIdentity;
@@ -117,8 +118,14 @@ pub(super) async fn answer(
 ) -> Option<Vec<u8>> {
     let Request { envelope, message } = *request;
     let mti = message.mti();
+    let span = tracing::info_span!(
+        "gateway.iso",
+        %mti,
+        terminal_id = message.terminal_id().unwrap_or(""),
+        stan = message.stan().unwrap_or("")
+    );
     let outcome = match identity_of(caller, &message) {
-        Ok(identity) => handle(listener, &identity, &message).await,
+        Ok(identity) => handle(listener, &identity, &message).instrument(span).await,
         Err(refusal) => Err(refusal),
     };
     let (code, extra) = match outcome {
