@@ -771,7 +771,7 @@ async fn posctl_speaks_iso_8583_over_tls() {
     stack.shutdown().await;
 }
 
-/// The Python of the virtual environment with pyiso8583 (`make pyiso8583`).
+/// The Python of the virtual environment with pyiso8583 (`make pyiso`).
 fn pyiso8583_python() -> std::path::PathBuf {
     let python = std::env::var_os("PYISO8583_PYTHON")
         .map(std::path::PathBuf::from)
@@ -783,7 +783,7 @@ fn pyiso8583_python() -> std::path::PathBuf {
         .expect("PYISO8583_PYTHON or HOME is set");
     assert!(
         python.is_file(),
-        "{} is missing: `make pyiso8583` installs it (`make test` does)",
+        "{} is missing: `make pyiso` installs it (`make test` does)",
         python.display()
     );
     python
