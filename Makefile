@@ -38,8 +38,23 @@ help: ## List the targets
 demo: build certs broker-install ## Start broker + services, run sales with posctl, show journal and events, stop
 	@scripts/demo.sh
 
+# pyiso8583 in a virtual environment of its own (`make pyiso`): the ISO edge's interop
+# test (tests/iso_edge.rs) speaks to the gateway with a client nobody here
+# wrote.
+PYISO8583_VERSION := 4.0.1
+PYISO8583_VENV ?= $(TOOLS_DIR)/pyiso8583-$(PYISO8583_VERSION)
+export PYISO8583_PYTHON ?= $(PYISO8583_VENV)/bin/python
+
+.PHONY: pyiso
+pyiso: $(PYISO8583_VENV)/bin/python ## Install pyiso8583 once into a virtual environment in ~/.cache
+
+$(PYISO8583_VENV)/bin/python:
+	@echo "Installing pyiso8583 $(PYISO8583_VERSION) (once)..."
+	python3 -m venv $(PYISO8583_VENV)
+	$(PYISO8583_VENV)/bin/pip install --quiet pyiso8583==$(PYISO8583_VERSION)
+
 .PHONY: test
-test: build broker-install ## Run every test (starts the broker if none is reachable)
+test: build broker-install pyiso ## Run every test (starts the broker if none is reachable)
 	@scripts/with-broker.sh cargo test --workspace --all-targets --no-fail-fast
 
 # The benchmark runs its own fresh in-memory broker on another port: it

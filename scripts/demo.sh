@@ -26,6 +26,7 @@ export SWITCH__SETTLEMENT__PAYOUT_DIR="${RUN_DIR:-.run}/demo-payouts"
 webhook_address=127.0.0.1:18085
 webhook_secret=demo-webhook-secret-merchant-1
 webhook_log="${RUN_DIR:-.run}/demo-webhooks.log"
+iso_address=127.0.0.1:18583
 mkdir -p "${RUN_DIR:-.run}"
 export SWITCH_CONFIG="${RUN_DIR:-.run}/demo-switchd.toml"
 cat >"$SWITCH_CONFIG" <<TOML
@@ -37,6 +38,11 @@ max_delay_ms = 2000
 merchant_id = "MERCHANT0000001"
 url = "http://$webhook_address/webhooks"
 secret = "$webhook_secret"
+
+# Terminals that speak ISO 8583 (1987 ASCII) over TLS with their certificate.
+[[gateway.iso_listeners]]
+listen = "$iso_address"
+profile = "ascii_1987"
 TOML
 today=$(date -u +%F)
 
@@ -166,6 +172,22 @@ echo
 $posctl settlement status --stan 100001 --date "$today"
 $posctl settlement status --stan 100008 --date "$today"
 
+step "14. ISO 8583 over TLS (TERM0002, the gateway's ISO listener): an echo, a sale and its completion advice, an S1 orphan, and a reversal sent twice"
+$posctl --terminal TERM0002 iso --address "$iso_address" echo
+$posctl --terminal TERM0002 iso --address "$iso_address" sale --amount 1250 --pan 4111111111111111 --stan 300001
+$posctl --terminal TERM0002 iso --address "$iso_address" sale --no-ack --amount 3300 --pan 4111111111111111 --stan 300002
+$posctl --terminal TERM0002 iso --address "$iso_address" sale --no-ack --amount 700 --pan 5555555555554444 --stan 300003
+$posctl --terminal TERM0002 iso --address "$iso_address" reverse --stan 300003
+$posctl --terminal TERM0002 iso --address "$iso_address" reverse --stan 300003 --repeat
+echo "Waiting for the ISO orphan's acknowledgement deadline (3 s) to reverse it..."
+for _ in $(seq 1 60); do
+  if $posctl --terminal TERM0002 --json inquiry --stan 300002 --date "$today" 2>/dev/null | grep -q '"status": *"REVERSED"'; then
+    break
+  fi
+  sleep 0.5
+done
+$posctl --terminal TERM0002 inquiry --stan 300002 --date "$today"
+
 step "The journal in PostgreSQL (schema demo_authorization): no full card number, ever"
 psql "$psql_url" -P pager=off -c "
   SELECT terminal_id, stan, rrn, masked_pan, amount_minor, currency, state,
@@ -185,7 +207,7 @@ step "The events on Kafka (topic ${SWITCH__KAFKA__TOPIC_PREFIX}authorization-eve
 $posctl events --topic-prefix "$SWITCH__KAFKA__TOPIC_PREFIX" --idle-timeout 3s
 
 states=$(psql -tA "$psql_url" -c "SELECT string_agg(stan || ':' || state, ' ' ORDER BY stan) FROM demo_authorization.authorizations")
-expected="100001:confirmed 100002:declined 100008:reversed 100009:reversed 200001:confirmed"
+expected="100001:confirmed 100002:declined 100008:reversed 100009:reversed 200001:confirmed 300001:confirmed 300002:reversed 300003:reversed"
 if [[ $states != "$expected" ]]; then
   echo "demo: expected journal states '$expected', found '$states'" >&2
   exit 1
@@ -195,4 +217,4 @@ if [[ $paid != "100001 200001" ]]; then
   echo "demo: expected sales 100001 and 200001 paid, found '$paid'" >&2
   exit 1
 fi
-step "Done: sale 1 confirmed by its receipt, sale 2 declined, the S1 orphan reversed at its deadline (merchant told by a signed webhook, terminal told to void its receipt), the S4 sale reversed once at the terminal's request, TERM0003's sale confirmed by its batch upload, and both confirmed sales paid. Stopping."
+step "Done: sale 1 confirmed by its receipt, sale 2 declined, the S1 orphan reversed at its deadline (merchant told by a signed webhook, terminal told to void its receipt), the S4 sale reversed once at the terminal's request, TERM0003's sale confirmed by its batch upload, and both confirmed sales paid; over ISO 8583, a sale confirmed by its completion advice, an orphan reversed at its deadline and a terminal reversal made once. Stopping."

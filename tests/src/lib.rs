@@ -38,6 +38,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub use switch_proto::v1;
 
 pub mod chaos;
+pub mod iso;
 pub mod webhook_receiver;
 
 /// Luhn-valid test card numbers used by the suites.
@@ -79,6 +80,9 @@ pub struct StackOptions {
     pub notifier: Option<notifier::NotifierConfig>,
     /// The gateway's HTTP/2 keepalive: ping interval and ping timeout.
     pub gateway_keepalive_ms: (u64, u64),
+    /// The gateway's ISO 8583 listeners; each gets a free port of its own
+    /// (its `listen` is replaced), listed in `Stack::iso` in this order.
+    pub iso_listeners: Vec<terminal_gateway::IsoListenerConfig>,
 }
 
 impl Default for StackOptions {
@@ -104,6 +108,7 @@ impl Default for StackOptions {
                     defaults.keepalive_timeout_ms,
                 )
             },
+            iso_listeners: Vec::new(),
         }
     }
 }
@@ -146,6 +151,8 @@ pub struct Stack {
     pub notifier: Option<SocketAddr>,
     /// Where the settlement batcher writes payout files.
     pub payout_dir: std::path::PathBuf,
+    /// Where the gateway's ISO 8583 listeners are, as configured.
+    pub iso: Vec<SocketAddr>,
     pub pki: DevPki,
     /// The authorization service's schema.
     pub journal: PgPool,
@@ -197,6 +204,11 @@ impl Stack {
         let handler = address(&handler_listener)?;
         let settlement = address(&settlement_listener)?;
         let notifier_address = address(&notifier_listener)?;
+        let mut iso_listeners = options.iso_listeners.clone();
+        for listener in &mut iso_listeners {
+            listener.listen = free_address().await;
+        }
+        let iso: Vec<SocketAddr> = iso_listeners.iter().map(|l| l.listen).collect();
 
         let config = Arc::new(SwitchdConfig {
             database: database.clone(),
@@ -237,6 +249,7 @@ impl Stack {
                 authorization_timeout_ms: options.issuer_timeout_ms + 4_000,
                 keepalive_interval_ms: options.gateway_keepalive_ms.0,
                 keepalive_timeout_ms: options.gateway_keepalive_ms.1,
+                iso_listeners,
             },
             reversal_handler: options
                 .reversal_handler
@@ -298,6 +311,7 @@ impl Stack {
             notifier: notifier_address,
             settlement,
             payout_dir,
+            iso,
             reversal_handler: handler,
             database,
             kafka,

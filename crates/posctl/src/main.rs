@@ -7,7 +7,8 @@
 //! sale the terminal never got an answer for. `close-batch` and
 //! `upload-batch` close and reconcile the terminal's batch through the
 //! gateway; `settlement` asks the settlement batcher directly where payments
-//! are, or runs settlement. `watch` prints the messages the switch pushes to
+//! are, or runs settlement. `iso` speaks ISO 8583 to an ISO listener of
+//! the gateway (echo, sale with its completion advice, reversal). `watch` prints the messages the switch pushes to
 //! the terminal ("reprint the receipt", "void the receipt") and acknowledges
 //! them; `webhooks listen` stands in for a merchant's webhook endpoint and
 //! checks each webhook's signature (with the `webhook-signature` crate).
@@ -22,6 +23,7 @@ mod bench;
 mod broker_bench;
 mod connect;
 mod events;
+mod iso;
 mod operator;
 mod output;
 mod settlement;
@@ -144,6 +146,9 @@ enum Command {
     /// Measure a Kafka-protocol broker: produce and fetch rates, group join
     /// time, and what survives a SIGKILL (see scripts/broker-compare.sh).
     BrokerBench(broker_bench::BrokerBenchArgs),
+    /// Speak ISO 8583 to one of the gateway's ISO listeners (echo, sale,
+    /// reverse) with this terminal's certificate.
+    Iso(iso::IsoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -576,6 +581,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Webhooks(args) => webhooks::run_webhooks(args, cli.json).await,
         Command::Redrive(args) => operator::run_redrive(args, cli.timeout, cli.json).await,
         Command::Reversals(args) => operator::run_reversals(args, cli.timeout, cli.json).await,
+        Command::Iso(args) => {
+            iso::run_iso(args, &cli.certs_dir, &certificate, cli.timeout, cli.json).await
+        }
     }
 }
 

@@ -202,6 +202,29 @@ impl LocalDate {
         Self(d)
     }
 
+    /// Field "local_date" as ISO 8583 field 13 carries it: `MMDD`, no
+    /// year. The year is the one that puts the date nearest `today` (the
+    /// switch's date), so a terminal a few hours either side of midnight
+    /// on 31 December keeps its own year; 29 February resolves only to a
+    /// leap year within that reach.
+    pub fn from_month_day(mmdd: &str, today: Date) -> Result<LocalDate, InvalidField> {
+        let refuse = || InvalidField::new("local_date", format!("'{mmdd}' is not MMDD"));
+        if mmdd.len() != 4 || !mmdd.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(refuse());
+        }
+        let month: u8 = mmdd[..2].parse().map_err(|_| refuse())?;
+        let day: u8 = mmdd[2..].parse().map_err(|_| refuse())?;
+        let month = time::Month::try_from(month).map_err(|_| refuse())?;
+        let year = today.year();
+        [year - 1, year, year + 1]
+            .into_iter()
+            .filter_map(|y| Date::from_calendar_date(y, month, day).ok())
+            .min_by_key(|candidate| (*candidate - today).whole_days().abs())
+            .filter(|nearest| (*nearest - today).whole_days().abs() <= 183)
+            .map(LocalDate)
+            .ok_or_else(refuse)
+    }
+
     pub fn date(&self) -> Date {
         self.0
     }
@@ -247,6 +270,22 @@ mod tests {
     fn de<'a, T: Deserialize<'a>>(s: &'a str) -> Result<T, DeError> {
         let d: StrDeserializer<'a, DeError> = s.into_deserializer();
         T::deserialize(d)
+    }
+
+    #[test]
+    fn a_month_and_day_take_the_nearest_year() {
+        let at = |mmdd, today| LocalDate::from_month_day(mmdd, today).map(|d| d.to_string());
+        assert_eq!(at("1202", date!(2026 - 12 - 02)).unwrap(), "2026-12-02");
+        assert_eq!(at("1231", date!(2027 - 01 - 01)).unwrap(), "2026-12-31");
+        assert_eq!(at("0101", date!(2026 - 12 - 31)).unwrap(), "2027-01-01");
+        assert_eq!(at("0229", date!(2028 - 03 - 01)).unwrap(), "2028-02-29");
+        for bad in ["", "122", "12021", "1300", "0000", "0230", "12a1", "0229"] {
+            assert_eq!(
+                at(bad, date!(2026 - 12 - 02)).unwrap_err().field,
+                "local_date",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

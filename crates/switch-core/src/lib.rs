@@ -2,7 +2,8 @@
 //!
 //! This crate owns the vocabulary every other crate speaks: money and
 //! currencies, card data (PAN, expiry, masked and fingerprinted forms),
-//! ISO 8583 identifiers and response codes, the authorization lifecycle (the
+//! ISO 8583 identifiers and response codes (and, in `iso_response`, the
+//! codes the ISO 8583 edge answers with when no authorization decided), the authorization lifecycle (the
 //! legal transitions in `authorization`, and in `lifecycle` the decisions:
 //! state, command and time in, next state and effects out), the reversal
 //! handler's watch of every approval until its deadline (`watch`), the clock port,
@@ -20,6 +21,7 @@ pub mod card;
 pub mod clock;
 pub mod error;
 pub mod ids;
+pub mod iso_response;
 pub mod lifecycle;
 pub mod money;
 pub mod notify;
@@ -36,6 +38,7 @@ pub use card::*;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::*;
 pub use ids::*;
+pub use iso_response::IsoRefusal;
 pub use money::*;
 pub use operator::{MAX_OPERATOR_TEXT, operator_text};
 pub use orphan::*;

@@ -117,6 +117,31 @@ impl Currency {
         self.code
     }
 
+    /// Field "currency" as ISO 8583 field 49 carries it: three digits of
+    /// the ISO 4217 numeric code, known to the built-in table.
+    pub fn from_numeric(digits: &str) -> Result<Currency, InvalidField> {
+        if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InvalidField::new(
+                "currency",
+                format!("'{digits}' is not a 3-digit ISO 4217 numeric code"),
+            ));
+        }
+        let numeric: u16 = digits
+            .parse()
+            .map_err(|_| InvalidField::new("currency", "not a number"))?;
+        CURRENCIES
+            .iter()
+            .find(|c| c.numeric == numeric)
+            .map(|c| Currency {
+                code: c.code,
+                numeric: c.numeric,
+                exponent: c.exponent,
+            })
+            .ok_or_else(|| {
+                InvalidField::new("currency", format!("unknown numeric currency '{digits}'"))
+            })
+    }
+
     /// The ISO 4217 numeric code (ISO 8583 field 49).
     pub fn numeric(&self) -> u16 {
         self.numeric
@@ -230,6 +255,14 @@ mod tests {
     fn parses_known_currencies() {
         let eur = cur("EUR");
         assert_eq!((eur.code(), eur.numeric(), eur.exponent()), ("EUR", 978, 2));
+        assert_eq!(Currency::from_numeric("978").unwrap(), eur);
+        for bad in ["", "97", "9780", "97A", "999", "+78"] {
+            assert_eq!(
+                Currency::from_numeric(bad).unwrap_err().field,
+                "currency",
+                "{bad}"
+            );
+        }
         assert_eq!(cur("USD").numeric(), 840);
         assert_eq!(cur("GBP").numeric(), 826);
         assert_eq!((cur("JPY").numeric(), cur("JPY").exponent()), (392, 0));

@@ -11,6 +11,12 @@
 //! Batch close and upload go to the settlement batcher with the same
 //! identity rule.
 //!
+//! Terminals that speak ISO 8583 reach the same forwarding through the
+//! listeners of [`iso`] (`iso_listeners`): TLS with the same client
+//! certificates, one profile per listener, and the messages mapped to the
+//! gRPC calls they stand for, so both edges produce the same journal rows
+//! and events.
+//!
 //! Sales keep no state here: duplicate detection is authoritative in the
 //! authorization journal (see `docs/adr/0003-duplicate-detection.md`).
 //!
@@ -26,6 +32,7 @@
 //! replicas can still be added and removed freely.
 
 mod identity;
+pub mod iso;
 mod metrics;
 pub mod push;
 mod service;
@@ -34,6 +41,7 @@ mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +56,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use identity::TerminalIdentity;
+pub use iso::{IsoListenerConfig, IsoProfile};
 pub use switch_platform::service::ServeError;
 
 /// Name of the service: its schema, its consumer group, its OpenTelemetry
@@ -89,6 +98,8 @@ pub struct GatewayConfig {
     pub keepalive_interval_ms: u64,
     /// How long a ping may go unanswered before the connection is closed.
     pub keepalive_timeout_ms: u64,
+    /// ISO 8583 listeners beside the gRPC one ([`iso`]); none by default.
+    pub iso_listeners: Vec<IsoListenerConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -105,6 +116,7 @@ impl Default for GatewayConfig {
             authorization_timeout_ms: 5_000,
             keepalive_interval_ms: 30_000,
             keepalive_timeout_ms: 10_000,
+            iso_listeners: Vec::new(),
         }
     }
 }
@@ -148,6 +160,19 @@ impl GatewayConfig {
                 "must be at least 1",
             ));
         }
+        for (index, listener) in self.iso_listeners.iter().enumerate() {
+            listener.validate(index)?;
+            if listener.listen == self.listen
+                || self.iso_listeners[..index]
+                    .iter()
+                    .any(|other| other.listen == listener.listen)
+            {
+                return Err(ConfigError::invalid(
+                    format!("gateway.iso_listeners[{index}].listen"),
+                    "already used by another listener of the gateway",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -179,12 +204,27 @@ pub async fn serve(
         metrics: metrics.clone(),
         stop: stop.clone(),
     };
-    let api = service::TerminalApi::connect(
+    let api = Arc::new(service::TerminalApi::connect(
         &config.authorization_endpoint,
         &config.settlement_endpoint,
         Duration::from_millis(config.authorization_timeout_ms),
         push,
-    )?;
+    )?);
+    let iso_tasks = match iso::spawn(
+        &config.iso_listeners,
+        &config.tls,
+        api.clone(),
+        stop.clone(),
+    )
+    .await
+    {
+        Ok(tasks) => tasks,
+        Err(error) => {
+            // Listeners bound before the one that failed stop with it.
+            stop.cancel();
+            return Err(error);
+        }
+    };
     let listener_task = tokio::spawn(push::listen(
         pool.clone(),
         channel.clone(),
@@ -210,7 +250,7 @@ pub async fn serve(
             ..ServerLimits::default()
         })
         .tls(Some(&config.tls))
-        .add_service(TerminalServiceServer::new(api))
+        .add_service(TerminalServiceServer::from_arc(api))
         // Open streams never finish by themselves: end them as the drain
         // begins, or it would wait for them until the grace timeout.
         .cancel_on_drain(&stop);
@@ -219,6 +259,9 @@ pub async fn serve(
     let _ = consumer_task.await;
     let _ = listener_task.await;
     let _ = gauge_task.await;
+    for task in iso_tasks {
+        let _ = task.await;
+    }
     tracing::info!("Terminal gateway stopped.");
     result
 }
@@ -267,6 +310,33 @@ async fn run_consumer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso_listeners_need_addresses_of_their_own() {
+        // Any existing file passes the TLS check, which is not under test.
+        let file = PathBuf::from(env!("CARGO_MANIFEST_PATH"));
+        let config = |addresses: &[u16]| GatewayConfig {
+            tls: TlsFiles {
+                cert_path: file.clone(),
+                key_path: file.clone(),
+                client_ca_path: Some(file.clone()),
+            },
+            iso_listeners: addresses
+                .iter()
+                .map(|port| IsoListenerConfig {
+                    listen: SocketAddr::from(([127, 0, 0, 1], *port)),
+                    ..IsoListenerConfig::default()
+                })
+                .collect(),
+            ..GatewayConfig::default()
+        };
+        assert!(config(&[]).validate().is_ok());
+        assert!(config(&[8583, 8584]).validate().is_ok());
+        let twice = config(&[8583, 8583]).validate().unwrap_err().to_string();
+        assert!(twice.contains("gateway.iso_listeners[1].listen"), "{twice}");
+        let grpc = config(&[50051]).validate().unwrap_err().to_string();
+        assert!(grpc.contains("gateway.iso_listeners[0].listen"), "{grpc}");
+    }
 
     #[test]
     fn schema_and_channel_are_named_after_the_service() {

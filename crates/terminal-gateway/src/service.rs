@@ -2,7 +2,10 @@
 //! authorization service (or, for batches, the settlement batcher), passing
 //! its answers (and its precise errors) through unchanged. `Subscribe` and
 //! `AcknowledgeMessage` are answered here, from the terminal backlog
-//! ([`crate::push`]).
+//! ([`crate::push`]). The forwarding itself (`forward_*`, taking the
+//! caller's identity) is shared with the ISO 8583 listeners
+//! ([`crate::iso`]), so both edges reach authorization and the batcher the
+//! same way.
 
 use std::time::Duration;
 
@@ -60,6 +63,97 @@ impl TerminalApi {
         request.set_timeout(self.timeout);
         request
     }
+
+    /// A sale on behalf of `identity`, whichever edge it came through: the
+    /// merchant is the certificate's, the key the terminal's.
+    pub(crate) async fn forward_sale(
+        &self,
+        identity: &TerminalIdentity,
+        sale: pb::SaleRequest,
+    ) -> Result<pb::SaleResponse, Status> {
+        identity.authorize(&sale.terminal_id)?;
+        let forwarded = pb::AuthorizeRequest {
+            key: Some(key(&sale.terminal_id, &sale.stan, &sale.local_date)),
+            merchant_id: identity.merchant_id.clone(),
+            pan: sale.pan,
+            expiry: sale.expiry,
+            amount: sale.amount,
+            last_completed_stan: sale.last_completed_stan,
+            channel: sale.channel,
+        };
+        let answer = self
+            .authorization
+            .clone()
+            .authorize(self.outbound(forwarded))
+            .await?
+            .into_inner();
+        Ok(pb::SaleResponse {
+            authorization: answer.authorization,
+            duplicate: answer.duplicate,
+        })
+    }
+
+    /// The terminal's acknowledgement (gRPC `Acknowledge`, ISO 0220).
+    pub(crate) async fn forward_acknowledge(
+        &self,
+        identity: &TerminalIdentity,
+        ack: pb::AcknowledgeRequest,
+    ) -> Result<pb::AcknowledgeResponse, Status> {
+        identity.authorize(&ack.terminal_id)?;
+        let record = self
+            .authorization
+            .clone()
+            .acknowledge(self.outbound(key(&ack.terminal_id, &ack.stan, &ack.local_date)))
+            .await?
+            .into_inner();
+        Ok(pb::AcknowledgeResponse {
+            authorization: Some(record),
+        })
+    }
+
+    /// A terminal-requested reversal (gRPC `Reverse`, ISO 0400/0420 and
+    /// their repeats).
+    pub(crate) async fn forward_reverse(
+        &self,
+        identity: &TerminalIdentity,
+        reversal: pb::TerminalReverseRequest,
+    ) -> Result<pb::TerminalReverseResponse, Status> {
+        identity.authorize(&reversal.terminal_id)?;
+        let answer = self
+            .authorization
+            .clone()
+            .reverse(self.outbound(pb::ReverseRequest {
+                target: Some(Target::Key(key(
+                    &reversal.terminal_id,
+                    &reversal.stan,
+                    &reversal.local_date,
+                ))),
+                reason: pb::ReversalReason::TerminalRequested.into(),
+            }))
+            .await?
+            .into_inner();
+        Ok(pb::TerminalReverseResponse {
+            authorization: answer.authorization,
+            original_found: answer.original_found,
+        })
+    }
+
+    /// A batch close (gRPC `CloseBatch`, ISO 0500); the merchant is the
+    /// certificate's, whatever the request says.
+    pub(crate) async fn forward_close_batch(
+        &self,
+        identity: &TerminalIdentity,
+        mut close: pb::CloseBatchRequest,
+    ) -> Result<pb::CloseBatchResponse, Status> {
+        identity.authorize(&close.terminal_id)?;
+        close.merchant_id = identity.merchant_id.clone();
+        Ok(self
+            .settlement
+            .clone()
+            .close_batch(self.outbound(close))
+            .await?
+            .into_inner())
+    }
 }
 
 fn key(terminal_id: &str, stan: &str, local_date: &str) -> pb::TerminalKey {
@@ -81,29 +175,10 @@ impl TerminalService for TerminalApi {
     ) -> Result<Response<pb::SaleResponse>, Status> {
         let identity = TerminalIdentity::of(&request)?;
         let sale = request.into_inner();
-        identity.authorize(&sale.terminal_id)?;
         let span = tracing::Span::current();
         span.record("terminal_id", sale.terminal_id.as_str());
         span.record("stan", sale.stan.as_str());
-        let forwarded = pb::AuthorizeRequest {
-            key: Some(key(&sale.terminal_id, &sale.stan, &sale.local_date)),
-            merchant_id: identity.merchant_id,
-            pan: sale.pan,
-            expiry: sale.expiry,
-            amount: sale.amount,
-            last_completed_stan: sale.last_completed_stan,
-            channel: sale.channel,
-        };
-        let answer = self
-            .authorization
-            .clone()
-            .authorize(self.outbound(forwarded))
-            .await?
-            .into_inner();
-        Ok(Response::new(pb::SaleResponse {
-            authorization: answer.authorization,
-            duplicate: answer.duplicate,
-        }))
+        self.forward_sale(&identity, sale).await.map(Response::new)
     }
 
     #[tracing::instrument(name = "gateway.inquiry", skip_all)]
@@ -149,17 +224,9 @@ impl TerminalService for TerminalApi {
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
         let identity = TerminalIdentity::of(&request)?;
-        let ack = request.into_inner();
-        identity.authorize(&ack.terminal_id)?;
-        let record = self
-            .authorization
-            .clone()
-            .acknowledge(self.outbound(key(&ack.terminal_id, &ack.stan, &ack.local_date)))
-            .await?
-            .into_inner();
-        Ok(Response::new(pb::AcknowledgeResponse {
-            authorization: Some(record),
-        }))
+        self.forward_acknowledge(&identity, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     /// S4: the terminal timed out and asks to reverse. Authorization makes
@@ -171,25 +238,9 @@ impl TerminalService for TerminalApi {
         request: Request<pb::TerminalReverseRequest>,
     ) -> Result<Response<pb::TerminalReverseResponse>, Status> {
         let identity = TerminalIdentity::of(&request)?;
-        let reversal = request.into_inner();
-        identity.authorize(&reversal.terminal_id)?;
-        let answer = self
-            .authorization
-            .clone()
-            .reverse(self.outbound(pb::ReverseRequest {
-                target: Some(Target::Key(key(
-                    &reversal.terminal_id,
-                    &reversal.stan,
-                    &reversal.local_date,
-                ))),
-                reason: pb::ReversalReason::TerminalRequested.into(),
-            }))
-            .await?
-            .into_inner();
-        Ok(Response::new(pb::TerminalReverseResponse {
-            authorization: answer.authorization,
-            original_found: answer.original_found,
-        }))
+        self.forward_reverse(&identity, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     /// ISO 8583 0500: the terminal's totals. The merchant is the
@@ -200,13 +251,9 @@ impl TerminalService for TerminalApi {
         request: Request<pb::CloseBatchRequest>,
     ) -> Result<Response<pb::CloseBatchResponse>, Status> {
         let identity = TerminalIdentity::of(&request)?;
-        let mut close = request.into_inner();
-        identity.authorize(&close.terminal_id)?;
-        close.merchant_id = identity.merchant_id;
-        self.settlement
-            .clone()
-            .close_batch(self.outbound(close))
+        self.forward_close_batch(&identity, request.into_inner())
             .await
+            .map(Response::new)
     }
 
     /// The batch upload that follows an out-of-balance close.
