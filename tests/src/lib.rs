@@ -237,6 +237,7 @@ impl Stack {
                 authorization_timeout_ms: options.issuer_timeout_ms + 4_000,
                 keepalive_interval_ms: options.gateway_keepalive_ms.0,
                 keepalive_timeout_ms: options.gateway_keepalive_ms.1,
+                ..Default::default()
             },
             reversal_handler: options
                 .reversal_handler
