@@ -184,6 +184,9 @@ message_limits!(
 /// ```
 pub struct GrpcServer {
     name: &'static str,
+    /// The services reflection describes; `None`: every proto of the
+    /// switch.
+    reflect_only: Option<Vec<&'static str>>,
     limits: ServerLimits,
     tls: Option<TlsFiles>,
     health: HealthReporter,
@@ -204,14 +207,14 @@ impl GrpcServer {
     /// and the default [`ServerLimits`].
     pub fn new(name: &'static str) -> Result<Self, ServeError> {
         let health = HealthReporter::new();
-        let (reflection_v1, reflection_v1alpha) = crate::grpc::reflection_services()?;
+        // Reflection is added when serving, once it is known what it
+        // describes (`reflect_only`).
         let routes = Routes::new(HealthServer::new(HealthService::from_health_reporter(
             health.clone(),
-        )))
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+        )));
         Ok(GrpcServer {
             name,
+            reflect_only: None,
             limits: ServerLimits::default(),
             tls: None,
             health,
@@ -222,6 +225,15 @@ impl GrpcServer {
             on_drain: Vec::new(),
             abandon: CancellationToken::new(),
         })
+    }
+
+    /// Describes only `services` (full names) and what they import over
+    /// reflection: an edge that outsiders reach must not describe the
+    /// internal APIs (the issuer control API, say).
+    #[must_use]
+    pub fn reflect_only(mut self, services: &[&'static str]) -> Self {
+        self.reflect_only = Some(services.to_vec());
+        self
     }
 
     /// Replaces the limits. Message limits apply to services added after.
@@ -330,6 +342,7 @@ impl GrpcServer {
     {
         let GrpcServer {
             name,
+            reflect_only,
             limits,
             tls,
             health,
@@ -355,6 +368,11 @@ impl GrpcServer {
         if let Some(tls) = &tls {
             builder = builder.tls_config(tls.server_config()?)?;
         }
+        let (reflection_v1, reflection_v1alpha) =
+            crate::grpc::reflection_services_for(reflect_only.as_deref())?;
+        let routes = routes
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let router = builder.add_routes(routes);
 
         // Set under the lock, and never to SERVING once draining, so a

@@ -58,6 +58,9 @@ pub use switch_platform::service::ServeError;
 /// service name.
 pub const SERVICE_NAME: &str = "terminal-gateway";
 
+/// The one gRPC service terminals call (with health and reflection).
+pub const TERMINAL_SERVICE: &str = "switch.v1.TerminalService";
+
 /// The consumer group of `terminal-messages`; replicas share it.
 pub const CONSUMER_GROUP: &str = SERVICE_NAME;
 
@@ -442,6 +445,9 @@ pub async fn serve(
         stop.clone(),
     );
     let server = GrpcServer::new(SERVICE_NAME)?
+        // Terminals reach this port: describe what they may call, not the
+        // switch's internal APIs.
+        .reflect_only(&[TERMINAL_SERVICE])
         .limits(ServerLimits {
             // The service's bound is the larger (UploadBatch's);
             // `MethodLimits` holds every other method to the smaller.

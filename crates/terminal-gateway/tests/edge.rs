@@ -723,3 +723,76 @@ async fn revocation_suspension_and_rotation_apply_without_a_restart() {
     assert_eq!(suspended.code(), Code::PermissionDenied);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn reflection_describes_only_what_terminals_may_call() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+    let gateway = Gateway::start(|_, _| {}).await;
+    let cert = gateway.cert("TERM0001");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(gateway.pki.ca_cert_pem()))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{}", gateway.address.port()))
+        .expect("an endpoint")
+        .tls_config(tls)
+        .expect("client TLS")
+        .connect_lazy();
+    let ask = |request: MessageRequest| {
+        let mut client = ServerReflectionClient::new(channel.clone());
+        async move {
+            let mut answers = client
+                .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(request),
+                }]))
+                .await
+                .expect("reflection answers")
+                .into_inner();
+            let answer: Option<ServerReflectionResponse> = answers.message().await?;
+            Ok::<_, Status>(answer.and_then(|answer| answer.message_response))
+        }
+    };
+    let Ok(Some(MessageResponse::ListServicesResponse(list))) =
+        ask(MessageRequest::ListServices(String::new())).await
+    else {
+        panic!("not a list of services");
+    };
+    let mut names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "switch.v1.TerminalService",
+        ]
+    );
+    for internal in ["switch.v1.IssuerControl", "switch.v1.AuthorizationService"] {
+        let answer = ask(MessageRequest::FileContainingSymbol(internal.to_owned())).await;
+        assert!(
+            matches!(&answer, Err(status) if status.code() == Code::NotFound),
+            "{internal} is described: {answer:?}"
+        );
+    }
+    let terminal = ask(MessageRequest::FileContainingSymbol(
+        "switch.v1.TerminalService".to_owned(),
+    ))
+    .await;
+    assert!(
+        matches!(
+            terminal,
+            Ok(Some(MessageResponse::FileDescriptorResponse(_)))
+        ),
+        "{terminal:?}"
+    );
+    gateway.stop().await;
+}
