@@ -439,6 +439,7 @@ async fn establish(
         return;
     }
     let stream = EdgeStream {
+        identity,
         inner: tls,
         idle_timeout: settings.idle_timeout,
         idle: Box::pin(tokio::time::sleep(settings.idle_timeout)),
@@ -455,12 +456,22 @@ async fn establish(
 /// slow-loris sending half a frame, a vanished peer) is idle; the gateway's
 /// configuration keeps the idle timeout above a ping's round.
 pub struct EdgeStream {
+    /// Who the verified certificate says is calling: what a listener that
+    /// reads terminal ids from its messages (ISO 8583 field 41) checks
+    /// them against.
+    identity: TerminalIdentity,
     inner: TlsStream<TcpStream>,
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
     metrics: Metrics,
     listener_name: &'static str,
     _permit: ConnectionPermit,
+}
+
+impl EdgeStream {
+    pub fn identity(&self) -> &TerminalIdentity {
+        &self.identity
+    }
 }
 
 impl Connected for EdgeStream {

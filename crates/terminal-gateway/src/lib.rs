@@ -538,6 +538,107 @@ mod tests {
         );
     }
 
+    /// A configuration whose TLS files exist, in a directory of its own.
+    fn config_with_files(name: &str) -> (GatewayConfig, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "gateway-config-{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["server.pem", "server.key", "ca.pem"] {
+            std::fs::write(dir.join(file), "").unwrap();
+        }
+        let config = GatewayConfig {
+            tls: TlsFiles {
+                cert_path: dir.join("server.pem"),
+                key_path: dir.join("server.key"),
+                client_ca_path: Some(dir.join("ca.pem")),
+            },
+            ..GatewayConfig::default()
+        };
+        (config, dir)
+    }
+
+    #[test]
+    fn every_edge_limit_is_validated_naming_its_key() {
+        let (valid, dir) = config_with_files("limits");
+        valid.validate().expect("the defaults are valid");
+        type Spoil = Box<dyn Fn(&mut GatewayConfig)>;
+        let cases: Vec<(&str, Spoil)> = vec![
+            (
+                "gateway.tls_handshake_timeout_ms",
+                Box::new(|c| c.tls_handshake_timeout_ms = 0),
+            ),
+            (
+                "gateway.idle_timeout_ms",
+                Box::new(|c| c.idle_timeout_ms = 40_000),
+            ),
+            (
+                "gateway.max_connections",
+                Box::new(|c| c.max_connections = 0),
+            ),
+            (
+                "gateway.max_connections_per_terminal",
+                Box::new(|c| c.max_connections_per_terminal = c.max_connections + 1),
+            ),
+            (
+                "gateway.max_message_bytes",
+                Box::new(|c| c.max_message_bytes = 100),
+            ),
+            (
+                "gateway.max_upload_message_bytes",
+                Box::new(|c| c.max_upload_message_bytes = c.max_message_bytes - 1),
+            ),
+            (
+                "gateway.max_upload_transactions",
+                Box::new(|c| c.max_upload_transactions = 0),
+            ),
+            (
+                "gateway.max_batch_totals",
+                Box::new(|c| c.max_batch_totals = 0),
+            ),
+            (
+                "gateway.max_concurrent_streams",
+                Box::new(|c| c.max_concurrent_streams = 0),
+            ),
+            (
+                "gateway.reload_interval_ms",
+                Box::new(|c| c.reload_interval_ms = 0),
+            ),
+            (
+                "gateway.rate_limit",
+                Box::new(|c| c.rate_limit.per_second = 0),
+            ),
+            (
+                "gateway.rate_limit.merchants.MERCHANT0000002",
+                Box::new(|c| {
+                    c.rate_limit.merchants.insert(
+                        "MERCHANT0000002".into(),
+                        RateSetting {
+                            per_second: 5,
+                            burst: 0,
+                        },
+                    );
+                }),
+            ),
+            (
+                "gateway.crl_path",
+                Box::new(|c| c.crl_path = Some(PathBuf::from("/nonexistent/crl.pem"))),
+            ),
+            (
+                "gateway.terminal_registry_path",
+                Box::new(|c| c.terminal_registry_path = Some(PathBuf::from("/nonexistent/r.toml"))),
+            ),
+        ];
+        for (key, spoil) in cases {
+            let mut config = valid.clone();
+            spoil(&mut config);
+            let error = config.validate().expect_err(key).to_string();
+            assert!(error.contains(&format!("`{key}`")), "{key}: {error}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn migrations_create_the_consumer_table_exactly() {
         let migration = include_str!("../migrations/0001_terminal_messages.sql");
