@@ -702,6 +702,11 @@ impl SwitchdProcess {
         }
     }
 
+    /// The process id, to read its `/proc` entries.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// How it exited, if it has.
     pub fn exited(&mut self) -> Option<String> {
         self.child

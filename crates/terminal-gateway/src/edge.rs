@@ -384,7 +384,7 @@ pub fn incoming(
 
 async fn establish(
     tcp: TcpStream,
-    mut permit: ConnectionPermit,
+    permit: ConnectionPermit,
     edge: Edge,
     settings: AcceptSettings,
     metrics: Metrics,
@@ -392,8 +392,52 @@ async fn establish(
     tx: mpsc::Sender<io::Result<EdgeStream>>,
 ) {
     let peer = tcp.peer_addr().ok();
+    let deadline = Instant::now() + settings.handshake_timeout;
+    // A socket that has sent nothing yet costs no TLS state (some KiB of
+    // buffers each): wait for its first bytes before starting the
+    // handshake, under the same deadline.
+    match tokio::time::timeout_at(deadline, tcp.readable()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            metrics.handshake_failed(listener_name, "refused");
+            tracing::debug!(?peer, %error, "Connection failed before its TLS handshake.");
+            return;
+        }
+        Err(_) => {
+            metrics.handshake_failed(listener_name, "timeout");
+            tracing::debug!(?peer, "TLS handshake never started.");
+            return;
+        }
+    }
+    // Boxed: the handshake's state (rustls' connection is kilobytes) is
+    // then allocated only now, not in every waiting task's future.
+    Box::pin(handshake(
+        tcp,
+        permit,
+        edge,
+        deadline,
+        settings.idle_timeout,
+        metrics,
+        listener_name,
+        tx,
+    ))
+    .await;
+}
+
+#[allow(clippy::too_many_arguments)] // establish's state, moved as it is
+async fn handshake(
+    tcp: TcpStream,
+    mut permit: ConnectionPermit,
+    edge: Edge,
+    deadline: Instant,
+    idle_timeout: Duration,
+    metrics: Metrics,
+    listener_name: &'static str,
+    tx: mpsc::Sender<io::Result<EdgeStream>>,
+) {
+    let peer = tcp.peer_addr().ok();
     let acceptor = edge.current().acceptor.clone();
-    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             metrics.handshake_failed(listener_name, "refused");
@@ -441,8 +485,8 @@ async fn establish(
     let stream = EdgeStream {
         identity,
         inner: tls,
-        idle_timeout: settings.idle_timeout,
-        idle: Box::pin(tokio::time::sleep(settings.idle_timeout)),
+        idle_timeout,
+        idle: Box::pin(tokio::time::sleep(idle_timeout)),
         metrics,
         listener_name,
         _permit: permit,
