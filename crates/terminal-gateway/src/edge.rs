@@ -20,7 +20,8 @@
 //! [`watch`]): new handshakes use the new state, connections already open
 //! keep theirs, so a certificate rotation drops nobody, while a revocation
 //! or suspension also refuses the requests of connections already open
-//! (the service checks [`Edge::refusal`] on every call).
+//! (the service checks [`Edge::refusal`] on every call, and an open
+//! `Subscribe` stream on every [`Edge::reloads`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -36,7 +37,7 @@ use rustls::server::WebPkiClientVerifier;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -241,6 +242,9 @@ pub struct Edge {
     files: Arc<EdgeFiles>,
     state: Arc<RwLock<Arc<EdgeState>>>,
     stamps: Arc<Mutex<Vec<Stamp>>>,
+    /// Counts the reloads, so what outlives a call (a `Subscribe` stream)
+    /// can check its terminal again when the CRL or registry changes.
+    reloads: Arc<watch::Sender<u64>>,
 }
 
 impl Edge {
@@ -252,7 +256,13 @@ impl Edge {
             files: Arc::new(files),
             state: Arc::new(RwLock::new(Arc::new(state))),
             stamps: Arc::new(Mutex::new(stamps)),
+            reloads: Arc::new(watch::channel(0).0),
         })
+    }
+
+    /// Changes with every reload that put new files in use.
+    pub fn reloads(&self) -> watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 
     fn current(&self) -> Arc<EdgeState> {
@@ -275,6 +285,8 @@ impl Edge {
         let state = EdgeState::load(&self.files)?;
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(state);
         *stamps = now;
+        self.reloads
+            .send_modify(|count| *count = count.wrapping_add(1));
         Ok(true)
     }
 
@@ -321,6 +333,8 @@ pub async fn watch(edge: Edge, every: Duration, metrics: Metrics, stop: Cancella
 pub struct AcceptSettings {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// TCP keepalive of accepted sockets (`None`: the system's).
+    pub tcp_keepalive: Option<Duration>,
 }
 
 /// Handshaken connections waiting for the server to take them.
@@ -368,6 +382,12 @@ pub fn incoming(
             };
             // Small request/response messages must not wait for Nagle.
             let _ = tcp.set_nodelay(true);
+            if let Some(time) = settings.tcp_keepalive {
+                let keepalive = socket2::TcpKeepalive::new().with_time(time);
+                if let Err(error) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+                    tracing::debug!(%error, "TCP keepalive could not be set.");
+                }
+            }
             tokio::spawn(establish(
                 tcp,
                 permit,

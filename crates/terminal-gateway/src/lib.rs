@@ -380,16 +380,17 @@ pub async fn serve(
     let channel = message_channel(database);
     let stop = CancellationToken::new();
     let hub = push::Hub::default();
-    let push = push::Push {
-        pool: pool.clone(),
-        hub: hub.clone(),
-        metrics: metrics.clone(),
-        stop: stop.clone(),
-    };
     let edge = edge::Edge::load(config.edge_files()).map_err(|error| ServeError::Start {
         what: "terminal edge",
         reason: error.to_string(),
     })?;
+    let push = push::Push {
+        pool: pool.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        edge: edge.clone(),
+        stop: stop.clone(),
+    };
     let guard = service::Guard {
         edge: edge.clone(),
         rate: limits::RateLimiter::new(config.rate_limit.rules()?),
@@ -439,6 +440,8 @@ pub async fn serve(
         edge::AcceptSettings {
             handshake_timeout: Duration::from_millis(config.tls_handshake_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            // What the platform's own listener sets on every service.
+            tcp_keepalive: ServerLimits::default().tcp_keepalive,
         },
         metrics.clone(),
         "grpc",

@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use uuid::Uuid;
 
+use crate::edge::Edge;
+use crate::identity::TerminalIdentity;
 use crate::metrics::Metrics;
 use crate::store;
 
@@ -289,6 +291,9 @@ pub struct Push {
     pub pool: PgPool,
     pub hub: Hub,
     pub metrics: Metrics,
+    /// A stream whose certificate is revoked or terminal suspended by a
+    /// reload ends with PERMISSION_DENIED.
+    pub edge: Edge,
     /// Cancelled when the gateway shuts down: open streams end with
     /// UNAVAILABLE, so the server can stop and terminals subscribe again.
     pub stop: CancellationToken,
@@ -304,9 +309,16 @@ pub struct Push {
 pub async fn stream_messages(
     push: Push,
     mut subscription: Subscription,
-    terminal_id: String,
+    identity: TerminalIdentity,
     tx: mpsc::Sender<Result<TerminalMessage, Status>>,
 ) {
+    let terminal_id = identity.terminal_id.clone();
+    // Watched from before the check, so a reload between the call's own
+    // check and this one is not missed.
+    let mut reloads = push.edge.reloads();
+    if refused_by_edge(&push, &identity, &tx) {
+        return;
+    }
     let _counted = push.metrics.subscriber();
     match store::backlog(&push.pool, &terminal_id).await {
         Ok(size) => {
@@ -347,6 +359,9 @@ pub async fn stream_messages(
             }
             () = subscription.replaced() => return replaced(&tx, &terminal_id),
             () = subscription.changed() => {}
+            () = reloaded(&mut reloads) => if refused_by_edge(&push, &identity, &tx) {
+                return;
+            },
         }
     }
 }
@@ -360,6 +375,29 @@ fn fail(
     let _ = tx.try_send(Err(Status::unavailable(
         "terminal messages are unavailable; subscribe again",
     )));
+}
+
+/// Ends the stream with PERMISSION_DENIED when the edge's files now
+/// revoke the certificate or suspend the terminal.
+fn refused_by_edge(
+    push: &Push,
+    identity: &TerminalIdentity,
+    tx: &mpsc::Sender<Result<TerminalMessage, Status>>,
+) -> bool {
+    let Some(refusal) = push.edge.refusal(identity) else {
+        return false;
+    };
+    push.metrics.request_refused(refusal.reason());
+    tracing::info!(terminal_id = %identity.terminal_id, %refusal, "Subscription ended by the terminal edge.");
+    let _ = tx.try_send(Err(Status::permission_denied(refusal.to_string())));
+    true
+}
+
+/// Resolves at the edge's next reload (never, should its sender go).
+async fn reloaded(reloads: &mut watch::Receiver<u64>) {
+    if reloads.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn replaced(tx: &mpsc::Sender<Result<TerminalMessage, Status>>, terminal_id: &str) {

@@ -313,7 +313,7 @@ impl TerminalService for TerminalApi {
         tokio::spawn(push::stream_messages(
             self.push.clone(),
             subscription,
-            identity.terminal_id,
+            identity,
             tx,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))

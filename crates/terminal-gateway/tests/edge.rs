@@ -635,6 +635,14 @@ async fn revocation_suspension_and_rotation_apply_without_a_restart() {
         .expect("served before the revocation");
     let other = gateway.terminal("TERM0002");
     probe(&other, "TERM0002").await.expect("served");
+    let mut stolen_stream = on_stolen
+        .clone()
+        .subscribe(SubscribeRequest {
+            terminal_id: "TERM0001".into(),
+        })
+        .await
+        .expect("subscribed before the revocation")
+        .into_inner();
 
     // Revoked: the connection already open is refused call by call, a new
     // one cannot be made, and a fresh certificate of the terminal works.
@@ -655,6 +663,15 @@ async fn revocation_suspension_and_rotation_apply_without_a_restart() {
         },
     )
     .await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), stolen_stream.message())
+        .await
+        .expect("the revoked terminal's stream ends")
+        .expect_err("with a status");
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    assert_eq!(
+        ended.message(),
+        "the certificate of terminal TERM0001 is revoked"
+    );
     assert_closed_at_connect(probe(&gateway.client_with(&stolen), "TERM0001").await);
     assert_served(&gateway, "TERM0001").await;
     probe(&other, "TERM0002")
