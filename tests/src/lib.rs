@@ -239,14 +239,16 @@ impl Stack {
                 keepalive_timeout_ms: options.gateway_keepalive_ms.1,
                 // The suites drive a few terminals far harder than a real
                 // one (a hundred concurrent retries, a thousand sales in
-                // chunks); the limit itself is tested in the gateway's
-                // own suite (crates/terminal-gateway/tests/edge.rs).
+                // chunks of a hundred, each on a connection of its own);
+                // the limits themselves are tested in the gateway's own
+                // suite (crates/terminal-gateway/tests/edge.rs).
                 rate_limit: terminal_gateway::RateLimitConfig {
                     per_second: 100_000,
                     burst: 100_000,
                     ..Default::default()
                 },
                 max_concurrent_streams: 256,
+                max_connections_per_terminal: 1_000,
                 ..Default::default()
             },
             reversal_handler: options

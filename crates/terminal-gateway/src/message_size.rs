@@ -3,9 +3,10 @@
 //! tonic sets one decoding limit for a whole service; a sale is a few
 //! hundred bytes while a batch upload can list thousands of transactions.
 //! So the service's own limit is the larger one (`UploadBatch`'s), and
-//! [`MethodLimits`] caps every other method's request body at the smaller
-//! one as it streams in: the call is answered `RESOURCE_EXHAUSTED`, naming
-//! the method and the limit, before more than the limit is buffered.
+//! [`MethodLimits`] reads the length prefix of every request message as it
+//! streams in and refuses one announcing more than its method's limit:
+//! the call is answered `RESOURCE_EXHAUSTED`, naming the method, the limit
+//! and its configuration key, before the message is buffered.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -77,10 +78,10 @@ where
         let request = request.map(|body| {
             Body::new(Capped {
                 inner: body,
-                remaining: limit.saturating_add(FRAME_PREFIX),
                 limit,
                 method,
                 key,
+                prefix: Prefix::default(),
             })
         });
         self.inner.call(request)
@@ -105,15 +106,78 @@ fn method_of(path: &str) -> &'static str {
     }
 }
 
-/// A request body that fails once more than `limit` message bytes arrive.
+/// A request body that fails as soon as a message announces (in its gRPC
+/// length prefix) more than `limit` bytes, before the message is read.
 struct Capped {
     inner: Body,
-    remaining: usize,
     limit: usize,
     method: &'static str,
     /// The configuration key of the limit, so the refusal says what to
     /// raise.
     key: &'static str,
+    prefix: Prefix,
+}
+
+/// Where the body is in its sequence of length-prefixed messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prefix {
+    /// Reading a prefix; `filled` of its 5 bytes are in `bytes`.
+    Reading {
+        bytes: [u8; FRAME_PREFIX],
+        filled: usize,
+    },
+    /// Inside a message, `remaining` bytes of it still to come.
+    Message { remaining: usize },
+}
+
+impl Default for Prefix {
+    fn default() -> Self {
+        Prefix::Reading {
+            bytes: [0; FRAME_PREFIX],
+            filled: 0,
+        }
+    }
+}
+
+impl Prefix {
+    /// Follows `data`; the announced length of the first message over
+    /// `limit`, if one is.
+    fn follow(&mut self, mut data: &[u8], limit: usize) -> Result<(), usize> {
+        while !data.is_empty() {
+            match self {
+                Prefix::Message { remaining } => {
+                    let taken = (*remaining).min(data.len());
+                    *remaining -= taken;
+                    data = &data[taken..];
+                    if *remaining == 0 {
+                        *self = Prefix::default();
+                    }
+                }
+                Prefix::Reading { bytes, filled } => {
+                    let taken = (FRAME_PREFIX - *filled).min(data.len());
+                    bytes[*filled..*filled + taken].copy_from_slice(&data[..taken]);
+                    *filled += taken;
+                    data = &data[taken..];
+                    if *filled == FRAME_PREFIX {
+                        let announced =
+                            u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+                        let announced = usize::try_from(announced).unwrap_or(usize::MAX);
+                        if announced > limit {
+                            return Err(announced);
+                        }
+                        *self = if announced == 0 {
+                            Prefix::default()
+                        } else {
+                            Prefix::Message {
+                                remaining: announced,
+                            }
+                        };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl HttpBody for Capped {
@@ -127,16 +191,13 @@ impl HttpBody for Capped {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    match this.remaining.checked_sub(data.len()) {
-                        Some(left) => this.remaining = left,
-                        None => {
-                            return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
-                                "a {} request may be at most {} bytes ({})",
-                                this.method, this.limit, this.key
-                            )))));
-                        }
-                    }
+                if let Some(data) = frame.data_ref()
+                    && let Err(announced) = this.prefix.follow(data, this.limit)
+                {
+                    return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
+                        "{} requests may be at most {} bytes ({}); this one has {announced}",
+                        this.method, this.limit, this.key
+                    )))));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -156,6 +217,29 @@ impl HttpBody for Capped {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prefix(flag: u8, len: u32) -> Vec<u8> {
+        let mut bytes = vec![flag];
+        bytes.extend(len.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_prefix_over_the_limit_is_caught_however_the_bytes_are_split() {
+        let mut body = prefix(0, 10);
+        body.extend([7; 10]);
+        body.extend(prefix(0, 0));
+        body.extend(prefix(0, 11));
+        for split in 1..body.len() {
+            let mut state = Prefix::default();
+            let result = body
+                .chunks(split)
+                .try_for_each(|chunk| state.follow(chunk, 10));
+            assert_eq!(result, Err(11), "split {split}");
+        }
+        let mut state = Prefix::default();
+        assert_eq!(state.follow(&body[..20], 10), Ok(()));
+    }
 
     #[test]
     fn methods_are_named_from_a_bounded_set() {

@@ -436,9 +436,41 @@ async fn a_tls_connection_that_sends_half_a_frame_is_closed_at_the_idle_timeout_
 }
 
 #[tokio::test]
+async fn the_gateway_announces_its_stream_limit_to_every_connection() {
+    let gateway = Gateway::start(|config, _| {
+        config.max_concurrent_streams = 7;
+    })
+    .await;
+    let tls = gateway
+        .raw_tls(&gateway.cert("TERM0001"))
+        .await
+        .expect("TLS handshake");
+    let (_requests, mut connection) = h2::client::handshake(tls).await.expect("HTTP/2 handshake");
+    // Until the server's SETTINGS arrive the client assumes no limit.
+    let announced = tokio::time::timeout(
+        LATENCY_BUDGET,
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(ended) = std::pin::Pin::new(&mut connection).poll(cx) {
+                return std::task::Poll::Ready(Err(ended));
+            }
+            match connection.max_concurrent_send_streams() {
+                usize::MAX => std::task::Poll::Pending,
+                max => std::task::Poll::Ready(Ok(max)),
+            }
+        }),
+    )
+    .await
+    .expect("the server's settings arrive")
+    .expect("the connection stays up");
+    assert_eq!(announced, 7);
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn an_oversize_or_overlong_request_is_refused_precisely_and_the_connection_keeps_serving() {
     let gateway = Gateway::start(|config, _| {
         config.max_message_bytes = 16 * 1024;
+        config.max_upload_message_bytes = 32 * 1024;
         config.max_upload_transactions = 5;
         config.max_batch_totals = 2;
     })
@@ -463,6 +495,27 @@ async fn an_oversize_or_overlong_request_is_refused_precisely_and_the_connection
         .await
         .expect("the same connection is still served");
 
+    // An upload may be larger than a sale, up to its own limit.
+    let large_upload = client
+        .clone()
+        .upload_batch(UploadBatchRequest {
+            terminal_id: "TERM0001".into(),
+            batch_number: "0".repeat(40_000),
+            ..UploadBatchRequest::default()
+        })
+        .await
+        .expect_err("an oversize upload is refused");
+    assert_eq!(
+        large_upload.code(),
+        Code::ResourceExhausted,
+        "{large_upload:?}"
+    );
+    assert!(
+        large_upload.message().starts_with(
+            "UploadBatch requests may be at most 32768 bytes (gateway.max_upload_message_bytes); this one has 400"
+        ),
+        "{large_upload:?}"
+    );
     let upload = client
         .clone()
         .upload_batch(UploadBatchRequest {
