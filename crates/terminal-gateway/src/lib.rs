@@ -11,6 +11,14 @@
 //! Batch close and upload go to the settlement batcher with the same
 //! identity rule.
 //!
+//! The edge holds under abuse (ADR 21): the gateway accepts connections and
+//! runs their TLS handshakes itself ([`edge`]: handshake and idle timeouts,
+//! the CRL and the terminal registry, certificates reloaded without a
+//! restart), counts them overall and per terminal and limits each
+//! terminal's request rate ([`limits`], shared with any other listener),
+//! bounds each method's request size and every list in a request, and its
+//! reflection describes only `TerminalService`.
+//!
 //! Sales keep no state here: duplicate detection is authoritative in the
 //! authorization journal (see `docs/adr/0003-duplicate-detection.md`).
 //!
@@ -361,9 +369,10 @@ impl GatewayConfig {
 
 /// Serves terminals on `listener` until `shutdown` resolves: migrates the
 /// backlog's schema, ensures `terminal-messages`, starts its consumer, the
-/// listener that wakes subscriptions and the backlog gauge, and serves
-/// `TerminalService` over mutual TLS with health (SERVING once migrated)
-/// and reflection (the platform's kit, with the gateway's keepalive). As
+/// listener that wakes subscriptions, the backlog gauge and the edge's
+/// reloader, and serves `TerminalService` over the edge's mutual TLS with
+/// health (SERVING once migrated) and reflection (the platform's kit, with
+/// the gateway's keepalive and limits). As
 /// the drain begins open `Subscribe` streams end with
 /// UNAVAILABLE, so terminals subscribe again to another replica.
 pub async fn serve(
