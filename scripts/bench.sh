@@ -26,6 +26,12 @@ export SWITCH__KAFKA__BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
 # terminals, whose deadline is 2 s.
 export SWITCH__REVERSAL_HANDLER__ACK_WINDOW_MS=86400000
 export SWITCH__REVERSAL_HANDLER__MERCHANTS__MERCHANT0000002__ACK_WINDOW_MS=2000
+# One load generator poses as two terminals, each far faster than a real
+# one: lift the per-terminal rate limit and streams per connection, which
+# exist to stop a flood, not to measure one.
+export SWITCH__GATEWAY__RATE_LIMIT__PER_SECOND=1000000
+export SWITCH__GATEWAY__RATE_LIMIT__BURST=1000000
+export SWITCH__GATEWAY__MAX_CONCURRENT_STREAMS=1024
 orphan_sales=${BENCH_ORPHAN_SALES:-10000}
 orphan_rate=${BENCH_ORPHAN_RATE:-400}
 

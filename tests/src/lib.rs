@@ -250,6 +250,19 @@ impl Stack {
                 keepalive_interval_ms: options.gateway_keepalive_ms.0,
                 keepalive_timeout_ms: options.gateway_keepalive_ms.1,
                 iso_listeners,
+                // The suites drive a few terminals far harder than a real
+                // one (a hundred concurrent retries, a thousand sales in
+                // chunks of a hundred, each on a connection of its own);
+                // the limits themselves are tested in the gateway's own
+                // suite (crates/terminal-gateway/tests/edge.rs).
+                rate_limit: terminal_gateway::RateLimitConfig {
+                    per_second: 100_000,
+                    burst: 100_000,
+                    ..Default::default()
+                },
+                max_concurrent_streams: 256,
+                max_connections_per_terminal: 1_000,
+                ..Default::default()
             },
             reversal_handler: options
                 .reversal_handler
@@ -703,6 +716,11 @@ impl SwitchdProcess {
             child,
             service: service.to_owned(),
         }
+    }
+
+    /// The process id, to read its `/proc` entries.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// How it exited, if it has.

@@ -14,8 +14,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -53,6 +54,8 @@ pub struct CertifiedKey {
     pub cert_pem: String,
     /// The PKCS#8 private key (`-----BEGIN PRIVATE KEY-----`).
     pub key_pem: String,
+    /// The serial number as encoded, what a CRL names the certificate by.
+    pub serial: Vec<u8>,
 }
 
 impl std::fmt::Debug for CertifiedKey {
@@ -61,6 +64,7 @@ impl std::fmt::Debug for CertifiedKey {
         f.debug_struct("CertifiedKey")
             .field("cert_pem", &self.cert_pem)
             .field("key_pem", &"<redacted>")
+            .field("serial", &self.serial)
             .finish()
     }
 }
@@ -178,6 +182,30 @@ impl DevPki {
         self.sign_leaf(params)
     }
 
+    /// A CRL of the CA revoking `revoked` (none: an empty one, which still
+    /// makes the revocation status of every certificate known), valid for
+    /// a week from a day ago.
+    pub fn revocation_list_pem(&self, revoked: &[&CertifiedKey]) -> Result<String, CertError> {
+        let now = now();
+        let params = CertificateRevocationListParams {
+            this_update: now - BACKDATE,
+            next_update: now + Duration::days(7),
+            crl_number: SerialNumber::from(u64::try_from(revoked.len()).unwrap_or(0) + 1),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|cert| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&cert.serial),
+                    revocation_time: now - BACKDATE,
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
     /// Writes the development layout under `dir`:
     ///
     /// - `ca.pem`
@@ -232,10 +260,18 @@ impl DevPki {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
+        // Unique because the key is: 15 bytes of the fresh public key's
+        // first coordinate, behind a 0x01 that keeps the integer positive
+        // and its encoding free of padding.
+        let public = key.public_key_raw();
+        let mut serial = vec![0x01];
+        serial.extend(public.iter().skip(1).take(15));
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(CertifiedKey {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         })
     }
 }
@@ -249,13 +285,17 @@ fn is_safe_file_stem(name: &str) -> bool {
 }
 
 /// Valid from one day ago for [`VALIDITY`].
+fn set_validity(params: &mut CertificateParams) {
+    let now = now();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + VALIDITY;
+}
+
 // Whoever verifies a certificate checks it against their wall clock, not
 // the switch's Clock port: so is it stamped.
 #[allow(clippy::disallowed_methods)]
-fn set_validity(params: &mut CertificateParams) {
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
-    params.not_after = now + VALIDITY;
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
 }
 
 /// Writes `contents` to `path`, replacing it; `secret` files are created with

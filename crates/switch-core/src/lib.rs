@@ -12,7 +12,8 @@
 //! cut-off in `settlement::ledger`, fees) and payout files
 //! (CSV and ISO 20022 pain.001 rendering), and who is told of an outcome
 //! (`notify`: which webhook and terminal message an event owes, and how a
-//! failed delivery is retried). It performs no I/O
+//! failed delivery is retried), and the terminal edge's request-rate rule
+//! (`rate`: a token bucket per terminal). It performs no I/O
 //! and has no async code, so every rule here can be tested exhaustively and
 //! reused unchanged by the gateway, the authorization service and the tools.
 
@@ -28,6 +29,7 @@ pub mod notify;
 pub mod operator;
 pub mod orphan;
 pub mod payout;
+pub mod rate;
 pub mod replay;
 pub mod response_code;
 pub mod settlement;
@@ -43,6 +45,7 @@ pub use money::*;
 pub use operator::{MAX_OPERATOR_TEXT, operator_text};
 pub use orphan::*;
 pub use payout::*;
+pub use rate::{Admission, RateRule, RateRuleError, TokenBucket};
 pub use replay::*;
 pub use response_code::*;
 pub use settlement::*;

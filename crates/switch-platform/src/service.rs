@@ -4,8 +4,10 @@
 //! - [`GrpcServer`] builds the one kind of server the switch runs: optional
 //!   rustls TLS (with client-certificate verification where the gateway
 //!   needs it), the health service (serving while up, not serving once
-//!   draining), both reflection APIs, request limits ([`ServerLimits`]) and
-//!   a graceful drain: on shutdown it stops accepting, lets requests in
+//!   draining), both reflection APIs, request and HTTP/2 limits
+//!   ([`ServerLimits`]), serving a bound listener or connections an edge
+//!   accepted itself ([`GrpcServer::serve_with_incoming`]), and a graceful
+//!   drain: on shutdown it stops accepting, lets requests in
 //!   flight finish for up to the grace timeout, then answers what is still
 //!   running with UNAVAILABLE and returns.
 //! - [`GrpcClient`] builds the one kind of channel services call each other
@@ -103,6 +105,20 @@ pub struct ServerLimits {
     pub tcp_keepalive: Option<Duration>,
     /// How long a drain lets requests in flight finish.
     pub grace_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once (the
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` the server announces). `None`:
+    /// hyper's default (200).
+    pub http2_max_concurrent_streams: Option<u32>,
+    /// Streams a client may open and reset before the server reads them
+    /// (the "rapid reset" attack) before the connection is closed. `None`:
+    /// hyper's default (20).
+    pub http2_max_pending_accept_reset_streams: Option<usize>,
+    /// Streams the server may reset for a client's protocol errors before
+    /// it closes the connection. `None`: hyper's default (1,024).
+    pub http2_max_local_error_reset_streams: Option<usize>,
+    /// Largest header list a request may send. `None`: hyper's default
+    /// (16 KiB).
+    pub http2_max_header_list_size: Option<u32>,
 }
 
 impl Default for ServerLimits {
@@ -117,6 +133,10 @@ impl Default for ServerLimits {
             http2_keepalive_timeout: Some(Duration::from_secs(20)),
             tcp_keepalive: Some(Duration::from_secs(60)),
             grace_timeout: Duration::from_secs(15),
+            http2_max_concurrent_streams: None,
+            http2_max_pending_accept_reset_streams: None,
+            http2_max_local_error_reset_streams: None,
+            http2_max_header_list_size: None,
         }
     }
 }
@@ -164,6 +184,9 @@ message_limits!(
 /// ```
 pub struct GrpcServer {
     name: &'static str,
+    /// The services reflection describes; `None`: every proto of the
+    /// switch.
+    reflect_only: Option<Vec<&'static str>>,
     limits: ServerLimits,
     tls: Option<TlsFiles>,
     health: HealthReporter,
@@ -184,14 +207,14 @@ impl GrpcServer {
     /// and the default [`ServerLimits`].
     pub fn new(name: &'static str) -> Result<Self, ServeError> {
         let health = HealthReporter::new();
-        let (reflection_v1, reflection_v1alpha) = crate::grpc::reflection_services()?;
+        // Reflection is added when serving, once it is known what it
+        // describes (`reflect_only`).
         let routes = Routes::new(HealthServer::new(HealthService::from_health_reporter(
             health.clone(),
-        )))
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+        )));
         Ok(GrpcServer {
             name,
+            reflect_only: None,
             limits: ServerLimits::default(),
             tls: None,
             health,
@@ -202,6 +225,15 @@ impl GrpcServer {
             on_drain: Vec::new(),
             abandon: CancellationToken::new(),
         })
+    }
+
+    /// Describes only `services` (full names) and what they import over
+    /// reflection: an edge that outsiders reach must not describe the
+    /// internal APIs (the issuer control API, say).
+    #[must_use]
+    pub fn reflect_only(mut self, services: &[&'static str]) -> Self {
+        self.reflect_only = Some(services.to_vec());
+        self
     }
 
     /// Replaces the limits. Message limits apply to services added after.
@@ -281,8 +313,36 @@ impl GrpcServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        let local = listener.local_addr().ok();
+        self.serve_with_incoming(crate::grpc::incoming(listener), local, shutdown)
+            .await
+    }
+
+    /// [`serve`](GrpcServer::serve) over connections the caller accepts
+    /// itself: an edge that runs its own TLS handshakes (with a timeout,
+    /// connection limits and reloadable certificates) hands over each
+    /// established stream. TLS set with [`tls`](GrpcServer::tls) is applied
+    /// on top, so an edge doing its own handshakes leaves it unset.
+    /// `local` names the listening address in the logs.
+    pub async fn serve_with_incoming<I, IO, IE>(
+        self,
+        incoming: I,
+        local: Option<SocketAddr>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError>
+    where
+        I: tokio_stream::Stream<Item = Result<IO, IE>> + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let GrpcServer {
             name,
+            reflect_only,
             limits,
             tls,
             health,
@@ -297,13 +357,22 @@ impl GrpcServer {
             .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
             .http2_keepalive_interval(limits.http2_keepalive_interval)
             .http2_keepalive_timeout(limits.http2_keepalive_timeout)
-            .tcp_keepalive(limits.tcp_keepalive);
+            .tcp_keepalive(limits.tcp_keepalive)
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .http2_max_pending_accept_reset_streams(limits.http2_max_pending_accept_reset_streams)
+            .http2_max_local_error_reset_streams(limits.http2_max_local_error_reset_streams)
+            .http2_max_header_list_size(limits.http2_max_header_list_size);
         if let Some(timeout) = limits.request_timeout {
             builder = builder.timeout(timeout);
         }
         if let Some(tls) = &tls {
             builder = builder.tls_config(tls.server_config()?)?;
         }
+        let (reflection_v1, reflection_v1alpha) =
+            crate::grpc::reflection_services_for(reflect_only.as_deref())?;
+        let routes = routes
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let router = builder.add_routes(routes);
 
         // Set under the lock, and never to SERVING once draining, so a
@@ -333,7 +402,6 @@ impl GrpcServer {
             }
         };
 
-        let local = listener.local_addr().ok();
         tracing::info!(service = name, listen = ?local, tls = tls.is_some(), "Serving gRPC.");
         let signal = {
             let (draining, health, names) = (draining.clone(), health.clone(), names.clone());
@@ -351,7 +419,7 @@ impl GrpcServer {
                 tracing::info!(service = name, "Draining gRPC requests.");
             }
         };
-        let serving = router.serve_with_incoming_shutdown(crate::grpc::incoming(listener), signal);
+        let serving = router.serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(serving);
         let grace = limits.grace_timeout;
         let result = tokio::select! {

@@ -8,6 +8,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 pub struct TerminalIdentity {
     pub terminal_id: String,
     pub merchant_id: String,
+    /// The certificate's serial number as encoded (big-endian bytes), what
+    /// a CRL names it by.
+    pub certificate_serial: Vec<u8>,
 }
 
 impl TerminalIdentity {
@@ -36,6 +39,7 @@ impl TerminalIdentity {
         Ok(TerminalIdentity {
             terminal_id,
             merchant_id,
+            certificate_serial: cert.raw_serial().to_vec(),
         })
     }
 

@@ -1,7 +1,10 @@
-//! The gateway's push metrics. Attributes are low-cardinality names (message
-//! kind), never terminal or message ids: a terminal's backlog is recorded as
-//! one observation of a histogram when it subscribes, and the backlog over
-//! all terminals as one gauge.
+//! The gateway's metrics: push (terminal messages) and the edge
+//! (connections refused, handshakes failed, idle connections closed,
+//! requests over their rate, reloads of the edge's files). Attributes are
+//! low-cardinality names (message kind, listener, reason, method), never
+//! terminal or message ids: a terminal's backlog is recorded as one
+//! observation of a histogram when it subscribes, and the backlog over all
+//! terminals as one gauge.
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, UpDownCounter};
@@ -14,6 +17,13 @@ pub struct Metrics {
     backlog: Histogram<u64>,
     unacknowledged: Gauge<i64>,
     subscribers: UpDownCounter<i64>,
+    connections_refused: Counter<u64>,
+    handshakes_failed: Counter<u64>,
+    idle_closed: Counter<u64>,
+    rate_limited: Counter<u64>,
+    requests_refused: Counter<u64>,
+    subscriptions_replaced: Counter<u64>,
+    edge_reloads: Counter<u64>,
 }
 
 impl Metrics {
@@ -47,6 +57,34 @@ impl Metrics {
                 .i64_up_down_counter("gateway.subscribers")
                 .with_description("Open Subscribe streams")
                 .build(),
+            connections_refused: meter
+                .u64_counter("gateway.connections.refused")
+                .with_description("Connections closed at the edge, by listener and reason (max_connections, max_connections_per_terminal, revoked, suspended)")
+                .build(),
+            handshakes_failed: meter
+                .u64_counter("gateway.tls.handshakes_failed")
+                .with_description("TLS handshakes that did not yield a terminal, by listener and reason (timeout, refused, identity)")
+                .build(),
+            idle_closed: meter
+                .u64_counter("gateway.connections.idle_closed")
+                .with_description("Connections closed because the terminal sent nothing for the idle timeout, by listener")
+                .build(),
+            rate_limited: meter
+                .u64_counter("gateway.requests.rate_limited")
+                .with_description("Requests refused RESOURCE_EXHAUSTED over the terminal's request rate, by listener and method")
+                .build(),
+            requests_refused: meter
+                .u64_counter("gateway.requests.refused")
+                .with_description("Requests refused because the terminal's certificate is revoked or the terminal suspended, by reason")
+                .build(),
+            subscriptions_replaced: meter
+                .u64_counter("gateway.subscriptions.replaced")
+                .with_description("Subscribe streams ended because the same terminal opened a newer one")
+                .build(),
+            edge_reloads: meter
+                .u64_counter("gateway.edge.reloads")
+                .with_description("Reloads of the edge's certificate, key, CA, CRL and registry files, by outcome")
+                .build(),
         }
     }
 
@@ -70,6 +108,56 @@ impl Metrics {
 
     pub fn unacknowledged(&self, total: i64) {
         self.unacknowledged.record(total, &[]);
+    }
+
+    pub fn connection_refused(&self, listener: &'static str, reason: &'static str) {
+        self.connections_refused.add(
+            1,
+            &[
+                KeyValue::new("listener", listener),
+                KeyValue::new("reason", reason),
+            ],
+        );
+    }
+
+    pub fn handshake_failed(&self, listener: &'static str, reason: &'static str) {
+        self.handshakes_failed.add(
+            1,
+            &[
+                KeyValue::new("listener", listener),
+                KeyValue::new("reason", reason),
+            ],
+        );
+    }
+
+    pub fn idle_closed(&self, listener: &'static str) {
+        self.idle_closed
+            .add(1, &[KeyValue::new("listener", listener)]);
+    }
+
+    pub fn rate_limited(&self, listener: &'static str, method: &'static str) {
+        self.rate_limited.add(
+            1,
+            &[
+                KeyValue::new("listener", listener),
+                KeyValue::new("method", method),
+            ],
+        );
+    }
+
+    pub fn request_refused(&self, reason: &'static str) {
+        self.requests_refused
+            .add(1, &[KeyValue::new("reason", reason)]);
+    }
+
+    pub fn subscription_replaced(&self) {
+        self.subscriptions_replaced.add(1, &[]);
+    }
+
+    pub fn edge_reloaded(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.edge_reloads
+            .add(1, &[KeyValue::new("outcome", outcome)]);
     }
 
     /// Counts an open stream until the guard is dropped.

@@ -9,9 +9,13 @@
 //!   through the [`Hub`].
 //! - [`stream_messages`] serves one `Subscribe`: every unacknowledged
 //!   message of the terminal in sequence order, then newer ones as they are
-//!   stored (woken by the hub, or by a periodic poll should a notification be
-//!   lost). Each subscription sends a message at most once; a message not
-//!   acknowledged is sent again by the next subscription.
+//!   stored, woken by the hub. An idle subscription costs no query: it reads
+//!   only when woken, and notifications lost while the listener reconnected
+//!   are made up by waking every subscription once it is back. Each
+//!   subscription sends a message at most once; a message not
+//!   acknowledged is sent again by the next subscription. A terminal has
+//!   one subscription per gateway: a new one replaces the old, which ends
+//!   with ABORTED.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,53 +32,82 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use uuid::Uuid;
 
+use crate::edge::Edge;
+use crate::identity::TerminalIdentity;
 use crate::metrics::Metrics;
 use crate::store;
 
 /// Messages read per query while a subscription catches up.
 const PAGE: i64 = 100;
 
-/// How often a subscription looks for new messages when nothing woke it:
-/// the fallback for a notification lost while the listener reconnected.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
-
 /// How often the total backlog gauge is refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Wakes this process's subscriptions of a terminal. One watch channel per
-/// terminal with at least one open subscription; removed with the last one.
+/// The open subscription of each terminal in this process, and how to
+/// wake it. A terminal has at most one: a new `Subscribe` replaces the
+/// one before (a terminal that reconnected, or a second device with the
+/// same certificate), which then ends with ABORTED, so a stream a
+/// terminal abandoned without closing holds nothing for long.
 #[derive(Clone, Default)]
 pub struct Hub {
-    terminals: Arc<Mutex<HashMap<String, watch::Sender<()>>>>,
+    terminals: Arc<Mutex<HashMap<String, Registered>>>,
+}
+
+struct Registered {
+    wake: watch::Sender<()>,
+    /// Cancelled when a newer subscription of the terminal replaces it.
+    replaced: CancellationToken,
+    /// Which subscription this is, so a replaced one dropping late does
+    /// not unregister its successor.
+    generation: u64,
 }
 
 impl Hub {
-    /// Registers a subscription of `terminal_id`; it is woken by every
-    /// [`Hub::notify`] of that terminal from now on.
-    pub fn subscribe(&self, terminal_id: &str) -> Subscription {
+    /// Registers the subscription of `terminal_id`, replacing the one
+    /// before it; it is woken by every [`Hub::notify`] of that terminal
+    /// from now on. Returns whether a previous subscription was replaced.
+    pub fn subscribe(&self, terminal_id: &str) -> (Subscription, bool) {
         let mut terminals = self.lock();
-        let receiver = terminals
-            .entry(terminal_id.to_owned())
-            .or_insert_with(|| watch::channel(()).0)
-            .subscribe();
-        Subscription {
-            hub: self.clone(),
-            terminal_id: terminal_id.to_owned(),
-            receiver: Some(receiver),
-        }
+        let (generation, replaced_one) = match terminals.get(terminal_id) {
+            Some(previous) => {
+                previous.replaced.cancel();
+                (previous.generation.wrapping_add(1), true)
+            }
+            None => (0, false),
+        };
+        let (wake, receiver) = watch::channel(());
+        let replaced = CancellationToken::new();
+        terminals.insert(
+            terminal_id.to_owned(),
+            Registered {
+                wake,
+                replaced: replaced.clone(),
+                generation,
+            },
+        );
+        (
+            Subscription {
+                hub: self.clone(),
+                terminal_id: terminal_id.to_owned(),
+                receiver,
+                replaced,
+                generation,
+            },
+            replaced_one,
+        )
     }
 
-    /// Wakes every subscription of `terminal_id` in this process.
+    /// Wakes the subscription of `terminal_id` in this process.
     pub fn notify(&self, terminal_id: &str) {
-        if let Some(sender) = self.lock().get(terminal_id) {
-            sender.send_modify(|()| {});
+        if let Some(registered) = self.lock().get(terminal_id) {
+            registered.wake.send_modify(|()| {});
         }
     }
 
     /// Wakes every subscription (after notifications may have been lost).
     pub fn notify_all(&self) {
-        for sender in self.lock().values() {
-            sender.send_modify(|()| {});
+        for registered in self.lock().values() {
+            registered.wake.send_modify(|()| {});
         }
     }
 
@@ -83,7 +116,7 @@ impl Hub {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<()>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Registered>> {
         // A panic while holding the lock leaves the map consistent.
         self.terminals
             .lock()
@@ -95,31 +128,34 @@ impl Hub {
 pub struct Subscription {
     hub: Hub,
     terminal_id: String,
-    receiver: Option<watch::Receiver<()>>,
+    receiver: watch::Receiver<()>,
+    replaced: CancellationToken,
+    generation: u64,
 }
 
 impl Subscription {
     /// Resolves when the terminal may have a new message.
     pub async fn changed(&mut self) {
-        match self.receiver.as_mut() {
-            Some(receiver) => {
-                if receiver.changed().await.is_err() {
-                    // Cannot happen while we are registered; never spin.
-                    std::future::pending::<()>().await;
-                }
-            }
-            None => std::future::pending::<()>().await,
+        if self.receiver.changed().await.is_err() {
+            // The sender went with a replacement: wait for `replaced`
+            // instead of spinning.
+            std::future::pending::<()>().await;
         }
+    }
+
+    /// Resolves once a newer subscription of the terminal replaced this
+    /// one.
+    pub fn replaced(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.replaced.clone().cancelled_owned()
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        drop(self.receiver.take());
         let mut terminals = self.hub.lock();
         if terminals
             .get(&self.terminal_id)
-            .is_some_and(|sender| sender.receiver_count() == 0)
+            .is_some_and(|registered| registered.generation == self.generation)
         {
             terminals.remove(&self.terminal_id);
         }
@@ -255,6 +291,9 @@ pub struct Push {
     pub pool: PgPool,
     pub hub: Hub,
     pub metrics: Metrics,
+    /// A stream whose certificate is revoked or terminal suspended by a
+    /// reload ends with PERMISSION_DENIED.
+    pub edge: Edge,
     /// Cancelled when the gateway shuts down: open streams end with
     /// UNAVAILABLE, so the server can stop and terminals subscribe again.
     pub stop: CancellationToken,
@@ -263,13 +302,23 @@ pub struct Push {
 /// Serves one subscription of `terminal_id` into `tx` until the terminal
 /// hangs up, the gateway stops, or the database fails (the stream then
 /// ends with UNAVAILABLE and the terminal subscribes again).
+///
+/// `subscription` is registered before the call is answered, so of two
+/// `Subscribe` calls of a terminal the later one is the one that stays,
+/// and before the first read, so a message stored meanwhile wakes it.
 pub async fn stream_messages(
     push: Push,
-    terminal_id: String,
+    mut subscription: Subscription,
+    identity: TerminalIdentity,
     tx: mpsc::Sender<Result<TerminalMessage, Status>>,
 ) {
-    // Registered before the first read: a message stored meanwhile wakes it.
-    let mut subscription = push.hub.subscribe(&terminal_id);
+    let terminal_id = identity.terminal_id.clone();
+    // Watched from before the check, so a reload between the call's own
+    // check and this one is not missed.
+    let mut reloads = push.edge.reloads();
+    if refused_by_edge(&push, &identity, &tx) {
+        return;
+    }
     let _counted = push.metrics.subscriber();
     match store::backlog(&push.pool, &terminal_id).await {
         Ok(size) => {
@@ -295,6 +344,7 @@ pub async fn stream_messages(
                     return;
                 },
                 () = push.stop.cancelled() => return stopping(&tx),
+                () = subscription.replaced() => return replaced(&tx, &terminal_id),
             }
             push.metrics.pushed(&kind);
         }
@@ -307,8 +357,11 @@ pub async fn stream_messages(
                 tracing::info!(%terminal_id, "Terminal unsubscribed.");
                 return;
             }
+            () = subscription.replaced() => return replaced(&tx, &terminal_id),
             () = subscription.changed() => {}
-            () = tokio::time::sleep(POLL_INTERVAL) => {}
+            () = reloaded(&mut reloads) => if refused_by_edge(&push, &identity, &tx) {
+                return;
+            },
         }
     }
 }
@@ -322,6 +375,36 @@ fn fail(
     let _ = tx.try_send(Err(Status::unavailable(
         "terminal messages are unavailable; subscribe again",
     )));
+}
+
+/// Ends the stream with PERMISSION_DENIED when the edge's files now
+/// revoke the certificate or suspend the terminal.
+fn refused_by_edge(
+    push: &Push,
+    identity: &TerminalIdentity,
+    tx: &mpsc::Sender<Result<TerminalMessage, Status>>,
+) -> bool {
+    let Some(refusal) = push.edge.refusal(identity) else {
+        return false;
+    };
+    push.metrics.request_refused(refusal.reason());
+    tracing::info!(terminal_id = %identity.terminal_id, %refusal, "Subscription ended by the terminal edge.");
+    let _ = tx.try_send(Err(Status::permission_denied(refusal.to_string())));
+    true
+}
+
+/// Resolves at the edge's next reload (never, should its sender go).
+async fn reloaded(reloads: &mut watch::Receiver<u64>) {
+    if reloads.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn replaced(tx: &mpsc::Sender<Result<TerminalMessage, Status>>, terminal_id: &str) {
+    tracing::info!(%terminal_id, "Terminal subscribed again; the older subscription ends.");
+    let _ = tx.try_send(Err(Status::aborted(format!(
+        "a newer Subscribe stream of terminal {terminal_id} replaced this one"
+    ))));
 }
 
 fn stopping(tx: &mpsc::Sender<Result<TerminalMessage, Status>>) {
@@ -345,20 +428,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_hub_wakes_only_the_terminal_named_and_forgets_it_with_its_last_subscription() {
+    async fn the_hub_wakes_only_the_terminal_named_and_forgets_it_with_its_subscription() {
         let hub = Hub::default();
-        let mut first = hub.subscribe("TERM0001");
-        let mut second = hub.subscribe("TERM0001");
-        let mut other = hub.subscribe("TERM0003");
+        let (mut first, replaced) = hub.subscribe("TERM0001");
+        assert!(!replaced);
+        let (mut other, _) = hub.subscribe("TERM0003");
         assert_eq!(hub.terminals(), 2);
 
         hub.notify("TERM0001");
         tokio::time::timeout(Duration::from_secs(1), first.changed())
             .await
-            .expect("the first subscription is woken");
-        tokio::time::timeout(Duration::from_secs(1), second.changed())
-            .await
-            .expect("the second subscription is woken");
+            .expect("the subscription is woken");
         assert!(
             tokio::time::timeout(Duration::from_millis(50), other.changed())
                 .await
@@ -372,12 +452,37 @@ mod tests {
             .expect("notify_all wakes every terminal");
 
         drop(first);
-        assert_eq!(hub.terminals(), 2);
-        drop(second);
         assert_eq!(hub.terminals(), 1);
         drop(other);
         assert_eq!(hub.terminals(), 0);
         hub.notify("TERM0001");
+    }
+
+    #[tokio::test]
+    async fn a_new_subscription_replaces_the_old_one_of_the_same_terminal() {
+        let hub = Hub::default();
+        let (old, _) = hub.subscribe("TERM0001");
+        let (mut new, replaced) = hub.subscribe("TERM0001");
+        assert!(replaced);
+        tokio::time::timeout(Duration::from_secs(1), old.replaced())
+            .await
+            .expect("the old subscription learns it was replaced");
+        assert_eq!(hub.terminals(), 1);
+        // The replaced one going away late leaves its successor registered.
+        drop(old);
+        assert_eq!(hub.terminals(), 1);
+        hub.notify("TERM0001");
+        tokio::time::timeout(Duration::from_secs(1), new.changed())
+            .await
+            .expect("the new subscription is the one woken");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), new.replaced())
+                .await
+                .is_err(),
+            "the new subscription is not replaced"
+        );
+        drop(new);
+        assert_eq!(hub.terminals(), 0);
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! `TerminalService`: checks who is calling, then forwards to the
-//! authorization service (or, for batches, the settlement batcher), passing
-//! its answers (and its precise errors) through unchanged. `Subscribe` and
-//! `AcknowledgeMessage` are answered here, from the terminal backlog
-//! ([`crate::push`]). The forwarding itself (`forward_*`, taking the
-//! caller's identity) is shared with the ISO 8583 listeners
-//! ([`crate::iso`]), so both edges reach authorization and the batcher the
-//! same way.
+//! `TerminalService`: checks who is calling (the certificate, not revoked,
+//! the terminal not suspended, within its request rate), bounds every list
+//! in the request, then forwards to the authorization service (or, for
+//! batches, the settlement batcher), passing its answers (and its precise
+//! errors) through unchanged. `Subscribe` and `AcknowledgeMessage` are
+//! answered here, from the terminal backlog ([`crate::push`]). The
+//! forwarding itself (`forward_*`, taking the caller's identity) is shared
+//! with the ISO 8583 listeners ([`crate::iso`]), so both edges reach
+//! authorization and the batcher the same way.
 
 use std::time::Duration;
 
@@ -21,7 +22,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::edge::Edge;
 use crate::identity::TerminalIdentity;
+use crate::limits::RateLimiter;
+use crate::metrics::Metrics;
 use crate::push::{self, Push};
 use crate::store::{self, Acknowledged};
 
@@ -37,6 +41,63 @@ pub struct TerminalApi {
     settlement: SettlementClient,
     timeout: Duration,
     push: Push,
+    guard: Guard,
+}
+
+/// What every call passes before it is served.
+pub struct Guard {
+    /// The CRL and the terminal registry, as last reloaded.
+    pub edge: Edge,
+    pub rate: RateLimiter,
+    pub metrics: Metrics,
+    pub max_upload_transactions: usize,
+    pub max_batch_totals: usize,
+}
+
+impl Guard {
+    /// The caller's identity, once its certificate is neither revoked nor
+    /// its terminal suspended (both may have changed since the connection
+    /// opened) and the call is within the terminal's rate.
+    fn admit<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+    ) -> Result<TerminalIdentity, Status> {
+        let identity = TerminalIdentity::of(request)?;
+        if let Some(refusal) = self.edge.refusal(&identity) {
+            self.metrics.request_refused(refusal.reason());
+            return Err(Status::permission_denied(refusal.to_string()));
+        }
+        if let Err(limited) = self
+            .rate
+            .check(&identity.terminal_id, &identity.merchant_id)
+        {
+            self.metrics.rate_limited("grpc", method);
+            let mut status = Status::resource_exhausted(format!(
+                "terminal {} is over its request rate ({} a second, {} at once); retry in {} ms",
+                identity.terminal_id,
+                limited.rule.per_second(),
+                limited.rule.burst(),
+                limited.retry_after_ms
+            ));
+            if let Ok(value) = limited.retry_after_ms.to_string().parse() {
+                status.metadata_mut().insert("retry-after-ms", value);
+            }
+            return Err(status);
+        }
+        Ok(identity)
+    }
+}
+
+/// Refuses a list longer than `limit`, naming the field.
+fn bounded(field: &str, len: usize, limit: usize) -> Result<(), Status> {
+    if len > limit {
+        Err(Status::invalid_argument(format!(
+            "{field} lists {len} entries; at most {limit} are accepted"
+        )))
+    } else {
+        Ok(())
+    }
 }
 
 impl TerminalApi {
@@ -45,6 +106,7 @@ impl TerminalApi {
         settlement_endpoint: &str,
         timeout: Duration,
         push: Push,
+        guard: Guard,
     ) -> Result<Self, ServeError> {
         Ok(TerminalApi {
             authorization: AuthorizationServiceClient::new(
@@ -55,6 +117,7 @@ impl TerminalApi {
             ),
             timeout,
             push,
+            guard,
         })
     }
 
@@ -146,6 +209,7 @@ impl TerminalApi {
         mut close: pb::CloseBatchRequest,
     ) -> Result<pb::CloseBatchResponse, Status> {
         identity.authorize(&close.terminal_id)?;
+        bounded("totals", close.totals.len(), self.guard.max_batch_totals)?;
         close.merchant_id = identity.merchant_id.clone();
         Ok(self
             .settlement
@@ -173,7 +237,7 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::SaleRequest>,
     ) -> Result<Response<pb::SaleResponse>, Status> {
-        let identity = TerminalIdentity::of(&request)?;
+        let identity = self.guard.admit(&request, "Sale")?;
         let sale = request.into_inner();
         let span = tracing::Span::current();
         span.record("terminal_id", sale.terminal_id.as_str());
@@ -186,7 +250,7 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::InquiryRequest>,
     ) -> Result<Response<AuthorizationRecord>, Status> {
-        let identity = TerminalIdentity::of(&request)?;
+        let identity = self.guard.admit(&request, "Inquiry")?;
         let inquiry = request.into_inner();
         identity.authorize(&inquiry.terminal_id)?;
         let lookup = pb::GetAuthorizationRequest {
@@ -207,7 +271,7 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::ReprintLastRequest>,
     ) -> Result<Response<AuthorizationRecord>, Status> {
-        let identity = TerminalIdentity::of(&request)?;
+        let identity = self.guard.admit(&request, "ReprintLast")?;
         let reprint = request.into_inner();
         identity.authorize(&reprint.terminal_id)?;
         self.authorization
@@ -223,7 +287,7 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
-        let identity = TerminalIdentity::of(&request)?;
+        let identity = self.guard.admit(&request, "Acknowledge")?;
         self.forward_acknowledge(&identity, request.into_inner())
             .await
             .map(Response::new)
@@ -237,7 +301,7 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::TerminalReverseRequest>,
     ) -> Result<Response<pb::TerminalReverseResponse>, Status> {
-        let identity = TerminalIdentity::of(&request)?;
+        let identity = self.guard.admit(&request, "Reverse")?;
         self.forward_reverse(&identity, request.into_inner())
             .await
             .map(Response::new)
@@ -250,7 +314,7 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::CloseBatchRequest>,
     ) -> Result<Response<pb::CloseBatchResponse>, Status> {
-        let identity = TerminalIdentity::of(&request)?;
+        let identity = self.guard.admit(&request, "CloseBatch")?;
         self.forward_close_batch(&identity, request.into_inner())
             .await
             .map(Response::new)
@@ -262,9 +326,14 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::UploadBatchRequest>,
     ) -> Result<Response<pb::UploadBatchResponse>, Status> {
-        let identity = TerminalIdentity::of(&request)?;
+        let identity = self.guard.admit(&request, "UploadBatch")?;
         let mut upload = request.into_inner();
         identity.authorize(&upload.terminal_id)?;
+        bounded(
+            "transactions",
+            upload.transactions.len(),
+            self.guard.max_upload_transactions,
+        )?;
         upload.merchant_id = identity.merchant_id;
         self.settlement
             .clone()
@@ -279,14 +348,19 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let identity = TerminalIdentity::of(&request)?;
+        let identity = self.guard.admit(&request, "Subscribe")?;
         let subscribe = request.into_inner();
         identity.authorize(&subscribe.terminal_id)?;
         tracing::Span::current().record("terminal_id", subscribe.terminal_id.as_str());
+        let (subscription, replaced_one) = self.push.hub.subscribe(&identity.terminal_id);
+        if replaced_one {
+            self.push.metrics.subscription_replaced();
+        }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(push::stream_messages(
             self.push.clone(),
-            identity.terminal_id,
+            subscription,
+            identity,
             tx,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -298,7 +372,7 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::AcknowledgeMessageRequest>,
     ) -> Result<Response<pb::AcknowledgeMessageResponse>, Status> {
-        let identity = TerminalIdentity::of(&request)?;
+        let identity = self.guard.admit(&request, "AcknowledgeMessage")?;
         let ack = request.into_inner();
         identity.authorize(&ack.terminal_id)?;
         tracing::Span::current().record("terminal_id", ack.terminal_id.as_str());

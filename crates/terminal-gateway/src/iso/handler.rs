@@ -173,6 +173,8 @@ fn identity_of(caller: &Caller, message: &Message<'_>) -> Result<TerminalIdentit
                 .ok_or(IsoRefusal::Malformed)?
                 .trim_end()
                 .to_owned(),
+            // A lab listener has no certificate, so nothing a CRL could name.
+            certificate_serial: Vec::new(),
         }),
     }
 }
