@@ -62,13 +62,18 @@ struct Broker {
     child: Option<Child>,
 }
 
-/// The store of the run's broker: `CHAOS_BROKER_STORAGE` when set, else a
-/// fresh PostgreSQL database of its own beside the switch's (the store
-/// the Makefile's broker uses), so PostgreSQL's restart takes the broker's
+/// The store of the run's broker: `CHAOS_BROKER_STORAGE` when set; a
+/// SQLite file of the run's own when the Makefile's broker is one without
+/// the PostgreSQL store (`BROKER_STORAGE` not `postgres://`, on a machine
+/// without a nightly toolchain); else a fresh PostgreSQL database of its
+/// own beside the switch's, so PostgreSQL's restart takes the broker's
 /// store down too.
 async fn broker_storage(prefix: &str) -> anyhow::Result<(String, Option<String>)> {
     if let Ok(storage) = std::env::var("CHAOS_BROKER_STORAGE") {
         return Ok((storage, None));
+    }
+    if std::env::var("BROKER_STORAGE").is_ok_and(|storage| !storage.starts_with("postgres")) {
+        return Ok(("sqlite://chaos.db".to_owned(), None));
     }
     let url = database_url();
     let server = url
@@ -165,9 +170,12 @@ fn nisshi_binary() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(path));
     }
     let home = std::env::var_os("HOME").context("HOME is not set")?;
-    let cached = Path::new(&home).join(".cache/pos-switch/nisshi-0.8.1/bin/nisshi");
-    if cached.is_file() {
-        return Ok(cached);
+    for version in ["0.8.1", "0.7.0-pre.2"] {
+        let cached =
+            Path::new(&home).join(format!(".cache/pos-switch/nisshi-{version}/bin/nisshi"));
+        if cached.is_file() {
+            return Ok(cached);
+        }
     }
     bail!("no broker binary: set NISSHI or run `make broker-install` (make test does)")
 }
