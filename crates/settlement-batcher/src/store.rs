@@ -421,6 +421,29 @@ pub async fn apply_many(
     Ok(unknown)
 }
 
+/// Binds `approval`'s twelve columns, in the order both ledger inserts
+/// list them ($1 to $12: transaction_id, terminal_id, merchant_id, stan,
+/// local_date, rrn, masked_pan, amount_minor, currency, channel,
+/// approval_code, approved_at).
+fn bind_approval<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    approval: &'q NewApproval,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(approval.transaction_id)
+        .bind(&approval.terminal_id)
+        .bind(&approval.merchant_id)
+        .bind(&approval.stan)
+        .bind(approval.local_date)
+        .bind(&approval.rrn)
+        .bind(&approval.masked_pan)
+        .bind(approval.amount_minor)
+        .bind(&approval.currency)
+        .bind(&approval.channel)
+        .bind(&approval.approval_code)
+        .bind(approval.approved_at)
+}
+
 /// Records an approval with `command` (its approval, confirmation or
 /// reversal): a known one is decided on under its row lock ([`apply`]); a
 /// new one is inserted as [`LedgerEntry::first_known`]. An approval whose
@@ -449,28 +472,19 @@ pub async fn record(
             });
         }
         let first = LedgerEntry::first_known(command);
-        let inserted = sqlx::query(
-            "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, \
-                local_date, rrn, masked_pan, amount_minor, currency, channel, approval_code, \
-                approved_at, status, evidence, reversal_reason, batch_number) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
-             WHERE NOT EXISTS (SELECT 1 FROM transactions \
-                 WHERE terminal_id = $2 AND local_date = $5 AND stan = $4 \
-                   AND transaction_id <> $1) \
-             ON CONFLICT (transaction_id) DO NOTHING",
+        let inserted = bind_approval(
+            sqlx::query(
+                "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, \
+                    local_date, rrn, masked_pan, amount_minor, currency, channel, approval_code, \
+                    approved_at, status, evidence, reversal_reason, batch_number) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+                 WHERE NOT EXISTS (SELECT 1 FROM transactions \
+                     WHERE terminal_id = $2 AND local_date = $5 AND stan = $4 \
+                       AND transaction_id <> $1) \
+                 ON CONFLICT (transaction_id) DO NOTHING",
+            ),
+            approval,
         )
-        .bind(approval.transaction_id)
-        .bind(&approval.terminal_id)
-        .bind(&approval.merchant_id)
-        .bind(&approval.stan)
-        .bind(approval.local_date)
-        .bind(&approval.rrn)
-        .bind(&approval.masked_pan)
-        .bind(approval.amount_minor)
-        .bind(&approval.currency)
-        .bind(&approval.channel)
-        .bind(&approval.approval_code)
-        .bind(approval.approved_at)
         .bind(first.status.as_str())
         .bind(first.evidence.map(|e| e.as_str()))
         .bind(first.status.reversal_reason().map(|r| r.as_str()))
@@ -783,26 +797,17 @@ pub async fn resolve_rejection(
                 }
                 .into());
             };
-            sqlx::query(
-                "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, \
-                    local_date, rrn, masked_pan, amount_minor, currency, channel, approval_code, \
-                    approved_at, status, evidence, reversal_reason, key_instance) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                    COALESCE((SELECT max(key_instance) FROM transactions \
-                              WHERE terminal_id = $2 AND local_date = $5 AND stan = $4), -1) + 1",
+            bind_approval(
+                sqlx::query(
+                    "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, \
+                        local_date, rrn, masked_pan, amount_minor, currency, channel, approval_code, \
+                        approved_at, status, evidence, reversal_reason, key_instance) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                        COALESCE((SELECT max(key_instance) FROM transactions \
+                                  WHERE terminal_id = $2 AND local_date = $5 AND stan = $4), -1) + 1",
+                ),
+                approval,
             )
-            .bind(approval.transaction_id)
-            .bind(&approval.terminal_id)
-            .bind(&approval.merchant_id)
-            .bind(&approval.stan)
-            .bind(approval.local_date)
-            .bind(&approval.rrn)
-            .bind(&approval.masked_pan)
-            .bind(approval.amount_minor)
-            .bind(&approval.currency)
-            .bind(&approval.channel)
-            .bind(&approval.approval_code)
-            .bind(approval.approved_at)
             .bind(entry.status.as_str())
             .bind(entry.evidence.map(|e| e.as_str()))
             .bind(
