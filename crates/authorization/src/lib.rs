@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switch_platform::config::{ConfigError, Secret};
+use switch_platform::config::{ConfigError, DevelopmentSetting, DevelopmentSettings, Secret};
 use switch_platform::db::DatabaseConfig;
 use switch_platform::grpc::TlsFiles;
 use switch_platform::kafka::{KafkaConfig, topics};
@@ -99,6 +99,26 @@ impl Default for AuthorizationConfig {
             outbox: OutboxConfig::default(),
             tls: None,
         }
+    }
+}
+
+impl DevelopmentSettings for AuthorizationConfig {
+    fn development_settings(&self) -> Vec<DevelopmentSetting> {
+        let defaults = AuthorizationConfig::default();
+        let mut found = Vec::new();
+        if self.pan_hash_key == defaults.pan_hash_key {
+            found.push(DevelopmentSetting::new(
+                "authorization.pan_hash_key",
+                "the published development key: anyone could fingerprint card numbers with it",
+            ));
+        }
+        if self.issuer_endpoint == defaults.issuer_endpoint {
+            found.push(DevelopmentSetting::new(
+                "authorization.issuer_endpoint",
+                "the issuer simulator's address",
+            ));
+        }
+        found
     }
 }
 

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::config::validate_url;
 use switch_core::SharedClock;
+use switch_core::destination::Destinations;
 
 use crate::store::{self, RedeliverError, RedeliverTarget};
 use crate::webhook::rfc3339;
@@ -34,6 +35,8 @@ pub fn generate_secret() -> Secret {
 
 pub struct NotifierAdmin {
     pool: PgPool,
+    /// What a registered URL may reach.
+    destinations: Destinations,
     /// Where redeliveries wake the workers.
     channel: String,
     /// When a redelivery is due: now, on the workers' clock.
@@ -41,9 +44,15 @@ pub struct NotifierAdmin {
 }
 
 impl NotifierAdmin {
-    pub fn new(pool: PgPool, channel: impl Into<String>, clock: SharedClock) -> Self {
+    pub fn new(
+        pool: PgPool,
+        destinations: Destinations,
+        channel: impl Into<String>,
+        clock: SharedClock,
+    ) -> Self {
         NotifierAdmin {
             pool,
+            destinations,
             channel: channel.into(),
             clock,
         }
@@ -146,7 +155,7 @@ impl NotifierService for NotifierAdmin {
     ) -> Result<Response<RegisterEndpointResponse>, Status> {
         let request = request.into_inner();
         let merchant = merchant_id("merchant_id", &request.merchant_id)?;
-        validate_url(&request.url)
+        validate_url(&request.url, self.destinations)
             .map_err(|reason| Status::invalid_argument(format!("url: {reason}")))?;
         let secret = generate_secret();
         let Some(endpoint) = store::register_endpoint(&self.pool, &merchant, &request.url, &secret)

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switch_platform::config::{ConfigError, Secret};
+use switch_core::destination::Destinations;
+use switch_platform::config::{ConfigError, DevelopmentSetting, DevelopmentSettings, Secret};
 use switch_platform::outbox::OutboxConfig;
 
 /// The longest wait between two attempts: beyond a day an operator's
@@ -51,6 +52,28 @@ pub struct NotifierConfig {
     pub lease_ms: u64,
     /// The relay that publishes terminal messages to the gateway.
     pub outbox: OutboxConfig,
+    /// Where webhooks may go: `any` (a laptop's local receivers) or
+    /// `public_https` (https only, and every address checked at connect
+    /// time, so DNS cannot lead a delivery inside the network).
+    pub webhook_destinations: WebhookDestinations,
+}
+
+/// The setting behind [`switch_core::destination::Destinations`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookDestinations {
+    #[default]
+    Any,
+    PublicHttps,
+}
+
+impl From<WebhookDestinations> for Destinations {
+    fn from(setting: WebhookDestinations) -> Self {
+        match setting {
+            WebhookDestinations::Any => Destinations::Any,
+            WebhookDestinations::PublicHttps => Destinations::PublicHttps,
+        }
+    }
 }
 
 /// A merchant's webhook endpoint and its signing secret.
@@ -109,11 +132,29 @@ impl Default for NotifierConfig {
             poll_interval_ms: 500,
             lease_ms: 60_000,
             outbox: OutboxConfig::default(),
+            webhook_destinations: WebhookDestinations::default(),
+        }
+    }
+}
+
+impl DevelopmentSettings for NotifierConfig {
+    fn development_settings(&self) -> Vec<DevelopmentSetting> {
+        match self.webhook_destinations {
+            WebhookDestinations::PublicHttps => Vec::new(),
+            WebhookDestinations::Any => vec![DevelopmentSetting::new(
+                "notifier.webhook_destinations",
+                "`any` lets a webhook URL reach plain HTTP and private addresses",
+            )],
         }
     }
 }
 
 impl NotifierConfig {
+    /// Where this notifier may deliver.
+    pub fn destinations(&self) -> Destinations {
+        self.webhook_destinations.into()
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.consumer_group.trim().is_empty() {
             return Err(ConfigError::invalid(
@@ -126,7 +167,7 @@ impl NotifierConfig {
             let key = |field: &str| format!("notifier.endpoints[{i}].{field}");
             switch_core::MerchantId::parse(&endpoint.merchant_id)
                 .map_err(|e| ConfigError::invalid(key("merchant_id"), e.reason))?;
-            validate_url(&endpoint.url)
+            validate_url(&endpoint.url, self.destinations())
                 .map_err(|reason| ConfigError::invalid(key("url"), reason))?;
             if endpoint.secret.expose().len() < MIN_SECRET_LEN {
                 return Err(ConfigError::invalid(
@@ -218,10 +259,23 @@ impl NotifierConfig {
     }
 }
 
+/// The address a URL names in place of a host name, if it does.
+pub fn url_address(url: &reqwest::Url) -> Option<std::net::IpAddr> {
+    let host = url.host_str()?;
+    // An IPv6 host is written in brackets.
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .parse()
+        .ok()
+}
+
 /// Checks an endpoint URL: absolute, http or https, with a host, and no
-/// credentials (a URL is logged and listed; a password in it would leak).
-/// Returns the reason it is refused.
-pub fn validate_url(url: &str) -> Result<(), String> {
+/// credentials (a URL is logged and listed; a password in it would leak);
+/// then what `destinations` admits of its scheme and, when the host is an
+/// address, of that address (a name is checked when it is resolved, at
+/// every connection). Returns the reason it is refused.
+pub fn validate_url(url: &str, destinations: Destinations) -> Result<(), String> {
     if url.len() > MAX_URL_LEN {
         return Err(format!("must be at most {MAX_URL_LEN} characters"));
     }
@@ -234,6 +288,14 @@ pub fn validate_url(url: &str) -> Result<(), String> {
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not contain credentials".into());
+    }
+    destinations
+        .admits_scheme(parsed.scheme())
+        .map_err(|refusal| refusal.to_string())?;
+    if let Some(address) = url_address(&parsed) {
+        destinations
+            .admits_address(address)
+            .map_err(|refusal| refusal.to_string())?;
     }
     Ok(())
 }
@@ -273,8 +335,8 @@ mod tests {
 
     #[test]
     fn urls_must_be_http_or_https_with_a_host_and_no_credentials() {
-        assert!(validate_url("https://merchant.example/hooks").is_ok());
-        assert!(validate_url("http://127.0.0.1:8080/").is_ok());
+        assert!(validate_url("https://merchant.example/hooks", Destinations::Any).is_ok());
+        assert!(validate_url("http://127.0.0.1:8080/", Destinations::Any).is_ok());
         for bad in [
             "",
             "merchant.example/hooks",
@@ -283,9 +345,59 @@ mod tests {
             "https://user:pw@merchant.example/",
             "http://",
         ] {
-            assert!(validate_url(bad).is_err(), "{bad:?} accepted");
+            assert!(
+                validate_url(bad, Destinations::Any).is_err(),
+                "{bad:?} accepted"
+            );
         }
-        assert!(validate_url(&format!("https://a.example/{}", "x".repeat(MAX_URL_LEN))).is_err());
+        assert!(
+            validate_url(
+                &format!("https://a.example/{}", "x".repeat(MAX_URL_LEN)),
+                Destinations::Any
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn public_https_refuses_plain_http_and_address_literals_inside_the_network() {
+        let production = Destinations::PublicHttps;
+        assert!(validate_url("https://merchant.example/hooks", production).is_ok());
+        assert!(validate_url("https://8.8.8.8/hooks", production).is_ok());
+        for (bad, reason) in [
+            ("http://merchant.example/hooks", "must be an https:// URL"),
+            ("https://127.0.0.1/", "127.0.0.1 is a loopback address"),
+            (
+                "https://169.254.169.254/latest/meta-data",
+                "link-local (cloud metadata)",
+            ),
+            ("https://10.1.2.3:8443/", "private (RFC 1918)"),
+            ("https://[::1]/", "::1 is a loopback address"),
+            ("https://[fd00:ec2::254]/", "unique local"),
+            ("https://[::ffff:192.168.0.1]/", "private (RFC 1918)"),
+        ] {
+            let refused = validate_url(bad, production).unwrap_err();
+            assert!(refused.contains(reason), "{bad}: {refused}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_configured_inside_the_network_is_refused_in_public_https_naming_it() {
+        let config = NotifierConfig {
+            webhook_destinations: WebhookDestinations::PublicHttps,
+            endpoints: vec![endpoint(
+                "M1",
+                "https://10.0.0.7/hooks",
+                "whsec_0123456789abcdef",
+            )],
+            ..NotifierConfig::default()
+        };
+        assert_eq!(invalid_key(&config), "notifier.endpoints[0].url");
+        assert_eq!(
+            NotifierConfig::default().development_settings()[0].key,
+            "notifier.webhook_destinations"
+        );
+        assert!(config.development_settings().is_empty());
     }
 
     #[test]

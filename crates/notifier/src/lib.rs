@@ -57,6 +57,7 @@ mod admin;
 mod config;
 mod metrics;
 mod planner;
+mod resolver;
 pub mod signature;
 mod store;
 pub mod terminal;
@@ -79,7 +80,7 @@ use tokio_util::sync::CancellationToken;
 pub use admin::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, NotifierAdmin, generate_secret};
 pub use config::{
     EndpointConfig, MAX_ATTEMPTS, MAX_REQUEST_TIMEOUT_MS, MAX_RETRY_DELAY_MS, MIN_SECRET_LEN,
-    NotifierConfig, RetryConfig, validate_url,
+    NotifierConfig, RetryConfig, WebhookDestinations, validate_url,
 };
 pub use planner::{DeliveryPlanner, TERMINAL_MESSAGE_EVENT_TYPE};
 pub use store::{
@@ -207,7 +208,10 @@ pub async fn serve(
     tracing::info!(endpoints = config.endpoints.len(), "Notifier starting.");
     let result = GrpcServer::new(SERVICE_NAME)?
         .add_service(NotifierServiceServer::new(NotifierAdmin::new(
-            pool, channel, clock,
+            pool,
+            config.destinations(),
+            channel,
+            clock,
         )))
         .serve(listener, shutdown)
         .await;

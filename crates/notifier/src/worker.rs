@@ -30,10 +30,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::{NotifierConfig, RetryConfig};
+use crate::config::{NotifierConfig, RetryConfig, validate_url};
 use crate::metrics::{Metrics, Outcome};
+use crate::resolver::AdmittedOnly;
 use crate::signature::{EVENT_ID_HEADER, SIGNATURE_HEADER, sign};
 use crate::store::{self, Attempt, Claimed, NextState};
+use switch_core::destination::Destinations;
 
 /// Most attempts written in one statement.
 const RECORD_BATCH: usize = 500;
@@ -68,10 +70,14 @@ pub fn after_failure(retry: &RetryConfig, budget_used: u32) -> NextState {
 
 /// The HTTP client of every delivery: rustls with the Mozilla roots,
 /// certificates always verified (there is no setting to turn that off),
-/// timeouts from the configuration, and no redirects: a signed webhook is
-/// never sent to an address the merchant did not register.
+/// timeouts from the configuration, no redirects (a signed webhook is
+/// never sent to an address the merchant did not register), and names
+/// resolved to admitted addresses only ([`AdmittedOnly`]).
 pub fn http_client(config: &NotifierConfig) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        .dns_resolver(Arc::new(AdmittedOnly {
+            destinations: config.destinations(),
+        }))
         .use_rustls_tls()
         .connect_timeout(config.connect_timeout())
         .timeout(config.request_timeout())
@@ -205,6 +211,7 @@ impl Worker {
     fn start(&self, slots: &mut Slots, claimed: Claimed, results: mpsc::Sender<Done>) {
         let client = self.client.clone();
         let retry = self.config.retry;
+        let destinations = self.config.destinations();
         let metrics = self.metrics.clone();
         let clock = self.clock.clone();
         let (endpoint_id, delivery_id, token) = (
@@ -214,7 +221,7 @@ impl Worker {
         );
         let handle = slots.tasks.spawn(async move {
             metrics.request_started();
-            let attempt = send(&client, &claimed, &retry, clock.as_ref()).await;
+            let attempt = send(&client, &claimed, &retry, destinations, clock.as_ref()).await;
             metrics.request_finished();
             // The recorder outlives every task; a closed channel means the
             // process is going down and the lease brings the delivery back.
@@ -312,9 +319,23 @@ async fn send(
     client: &reqwest::Client,
     claimed: &Claimed,
     retry: &RetryConfig,
+    destinations: Destinations,
     clock: &dyn Clock,
 ) -> Attempt {
     let started_at = clock.now();
+    // Registered under a laxer setting, or as an address the resolver never
+    // sees: checked again before anything is sent.
+    if let Err(reason) = validate_url(&claimed.url, destinations) {
+        return Attempt {
+            delivery_id: claimed.delivery_id,
+            lease_token: claimed.lease_token,
+            next: after_failure(retry, u32::try_from(claimed.budget_used).unwrap_or(0)),
+            started_at,
+            finished_at: clock.now(),
+            status: None,
+            error: Some(format!("destination refused: {reason}")),
+        };
+    }
     let signature = sign(
         claimed.secret.expose(),
         started_at.unix_timestamp(),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use switch_core::FeeRate;
-use switch_platform::config::ConfigError;
+use switch_platform::config::{ConfigError, DevelopmentSetting, DevelopmentSettings};
 use switch_platform::outbox::OutboxConfig;
 use time::Time;
 use time::macros::format_description;
@@ -74,6 +74,35 @@ impl Default for SettlementConfig {
             consumer_group: "settlement-batcher".into(),
             outbox: OutboxConfig::default(),
         }
+    }
+}
+
+impl DevelopmentSettings for SettlementConfig {
+    fn development_settings(&self) -> Vec<DevelopmentSetting> {
+        let defaults = SettlementConfig::default();
+        [
+            (
+                "settlement.debtor_name",
+                &self.debtor_name,
+                &defaults.debtor_name,
+            ),
+            (
+                "settlement.debtor_iban",
+                &self.debtor_iban,
+                &defaults.debtor_iban,
+            ),
+            (
+                "settlement.debtor_bic",
+                &self.debtor_bic,
+                &defaults.debtor_bic,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, value, default)| value == default)
+        .map(|(key, _, _)| {
+            DevelopmentSetting::new(key, "the example account payouts would be drawn on")
+        })
+        .collect()
     }
 }
 

@@ -12,7 +12,8 @@
 //! cut-off in `settlement::ledger`, fees) and payout files
 //! (CSV and ISO 20022 pain.001 rendering), and who is told of an outcome
 //! (`notify`: which webhook and terminal message an event owes, and how a
-//! failed delivery is retried), and the terminal edge's request-rate rule
+//! failed delivery is retried; `destination`: which addresses a webhook may
+//! reach), and the terminal edge's request-rate rule
 //! (`rate`: a token bucket per terminal). It performs no I/O
 //! and has no async code, so every rule here can be tested exhaustively and
 //! reused unchanged by the gateway, the authorization service and the tools.
@@ -20,6 +21,7 @@
 pub mod authorization;
 pub mod card;
 pub mod clock;
+pub mod destination;
 pub mod error;
 pub mod ids;
 pub mod iso_response;

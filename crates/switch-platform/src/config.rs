@@ -7,7 +7,7 @@
 //! checks values that types alone cannot, and names the offending key.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -25,6 +25,11 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
     #[error("configuration could not be rendered: {0}")]
     Render(String),
+    #[error(
+        "environment = \"production\" refuses development settings: {}",
+        DevelopmentSetting::list(.0)
+    )]
+    DevelopmentSettings(Vec<DevelopmentSetting>),
 }
 
 impl ConfigError {
@@ -39,6 +44,62 @@ impl ConfigError {
 /// Checks that go beyond what deserialisation enforces.
 pub trait Validate {
     fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Where a deployment runs. A laptop runs with development defaults (a
+/// published fingerprint key, the issuer simulator, plaintext lab modes);
+/// production refuses to start while any of them is still set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Development,
+    Production,
+}
+
+/// A setting that is right on a laptop and wrong in production, with the
+/// key an operator has to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevelopmentSetting {
+    pub key: String,
+    pub reason: String,
+}
+
+impl DevelopmentSetting {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        DevelopmentSetting {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn list(settings: &[DevelopmentSetting]) -> String {
+        settings
+            .iter()
+            .map(|s| format!("`{}` ({})", s.key, s.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Every section says which of its own settings are development-only, so
+/// the rule for a key lives beside the key's default.
+pub trait DevelopmentSettings {
+    fn development_settings(&self) -> Vec<DevelopmentSetting>;
+}
+
+/// In production, refuses `settings` (all of them, named, at once); in
+/// development, accepts anything.
+pub fn refuse_in_production(
+    environment: Environment,
+    settings: Vec<DevelopmentSetting>,
+) -> Result<(), ConfigError> {
+    match environment {
+        Environment::Production if !settings.is_empty() => {
+            Err(ConfigError::DevelopmentSettings(settings))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Loads `T` from defaults, `file` (when given) and the environment, then
@@ -88,6 +149,11 @@ pub fn dump<T: Serialize>(value: &T) -> Result<String, ConfigError> {
 /// A configuration value that must never be printed: `Debug`, `Display` and
 /// serialisation all show a placeholder. The value is reached only through
 /// [`Secret::expose`].
+///
+/// It is given either as the value itself or as `{ file = "/path" }`, read
+/// once at load (one trailing newline dropped), which is how a Kubernetes
+/// Secret mounted as a file reaches it; from the environment that is
+/// `SWITCH__SECTION__KEY__FILE=/path`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -117,7 +183,64 @@ impl Serialize for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        deserializer.deserialize_any(SecretVisitor)
+    }
+}
+
+/// A value (numbers too: the environment's values are parsed before they
+/// reach a field) or a `{ file }` table.
+struct SecretVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a secret string or `{ file = \"/path\" }`")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Secret, E> {
+        Ok(Secret(value.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, value: String) -> Result<Secret, E> {
+        Ok(Secret(value))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Secret, E> {
+        Ok(Secret(value.to_string()))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Secret, E> {
+        Ok(Secret(value.to_string()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Secret, A::Error> {
+        use serde::de::Error;
+        let mut file: Option<PathBuf> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key != "file" {
+                return Err(A::Error::unknown_field(&key, &["file"]));
+            }
+            file = Some(map.next_value()?);
+        }
+        let file = file.ok_or_else(|| A::Error::missing_field("file"))?;
+        Secret::read(&file).map_err(A::Error::custom)
+    }
+}
+
+impl Secret {
+    /// Reads a secret file; the error names the file, never its contents.
+    pub fn read(file: &Path) -> Result<Secret, String> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("secret file {}: {e}", file.display()))?;
+        let value = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text);
+        if value.is_empty() {
+            return Err(format!("secret file {} is empty", file.display()));
+        }
+        Ok(Secret(value.to_owned()))
     }
 }
 
@@ -201,6 +324,70 @@ mod tests {
     fn default_secrets_survive_loading() {
         let loaded: Sample = load_with_env(None, env(&[])).unwrap();
         assert_eq!(loaded.section.key.expose(), "s3cret");
+    }
+
+    #[test]
+    fn a_secret_is_read_from_a_file_named_in_the_file_or_the_environment() {
+        let dir = std::env::temp_dir().join(format!("cfg-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("key");
+        std::fs::write(&secret, "from-a-file\n").unwrap();
+        let file = dir.join("switch.toml");
+        std::fs::write(
+            &file,
+            format!("[section]\nkey = {{ file = \"{}\" }}\n", secret.display()),
+        )
+        .unwrap();
+        let loaded: Sample = load_with_env(Some(&file), env(&[])).unwrap();
+        assert_eq!(loaded.section.key.expose(), "from-a-file");
+
+        std::fs::write(&secret, "rotated\r\n").unwrap();
+        let path = secret.display().to_string();
+        let loaded: Sample =
+            load_with_env(None, env(&[("SWITCH__SECTION__KEY__FILE", path.as_str())])).unwrap();
+        assert_eq!(loaded.section.key.expose(), "rotated");
+    }
+
+    #[test]
+    fn a_missing_or_empty_secret_file_is_refused_naming_the_file_not_a_value() {
+        let dir = std::env::temp_dir().join(format!("cfg-secret-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("absent").display().to_string();
+        let err = load_with_env::<Sample, _>(
+            None,
+            env(&[("SWITCH__SECTION__KEY__FILE", missing.as_str())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(&missing), "{err}");
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let empty = empty.display().to_string();
+        let err = load_with_env::<Sample, _>(
+            None,
+            env(&[("SWITCH__SECTION__KEY__FILE", empty.as_str())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("is empty"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_every_development_setting_at_once_and_development_takes_them() {
+        let settings = vec![
+            DevelopmentSetting::new("a.key", "the published default"),
+            DevelopmentSetting::new("b.lab", "a lab-only mode"),
+        ];
+        assert!(refuse_in_production(Environment::Development, settings.clone()).is_ok());
+        assert!(refuse_in_production(Environment::Production, Vec::new()).is_ok());
+        let err = refuse_in_production(Environment::Production, settings)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "environment = \"production\" refuses development settings: \
+             `a.key` (the published default); `b.lab` (a lab-only mode)"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, DevelopmentSetting, DevelopmentSettings, Secret};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -24,6 +24,11 @@ pub struct DatabaseConfig {
     pub acquire_timeout_ms: u64,
     /// Prepended to every service's schema name (tests use a unique one).
     pub schema_prefix: String,
+    /// The password, when it is kept out of the URL (a Kubernetes Secret
+    /// mounted as a file: `password = { file = "…" }`). TLS settings stay
+    /// in the URL (`sslmode=verify-full&sslrootcert=…`), passed through as
+    /// they are.
+    pub password: Option<Secret>,
 }
 
 impl Default for DatabaseConfig {
@@ -33,7 +38,27 @@ impl Default for DatabaseConfig {
             max_connections: 16,
             acquire_timeout_ms: 5_000,
             schema_prefix: String::new(),
+            password: None,
         }
+    }
+}
+
+impl DevelopmentSettings for DatabaseConfig {
+    fn development_settings(&self) -> Vec<DevelopmentSetting> {
+        let mut found = Vec::new();
+        if self.url == DatabaseConfig::default().url {
+            found.push(DevelopmentSetting::new(
+                "database.url",
+                "the laptop's superuser database",
+            ));
+        }
+        if !url_has_password(&self.url) && self.password.is_none() {
+            found.push(DevelopmentSetting::new(
+                "database.password",
+                "no password: neither in the URL nor as `database.password`",
+            ));
+        }
+        found
     }
 }
 
@@ -54,6 +79,15 @@ impl DatabaseConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The URL's options with [`DatabaseConfig::password`] applied.
+    pub fn connect_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
+        let options = PgConnectOptions::from_str(&self.url)?;
+        Ok(match &self.password {
+            Some(password) => options.password(password.expose()),
+            None => options,
+        })
     }
 
     /// The schema a service called `service` owns.
@@ -78,7 +112,7 @@ pub async fn connect(config: &DatabaseConfig, schema: &str) -> Result<PgPool, Db
     if !is_identifier(schema, false) {
         return Err(DbError::InvalidSchema(schema.to_owned()));
     }
-    let base = PgConnectOptions::from_str(&config.url)?;
+    let base = config.connect_options()?;
     let mut bootstrap = sqlx::PgConnection::connect_with(&base).await?;
     // The name was checked above to be a plain identifier, so quoting is safe.
     let created = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
@@ -116,6 +150,26 @@ pub async fn drop_schema(url: &str, schema: &str) -> Result<(), DbError> {
         .execute(&mut conn)
         .await?;
     Ok(())
+}
+
+/// Whether a connection URL carries a password, in its user info or as
+/// the `password` parameter.
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = before_query.split('/').next().unwrap_or("");
+    let in_user_info = authority.rsplit_once('@').is_some_and(|(user_info, _)| {
+        user_info
+            .split_once(':')
+            .is_some_and(|(_, p)| !p.is_empty())
+    });
+    let in_query = query.split('&').any(|pair| {
+        pair.strip_prefix("password=")
+            .is_some_and(|p| !p.is_empty())
+    });
+    in_user_info || in_query
 }
 
 fn is_identifier(name: &str, allow_empty: bool) -> bool {
@@ -239,5 +293,54 @@ mod tests {
                 .to_string()
                 .contains("database.schema_prefix")
         );
+    }
+
+    #[test]
+    fn a_password_is_found_in_the_user_info_or_the_query_only() {
+        assert!(url_has_password("postgres://switch:pw@db:5432/switch"));
+        assert!(url_has_password(
+            "postgres://switch@db/switch?sslmode=verify-full&password=pw"
+        ));
+        assert!(!url_has_password("postgres://switch@db:5432/switch"));
+        assert!(!url_has_password("postgres://switch:@db/switch"));
+        assert!(!url_has_password("postgres://db/switch?user=a:b@c"));
+        assert!(!url_has_password("not a url"));
+    }
+
+    #[test]
+    fn the_laptops_database_and_a_password_less_one_are_development_settings() {
+        let keys = |config: &DatabaseConfig| -> Vec<String> {
+            config
+                .development_settings()
+                .into_iter()
+                .map(|s| s.key)
+                .collect()
+        };
+        assert_eq!(
+            keys(&DatabaseConfig::default()),
+            ["database.url", "database.password"]
+        );
+        let managed = DatabaseConfig {
+            url: "postgres://switch@db.internal:5432/switch?sslmode=verify-full".into(),
+            ..DatabaseConfig::default()
+        };
+        assert_eq!(keys(&managed), ["database.password"]);
+        let with_secret = DatabaseConfig {
+            password: Some(Secret::new("from-a-kubernetes-secret")),
+            ..managed
+        };
+        assert!(keys(&with_secret).is_empty());
+    }
+
+    #[test]
+    fn the_password_setting_reaches_the_connection_options_and_stays_out_of_dumps() {
+        let config = DatabaseConfig {
+            url: "postgres://switch@db.internal/switch".into(),
+            password: Some(Secret::new("pw-from-file")),
+            ..DatabaseConfig::default()
+        };
+        assert!(config.connect_options().is_ok());
+        let dumped = crate::config::dump(&config).unwrap();
+        assert!(!dumped.contains("pw-from-file"), "{dumped}");
     }
 }

@@ -16,7 +16,10 @@ use std::sync::Arc;
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
-use switch_platform::config::{ConfigError, Validate};
+use switch_platform::config::{
+    ConfigError, DevelopmentSetting, DevelopmentSettings, Environment, Validate,
+    refuse_in_production,
+};
 use switch_platform::db::DatabaseConfig;
 use switch_platform::kafka::KafkaConfig;
 use switch_platform::service::ServeError;
@@ -27,6 +30,9 @@ use tokio::net::TcpListener;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SwitchdConfig {
+    /// `development` (the default, for a laptop) or `production`, where
+    /// the services refuse to start with any development setting.
+    pub environment: Environment,
     pub telemetry: TelemetryConfig,
     pub database: DatabaseConfig,
     pub kafka: KafkaConfig,
@@ -52,12 +58,23 @@ impl Validate for SwitchdConfig {
 impl SwitchdConfig {
     /// Checks the shared sections and the section of every service that
     /// `service` runs, naming the first bad key.
+    /// In production, every development setting of the shared sections
+    /// and of the services `service` runs is refused at once, each named.
     pub fn validate_for(&self, service: Service) -> Result<(), ConfigError> {
         self.validate()?;
         for spec in service.specs() {
             (spec.validate)(self)?;
         }
-        Ok(())
+        refuse_in_production(self.environment, self.development_settings_for(service))
+    }
+
+    /// The development settings that `service` would run with.
+    pub fn development_settings_for(&self, service: Service) -> Vec<DevelopmentSetting> {
+        let mut found = self.database.development_settings();
+        for spec in service.specs() {
+            found.extend((spec.development_settings)(self));
+        }
+        found
     }
 }
 
@@ -108,6 +125,8 @@ pub struct ServiceSpec {
     pub listen: fn(&SwitchdConfig) -> SocketAddr,
     /// Checks its own configuration section, naming the bad key.
     pub validate: fn(&SwitchdConfig) -> Result<(), ConfigError>,
+    /// Its settings that production refuses.
+    pub development_settings: fn(&SwitchdConfig) -> Vec<DevelopmentSetting>,
     /// Serves it on `listener` until the shutdown resolves.
     pub start: fn(Arc<SwitchdConfig>, TcpListener, Shutdown) -> Serving,
 }
@@ -129,6 +148,12 @@ pub static SERVICES: [ServiceSpec; 6] = [
         name: issuer_simulator::SERVICE_NAME,
         listen: |c| c.issuer_simulator.listen,
         validate: |_| Ok(()),
+        development_settings: |_| {
+            vec![DevelopmentSetting::new(
+                "issuer_simulator",
+                "the issuer simulator is a test double that approves by rule",
+            )]
+        },
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 issuer_simulator::serve_configured(
@@ -146,6 +171,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         name: authorization::SERVICE_NAME,
         listen: |c| c.authorization.listen,
         validate: |c| c.authorization.validate(),
+        development_settings: |c| c.authorization.development_settings(),
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 authorization::serve(&c.database, &c.kafka, &c.authorization, listener, shutdown)
@@ -158,6 +184,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         name: terminal_gateway::SERVICE_NAME,
         listen: |c| c.gateway.listen,
         validate: |c| c.gateway.validate(),
+        development_settings: |c| c.gateway.development_settings(),
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 terminal_gateway::serve(&c.database, &c.kafka, &c.gateway, listener, shutdown).await
@@ -169,6 +196,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         name: reversal_handler::SERVICE_NAME,
         listen: |c| c.reversal_handler.listen,
         validate: |c| c.reversal_handler.validate(),
+        development_settings: |_| Vec::new(),
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 reversal_handler::serve(
@@ -187,6 +215,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         name: settlement_batcher::SERVICE_NAME,
         listen: |c| c.settlement.listen,
         validate: |c| c.settlement.validate(),
+        development_settings: |c| c.settlement.development_settings(),
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 settlement_batcher::serve(&c.database, &c.kafka, &c.settlement, listener, shutdown)
@@ -199,6 +228,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         name: notifier::SERVICE_NAME,
         listen: |c| c.notifier.listen,
         validate: |c| c.notifier.validate(),
+        development_settings: |c| c.notifier.development_settings(),
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 notifier::serve(&c.database, &c.kafka, &c.notifier, listener, shutdown).await
@@ -221,6 +251,103 @@ mod tests {
         assert_eq!(Service::All.specs().count(), SERVICES.len());
         assert_eq!(Service::Notifier.specs().count(), 1);
         assert_eq!(Service::Authorization.name(), authorization::SERVICE_NAME);
+    }
+
+    fn production_ready() -> SwitchdConfig {
+        let mut c = SwitchdConfig {
+            environment: Environment::Production,
+            ..SwitchdConfig::default()
+        };
+        c.database.url = "postgres://switch@db.internal:5432/switch?sslmode=verify-full".into();
+        c.database.password = Some(switch_platform::config::Secret::new("from-a-secret"));
+        c.authorization.pan_hash_key =
+            switch_platform::config::Secret::new("a-key-of-the-acquirers-own-0001");
+        c.authorization.issuer_endpoint = "https://issuer.internal:443".into();
+        c.settlement.debtor_name = "Acquirer Ltd".into();
+        c.settlement.debtor_iban = "GB29NWBK60161331926819".into();
+        c.settlement.debtor_bic = "NWBKGB2L".into();
+        c.notifier.webhook_destinations = notifier::WebhookDestinations::PublicHttps;
+        c
+    }
+
+    fn refused_keys(config: &SwitchdConfig, service: Service) -> Vec<String> {
+        match config.validate_for(service) {
+            Err(ConfigError::DevelopmentSettings(settings)) => {
+                settings.into_iter().map(|s| s.key).collect()
+            }
+            other => panic!("expected development settings refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn production_refuses_every_development_default_naming_each_key() {
+        let laptop = SwitchdConfig {
+            environment: Environment::Production,
+            ..SwitchdConfig::default()
+        };
+        assert_eq!(
+            refused_keys(&laptop, Service::Authorization),
+            [
+                "database.url",
+                "database.password",
+                "authorization.pan_hash_key",
+                "authorization.issuer_endpoint"
+            ]
+        );
+        assert_eq!(
+            refused_keys(&laptop, Service::SettlementBatcher)[2..],
+            [
+                "settlement.debtor_name",
+                "settlement.debtor_iban",
+                "settlement.debtor_bic"
+            ]
+        );
+        assert_eq!(
+            refused_keys(&laptop, Service::Notifier)[2..],
+            ["notifier.webhook_destinations"]
+        );
+        // The same configuration runs on a laptop.
+        let development = SwitchdConfig::default();
+        assert!(development.validate_for(Service::Authorization).is_ok());
+    }
+
+    #[test]
+    fn a_production_configuration_starts_every_service_but_the_simulator() {
+        let config = production_ready();
+        for service in [
+            Service::Authorization,
+            Service::ReversalHandler,
+            Service::SettlementBatcher,
+            Service::Notifier,
+        ] {
+            assert_eq!(
+                config.validate_for(service).map_err(|e| e.to_string()),
+                Ok(())
+            );
+        }
+        assert_eq!(
+            refused_keys(&config, Service::IssuerSimulator),
+            ["issuer_simulator"]
+        );
+        let all: Vec<String> = config
+            .development_settings_for(Service::All)
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        assert_eq!(all, ["issuer_simulator"]);
+        let mut lab = production_ready();
+        lab.gateway.iso_listeners = vec![terminal_gateway::IsoListenerConfig {
+            plain_tcp_for_lab: true,
+            ..Default::default()
+        }];
+        // The gateway's own checks want its certificate files; the
+        // development settings are read from the section alone.
+        let lab_keys: Vec<String> = lab
+            .development_settings_for(Service::TerminalGateway)
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        assert_eq!(lab_keys, ["gateway.iso_listeners[0].plain_tcp_for_lab"]);
     }
 
     #[test]

@@ -127,3 +127,50 @@ fn a_section_is_checked_only_where_its_service_runs_and_sigterm_drains() {
         "{stderr}"
     );
 }
+
+#[test]
+fn production_exits_with_status_2_naming_every_development_setting_it_finds() {
+    let output = switchd("authorization", &[("SWITCH__ENVIRONMENT", "production")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for key in [
+        "database.url",
+        "database.password",
+        "authorization.pan_hash_key",
+        "authorization.issuer_endpoint",
+    ] {
+        assert!(stderr.contains(&format!("`{key}`")), "{key}: {stderr}");
+    }
+    // The key's value never reaches the message.
+    assert!(!stderr.contains("dev-only-pan-fingerprint-key"), "{stderr}");
+
+    let output = switchd("issuer-simulator", &[("SWITCH__ENVIRONMENT", "production")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("`issuer_simulator`"), "{stderr}");
+
+    let output = switchd("authorization", &[("SWITCH__ENVIRONMENT", "staging")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("environment"), "{stderr}");
+}
+
+#[test]
+fn a_production_secret_read_from_a_file_lets_the_check_pass_that_key() {
+    let dir = std::env::temp_dir().join(format!("switchd-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("pan_hash_key");
+    std::fs::write(&key, "an-acquirers-own-fingerprint-key\n").unwrap();
+    let key = key.display().to_string();
+    let output = switchd(
+        "authorization",
+        &[
+            ("SWITCH__ENVIRONMENT", "production"),
+            ("SWITCH__AUTHORIZATION__PAN_HASH_KEY__FILE", key.as_str()),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("`authorization.pan_hash_key`"), "{stderr}");
+    assert!(stderr.contains("`database.password`"), "{stderr}");
+}

@@ -57,7 +57,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switch_platform::config::ConfigError;
+use switch_platform::config::{ConfigError, DevelopmentSetting, DevelopmentSettings};
 use switch_platform::consumer;
 use switch_platform::db::DatabaseConfig;
 use switch_platform::grpc::TlsFiles;
@@ -253,6 +253,22 @@ pub const MIN_MESSAGE_BYTES: usize = 1024;
 
 fn as_u64(value: usize) -> u64 {
     u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+impl DevelopmentSettings for GatewayConfig {
+    fn development_settings(&self) -> Vec<DevelopmentSetting> {
+        self.iso_listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, listener)| listener.plain_tcp_for_lab)
+            .map(|(i, _)| {
+                DevelopmentSetting::new(
+                    format!("gateway.iso_listeners[{i}].plain_tcp_for_lab"),
+                    "terminals would send card data without TLS",
+                )
+            })
+            .collect()
+    }
 }
 
 impl GatewayConfig {
