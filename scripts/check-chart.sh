@@ -4,12 +4,14 @@
 #   2. `helm template` of each, every manifest validated against the
 #      Kubernetes schemas of the oldest and newest supported versions with
 #      `kubernetes-validate --strict` (unknown fields rejected);
-#   3. the rendered switch.toml loaded by `switchd --dump-config` (when a
+#   3. what the manifests must say beyond being valid (scripts/check-manifests.py:
+#      network policies, security contexts, secrets only from Secrets);
+#   4. the rendered switch.toml loaded by `switchd --dump-config` (when a
 #      switchd binary is built), so a key the switch does not know, or a
 #      value of the wrong type, fails here rather than in a crash-looping pod;
-#   4. every values file under ci/refused/ MUST be refused, with the error
+#   5. every values file under ci/refused/ MUST be refused, with the error
 #      its `# expect:` line names;
-#   5. the validator itself refuses a manifest with an unknown field, so a
+#   6. the validator itself refuses a manifest with an unknown field, so a
 #      validator that passes everything cannot pass this script.
 set -euo pipefail
 
@@ -42,6 +44,7 @@ render() { # name, then helm template arguments
     local count
     count=$(grep -c '^kind:' "$work/$name-${version}.yaml")
     echo "check-chart: $name: lint ok, $count manifests valid against Kubernetes ${KUBERNETES_VERSIONS// / and }"
+    "$PYTHON" scripts/check-manifests.py "$work/$name-${version}.yaml"
     check_config "$name" "$work/$name-${version}.yaml"
 }
 

@@ -227,3 +227,21 @@ scalars and arrays of scalars come before sub-tables, as TOML requires.
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* The database CA, when the URL asks for verify-full. */}}
+{{- define "switch.databaseCaMount" -}}
+{{- if .Values.database.caSecret }}
+- name: database-ca
+  mountPath: /etc/switch/tls/database
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "switch.databaseCaVolume" -}}
+{{- if .Values.database.caSecret }}
+- name: database-ca
+  secret:
+    secretName: {{ .Values.database.caSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
