@@ -19,8 +19,10 @@ deploy/alerts.yaml, parsed with Prometheus's own PromQL grammar
 for a metric and a query that does not parse fails too.
 
 `--self-test` runs the same comparison on a made-up dashboard that queries
-a metric nobody emits and an expression that does not parse, and fails
-unless both are reported: a checker that passes everything cannot pass.
+a metric nobody emits, an expression that does not parse and a bucket
+bound the histogram does not have (an alert on it would select nothing and
+never fire), and fails unless all three are reported: a checker that
+passes everything cannot pass.
 """
 
 import json
@@ -38,6 +40,14 @@ INSTRUMENT = re.compile(
     r'observable_counter|observable_up_down_counter|observable_gauge)\(\s*"([^"]+)"\s*\)'
 )
 UNIT = re.compile(r'\.with_unit\(\s*"([^"]*)"\s*\)')
+BOUNDARIES = re.compile(r'\.with_boundaries\(\s*vec!\[([^\]]*)\]')
+# The OpenTelemetry SDK's explicit bucket boundaries when an instrument
+# names none (opentelemetry_sdk, the specification's default).
+DEFAULT_BOUNDARIES = [0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0,
+                      2500.0, 5000.0, 7500.0, 10000.0]
+# A bucket selected by its bound: a bound the histogram does not have
+# selects nothing, and an alert built on it never fires.
+BUCKET_BOUND = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*_bucket)\s*\{[^}]*\ble\s*=\s*"([^"]+)"')
 # The collector's unit words for the units the switch uses. A new unit must
 # be added here, checked against the exporter, before a dashboard can use it.
 UNIT_WORDS = {"": "", "ms": "milliseconds", "s": "seconds", "By": "bytes"}
@@ -46,7 +56,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": 
 
 
 def instruments():
-    """(otel name, kind, unit, where) of every instrument in the sources."""
+    """(otel name, kind, unit, where, bucket bounds) of every instrument in the sources."""
     found = []
     for path in sorted((ROOT / "crates").glob("*/src/**/*.rs")):
         text = path.read_text()
@@ -54,9 +64,12 @@ def instruments():
             end = text.find(".build()", match.end())
             chain = text[match.end(): end if end != -1 else match.end()]
             unit = UNIT.search(chain)
+            bounds = BOUNDARIES.search(chain)
             line = text.count("\n", 0, match.start()) + 1
             found.append((match.group(2), match.group(1), unit.group(1) if unit else "",
-                          f"{path.relative_to(ROOT)}:{line}"))
+                          f"{path.relative_to(ROOT)}:{line}",
+                          [float(b) for b in bounds.group(1).split(",") if b.strip()]
+                          if bounds else DEFAULT_BOUNDARIES))
     return found
 
 
@@ -75,10 +88,12 @@ def prometheus_names(name, kind, unit, where):
 
 
 def emitted():
+    """Prometheus name -> (description, bucket bounds for a _bucket series)."""
     names = {}
-    for name, kind, unit, where in instruments():
+    for name, kind, unit, where, bounds in instruments():
         for prom in prometheus_names(name, kind, unit, where):
-            names[prom] = f"{name} ({kind}{', ' + unit if unit else ''}) at {where}"
+            names[prom] = (f"{name} ({kind}{', ' + unit if unit else ''}) at {where}",
+                           bounds if prom.endswith("_bucket") else None)
     return names
 
 
@@ -127,6 +142,11 @@ def problems(known, found):
         for metric in result["metrics"]:
             if metric not in known:
                 report.append(f"{label}: {metric} is not emitted by any service")
+        for metric, bound in BUCKET_BOUND.findall(expr):
+            bounds = known.get(metric, (None, None))[1]
+            if bounds is not None and bound != "+Inf" and float(bound) not in bounds:
+                report.append(f"{label}: {metric} has no bucket le=\"{bound}\" "
+                              f"(its bounds: {', '.join(f'{b:g}' for b in bounds)})")
     return report
 
 
@@ -135,16 +155,20 @@ def self_test(known):
         (Path("made-up-dashboard.json"), "panel 'invented'",
          "sum(rate(authorization_approvals_invented_total[$__rate_interval]))"),
         (Path("made-up-dashboard.json"), "panel 'broken'", "sum(rate(authorization_decisions_total[5m])"),
+        (Path("made-up-dashboard.json"), "panel 'no such bucket'",
+         'sum(rate(reversal_handler_deadline_to_request_milliseconds_bucket{le="4000"}[5m]))'),
         (Path("made-up-dashboard.json"), "panel 'fine'",
          'sum by (outcome) (rate(authorization_decisions_total{outcome="declined"}[5m]))'),
     ]
     report = problems(known, fake)
     caught_name = any("authorization_approvals_invented_total is not emitted" in line for line in report)
     caught_syntax = any("'broken'" in line and "syntax error" in line for line in report)
+    caught_bucket = any("'no such bucket'" in line and 'le="4000"' in line for line in report)
     clean = not any("'fine'" in line for line in report)
-    if not (caught_name and caught_syntax and clean):
+    if not (caught_name and caught_syntax and caught_bucket and clean):
         sys.exit("check-metrics: self-test failed; the checker reported:\n  " + "\n  ".join(report))
-    print("check-metrics: self-test: a made-up metric and a broken query are caught, a good one passes")
+    print("check-metrics: self-test: a made-up metric, a broken query and a bucket bound the "
+          "histogram lacks are caught, a good query passes")
 
 
 def main():
@@ -154,7 +178,7 @@ def main():
                  "the instrument pattern no longer matches the code")
     if "--table" in sys.argv:
         for prom in sorted(known):
-            print(f"{prom}\t{known[prom]}")
+            print(f"{prom}\t{known[prom][0]}")
         return
     if "--self-test" in sys.argv:
         self_test(known)
