@@ -9,6 +9,8 @@
 - every container runs as non-root with a read-only root filesystem, no
   privilege escalation, every capability dropped and RuntimeDefault
   seccomp, and its service account token is not mounted;
+- every replica reports its own service.instance.id (the exporter's
+  `instance` label), so replicas' counters are separate series;
 - no secret is in a ConfigMap or a plain environment value: the database
   URL and the fingerprint key come from secretKeyRef.
 """
@@ -63,6 +65,10 @@ def main(path):
                 if env["name"] in ("SWITCH__DATABASE__URL", "SWITCH__AUTHORIZATION__PAN_HASH_KEY") \
                         and "secretKeyRef" not in env.get("valueFrom", {}):
                     fail(f"{component}: {env['name']} is not read from a Secret")
+            attributes = next((e.get("value", "") for e in container.get("env", [])
+                               if e["name"] == "OTEL_RESOURCE_ATTRIBUTES"), "")
+            if "service.instance.id=$(POD_NAME)" not in attributes:
+                fail(f"{component}: replicas do not report an instance id of their own")
             if not container.get("readinessProbe") or not container.get("livenessProbe"):
                 fail(f"{component}: a probe is missing")
     gateway_open = [r for r in policies.get("gateway", {}).get("spec", {}).get("ingress", [])

@@ -171,6 +171,19 @@ seccompProfile:
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .Values.telemetry.otlpEndpoint | quote }}
 {{- end }}
+# Replicas of a service share its service.name: without an instance id of
+# their own, the collector's Prometheus exporter would write every
+# replica's cumulative counters into one series, and rates would be noise.
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: "service.instance.id=$(POD_NAME),k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),service.version={{ .Chart.AppVersion }}"
 {{- end -}}
 
 {{/*
