@@ -6,7 +6,8 @@
 #      `kubernetes-validate --strict` (unknown fields rejected);
 #   3. what the manifests must say beyond being valid (scripts/check-manifests.py:
 #      network policies, security contexts, secrets only from Secrets);
-#   4. the rendered switch.toml loaded by `switchd --dump-config` (when a
+#   4. the schema offers exactly the keys switchd has (scripts/check-schema.py);
+#      the rendered switch.toml loaded by `switchd --dump-config` (when a
 #      switchd binary is built), so a key the switch does not know, or a
 #      value of the wrong type, fails here rather than in a crash-looping pod;
 #   5. every values file under ci/refused/ MUST be refused, with the error
@@ -68,6 +69,11 @@ PY
         { echo "check-chart: switchd refuses the config the chart renders for $1" >&2; exit 1; }
     echo "check-chart: $1: switchd loads the rendered switch.toml"
 }
+
+if [[ -x $SWITCHD ]]; then
+    "$SWITCHD" --dump-config all >"$work/defaults.toml"
+    "$PYTHON" scripts/check-schema.py "$CHART/values.schema.json" "$work/defaults.toml"
+fi
 
 render defaults
 for values in "$CHART"/ci/*-values.yaml; do
