@@ -89,8 +89,9 @@ LEZER_PROMQL_DIR ?= $(TOOLS_DIR)/lezer-promql-$(LEZER_PROMQL_VERSION)
 LEZER_PROMQL := $(LEZER_PROMQL_DIR)/node_modules/@prometheus-io/lezer-promql/package.json
 
 .PHONY: chart
-chart: chart-tools ## Lint the Helm chart, validate its manifests off-line, prove the schema refuses bad values; dashboards and alerts query only emitted metrics
-	@HELM=$(HELM) KUBERNETES_VALIDATE=$(KUBERNETES_VALIDATE) scripts/check-chart.sh
+# `build`: the rendered configuration is loaded by the switchd it is for.
+chart: chart-tools build ## Lint the Helm chart, validate its manifests off-line, prove the schema refuses bad values; dashboards and alerts query only emitted metrics
+	@HELM=$(HELM) KUBERNETES_VALIDATE=$(KUBERNETES_VALIDATE) SWITCHD=$(BIN)/switchd scripts/check-chart.sh
 	@LEZER_PROMQL_MODULES=$(LEZER_PROMQL_DIR)/node_modules $(KUBERNETES_VALIDATE_VENV)/bin/python scripts/check-metrics.py --self-test
 	@LEZER_PROMQL_MODULES=$(LEZER_PROMQL_DIR)/node_modules $(KUBERNETES_VALIDATE_VENV)/bin/python scripts/check-metrics.py
 
@@ -114,7 +115,7 @@ $(KUBERNETES_VALIDATE):
 $(LEZER_PROMQL):
 	@echo "Installing @prometheus-io/lezer-promql $(LEZER_PROMQL_VERSION) (once)..."
 	npm install --silent --no-audit --no-fund --prefix $(LEZER_PROMQL_DIR) \
-		@prometheus-io/lezer-promql@$(LEZER_PROMQL_VERSION) @lezer/lr@1 @lezer/highlight@1
+		@prometheus-io/lezer-promql@$(LEZER_PROMQL_VERSION) @lezer/lr@1.4.13 @lezer/highlight@1.2.5 @lezer/common@1.5.7
 
 # The benchmark runs its own fresh in-memory broker on another port: it
 # measures the switch, not the development broker's store.

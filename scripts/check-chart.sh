@@ -23,6 +23,8 @@ KUBERNETES_VALIDATE=${KUBERNETES_VALIDATE:?set KUBERNETES_VALIDATE (make chart i
 # The chart's kubeVersion floor (gRPC probes are GA from 1.27) and the
 # newest version kubernetes-validate ships.
 KUBERNETES_VERSIONS=${KUBERNETES_VERSIONS:-1.27.0 1.37.0}
+# `make chart` builds it first; run by hand without a build, the two
+# checks that need it say they were skipped.
 SWITCHD=${SWITCHD:-target/debug/switchd}
 # PyYAML comes with kubernetes-validate, in its virtual environment.
 PYTHON=${PYTHON:-$(dirname "$KUBERNETES_VALIDATE")/python}
