@@ -20,7 +20,7 @@ SECTIONS = {  # switch section -> values key, and the keys the chart sets itself
     "reversal_handler": ("reversalHandler", {"listen", "authorization_endpoint"}),
     "settlement": ("settlementBatcher", {"listen", "authorization_endpoint", "payout_dir"}),
     # endpoints carry secrets: registered with RegisterEndpoint, not values.
-    "notifier": ("notifier", {"listen", "endpoints"}),
+    "notifier": ("notifier", {"listen", "endpoints", "webhook_destinations"}),
 }
 # Maps keyed by merchant or channel: empty by default, so the dump shows
 # no keys under them to compare.
