@@ -53,7 +53,7 @@ pub use switch_platform::service::ServeError;
 /// Name of the service: its schema, its OpenTelemetry service name.
 pub const SERVICE_NAME: &str = "authorization";
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

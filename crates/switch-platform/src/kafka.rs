@@ -25,6 +25,8 @@ pub mod topics {
     /// from the notifier to the terminal gateway, keyed by terminal id so
     /// one terminal's messages stay in order.
     pub const TERMINAL_MESSAGES: &str = "terminal-messages";
+    /// Every topic of the switch: what `switchd admin topics` creates.
+    pub const ALL: [&str; 3] = [AUTHORIZATION_EVENTS, SETTLEMENT_EVENTS, TERMINAL_MESSAGES];
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -29,6 +29,19 @@ pub enum AdminCommand {
     /// or replay them after a fix, saying who and why.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Create a service's schema and apply its migrations (or every
+    /// service's), then exit: a deployment's pre-install step, so the
+    /// services' own database user need not own DDL on a fresh install.
+    Migrate(MigrateArgs),
+    /// Create every topic of the switch unless it exists, then exit.
+    Topics,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The service whose schema is migrated, or `all`.
+    #[arg(long)]
+    pub service: crate::Service,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,7 +142,21 @@ pub async fn consumer_of(
 
 /// Runs one admin command; prints its answer on stdout.
 pub async fn run(command: AdminCommand, config: &SwitchdConfig) -> Result<(), AdminError> {
-    let AdminCommand::DeadLetters(command) = command;
+    let command = match command {
+        AdminCommand::DeadLetters(command) => command,
+        AdminCommand::Migrate(args) => return migrate(args.service, config).await,
+        AdminCommand::Topics => {
+            config
+                .kafka
+                .ensure_topics(&switch_platform::kafka::topics::ALL)
+                .await
+                .map_err(|e| AdminError::Start(e.into()))?;
+            for topic in switch_platform::kafka::topics::ALL {
+                println!("topic {} exists", config.kafka.topic(topic));
+            }
+            return Ok(());
+        }
+    };
     match command {
         DeadLettersCommand::List(args) => {
             let consumer = consumer_of(args.service, config).await?;
@@ -191,6 +218,27 @@ pub async fn run(command: AdminCommand, config: &SwitchdConfig) -> Result<(), Ad
             Ok(())
         }
     }
+}
+
+/// Applies the migrations of each service `service` runs to its schema;
+/// prints each schema and how many migrations it has.
+async fn migrate(service: crate::Service, config: &SwitchdConfig) -> Result<(), AdminError> {
+    for spec in service.specs() {
+        let schema = config.database.schema_for(spec.name);
+        let pool = switch_platform::db::connect(&config.database, &schema)
+            .await
+            .map_err(|e| AdminError::Start(e.into()))?;
+        spec.migrator
+            .run(&pool)
+            .await
+            .map_err(|e| AdminError::Start(e.into()))?;
+        pool.close().await;
+        println!(
+            "schema {schema} migrated ({} migrations)",
+            spec.migrator.iter().count()
+        );
+    }
+    Ok(())
 }
 
 fn rfc3339(at: time::OffsetDateTime) -> String {

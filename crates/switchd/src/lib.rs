@@ -127,6 +127,9 @@ pub struct ServiceSpec {
     pub validate: fn(&SwitchdConfig) -> Result<(), ConfigError>,
     /// Its settings that production refuses.
     pub development_settings: fn(&SwitchdConfig) -> Vec<DevelopmentSetting>,
+    /// The migrations of its schema (`switchd admin migrate`; the service
+    /// also runs them when it starts).
+    pub migrator: &'static sqlx::migrate::Migrator,
     /// Serves it on `listener` until the shutdown resolves.
     pub start: fn(Arc<SwitchdConfig>, TcpListener, Shutdown) -> Serving,
 }
@@ -154,6 +157,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
                 "the issuer simulator is a test double that approves by rule",
             )]
         },
+        migrator: &issuer_simulator::MIGRATOR,
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 issuer_simulator::serve_configured(
@@ -172,6 +176,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         listen: |c| c.authorization.listen,
         validate: |c| c.authorization.validate(),
         development_settings: |c| c.authorization.development_settings(),
+        migrator: &authorization::MIGRATOR,
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 authorization::serve(&c.database, &c.kafka, &c.authorization, listener, shutdown)
@@ -185,6 +190,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         listen: |c| c.gateway.listen,
         validate: |c| c.gateway.validate(),
         development_settings: |c| c.gateway.development_settings(),
+        migrator: &terminal_gateway::MIGRATOR,
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 terminal_gateway::serve(&c.database, &c.kafka, &c.gateway, listener, shutdown).await
@@ -197,6 +203,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         listen: |c| c.reversal_handler.listen,
         validate: |c| c.reversal_handler.validate(),
         development_settings: |_| Vec::new(),
+        migrator: &reversal_handler::MIGRATOR,
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 reversal_handler::serve(
@@ -216,6 +223,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         listen: |c| c.settlement.listen,
         validate: |c| c.settlement.validate(),
         development_settings: |c| c.settlement.development_settings(),
+        migrator: &settlement_batcher::MIGRATOR,
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 settlement_batcher::serve(&c.database, &c.kafka, &c.settlement, listener, shutdown)
@@ -229,6 +237,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         listen: |c| c.notifier.listen,
         validate: |c| c.notifier.validate(),
         development_settings: |c| c.notifier.development_settings(),
+        migrator: &notifier::MIGRATOR,
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 notifier::serve(&c.database, &c.kafka, &c.notifier, listener, shutdown).await
