@@ -170,9 +170,11 @@
 //! crashes, terminal batches, dead letters and operators' redrives.
 
 mod notifier;
+pub mod qr;
 mod settlement;
 
 pub use notifier::NotifierStats;
+pub use qr::QrStats;
 pub use settlement::SettlementStats;
 
 pub mod model;
@@ -413,6 +415,9 @@ pub struct Config {
     /// A fault is injected at a step with probability `1 / fault_one_in`.
     pub fault_one_in: u32,
     pub ablation: Ablation,
+    /// QR payments started in the run's QR world ([`qr`]), after the card
+    /// world reached quiescence.
+    pub qr_payments: usize,
 }
 
 impl Config {
@@ -424,6 +429,7 @@ impl Config {
             faults,
             fault_one_in: 12,
             ablation: Ablation::NONE,
+            qr_payments: 6,
         }
     }
 
@@ -464,6 +470,7 @@ pub struct Stats {
     pub journal_write_failures: u64,
     pub settlement: SettlementStats,
     pub notifier: NotifierStats,
+    pub qr: QrStats,
 }
 
 impl Stats {
@@ -486,6 +493,7 @@ impl Stats {
         self.journal_write_failures += other.journal_write_failures;
         self.settlement.add(&other.settlement);
         self.notifier.add(&other.notifier);
+        self.qr.add(&other.qr);
     }
 }
 
@@ -827,7 +835,9 @@ struct World {
 /// Runs one simulation; `Err` names the first invariant it broke.
 pub fn run(config: &Config) -> Result<Report, Violation> {
     let mut world = World::new(*config);
-    world.run()
+    let mut report = world.run()?;
+    report.stats.qr = qr::run(config)?;
+    Ok(report)
 }
 
 impl World {
