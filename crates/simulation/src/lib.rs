@@ -18,6 +18,11 @@
 //! [`switch_core::due_cutoff`] and [`switch_core::payouts`], the notifier
 //! [`switch_core::notify`]'s `webhook_for`, `terminal_message_for`,
 //! `terminal_message_id` and `DeliveryRetry::after_failure`.
+//! Once the card world is quiescent, every run also plays a QR world
+//! ([`qr`], issue 15): `Config::qr_payments` QR payments between terminals,
+//! shoppers, a QR platform with its own ledger and the switch's QR shell,
+//! every decision taken by [`switch_core::qr::decide`], under the same
+//! seed and faults, with its own invariants (Q1 to Q6, the module doc).
 //! This crate only carries messages, keeps the records, and plays the
 //! adapters' part (load, decide, persist next and effects); it needs no
 //! locks because one step runs at a time. Every map is ordered, so a run

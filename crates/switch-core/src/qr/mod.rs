@@ -779,10 +779,13 @@ impl QrPayment {
     /// called, and the call to make. The first query is scheduled at once,
     /// so a pay or order whose answer is lost is still found out.
     pub fn open(intent: QrIntent, windows: QrWindows, now: OffsetDateTime) -> QrDecision {
-        let request_id = PlatformRequestId::of(&intent.order_id, "pay");
         let call = match intent.mode {
-            QrMode::ConsumerPresented => PlatformCall::Pay { request_id },
-            QrMode::MerchantPresented => PlatformCall::CreateOrder { request_id },
+            QrMode::ConsumerPresented => PlatformCall::Pay {
+                request_id: PlatformRequestId::of(&intent.order_id, "pay"),
+            },
+            QrMode::MerchantPresented => PlatformCall::CreateOrder {
+                request_id: PlatformRequestId::of(&intent.order_id, "order"),
+            },
         };
         let first_query = now + windows.query_interval;
         let record = QrPayment {
