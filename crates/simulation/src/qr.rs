@@ -81,8 +81,13 @@ const CALL_TIMEOUT: Duration = Duration::seconds(5);
 const CANCEL_SCHEDULE: RetrySchedule = RetrySchedule {
     initial_delay_ms: 1_000,
     max_delay_ms: 30_000,
-    max_age_ms: 3_600_000,
+    // Shorter than the longest outage plus its backoff, so some owed
+    // calls dead-letter and an operator redrives them.
+    max_age_ms: 60_000,
 };
+/// An operator redrives a dead-lettered call this long after it was
+/// dead-lettered.
+const OPERATOR_REACTS: Duration = Duration::minutes(2);
 /// WeChat's notification retries, in seconds after the payment.
 const NOTIFY_AFTER: [i64; 6] = [0, 15, 15, 30, 180, 600];
 const TRACE_LEN: usize = 15;
@@ -113,6 +118,8 @@ pub struct QrStats {
     pub platform_refusals: u64,
     pub switch_crashes: u64,
     pub acknowledgement_conflicts: u64,
+    pub cancels_dead_lettered: u64,
+    pub redrives: u64,
 }
 
 impl QrStats {
@@ -135,6 +142,8 @@ impl QrStats {
         self.platform_refusals += o.platform_refusals;
         self.switch_crashes += o.switch_crashes;
         self.acknowledgement_conflicts += o.acknowledgement_conflicts;
+        self.cancels_dead_lettered += o.cancels_dead_lettered;
+        self.redrives += o.redrives;
     }
 }
 
@@ -287,6 +296,7 @@ enum Action {
     CallTimeout(u64),
     PlatformDown(i64),
     CrashSwitch,
+    Redrive(P),
 }
 
 struct World {
@@ -305,6 +315,8 @@ struct World {
     next_call: u64,
     incarnation: u32,
     topic: Vec<(P, QrEvent)>,
+    /// Dead-lettered owed calls an operator will redrive, since when.
+    dead_lettered: BTreeMap<P, OffsetDateTime>,
     notices: Vec<(P, QrNotice)>,
     // The platform.
     orders: BTreeMap<P, Order>,
@@ -381,6 +393,7 @@ impl World {
             next_call: 0,
             incarnation: 0,
             topic: Vec::new(),
+            dead_lettered: BTreeMap::new(),
             notices: Vec::new(),
             orders: BTreeMap::new(),
             platform_down_until: None,
@@ -474,6 +487,11 @@ impl World {
                 actions.push(Action::TerminalSweep(*p));
             }
         }
+        for (p, at) in &self.dead_lettered {
+            if now >= *at + OPERATOR_REACTS {
+                actions.push(Action::Redrive(*p));
+            }
+        }
         for (p, entry) in &self.queue {
             if entry.in_flight.is_none() && now >= entry.due_at {
                 actions.push(Action::SendCancel(*p));
@@ -546,6 +564,7 @@ impl World {
                     .map(|e| e.due_at),
             )
             .chain(self.calls.values().map(|c| c.deadline))
+            .chain(self.dead_lettered.values().map(|at| *at + OPERATOR_REACTS))
             .chain(self.bag.iter().map(|e| e.not_before))
             .filter(|at| *at > self.now)
             .min()
@@ -664,6 +683,17 @@ impl World {
                 self.stats.platform_outages += 1;
                 self.record(format!("PLATFORM DOWN for {ms}ms"));
                 self.platform_down_until = Some(self.now + Duration::milliseconds(ms));
+            }
+            Action::Redrive(p) => {
+                self.dead_lettered.remove(&p);
+                // The operator redrives what the list of dead letters still
+                // shows: a late answer may have ended it meanwhile.
+                if self.journal.get(&p).map(|r| r.state) != Some(QrState::CancelDeadLettered) {
+                    return;
+                }
+                self.stats.redrives += 1;
+                self.record(format!("operator redrives #{p}"));
+                self.execute(p, QrCommand::Redrive);
             }
             Action::CrashSwitch => {
                 self.stats.switch_crashes += 1;
@@ -1016,6 +1046,7 @@ impl World {
             },
             Some(Status::Closed) => PlatformTradeState::Closed,
             Some(Status::Refunded) => PlatformTradeState::Refunded {
+                platform_txn: self.txn_of(p),
                 amount: amount_of(p),
             },
         }
@@ -1108,6 +1139,10 @@ impl World {
                             Some(p),
                         );
                         self.failure.get_or_insert(violation);
+                    }
+                    if let QrEvent::CancelDeadLettered { .. } = event {
+                        self.stats.cancels_dead_lettered += 1;
+                        self.dead_lettered.insert(p, self.now);
                     }
                     self.count(event);
                     self.topic.push((p, event.clone()));

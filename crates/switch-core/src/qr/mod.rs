@@ -410,8 +410,11 @@ pub enum PlatformTradeState {
     Failed { reason: String },
     /// The order is closed or cancelled at the platform, unpaid.
     Closed,
-    /// The payment was refunded at the platform.
-    Refunded { amount: Money },
+    /// The payment was made and refunded at the platform.
+    Refunded {
+        platform_txn: PlatformTxnId,
+        amount: Money,
+    },
     /// No answer, or one that could not be read: nothing is known.
     Unknown,
 }
@@ -1070,16 +1073,36 @@ fn platform_said(
                 Err(contradiction())
             }
         },
-        PlatformTradeState::Refunded { amount } => match current.state {
-            S::Cancelling | S::CancelDeadLettered if refunding => {
+        PlatformTradeState::Refunded {
+            platform_txn,
+            amount,
+        } => match current.state {
+            // The money moved and came back: whatever was owed (the refund,
+            // or a cancel the platform answered by refunding a payment the
+            // switch never heard of) is done.
+            S::Cancelling | S::CancelDeadLettered => {
                 if amount != current.amount {
                     return Err(QrRefusal::AmountMismatch {
                         expected: current.amount,
                         got: amount,
                     });
                 }
-                // Found by a query: the refund on the queue is done.
-                let mut decision = refunded(current, current.clone());
+                let mut next = current.clone();
+                match &current.platform_txn {
+                    Some(known) if *known != platform_txn => {
+                        return Err(QrRefusal::AnotherPlatformTransaction {
+                            expected: known.clone(),
+                            got: platform_txn,
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        next.platform_txn = Some(platform_txn);
+                        next.paid_at = Some(now);
+                        next.refund_reason = Some(ReversalReason::LateIssuerResponse);
+                    }
+                }
+                let mut decision = refunded(current, next);
                 decision
                     .effects
                     .insert(0, QrEffect::CloseCancel(CancelClosed::Acknowledged));

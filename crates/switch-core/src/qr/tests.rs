@@ -243,7 +243,10 @@ fn commands(p: &QrPayment) -> Vec<(&'static str, QrCommand, OffsetDateTime)> {
         ),
         (
             "query_refunded",
-            QrCommand::QueryAnswered(PlatformTradeState::Refunded { amount: a }),
+            QrCommand::QueryAnswered(PlatformTradeState::Refunded {
+                platform_txn: txn("TXN1"),
+                amount: a,
+            }),
             at(70),
         ),
         (
@@ -423,7 +426,7 @@ fn expected(mode: QrMode, fixture: &str, command: &str) -> Expected {
         "query_closed" if matches!(fixture, "closed" | "failed") => same(),
         "query_closed" => Refused("contradiction"),
 
-        "query_refunded" if refunding => {
+        "query_refunded" if refunding || unpaid_cancelling => {
             Next(S::Refunded, with(&["close:acknowledged"], &REFUNDED))
         }
         "query_refunded" if fixture == "refunded" => same(),
@@ -685,6 +688,35 @@ fn a_close_that_races_the_payment_ends_refunded_once() {
     assert_eq!(outcomes, 1);
 }
 
+/// Found by the simulation (seed 286 before the fix): the switch never heard
+/// of the payment, owed a cancel, and the platform answered the cancel by
+/// refunding; a query sent before the cancel is answered after it.
+#[test]
+fn a_query_that_says_refunded_while_a_cancel_is_owed_ends_refunded() {
+    let p = fixture(QrMode::ConsumerPresented, "cancelling_close");
+    assert!(!p.money_moved());
+    let d = apply(
+        &p,
+        QrCommand::QueryAnswered(PlatformTradeState::Refunded {
+            platform_txn: txn("TXN9"),
+            amount: eur(1_250),
+        }),
+        at(50),
+    );
+    assert_eq!(d.next.state, S::Refunded);
+    assert_eq!(d.next.platform_txn, Some(txn("TXN9")));
+    assert!(
+        d.effects
+            .contains(&QrEffect::CloseCancel(CancelClosed::Acknowledged))
+    );
+    // The cancel's own answer, late, changes nothing.
+    let late = CancelAnswer::Refunded {
+        platform_txn: txn("TXN9"),
+        amount: eur(1_250),
+    };
+    assert!(apply(&d.next, cancel(&p, late, 1), at(51)).is_noop());
+}
+
 #[test]
 fn the_owed_call_repeats_with_backoff_and_dead_letters_only_at_its_maximum_age() {
     let p = fixture(QrMode::ConsumerPresented, "cancelling_close");
@@ -811,7 +843,10 @@ fn word(n: u8) -> PlatformTradeState {
             reason: "NOTENOUGH".into(),
         },
         4 => PlatformTradeState::Closed,
-        5 => PlatformTradeState::Refunded { amount: eur(1_250) },
+        5 => PlatformTradeState::Refunded {
+            platform_txn: txn("TXN1"),
+            amount: eur(1_250),
+        },
         _ => PlatformTradeState::Unknown,
     }
 }
