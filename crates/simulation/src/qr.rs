@@ -34,10 +34,12 @@
 //! closed (`ORDERCLOSED`), answers a close of a paid order "paid" and a
 //! cancel of a paid order by refunding it, and refunds once per request
 //! id. Only merchant-presented orders are notified. The notifier's own
-//! deliveries (webhook retries) of QR notices, terminal retries of a QR
-//! request, the journal's write failures and an operator's redrive are not
-//! modelled for QR; the owed call's maximum age (one hour) is longer than
-//! any outage, so nothing dead-letters.
+//! deliveries (webhook retries) of QR notices, the journal's write
+//! failures and partial refunds are not modelled for QR; a terminal's
+//! retry of its request is the network's duplicate of it (answered with
+//! the original's [`qr::terminal_answer`]). The owed call's maximum age
+//! (60 s) is shorter than an outage and its backoff, so some dead-letter;
+//! an operator redrives each two minutes later if it is still listed.
 
 use std::collections::BTreeMap;
 use std::fmt;
