@@ -18,6 +18,11 @@
 //! [`switch_core::due_cutoff`] and [`switch_core::payouts`], the notifier
 //! [`switch_core::notify`]'s `webhook_for`, `terminal_message_for`,
 //! `terminal_message_id` and `DeliveryRetry::after_failure`.
+//! Once the card world is quiescent, every run also plays a QR world
+//! ([`qr`], issue 15): `Config::qr_payments` QR payments between terminals,
+//! shoppers, a QR platform with its own ledger and the switch's QR shell,
+//! every decision taken by [`switch_core::qr::decide`], under the same
+//! seed and faults, with its own invariants (Q1 to Q6, the module doc).
 //! This crate only carries messages, keeps the records, and plays the
 //! adapters' part (load, decide, persist next and effects); it needs no
 //! locks because one step runs at a time. Every map is ordered, so a run
@@ -170,9 +175,11 @@
 //! crashes, terminal batches, dead letters and operators' redrives.
 
 mod notifier;
+pub mod qr;
 mod settlement;
 
 pub use notifier::NotifierStats;
+pub use qr::QrStats;
 pub use settlement::SettlementStats;
 
 pub mod model;
@@ -413,6 +420,9 @@ pub struct Config {
     /// A fault is injected at a step with probability `1 / fault_one_in`.
     pub fault_one_in: u32,
     pub ablation: Ablation,
+    /// QR payments started in the run's QR world ([`qr`]), after the card
+    /// world reached quiescence.
+    pub qr_payments: usize,
 }
 
 impl Config {
@@ -424,6 +434,7 @@ impl Config {
             faults,
             fault_one_in: 12,
             ablation: Ablation::NONE,
+            qr_payments: 6,
         }
     }
 
@@ -464,6 +475,7 @@ pub struct Stats {
     pub journal_write_failures: u64,
     pub settlement: SettlementStats,
     pub notifier: NotifierStats,
+    pub qr: QrStats,
 }
 
 impl Stats {
@@ -486,6 +498,7 @@ impl Stats {
         self.journal_write_failures += other.journal_write_failures;
         self.settlement.add(&other.settlement);
         self.notifier.add(&other.notifier);
+        self.qr.add(&other.qr);
     }
 }
 
@@ -827,7 +840,9 @@ struct World {
 /// Runs one simulation; `Err` names the first invariant it broke.
 pub fn run(config: &Config) -> Result<Report, Violation> {
     let mut world = World::new(*config);
-    world.run()
+    let mut report = world.run()?;
+    report.stats.qr = qr::run(config)?;
+    Ok(report)
 }
 
 impl World {

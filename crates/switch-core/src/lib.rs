@@ -13,8 +13,10 @@
 //! (CSV and ISO 20022 pain.001 rendering), and who is told of an outcome
 //! (`notify`: which webhook and terminal message an event owes, and how a
 //! failed delivery is retried; `destination`: which addresses a webhook may
-//! reach), and the terminal edge's request-rate rule
-//! (`rate`: a token bucket per terminal). It performs no I/O
+//! reach), the terminal edge's request-rate rule (`rate`: a token bucket
+//! per terminal), and the QR payment lifecycle (`qr`: pay, order, query,
+//! notification, cancel, close and refund decided for both QR modes, S3's
+//! orphans by the merchant's policy). It performs no I/O
 //! and has no async code, so every rule here can be tested exhaustively and
 //! reused unchanged by the gateway, the authorization service and the tools.
 
@@ -31,6 +33,7 @@ pub mod notify;
 pub mod operator;
 pub mod orphan;
 pub mod payout;
+pub mod qr;
 pub mod rate;
 pub mod replay;
 pub mod response_code;

@@ -44,6 +44,13 @@ fn main() -> ExitCode {
          in {ms} ms: {} transactions per wall second ({steps} steps)",
         transactions.saturating_mul(1_000) / ms
     );
+    println!(
+        "{} QR payments in the same runs ({} S3 orphans: {} confirmed, {} refunded)",
+        stats.qr.payments,
+        stats.qr.orphans_confirmed + stats.qr.orphans_refunded,
+        stats.qr.orphans_confirmed,
+        stats.qr.orphans_refunded
+    );
     println!("{stats:?}");
     ExitCode::SUCCESS
 }
