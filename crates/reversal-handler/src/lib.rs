@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{MAX_ACK_WINDOW_MS, MAX_RETRY_DELAY_MS, MerchantPolicy, ReversalHandlerConfig};
 pub use store::{
-    ApprovalFacts, CLAIM_LIMIT, Claimed, Swept, apply, apply_many, apply_now, claim_due,
+    ApprovalFacts, CLAIM_LIMIT, Claimed, Swept, apply, apply_many, apply_now, claim_due, overdue,
     sweep_claimed, take_due,
 };
 pub use sweeper::{CALL_TIMEOUT, LEASE, SweepReport, Sweeper};

@@ -4,7 +4,7 @@
 //! line and its counter, so the two never drift.
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::metrics::{Counter, Gauge, Histogram};
 use switch_core::{OrphanDecision, OrphanFound, WatchEffect};
 use uuid::Uuid;
 
@@ -18,6 +18,8 @@ pub struct Metrics {
     superseded: Counter<u64>,
     deadline_to_request: Histogram<u64>,
     deadline_to_reversed: Histogram<u64>,
+    overdue: Gauge<i64>,
+    oldest_overdue: Gauge<u64>,
 }
 
 impl Metrics {
@@ -45,6 +47,19 @@ impl Metrics {
                 .with_unit("ms")
                 .with_description(
                     "From an orphan's acknowledgement deadline to the issuer's acknowledgement of its reversal",
+                )
+                .build(),
+            overdue: meter
+                .i64_gauge("reversal_handler.orphans_overdue")
+                .with_description(
+                    "Approvals past their deadline whose outcome authorization has not given yet",
+                )
+                .build(),
+            oldest_overdue: meter
+                .u64_gauge("reversal_handler.oldest_overdue")
+                .with_unit("ms")
+                .with_description(
+                    "How far past its deadline the oldest unresolved approval is (0 when none is)",
                 )
                 .build(),
             deadline_to_request: meter
@@ -83,6 +98,13 @@ impl Metrics {
 
     pub fn superseded(&self) {
         self.superseded.add(1, &[]);
+    }
+
+    /// `count` approvals are past their deadline unresolved, the oldest
+    /// `oldest_ms` past it.
+    pub fn overdue(&self, count: i64, oldest_ms: u64) {
+        self.overdue.record(count, &[]);
+        self.oldest_overdue.record(oldest_ms, &[]);
     }
 }
 

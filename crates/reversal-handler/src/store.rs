@@ -485,6 +485,25 @@ async fn insert_many(
     Ok(inserted.into_iter().collect())
 }
 
+/// Approvals past their deadline at `now` whose outcome authorization has
+/// not yet given: still open (no sweep has decided them) or decided and
+/// asking. How many, and the earliest such deadline. An approval the
+/// promise is late for: the operators' page when it stays so.
+pub async fn overdue(
+    pool: &PgPool,
+    now: OffsetDateTime,
+) -> Result<(i64, Option<OffsetDateTime>), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), min(deadline_at) FROM approvals \
+         WHERE status IN ('open', 'decided') AND deadline_at <= $1",
+    )
+    // Planned with the caller's `now`, as `claim_due` (ADR 11).
+    .persistent(false)
+    .bind(now)
+    .fetch_one(pool)
+    .await
+}
+
 /// Claims up to `limit` rows due at `now` inside the caller's transaction:
 /// open rows past their deadline and decided rows whose next attempt is
 /// due, oldest first, skipping rows another transaction holds. The locks

@@ -106,10 +106,16 @@ impl Sweeper {
     /// next sweeper asks again.
     pub async fn run(self, shutdown: CancellationToken) {
         let interval = Duration::from_millis(self.inner.config.sweep_interval_ms);
+        // The gauges are a count query: once a second, not every sweep.
+        let mut overdue_read_at: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(interval) => {}
+            }
+            if overdue_read_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                overdue_read_at = Some(std::time::Instant::now());
+                self.record_overdue().await;
             }
             loop {
                 let swept = tokio::select! {
@@ -125,6 +131,22 @@ impl Sweeper {
                     }
                 }
             }
+        }
+    }
+
+    /// Reads how many approvals are past their deadline unresolved into
+    /// the gauges; a failed read leaves them as they were.
+    async fn record_overdue(&self) {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        match store::overdue(&inner.pool, now).await {
+            Ok((count, oldest)) => {
+                let oldest_ms = oldest.map_or(0, |deadline| {
+                    u64::try_from((now - deadline).whole_milliseconds()).unwrap_or(0)
+                });
+                inner.metrics.overdue(count, oldest_ms);
+            }
+            Err(error) => tracing::warn!(%error, "Overdue approvals could not be counted."),
         }
     }
 

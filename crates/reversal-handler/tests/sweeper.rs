@@ -15,7 +15,7 @@ use common::{Behaviour, FakeAuthorization, TestDb, clock, facts, open_approval, 
 use prost::Message as _;
 use reversal_handler::{
     ApprovalTracker, CLAIM_LIMIT, LEASE, MerchantPolicy, ReversalHandlerConfig, Sweeper, Swept,
-    apply, apply_now, claim_due, sweep_claimed, take_due,
+    apply, apply_now, claim_due, overdue, sweep_claimed, take_due,
 };
 use switch_core::{
     Clock, Evidence, OrphanDecision, ReversalReason, Watch, WatchCommand, WatchEffect,
@@ -610,5 +610,61 @@ async fn due_is_decided_on_the_callers_clock_not_the_databases() {
             .await
             .unwrap();
     assert_eq!(decided_at, clock.now(), "timestamps come from the clock");
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_past_their_deadline_count_as_overdue_until_resolved() {
+    let db = TestDb::new().await;
+    let ten_ago = open_approval(&db.pool, "M1", -10).await;
+    let _three_ago = open_approval(&db.pool, "M1", -3).await;
+    let _in_a_minute = open_approval(&db.pool, "M1", 60).await;
+    let now = time::OffsetDateTime::now_utc();
+
+    let (count, oldest) = overdue(&db.pool, now).await.unwrap();
+    assert_eq!(count, 2, "the one due in a minute is not overdue");
+    let deadline: time::OffsetDateTime =
+        sqlx::query_scalar("SELECT deadline_at FROM approvals WHERE transaction_id = $1")
+            .bind(ten_ago)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(oldest, Some(deadline));
+
+    // Decided and asking authorization: still owed an outcome.
+    let config = ReversalHandlerConfig::default();
+    let decided = take_due(&db.pool, &config, CLAIM_LIMIT, LEASE, now)
+        .await
+        .unwrap();
+    assert_eq!(decided.len(), 2);
+    assert_eq!(overdue(&db.pool, now).await.unwrap().0, 2);
+
+    // Resolved: authorization's record of the reversal closes the watch.
+    let mut conn = db.pool.acquire().await.unwrap();
+    let resolved = reversal_handler::ApprovalFacts {
+        transaction_id: ten_ago,
+        ..facts("M1")
+    };
+    apply(
+        &mut conn,
+        &resolved,
+        WatchCommand::Announced {
+            outcome: WatchOutcome::Reversed,
+            at: now,
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let (count, oldest) = overdue(&db.pool, now).await.unwrap();
+    assert_eq!(count, 1);
+    assert!(oldest > Some(deadline));
+
+    // Nothing is overdue before any deadline.
+    let (count, oldest) = overdue(&db.pool, now - time::Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!((count, oldest), (0, None));
     db.drop().await;
 }
