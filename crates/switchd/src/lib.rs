@@ -123,6 +123,9 @@ pub struct ServiceSpec {
     pub name: &'static str,
     /// Where it listens.
     pub listen: fn(&SwitchdConfig) -> SocketAddr,
+    /// The services it calls: `switchd all` stops it before them, so its
+    /// last requests in flight still find them serving.
+    pub calls: &'static [Service],
     /// Checks its own configuration section, naming the bad key.
     pub validate: fn(&SwitchdConfig) -> Result<(), ConfigError>,
     /// Its settings that production refuses.
@@ -144,12 +147,36 @@ impl ServiceSpec {
     }
 }
 
+impl Service {
+    /// The services this selection runs, in the order they stop: every
+    /// service before the services it calls (the reverse of a start order
+    /// in which every service starts after those it calls).
+    pub fn stop_order(self) -> Vec<&'static ServiceSpec> {
+        let mut remaining: Vec<&'static ServiceSpec> = self.specs().collect();
+        let mut order = Vec::with_capacity(remaining.len());
+        while !remaining.is_empty() {
+            // A service no remaining service calls may stop now.
+            let next = remaining
+                .iter()
+                .position(|candidate| {
+                    !remaining
+                        .iter()
+                        .any(|caller| caller.calls.contains(&candidate.service))
+                })
+                .expect("the table's calls have no cycle");
+            order.push(remaining.remove(next));
+        }
+        order
+    }
+}
+
 /// Every service, in the order `switchd all` starts them.
 pub static SERVICES: [ServiceSpec; 6] = [
     ServiceSpec {
         service: Service::IssuerSimulator,
         name: issuer_simulator::SERVICE_NAME,
         listen: |c| c.issuer_simulator.listen,
+        calls: &[],
         validate: |_| Ok(()),
         development_settings: |_| {
             vec![DevelopmentSetting::new(
@@ -174,6 +201,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         service: Service::Authorization,
         name: authorization::SERVICE_NAME,
         listen: |c| c.authorization.listen,
+        calls: &[Service::IssuerSimulator],
         validate: |c| c.authorization.validate(),
         development_settings: |c| c.authorization.development_settings(),
         migrator: &authorization::MIGRATOR,
@@ -188,6 +216,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         service: Service::TerminalGateway,
         name: terminal_gateway::SERVICE_NAME,
         listen: |c| c.gateway.listen,
+        calls: &[Service::Authorization, Service::SettlementBatcher],
         validate: |c| c.gateway.validate(),
         development_settings: |c| c.gateway.development_settings(),
         migrator: &terminal_gateway::MIGRATOR,
@@ -201,6 +230,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         service: Service::ReversalHandler,
         name: reversal_handler::SERVICE_NAME,
         listen: |c| c.reversal_handler.listen,
+        calls: &[Service::Authorization],
         validate: |c| c.reversal_handler.validate(),
         development_settings: |_| Vec::new(),
         migrator: &reversal_handler::MIGRATOR,
@@ -221,6 +251,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         service: Service::SettlementBatcher,
         name: settlement_batcher::SERVICE_NAME,
         listen: |c| c.settlement.listen,
+        calls: &[Service::Authorization],
         validate: |c| c.settlement.validate(),
         development_settings: |c| c.settlement.development_settings(),
         migrator: &settlement_batcher::MIGRATOR,
@@ -235,6 +266,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
         service: Service::Notifier,
         name: notifier::SERVICE_NAME,
         listen: |c| c.notifier.listen,
+        calls: &[],
         validate: |c| c.notifier.validate(),
         development_settings: |c| c.notifier.development_settings(),
         migrator: &notifier::MIGRATOR,
@@ -357,6 +389,39 @@ mod tests {
             .map(|s| s.key)
             .collect();
         assert_eq!(lab_keys, ["gateway.iso_listeners[0].plain_tcp_for_lab"]);
+    }
+
+    #[test]
+    fn every_service_stops_before_the_services_it_calls() {
+        let order: Vec<Service> = Service::All
+            .stop_order()
+            .iter()
+            .map(|s| s.service)
+            .collect();
+        assert_eq!(order.len(), SERVICES.len());
+        for (position, spec) in Service::All.stop_order().iter().enumerate() {
+            for callee in spec.calls {
+                let callee_at = order.iter().position(|s| s == callee).unwrap();
+                assert!(
+                    callee_at > position,
+                    "{:?} stops before its caller {:?}",
+                    callee,
+                    spec.service
+                );
+            }
+        }
+        assert_eq!(order[0], Service::TerminalGateway);
+        let issuer = order.iter().position(|s| *s == Service::IssuerSimulator);
+        let authorization = order.iter().position(|s| *s == Service::Authorization);
+        assert!(authorization < issuer);
+        assert_eq!(
+            Service::Notifier
+                .stop_order()
+                .iter()
+                .map(|s| s.service)
+                .collect::<Vec<_>>(),
+            [Service::Notifier]
+        );
     }
 
     #[test]

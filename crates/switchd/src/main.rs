@@ -12,6 +12,7 @@
 //! `switchd admin …` runs an operator's command with the same
 //! configuration instead of a service ([`switchd::admin`]).
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -158,7 +159,8 @@ async fn run(service: Service, settings: SwitchdConfig) -> Result<(), Failure> {
             }),
         })?;
     let settings = Arc::new(settings);
-    let stop = CancellationToken::new();
+    // One stop per service, so they stop one after another.
+    let mut stops: HashMap<&'static str, CancellationToken> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     for spec in service.specs() {
         let fail = |error| Failure {
@@ -168,39 +170,63 @@ async fn run(service: Service, settings: SwitchdConfig) -> Result<(), Failure> {
         let listener = switch_platform::service::bind((spec.listen)(&settings))
             .await
             .map_err(fail)?;
+        let stop = CancellationToken::new();
         let serving = (spec.start)(
             settings.clone(),
             listener,
             Box::pin(stop.clone().cancelled_owned()),
         );
-        tasks.spawn(async move { serving.await.map_err(fail) });
+        stops.insert(spec.name, stop);
+        tasks.spawn(async move { (spec.name, serving.await.map_err(fail)) });
     }
 
     // Stop everything on a signal, or as soon as any service stops.
+    let mut stopped: HashSet<&'static str> = HashSet::new();
     let mut first_error = None;
     tokio::select! {
         () = switch_platform::shutdown::signal() => {}
-        Some(finished) = tasks.join_next() => {
-            first_error = flatten(finished).err();
-        }
+        Some(finished) = tasks.join_next() => record(finished, &mut stopped, &mut first_error),
     }
-    stop.cancel();
-    while let Some(finished) = tasks.join_next().await {
-        if let Err(failure) = flatten(finished) {
-            first_error.get_or_insert(failure);
+    // Callers first: each drains while what it calls still serves.
+    for spec in service.stop_order() {
+        if let Some(stop) = stops.get(spec.name) {
+            stop.cancel();
+        }
+        while !stopped.contains(spec.name) {
+            match tasks.join_next().await {
+                Some(finished) => record(finished, &mut stopped, &mut first_error),
+                None => break,
+            }
         }
     }
     first_error.map_or(Ok(()), Err)
 }
 
-fn flatten(finished: Result<Result<(), Failure>, tokio::task::JoinError>) -> Result<(), Failure> {
-    finished.map_err(|error| Failure {
-        service: "switchd",
-        error: Box::new(ServeError::Start {
-            what: "a service task",
-            reason: error.to_string(),
-        }),
-    })?
+/// Notes a service task's end and keeps the first error.
+fn record(
+    finished: Result<(&'static str, Result<(), Failure>), tokio::task::JoinError>,
+    stopped: &mut HashSet<&'static str>,
+    first_error: &mut Option<Failure>,
+) {
+    match finished {
+        Ok((name, result)) => {
+            stopped.insert(name);
+            if let Err(failure) = result {
+                first_error.get_or_insert(failure);
+            }
+        }
+        Err(error) => {
+            // A panicked task's name is lost; every service is waited for
+            // by the join set emptying instead.
+            first_error.get_or_insert(Failure {
+                service: "switchd",
+                error: Box::new(ServeError::Start {
+                    what: "a service task",
+                    reason: error.to_string(),
+                }),
+            });
+        }
+    }
 }
 
 #[cfg(test)]
