@@ -1032,8 +1032,8 @@ async fn a_batch_upload_over_iso_reverses_the_orphan_and_confirms_what_the_termi
         assert_eq!(code(&answer.unwrap()), "00");
     }
     // The terminal showed only the last one.
-    let advice = iso.call(&about("0220", "TERM0001", "300003", matched_amount));
-    assert_eq!(code(&advice.await.unwrap()), "00");
+    let advice = about("0220", "TERM0001", "300003", matched_amount);
+    assert_eq!(code(&iso.call(&advice).await.unwrap()), "00");
     let orphan = transaction_id(&stack, "TERM0001", "300001").await;
     let unconfirmed = transaction_id(&stack, "TERM0001", "300002").await;
     let matched = transaction_id(&stack, "TERM0001", "300003").await;
@@ -1054,19 +1054,14 @@ async fn a_batch_upload_over_iso_reverses_the_orphan_and_confirms_what_the_termi
 
     // An upload whose end counts another number of transactions than were
     // sent is refused, and nothing of it reaches settlement.
-    let first = iso.call(&uploaded(
-        "TERM0001",
-        "300002",
-        unconfirmed_amount,
-        "000009",
-    ));
-    let first = first.await.unwrap();
+    let first = uploaded("TERM0001", "300002", unconfirmed_amount, "000009");
+    let first = iso.call(&first).await.unwrap();
     assert_eq!(
         (first.mti().to_string(), code(&first)),
         ("0330".to_owned(), "00".to_owned())
     );
-    let short = iso.call(&upload_end("TERM0001", "300011", 2, "000009"));
-    assert_eq!(code(&short.await.unwrap()), "30");
+    let short = upload_end("TERM0001", "300011", 2, "000009");
+    assert_eq!(code(&iso.call(&short).await.unwrap()), "30");
     let uploads: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM transactions WHERE transaction_id = $1::uuid AND status = 'unconfirmed'",
     )
@@ -1085,8 +1080,8 @@ async fn a_batch_upload_over_iso_reverses_the_orphan_and_confirms_what_the_termi
         ("300003", matched_amount),
         ("300003", matched_amount),
     ] {
-        let answer = iso.call(&uploaded("TERM0001", stan, amount, "000009"));
-        let answer = answer.await.unwrap();
+        let held = uploaded("TERM0001", stan, amount, "000009");
+        let answer = iso.call(&held).await.unwrap();
         assert_eq!(answer.mti().to_string(), "0330");
         assert_eq!(code(&answer), "00");
         assert_eq!(answer.stan(), Some(stan));

@@ -1319,3 +1319,70 @@ async fn a_lab_iso_connection_is_counted_and_closed_when_idle() {
     );
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_rapid_reset_flood_is_cut_off_and_other_terminals_keep_being_served() {
+    let gateway = Gateway::start(|config, _| {
+        config.max_pending_reset_streams = 20;
+    })
+    .await;
+    let tls = gateway
+        .raw_tls(&gateway.cert("TERM0001"))
+        .await
+        .expect("TLS handshake");
+    let (requests, connection) = h2::client::handshake(tls).await.expect("HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut requests = requests.ready().await.expect("the connection is ready");
+    // HEADERS then RST_STREAM at once, as fast as the client can: the
+    // server never gets to serve one (CVE-2023-44487).
+    let attack = Instant::now();
+    let mut sent = 0_u32;
+    for _ in 0..20_000 {
+        let request =
+            http::Request::post("https://localhost/switch.v1.TerminalService/AcknowledgeMessage")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("a request");
+        let ready = match tokio::time::timeout(LATENCY_BUDGET, requests.clone().ready()).await {
+            Ok(Ok(ready)) => ready,
+            // Refused: the server has closed the connection.
+            Ok(Err(_)) | Err(_) => break,
+        };
+        requests = ready;
+        match requests.send_request(request, false) {
+            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => break,
+        }
+        sent += 1;
+        // Lets the client's connection task (this runtime has one thread)
+        // write the frames and read what the server answers.
+        tokio::task::yield_now().await;
+        if sent.is_multiple_of(100) {
+            // Others are served while it goes on.
+            assert_served(&gateway, "TERM0002").await;
+        }
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the server ends the flooding connection")
+        .expect("the connection task completes");
+    let error = outcome.expect_err("the server ends the flooding connection");
+    // Its GOAWAY (ENHANCE_YOUR_CALM), or the socket closed under the
+    // client's next write before the client read it.
+    assert!(
+        (error.is_go_away() && error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
+            || error.is_io(),
+        "{error:?} after {sent} resets in {:?}",
+        attack.elapsed()
+    );
+    eprintln!(
+        "rapid reset: cut off after {sent} resets in {:?}",
+        attack.elapsed()
+    );
+    // Bounded work: 100 to 400 were sent before the cut-off when measured
+    // (the server's limit is 20 pending; the rest were in flight).
+    assert!(sent < 2_000, "{sent} resets were taken");
+    assert_served(&gateway, "TERM0003").await;
+    gateway.stop().await;
+}
