@@ -35,6 +35,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use serde::Deserialize;
+use switch_core::RateRule;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -106,6 +107,24 @@ pub enum TerminalStatus {
 struct RegistryFile {
     #[serde(default)]
     terminals: HashMap<String, TerminalStatus>,
+    /// `[merchants.MID] per_second = N, burst = M`: request-rate rules of
+    /// a merchant's terminals, over `gateway.rate_limit`'s, reloaded with
+    /// the file.
+    #[serde(default)]
+    merchants: HashMap<String, MerchantRate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MerchantRate {
+    per_second: u32,
+    burst: u32,
+}
+
+/// What the registry says: who is suspended, and the merchants' rates.
+struct Registry {
+    suspended: HashSet<String>,
+    merchant_rates: HashMap<String, RateRule>,
 }
 
 /// Why a verified terminal is refused anyway.
@@ -134,6 +153,7 @@ pub struct EdgeState {
     /// revocation also reaches connections opened before it.
     revoked_serials: HashSet<Vec<u8>>,
     suspended: HashSet<String>,
+    merchant_rates: HashMap<String, RateRule>,
 }
 
 impl EdgeState {
@@ -152,9 +172,15 @@ impl EdgeState {
             Some(path) => load_crls(path)?,
             None => (Vec::new(), HashSet::new()),
         };
-        let suspended = match &files.registry_path {
+        let Registry {
+            suspended,
+            merchant_rates,
+        } = match &files.registry_path {
             Some(path) => load_registry(path)?,
-            None => HashSet::new(),
+            None => Registry {
+                suspended: HashSet::new(),
+                merchant_rates: HashMap::new(),
+            },
         };
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -175,6 +201,7 @@ impl EdgeState {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             revoked_serials,
             suspended,
+            merchant_rates,
         })
     }
 }
@@ -216,15 +243,24 @@ fn load_crls(
     Ok((crls, serials))
 }
 
-fn load_registry(path: &Path) -> Result<HashSet<String>, EdgeError> {
+fn load_registry(path: &Path) -> Result<Registry, EdgeError> {
     let text = String::from_utf8(read(path)?).map_err(|_| invalid(path, "not UTF-8"))?;
     let registry: RegistryFile = toml::from_str(&text).map_err(|e| invalid(path, e.message()))?;
-    Ok(registry
-        .terminals
-        .into_iter()
-        .filter(|(_, status)| *status == TerminalStatus::Suspended)
-        .map(|(terminal_id, _)| terminal_id)
-        .collect())
+    let mut merchant_rates = HashMap::new();
+    for (merchant_id, rate) in registry.merchants {
+        let rule = RateRule::new(rate.per_second, rate.burst)
+            .map_err(|e| invalid(path, format!("merchants.{merchant_id}: {e}")))?;
+        merchant_rates.insert(merchant_id, rule);
+    }
+    Ok(Registry {
+        suspended: registry
+            .terminals
+            .into_iter()
+            .filter(|(_, status)| *status == TerminalStatus::Suspended)
+            .map(|(terminal_id, _)| terminal_id)
+            .collect(),
+        merchant_rates,
+    })
 }
 
 /// What a file looked like when last loaded: a change of either is a
@@ -288,6 +324,12 @@ impl Edge {
         self.reloads
             .send_modify(|count| *count = count.wrapping_add(1));
         Ok(true)
+    }
+
+    /// The registry's request-rate rule of `merchant_id`'s terminals, as
+    /// last reloaded; `None`: the configuration's.
+    pub fn merchant_rate(&self, merchant_id: &str) -> Option<RateRule> {
+        self.current().merchant_rates.get(merchant_id).copied()
     }
 
     /// Whether the current files refuse this verified terminal.

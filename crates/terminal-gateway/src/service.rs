@@ -81,7 +81,11 @@ impl Guard {
             return Err(NotAdmitted::Refused(refusal));
         }
         self.rate
-            .check(&identity.terminal_id, &identity.merchant_id)
+            .check(
+                &identity.terminal_id,
+                &identity.merchant_id,
+                self.edge.merchant_rate(&identity.merchant_id),
+            )
             .map_err(|limited| {
                 self.metrics.rate_limited(listener, method);
                 NotAdmitted::OverRate(limited)

@@ -1386,3 +1386,78 @@ async fn a_rapid_reset_flood_is_cut_off_and_other_terminals_keep_being_served() 
     assert_served(&gateway, "TERM0003").await;
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_merchants_rate_rule_in_the_registry_applies_without_a_restart() {
+    let iso = free_address();
+    let gateway = Gateway::start(|config, dir| {
+        config.terminal_registry_path = Some(dir.join("registry.toml"));
+        config.reload_interval_ms = 100;
+        config.iso_listeners = vec![iso_listener(iso, IsoProfile::Ascii1987, false)];
+    })
+    .await;
+    // The configuration's default (100 a second, 200 at once) first.
+    let strict = gateway.terminal("TERM0003");
+    for _ in 0..5 {
+        probe(&strict, "TERM0003")
+            .await
+            .expect("within the default rate");
+    }
+    gateway.replace_file(
+        "registry.toml",
+        "[terminals]\n\n[merchants.MERCHANT0000002]\nper_second = 1\nburst = 1\n",
+    );
+    // Once reloaded, the second of two calls at once is refused.
+    eventually(
+        Duration::from_secs(10),
+        "the merchant's reloaded rule to hold its terminal",
+        || {
+            let strict = strict.clone();
+            async move {
+                let _ = probe(&strict, "TERM0003").await;
+                matches!(probe(&strict, "TERM0003").await,
+                    Err(status) if status.code() == Code::ResourceExhausted
+                        && status.message().contains("(1 a second, 1 at once)"))
+            }
+        },
+    )
+    .await;
+    // Over ISO too: the same bucket, the same rule.
+    let profile = Profile::ASCII_1987;
+    let mut stream = gateway
+        .iso_tls(iso, &gateway.cert("TERM0004"))
+        .await
+        .expect("connected");
+    let mut codes = Vec::new();
+    for stan in ["000001", "000002"] {
+        iso_send(&mut stream, &profile, &echo(&profile, "TERM0004", stan))
+            .await
+            .expect("sent");
+        let answer = iso_receive(&mut stream, &profile).await.expect("answered");
+        codes.push(code_of(&answer));
+    }
+    assert_eq!(
+        codes,
+        ["00", "19"],
+        "TERM0004 shares MERCHANT0000002's rule"
+    );
+    // Another merchant keeps the default.
+    for _ in 0..5 {
+        assert_served(&gateway, "TERM0001").await;
+    }
+    // A rule that cannot hold is refused, and the previous one stays.
+    gateway.replace_file(
+        "registry.toml",
+        "[merchants.MERCHANT0000002]\nper_second = 0\nburst = 1\n",
+    );
+    // Ten reload intervals: the bad file was tried several times, and each
+    // time the loaded rule stayed.
+    let mut still_strict = true;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = probe(&strict, "TERM0003").await;
+        still_strict &= probe(&strict, "TERM0003").await.is_err();
+    }
+    assert!(still_strict, "a bad registry replaced the loaded rule");
+    gateway.stop().await;
+}
