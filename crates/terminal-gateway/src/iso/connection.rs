@@ -125,6 +125,10 @@ where
                 }
             }
             Read::Ignore => {}
+            Read::Refused(refusal) => {
+                tracing::info!(%refusal, "ISO 8583 terminal refused at the edge; connection closed.");
+                break;
+            }
             Read::Close(reason) => {
                 listener.metrics.closed_unreadable();
                 tracing::warn!(%reason, "ISO 8583 message cannot be answered; connection closed.");

@@ -16,6 +16,7 @@ use tonic::{Code, Status};
 use tracing::Instrument;
 
 use super::{IsoProfile, Listener};
+use crate::edge::Refusal;
 use crate::identity::TerminalIdentity;
 use crate::service::NotAdmitted;
 
@@ -48,6 +49,9 @@ pub(super) enum Read {
     /// Cannot be answered: close the connection, for this reason (which
     /// never quotes the message's bytes).
     Close(String),
+    /// The terminal may no longer be served (revoked, suspended): close
+    /// the connection unanswered.
+    Refused(Refusal),
 }
 
 /// Fields a response repeats from its request, when the profile has them:
@@ -146,7 +150,7 @@ pub(super) fn read(
         Err(NotAdmitted::Refused(refusal)) => {
             // The certificate was revoked or the terminal suspended since
             // the connection opened: nothing it sends is answered.
-            return Read::Close(refusal.to_string());
+            return Read::Refused(refusal);
         }
         Err(NotAdmitted::OverRate(limited)) => {
             listener.metrics.rate_limited(mti);
@@ -158,7 +162,9 @@ pub(super) fn read(
     let mut upload = None;
     if (mti.class(), mti.function()) == (3, 2) {
         match uploads.take(listener, &identity, &message) {
-            Ok(Gathered::Transaction) => return refuse_or_accept(listener, &envelope, &message),
+            Ok(Gathered::Transaction) => {
+                return accepted_into_upload(listener, &envelope, &message);
+            }
             Ok(Gathered::End(complete)) => upload = Some(complete),
             Err(refusal) => return refuse(refusal),
         }
@@ -172,7 +178,7 @@ pub(super) fn read(
 }
 
 /// The 0330 of a transaction gathered into an upload.
-fn refuse_or_accept(listener: &Listener, envelope: &Envelope, message: &Message<'_>) -> Read {
+fn accepted_into_upload(listener: &Listener, envelope: &Envelope, message: &Message<'_>) -> Read {
     let answer = reply(listener, message, Vec::new());
     pack(listener, envelope, message.mti(), answer, upload_accepted()).map_or_else(
         || Read::Close("the answer cannot be packed".into()),
