@@ -1214,3 +1214,79 @@ async fn a_cup_batch_close_reads_its_totals_from_field_48_and_a_balanced_one_is_
     assert_eq!(code(&answer), "30");
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posctl_uploads_a_batch_over_iso_8583() {
+    capture_logs();
+    let stack = Stack::start(StackOptions {
+        iso_listeners: vec![IsoListenerConfig::default()],
+        settlement: Some(switch_e2e::test_settlement()),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("the stack starts against PostgreSQL and Kafka");
+    let ledger = stack.settlement_pool().await.unwrap();
+    let certs = switch_e2e::TempDir::new(&format!("posctl-upload-{}", switch_e2e::unique_suffix()))
+        .unwrap();
+    stack
+        .pki
+        .write_dev_layout(certs.path(), dev_certs::DEFAULT_TERMINALS)
+        .unwrap();
+    let mut iso = terminal(&stack, 0, "TERM0002").await;
+    // One sale the terminal never showed: the host holds it unconfirmed.
+    let sale = iso_sale("TERM0002", "000951", VISA, 1_700);
+    assert_eq!(code(&iso.call(&sale).await.unwrap()), "00");
+    let id = transaction_id(&stack, "TERM0002", "000951").await;
+    wait_for_ledger(&stack, &ledger, &id, "unconfirmed").await;
+    // And one it does not hold at all: the host's totals are larger, so
+    // the close is out of balance and asks for the upload.
+    let other = iso_sale("TERM0002", "000953", VISA, 800);
+    assert_eq!(code(&iso.call(&other).await.unwrap()), "00");
+    let orphan = transaction_id(&stack, "TERM0002", "000953").await;
+    wait_for_ledger(&stack, &ledger, &orphan, "unconfirmed").await;
+    let mut close = Message::new(Mti::RECONCILIATION_REQUEST);
+    close
+        .set(11, "000952")
+        .set(41, "TERM0002")
+        .set(50, "978")
+        .set(60, "000011")
+        .set(76, format!("{:010}", 1))
+        .set(88, format!("{:016}", 1_700));
+    assert_eq!(code(&iso.call(&close).await.unwrap()), "95");
+
+    let args: Vec<String> = [
+        "--json",
+        "--terminal",
+        "TERM0002",
+        "--certs-dir",
+        certs.path().to_str().unwrap(),
+        "iso",
+        "--address",
+        &stack.iso[0].to_string(),
+        "upload",
+        "--batch",
+        "000011",
+        "--sale",
+        "000951:1700",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (ok, answers) = posctl(args).await;
+    assert!(ok, "{answers:?}");
+    assert_eq!(
+        answers.len(),
+        2,
+        "the sale and the upload's end: {answers:?}"
+    );
+    for answer in &answers {
+        assert_eq!(
+            (answer["mti"].as_str(), answer["response_code"].as_str()),
+            (Some("0330"), Some("00")),
+            "{answer:?}"
+        );
+    }
+    // The upload is the terminal's evidence.
+    stack.wait_for_state(&id, "confirmed", 30).await;
+    stack.shutdown().await;
+}
