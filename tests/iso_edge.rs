@@ -961,3 +961,332 @@ async fn a_pyiso8583_terminal_is_served_and_both_codecs_agree() {
     );
     stack.shutdown().await;
 }
+
+/// A 0320 of a batch upload: one transaction the terminal holds (its STAN
+/// and date in 11 and 13, as for an advice), batch number in field 60.
+fn uploaded(terminal_id: &str, stan: &str, minor_units: i64, batch: &str) -> Message<'static> {
+    let mut message = about("0320", terminal_id, stan, minor_units);
+    message.set(60, batch.to_owned());
+    message
+}
+
+/// The 0320 that ends an upload: the number of transactions in field 48,
+/// no amount.
+fn upload_end(terminal_id: &str, stan: &str, count: usize, batch: &str) -> Message<'static> {
+    let mut message = Message::new(Mti::BATCH_UPLOAD);
+    message
+        .set(11, stan.to_owned())
+        .set(41, terminal_id.to_owned())
+        .set(48, count.to_string())
+        .set(60, batch.to_owned());
+    message
+}
+
+async fn transaction_id(stack: &Stack, terminal_id: &str, stan: &str) -> String {
+    row(stack, terminal_id, stan)
+        .await
+        .expect("the sale is journaled")
+        .0
+}
+
+async fn wait_for_ledger(stack: &Stack, ledger: &sqlx::PgPool, transaction_id: &str, status: &str) {
+    stack
+        .eventually(
+            30,
+            &format!("the ledger to show {transaction_id} {status}"),
+            || async {
+                let now: Option<String> = sqlx::query_scalar(
+                    "SELECT status FROM transactions WHERE transaction_id = $1::uuid",
+                )
+                .bind(transaction_id)
+                .fetch_optional(ledger)
+                .await
+                .unwrap();
+                (now.as_deref() == Some(status)).then_some(())
+            },
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_upload_over_iso_reverses_the_orphan_and_confirms_what_the_terminal_holds() {
+    capture_logs();
+    let stack = Stack::start(StackOptions {
+        iso_listeners: vec![IsoListenerConfig::default()],
+        // A long acknowledgement window: nothing here is decided by deadline.
+        reversal_handler: Some(switch_e2e::quick_reversal_handler(120_000)),
+        settlement: Some(switch_e2e::test_settlement()),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("the stack starts against PostgreSQL and Kafka");
+    let ledger = stack.settlement_pool().await.unwrap();
+    let mut iso = terminal(&stack, 0, "TERM0001").await;
+    let (orphan_amount, unconfirmed_amount, matched_amount) = (1_111, 2_222, 4_444);
+    for (stan, amount) in [
+        ("300001", orphan_amount),
+        ("300002", unconfirmed_amount),
+        ("300003", matched_amount),
+    ] {
+        let answer = iso.call(&iso_sale("TERM0001", stan, VISA, amount)).await;
+        assert_eq!(code(&answer.unwrap()), "00");
+    }
+    // The terminal showed only the last one.
+    let advice = about("0220", "TERM0001", "300003", matched_amount);
+    assert_eq!(code(&iso.call(&advice).await.unwrap()), "00");
+    let orphan = transaction_id(&stack, "TERM0001", "300001").await;
+    let unconfirmed = transaction_id(&stack, "TERM0001", "300002").await;
+    let matched = transaction_id(&stack, "TERM0001", "300003").await;
+    wait_for_ledger(&stack, &ledger, &orphan, "unconfirmed").await;
+    wait_for_ledger(&stack, &ledger, &unconfirmed, "unconfirmed").await;
+    wait_for_ledger(&stack, &ledger, &matched, "confirmed").await;
+
+    // The terminal holds two sales; the host three: out of balance.
+    let mut close = Message::new(Mti::RECONCILIATION_REQUEST);
+    close
+        .set(11, "300010")
+        .set(41, "TERM0001")
+        .set(50, "978")
+        .set(60, "000009")
+        .set(76, format!("{:010}", 2))
+        .set(88, format!("{:016}", unconfirmed_amount + matched_amount));
+    assert_eq!(code(&iso.call(&close).await.unwrap()), "95");
+
+    // An upload whose end counts another number of transactions than were
+    // sent is refused, and nothing of it reaches settlement.
+    let first = uploaded("TERM0001", "300002", unconfirmed_amount, "000009");
+    let first = iso.call(&first).await.unwrap();
+    assert_eq!(
+        (first.mti().to_string(), code(&first)),
+        ("0330".to_owned(), "00".to_owned())
+    );
+    let short = upload_end("TERM0001", "300011", 2, "000009");
+    assert_eq!(code(&iso.call(&short).await.unwrap()), "30");
+    let uploads: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM transactions WHERE transaction_id = $1::uuid AND status = 'unconfirmed'",
+    )
+    .bind(&unconfirmed)
+    .fetch_one(&ledger)
+    .await
+    .unwrap();
+    assert_eq!(uploads, 1, "the refused upload confirmed nothing");
+    assert_eq!(stack.state_of(&orphan).await, "approved");
+
+    // The whole upload: each transaction answered 0330 "00" as it is
+    // gathered (a repeat replaces its first), the end forwarded as one
+    // UploadBatch.
+    for (stan, amount) in [
+        ("300002", unconfirmed_amount),
+        ("300003", matched_amount),
+        ("300003", matched_amount),
+    ] {
+        let held = uploaded("TERM0001", stan, amount, "000009");
+        let answer = iso.call(&held).await.unwrap();
+        assert_eq!(answer.mti().to_string(), "0330");
+        assert_eq!(code(&answer), "00");
+        assert_eq!(answer.stan(), Some(stan));
+    }
+    let end = iso
+        .call(&upload_end("TERM0001", "300012", 2, "000009"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (end.mti().to_string(), code(&end), end.stan()),
+        ("0330".to_owned(), "00".to_owned(), Some("300012"))
+    );
+
+    // As over gRPC: the orphan is reversed at once, the unconfirmed sale
+    // the terminal holds is confirmed by the upload.
+    stack.wait_for_state(&orphan, "reversed", 30).await;
+    let reason: String = sqlx::query_scalar(
+        "SELECT reversal_reason FROM authorizations WHERE transaction_id = $1::uuid",
+    )
+    .bind(&orphan)
+    .fetch_one(&stack.journal)
+    .await
+    .unwrap();
+    assert_eq!(reason, "batch_orphan");
+    assert_eq!(stack.state_of(&unconfirmed).await, "confirmed");
+    let evidence: String = sqlx::query_scalar(
+        "SELECT confirmation_evidence FROM authorizations WHERE transaction_id = $1::uuid",
+    )
+    .bind(&unconfirmed)
+    .fetch_one(&stack.journal)
+    .await
+    .unwrap();
+    assert_eq!(evidence, "batch_upload");
+    assert_eq!(stack.state_of(&matched).await, "confirmed");
+    stack.shutdown().await;
+}
+
+/// CUP field 48 of a 0500: domestic debits (sales) amount and count,
+/// credits (reversals) amount and count, flag; then foreign cards, zero.
+fn cup_totals(sales_minor_units: i64, sales: i64, flag: char) -> String {
+    format!(
+        "{sales_minor_units:012}{sales:03}{:012}{:03}{flag}{:030}{flag}",
+        0, 0, 0
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cup_batch_close_reads_its_totals_from_field_48_and_a_balanced_one_is_answered_00() {
+    capture_logs();
+    let stack = Stack::start(StackOptions {
+        iso_listeners: vec![IsoListenerConfig {
+            profile: IsoProfile::CupPos,
+            ..IsoListenerConfig::default()
+        }],
+        settlement: Some(switch_e2e::test_settlement()),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("the stack starts against PostgreSQL and Kafka");
+    let ledger = stack.settlement_pool().await.unwrap();
+    // `terminal` picks the profile by listener index; this stack's only
+    // listener is UnionPay.
+    let mut cup_terminal = IsoTerminal::connect_tls(
+        stack.iso[0],
+        Profile::CUP_POS,
+        Some(
+            &stack
+                .pki
+                .terminal_cert("TERM0003", "MERCHANT0000002")
+                .unwrap(),
+        ),
+        stack.pki.ca_cert_pem(),
+    )
+    .await
+    .unwrap();
+    for (stan, amount) in [("000801", 1_500), ("000802", 2_500)] {
+        let mut sale = iso_sale("TERM0003", stan, VISA, amount);
+        sale.set(42, "MERCHANT0000002")
+            .set(60, Field60::new(Field60::SALE, "000004", "000").to_string());
+        assert_eq!(code(&cup_terminal.call(&sale).await.unwrap()), "00");
+        let advice = about("0220", "TERM0003", stan, amount);
+        assert_eq!(code(&cup_terminal.call(&advice).await.unwrap()), "00");
+        let id = transaction_id(&stack, "TERM0003", stan).await;
+        wait_for_ledger(&stack, &ledger, &id, "confirmed").await;
+    }
+    let close = |stan: &str, totals: String| {
+        let mut close = Message::new(Mti::RECONCILIATION_REQUEST);
+        close
+            .set(11, stan.to_owned())
+            .set(41, "TERM0003")
+            .set(42, "MERCHANT0000002")
+            .set(48, totals)
+            .set(49, "978")
+            .set(
+                60,
+                Field60::new(Field60::MANAGEMENT, "000004", Field60::BATCH_SETTLEMENT).to_string(),
+            );
+        close
+    };
+    let answer = cup_terminal
+        .call(&close("000803", cup_totals(4_000, 2, '0')))
+        .await
+        .unwrap();
+    assert_eq!(answer.mti().to_string(), "0510");
+    assert_eq!(code(&answer), "00", "balanced");
+    assert_eq!(
+        answer.text(48),
+        Some(cup_totals(4_000, 2, '1').as_str()),
+        "the host's totals, flagged balanced"
+    );
+    assert_eq!(
+        answer.text(60),
+        Some(
+            Field60::new(Field60::MANAGEMENT, "000004", Field60::BATCH_SETTLEMENT)
+                .to_string()
+                .as_str()
+        )
+    );
+    let batches: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM batches WHERE batch_number = '000004'")
+            .fetch_one(&ledger)
+            .await
+            .unwrap();
+    assert_eq!(batches, 1);
+    // Field 48 that is not the layout is a format error, nothing closed.
+    let answer = cup_terminal
+        .call(&close("000804", "12345".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(code(&answer), "30");
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posctl_uploads_a_batch_over_iso_8583() {
+    capture_logs();
+    let stack = Stack::start(StackOptions {
+        iso_listeners: vec![IsoListenerConfig::default()],
+        settlement: Some(switch_e2e::test_settlement()),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("the stack starts against PostgreSQL and Kafka");
+    let ledger = stack.settlement_pool().await.unwrap();
+    let certs = switch_e2e::TempDir::new(&format!("posctl-upload-{}", switch_e2e::unique_suffix()))
+        .unwrap();
+    stack
+        .pki
+        .write_dev_layout(certs.path(), dev_certs::DEFAULT_TERMINALS)
+        .unwrap();
+    let mut iso = terminal(&stack, 0, "TERM0002").await;
+    // One sale the terminal never showed: the host holds it unconfirmed.
+    let sale = iso_sale("TERM0002", "000951", VISA, 1_700);
+    assert_eq!(code(&iso.call(&sale).await.unwrap()), "00");
+    let id = transaction_id(&stack, "TERM0002", "000951").await;
+    wait_for_ledger(&stack, &ledger, &id, "unconfirmed").await;
+    // And one it does not hold at all: the host's totals are larger, so
+    // the close is out of balance and asks for the upload.
+    let other = iso_sale("TERM0002", "000953", VISA, 800);
+    assert_eq!(code(&iso.call(&other).await.unwrap()), "00");
+    let orphan = transaction_id(&stack, "TERM0002", "000953").await;
+    wait_for_ledger(&stack, &ledger, &orphan, "unconfirmed").await;
+    let mut close = Message::new(Mti::RECONCILIATION_REQUEST);
+    close
+        .set(11, "000952")
+        .set(41, "TERM0002")
+        .set(50, "978")
+        .set(60, "000011")
+        .set(76, format!("{:010}", 1))
+        .set(88, format!("{:016}", 1_700));
+    assert_eq!(code(&iso.call(&close).await.unwrap()), "95");
+
+    let args: Vec<String> = [
+        "--json",
+        "--terminal",
+        "TERM0002",
+        "--certs-dir",
+        certs.path().to_str().unwrap(),
+        "iso",
+        "--address",
+        &stack.iso[0].to_string(),
+        "upload",
+        "--batch",
+        "000011",
+        "--sale",
+        "000951:1700",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (ok, answers) = posctl(args).await;
+    assert!(ok, "{answers:?}");
+    assert_eq!(
+        answers.len(),
+        2,
+        "the sale and the upload's end: {answers:?}"
+    );
+    for answer in &answers {
+        assert_eq!(
+            (answer["mti"].as_str(), answer["response_code"].as_str()),
+            (Some("0330"), Some("00")),
+            "{answer:?}"
+        );
+    }
+    // The upload is the terminal's evidence.
+    stack.wait_for_state(&id, "confirmed", 30).await;
+    stack.shutdown().await;
+}

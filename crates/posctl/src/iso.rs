@@ -63,6 +63,31 @@ enum IsoCommand {
         #[arg(long)]
         repeat: bool,
     },
+    /// 0320 batch upload: one message per sale the terminal holds, then
+    /// the upload's end with their count (what follows an out-of-balance
+    /// close).
+    Upload {
+        /// The batch number, six digits.
+        #[arg(long)]
+        batch: String,
+        /// A sale the terminal holds, STAN:AMOUNT (minor units, today's);
+        /// repeat for each.
+        #[arg(long = "sale", value_parser = parse_held_sale)]
+        sales: Vec<(Stan, u64)>,
+        #[arg(long, default_value = "EUR", value_parser = Currency::parse)]
+        currency: Currency,
+    },
+}
+
+fn parse_held_sale(value: &str) -> Result<(Stan, u64), String> {
+    let (stan, amount) = value
+        .split_once(':')
+        .ok_or_else(|| format!("{value:?} is not STAN:AMOUNT"))?;
+    let stan = Stan::parse(stan).map_err(|e| e.to_string())?;
+    let amount = amount
+        .parse()
+        .map_err(|_| format!("{amount:?} is not an amount in minor units"))?;
+    Ok((stan, amount))
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +322,56 @@ pub async fn run_iso(
                 bail!("the reversal was not accepted");
             }
             Ok(())
+        }
+        IsoCommand::Upload {
+            batch,
+            sales,
+            currency,
+        } => {
+            if batch.len() != 6 || !batch.bytes().all(|b| b.is_ascii_digit()) {
+                bail!("--batch must be six digits");
+            }
+            // UnionPay carries the batch as 60.2 (60.3 = 202 ends the
+            // upload); ISO 1987 as field 60 itself.
+            let cup = connection.profile.name == Profile::CUP_POS.name;
+            let field_60 = |end: bool| match cup {
+                true => iso8583::cup::Field60::new(
+                    iso8583::cup::Field60::MANAGEMENT,
+                    &batch,
+                    if end { "202" } else { "201" },
+                )
+                .to_string(),
+                false => batch.clone(),
+            };
+            let accepted = |answer: &Message<'_>| -> Result<()> {
+                if answer.text(39) != Some(ResponseCode::APPROVED.as_str()) {
+                    bail!("the upload was not accepted");
+                }
+                Ok(())
+            };
+            for (stan, amount) in &sales {
+                let mut held = Message::new(Mti::BATCH_UPLOAD);
+                held.set(3, "000000")
+                    .set(4, format!("{amount:012}"))
+                    .set(11, stan.as_str().to_owned())
+                    .set(13, mmdd())
+                    .set(41, tid.clone())
+                    .set(42, merchant.clone())
+                    .set(49, format!("{:03}", currency.numeric()))
+                    .set(60, field_60(false));
+                let answer = connection.call(&held).await?;
+                show(&answer, json)?;
+                accepted(&answer)?;
+            }
+            let mut end = Message::new(Mti::BATCH_UPLOAD);
+            end.set(11, crate::random_stan().as_str().to_owned())
+                .set(41, tid)
+                .set(42, merchant)
+                .set(48, sales.len().to_string())
+                .set(60, field_60(true));
+            let answer = connection.call(&end).await?;
+            show(&answer, json)?;
+            accepted(&answer)
         }
     }
 }

@@ -9,6 +9,17 @@
 use crate::error::InvalidField;
 use crate::response_code::ResponseCode;
 
+/// Whose list of response codes a terminal reads field 39 from. Most codes
+/// mean the same in both; where a list has no code for a refusal, each
+/// picks its own ([`IsoRefusal::response_code`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResponseCodes {
+    /// ISO 8583:1987's table (the `ascii_1987` profile).
+    Iso1987,
+    /// China UnionPay's POS response codes (the `cup_pos` profile).
+    UnionPay,
+}
+
 /// Why the edge answers a request without (or before) an authorization's
 /// code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,12 +44,36 @@ pub enum IsoRefusal {
     SwitchUnavailable,
     /// Anything else that went wrong on the switch's side.
     SystemMalfunction,
+    /// The terminal is over its request rate: nothing was forwarded or
+    /// written, and the same request succeeds once the terminal slows
+    /// down. No list has a code for "rate exceeded"; each list's "send it
+    /// again later" is used (ADR 23).
+    OverRate,
+}
+
+/// ISO 8583:1987 "19": re-enter transaction. Terminals repeat the request;
+/// nothing about the card or the amount is implied.
+const REENTER_TRANSACTION: &str = "19";
+/// UnionPay "90": the host is in its cut-off, send again in a few minutes.
+/// UnionPay's list has no "19", and its "90" is the one code terminals
+/// treat as "the host is busy, not the card".
+const CUTOFF_IN_PROGRESS: &str = "90";
+
+/// A code of the lists above that the core names no constant for.
+fn listed(code: &'static str) -> ResponseCode {
+    // Both literals are two ASCII digits, which parse never refuses; the
+    // test below proves it, so the fallback is never taken.
+    ResponseCode::parse(code).unwrap_or(ResponseCode::SYSTEM_MALFUNCTION)
 }
 
 impl IsoRefusal {
-    /// Field 39 for the refusal.
-    pub fn response_code(self) -> ResponseCode {
+    /// Field 39 for the refusal, in the terminal's list of codes.
+    pub fn response_code(self, codes: ResponseCodes) -> ResponseCode {
         match self {
+            IsoRefusal::OverRate => match codes {
+                ResponseCodes::Iso1987 => listed(REENTER_TRANSACTION),
+                ResponseCodes::UnionPay => listed(CUTOFF_IN_PROGRESS),
+            },
             IsoRefusal::Malformed => ResponseCode::FORMAT_ERROR,
             IsoRefusal::InvalidTransaction => ResponseCode::INVALID_TRANSACTION,
             IsoRefusal::InvalidAmount => ResponseCode::INVALID_AMOUNT,
@@ -82,6 +117,15 @@ pub fn advice_accepted() -> ResponseCode {
     ResponseCode::APPROVED
 }
 
+/// The answer to a batch upload message (0320): a transaction the edge
+/// gathered into the upload, or the end of an upload the settlement
+/// batcher reconciled. What reconciliation decided for each transaction is
+/// the batcher's (reversals, confirmations, conflicts), not the
+/// terminal's to act on.
+pub fn upload_accepted() -> ResponseCode {
+    ResponseCode::APPROVED
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,8 +141,23 @@ mod tests {
             (IsoRefusal::SwitchUnavailable, "91"),
             (IsoRefusal::SystemMalfunction, "96"),
         ] {
-            assert_eq!(refusal.response_code().as_str(), code, "{refusal:?}");
+            for codes in [ResponseCodes::Iso1987, ResponseCodes::UnionPay] {
+                assert_eq!(refusal.response_code(codes).as_str(), code, "{refusal:?}");
+            }
         }
+        assert_eq!(
+            IsoRefusal::OverRate
+                .response_code(ResponseCodes::Iso1987)
+                .as_str(),
+            "19"
+        );
+        assert_eq!(
+            IsoRefusal::OverRate
+                .response_code(ResponseCodes::UnionPay)
+                .as_str(),
+            "90"
+        );
+        assert_eq!(upload_accepted().as_str(), "00");
         assert_eq!(reversal_accepted().as_str(), "00");
         assert_eq!(network_management_accepted().as_str(), "00");
         assert_eq!(advice_accepted().as_str(), "00");

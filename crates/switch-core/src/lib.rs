@@ -45,7 +45,7 @@ pub use card::*;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::*;
 pub use ids::*;
-pub use iso_response::IsoRefusal;
+pub use iso_response::{IsoRefusal, ResponseCodes};
 pub use money::*;
 pub use operator::{MAX_OPERATOR_TEXT, operator_text};
 pub use orphan::*;

@@ -35,6 +35,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use serde::Deserialize;
+use switch_core::RateRule;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -106,6 +107,24 @@ pub enum TerminalStatus {
 struct RegistryFile {
     #[serde(default)]
     terminals: HashMap<String, TerminalStatus>,
+    /// `[merchants.MID] per_second = N, burst = M`: request-rate rules of
+    /// a merchant's terminals, over `gateway.rate_limit`'s, reloaded with
+    /// the file.
+    #[serde(default)]
+    merchants: HashMap<String, MerchantRate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MerchantRate {
+    per_second: u32,
+    burst: u32,
+}
+
+/// What the registry says: who is suspended, and the merchants' rates.
+struct Registry {
+    suspended: HashSet<String>,
+    merchant_rates: HashMap<String, RateRule>,
 }
 
 /// Why a verified terminal is refused anyway.
@@ -134,6 +153,7 @@ pub struct EdgeState {
     /// revocation also reaches connections opened before it.
     revoked_serials: HashSet<Vec<u8>>,
     suspended: HashSet<String>,
+    merchant_rates: HashMap<String, RateRule>,
 }
 
 impl EdgeState {
@@ -152,9 +172,15 @@ impl EdgeState {
             Some(path) => load_crls(path)?,
             None => (Vec::new(), HashSet::new()),
         };
-        let suspended = match &files.registry_path {
+        let Registry {
+            suspended,
+            merchant_rates,
+        } = match &files.registry_path {
             Some(path) => load_registry(path)?,
-            None => HashSet::new(),
+            None => Registry {
+                suspended: HashSet::new(),
+                merchant_rates: HashMap::new(),
+            },
         };
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -175,6 +201,7 @@ impl EdgeState {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             revoked_serials,
             suspended,
+            merchant_rates,
         })
     }
 }
@@ -216,15 +243,24 @@ fn load_crls(
     Ok((crls, serials))
 }
 
-fn load_registry(path: &Path) -> Result<HashSet<String>, EdgeError> {
+fn load_registry(path: &Path) -> Result<Registry, EdgeError> {
     let text = String::from_utf8(read(path)?).map_err(|_| invalid(path, "not UTF-8"))?;
     let registry: RegistryFile = toml::from_str(&text).map_err(|e| invalid(path, e.message()))?;
-    Ok(registry
-        .terminals
-        .into_iter()
-        .filter(|(_, status)| *status == TerminalStatus::Suspended)
-        .map(|(terminal_id, _)| terminal_id)
-        .collect())
+    let mut merchant_rates = HashMap::new();
+    for (merchant_id, rate) in registry.merchants {
+        let rule = RateRule::new(rate.per_second, rate.burst)
+            .map_err(|e| invalid(path, format!("merchants.{merchant_id}: {e}")))?;
+        merchant_rates.insert(merchant_id, rule);
+    }
+    Ok(Registry {
+        suspended: registry
+            .terminals
+            .into_iter()
+            .filter(|(_, status)| *status == TerminalStatus::Suspended)
+            .map(|(terminal_id, _)| terminal_id)
+            .collect(),
+        merchant_rates,
+    })
 }
 
 /// What a file looked like when last loaded: a change of either is a
@@ -288,6 +324,12 @@ impl Edge {
         self.reloads
             .send_modify(|count| *count = count.wrapping_add(1));
         Ok(true)
+    }
+
+    /// The registry's request-rate rule of `merchant_id`'s terminals, as
+    /// last reloaded; `None`: the configuration's.
+    pub fn merchant_rate(&self, merchant_id: &str) -> Option<RateRule> {
+        self.current().merchant_rates.get(merchant_id).copied()
     }
 
     /// Whether the current files refuse this verified terminal.
@@ -356,6 +398,84 @@ pub fn incoming(
     listener_name: &'static str,
     stop: CancellationToken,
 ) -> ReceiverStream<io::Result<EdgeStream>> {
+    accept(
+        listener,
+        connections,
+        settings,
+        metrics,
+        listener_name,
+        stop,
+        move |tcp, permit, metrics, tx| {
+            tokio::spawn(establish(
+                tcp,
+                permit,
+                edge.clone(),
+                settings,
+                metrics,
+                listener_name,
+                tx,
+            ));
+        },
+    )
+}
+
+/// [`incoming`] without TLS, for an ISO 8583 listener configured for a lab
+/// (`plain_tcp_for_lab`): the same accept loop, so the same maximum of
+/// connections and the same idle timeout, but no certificate, so no
+/// terminal to count per terminal or to check at connect; the listener
+/// takes the terminal from each message and checks it there.
+pub fn incoming_plain_for_lab(
+    listener: TcpListener,
+    connections: Connections,
+    settings: AcceptSettings,
+    metrics: Metrics,
+    listener_name: &'static str,
+    stop: CancellationToken,
+) -> ReceiverStream<io::Result<EdgeStream<TcpStream>>> {
+    accept(
+        listener,
+        connections,
+        settings,
+        metrics,
+        listener_name,
+        stop,
+        move |tcp, permit, metrics, tx| {
+            let stream = EdgeStream::new(
+                None,
+                tcp,
+                settings.idle_timeout,
+                metrics,
+                listener_name,
+                permit,
+            );
+            // The backlog is bounded: a full one holds the accept loop,
+            // as for TLS connections waiting to be served.
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(stream)).await;
+            });
+        },
+    )
+}
+
+/// The accept loop of every listener: counts each socket against the
+/// gateway's maximum as it arrives (closing it at once when full), sets
+/// its TCP options and hands it with its permit to `secure`, which turns
+/// it into an [`EdgeStream`] on `tx` or drops it.
+fn accept<S, F>(
+    listener: TcpListener,
+    connections: Connections,
+    settings: AcceptSettings,
+    metrics: Metrics,
+    listener_name: &'static str,
+    stop: CancellationToken,
+    secure: F,
+) -> ReceiverStream<io::Result<EdgeStream<S>>>
+where
+    S: Send + 'static,
+    F: Fn(TcpStream, ConnectionPermit, Metrics, mpsc::Sender<io::Result<EdgeStream<S>>>)
+        + Send
+        + 'static,
+{
     let (tx, rx) = mpsc::channel(ESTABLISHED_BACKLOG);
     tokio::spawn(async move {
         loop {
@@ -388,15 +508,7 @@ pub fn incoming(
                     tracing::debug!(%error, "TCP keepalive could not be set.");
                 }
             }
-            tokio::spawn(establish(
-                tcp,
-                permit,
-                edge.clone(),
-                settings,
-                metrics.clone(),
-                listener_name,
-                tx.clone(),
-            ));
+            secure(tcp, permit, metrics.clone(), tx.clone());
         }
     });
     ReceiverStream::new(rx)
@@ -502,15 +614,14 @@ async fn handshake(
         tracing::info!(terminal_id = %identity.terminal_id, %refused, "Connection refused.");
         return;
     }
-    let stream = EdgeStream {
-        identity,
-        inner: tls,
+    let stream = EdgeStream::new(
+        Some(identity),
+        tls,
         idle_timeout,
-        idle: Box::pin(tokio::time::sleep(idle_timeout)),
         metrics,
         listener_name,
-        _permit: permit,
-    };
+        permit,
+    );
     let _ = tx.send(Ok(stream)).await;
 }
 
@@ -519,12 +630,12 @@ async fn handshake(
 /// answers the server's HTTP/2 keepalive pings, so only a silent one (a
 /// slow-loris sending half a frame, a vanished peer) is idle; the gateway's
 /// configuration keeps the idle timeout above a ping's round.
-pub struct EdgeStream {
+pub struct EdgeStream<S = TlsStream<TcpStream>> {
     /// Who the verified certificate says is calling: what a listener that
     /// reads terminal ids from its messages (ISO 8583 field 41) checks
-    /// them against.
-    identity: TerminalIdentity,
-    inner: TlsStream<TcpStream>,
+    /// them against. `None` only on a lab's plain TCP.
+    identity: Option<TerminalIdentity>,
+    inner: S,
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
     metrics: Metrics,
@@ -532,13 +643,33 @@ pub struct EdgeStream {
     _permit: ConnectionPermit,
 }
 
-impl EdgeStream {
-    pub fn identity(&self) -> &TerminalIdentity {
-        &self.identity
+impl<S> EdgeStream<S> {
+    fn new(
+        identity: Option<TerminalIdentity>,
+        inner: S,
+        idle_timeout: Duration,
+        metrics: Metrics,
+        listener_name: &'static str,
+        permit: ConnectionPermit,
+    ) -> EdgeStream<S> {
+        EdgeStream {
+            identity,
+            inner,
+            idle_timeout,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            metrics,
+            listener_name,
+            _permit: permit,
+        }
+    }
+
+    /// The terminal of the verified certificate (`None` on plain TCP).
+    pub fn identity(&self) -> Option<&TerminalIdentity> {
+        self.identity.as_ref()
     }
 }
 
-impl Connected for EdgeStream {
+impl Connected for EdgeStream<TlsStream<TcpStream>> {
     // The same as tonic's own TLS, so `Request::peer_certs` works as before.
     type ConnectInfo = TlsConnectInfo<TcpConnectInfo>;
 
@@ -547,7 +678,7 @@ impl Connected for EdgeStream {
     }
 }
 
-impl AsyncRead for EdgeStream {
+impl<S: AsyncRead + Unpin> AsyncRead for EdgeStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -578,7 +709,7 @@ impl AsyncRead for EdgeStream {
     }
 }
 
-impl AsyncWrite for EdgeStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for EdgeStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -461,21 +461,31 @@ pub async fn serve(
         metrics.clone(),
         stop.clone(),
     ));
-    let iso_tasks = match iso::spawn(
-        &config.iso_listeners,
-        &config.tls,
-        api.clone(),
-        stop.clone(),
-    )
-    .await
-    {
-        Ok(tasks) => tasks,
-        Err(error) => {
-            // Listeners bound before the one that failed stop with it.
-            stop.cancel();
-            return Err(error);
-        }
+    // Every listener accepts through the same edge: one count of
+    // connections, one set of timers, one CRL and registry.
+    let connections =
+        limits::Connections::new(config.max_connections, config.max_connections_per_terminal);
+    let settings = edge::AcceptSettings {
+        handshake_timeout: Duration::from_millis(config.tls_handshake_timeout_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        // What the platform's own listener sets on every service.
+        tcp_keepalive: ServerLimits::default().tcp_keepalive,
     };
+    let shared = iso::Shared {
+        edge: edge.clone(),
+        connections: connections.clone(),
+        settings,
+        metrics: metrics.clone(),
+    };
+    let iso_tasks =
+        match iso::spawn(&config.iso_listeners, &shared, api.clone(), stop.clone()).await {
+            Ok(tasks) => tasks,
+            Err(error) => {
+                // Listeners bound before the one that failed stop with it.
+                stop.cancel();
+                return Err(error);
+            }
+        };
     let listener_task = tokio::spawn(push::listen(
         pool.clone(),
         channel.clone(),
@@ -501,13 +511,8 @@ pub async fn serve(
     let incoming = edge::incoming(
         listener,
         edge,
-        limits::Connections::new(config.max_connections, config.max_connections_per_terminal),
-        edge::AcceptSettings {
-            handshake_timeout: Duration::from_millis(config.tls_handshake_timeout_ms),
-            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
-            // What the platform's own listener sets on every service.
-            tcp_keepalive: ServerLimits::default().tcp_keepalive,
-        },
+        connections,
+        settings,
         metrics.clone(),
         "grpc",
         stop.clone(),

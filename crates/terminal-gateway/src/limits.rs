@@ -194,9 +194,15 @@ impl RateLimiter {
     }
 
     /// Takes one token from `terminal_id`'s bucket (under its merchant's
-    /// rule), or says how long to wait.
-    pub fn check(&self, terminal_id: &str, merchant_id: &str) -> Result<(), RateLimited> {
-        let rule = self.rules.for_merchant(merchant_id);
+    /// rule: `reloaded`, the terminal registry's as last reloaded, over
+    /// the configuration's), or says how long to wait.
+    pub fn check(
+        &self,
+        terminal_id: &str,
+        merchant_id: &str,
+        reloaded: Option<RateRule>,
+    ) -> Result<(), RateLimited> {
+        let rule = reloaded.unwrap_or_else(|| self.rules.for_merchant(merchant_id));
         let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if buckets.len() >= PRUNE_AT && !buckets.contains_key(terminal_id) {
@@ -262,13 +268,15 @@ mod tests {
             merchants: HashMap::from([("MERCHANT0000002".to_owned(), strict)]),
         });
         for _ in 0..3 {
-            limiter.check("TERM0001", "MERCHANT0000001").unwrap();
+            limiter.check("TERM0001", "MERCHANT0000001", None).unwrap();
         }
-        assert!(limiter.check("TERM0001", "MERCHANT0000001").is_err());
+        assert!(limiter.check("TERM0001", "MERCHANT0000001", None).is_err());
         // Another terminal has its own bucket.
-        limiter.check("TERM0002", "MERCHANT0000001").unwrap();
-        limiter.check("TERM0003", "MERCHANT0000002").unwrap();
-        let refused = limiter.check("TERM0003", "MERCHANT0000002").unwrap_err();
+        limiter.check("TERM0002", "MERCHANT0000001", None).unwrap();
+        limiter.check("TERM0003", "MERCHANT0000002", None).unwrap();
+        let refused = limiter
+            .check("TERM0003", "MERCHANT0000002", None)
+            .unwrap_err();
         assert_eq!(refused.rule, strict);
         assert!(refused.retry_after_ms > 0);
     }

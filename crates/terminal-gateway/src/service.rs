@@ -22,9 +22,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::edge::Edge;
+use crate::edge::{Edge, Refusal};
 use crate::identity::TerminalIdentity;
-use crate::limits::RateLimiter;
+use crate::limits::{RateLimited, RateLimiter};
 use crate::metrics::Metrics;
 use crate::push::{self, Push};
 use crate::store::{self, Acknowledged};
@@ -54,36 +54,69 @@ pub struct Guard {
     pub max_batch_totals: usize,
 }
 
+/// Why a request of a known terminal is not served, whatever edge it came
+/// through; each edge answers it in its own protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotAdmitted {
+    /// Revoked or suspended since its connection opened.
+    Refused(Refusal),
+    /// Over its request rate.
+    OverRate(RateLimited),
+}
+
 impl Guard {
-    /// The caller's identity, once its certificate is neither revoked nor
-    /// its terminal suspended (both may have changed since the connection
-    /// opened) and the call is within the terminal's rate.
+    /// Whether `identity` may be served one more request now, on
+    /// `listener`'s `method`: its certificate neither revoked nor its
+    /// terminal suspended (both may have changed since the connection
+    /// opened), and within the terminal's rate (one bucket per terminal
+    /// for every edge). Counted.
+    pub(crate) fn admit_terminal(
+        &self,
+        identity: &TerminalIdentity,
+        listener: &'static str,
+        method: &'static str,
+    ) -> Result<(), NotAdmitted> {
+        if let Some(refusal) = self.edge.refusal(identity) {
+            self.metrics.request_refused(refusal.reason());
+            return Err(NotAdmitted::Refused(refusal));
+        }
+        self.rate
+            .check(
+                &identity.terminal_id,
+                &identity.merchant_id,
+                self.edge.merchant_rate(&identity.merchant_id),
+            )
+            .map_err(|limited| {
+                self.metrics.rate_limited(listener, method);
+                NotAdmitted::OverRate(limited)
+            })
+    }
+
+    /// The caller's identity, once [`Guard::admit_terminal`] admits it.
     fn admit<T>(
         &self,
         request: &Request<T>,
         method: &'static str,
     ) -> Result<TerminalIdentity, Status> {
         let identity = TerminalIdentity::of(request)?;
-        if let Some(refusal) = self.edge.refusal(&identity) {
-            self.metrics.request_refused(refusal.reason());
-            return Err(Status::permission_denied(refusal.to_string()));
-        }
-        if let Err(limited) = self
-            .rate
-            .check(&identity.terminal_id, &identity.merchant_id)
-        {
-            self.metrics.rate_limited("grpc", method);
-            let mut status = Status::resource_exhausted(format!(
-                "terminal {} is over its request rate ({} a second, {} at once); retry in {} ms",
-                identity.terminal_id,
-                limited.rule.per_second(),
-                limited.rule.burst(),
-                limited.retry_after_ms
-            ));
-            if let Ok(value) = limited.retry_after_ms.to_string().parse() {
-                status.metadata_mut().insert("retry-after-ms", value);
+        match self.admit_terminal(&identity, "grpc", method) {
+            Ok(()) => {}
+            Err(NotAdmitted::Refused(refusal)) => {
+                return Err(Status::permission_denied(refusal.to_string()));
             }
-            return Err(status);
+            Err(NotAdmitted::OverRate(limited)) => {
+                let mut status = Status::resource_exhausted(format!(
+                    "terminal {} is over its request rate ({} a second, {} at once); retry in {} ms",
+                    identity.terminal_id,
+                    limited.rule.per_second(),
+                    limited.rule.burst(),
+                    limited.retry_after_ms
+                ));
+                if let Ok(value) = limited.retry_after_ms.to_string().parse() {
+                    status.metadata_mut().insert("retry-after-ms", value);
+                }
+                return Err(status);
+            }
         }
         Ok(identity)
     }
@@ -119,6 +152,11 @@ impl TerminalApi {
             push,
             guard,
         })
+    }
+
+    /// What every request passes, for the edges that are not gRPC.
+    pub(crate) fn guard(&self) -> &Guard {
+        &self.guard
     }
 
     fn outbound<T>(&self, message: T) -> Request<T> {
@@ -215,6 +253,31 @@ impl TerminalApi {
             .settlement
             .clone()
             .close_batch(self.outbound(close))
+            .await?
+            .into_inner())
+    }
+}
+
+impl TerminalApi {
+    /// A batch upload (gRPC `UploadBatch`, ISO 0320 once the gateway has
+    /// gathered the upload); bounded, and the merchant is the
+    /// certificate's, whatever the request says.
+    pub(crate) async fn forward_upload_batch(
+        &self,
+        identity: &TerminalIdentity,
+        mut upload: pb::UploadBatchRequest,
+    ) -> Result<pb::UploadBatchResponse, Status> {
+        identity.authorize(&upload.terminal_id)?;
+        bounded(
+            "transactions",
+            upload.transactions.len(),
+            self.guard.max_upload_transactions,
+        )?;
+        upload.merchant_id = identity.merchant_id.clone();
+        Ok(self
+            .settlement
+            .clone()
+            .upload_batch(self.outbound(upload))
             .await?
             .into_inner())
     }
@@ -327,18 +390,9 @@ impl TerminalService for TerminalApi {
         request: Request<pb::UploadBatchRequest>,
     ) -> Result<Response<pb::UploadBatchResponse>, Status> {
         let identity = self.guard.admit(&request, "UploadBatch")?;
-        let mut upload = request.into_inner();
-        identity.authorize(&upload.terminal_id)?;
-        bounded(
-            "transactions",
-            upload.transactions.len(),
-            self.guard.max_upload_transactions,
-        )?;
-        upload.merchant_id = identity.merchant_id;
-        self.settlement
-            .clone()
-            .upload_batch(self.outbound(upload))
+        self.forward_upload_batch(&identity, request.into_inner())
             .await
+            .map(Response::new)
     }
 
     /// The terminal's messages: its backlog in order, then new ones, until

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dev_certs::{CertifiedKey, DEFAULT_TERMINALS, DevPki};
+use iso8583::cup::Field60;
+use iso8583::{Envelope, Header, Message, Mti, Profile, Tpdu};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use switch_platform::db::DatabaseConfig;
@@ -25,8 +27,10 @@ use switch_proto::v1::{
     AcknowledgeMessageRequest, CloseBatchRequest, CurrencyTotals, SaleRequest, SubscribeRequest,
     UploadBatchRequest, UploadedTransaction,
 };
-use terminal_gateway::{GatewayConfig, RateLimitConfig, RateSetting};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use terminal_gateway::{
+    GatewayConfig, IsoListenerConfig, IsoProfile, RateLimitConfig, RateSetting,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -864,5 +868,596 @@ async fn reflection_describes_only_what_terminals_may_call() {
         ),
         "{terminal:?}"
     );
+    gateway.stop().await;
+}
+
+// The ISO 8583 listeners accept through the same edge.
+
+/// A free local address, for a listener the gateway binds itself.
+fn free_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+fn iso_listener(listen: SocketAddr, profile: IsoProfile, plain: bool) -> IsoListenerConfig {
+    IsoListenerConfig {
+        listen,
+        profile,
+        plain_tcp_for_lab: plain,
+        ..IsoListenerConfig::default()
+    }
+}
+
+impl Gateway {
+    /// A TLS connection to an ISO listener with `cert`, offering no ALPN
+    /// (as ISO terminals do); the error when the gateway refuses it.
+    async fn iso_tls(
+        &self,
+        address: SocketAddr,
+        cert: &CertifiedKey,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.pki.ca_cert_pem().as_bytes()).expect("CA"))
+            .expect("CA added");
+        let certs = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate");
+        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .expect("client certificate");
+        let tcp = TcpStream::connect(address).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+    }
+}
+
+/// The envelope a terminal of `profile` sends.
+fn envelope_for(profile: &Profile) -> Envelope {
+    Envelope {
+        tpdu: profile.framing.tpdu.then_some(Tpdu {
+            destination: [0x00, 0x03],
+            source: [0x00, 0x00],
+        }),
+        header: profile
+            .framing
+            .header
+            .then_some(Header([0x60, 0x31, 0x00, 0x31, 0x07, 0x30])),
+    }
+}
+
+async fn iso_send(
+    stream: &mut (impl AsyncWrite + Unpin),
+    profile: &Profile,
+    message: &Message<'_>,
+) -> std::io::Result<()> {
+    let frame = profile
+        .pack_frame(&envelope_for(profile), message)
+        .expect("the test's message packs");
+    stream.write_all(&frame).await?;
+    stream.flush().await
+}
+
+/// The next answer, or `None` when the gateway closed the connection.
+async fn iso_receive(
+    stream: &mut (impl AsyncRead + Unpin),
+    profile: &Profile,
+) -> Option<Message<'static>> {
+    let header = profile.framing.length.size();
+    let mut frame = vec![0u8; header];
+    tokio::time::timeout(LATENCY_BUDGET * 5, stream.read_exact(&mut frame))
+        .await
+        .expect("the gateway neither answered nor closed")
+        .ok()?;
+    let len = profile
+        .frame_len(&frame)
+        .expect("a length header")
+        .expect("a whole length header");
+    frame.resize(len, 0);
+    tokio::time::timeout(LATENCY_BUDGET * 5, stream.read_exact(&mut frame[header..]))
+        .await
+        .expect("the rest of the answer")
+        .ok()?;
+    let unpacked = profile.unpack_frame(&frame).expect("the answer unpacks");
+    Some(unpacked.message.into_owned())
+}
+
+/// An echo test of `terminal_id` in `profile`'s layout (the merchant, 42,
+/// is only read on a lab's plain TCP).
+fn echo(profile: &Profile, terminal_id: &str, stan: &str) -> Message<'static> {
+    let mut echo = Message::new(Mti::NETWORK_REQUEST);
+    echo.set(11, stan.to_owned())
+        .set(41, terminal_id.to_owned())
+        .set(42, "MERCHANT0000001");
+    if profile.name == Profile::CUP_POS.name {
+        echo.set(
+            60,
+            Field60::new(Field60::MANAGEMENT, "000001", Field60::ECHO_TEST).to_string(),
+        );
+    } else {
+        echo.set(70, "301");
+    }
+    echo
+}
+
+/// Field 39 of an answer.
+fn code_of(answer: &Message<'_>) -> String {
+    answer.text(39).unwrap_or("<none>").to_owned()
+}
+
+/// `terminal_id` is served an echo on a fresh ISO connection within the
+/// latency budget.
+async fn assert_iso_served(gateway: &Gateway, address: SocketAddr, terminal_id: &str) {
+    let started = Instant::now();
+    let mut stream = gateway
+        .iso_tls(address, &gateway.cert(terminal_id))
+        .await
+        .expect("an ISO connection");
+    let profile = Profile::ASCII_1987;
+    iso_send(
+        &mut stream,
+        &profile,
+        &echo(&profile, terminal_id, "000001"),
+    )
+    .await
+    .expect("sent");
+    let answer = iso_receive(&mut stream, &profile).await.expect("an answer");
+    assert_eq!(code_of(&answer), "00", "{terminal_id}");
+    let latency = started.elapsed();
+    assert!(
+        latency < LATENCY_BUDGET,
+        "{terminal_id} was served in {latency:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_iso_connection_that_never_starts_its_handshake_is_closed_at_the_handshake_timeout() {
+    let iso = free_address();
+    let gateway = Gateway::start(|config, _| {
+        config.tls_handshake_timeout_ms = 500;
+        config.iso_listeners = vec![iso_listener(iso, IsoProfile::Ascii1987, false)];
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(TcpStream::connect(iso).await.expect("TCP connect"));
+    }
+    assert_iso_served(&gateway, iso, "TERM0001").await;
+    assert_served(&gateway, "TERM0002").await;
+    let started = Instant::now();
+    for socket in &mut silent {
+        let closed = closed_within(socket, Duration::from_secs(5)).await;
+        assert!(closed.is_some(), "a silent ISO socket was still open");
+    }
+    let all_closed = started.elapsed();
+    assert!(
+        all_closed < Duration::from_secs(5),
+        "the silent ISO sockets took {all_closed:?} to close"
+    );
+    assert_iso_served(&gateway, iso, "TERM0002").await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn the_iso_and_grpc_listeners_share_the_gateways_maximum_of_connections() {
+    let iso = free_address();
+    let gateway = Gateway::start(|config, _| {
+        config.max_connections = 6;
+        config.max_connections_per_terminal = 2;
+        config.iso_listeners = vec![iso_listener(iso, IsoProfile::Ascii1987, false)];
+    })
+    .await;
+    // The gRPC connection of `start` holds one; TERM0001 may hold two.
+    let profile = Profile::ASCII_1987;
+    let mut held = Vec::new();
+    for stan in ["000001", "000002"] {
+        let mut stream = gateway
+            .iso_tls(iso, &gateway.cert("TERM0001"))
+            .await
+            .expect("within TERM0001's maximum");
+        iso_send(&mut stream, &profile, &echo(&profile, "TERM0001", stan))
+            .await
+            .expect("sent");
+        assert_eq!(
+            iso_receive(&mut stream, &profile)
+                .await
+                .map(|a| code_of(&a)),
+            Some("00".to_owned())
+        );
+        held.push(stream);
+    }
+    // A third of the same terminal is closed once its certificate names it.
+    let third = gateway.iso_tls(iso, &gateway.cert("TERM0001")).await;
+    if let Ok(mut third) = third {
+        let _ = iso_send(&mut third, &profile, &echo(&profile, "TERM0001", "000003")).await;
+        assert!(
+            iso_receive(&mut third, &profile).await.is_none(),
+            "a third connection of TERM0001 was served"
+        );
+    }
+    // Three more sockets fill the gateway (1 + 2 + 3); the next, on either
+    // listener, is closed as it arrives, and TERM0002's held one serves.
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        fillers.push(TcpStream::connect(iso).await.expect("TCP connect"));
+    }
+    eventually(Duration::from_secs(5), "the gateway to be full", || {
+        let address = iso;
+        async move {
+            let mut socket = TcpStream::connect(address).await.expect("TCP connect");
+            closed_within(&mut socket, Duration::from_millis(500))
+                .await
+                .is_some()
+        }
+    })
+    .await;
+    let mut over = TcpStream::connect(gateway.address)
+        .await
+        .expect("TCP connect");
+    assert!(
+        closed_within(&mut over, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "the gRPC listener took a connection beyond the shared maximum"
+    );
+    let stream = &mut held[0];
+    iso_send(stream, &profile, &echo(&profile, "TERM0001", "000004"))
+        .await
+        .expect("sent");
+    assert_eq!(
+        iso_receive(stream, &profile).await.map(|a| code_of(&a)),
+        Some("00".to_owned()),
+        "a held connection keeps serving"
+    );
+    drop(fillers);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_on_the_iso_port_and_its_open_connection_closed() {
+    let iso = free_address();
+    let gateway = Gateway::start(|config, dir| {
+        config.crl_path = Some(dir.join("crl.pem"));
+        config.terminal_registry_path = Some(dir.join("registry.toml"));
+        config.reload_interval_ms = 100;
+        config.iso_listeners = vec![iso_listener(iso, IsoProfile::Ascii1987, false)];
+    })
+    .await;
+    let profile = Profile::ASCII_1987;
+    let stolen = gateway.cert("TERM0001");
+    let mut open = gateway.iso_tls(iso, &stolen).await.expect("connected");
+    iso_send(&mut open, &profile, &echo(&profile, "TERM0001", "000001"))
+        .await
+        .expect("sent");
+    assert_eq!(
+        iso_receive(&mut open, &profile).await.map(|a| code_of(&a)),
+        Some("00".to_owned()),
+        "served before the revocation"
+    );
+    let mut other = gateway
+        .iso_tls(iso, &gateway.cert("TERM0002"))
+        .await
+        .expect("connected");
+
+    gateway.replace_file(
+        "crl.pem",
+        &gateway.pki.revocation_list_pem(&[&stolen]).expect("a CRL"),
+    );
+    // A new connection with the revoked certificate is refused: the
+    // handshake fails, or (TLS 1.3, where the client finishes first) the
+    // gateway closes before answering.
+    eventually(
+        Duration::from_secs(10),
+        "the revoked certificate is refused on the ISO port",
+        || {
+            let gateway = &gateway;
+            let stolen = &stolen;
+            async move {
+                match gateway.iso_tls(iso, stolen).await {
+                    Err(_) => true,
+                    Ok(mut stream) => {
+                        let _ = iso_send(
+                            &mut stream,
+                            &Profile::ASCII_1987,
+                            &echo(&Profile::ASCII_1987, "TERM0001", "000002"),
+                        )
+                        .await;
+                        iso_receive(&mut stream, &Profile::ASCII_1987)
+                            .await
+                            .is_none()
+                    }
+                }
+            }
+        },
+    )
+    .await;
+    // The connection opened before the revocation is closed at its next
+    // message, unanswered.
+    let _ = iso_send(&mut open, &profile, &echo(&profile, "TERM0001", "000003")).await;
+    assert!(
+        iso_receive(&mut open, &profile).await.is_none(),
+        "the revoked terminal's open connection was answered"
+    );
+    iso_send(&mut other, &profile, &echo(&profile, "TERM0002", "000004"))
+        .await
+        .expect("sent");
+    assert_eq!(
+        iso_receive(&mut other, &profile).await.map(|a| code_of(&a)),
+        Some("00".to_owned()),
+        "another terminal keeps being served"
+    );
+    // Suspension in the registry applies the same way.
+    gateway.replace_file("registry.toml", "[terminals]\nTERM0002 = \"suspended\"\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for stan in 5.. {
+        let _ = iso_send(
+            &mut other,
+            &profile,
+            &echo(&profile, "TERM0002", &format!("{stan:06}")),
+        )
+        .await;
+        if iso_receive(&mut other, &profile).await.is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the suspension never closed TERM0002's connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_iso_served(&gateway, iso, "TERM0003").await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_flooding_iso_terminal_gets_the_over_rate_code_while_another_terminal_is_served() {
+    let (ascii, cup) = (free_address(), free_address());
+    let gateway = Gateway::start(|config, _| {
+        config.rate_limit = RateLimitConfig {
+            per_second: 1,
+            burst: 3,
+            merchants: Default::default(),
+        };
+        config.iso_listeners = vec![
+            iso_listener(ascii, IsoProfile::Ascii1987, false),
+            iso_listener(cup, IsoProfile::CupPos, false),
+        ];
+    })
+    .await;
+    for (address, profile, terminal_id, over_rate) in [
+        (ascii, Profile::ASCII_1987, "TERM0001", "19"),
+        (cup, Profile::CUP_POS, "TERM0003", "90"),
+    ] {
+        let mut flooder = gateway
+            .iso_tls(address, &gateway.cert(terminal_id))
+            .await
+            .expect("connected");
+        let started = Instant::now();
+        let sent = 20;
+        for stan in 1..=sent {
+            iso_send(
+                &mut flooder,
+                &profile,
+                &echo(&profile, terminal_id, &format!("{stan:06}")),
+            )
+            .await
+            .expect("sent");
+        }
+        let mut codes = std::collections::BTreeMap::new();
+        for _ in 1..=sent {
+            let answer = iso_receive(&mut flooder, &profile)
+                .await
+                .expect("every message is answered");
+            assert_eq!(answer.mti().to_string(), "0810", "in the request's class");
+            assert_eq!(answer.terminal_id(), Some(terminal_id));
+            codes.insert(
+                answer.stan().expect("field 11").to_owned(),
+                code_of(&answer),
+            );
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(codes.len(), sent, "one answer per STAN");
+        let admitted = codes.values().filter(|code| *code == "00").count();
+        let refused = codes.values().filter(|code| *code == over_rate).count();
+        let ceiling = 3 + usize::try_from(elapsed.as_secs()).unwrap_or(0) + 1;
+        assert!(
+            (3..=ceiling).contains(&admitted),
+            "{admitted} of {sent} admitted in {elapsed:?}: {codes:?}"
+        );
+        assert_eq!(admitted + refused, sent, "{codes:?}");
+        // One budget per terminal: its gRPC calls draw from the same
+        // bucket.
+        let limited = probe(&gateway.terminal(terminal_id), terminal_id)
+            .await
+            .expect_err("the terminal's gRPC call is over the same rate");
+        assert_eq!(limited.code(), Code::ResourceExhausted);
+    }
+    // Another terminal has its own bucket.
+    assert_iso_served(&gateway, ascii, "TERM0002").await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_lab_iso_connection_is_counted_and_closed_when_idle() {
+    let iso = free_address();
+    let gateway = Gateway::start(|config, _| {
+        config.keepalive_interval_ms = 100;
+        config.keepalive_timeout_ms = 100;
+        config.idle_timeout_ms = 700;
+        config.iso_listeners = vec![iso_listener(iso, IsoProfile::Ascii1987, true)];
+    })
+    .await;
+    let profile = Profile::ASCII_1987;
+    let mut lab = TcpStream::connect(iso).await.expect("connected");
+    iso_send(&mut lab, &profile, &echo(&profile, "TERM0001", "000001"))
+        .await
+        .expect("sent");
+    assert_eq!(
+        iso_receive(&mut lab, &profile).await.map(|a| code_of(&a)),
+        Some("00".to_owned()),
+        "plain TCP is served on a lab listener"
+    );
+    // Half a frame, then silence: closed at the idle timeout.
+    lab.write_all(&[0x00, 0x40, b'0', b'8'])
+        .await
+        .expect("half a frame sent");
+    let started = Instant::now();
+    let closed = closed_within(&mut lab, Duration::from_secs(5))
+        .await
+        .expect("the idle lab connection is closed");
+    assert!(
+        closed >= Duration::from_millis(500) && started.elapsed() < Duration::from_secs(5),
+        "closed after {closed:?}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_rapid_reset_flood_is_cut_off_and_other_terminals_keep_being_served() {
+    let gateway = Gateway::start(|config, _| {
+        config.max_pending_reset_streams = 20;
+    })
+    .await;
+    let tls = gateway
+        .raw_tls(&gateway.cert("TERM0001"))
+        .await
+        .expect("TLS handshake");
+    let (requests, connection) = h2::client::handshake(tls).await.expect("HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut requests = requests.ready().await.expect("the connection is ready");
+    // HEADERS then RST_STREAM at once, as fast as the client can: the
+    // server never gets to serve one (CVE-2023-44487).
+    let attack = Instant::now();
+    let mut sent = 0_u32;
+    for _ in 0..20_000 {
+        let request =
+            http::Request::post("https://localhost/switch.v1.TerminalService/AcknowledgeMessage")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("a request");
+        let ready = match tokio::time::timeout(LATENCY_BUDGET, requests.clone().ready()).await {
+            Ok(Ok(ready)) => ready,
+            // Refused: the server has closed the connection.
+            Ok(Err(_)) | Err(_) => break,
+        };
+        requests = ready;
+        match requests.send_request(request, false) {
+            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => break,
+        }
+        sent += 1;
+        // Lets the client's connection task (this runtime has one thread)
+        // write the frames and read what the server answers.
+        tokio::task::yield_now().await;
+        if sent.is_multiple_of(100) {
+            // Others are served while it goes on.
+            assert_served(&gateway, "TERM0002").await;
+        }
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the server ends the flooding connection")
+        .expect("the connection task completes");
+    let error = outcome.expect_err("the server ends the flooding connection");
+    // Its GOAWAY (ENHANCE_YOUR_CALM), or the socket closed under the
+    // client's next write before the client read it.
+    assert!(
+        (error.is_go_away() && error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
+            || error.is_io(),
+        "{error:?} after {sent} resets in {:?}",
+        attack.elapsed()
+    );
+    eprintln!(
+        "rapid reset: cut off after {sent} resets in {:?}",
+        attack.elapsed()
+    );
+    // Bounded work: 100 to 400 were sent before the cut-off when measured
+    // (the server's limit is 20 pending; the rest were in flight).
+    assert!(sent < 2_000, "{sent} resets were taken");
+    assert_served(&gateway, "TERM0003").await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_merchants_rate_rule_in_the_registry_applies_without_a_restart() {
+    let iso = free_address();
+    let gateway = Gateway::start(|config, dir| {
+        config.terminal_registry_path = Some(dir.join("registry.toml"));
+        config.reload_interval_ms = 100;
+        config.iso_listeners = vec![iso_listener(iso, IsoProfile::Ascii1987, false)];
+    })
+    .await;
+    // The configuration's default (100 a second, 200 at once) first.
+    let strict = gateway.terminal("TERM0003");
+    for _ in 0..5 {
+        probe(&strict, "TERM0003")
+            .await
+            .expect("within the default rate");
+    }
+    gateway.replace_file(
+        "registry.toml",
+        "[terminals]\n\n[merchants.MERCHANT0000002]\nper_second = 1\nburst = 1\n",
+    );
+    // Once reloaded, the second of two calls at once is refused.
+    eventually(
+        Duration::from_secs(10),
+        "the merchant's reloaded rule to hold its terminal",
+        || {
+            let strict = strict.clone();
+            async move {
+                let _ = probe(&strict, "TERM0003").await;
+                matches!(probe(&strict, "TERM0003").await,
+                    Err(status) if status.code() == Code::ResourceExhausted
+                        && status.message().contains("(1 a second, 1 at once)"))
+            }
+        },
+    )
+    .await;
+    // Over ISO too: the same bucket, the same rule.
+    let profile = Profile::ASCII_1987;
+    let mut stream = gateway
+        .iso_tls(iso, &gateway.cert("TERM0004"))
+        .await
+        .expect("connected");
+    let mut codes = Vec::new();
+    for stan in ["000001", "000002"] {
+        iso_send(&mut stream, &profile, &echo(&profile, "TERM0004", stan))
+            .await
+            .expect("sent");
+        let answer = iso_receive(&mut stream, &profile).await.expect("answered");
+        codes.push(code_of(&answer));
+    }
+    assert_eq!(
+        codes,
+        ["00", "19"],
+        "TERM0004 shares MERCHANT0000002's rule"
+    );
+    // Another merchant keeps the default.
+    for _ in 0..5 {
+        assert_served(&gateway, "TERM0001").await;
+    }
+    // A rule that cannot hold is refused, and the previous one stays.
+    gateway.replace_file(
+        "registry.toml",
+        "[merchants.MERCHANT0000002]\nper_second = 0\nburst = 1\n",
+    );
+    // Ten reload intervals: the bad file was tried several times, and each
+    // time the loaded rule stayed.
+    let mut still_strict = true;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = probe(&strict, "TERM0003").await;
+        still_strict &= probe(&strict, "TERM0003").await.is_err();
+    }
+    assert!(still_strict, "a bad registry replaced the loaded rule");
     gateway.stop().await;
 }

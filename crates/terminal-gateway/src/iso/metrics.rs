@@ -9,6 +9,7 @@ pub struct IsoMetrics {
     answered: Counter<u64>,
     wrong_terminal: Counter<u64>,
     closed: Counter<u64>,
+    rate_limited: Counter<u64>,
 }
 
 impl IsoMetrics {
@@ -31,7 +32,18 @@ impl IsoMetrics {
                     "ISO 8583 connections closed on a message that could not be answered",
                 )
                 .build(),
+            rate_limited: meter
+                .u64_counter("gateway.iso.rate_limited")
+                .with_description(
+                    "ISO 8583 requests refused over the terminal's request rate, by request MTI",
+                )
+                .build(),
         }
+    }
+
+    pub fn rate_limited(&self, request: iso8583::Mti) {
+        self.rate_limited
+            .add(1, &[KeyValue::new("mti", bounded_mti(request))]);
     }
 
     pub fn answered(&self, request: iso8583::Mti, code: switch_core::ResponseCode) {
@@ -55,9 +67,10 @@ impl IsoMetrics {
 
 /// A request MTI as an attribute: the ones the listener serves, anything
 /// else `other`, so a terminal sending junk cannot add series.
-fn bounded_mti(mti: iso8583::Mti) -> &'static str {
-    const SERVED: [&str; 11] = [
-        "0200", "0201", "0220", "0221", "0400", "0401", "0420", "0421", "0500", "0501", "0800",
+pub(super) fn bounded_mti(mti: iso8583::Mti) -> &'static str {
+    const SERVED: [&str; 13] = [
+        "0200", "0201", "0220", "0221", "0320", "0321", "0400", "0401", "0420", "0421", "0500",
+        "0501", "0800",
     ];
     SERVED
         .into_iter()
