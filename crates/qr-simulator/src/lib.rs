@@ -464,3 +464,57 @@ pub async fn run(
     let listener = switch_platform::service::bind(config.listen).await?;
     serve_configured(config, database, listener, shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_each_bad_value_names_its_key() {
+        QrSimulatorConfig::default()
+            .validate()
+            .expect("defaults are valid");
+        type Spoil = fn(&mut QrSimulatorConfig);
+        let cases: [(Spoil, &str); 9] = [
+            (|c| c.key = Secret::new("short"), "qr_simulator.key"),
+            (
+                |c| c.notify_url = Some("not a url".into()),
+                "qr_simulator.notify_url",
+            ),
+            (
+                |c| c.notify_url = Some("ftp://h/n".into()),
+                "qr_simulator.notify_url",
+            ),
+            (|c| c.cert_path = PathBuf::new(), "qr_simulator.cert_path"),
+            (|c| c.time_scale = 0, "qr_simulator.time_scale"),
+            (
+                |c| c.confirm_delay_ms = DAY_MS + 1,
+                "qr_simulator.confirm_delay_ms",
+            ),
+            (
+                |c| c.late_delay_ms = DAY_MS + 1,
+                "qr_simulator.late_delay_ms",
+            ),
+            (|c| c.tolerance_s = 0, "qr_simulator.tolerance_s"),
+            (
+                |c| c.notify_timeout_ms = 0,
+                "qr_simulator.notify_timeout_ms",
+            ),
+        ];
+        for (spoil, key) in cases {
+            let mut config = QrSimulatorConfig::default();
+            spoil(&mut config);
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_key_is_never_shown() {
+        let config = QrSimulatorConfig {
+            key: Secret::new("a secret key of the acquirer"),
+            ..QrSimulatorConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("a secret key"));
+    }
+}

@@ -414,3 +414,241 @@ fn new_refund_id() -> String {
         rand::random_range(0..1_000_000_000_000_000_000u64)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qr_platform::ALL_STATES;
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2026-12-02 12:00 UTC);
+    const DELAYS: Delays = Delays {
+        confirm: Duration::seconds(5),
+        late: Duration::seconds(60),
+    };
+
+    fn eur() -> Currency {
+        Currency::parse("EUR").expect("EUR")
+    }
+
+    fn opened(mode: Mode, amount: i64) -> (Order, Notifications) {
+        let mut slot = None;
+        let step = Order::open(&mut slot, "T1", mode, amount, eur(), DELAYS, NOW);
+        step.answer.expect("opened");
+        (slot.expect("saved"), step.notifications)
+    }
+
+    fn in_state(state: TradeState) -> Order {
+        let (mut order, _) = opened(Mode::Pay, 1_002);
+        order.state = state;
+        if state.was_paid() {
+            order.paid_at = Some(NOW);
+        }
+        order
+    }
+
+    #[test]
+    fn an_order_opens_by_the_shoppers_rule() {
+        for (mode, amount, state, pays_at, notified) in [
+            (Mode::Pay, 1_000, TradeState::Success, None, true),
+            (
+                Mode::Pay,
+                1_001,
+                TradeState::UserPaying,
+                Some(NOW + DELAYS.confirm),
+                false,
+            ),
+            (Mode::Pay, 1_002, TradeState::UserPaying, None, false),
+            (Mode::Pay, 1_005, TradeState::PayError, None, false),
+            (
+                Mode::Pay,
+                1_020,
+                TradeState::UserPaying,
+                Some(NOW + DELAYS.late),
+                false,
+            ),
+            (Mode::Order, 1_000, TradeState::NotPay, None, false),
+            (
+                Mode::Order,
+                1_001,
+                TradeState::NotPay,
+                Some(NOW + DELAYS.confirm),
+                false,
+            ),
+            (Mode::Order, 1_005, TradeState::NotPay, None, false),
+            (
+                Mode::Order,
+                1_020,
+                TradeState::NotPay,
+                Some(NOW + DELAYS.late),
+                false,
+            ),
+        ] {
+            let (order, notifications) = opened(mode, amount);
+            assert_eq!(
+                (order.state, order.pays_at, notifications.len() == 1),
+                (state, pays_at, notified),
+                "{mode:?} {amount}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_out_trade_no_is_the_same_order_and_a_different_one_is_refused() {
+        let (order, _) = opened(Mode::Pay, 1_000);
+        let mut slot = Some(order.clone());
+        let again = Order::open(&mut slot, "T1", Mode::Pay, 1_000, eur(), DELAYS, NOW);
+        assert_eq!(again.answer, Ok(order.answer()));
+        assert!(again.notifications.is_empty(), "a repeat notifies nothing");
+        for (mode, amount, currency) in [
+            (Mode::Pay, 2_000, eur()),
+            (Mode::Order, 1_000, eur()),
+            (Mode::Pay, 1_000, Currency::parse("USD").expect("USD")),
+        ] {
+            let refused = Order::open(&mut slot, "T1", mode, amount, currency, DELAYS, NOW);
+            assert_eq!(refused.answer.unwrap_err().code, ErrorCode::OutTradeNoUsed);
+        }
+        assert_eq!(slot, Some(order), "a refusal changes nothing");
+    }
+
+    #[test]
+    fn a_scheduled_payment_is_made_when_due_never_before_and_notified_once() {
+        let (mut order, _) = opened(Mode::Pay, 1_001);
+        assert!(order.advance(NOW + Duration::seconds(4)).is_empty());
+        assert_eq!(order.state, TradeState::UserPaying);
+        let notified = order.advance(NOW + Duration::seconds(9));
+        assert_eq!(notified.len(), 1);
+        assert_eq!(order.state, TradeState::Success);
+        assert_eq!(
+            order.paid_at,
+            Some(NOW + DELAYS.confirm),
+            "paid when the shopper confirmed"
+        );
+        assert!(order.advance(NOW + Duration::seconds(10)).is_empty());
+    }
+
+    #[test]
+    fn close_by_state() {
+        for state in ALL_STATES {
+            let mut order = in_state(state);
+            let step = order.close(None, NOW);
+            let expected = match state {
+                TradeState::NotPay | TradeState::UserPaying | TradeState::PayError => {
+                    Ok(TradeState::Closed)
+                }
+                TradeState::Closed => Ok(TradeState::Closed),
+                TradeState::Revoked => Ok(TradeState::Revoked),
+                TradeState::Success | TradeState::Refund => Err(ErrorCode::OrderPaid),
+            };
+            assert_eq!(
+                step.answer.map(|a| a.trade_state).map_err(|r| r.code),
+                expected,
+                "{state:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_close_racing_the_payment_has_one_winner() {
+        let mut order = in_state(TradeState::UserPaying);
+        let step = order.close(Some(RaceWinner::Payment), NOW);
+        assert_eq!(step.answer.unwrap_err().code, ErrorCode::OrderPaid);
+        assert_eq!(step.notifications.len(), 1, "the payment is notified");
+        assert_eq!((order.state, order.charged()), (TradeState::Success, 1_002));
+
+        let mut order = in_state(TradeState::UserPaying);
+        let step = order.close(Some(RaceWinner::Close), NOW);
+        assert_eq!(step.answer.map(|a| a.trade_state), Ok(TradeState::Closed));
+        assert!(step.notifications.is_empty());
+        assert_eq!((order.charged(), order.refused_payments), (0, 1));
+    }
+
+    #[test]
+    fn cancel_by_state_refunds_exactly_what_is_left_of_a_paid_order() {
+        for state in ALL_STATES {
+            let mut order = in_state(state);
+            if state == TradeState::Refund {
+                order.refunds.push(Refund {
+                    out_refund_no: "R1".into(),
+                    refund_id: "1".into(),
+                    amount: 2,
+                    refunded_at: NOW,
+                });
+            }
+            let answer = order.cancel(NOW).answer.expect("a cancel is never refused");
+            let (expected_state, expected_refunded) = match state {
+                TradeState::Closed => (TradeState::Closed, 0),
+                TradeState::Success | TradeState::Refund => (TradeState::Revoked, 1_002),
+                _ => (TradeState::Revoked, 0),
+            };
+            assert_eq!(
+                (answer.trade_state, answer.refunded_amount),
+                (expected_state, expected_refunded),
+                "{state:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refunds_by_state_and_amount() {
+        for state in ALL_STATES {
+            let mut order = in_state(state);
+            let expected = match state {
+                TradeState::Success | TradeState::Refund => Ok(TradeState::Refund),
+                TradeState::Closed | TradeState::Revoked => Err(ErrorCode::OrderClosed),
+                _ => Err(ErrorCode::OrderNotPaid),
+            };
+            let answer = order.refund("R1", 1, NOW).answer;
+            assert_eq!(
+                answer.map(|a| a.trade_state).map_err(|r| r.code),
+                expected,
+                "{state:?}"
+            );
+        }
+        let mut order = in_state(TradeState::Success);
+        let first = order.refund("R1", 1_000, NOW).answer.expect("refunded");
+        assert_eq!(order.refund("R1", 1_000, NOW).answer, Ok(first));
+        let code = |step: Step<RefundAnswer>| step.answer.unwrap_err().code;
+        assert_eq!(code(order.refund("R1", 999, NOW)), ErrorCode::RefundNoUsed);
+        assert_eq!(code(order.refund("R2", 3, NOW)), ErrorCode::RefundExceeded);
+        assert_eq!(
+            order
+                .refund("R2", 2, NOW)
+                .answer
+                .expect("the rest")
+                .refunded_total,
+            1_002
+        );
+        assert_eq!(order.refunded(), order.charged());
+    }
+
+    #[test]
+    fn a_scan_pays_fails_or_bounces_by_rule_and_state() {
+        for (amount, expected) in [
+            (1_000, Ok(TradeState::Success)),
+            (1_002, Ok(TradeState::NotPay)),
+            (1_005, Ok(TradeState::PayError)),
+        ] {
+            let (mut order, _) = opened(Mode::Order, amount);
+            let step = order.scan(NOW);
+            assert_eq!(
+                step.answer.map(|a| a.trade_state).map_err(|r| r.code),
+                expected,
+                "{amount}"
+            );
+            assert_eq!(step.notifications.len(), usize::from(amount == 1_000));
+        }
+        let (mut order, _) = opened(Mode::Order, 1_000);
+        order.close(None, NOW).answer.expect("closed");
+        assert_eq!(
+            order.scan(NOW).answer.unwrap_err().code,
+            ErrorCode::OrderClosed
+        );
+        assert_eq!(order.refused_payments, 1);
+        let (mut paid, _) = opened(Mode::Pay, 1_000);
+        assert_eq!(
+            paid.scan(NOW).answer.unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
+    }
+}
