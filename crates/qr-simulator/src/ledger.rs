@@ -6,7 +6,7 @@
 //! [`crate::order`]; this module loads, locks (one order at a time: a pay
 //! and a close of the same order never interleave) and saves.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use qr_platform::{Notification, TradeState};
@@ -151,10 +151,41 @@ impl Totals {
     }
 }
 
+/// The in-memory ledger, with the indexes the dispatcher's frequent
+/// "what is due" looks need, so they cost what is pending, not everything
+/// ever recorded.
 #[derive(Debug, Default)]
 pub struct Memory {
     orders: HashMap<String, Order>,
-    notifications: Vec<NotificationRecord>,
+    /// Orders with a scheduled payment still to come.
+    scheduled: HashSet<String>,
+    /// Notifications by id.
+    notifications: HashMap<String, NotificationRecord>,
+    /// Ids of the pending notifications.
+    pending: HashSet<String>,
+    /// Notification ids per order, in the order they were made.
+    by_order: HashMap<String, Vec<String>>,
+}
+
+impl Memory {
+    fn save(&mut self, order: Order) {
+        if order.state.is_pending() && order.pays_at.is_some() {
+            self.scheduled.insert(order.out_trade_no.clone());
+        } else {
+            self.scheduled.remove(&order.out_trade_no);
+        }
+        self.orders.insert(order.out_trade_no.clone(), order);
+    }
+
+    fn queue(&mut self, record: NotificationRecord) {
+        let id = record.notification.notify_id.clone();
+        self.by_order
+            .entry(record.notification.out_trade_no.clone())
+            .or_default()
+            .push(id.clone());
+        self.pending.insert(id.clone());
+        self.notifications.insert(id, record);
+    }
 }
 
 /// The ledger; cloning shares it.
@@ -186,10 +217,10 @@ impl Ledger {
                 let mut order = memory.orders.get(out_trade_no).cloned();
                 let step = op(&mut order);
                 if let Some(order) = order {
-                    memory.orders.insert(out_trade_no.to_owned(), order);
+                    memory.save(order);
                 }
                 for notification in step.notifications {
-                    memory.notifications.push(record(notification, notify_at));
+                    memory.queue(record(notification, notify_at));
                 }
                 Ok(step.answer)
             }
@@ -244,12 +275,16 @@ impl Ledger {
     /// Orders whose shopper's payment is due by `now`.
     pub async fn due_orders(&self, now: OffsetDateTime) -> Result<Vec<String>, LedgerError> {
         match self {
-            Ledger::Memory(memory) => Ok(lock(memory)
-                .orders
-                .values()
-                .filter(|o| o.state.is_pending() && o.pays_at.is_some_and(|due| due <= now))
-                .map(|o| o.out_trade_no.clone())
-                .collect()),
+            Ledger::Memory(memory) => {
+                let memory = lock(memory);
+                Ok(memory
+                    .scheduled
+                    .iter()
+                    .filter_map(|no| memory.orders.get(no))
+                    .filter(|o| o.state.is_pending() && o.pays_at.is_some_and(|due| due <= now))
+                    .map(|o| o.out_trade_no.clone())
+                    .collect())
+            }
             Ledger::Database(pool) => Ok(sqlx::query_scalar(
                 "SELECT out_trade_no FROM qr_orders \
                  WHERE state IN ('USERPAYING', 'NOTPAY') AND pays_at <= $1 \
@@ -267,14 +302,18 @@ impl Ledger {
         now: OffsetDateTime,
     ) -> Result<Vec<NotificationRecord>, LedgerError> {
         match self {
-            Ledger::Memory(memory) => Ok(lock(memory)
-                .notifications
-                .iter()
-                .filter(|n| {
-                    n.status == NotifyStatus::Pending && n.next_at.is_some_and(|due| due <= now)
-                })
-                .cloned()
-                .collect()),
+            Ledger::Memory(memory) => {
+                let memory = lock(memory);
+                let mut due: Vec<NotificationRecord> = memory
+                    .pending
+                    .iter()
+                    .filter_map(|id| memory.notifications.get(id))
+                    .filter(|n| n.next_at.is_some_and(|at| at <= now))
+                    .cloned()
+                    .collect();
+                due.sort_by_key(|n| n.next_at);
+                Ok(due)
+            }
             Ledger::Database(pool) => {
                 let rows: Vec<NotificationRow> = sqlx::query_as(
                     "SELECT body, attempts, status, next_at FROM qr_notifications \
@@ -299,14 +338,14 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         match self {
             Ledger::Memory(memory) => {
-                if let Some(n) = lock(memory)
-                    .notifications
-                    .iter_mut()
-                    .find(|n| n.notification.notify_id == notify_id)
-                {
+                let mut memory = lock(memory);
+                if let Some(n) = memory.notifications.get_mut(notify_id) {
                     n.attempts = attempts;
                     n.status = status;
                     n.next_at = next_at;
+                }
+                if status != NotifyStatus::Pending {
+                    memory.pending.remove(notify_id);
                 }
                 Ok(())
             }
@@ -332,12 +371,17 @@ impl Ledger {
         out_trade_no: &str,
     ) -> Result<Vec<NotificationRecord>, LedgerError> {
         match self {
-            Ledger::Memory(memory) => Ok(lock(memory)
-                .notifications
-                .iter()
-                .filter(|n| n.notification.out_trade_no == out_trade_no)
-                .cloned()
-                .collect()),
+            Ledger::Memory(memory) => {
+                let memory = lock(memory);
+                Ok(memory
+                    .by_order
+                    .get(out_trade_no)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| memory.notifications.get(id))
+                    .cloned()
+                    .collect())
+            }
             Ledger::Database(pool) => {
                 let rows: Vec<NotificationRow> = sqlx::query_as(
                     "SELECT body, attempts, status, next_at FROM qr_notifications \
