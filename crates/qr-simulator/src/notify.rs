@@ -34,13 +34,17 @@ pub fn retry_delay(attempts_made: u32, time_scale: u32) -> Option<Duration> {
 
 /// Runs until dropped: on every wake or tick, pays the shoppers due and
 /// starts the delivery of every notification due (one at a time each).
+/// Deliveries are its children: dropping it (the server stopping) stops
+/// them too.
 pub(crate) async fn dispatch(simulator: Simulator) {
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut deliveries = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             () = simulator.inner.wake.notified() => {}
             () = tokio::time::sleep(TICK) => {}
         }
+        while deliveries.try_join_next().is_some() {}
         let now = simulator.now();
         match simulator.inner.ledger.due_orders(now).await {
             Ok(due) => {
@@ -74,7 +78,7 @@ pub(crate) async fn dispatch(simulator: Simulator) {
             }
             let (simulator, in_flight, url) =
                 (simulator.clone(), in_flight.clone(), notify_url.clone());
-            tokio::spawn(async move {
+            deliveries.spawn(async move {
                 deliver(&simulator, &url, record).await;
                 lock(&in_flight).remove(&id);
             });
