@@ -81,7 +81,7 @@ pub mod order;
 pub mod rules;
 pub mod server;
 
-use std::collections::HashMap;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -233,6 +233,35 @@ impl Validate for QrSimulatorConfig {
     }
 }
 
+/// The nonces of the requests seen in the last `horizon` seconds, which a
+/// replay would repeat. Older ones are forgotten in the order they came (a
+/// request that old is refused by its timestamp anyway), so each request
+/// costs O(1) however many are remembered.
+#[derive(Debug, Default)]
+pub(crate) struct Nonces {
+    seen: HashSet<String>,
+    arrival: VecDeque<(i64, String)>,
+}
+
+impl Nonces {
+    /// Records `nonce` seen at `now`; false when it was seen before.
+    fn first_use(&mut self, nonce: &str, now: i64, horizon: i64) -> bool {
+        while let Some((at, _)) = self.arrival.front() {
+            if now.saturating_sub(*at) <= horizon {
+                break;
+            }
+            if let Some((_, old)) = self.arrival.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        if !self.seen.insert(nonce.to_owned()) {
+            return false;
+        }
+        self.arrival.push_back((now, nonce.to_owned()));
+        true
+    }
+}
+
 /// What the running simulator needs of its configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -249,8 +278,8 @@ pub(crate) struct Inner {
     ledger: Ledger,
     faults: Faults,
     clock: SharedClock,
-    /// Request nonces seen, with when: the replay store.
-    nonces: Mutex<HashMap<String, i64>>,
+    /// Request nonces seen: the replay store.
+    nonces: Mutex<Nonces>,
     /// Wakes the dispatcher when a notification was queued.
     wake: Notify,
     http: reqwest::Client,
@@ -507,6 +536,19 @@ mod tests {
             let error = config.validate().unwrap_err().to_string();
             assert!(error.contains(key), "{key}: {error}");
         }
+    }
+
+    #[test]
+    fn a_nonce_is_refused_again_within_the_horizon_and_forgotten_after() {
+        let mut nonces = Nonces::default();
+        assert!(nonces.first_use("a", 100, 600));
+        assert!(!nonces.first_use("a", 700, 600));
+        assert!(nonces.first_use("b", 701, 600));
+        // "a" is more than 600 s old now: forgotten, as its timestamp would
+        // be refused.
+        assert!(nonces.first_use("a", 701, 600));
+        assert_eq!(nonces.seen.len(), 2);
+        assert_eq!(nonces.arrival.len(), 2);
     }
 
     #[test]

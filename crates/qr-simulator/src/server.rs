@@ -281,20 +281,14 @@ impl Simulator {
     }
 
     /// Records `nonce` (seen at `now`); false when it was seen before.
-    /// Entries older than twice the tolerance are forgotten: a request that
-    /// old is refused by its timestamp anyway.
     fn first_use_of(&self, nonce: &str, now: i64) -> bool {
-        let mut nonces = self
-            .inner
-            .nonces
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let horizon =
             i64::try_from(self.inner.settings.tolerance_s.saturating_mul(2)).unwrap_or(i64::MAX);
-        if nonces.len() > 10_000 {
-            nonces.retain(|_, seen| now.saturating_sub(*seen) <= horizon);
-        }
-        nonces.insert(nonce.to_owned(), now).is_none()
+        self.inner
+            .nonces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .first_use(nonce, now, horizon)
     }
 
     fn answer<T: Serialize>(
