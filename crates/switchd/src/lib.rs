@@ -42,6 +42,7 @@ pub struct SwitchdConfig {
     pub settlement: settlement_batcher::SettlementConfig,
     pub notifier: notifier::NotifierConfig,
     pub issuer_simulator: issuer_simulator::IssuerSimulatorConfig,
+    pub qr_simulator: qr_simulator::QrSimulatorConfig,
 }
 
 impl Validate for SwitchdConfig {
@@ -89,6 +90,7 @@ pub enum Service {
     SettlementBatcher,
     Notifier,
     IssuerSimulator,
+    QrSimulator,
     /// Every service above in one process.
     All,
 }
@@ -171,7 +173,7 @@ impl Service {
 }
 
 /// Every service, in the order `switchd all` starts them.
-pub static SERVICES: [ServiceSpec; 6] = [
+pub static SERVICES: [ServiceSpec; 7] = [
     ServiceSpec {
         service: Service::IssuerSimulator,
         name: issuer_simulator::SERVICE_NAME,
@@ -198,10 +200,31 @@ pub static SERVICES: [ServiceSpec; 6] = [
         },
     },
     ServiceSpec {
+        service: Service::QrSimulator,
+        name: qr_simulator::SERVICE_NAME,
+        listen: |c| c.qr_simulator.listen,
+        calls: &[],
+        validate: |c| c.qr_simulator.validate(),
+        development_settings: |_| {
+            vec![DevelopmentSetting::new(
+                "qr_simulator",
+                "the QR platform simulator is a test double that pays by rule",
+            )]
+        },
+        migrator: &qr_simulator::MIGRATOR,
+        start: |c, listener, shutdown| {
+            Box::pin(async move {
+                qr_simulator::serve_configured(&c.qr_simulator, &c.database, listener, shutdown)
+                    .await
+            })
+        },
+    },
+    ServiceSpec {
         service: Service::Authorization,
         name: authorization::SERVICE_NAME,
         listen: |c| c.authorization.listen,
-        calls: &[Service::IssuerSimulator],
+        // The QR platform too, once its link is configured.
+        calls: &[Service::IssuerSimulator, Service::QrSimulator],
         validate: |c| c.authorization.validate(),
         development_settings: |c| c.authorization.development_settings(),
         migrator: &authorization::MIGRATOR,
@@ -375,7 +398,7 @@ mod tests {
             .into_iter()
             .map(|s| s.key)
             .collect();
-        assert_eq!(all, ["issuer_simulator"]);
+        assert_eq!(all, ["issuer_simulator", "qr_simulator"]);
         let mut lab = production_ready();
         lab.gateway.iso_listeners = vec![terminal_gateway::IsoListenerConfig {
             plain_tcp_for_lab: true,
@@ -437,7 +460,7 @@ mod tests {
     #[test]
     fn a_bad_value_in_any_section_names_its_key_where_it_runs() {
         type Spoil = fn(&mut SwitchdConfig);
-        let cases: [(Service, Spoil, &str); 5] = [
+        let cases: [(Service, Spoil, &str); 6] = [
             (
                 Service::Authorization,
                 |c| c.authorization.issuer_timeout_ms = 0,
@@ -462,6 +485,11 @@ mod tests {
                 Service::Notifier,
                 |c| c.notifier.consumer_group = " ".into(),
                 "notifier.consumer_group",
+            ),
+            (
+                Service::QrSimulator,
+                |c| c.qr_simulator.notify_url = Some("ftp://switch/notify".into()),
+                "qr_simulator.notify_url",
             ),
         ];
         for (service, spoil, key) in cases {

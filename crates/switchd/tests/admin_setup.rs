@@ -40,8 +40,9 @@ fn ok(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
 }
 
-const SCHEMAS: [&str; 6] = [
+const SCHEMAS: [&str; 7] = [
     "issuer_simulator",
+    "qr_simulator",
     "authorization",
     "terminal_gateway",
     "reversal_handler",
@@ -91,7 +92,7 @@ async fn migrate_creates_and_migrates_every_schema_once() {
 
 #[test]
 fn topics_creates_every_topic_of_the_switch_and_a_repeat_is_a_no_op() {
-    let prefix = format!("t{}.", &Uuid::new_v4().simple().to_string()[..10]);
+    let prefix = format!("t{}_", &Uuid::new_v4().simple().to_string()[..10]);
     let first = ok(&admin(&prefix, &["topics"]));
     for topic in [
         "authorization-events",
