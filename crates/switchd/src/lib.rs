@@ -18,6 +18,7 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use switch_platform::config::{ConfigError, Validate};
 use switch_platform::db::DatabaseConfig;
+use switch_platform::internal_tls::InternalTlsConfig;
 use switch_platform::kafka::KafkaConfig;
 use switch_platform::service::ServeError;
 use switch_platform::telemetry::TelemetryConfig;
@@ -30,6 +31,9 @@ pub struct SwitchdConfig {
     pub telemetry: TelemetryConfig,
     pub database: DatabaseConfig,
     pub kafka: KafkaConfig,
+    /// Mutual TLS between the services (ADR 27): one section for the
+    /// process, whichever services it runs.
+    pub internal_tls: InternalTlsConfig,
     pub authorization: authorization::AuthorizationConfig,
     pub gateway: terminal_gateway::GatewayConfig,
     pub reversal_handler: reversal_handler::ReversalHandlerConfig,
@@ -56,6 +60,7 @@ impl SwitchdConfig {
         self.validate()?;
         for spec in service.specs() {
             (spec.validate)(self)?;
+            self.internal_tls.validate_for(spec.name)?;
         }
         Ok(())
     }
@@ -134,6 +139,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
                 issuer_simulator::serve_configured(
                     &c.issuer_simulator,
                     &c.database,
+                    &c.internal_tls,
                     listener,
                     shutdown,
                 )
@@ -148,8 +154,15 @@ pub static SERVICES: [ServiceSpec; 6] = [
         validate: |c| c.authorization.validate(),
         start: |c, listener, shutdown| {
             Box::pin(async move {
-                authorization::serve(&c.database, &c.kafka, &c.authorization, listener, shutdown)
-                    .await
+                authorization::serve(
+                    &c.database,
+                    &c.kafka,
+                    &c.internal_tls,
+                    &c.authorization,
+                    listener,
+                    shutdown,
+                )
+                .await
             })
         },
     },
@@ -160,7 +173,15 @@ pub static SERVICES: [ServiceSpec; 6] = [
         validate: |c| c.gateway.validate(),
         start: |c, listener, shutdown| {
             Box::pin(async move {
-                terminal_gateway::serve(&c.database, &c.kafka, &c.gateway, listener, shutdown).await
+                terminal_gateway::serve(
+                    &c.database,
+                    &c.kafka,
+                    &c.internal_tls,
+                    &c.gateway,
+                    listener,
+                    shutdown,
+                )
+                .await
             })
         },
     },
@@ -174,6 +195,7 @@ pub static SERVICES: [ServiceSpec; 6] = [
                 reversal_handler::serve(
                     &c.database,
                     &c.kafka,
+                    &c.internal_tls,
                     &c.reversal_handler,
                     listener,
                     shutdown,
@@ -189,8 +211,15 @@ pub static SERVICES: [ServiceSpec; 6] = [
         validate: |c| c.settlement.validate(),
         start: |c, listener, shutdown| {
             Box::pin(async move {
-                settlement_batcher::serve(&c.database, &c.kafka, &c.settlement, listener, shutdown)
-                    .await
+                settlement_batcher::serve(
+                    &c.database,
+                    &c.kafka,
+                    &c.internal_tls,
+                    &c.settlement,
+                    listener,
+                    shutdown,
+                )
+                .await
             })
         },
     },
@@ -201,7 +230,15 @@ pub static SERVICES: [ServiceSpec; 6] = [
         validate: |c| c.notifier.validate(),
         start: |c, listener, shutdown| {
             Box::pin(async move {
-                notifier::serve(&c.database, &c.kafka, &c.notifier, listener, shutdown).await
+                notifier::serve(
+                    &c.database,
+                    &c.kafka,
+                    &c.internal_tls,
+                    &c.notifier,
+                    listener,
+                    shutdown,
+                )
+                .await
             })
         },
     },
@@ -272,12 +309,33 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_service_certificate_is_named_where_the_service_runs() {
+        let config = SwitchdConfig {
+            internal_tls: InternalTlsConfig::in_dir(std::path::Path::new("/nonexistent")),
+            ..Default::default()
+        };
+        let error = config.validate_for(Service::IssuerSimulator).unwrap_err();
+        assert!(
+            error.to_string().contains("internal_tls.ca_path"),
+            "{error}"
+        );
+        let lab = SwitchdConfig {
+            internal_tls: InternalTlsConfig::plaintext_for_lab(),
+            ..config
+        };
+        lab.validate_for(Service::IssuerSimulator)
+            .expect("the lab mode needs no certificate");
+    }
+
+    #[test]
     fn only_the_sections_of_the_services_that_run_are_checked() {
         let config = SwitchdConfig {
             authorization: authorization::AuthorizationConfig {
                 issuer_timeout_ms: 0,
                 ..Default::default()
             },
+            // No service PKI where unit tests run.
+            internal_tls: InternalTlsConfig::plaintext_for_lab(),
             ..Default::default()
         };
         config
