@@ -710,9 +710,14 @@ async fn run_reports_bind_errors() {
         ..Default::default()
     };
     let database = switch_platform::db::DatabaseConfig::default();
-    let error = issuer_simulator::run(&config, &database, std::future::ready(()))
-        .await
-        .expect_err("address in use");
+    let error = issuer_simulator::run(
+        &config,
+        &database,
+        &switch_platform::internal_tls::InternalTlsConfig::plaintext_for_lab(),
+        std::future::ready(()),
+    )
+    .await
+    .expect_err("address in use");
     assert!(
         matches!(error, issuer_simulator::SimulatorError::Bind { .. }),
         "{error}"
