@@ -60,6 +60,10 @@ impl SwitchdConfig {
         self.validate()?;
         for spec in service.specs() {
             (spec.validate)(self)?;
+        }
+        // After every section: a bad value is named before a missing
+        // certificate file, whichever service comes first.
+        for spec in service.specs() {
             self.internal_tls.validate_for(spec.name)?;
         }
         Ok(())
