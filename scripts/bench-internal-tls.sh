@@ -5,7 +5,11 @@
 # alternating the order each round, ROUNDS rounds (default 3). Each run
 # starts from empty schemas, warms up like `make bench`, and appends its
 # result to bench/internal-tls.jsonl; prints min/median/max per mode.
-# Run it like `make bench` runs bench.sh (a fresh in-memory broker):
+# BENCH_SCOPE=sale-path measures only the hops a sale crosses (gateway →
+# authorization → issuer simulator, three `switchd` processes) with no
+# broker and no consumers: the events wait in authorization's outbox.
+# Otherwise (the default, `all`), run it like `make bench` runs bench.sh
+# (a fresh in-memory broker):
 #   make build certs PROFILE=release
 #   PROFILE=release KAFKA_BROKERS=127.0.0.1:19092 BROKER_DIR=.run/bench-broker \
 #     BROKER_STORAGE=memory://nisshi/ scripts/with-broker.sh scripts/bench-internal-tls.sh
@@ -39,7 +43,29 @@ plaintext_env=(
   SWITCH__SETTLEMENT__AUTHORIZATION_ENDPOINT=http://127.0.0.1:50052
 )
 
-trap 'scripts/stack.sh down >/dev/null || true' EXIT
+scope=${BENCH_SCOPE:-all}
+pids=()
+start_stack() {
+  if [[ $scope == all ]]; then scripts/stack.sh up >/dev/null; return; fi
+  mkdir -p "${RUN_DIR:-.run}"
+  for service in issuer-simulator authorization gateway; do
+    "$bin/switchd" "$service" >>"${RUN_DIR:-.run}/bench-internal-tls-$service.log" 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 1 300); do
+    (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/50052) 2>/dev/null && return
+    sleep 0.1
+  done
+  echo "the sale path did not open its ports" >&2; exit 1
+}
+stop_stack() {
+  if [[ $scope == all ]]; then scripts/stack.sh down >/dev/null || true; return; fi
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+trap stop_stack EXIT
+if [[ $scope != all ]]; then export SWITCH__KAFKA__BROKERS=127.0.0.1:1; fi
 
 one_run() {
   local mode=$1 round=$2
@@ -52,9 +78,10 @@ one_run() {
   else
     for setting in "${plaintext_env[@]}"; do unset "${setting%%=*}"; done
   fi
-  scripts/stack.sh up >/dev/null
+  start_stack
   $posctl bench --concurrency 8 --requests 500 --ack --stan-start 900001 --json >/dev/null
   for _ in $(seq 1 300); do
+    [[ $scope == all ]] || break
     tracked=$(psql -tA "$psql_url" -c "SELECT count(*) FROM benchtls_reversal_handler.approvals" 2>/dev/null || echo 0)
     ledgered=$(psql -tA "$psql_url" -c "SELECT count(*) FROM benchtls_settlement_batcher.transactions" 2>/dev/null || echo 0)
     [[ ${tracked:-0} -ge 500 && ${ledgered:-0} -ge 500 ]] && break
@@ -63,9 +90,9 @@ one_run() {
   echo "round $round, $mode: posctl bench c=64 for $duration..." >&2
   json=$($posctl bench --concurrency 64 --duration "$duration" --terminals TERM0001,TERM0002 \
          --stan-start 1 --json)
-  python3 -c 'import json,sys; d=json.loads(sys.argv[4]); d.update(run=sys.argv[1], mode=sys.argv[2], round=int(sys.argv[3])); print(json.dumps(d))' \
-    "$run_id" "$mode" "$round" "$json" >>"$out"
-  scripts/stack.sh down >/dev/null
+  python3 -c 'import json,sys; d=json.loads(sys.argv[4]); d.update(run=sys.argv[1], mode=sys.argv[2], round=int(sys.argv[3]), scope=sys.argv[5]); print(json.dumps(d))' \
+    "$run_id" "$mode" "$round" "$json" "$scope" >>"$out"
+  stop_stack
 }
 
 for round in $(seq 1 "$rounds"); do
