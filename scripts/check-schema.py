@@ -14,7 +14,7 @@ import sys
 import tomllib
 
 SECTIONS = {  # switch section -> values key, and the keys the chart sets itself
-    "authorization": ("authorization", {"listen", "issuer_endpoint", "issuer_name", "tls", "pan_hash_key"}),
+    "authorization": ("authorization", {"listen", "issuer_endpoint", "issuer_name", "pan_hash_key"}),
     "gateway": ("gateway", {"listen", "authorization_endpoint", "settlement_endpoint", "tls",
                             "crl_path", "terminal_registry_path", "iso_listeners"}),
     "reversal_handler": ("reversalHandler", {"listen", "authorization_endpoint"}),

@@ -27,7 +27,7 @@ up)
     for _ in $(seq 1 150); do
       if port_open 50051 && port_open 50052 && port_open 50053 && port_open 50054 && port_open 50055 && port_open 50070; then
         echo "stack: switchd all is up (pid $(cat "$pid_file"), log $log)"
-        echo "       terminal gateway https://localhost:50051 (mTLS), authorization :50052, reversal handler :50053, settlement :50054, notifier :50055, issuer simulator :50070"
+        echo "       terminal gateway https://localhost:50051 (mTLS, terminal CA); internal, mTLS with the service CA: authorization :50052, reversal handler :50053, settlement :50054, notifier :50055, issuer simulator :50070"
         exit 0
       fi
       if ! kill -0 "$(cat "$pid_file")" 2>/dev/null; then

@@ -213,6 +213,11 @@ impl Stack {
         let config = Arc::new(SwitchdConfig {
             database: database.clone(),
             kafka: kafka.clone(),
+            // These suites call the internal APIs directly as whichever
+            // service they stand in for; mutual TLS and the access table
+            // are proven in crates/switch-platform/tests/internal_mtls.rs
+            // and by `make demo` (ADR 27).
+            internal_tls: switch_platform::internal_tls::InternalTlsConfig::plaintext_for_lab(),
             issuer_simulator: issuer_simulator::IssuerSimulatorConfig {
                 listen: issuer,
                 ..Default::default()
@@ -666,6 +671,9 @@ pub fn switchd_env(prefix: &str, extra: &[(&str, String)]) -> Vec<(String, Strin
         ("SWITCH__KAFKA__BROKERS", kafka_brokers()),
         ("SWITCH__KAFKA__TOPIC_PREFIX", format!("{prefix}.")),
         ("SWITCH__KAFKA__PARTITIONS", "2".to_owned()),
+        // See `Stack::start`: the suites speak to the internal APIs
+        // directly (ADR 27).
+        ("SWITCH__INTERNAL_TLS__PLAINTEXT_FOR_LAB", "true".to_owned()),
     ]
     .into_iter()
     .chain(extra.iter().cloned())

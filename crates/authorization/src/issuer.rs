@@ -52,8 +52,13 @@ pub struct GrpcIssuerLink {
 impl GrpcIssuerLink {
     /// Connects lazily, so the switch starts (and answers terminals with a
     /// clear "issuer unavailable") even while the issuer is down.
-    pub fn connect(endpoint: &str, timeout: Duration) -> Result<Self, ServeError> {
+    pub fn connect(
+        endpoint: &str,
+        internal_tls: &switch_platform::internal_tls::InternalTlsConfig,
+        timeout: Duration,
+    ) -> Result<Self, ServeError> {
         let channel = GrpcClient::new(endpoint)
+            .internal(crate::SERVICE_NAME, internal_tls)
             .connect_timeout(timeout)
             .traced()?;
         Ok(GrpcIssuerLink {

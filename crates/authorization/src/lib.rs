@@ -40,7 +40,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switch_platform::config::{ConfigError, DevelopmentSetting, DevelopmentSettings, Secret};
 use switch_platform::db::DatabaseConfig;
-use switch_platform::grpc::TlsFiles;
+use switch_platform::internal_tls::InternalTlsConfig;
 use switch_platform::kafka::{KafkaConfig, topics};
 use switch_platform::outbox::{OutboxConfig, OutboxRelay};
 use switch_platform::service::GrpcServer;
@@ -80,16 +80,13 @@ pub struct AuthorizationConfig {
     pub pan_hash_key: Secret,
     pub reversal: ReversalConfig,
     pub outbox: OutboxConfig,
-    /// Server TLS for the internal API; plaintext when absent (inside a
-    /// service mesh that provides mTLS).
-    pub tls: Option<TlsFiles>,
 }
 
 impl Default for AuthorizationConfig {
     fn default() -> Self {
         AuthorizationConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
-            issuer_endpoint: "http://127.0.0.1:50070".into(),
+            issuer_endpoint: "https://127.0.0.1:50070".into(),
             issuer_timeout_ms: 2_000,
             issuer_late_window_ms: 30_000,
             recovery_interval_ms: 5_000,
@@ -97,7 +94,6 @@ impl Default for AuthorizationConfig {
             reversal: ReversalConfig::default(),
             pan_hash_key: Secret::new("dev-only-pan-fingerprint-key-change-me"),
             outbox: OutboxConfig::default(),
-            tls: None,
         }
     }
 }
@@ -163,9 +159,6 @@ impl AuthorizationConfig {
                 "authorization.issuer_name",
                 "must not be empty",
             ));
-        }
-        if let Some(tls) = &self.tls {
-            tls.validate("authorization.tls")?;
         }
         Ok(())
     }
@@ -236,11 +229,14 @@ impl ReversalConfig {
 pub async fn serve(
     database: &DatabaseConfig,
     kafka: &KafkaConfig,
+    internal_tls: &InternalTlsConfig,
     config: &AuthorizationConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     config.validate()?;
+    internal_tls.validate_for(SERVICE_NAME)?;
+    internal_tls.check_endpoint("authorization.issuer_endpoint", &config.issuer_endpoint)?;
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
     let relay = OutboxRelay::new(pool.clone(), kafka.producer()?, config.outbox.clone());
@@ -248,7 +244,11 @@ pub async fn serve(
         Duration::from_millis(config.issuer_timeout_ms),
         Duration::from_millis(config.issuer_late_window_ms),
     );
-    let issuer = issuer::GrpcIssuerLink::connect(&config.issuer_endpoint, windows.call_timeout)?;
+    let issuer = issuer::GrpcIssuerLink::connect(
+        &config.issuer_endpoint,
+        internal_tls,
+        windows.call_timeout,
+    )?;
     let late_answers = service::LateAnswers::default();
     let journal = std::sync::Arc::new(store::Journal::new(pool));
     let wake_reversals = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -324,7 +324,7 @@ pub async fn serve(
     }));
 
     let result = GrpcServer::new(SERVICE_NAME)?
-        .tls(config.tls.as_ref())
+        .internal(SERVICE_NAME, internal_tls)
         .add_service(AuthorizationServiceServer::new(service))
         .serve(listener, shutdown)
         .await;

@@ -87,9 +87,16 @@ async fn start() -> Running {
     let authorization_task = tokio::spawn({
         let stop = stop.clone();
         async move {
-            authorization::serve(&database, &kafka, &config, listener, stop.cancelled_owned())
-                .await
-                .expect("authorization serves");
+            authorization::serve(
+                &database,
+                &kafka,
+                &switch_platform::internal_tls::InternalTlsConfig::plaintext_for_lab(),
+                &config,
+                listener,
+                stop.cancelled_owned(),
+            )
+            .await
+            .expect("authorization serves");
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);

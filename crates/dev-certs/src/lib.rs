@@ -1,12 +1,18 @@
-//! Development PKI for the switch: one throw-away certificate authority, the
-//! TLS server certificate every service presents, and the client certificates
-//! terminals authenticate with.
+//! Development PKI for the switch: two throw-away certificate authorities.
+//! The terminal CA signs the TLS server certificate the terminal edge
+//! presents and the client certificates terminals authenticate with; the
+//! service CA (ADR 27) signs one certificate per internal service and one
+//! per operator, which the services present to each other (mutual TLS on
+//! every internal hop).
 //!
 //! This crate owns how development certificates look. A terminal's identity
 //! lives in its client certificate subject: the common name (CN) is the
 //! 8-character terminal id and the organizational unit (OU) is the merchant
-//! id. Nothing here is fit for production: keys are generated fresh, kept in
-//! memory and written unencrypted.
+//! id. A service's or operator's identity is a URI SAN,
+//! `spiffe://switch/service/<name>` or `spiffe://switch/operator/<name>`
+//! ([`service_identity`], [`operator_identity`]). Nothing here is fit for
+//! production: keys are generated fresh, kept in memory and written
+//! unencrypted.
 
 use std::fs;
 use std::io::Write;
@@ -41,6 +47,36 @@ pub const SERVER_HOSTS: &[&str] = &[
 
 /// Common name of the development CA.
 pub const CA_COMMON_NAME: &str = "Switch Dev CA";
+
+/// Common name of the development service CA: the trust anchor of the
+/// internal hops only, so a terminal's certificate never passes for a
+/// service's.
+pub const SERVICE_CA_COMMON_NAME: &str = "Switch Dev Service CA";
+
+/// The services that get a certificate of the service CA, by the name
+/// each reports (`SERVICE_NAME` of its crate).
+pub const SERVICES: &[&str] = &[
+    "authorization",
+    "terminal-gateway",
+    "reversal-handler",
+    "settlement-batcher",
+    "notifier",
+    "issuer-simulator",
+];
+
+/// The operator certificate `make certs` issues (for posctl and
+/// `switchd admin`).
+pub const DEFAULT_OPERATOR: &str = "operator";
+
+/// The URI SAN naming service `name`.
+pub fn service_identity(name: &str) -> String {
+    format!("spiffe://switch/service/{name}")
+}
+
+/// The URI SAN naming operator `name`.
+pub fn operator_identity(name: &str) -> String {
+    format!("spiffe://switch/operator/{name}")
+}
 
 /// How long issued certificates stay valid (they are back-dated one day).
 const VALIDITY: Duration = Duration::days(365);
@@ -111,11 +147,21 @@ impl DevPki {
     /// Generates a fresh self-signed CA named [`CA_COMMON_NAME`], valid for
     /// about one year and back-dated one day.
     pub fn generate() -> Result<DevPki, CertError> {
+        Self::generate_named(CA_COMMON_NAME)
+    }
+
+    /// Generates a fresh self-signed CA named [`SERVICE_CA_COMMON_NAME`],
+    /// for the internal hops.
+    pub fn generate_service_ca() -> Result<DevPki, CertError> {
+        Self::generate_named(SERVICE_CA_COMMON_NAME)
+    }
+
+    fn generate_named(common_name: &str) -> Result<DevPki, CertError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params
             .distinguished_name
-            .push(DnType::CommonName, CA_COMMON_NAME);
+            .push(DnType::CommonName, common_name);
         params
             .distinguished_name
             .push(DnType::OrganizationName, "Payment Switch (development)");
@@ -180,6 +226,85 @@ impl DevPki {
             .push(DnType::OrganizationalUnitName, merchant_id);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign_leaf(params)
+    }
+
+    /// Issues the certificate of internal service `name`: valid as a
+    /// server (DNS SANs `localhost` and `name`, IP SANs for loopback) and
+    /// as a client, with its identity in the URI SAN
+    /// [`service_identity`]. Extended key usage: serverAuth, clientAuth.
+    pub fn service_cert(&self, name: &str) -> Result<CertifiedKey, CertError> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![
+            SanType::URI(service_identity(name).try_into()?),
+            SanType::DnsName("localhost".try_into()?),
+            SanType::DnsName(name.try_into()?),
+            SanType::IpAddress(IpAddr::from([127, 0, 0, 1])),
+            SanType::IpAddress(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+        ];
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, "service");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign_leaf(params)
+    }
+
+    /// Issues the client certificate of operator `name`, identity in the
+    /// URI SAN [`operator_identity`]. Extended key usage: clientAuth.
+    pub fn operator_cert(&self, name: &str) -> Result<CertifiedKey, CertError> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(operator_identity(name).try_into()?)];
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, "operator");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign_leaf(params)
+    }
+
+    /// Writes the service layout of this (service) CA under `dir`:
+    ///
+    /// - `service-ca.pem`
+    /// - `services/<name>.pem`, `services/<name>.key` for each of `services`
+    /// - `operators/<name>.pem`, `operators/<name>.key` for each of `operators`
+    ///
+    /// beside the terminal layout of [`write_dev_layout`](Self::write_dev_layout).
+    pub fn write_service_layout(
+        &self,
+        dir: &Path,
+        services: &[&str],
+        operators: &[&str],
+    ) -> Result<(), CertError> {
+        if let Some(bad) = services
+            .iter()
+            .chain(operators)
+            .find(|name| !is_safe_file_stem(name))
+        {
+            return Err(CertError::UnsafeFileName((*bad).to_owned()));
+        }
+        let service_dir = dir.join("services");
+        let operator_dir = dir.join("operators");
+        for sub in [&service_dir, &operator_dir] {
+            fs::create_dir_all(sub).map_err(|source| CertError::Io {
+                path: sub.clone(),
+                source,
+            })?;
+        }
+        write_file(&dir.join("service-ca.pem"), &self.ca_cert_pem, false)?;
+        for name in services {
+            let cert = self.service_cert(name)?;
+            write_pair(&service_dir, name, &cert)?;
+        }
+        for name in operators {
+            let cert = self.operator_cert(name)?;
+            write_pair(&operator_dir, name, &cert)?;
+        }
+        Ok(())
     }
 
     /// A CRL of the CA revoking `revoked` (none: an empty one, which still
@@ -274,6 +399,12 @@ impl DevPki {
             serial,
         })
     }
+}
+
+/// Writes `<dir>/<name>.pem` and its key `<dir>/<name>.key`.
+fn write_pair(dir: &Path, name: &str, cert: &CertifiedKey) -> Result<(), CertError> {
+    write_file(&dir.join(format!("{name}.pem")), &cert.cert_pem, false)?;
+    write_file(&dir.join(format!("{name}.key")), &cert.key_pem, true)
 }
 
 /// Whether `name` is a non-empty run of ASCII alphanumerics, `-` and `_`.

@@ -206,3 +206,85 @@ fn write_dev_layout_refuses_path_like_terminal_ids() {
     assert!(!dir.join("ca.pem").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
+    cert.subject_alternative_name()
+        .expect("san")
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::URI(uri) => Some((*uri).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn service_and_operator_certificates_carry_their_identity() {
+    let terminal_ca = DevPki::generate().expect("terminal CA");
+    let service_ca = DevPki::generate_service_ca().expect("service CA");
+    assert_ne!(terminal_ca.ca_cert_pem(), service_ca.ca_cert_pem());
+    with_cert(service_ca.ca_cert_pem(), |ca| {
+        assert_eq!(
+            common_name(ca).as_deref(),
+            Some(dev_certs::SERVICE_CA_COMMON_NAME)
+        );
+    });
+    let notifier = service_ca.service_cert("notifier").expect("service cert");
+    with_cert(&notifier.cert_pem, |cert| {
+        assert_eq!(uri_sans(cert), ["spiffe://switch/service/notifier"]);
+        let eku = cert
+            .extended_key_usage()
+            .expect("eku")
+            .expect("eku present");
+        assert!(eku.value.server_auth && eku.value.client_auth);
+        assert!(!cert.is_ca());
+    });
+    let operator = service_ca.operator_cert("alice").expect("operator cert");
+    with_cert(&operator.cert_pem, |cert| {
+        assert_eq!(uri_sans(cert), ["spiffe://switch/operator/alice"]);
+        let eku = cert
+            .extended_key_usage()
+            .expect("eku")
+            .expect("eku present");
+        assert!(eku.value.client_auth && !eku.value.server_auth);
+    });
+}
+
+#[test]
+fn the_service_layout_writes_every_service_and_the_operator() {
+    let dir = temp_dir("services");
+    let pki = DevPki::generate_service_ca().expect("service CA");
+    pki.write_service_layout(&dir, dev_certs::SERVICES, &[dev_certs::DEFAULT_OPERATOR])
+        .expect("written");
+    assert!(dir.join("service-ca.pem").is_file());
+    for service in dev_certs::SERVICES {
+        assert!(
+            dir.join(format!("services/{service}.pem")).is_file(),
+            "{service}"
+        );
+        assert!(
+            dir.join(format!("services/{service}.key")).is_file(),
+            "{service}"
+        );
+    }
+    assert!(dir.join("operators/operator.pem").is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("operators/operator.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let error = pki
+        .write_service_layout(&dir, &["../escape"], &[])
+        .expect_err("a name that is not a file stem is refused");
+    assert!(matches!(error, CertError::UnsafeFileName(_)), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -83,6 +83,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use switch_platform::db::DatabaseConfig;
+use switch_platform::internal_tls::InternalTlsConfig;
 use switch_platform::service::{GrpcServer, ServeError};
 use switch_proto::v1::issuer_control_server::IssuerControlServer;
 use switch_proto::v1::issuer_service_server::IssuerServiceServer;
@@ -142,7 +143,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimulatorError> {
-    serve_simulator(Simulator::new(), listener, shutdown).await
+    serve_simulator(
+        Simulator::new(),
+        &InternalTlsConfig::plaintext_for_lab(),
+        listener,
+        shutdown,
+    )
+    .await
 }
 
 /// Serves the simulator as `config` says on `listener` until `shutdown`
@@ -151,9 +158,13 @@ pub async fn serve(
 pub async fn serve_configured(
     config: &IssuerSimulatorConfig,
     database: &DatabaseConfig,
+    internal_tls: &InternalTlsConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimulatorError> {
+    internal_tls
+        .validate_for(SERVICE_NAME)
+        .map_err(ServeError::from)?;
     let ledger = match config.ledger {
         LedgerStore::Memory => ledger::Ledger::default(),
         LedgerStore::Database => {
@@ -163,27 +174,36 @@ pub async fn serve_configured(
             ledger::Ledger::Database(pool)
         }
     };
-    serve_simulator(Simulator::with_ledger(ledger), listener, shutdown).await
+    serve_simulator(
+        Simulator::with_ledger(ledger),
+        internal_tls,
+        listener,
+        shutdown,
+    )
+    .await
 }
 
 /// Binds `config.listen` and serves until `shutdown` resolves.
 pub async fn run(
     config: &IssuerSimulatorConfig,
     database: &DatabaseConfig,
+    internal_tls: &InternalTlsConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimulatorError> {
     let listener = switch_platform::service::bind(config.listen).await?;
-    serve_configured(config, database, listener, shutdown).await
+    serve_configured(config, database, internal_tls, listener, shutdown).await
 }
 
 /// Like [`serve`], with a caller-provided [`Simulator`] (e.g. to share state
 /// with an in-process test harness).
 pub async fn serve_simulator(
     simulator: Simulator,
+    internal_tls: &InternalTlsConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimulatorError> {
     GrpcServer::new(SERVICE_NAME)?
+        .internal(SERVICE_NAME, internal_tls)
         .add_service(IssuerServiceServer::new(simulator.clone()))
         .add_service(IssuerControlServer::new(simulator))
         .serve(listener, shutdown)

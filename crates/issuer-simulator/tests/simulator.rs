@@ -46,9 +46,15 @@ impl Harness {
         let (stop, stopped) = oneshot::channel::<()>();
         let (config, database) = (config.clone(), database.clone());
         let server = tokio::spawn(async move {
-            issuer_simulator::serve_configured(&config, &database, listener, async {
-                let _ = stopped.await;
-            })
+            issuer_simulator::serve_configured(
+                &config,
+                &database,
+                &switch_platform::internal_tls::InternalTlsConfig::plaintext_for_lab(),
+                listener,
+                async {
+                    let _ = stopped.await;
+                },
+            )
             .await
         });
         let channel = Channel::from_shared(format!("http://{addr}"))
@@ -704,9 +710,14 @@ async fn run_reports_bind_errors() {
         ..Default::default()
     };
     let database = switch_platform::db::DatabaseConfig::default();
-    let error = issuer_simulator::run(&config, &database, std::future::ready(()))
-        .await
-        .expect_err("address in use");
+    let error = issuer_simulator::run(
+        &config,
+        &database,
+        &switch_platform::internal_tls::InternalTlsConfig::plaintext_for_lab(),
+        std::future::ready(()),
+    )
+    .await
+    .expect_err("address in use");
     assert!(
         matches!(error, issuer_simulator::SimulatorError::Bind { .. }),
         "{error}"

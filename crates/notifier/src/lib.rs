@@ -69,6 +69,7 @@ use std::sync::Arc;
 
 use switch_platform::consumer;
 use switch_platform::db::DatabaseConfig;
+use switch_platform::internal_tls::InternalTlsConfig;
 use switch_platform::kafka::{KafkaConfig, topics};
 use switch_platform::outbox::OutboxRelay;
 use switch_platform::service::GrpcServer;
@@ -153,11 +154,13 @@ pub async fn worker_pool(pool: &sqlx::PgPool) -> Result<sqlx::PgPool, sqlx::Erro
 pub async fn serve(
     database: &DatabaseConfig,
     kafka: &KafkaConfig,
+    internal_tls: &InternalTlsConfig,
     config: &NotifierConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     config.validate()?;
+    internal_tls.validate_for(SERVICE_NAME)?;
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
     seed_endpoints(&pool, &config.endpoints).await?;
@@ -207,6 +210,7 @@ pub async fn serve(
 
     tracing::info!(endpoints = config.endpoints.len(), "Notifier starting.");
     let result = GrpcServer::new(SERVICE_NAME)?
+        .internal(SERVICE_NAME, internal_tls)
         .add_service(NotifierServiceServer::new(NotifierAdmin::new(
             pool,
             config.destinations(),

@@ -24,6 +24,62 @@ pub struct GatewayOptions {
     pub timeout: Duration,
 }
 
+/// The operator's certificate of the service CA, presented to the
+/// internal APIs' operator RPCs (ADR 27), and the service CA trusted for
+/// their servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorTls {
+    pub service_ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl OperatorTls {
+    /// The dev layout under `certs_dir`: `service-ca.pem`,
+    /// `operators/<operator>.pem|.key`.
+    pub fn in_dir(certs_dir: &Path, operator: &str) -> Self {
+        let dir = certs_dir.join("operators");
+        OperatorTls {
+            service_ca: certs_dir.join("service-ca.pem"),
+            cert: dir.join(format!("{operator}.pem")),
+            key: dir.join(format!("{operator}.key")),
+        }
+    }
+}
+
+/// Connects to an internal API as the operator: mutual TLS for an
+/// `https://` URL; an `http://` URL is plaintext, for a lab whose switch
+/// runs with `internal_tls.plaintext_for_lab`.
+pub async fn operator_channel(
+    what: &str,
+    url: &str,
+    tls: &OperatorTls,
+    timeout: Duration,
+) -> Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid {what} URL {url:?}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout);
+    if url.starts_with("https://") {
+        let config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read_pem(&tls.service_ca)?))
+            .identity(Identity::from_pem(
+                read_pem(&tls.cert)?,
+                read_pem(&tls.key)?,
+            ));
+        endpoint = endpoint
+            .tls_config(config)
+            .context("invalid TLS configuration")?;
+    } else if !url.starts_with("http://") {
+        anyhow::bail!("{what} URL {url:?}: expected https:// (or http:// for a plaintext lab)");
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("cannot connect to {what} at {url}"))
+}
+
 /// A connected client speaking for one terminal.
 pub type TerminalClient = TerminalServiceClient<Channel>;
 

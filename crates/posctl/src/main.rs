@@ -31,7 +31,7 @@ mod watch;
 mod webhooks;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -70,6 +70,17 @@ struct Cli {
         default_value = ".run/certs"
     )]
     certs_dir: PathBuf,
+    /// Operator certificate presented to the internal APIs' operator RPCs
+    /// (default: <certs-dir>/operators/operator.pem).
+    #[arg(long, global = true, env = "POSCTL_OPERATOR_CERT")]
+    operator_cert: Option<PathBuf>,
+    /// Its key (default: <certs-dir>/operators/operator.key).
+    #[arg(long, global = true, env = "POSCTL_OPERATOR_KEY")]
+    operator_key: Option<PathBuf>,
+    /// The service CA the internal APIs' certificates chain to (default:
+    /// <certs-dir>/service-ca.pem).
+    #[arg(long, global = true, env = "POSCTL_SERVICE_CA")]
+    service_ca: Option<PathBuf>,
     /// Terminal identity to speak as (selects the client certificate).
     #[arg(
         long,
@@ -323,6 +334,29 @@ fn gateway_options(cli: &Cli) -> GatewayOptions {
     }
 }
 
+/// The operator's certificate, from the flags or the dev layout.
+fn operator_tls(cli: &Cli) -> connect::OperatorTls {
+    let dev = connect::OperatorTls::in_dir(&cli.certs_dir, dev_certs::DEFAULT_OPERATOR);
+    connect::OperatorTls {
+        service_ca: cli.service_ca.clone().unwrap_or(dev.service_ca),
+        cert: cli.operator_cert.clone().unwrap_or(dev.cert),
+        key: cli.operator_key.clone().unwrap_or(dev.key),
+    }
+}
+
+/// Issues the service CA and its certificates (ADR 27) unless
+/// `service-ca.pem` exists: a layout from before the service PKI gets it
+/// beside its terminal certificates, which stay as they are.
+fn ensure_service_pki(dir: &Path, force: bool) -> Result<bool> {
+    if dir.join("service-ca.pem").exists() && !force {
+        return Ok(false);
+    }
+    let pki = dev_certs::DevPki::generate_service_ca().context("cannot generate the service CA")?;
+    pki.write_service_layout(dir, dev_certs::SERVICES, &[dev_certs::DEFAULT_OPERATOR])
+        .with_context(|| format!("cannot write service certificates to {}", dir.display()))?;
+    Ok(true)
+}
+
 fn run_certs(dir: PathBuf, force: bool, json: bool) -> Result<()> {
     let terminals: Vec<&str> = dev_certs::DEFAULT_TERMINALS
         .iter()
@@ -330,10 +364,18 @@ fn run_certs(dir: PathBuf, force: bool, json: bool) -> Result<()> {
         .collect();
     let ca = dir.join("ca.pem");
     if ca.exists() && !force {
+        let services = ensure_service_pki(&dir, false)?;
         if json {
             println!(
                 "{}",
-                json!({"dir": dir.display().to_string(), "generated": false, "terminals": terminals})
+                json!({"dir": dir.display().to_string(), "generated": false, "service_pki_generated": services, "terminals": terminals})
+            );
+        } else if services {
+            println!(
+                "terminal certificates already exist in {}; wrote the service PKI beside them: service-ca.pem, services/{{{}}}.pem|.key, operators/{}.pem|.key",
+                dir.display(),
+                dev_certs::SERVICES.join(","),
+                dev_certs::DEFAULT_OPERATOR
             );
         } else {
             println!(
@@ -346,6 +388,7 @@ fn run_certs(dir: PathBuf, force: bool, json: bool) -> Result<()> {
     let pki = dev_certs::DevPki::generate().context("cannot generate the dev CA")?;
     pki.write_dev_layout(&dir, dev_certs::DEFAULT_TERMINALS)
         .with_context(|| format!("cannot write certificates to {}", dir.display()))?;
+    ensure_service_pki(&dir, true)?;
     if json {
         println!(
             "{}",
@@ -353,9 +396,12 @@ fn run_certs(dir: PathBuf, force: bool, json: bool) -> Result<()> {
         );
     } else {
         println!(
-            "wrote dev PKI to {}: ca.pem, server.pem, server.key, terminals/{{{}}}.pem|.key",
+            "wrote dev PKI to {}: ca.pem, server.pem, server.key, terminals/{{{}}}.pem|.key; \
+             service-ca.pem, services/{{{}}}.pem|.key, operators/{}.pem|.key",
             dir.display(),
-            terminals.join(",")
+            terminals.join(","),
+            dev_certs::SERVICES.join(","),
+            dev_certs::DEFAULT_OPERATOR
         );
     }
     Ok(())
@@ -452,6 +498,7 @@ async fn run(cli: Cli) -> Result<()> {
     let options = gateway_options(&cli);
     let certificate = cli.terminal.clone();
     let terminal_id = cli.claim.clone().unwrap_or_else(|| cli.terminal.clone());
+    let operator = operator_tls(&cli);
     match cli.command {
         Command::Certs { dir, force } => run_certs(
             dir.unwrap_or_else(|| cli.certs_dir.clone()),
@@ -573,14 +620,18 @@ async fn run(cli: Cli) -> Result<()> {
             settlement::run_upload_batch(&options, &certificate, terminal_id, args, cli.json).await
         }
         Command::Settlement(args) => {
-            settlement::run_settlement(args, &terminal_id, cli.timeout, cli.json).await
+            settlement::run_settlement(args, &terminal_id, &operator, cli.timeout, cli.json).await
         }
         Command::Watch(args) => {
             watch::run_watch(&options, &certificate, terminal_id, args, cli.json).await
         }
         Command::Webhooks(args) => webhooks::run_webhooks(args, cli.json).await,
-        Command::Redrive(args) => operator::run_redrive(args, cli.timeout, cli.json).await,
-        Command::Reversals(args) => operator::run_reversals(args, cli.timeout, cli.json).await,
+        Command::Redrive(args) => {
+            operator::run_redrive(args, &operator, cli.timeout, cli.json).await
+        }
+        Command::Reversals(args) => {
+            operator::run_reversals(args, &operator, cli.timeout, cli.json).await
+        }
         Command::Iso(args) => {
             iso::run_iso(args, &cli.certs_dir, &certificate, cli.timeout, cli.json).await
         }

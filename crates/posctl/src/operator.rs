@@ -7,14 +7,16 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_proto::v1::{
     DeadLetteredReversal, ListDeadLetteredRequest, ListDeadLetteredResponse, RedriveRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::connect::{OperatorTls, operator_channel};
 
 use crate::AlreadyReported;
 use crate::output::{
@@ -45,13 +47,14 @@ pub struct ListArgs {
     /// Start after this cursor (printed after a page that has more).
     #[arg(long)]
     pub cursor: Option<String>,
-    /// URL of authorization's internal gRPC service (plaintext).
+    /// URL of authorization's internal gRPC service (https: mutual TLS with
+    /// the operator certificate).
     #[arg(long = "authorization", env = "POSCTL_AUTHORIZATION", default_value = DEFAULT_AUTHORIZATION_URL, value_name = "URL")]
     pub url: String,
 }
 
 /// The default address of authorization's internal API (`make up`).
-pub const DEFAULT_AUTHORIZATION_URL: &str = "http://127.0.0.1:50052";
+pub const DEFAULT_AUTHORIZATION_URL: &str = "https://127.0.0.1:50052";
 
 #[derive(Debug, Args)]
 pub struct RedriveArgs {
@@ -64,41 +67,37 @@ pub struct RedriveArgs {
     /// Why (the incident, the fix); recorded with the redrive.
     #[arg(long)]
     pub reason: String,
-    /// URL of authorization's internal gRPC service (plaintext).
+    /// URL of authorization's internal gRPC service (https: mutual TLS with
+    /// the operator certificate).
     #[arg(long = "authorization", env = "POSCTL_AUTHORIZATION", default_value = DEFAULT_AUTHORIZATION_URL, value_name = "URL")]
     pub url: String,
 }
 
-/// Connects to authorization's internal API (plaintext).
+/// Connects to authorization's internal API as the operator.
 async fn connect_authorization(
     url: &str,
+    tls: &OperatorTls,
     timeout: Duration,
 ) -> Result<AuthorizationServiceClient<Channel>> {
-    if !url.starts_with("http://") {
-        bail!(
-            "--authorization {url:?}: authorization's internal API speaks plaintext gRPC; use an http:// URL"
-        );
-    }
-    let channel = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid authorization URL {url:?}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout)
-        .connect()
-        .await
-        .with_context(|| format!("authorization at {url} is unreachable"))?;
+    let channel = operator_channel("authorization", url, tls, timeout).await?;
     Ok(AuthorizationServiceClient::new(channel))
 }
 
 /// `posctl reversals list|redrive`.
-pub async fn run_reversals(args: ReversalsArgs, timeout: Duration, json: bool) -> Result<()> {
+pub async fn run_reversals(
+    args: ReversalsArgs,
+    tls: &OperatorTls,
+    timeout: Duration,
+    json: bool,
+) -> Result<()> {
     match args.command {
-        ReversalsCommand::List(args) => run_list(args, timeout, json).await,
-        ReversalsCommand::Redrive(args) => run_redrive(args, timeout, json).await,
+        ReversalsCommand::List(args) => run_list(args, tls, timeout, json).await,
+        ReversalsCommand::Redrive(args) => run_redrive(args, tls, timeout, json).await,
     }
 }
 
-async fn run_list(args: ListArgs, timeout: Duration, json: bool) -> Result<()> {
-    let mut client = connect_authorization(&args.url, timeout).await?;
+async fn run_list(args: ListArgs, tls: &OperatorTls, timeout: Duration, json: bool) -> Result<()> {
+    let mut client = connect_authorization(&args.url, tls, timeout).await?;
     let answer = client
         .list_dead_lettered(ListDeadLetteredRequest {
             limit: args.limit.unwrap_or(0),
@@ -206,8 +205,13 @@ pub fn dead_lettered_text(page: &ListDeadLetteredResponse) -> String {
     }
 }
 
-pub async fn run_redrive(args: RedriveArgs, timeout: Duration, json: bool) -> Result<()> {
-    let answer = connect_authorization(&args.url, timeout)
+pub async fn run_redrive(
+    args: RedriveArgs,
+    tls: &OperatorTls,
+    timeout: Duration,
+    json: bool,
+) -> Result<()> {
+    let answer = connect_authorization(&args.url, tls, timeout)
         .await?
         .redrive(RedriveRequest {
             transaction_id: args.transaction_id,

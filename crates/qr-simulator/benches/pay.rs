@@ -193,6 +193,12 @@ async fn run(name: &'static str, ledger: LedgerStore, n: usize, concurrency: usi
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets too, without `--bench`:
+    // there it is skipped, as the notifier's is.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("pay: benchmark skipped (run it with `cargo bench -p qr-simulator --bench pay`)");
+        return;
+    }
     let n = env_usize("QR_BENCH_N", 20_000);
     let concurrency = env_usize("QR_BENCH_CONCURRENCY", 64);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

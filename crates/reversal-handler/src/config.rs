@@ -56,7 +56,7 @@ impl Default for ReversalHandlerConfig {
     fn default() -> Self {
         ReversalHandlerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
-            authorization_endpoint: "http://127.0.0.1:50052".into(),
+            authorization_endpoint: "https://127.0.0.1:50052".into(),
             ack_window_ms: 30_000,
             orphan_policy: OrphanPolicy::Reverse.as_str().into(),
             merchants: BTreeMap::new(),

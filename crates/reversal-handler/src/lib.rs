@@ -30,6 +30,7 @@ use std::future::Future;
 
 use switch_platform::consumer;
 use switch_platform::db::DatabaseConfig;
+use switch_platform::internal_tls::InternalTlsConfig;
 use switch_platform::kafka::{KafkaConfig, topics};
 use switch_platform::service::GrpcServer;
 use tokio::net::TcpListener;
@@ -60,18 +61,24 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub async fn serve(
     database: &DatabaseConfig,
     kafka: &KafkaConfig,
+    internal_tls: &InternalTlsConfig,
     config: &ReversalHandlerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     config.validate()?;
+    internal_tls.validate_for(SERVICE_NAME)?;
+    internal_tls.check_endpoint(
+        "reversal_handler.authorization_endpoint",
+        &config.authorization_endpoint,
+    )?;
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
     kafka
         .ensure_topics(&[topics::AUTHORIZATION_EVENTS, topics::SETTLEMENT_EVENTS])
         .await?;
     let clock = switch_core::SystemClock::shared();
-    let sweeper = Sweeper::new(pool.clone(), config.clone(), clock.clone())?;
+    let sweeper = Sweeper::new(pool.clone(), config.clone(), internal_tls, clock.clone())?;
 
     let stop = CancellationToken::new();
     let membership = consumer::GroupMembership::default();
@@ -89,6 +96,7 @@ pub async fn serve(
     // until then no approval is watched, and a rolling update must not
     // retire the replica this one replaces.
     let result = GrpcServer::new(SERVICE_NAME)?
+        .internal(SERVICE_NAME, internal_tls)
         .ready_when(async move { membership.joined().await })
         .serve(listener, shutdown)
         .await;

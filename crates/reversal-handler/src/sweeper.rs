@@ -84,9 +84,11 @@ impl Sweeper {
     pub fn new(
         pool: sqlx::PgPool,
         config: ReversalHandlerConfig,
+        internal_tls: &switch_platform::internal_tls::InternalTlsConfig,
         clock: SharedClock,
     ) -> Result<Self, ServeError> {
         let channel = GrpcClient::new(config.authorization_endpoint.clone())
+            .internal(crate::SERVICE_NAME, internal_tls)
             .connect_timeout(CALL_TIMEOUT)
             .traced()?;
         Ok(Sweeper {

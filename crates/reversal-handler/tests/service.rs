@@ -67,8 +67,15 @@ async fn an_unacknowledged_approval_is_reversed_after_its_window() {
     let service = tokio::spawn({
         let (database, kafka, stop) = (db.database.clone(), kafka.clone(), stop.clone());
         async move {
-            reversal_handler::serve(&database, &kafka, &config, listener, stop.cancelled_owned())
-                .await
+            reversal_handler::serve(
+                &database,
+                &kafka,
+                &switch_platform::internal_tls::InternalTlsConfig::plaintext_for_lab(),
+                &config,
+                listener,
+                stop.cancelled_owned(),
+            )
+            .await
         }
     });
 

@@ -508,7 +508,13 @@ async fn authorization_answers_close_or_reschedule() {
     fake.set(failing, Behaviour::Fail);
 
     let clock = clock();
-    let sweeper = Sweeper::new(db.pool.clone(), config, shared(&clock)).unwrap();
+    let sweeper = Sweeper::new(
+        db.pool.clone(),
+        config,
+        &switch_platform::internal_tls::InternalTlsConfig::plaintext_for_lab(),
+        shared(&clock),
+    )
+    .unwrap();
     let report = sweeper.sweep_once().await.unwrap();
     assert_eq!((report.claimed, report.closed, report.failed), (4, 3, 1));
 

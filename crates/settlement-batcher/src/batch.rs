@@ -113,12 +113,14 @@ impl Batcher {
     pub fn new(
         pool: sqlx::PgPool,
         authorization_endpoint: &str,
+        internal_tls: &switch_platform::internal_tls::InternalTlsConfig,
         topic: String,
         relay: OutboxRelay,
         metrics: Metrics,
         clock: SharedClock,
     ) -> Result<Self, ServeError> {
         let channel = GrpcClient::new(authorization_endpoint)
+            .internal(crate::SERVICE_NAME, internal_tls)
             .connect_timeout(CALL_TIMEOUT)
             .request_timeout(CALL_TIMEOUT)
             .traced()?;

@@ -61,7 +61,7 @@ impl Default for SettlementConfig {
     fn default() -> Self {
         SettlementConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
-            authorization_endpoint: "http://127.0.0.1:50052".into(),
+            authorization_endpoint: "https://127.0.0.1:50052".into(),
             cutoff: "22:00".into(),
             fee_basis_points: u32::from(FeeRate::DEFAULT.basis_points()),
             merchants: BTreeMap::new(),

@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use switch_platform::consumer;
 use switch_platform::db::DatabaseConfig;
+use switch_platform::internal_tls::InternalTlsConfig;
 use switch_platform::kafka::{KafkaConfig, topics};
 use switch_platform::outbox::OutboxRelay;
 use switch_platform::service::GrpcServer;
@@ -90,11 +91,17 @@ pub fn settler(
 pub async fn serve(
     database: &DatabaseConfig,
     kafka: &KafkaConfig,
+    internal_tls: &InternalTlsConfig,
     config: &SettlementConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     config.validate()?;
+    internal_tls.validate_for(SERVICE_NAME)?;
+    internal_tls.check_endpoint(
+        "settlement.authorization_endpoint",
+        &config.authorization_endpoint,
+    )?;
     let clock = switch_core::SystemClock::shared();
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
@@ -107,6 +114,7 @@ pub async fn serve(
     let batcher = batch::Batcher::new(
         pool.clone(),
         &config.authorization_endpoint,
+        internal_tls,
         topic.clone(),
         relay.clone(),
         metrics.clone(),
@@ -133,7 +141,12 @@ pub async fn serve(
     ));
     let scheduler_task = tokio::spawn(run_scheduler(settler.clone(), config.clone(), stop.clone()));
 
-    let rejections = LedgerRejections::new(pool.clone(), &config.authorization_endpoint, clock)?;
+    let rejections = LedgerRejections::new(
+        pool.clone(),
+        &config.authorization_endpoint,
+        internal_tls,
+        clock,
+    )?;
     if let Err(error) = rejections.report_open().await {
         tracing::warn!(%error, "Open ledger rejections could not be counted.");
     }
@@ -144,6 +157,7 @@ pub async fn serve(
         rejections,
     };
     let result = GrpcServer::new(SERVICE_NAME)?
+        .internal(SERVICE_NAME, internal_tls)
         .add_service(SettlementServiceServer::new(api))
         .serve(listener, shutdown)
         .await;

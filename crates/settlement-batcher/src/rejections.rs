@@ -145,9 +145,11 @@ impl LedgerRejections {
     pub fn new(
         pool: sqlx::PgPool,
         authorization_endpoint: &str,
+        internal_tls: &switch_platform::internal_tls::InternalTlsConfig,
         clock: SharedClock,
     ) -> Result<Self, ServeError> {
         let channel = GrpcClient::new(authorization_endpoint)
+            .internal(crate::SERVICE_NAME, internal_tls)
             .connect_timeout(CALL_TIMEOUT)
             .request_timeout(CALL_TIMEOUT)
             .traced()?;

@@ -153,6 +153,7 @@ fn rejections(pool: &PgPool, authorization: &str) -> LedgerRejections {
     LedgerRejections::new(
         pool.clone(),
         authorization,
+        &switch_platform::internal_tls::InternalTlsConfig::plaintext_for_lab(),
         Arc::new(ManualClock::starting_at(datetime!(2026-12-02 13:00 UTC))),
     )
     .unwrap()

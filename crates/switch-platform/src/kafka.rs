@@ -12,7 +12,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Secret};
 
 /// Names of the topics, without the deployment's prefix.
 pub mod topics {
@@ -50,6 +50,19 @@ pub struct KafkaConfig {
     /// exceed the topics' retention: an event read again after its id was
     /// forgotten would be applied twice.
     pub dedupe_retention_hours: u32,
+    /// librdkafka's `security.protocol` (`plaintext`, `ssl`,
+    /// `sasl_plaintext`, `sasl_ssl`); unset: librdkafka's default
+    /// (plaintext). A managed cluster wants `sasl_ssl`.
+    pub security_protocol: Option<String>,
+    /// `sasl.mechanism` (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`).
+    pub sasl_mechanism: Option<String>,
+    /// `sasl.username`.
+    pub sasl_username: Option<String>,
+    /// `sasl.password`, never printed.
+    pub sasl_password: Option<Secret>,
+    /// `ssl.ca.location`: the CA bundle the brokers' certificates chain
+    /// to; unset: the system's.
+    pub ssl_ca_location: Option<std::path::PathBuf>,
 }
 
 impl Default for KafkaConfig {
@@ -64,6 +77,11 @@ impl Default for KafkaConfig {
             session_timeout_ms: 6_000,
             // Kafka keeps a topic's messages 7 days unless told otherwise.
             dedupe_retention_hours: 8 * 24,
+            security_protocol: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_ca_location: None,
         }
     }
 }
@@ -91,6 +109,33 @@ impl KafkaConfig {
                 "must be at least 24, and longer than the topics' retention",
             ));
         }
+        if let Some(protocol) = &self.security_protocol
+            && !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
+                .contains(&protocol.to_ascii_lowercase().as_str())
+        {
+            return Err(ConfigError::invalid(
+                "kafka.security_protocol",
+                "must be one of plaintext, ssl, sasl_plaintext, sasl_ssl",
+            ));
+        }
+        let sasl = self
+            .security_protocol
+            .as_deref()
+            .is_some_and(|p| p.to_ascii_lowercase().starts_with("sasl_"));
+        if sasl {
+            for (key, set) in [
+                ("kafka.sasl_mechanism", self.sasl_mechanism.is_some()),
+                ("kafka.sasl_username", self.sasl_username.is_some()),
+                ("kafka.sasl_password", self.sasl_password.is_some()),
+            ] {
+                if !set {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "required when kafka.security_protocol is sasl_*",
+                    ));
+                }
+            }
+        }
         if !self
             .topic_prefix
             .bytes()
@@ -109,10 +154,34 @@ impl KafkaConfig {
         format!("{}{}", self.topic_prefix, topic)
     }
 
+    /// What every client of the deployment's brokers is configured with:
+    /// the bootstrap servers and, when set, the security settings (the one
+    /// place they reach librdkafka, for producers, consumers and the admin
+    /// client alike).
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        if let Some(protocol) = &self.security_protocol {
+            config.set("security.protocol", protocol.to_ascii_lowercase());
+        }
+        if let Some(mechanism) = &self.sasl_mechanism {
+            config.set("sasl.mechanism", mechanism);
+        }
+        if let Some(username) = &self.sasl_username {
+            config.set("sasl.username", username);
+        }
+        if let Some(password) = &self.sasl_password {
+            config.set("sasl.password", password.expose());
+        }
+        if let Some(ca) = &self.ssl_ca_location {
+            config.set("ssl.ca.location", ca.to_string_lossy());
+        }
+        config
+    }
+
     /// A producer that cannot duplicate or reorder on its own retries.
     pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        self.client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", self.linger_ms.to_string())
@@ -131,9 +200,8 @@ impl KafkaConfig {
     /// committed explicitly and only after the effects of a message are
     /// durable.
     pub fn consumer_config(&self, group: &str) -> ClientConfig {
-        let mut config = ClientConfig::new();
+        let mut config = self.client_config();
         config
-            .set("bootstrap.servers", &self.brokers)
             .set("group.id", self.group(group))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -180,9 +248,7 @@ impl KafkaConfig {
 
     /// Creates each topic unless it exists already.
     pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaError> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()?;
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
         let names: Vec<String> = topics.iter().map(|t| self.topic(t)).collect();
         let new_topics: Vec<NewTopic<'_>> = names
             .iter()
@@ -219,6 +285,53 @@ mod tests {
         let config = KafkaConfig::default();
         assert!(config.dedupe_retention_hours > 7 * 24);
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn security_settings_reach_producers_consumers_and_admin_clients() {
+        let config = KafkaConfig {
+            security_protocol: Some("SASL_SSL".into()),
+            sasl_mechanism: Some("SCRAM-SHA-512".into()),
+            sasl_username: Some("switch".into()),
+            sasl_password: Some(Secret::new("hunter2")),
+            ssl_ca_location: Some("/etc/kafka/ca.pem".into()),
+            ..KafkaConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        for client in [config.client_config(), config.consumer_config("g")] {
+            assert_eq!(client.get("security.protocol"), Some("sasl_ssl"));
+            assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+            assert_eq!(client.get("sasl.username"), Some("switch"));
+            assert_eq!(client.get("sasl.password"), Some("hunter2"));
+            assert_eq!(client.get("ssl.ca.location"), Some("/etc/kafka/ca.pem"));
+            assert_eq!(client.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        }
+        let dumped = crate::config::dump(&config).expect("dump");
+        assert!(!dumped.contains("hunter2"), "{dumped}");
+    }
+
+    #[test]
+    fn default_clients_carry_no_security_settings() {
+        let client = KafkaConfig::default().client_config();
+        assert_eq!(client.get("security.protocol"), None);
+        assert_eq!(client.get("sasl.password"), None);
+    }
+
+    #[test]
+    fn sasl_without_credentials_is_refused_by_name() {
+        let config = KafkaConfig {
+            security_protocol: Some("sasl_ssl".into()),
+            sasl_mechanism: Some("PLAIN".into()),
+            ..KafkaConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("kafka.sasl_username"), "{error}");
+        let config = KafkaConfig {
+            security_protocol: Some("tls".into()),
+            ..KafkaConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("kafka.security_protocol"), "{error}");
     }
 
     #[test]

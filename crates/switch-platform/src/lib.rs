@@ -9,6 +9,8 @@
 //! - [`kafka`]: producer settings and idempotent topic creation;
 //! - [`outbox`]: the transactional outbox and its relay to Kafka;
 //! - [`consumer`]: Kafka consumers whose effects are idempotent on the event id;
+//! - [`internal_tls`]: mutual TLS between services and the table of who
+//!   may call which internal RPC (ADR 27);
 //! - [`grpc`]: rustls TLS files, reflection and the listener plumbing;
 //! - [`service`]: the service kit: one gRPC server builder (TLS, health,
 //!   reflection, limits, graceful drain with a grace timeout), one client
@@ -20,6 +22,7 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod grpc;
+pub mod internal_tls;
 pub mod kafka;
 pub mod outbox;
 pub mod service;

@@ -189,6 +189,8 @@ pub struct GrpcServer {
     reflect_only: Option<Vec<&'static str>>,
     limits: ServerLimits,
     tls: Option<TlsFiles>,
+    /// Who may call what, when the server is internal ([`GrpcServer::internal`]).
+    access: crate::internal_tls::AccessLayer,
     health: HealthReporter,
     routes: Routes,
     /// The gRPC names of the services added, for health.
@@ -217,6 +219,7 @@ impl GrpcServer {
             reflect_only: None,
             limits: ServerLimits::default(),
             tls: None,
+            access: crate::internal_tls::AccessLayer::off(),
             health,
             routes,
             services: Vec::new(),
@@ -248,6 +251,31 @@ impl GrpcServer {
     #[must_use]
     pub fn tls(mut self, tls: Option<&TlsFiles>) -> Self {
         self.tls = tls.cloned();
+        self
+    }
+
+    /// Serves `service`'s internal API as `[internal_tls]` says: mutual
+    /// TLS with the service CA and every call checked against the access
+    /// table ([`crate::internal_tls::ACCESS`]), or, in the explicit lab
+    /// mode, plaintext with no identities.
+    #[must_use]
+    pub fn internal(
+        mut self,
+        service: &'static str,
+        config: &crate::internal_tls::InternalTlsConfig,
+    ) -> Self {
+        self.tls = config.server(service);
+        self.access = if config.enabled() {
+            crate::internal_tls::AccessLayer::new(service)
+        } else {
+            crate::internal_tls::AccessLayer::off()
+        };
+        if !config.enabled() {
+            tracing::warn!(
+                service,
+                "internal_tls.plaintext_for_lab is set: serving plaintext, every caller admitted."
+            );
+        }
         self
     }
 
@@ -345,6 +373,7 @@ impl GrpcServer {
             reflect_only,
             limits,
             tls,
+            access,
             health,
             routes,
             services,
@@ -373,7 +402,8 @@ impl GrpcServer {
         let routes = routes
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
-        let router = builder.add_routes(routes);
+        let authorized = access.enforces();
+        let router = builder.layer(access).add_routes(routes);
 
         // Set under the lock, and never to SERVING once draining, so a
         // readiness that arrives during the drain cannot undo it.
@@ -402,7 +432,13 @@ impl GrpcServer {
             }
         };
 
-        tracing::info!(service = name, listen = ?local, tls = tls.is_some(), "Serving gRPC.");
+        tracing::info!(
+            service = name,
+            listen = ?local,
+            tls = tls.is_some(),
+            authorized,
+            "Serving gRPC."
+        );
         let signal = {
             let (draining, health, names) = (draining.clone(), health.clone(), names.clone());
             async move {
@@ -525,6 +561,8 @@ pub struct GrpcClient {
     connect_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
     tls: Option<ClientTls>,
+    /// The scheme the endpoint must have, when the mode decides it.
+    scheme: Option<&'static str>,
 }
 
 impl GrpcClient {
@@ -534,6 +572,7 @@ impl GrpcClient {
             connect_timeout: None,
             request_timeout: None,
             tls: None,
+            scheme: None,
         }
     }
 
@@ -552,6 +591,20 @@ impl GrpcClient {
         self
     }
 
+    /// Calls as `service` as `[internal_tls]` says: presenting its
+    /// certificate of the service CA, or in plaintext in the lab mode. The
+    /// endpoint's scheme must match ([`InternalTlsConfig::check_endpoint`](crate::internal_tls::InternalTlsConfig::check_endpoint)).
+    #[must_use]
+    pub fn internal(
+        mut self,
+        service: &str,
+        config: &crate::internal_tls::InternalTlsConfig,
+    ) -> Self {
+        self.tls = config.client(service);
+        self.scheme = Some(config.scheme());
+        self
+    }
+
     /// Calls over TLS when `tls` is given.
     #[must_use]
     pub fn tls(mut self, tls: Option<ClientTls>) -> Self {
@@ -566,6 +619,13 @@ impl GrpcClient {
             endpoint: self.endpoint.clone(),
             reason,
         };
+        if let Some(scheme) = self.scheme
+            && !self.endpoint.starts_with(&format!("{scheme}://"))
+        {
+            return Err(bad(format!(
+                "internal hops speak {scheme} here (internal_tls): the URL must be {scheme}://"
+            )));
+        }
         let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| bad(e.to_string()))?
             .tcp_nodelay(true);

@@ -21,6 +21,7 @@ use switch_platform::config::{
     refuse_in_production,
 };
 use switch_platform::db::DatabaseConfig;
+use switch_platform::internal_tls::InternalTlsConfig;
 use switch_platform::kafka::KafkaConfig;
 use switch_platform::service::ServeError;
 use switch_platform::telemetry::TelemetryConfig;
@@ -36,6 +37,9 @@ pub struct SwitchdConfig {
     pub telemetry: TelemetryConfig,
     pub database: DatabaseConfig,
     pub kafka: KafkaConfig,
+    /// Mutual TLS between the services (ADR 27): one section for the
+    /// process, whichever services it runs.
+    pub internal_tls: InternalTlsConfig,
     pub authorization: authorization::AuthorizationConfig,
     pub gateway: terminal_gateway::GatewayConfig,
     pub reversal_handler: reversal_handler::ReversalHandlerConfig,
@@ -66,12 +70,18 @@ impl SwitchdConfig {
         for spec in service.specs() {
             (spec.validate)(self)?;
         }
+        // After every section: a bad value is named before a missing
+        // certificate file, whichever service comes first.
+        for spec in service.specs() {
+            self.internal_tls.validate_for(spec.name)?;
+        }
         refuse_in_production(self.environment, self.development_settings_for(service))
     }
 
     /// The development settings that `service` would run with.
     pub fn development_settings_for(&self, service: Service) -> Vec<DevelopmentSetting> {
         let mut found = self.database.development_settings();
+        found.extend(self.internal_tls.development_settings());
         for spec in service.specs() {
             found.extend((spec.development_settings)(self));
         }
@@ -192,6 +202,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
                 issuer_simulator::serve_configured(
                     &c.issuer_simulator,
                     &c.database,
+                    &c.internal_tls,
                     listener,
                     shutdown,
                 )
@@ -230,8 +241,15 @@ pub static SERVICES: [ServiceSpec; 7] = [
         migrator: &authorization::MIGRATOR,
         start: |c, listener, shutdown| {
             Box::pin(async move {
-                authorization::serve(&c.database, &c.kafka, &c.authorization, listener, shutdown)
-                    .await
+                authorization::serve(
+                    &c.database,
+                    &c.kafka,
+                    &c.internal_tls,
+                    &c.authorization,
+                    listener,
+                    shutdown,
+                )
+                .await
             })
         },
     },
@@ -245,7 +263,15 @@ pub static SERVICES: [ServiceSpec; 7] = [
         migrator: &terminal_gateway::MIGRATOR,
         start: |c, listener, shutdown| {
             Box::pin(async move {
-                terminal_gateway::serve(&c.database, &c.kafka, &c.gateway, listener, shutdown).await
+                terminal_gateway::serve(
+                    &c.database,
+                    &c.kafka,
+                    &c.internal_tls,
+                    &c.gateway,
+                    listener,
+                    shutdown,
+                )
+                .await
             })
         },
     },
@@ -262,6 +288,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
                 reversal_handler::serve(
                     &c.database,
                     &c.kafka,
+                    &c.internal_tls,
                     &c.reversal_handler,
                     listener,
                     shutdown,
@@ -280,8 +307,15 @@ pub static SERVICES: [ServiceSpec; 7] = [
         migrator: &settlement_batcher::MIGRATOR,
         start: |c, listener, shutdown| {
             Box::pin(async move {
-                settlement_batcher::serve(&c.database, &c.kafka, &c.settlement, listener, shutdown)
-                    .await
+                settlement_batcher::serve(
+                    &c.database,
+                    &c.kafka,
+                    &c.internal_tls,
+                    &c.settlement,
+                    listener,
+                    shutdown,
+                )
+                .await
             })
         },
     },
@@ -295,7 +329,15 @@ pub static SERVICES: [ServiceSpec; 7] = [
         migrator: &notifier::MIGRATOR,
         start: |c, listener, shutdown| {
             Box::pin(async move {
-                notifier::serve(&c.database, &c.kafka, &c.notifier, listener, shutdown).await
+                notifier::serve(
+                    &c.database,
+                    &c.kafka,
+                    &c.internal_tls,
+                    &c.notifier,
+                    listener,
+                    shutdown,
+                )
+                .await
             })
         },
     },
@@ -399,6 +441,15 @@ mod tests {
             .map(|s| s.key)
             .collect();
         assert_eq!(all, ["issuer_simulator", "qr_simulator"]);
+        let mut plaintext = production_ready();
+        plaintext.internal_tls =
+            switch_platform::internal_tls::InternalTlsConfig::plaintext_for_lab();
+        let keys: Vec<String> = plaintext
+            .development_settings_for(Service::Authorization)
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        assert_eq!(keys, ["internal_tls.plaintext_for_lab"]);
         let mut lab = production_ready();
         lab.gateway.iso_listeners = vec![terminal_gateway::IsoListenerConfig {
             plain_tcp_for_lab: true,
@@ -501,12 +552,33 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_service_certificate_is_named_where_the_service_runs() {
+        let config = SwitchdConfig {
+            internal_tls: InternalTlsConfig::in_dir(std::path::Path::new("/nonexistent")),
+            ..Default::default()
+        };
+        let error = config.validate_for(Service::IssuerSimulator).unwrap_err();
+        assert!(
+            error.to_string().contains("internal_tls.ca_path"),
+            "{error}"
+        );
+        let lab = SwitchdConfig {
+            internal_tls: InternalTlsConfig::plaintext_for_lab(),
+            ..config
+        };
+        lab.validate_for(Service::IssuerSimulator)
+            .expect("the lab mode needs no certificate");
+    }
+
+    #[test]
     fn only_the_sections_of_the_services_that_run_are_checked() {
         let config = SwitchdConfig {
             authorization: authorization::AuthorizationConfig {
                 issuer_timeout_ms: 0,
                 ..Default::default()
             },
+            // No service PKI where unit tests run.
+            internal_tls: InternalTlsConfig::plaintext_for_lab(),
             ..Default::default()
         };
         config

@@ -236,7 +236,12 @@ mod tests {
 
     #[test]
     fn defaults_validate_and_dump_without_secrets() {
-        let settings: SwitchdConfig = config::load_with_env(None, Vec::new()).unwrap();
+        // No service PKI where unit tests run: the lab mode, named.
+        let lab = vec![(
+            "SWITCH__INTERNAL_TLS__PLAINTEXT_FOR_LAB".to_owned(),
+            "true".to_owned(),
+        )];
+        let settings: SwitchdConfig = config::load_with_env(None, lab).unwrap();
         settings
             .validate_for(Service::Authorization)
             .expect("the defaults run authorization");

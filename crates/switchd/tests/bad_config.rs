@@ -63,6 +63,14 @@ fn a_bad_value_exits_with_status_2_naming_the_key() {
             "notifier.consumer_group",
         ),
         (
+            // Mutual TLS is the default: a missing service certificate
+            // stops the service, naming the key (ADR 27).
+            "issuer-simulator",
+            "SWITCH__INTERNAL_TLS__CA_PATH",
+            "/nonexistent/service-ca.pem",
+            "internal_tls.ca_path",
+        ),
+        (
             "authorization",
             "SWITCH__TELEMETRY__LOG_LEVEL",
             "[",
@@ -87,6 +95,8 @@ fn a_section_is_checked_only_where_its_service_runs_and_sigterm_drains() {
         .env_clear()
         .env("SWITCH__AUTHORIZATION__ISSUER_TIMEOUT_MS", "0")
         .env("SWITCH__ISSUER_SIMULATOR__LISTEN", "127.0.0.1:0")
+        // No service PKI here: the lab mode, named (ADR 27).
+        .env("SWITCH__INTERNAL_TLS__PLAINTEXT_FOR_LAB", "true")
         .env("SWITCH__TELEMETRY__LOG_LEVEL", "info")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

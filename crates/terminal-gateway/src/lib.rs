@@ -61,6 +61,7 @@ use switch_platform::config::{ConfigError, DevelopmentSetting, DevelopmentSettin
 use switch_platform::consumer;
 use switch_platform::db::DatabaseConfig;
 use switch_platform::grpc::TlsFiles;
+use switch_platform::internal_tls::InternalTlsConfig;
 use switch_platform::kafka::{KafkaConfig, topics};
 use switch_platform::service::{GrpcServer, ServerLimits};
 use switch_proto::v1::terminal_service_server::TerminalServiceServer;
@@ -223,8 +224,8 @@ impl Default for GatewayConfig {
                 key_path: PathBuf::from(".run/certs/server.key"),
                 client_ca_path: Some(PathBuf::from(".run/certs/ca.pem")),
             },
-            authorization_endpoint: "http://127.0.0.1:50052".into(),
-            settlement_endpoint: "http://127.0.0.1:50054".into(),
+            authorization_endpoint: "https://127.0.0.1:50052".into(),
+            settlement_endpoint: "https://127.0.0.1:50054".into(),
             authorization_timeout_ms: 5_000,
             keepalive_interval_ms: 30_000,
             keepalive_timeout_ms: 10_000,
@@ -419,11 +420,18 @@ impl GatewayConfig {
 pub async fn serve(
     database: &DatabaseConfig,
     kafka: &KafkaConfig,
+    internal_tls: &InternalTlsConfig,
     config: &GatewayConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     config.validate()?;
+    internal_tls.validate_for(SERVICE_NAME)?;
+    internal_tls.check_endpoint(
+        "gateway.authorization_endpoint",
+        &config.authorization_endpoint,
+    )?;
+    internal_tls.check_endpoint("gateway.settlement_endpoint", &config.settlement_endpoint)?;
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
     let metrics = metrics::Metrics::new();
@@ -451,6 +459,7 @@ pub async fn serve(
     let api = Arc::new(service::TerminalApi::connect(
         &config.authorization_endpoint,
         &config.settlement_endpoint,
+        internal_tls,
         Duration::from_millis(config.authorization_timeout_ms),
         push,
         guard,

@@ -137,16 +137,21 @@ impl TerminalApi {
     pub fn connect(
         authorization_endpoint: &str,
         settlement_endpoint: &str,
+        internal_tls: &switch_platform::internal_tls::InternalTlsConfig,
         timeout: Duration,
         push: Push,
         guard: Guard,
     ) -> Result<Self, ServeError> {
         Ok(TerminalApi {
             authorization: AuthorizationServiceClient::new(
-                GrpcClient::new(authorization_endpoint).traced()?,
+                GrpcClient::new(authorization_endpoint)
+                    .internal(crate::SERVICE_NAME, internal_tls)
+                    .traced()?,
             ),
             settlement: SettlementServiceClient::new(
-                GrpcClient::new(settlement_endpoint).traced()?,
+                GrpcClient::new(settlement_endpoint)
+                    .internal(crate::SERVICE_NAME, internal_tls)
+                    .traced()?,
             ),
             timeout,
             push,

@@ -107,6 +107,7 @@ impl Gateway {
                 terminal_gateway::serve(
                     &database,
                     &kafka,
+                    &switch_platform::internal_tls::InternalTlsConfig::plaintext_for_lab(),
                     &config,
                     listener,
                     stop.cancelled_owned(),

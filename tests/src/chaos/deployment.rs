@@ -467,6 +467,9 @@ fn deployment_env(
         ("SWITCH_CONFIG", config_file.display().to_string()),
         ("SWITCH__KAFKA__BROKERS", broker.to_string()),
         ("SWITCH__DATABASE__MAX_CONNECTIONS", "8".to_owned()),
+        // The audit reads the issuer's ledger and the journal over the
+        // internal APIs directly (ADR 27).
+        ("SWITCH__INTERNAL_TLS__PLAINTEXT_FOR_LAB", "true".to_owned()),
         (
             "SWITCH__ISSUER_SIMULATOR__LISTEN",
             addresses.issuer.to_string(),

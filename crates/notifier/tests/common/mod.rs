@@ -174,7 +174,15 @@ pub async fn start(mut config: NotifierConfig) -> Running {
     let service = tokio::spawn({
         let (database, kafka, stop) = (db.database.clone(), kafka.clone(), stop.clone());
         async move {
-            notifier::serve(&database, &kafka, &config, listener, stop.cancelled_owned()).await
+            notifier::serve(
+                &database,
+                &kafka,
+                &switch_platform::internal_tls::InternalTlsConfig::plaintext_for_lab(),
+                &config,
+                listener,
+                stop.cancelled_owned(),
+            )
+            .await
         }
     });
     let deadline = Instant::now() + PATIENCE;

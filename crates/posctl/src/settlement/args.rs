@@ -9,7 +9,7 @@ use switch_proto::v1::{CurrencyTotals, UploadedTransaction};
 use super::specs::{SALE_SHAPE, TOTALS_SHAPE, parse_cutoff, parse_sale_spec, parse_totals_spec};
 
 /// Default URL of the settlement batcher's internal gRPC service.
-pub const DEFAULT_SETTLEMENT_URL: &str = "http://127.0.0.1:50054";
+pub const DEFAULT_SETTLEMENT_URL: &str = "https://127.0.0.1:50054";
 
 #[derive(Debug, Args)]
 pub struct CloseBatchArgs {
@@ -42,7 +42,8 @@ pub struct UploadBatchArgs {
 
 #[derive(Debug, Args)]
 pub struct SettlementArgs {
-    /// URL of the settlement batcher's internal gRPC service (plaintext).
+    /// URL of the settlement batcher's internal gRPC service (https: mutual
+    /// TLS with the operator certificate).
     #[arg(
         long = "settlement",
         global = true,

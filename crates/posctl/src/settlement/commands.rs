@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use serde_json::json;
 use switch_core::TerminalId;
 use switch_proto::v1::settlement_service_client::SettlementServiceClient;
@@ -12,7 +12,7 @@ use switch_proto::v1::{
     CloseBatchRequest, RunSettlementRequest, SettlementStatusRequest, UploadBatchRequest,
 };
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::args::{CloseBatchArgs, SettlementArgs, SettlementCommand, UploadBatchArgs};
 use super::query::{not_found_message, status_query};
@@ -21,7 +21,7 @@ use super::render::{
     settlement_status_json, settlement_status_text, upload_batch_json, upload_batch_text,
 };
 use crate::AlreadyReported;
-use crate::connect::{GatewayOptions, connect};
+use crate::connect::{GatewayOptions, OperatorTls, connect, operator_channel};
 use crate::output::print_status_error;
 
 /// `close-batch`: the terminal's batch close, through the gateway.
@@ -78,24 +78,13 @@ pub async fn run_upload_batch(
     Ok(())
 }
 
-/// Connects to the settlement batcher's internal service (plaintext).
+/// Connects to the settlement batcher's internal service as the operator.
 async fn connect_settlement(
     url: &str,
+    tls: &OperatorTls,
     timeout: Duration,
 ) -> Result<SettlementServiceClient<Channel>> {
-    if !url.starts_with("http://") {
-        bail!(
-            "--settlement {url:?}: the settlement service speaks plaintext gRPC; use an http:// URL"
-        );
-    }
-    let channel = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid settlement service URL {url:?}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout)
-        .connect()
-        .await
-        .map_err(anyhow::Error::new)
-        .with_context(|| format!("cannot connect to the settlement service {url}"))?;
+    let channel = operator_channel("the settlement service", url, tls, timeout).await?;
     Ok(SettlementServiceClient::new(channel))
 }
 
@@ -103,13 +92,14 @@ async fn connect_settlement(
 pub async fn run_settlement(
     args: SettlementArgs,
     terminal_id: &TerminalId,
+    tls: &OperatorTls,
     timeout: Duration,
     json: bool,
 ) -> Result<()> {
     match args.command {
         SettlementCommand::Status(status_args) => {
             let query = status_query(&status_args, terminal_id)?;
-            let mut client = connect_settlement(&args.url, timeout).await?;
+            let mut client = connect_settlement(&args.url, tls, timeout).await?;
             let answer = client
                 .get_settlement_status(SettlementStatusRequest {
                     query: Some(query.clone()),
@@ -147,11 +137,11 @@ pub async fn run_settlement(
             Ok(())
         }
         SettlementCommand::Rejections(command) => {
-            let client = connect_settlement(&args.url, timeout).await?;
+            let client = connect_settlement(&args.url, tls, timeout).await?;
             super::rejections::run_rejections(client, command, json).await
         }
         SettlementCommand::Run(run_args) => {
-            let mut client = connect_settlement(&args.url, timeout).await?;
+            let mut client = connect_settlement(&args.url, tls, timeout).await?;
             let response = client
                 .run_settlement(RunSettlementRequest {
                     merchant_ids: run_args.merchants.into_iter().map(String::from).collect(),
