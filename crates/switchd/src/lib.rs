@@ -42,6 +42,7 @@ pub struct SwitchdConfig {
     pub settlement: settlement_batcher::SettlementConfig,
     pub notifier: notifier::NotifierConfig,
     pub issuer_simulator: issuer_simulator::IssuerSimulatorConfig,
+    pub qr_simulator: qr_simulator::QrSimulatorConfig,
 }
 
 impl Validate for SwitchdConfig {
@@ -89,6 +90,7 @@ pub enum Service {
     SettlementBatcher,
     Notifier,
     IssuerSimulator,
+    QrSimulator,
     /// Every service above in one process.
     All,
 }
@@ -145,7 +147,7 @@ impl ServiceSpec {
 }
 
 /// Every service, in the order `switchd all` starts them.
-pub static SERVICES: [ServiceSpec; 6] = [
+pub static SERVICES: [ServiceSpec; 7] = [
     ServiceSpec {
         service: Service::IssuerSimulator,
         name: issuer_simulator::SERVICE_NAME,
@@ -167,6 +169,18 @@ pub static SERVICES: [ServiceSpec; 6] = [
                     shutdown,
                 )
                 .await
+            })
+        },
+    },
+    ServiceSpec {
+        service: Service::QrSimulator,
+        name: qr_simulator::SERVICE_NAME,
+        listen: |c| c.qr_simulator.listen,
+        validate: |c| c.qr_simulator.validate(),
+        start: |c, listener, shutdown| {
+            Box::pin(async move {
+                qr_simulator::serve_configured(&c.qr_simulator, &c.database, listener, shutdown)
+                    .await
             })
         },
     },
@@ -372,7 +386,7 @@ mod tests {
     #[test]
     fn a_bad_value_in_any_section_names_its_key_where_it_runs() {
         type Spoil = fn(&mut SwitchdConfig);
-        let cases: [(Service, Spoil, &str); 5] = [
+        let cases: [(Service, Spoil, &str); 6] = [
             (
                 Service::Authorization,
                 |c| c.authorization.issuer_timeout_ms = 0,
@@ -397,6 +411,11 @@ mod tests {
                 Service::Notifier,
                 |c| c.notifier.consumer_group = " ".into(),
                 "notifier.consumer_group",
+            ),
+            (
+                Service::QrSimulator,
+                |c| c.qr_simulator.notify_url = Some("ftp://switch/notify".into()),
+                "qr_simulator.notify_url",
             ),
         ];
         for (service, spoil, key) in cases {

@@ -2,8 +2,9 @@
 //!
 //! `switchd <service>` runs one service; `switchd all` runs authorization,
 //! the terminal gateway, the reversal handler, the settlement batcher, the
-//! notifier and the issuer simulator in one process, for a laptop. Both
-//! start services from the one table in the library ([`switchd::SERVICES`]).
+//! notifier, the issuer simulator and the QR platform simulator in one
+//! process, for a laptop. Both start services from the one table in the
+//! library ([`switchd::SERVICES`]).
 //! The binary only loads configuration, validates the sections of the
 //! services it runs (exiting with status 2 and a message naming the key
 //! when a value is bad), sets up telemetry, binds listeners and starts each
@@ -249,6 +250,7 @@ mod tests {
             "settlement",
             "notifier",
             "issuer-simulator",
+            "qr-simulator",
             "all",
         ] {
             Cli::try_parse_from(["switchd", name]).unwrap_or_else(|e| panic!("{name}: {e}"));
