@@ -27,6 +27,9 @@ mod recovery;
 // Public only for this crate's integration tests (tests/group_commit.rs).
 #[doc(hidden)]
 pub mod model;
+// QR payments (ADR 29): the shell around switch_core::qr.
+#[doc(hidden)]
+pub mod qr;
 mod reversals;
 mod service;
 #[doc(hidden)]
@@ -48,6 +51,7 @@ use switch_proto::v1::authorization_service_server::AuthorizationServiceServer;
 use tokio::net::TcpListener;
 
 pub use error::AuthorizationError;
+pub use qr::QrConfig;
 pub use switch_platform::service::ServeError;
 
 /// Name of the service: its schema, its OpenTelemetry service name.
@@ -83,6 +87,8 @@ pub struct AuthorizationConfig {
     /// Server TLS for the internal API; plaintext when absent (inside a
     /// service mesh that provides mTLS).
     pub tls: Option<TlsFiles>,
+    /// QR payments (ADR 29); absent: none are offered.
+    pub qr: Option<QrConfig>,
 }
 
 impl Default for AuthorizationConfig {
@@ -98,6 +104,7 @@ impl Default for AuthorizationConfig {
             pan_hash_key: Secret::new("dev-only-pan-fingerprint-key-change-me"),
             outbox: OutboxConfig::default(),
             tls: None,
+            qr: None,
         }
     }
 }
@@ -116,6 +123,14 @@ impl DevelopmentSettings for AuthorizationConfig {
             found.push(DevelopmentSetting::new(
                 "authorization.issuer_endpoint",
                 "the issuer simulator's address",
+            ));
+        }
+        if let Some(qr) = &self.qr
+            && qr.key.expose() == qr::DEV_KEY
+        {
+            found.push(DevelopmentSetting::new(
+                "authorization.qr.key",
+                "the QR simulator's published development key",
             ));
         }
         found
@@ -166,6 +181,9 @@ impl AuthorizationConfig {
         }
         if let Some(tls) = &self.tls {
             tls.validate("authorization.tls")?;
+        }
+        if let Some(qr) = &self.qr {
+            qr.validate()?;
         }
         Ok(())
     }
@@ -250,6 +268,21 @@ pub async fn serve(
     );
     let issuer = issuer::GrpcIssuerLink::connect(&config.issuer_endpoint, windows.call_timeout)?;
     let late_answers = service::LateAnswers::default();
+    // QR payments (ADR 29): off unless `authorization.qr` is configured.
+    let qr = match &config.qr {
+        Some(qr_config) => Some(
+            qr::start(
+                qr_config,
+                pool.clone(),
+                kafka.topic(topics::AUTHORIZATION_EVENTS),
+                relay.clone(),
+                switch_core::SystemClock::shared(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let (qr_api, qr_tasks) = qr.unzip();
     let journal = std::sync::Arc::new(store::Journal::new(pool));
     let wake_reversals = std::sync::Arc::new(tokio::sync::Notify::new());
     let lifecycle = lifecycle::Lifecycle {
@@ -269,7 +302,8 @@ pub async fn serve(
         switch_core::PanHasher::new(config.pan_hash_key.expose().as_bytes()),
         windows,
         late_answers.clone(),
-    );
+    )
+    .with_qr(qr_api);
     let recovery = recovery::RecoverySweep {
         lifecycle: lifecycle.clone(),
         windows,
@@ -332,6 +366,9 @@ pub async fn serve(
     // recorded (each by its call's deadline), then what they all enqueued
     // is published before the workers stop.
     late_answers.drain().await;
+    if let Some(qr_tasks) = qr_tasks {
+        qr_tasks.stop().await;
+    }
     let _ = stop_recovery_tx.send(());
     let _ = recovery_task.await;
     let _ = stop_worker_tx.send(());
