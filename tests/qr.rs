@@ -52,7 +52,10 @@ async fn a_consumer_presented_payment_succeeds_through_the_gateway_and_is_announ
         .into_inner();
     let payment = answer.payment.expect("payment");
     assert!(!answer.duplicate);
-    assert_eq!((payment.state.as_str(), payment.answer.as_str()), ("paid", "approved"));
+    assert_eq!(
+        (payment.state.as_str(), payment.answer.as_str()),
+        ("paid", "approved")
+    );
     // The merchant is the certificate's, not the request's.
     let merchant = dev_certs::DEFAULT_TERMINALS
         .iter()

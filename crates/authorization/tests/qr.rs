@@ -47,6 +47,7 @@ struct Setup {
     terminal_wait_ms: u64,
     query_interval_ms: u64,
     query_limit_ms: u64,
+    retry_max_age_ms: u64,
     faults: FaultPlan,
 }
 
@@ -57,6 +58,7 @@ impl Default for Setup {
             terminal_wait_ms: 800,
             query_interval_ms: 150,
             query_limit_ms: 10_000,
+            retry_max_age_ms: 60_000,
             faults: FaultPlan::default(),
         }
     }
@@ -133,6 +135,7 @@ async fn start(setup: Setup) -> Running {
         query_limit_ms: setup.query_limit_ms,
         retry_initial_delay_ms: 50,
         retry_max_delay_ms: 200,
+        retry_max_age_ms: setup.retry_max_age_ms,
         poll_interval_ms: 50,
         notify_listen: Some(notify),
         notify_cert_path: dir.join("server.pem"),
@@ -745,5 +748,129 @@ async fn a_forged_or_replayed_notification_is_refused_and_changes_nothing() {
         running.event_types(&created.transaction_id).await,
         ["qr.paid"]
     );
+    running.stop().await;
+}
+
+/// An unpaid payment (amount …02: the shopper never pays) given up while
+/// the platform is down: the cancel is repeated until the platform is back.
+async fn cancel_during_an_outage(retry_max_age_ms: u64) -> (Running, pb::QrPaymentRecord) {
+    let mut running = start(Setup {
+        terminal_wait_ms: 300,
+        query_interval_ms: 100,
+        query_limit_ms: 600,
+        retry_max_age_ms,
+        ..Setup::default()
+    })
+    .await;
+    let answered = running
+        .client
+        .qr_pay(pay("000006", 1_002))
+        .await
+        .expect("pay answered")
+        .into_inner()
+        .payment
+        .expect("payment");
+    assert_eq!(answered.answer, "in_progress");
+    running.simulator.faults().update(|plan| plan.outage = true);
+    let record = running.wait_for(&answered.order_id, "cancelling", 10).await;
+    (running, record)
+}
+
+async fn cancel_attempts(running: &Running, transaction_id: &str) -> (String, i32) {
+    sqlx::query_as("SELECT status, attempts FROM qr_calls WHERE transaction_id = $1::uuid")
+        .bind(transaction_id)
+        .fetch_one(&running.pool)
+        .await
+        .expect("the owed cancel")
+}
+
+#[tokio::test]
+async fn a_cancel_during_a_platform_outage_repeats_until_acknowledged() {
+    let (mut running, payment) = cancel_during_an_outage(60_000).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cancel_attempts(&running, &payment.transaction_id).await.1 < 3 {
+        assert!(Instant::now() < deadline, "the cancel is repeated");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(running.status(&payment.order_id).await.state, "cancelling");
+    running
+        .simulator
+        .faults()
+        .update(|plan| plan.outage = false);
+    let closed = running.wait_for(&payment.order_id, "closed", 10).await;
+    assert_eq!(closed.answer, "not_paid");
+    assert_eq!(
+        cancel_attempts(&running, &payment.transaction_id).await.0,
+        "acknowledged"
+    );
+    let entry = running.entry(&payment.order_id).await;
+    assert_eq!((entry.charged, entry.refunded), (0, 0), "{entry:?}");
+    assert!(
+        matches!(
+            entry.trade_state,
+            qr_platform::TradeState::Revoked | qr_platform::TradeState::Closed
+        ),
+        "{entry:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancel_the_platform_never_takes_is_dead_lettered_past_its_maximum_age() {
+    let (mut running, payment) = cancel_during_an_outage(800).await;
+    let dead = running
+        .wait_for(&payment.order_id, "cancel_dead_lettered", 10)
+        .await;
+    assert_eq!(dead.answer, "not_paid");
+    let (status, attempts) = cancel_attempts(&running, &payment.transaction_id).await;
+    assert_eq!(status, "dead_lettered");
+    assert!(attempts >= 2, "{attempts} attempts");
+    let types = running.event_types(&payment.transaction_id).await;
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("qr.cancel_dead_lettered"),
+        "{types:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_close_that_races_the_payment_ends_refunded_once() {
+    let mut running = start(Setup {
+        terminal_wait_ms: 300,
+        query_interval_ms: 100,
+        query_limit_ms: 600,
+        faults: FaultPlan {
+            close_races_payment: Some(qr_simulator::faults::RaceWinner::Payment),
+            ..FaultPlan::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    // Amount …02: nobody pays before the close; the payment wins the race.
+    let created = running
+        .client
+        .qr_order(order("000007", 1_002))
+        .await
+        .expect("order")
+        .into_inner()
+        .payment
+        .expect("payment");
+    let refunded = running.wait_for(&created.order_id, "refunded", 15).await;
+    assert_eq!(refunded.answer, "void");
+    assert!(!refunded.platform_txn_id.is_empty());
+    let entry = running.entry(&created.order_id).await;
+    assert_eq!((entry.charged, entry.refunded), (1_002, 1_002), "{entry:?}");
+    let types = running.event_types(&created.transaction_id).await;
+    let outcomes = types
+        .iter()
+        .filter(|t| {
+            matches!(
+                t.as_str(),
+                "qr.refunded" | "qr.closed" | "qr.confirmed" | "qr.failed"
+            )
+        })
+        .count();
+    assert_eq!(outcomes, 1, "{types:?}");
     running.stop().await;
 }

@@ -177,6 +177,13 @@ pub static SERVICES: [ServiceSpec; 7] = [
         name: qr_simulator::SERVICE_NAME,
         listen: |c| c.qr_simulator.listen,
         validate: |c| c.qr_simulator.validate(),
+        development_settings: |_| {
+            vec![DevelopmentSetting::new(
+                "qr_simulator",
+                "the QR platform simulator is a test double that pays by rule",
+            )]
+        },
+        migrator: &qr_simulator::MIGRATOR,
         start: |c, listener, shutdown| {
             Box::pin(async move {
                 qr_simulator::serve_configured(&c.qr_simulator, &c.database, listener, shutdown)

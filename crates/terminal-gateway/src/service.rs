@@ -417,10 +417,7 @@ impl TerminalService for TerminalApi {
         span.record("terminal_id", pay.terminal_id.as_str());
         span.record("stan", pay.stan.as_str());
         pay.merchant_id = identity.merchant_id.clone();
-        self.authorization
-            .clone()
-            .qr_pay(self.outbound(pay))
-            .await
+        self.authorization.clone().qr_pay(self.outbound(pay)).await
     }
 
     #[tracing::instrument(name = "gateway.qr_order", skip_all)]
