@@ -364,7 +364,11 @@ mod tests {
             .into_iter()
             .map(|s| s.key)
             .collect();
-        assert_eq!(all, ["issuer_simulator"]);
+        assert_eq!(all, ["issuer_simulator", "qr_simulator"]);
+        assert_eq!(
+            refused_keys(&config, Service::QrSimulator),
+            ["qr_simulator"]
+        );
         let mut lab = production_ready();
         lab.gateway.iso_listeners = vec![terminal_gateway::IsoListenerConfig {
             plain_tcp_for_lab: true,
