@@ -232,6 +232,9 @@ struct BenchArgs {
     /// sale would be answered as a duplicate) give each run its own range.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=999_999))]
     stan_start: Option<u32>,
+    /// QR payments (consumer-presented, paid at once) instead of card sales.
+    #[arg(long)]
+    qr: bool,
 }
 
 #[derive(Debug, Args)]
@@ -549,6 +552,7 @@ async fn run(cli: Cli) -> Result<()> {
                 local_date: args.date.unwrap_or_else(today_utc).to_string(),
                 ack_percent: args.ack_percent.unwrap_or(if args.ack { 100 } else { 0 }),
                 stan_start: args.stan_start,
+                qr: args.qr,
                 json: cli.json,
             };
             let summary = bench::run(&options, config).await?;
