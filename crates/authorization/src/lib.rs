@@ -125,13 +125,20 @@ impl DevelopmentSettings for AuthorizationConfig {
                 "the issuer simulator's address",
             ));
         }
-        if let Some(qr) = &self.qr
-            && qr.key.expose() == qr::DEV_KEY
-        {
-            found.push(DevelopmentSetting::new(
-                "authorization.qr.key",
-                "the QR simulator's published development key",
-            ));
+        if let Some(qr) = &self.qr {
+            let defaults = QrConfig::default();
+            if qr.key.expose() == qr::DEV_KEY {
+                found.push(DevelopmentSetting::new(
+                    "authorization.qr.key",
+                    "the QR simulator's published development key",
+                ));
+            }
+            if qr.platform_url == defaults.platform_url {
+                found.push(DevelopmentSetting::new(
+                    "authorization.qr.platform_url",
+                    "the QR platform simulator's address",
+                ));
+            }
         }
         found
     }
@@ -377,4 +384,34 @@ pub async fn serve(
     let _ = relay_task.await;
     tracing::info!("Authorization service stopped.");
     result
+}
+
+#[cfg(test)]
+mod qr_settings_tests {
+    use super::*;
+
+    #[test]
+    fn a_qr_section_with_the_simulators_key_or_address_is_a_development_setting() {
+        let keys = |config: &AuthorizationConfig| -> Vec<String> {
+            config
+                .development_settings()
+                .into_iter()
+                .map(|s| s.key)
+                .filter(|k| k.starts_with("authorization.qr"))
+                .collect()
+        };
+        let mut config = AuthorizationConfig::default();
+        assert!(keys(&config).is_empty(), "no QR section, nothing to say");
+        config.qr = Some(QrConfig::default());
+        assert_eq!(
+            keys(&config),
+            ["authorization.qr.key", "authorization.qr.platform_url"]
+        );
+        config.qr = Some(QrConfig {
+            key: Secret::new("a-production-key-0123456789"),
+            platform_url: "https://qr.example".into(),
+            ..QrConfig::default()
+        });
+        assert!(keys(&config).is_empty());
+    }
 }
