@@ -172,7 +172,8 @@ impl QrClient {
 
     /// Consumer-presented payment.
     pub async fn pay(&self, request: &PayRequest) -> Result<TradeAnswer, CallError> {
-        self.call(PAY_PATH, request).await
+        let answer = self.call(PAY_PATH, request).await?;
+        same_order(&request.out_trade_no, answer)
     }
 
     /// Merchant-presented order: the answer's `code_url` is the code.
@@ -180,25 +181,41 @@ impl QrClient {
         &self,
         request: &CreateOrderRequest,
     ) -> Result<TradeAnswer, CallError> {
-        self.call(ORDERS_PATH, request).await
+        let answer = self.call(ORDERS_PATH, request).await?;
+        same_order(&request.out_trade_no, answer)
     }
 
     pub async fn query(&self, out_trade_no: &str) -> Result<TradeAnswer, CallError> {
-        self.call(QUERY_PATH, &order(out_trade_no)).await
+        let answer = self.call(QUERY_PATH, &order(out_trade_no)).await?;
+        same_order(out_trade_no, answer)
     }
 
     /// Reverse: closes an unpaid order, refunds a paid one in full.
     pub async fn cancel(&self, out_trade_no: &str) -> Result<TradeAnswer, CallError> {
-        self.call(CANCEL_PATH, &order(out_trade_no)).await
+        let answer = self.call(CANCEL_PATH, &order(out_trade_no)).await?;
+        same_order(out_trade_no, answer)
     }
 
     /// Closes an unpaid order; a paid one is refused `ORDERPAID`.
     pub async fn close(&self, out_trade_no: &str) -> Result<TradeAnswer, CallError> {
-        self.call(CLOSE_PATH, &order(out_trade_no)).await
+        let answer = self.call(CLOSE_PATH, &order(out_trade_no)).await?;
+        same_order(out_trade_no, answer)
     }
 
     pub async fn refund(&self, request: &RefundRequest) -> Result<RefundAnswer, CallError> {
-        self.call(REFUND_PATH, request).await
+        let answer: RefundAnswer = self.call(REFUND_PATH, request).await?;
+        if answer.out_trade_no != request.out_trade_no
+            || answer.out_refund_no != request.out_refund_no
+        {
+            return Err(CallError::Unreadable(format!(
+                "an answer for refund {} of {} to a request for {} of {}",
+                answer.out_refund_no,
+                answer.out_trade_no,
+                request.out_refund_no,
+                request.out_trade_no
+            )));
+        }
+        Ok(answer)
     }
 
     async fn call<Req: Serialize, Ans: DeserializeOwned>(
@@ -281,6 +298,17 @@ impl WithoutUrl for reqwest::Error {
         }
         text
     }
+}
+
+/// A signed answer about another order says nothing about this one.
+fn same_order(out_trade_no: &str, answer: TradeAnswer) -> Result<TradeAnswer, CallError> {
+    if answer.out_trade_no != out_trade_no {
+        return Err(CallError::Unreadable(format!(
+            "an answer for order {} to a request for {out_trade_no}",
+            answer.out_trade_no
+        )));
+    }
+    Ok(answer)
 }
 
 fn order(out_trade_no: &str) -> OrderRequest {
