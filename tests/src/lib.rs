@@ -83,6 +83,10 @@ pub struct StackOptions {
     /// The gateway's ISO 8583 listeners; each gets a free port of its own
     /// (its `listen` is replaced), listed in `Stack::iso` in this order.
     pub iso_listeners: Vec<terminal_gateway::IsoListenerConfig>,
+    /// QR payments (ADR 29): authorization's QR section, its addresses,
+    /// certificates and key filled in, and a QR platform simulator started
+    /// in-process beside it (`Stack::qr_simulator`), notifying it.
+    pub qr: Option<authorization::QrConfig>,
 }
 
 impl Default for StackOptions {
@@ -109,6 +113,7 @@ impl Default for StackOptions {
                 )
             },
             iso_listeners: Vec::new(),
+            qr: None,
         }
     }
 }
@@ -156,6 +161,8 @@ pub struct Stack {
     pub pki: DevPki,
     /// The authorization service's schema.
     pub journal: PgPool,
+    /// The QR platform, when `StackOptions::qr` asked for QR payments.
+    pub qr_simulator: Option<qr_simulator::Simulator>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     _certs_dir: TempDir,
@@ -209,6 +216,20 @@ impl Stack {
             listener.listen = free_address().await;
         }
         let iso: Vec<SocketAddr> = iso_listeners.iter().map(|l| l.listen).collect();
+        // QR: the platform simulator on a port of its own, notifying the
+        // switch's receiver on another.
+        let qr_platform_listener = optional(options.qr.is_some()).await?;
+        let qr_config = match (&options.qr, &qr_platform_listener) {
+            (Some(qr), Some(platform)) => Some(authorization::QrConfig {
+                platform_url: format!("https://localhost:{}", platform.local_addr()?.port()),
+                ca_path: Some(certs_dir.path().join("ca.pem")),
+                notify_listen: Some(free_address().await),
+                notify_cert_path: certs_dir.path().join("server.pem"),
+                notify_key_path: certs_dir.path().join("server.key"),
+                ..qr.clone()
+            }),
+            _ => None,
+        };
 
         let config = Arc::new(SwitchdConfig {
             database: database.clone(),
@@ -231,6 +252,7 @@ impl Stack {
                     .unwrap_or(options.issuer_timeout_ms + 1_000),
                 recovery_interval_ms: 200,
                 reversal: options.reversal.clone(),
+                qr: qr_config.clone(),
                 outbox: switch_platform::outbox::OutboxConfig {
                     relay_enabled: options.relay_enabled,
                     poll_interval_ms: 200,
@@ -301,6 +323,36 @@ impl Stack {
 
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
+        let qr_simulator = match (&qr_config, qr_platform_listener) {
+            (Some(qr), Some(listener)) => {
+                let notify = qr.notify_listen.map(|a| a.port()).unwrap_or_default();
+                let simulator = qr_simulator::Simulator::open(
+                    &qr_simulator::QrSimulatorConfig {
+                        cert_path: certs_dir.path().join("server.pem"),
+                        key_path: certs_dir.path().join("server.key"),
+                        key: qr.key.clone(),
+                        notify_url: Some(format!("https://localhost:{notify}/qr/notify")),
+                        notify_ca_path: Some(certs_dir.path().join("ca.pem")),
+                        time_scale: 100,
+                        confirm_delay_ms: 300,
+                        late_delay_ms: 1_500,
+                        ..Default::default()
+                    },
+                    &database,
+                )
+                .await?;
+                let serving = simulator
+                    .clone()
+                    .serve(listener, stop.clone().cancelled_owned());
+                tasks.push(tokio::spawn(async move {
+                    if let Err(error) = serving.await {
+                        eprintln!("qr simulator failed: {error}");
+                    }
+                }));
+                Some(simulator)
+            }
+            _ => None,
+        };
         let mut start = |service: Service, listener: TcpListener| {
             launch(&config, service, listener, &stop).map(|(task, stopped)| {
                 tasks.push(task);
@@ -338,6 +390,7 @@ impl Stack {
             issuer,
             pki,
             journal,
+            qr_simulator,
             stop,
             tasks,
             _certs_dir: certs_dir,

@@ -27,6 +27,9 @@ mod recovery;
 // Public only for this crate's integration tests (tests/group_commit.rs).
 #[doc(hidden)]
 pub mod model;
+// QR payments (ADR 29): the shell around switch_core::qr.
+#[doc(hidden)]
+pub mod qr;
 mod reversals;
 mod service;
 #[doc(hidden)]
@@ -48,6 +51,7 @@ use switch_proto::v1::authorization_service_server::AuthorizationServiceServer;
 use tokio::net::TcpListener;
 
 pub use error::AuthorizationError;
+pub use qr::QrConfig;
 pub use switch_platform::service::ServeError;
 
 /// Name of the service: its schema, its OpenTelemetry service name.
@@ -80,6 +84,8 @@ pub struct AuthorizationConfig {
     pub pan_hash_key: Secret,
     pub reversal: ReversalConfig,
     pub outbox: OutboxConfig,
+    /// QR payments (ADR 29); absent: none are offered.
+    pub qr: Option<QrConfig>,
 }
 
 impl Default for AuthorizationConfig {
@@ -94,6 +100,7 @@ impl Default for AuthorizationConfig {
             reversal: ReversalConfig::default(),
             pan_hash_key: Secret::new("dev-only-pan-fingerprint-key-change-me"),
             outbox: OutboxConfig::default(),
+            qr: None,
         }
     }
 }
@@ -113,6 +120,21 @@ impl DevelopmentSettings for AuthorizationConfig {
                 "authorization.issuer_endpoint",
                 "the issuer simulator's address",
             ));
+        }
+        if let Some(qr) = &self.qr {
+            let defaults = QrConfig::default();
+            if qr.key.expose() == qr::DEV_KEY {
+                found.push(DevelopmentSetting::new(
+                    "authorization.qr.key",
+                    "the QR simulator's published development key",
+                ));
+            }
+            if qr.platform_url == defaults.platform_url {
+                found.push(DevelopmentSetting::new(
+                    "authorization.qr.platform_url",
+                    "the QR platform simulator's address",
+                ));
+            }
         }
         found
     }
@@ -159,6 +181,9 @@ impl AuthorizationConfig {
                 "authorization.issuer_name",
                 "must not be empty",
             ));
+        }
+        if let Some(qr) = &self.qr {
+            qr.validate()?;
         }
         Ok(())
     }
@@ -250,6 +275,21 @@ pub async fn serve(
         windows.call_timeout,
     )?;
     let late_answers = service::LateAnswers::default();
+    // QR payments (ADR 29): off unless `authorization.qr` is configured.
+    let qr = match &config.qr {
+        Some(qr_config) => Some(
+            qr::start(
+                qr_config,
+                pool.clone(),
+                kafka.topic(topics::AUTHORIZATION_EVENTS),
+                relay.clone(),
+                switch_core::SystemClock::shared(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let (qr_api, qr_tasks) = qr.unzip();
     let journal = std::sync::Arc::new(store::Journal::new(pool));
     let wake_reversals = std::sync::Arc::new(tokio::sync::Notify::new());
     let lifecycle = lifecycle::Lifecycle {
@@ -269,7 +309,8 @@ pub async fn serve(
         switch_core::PanHasher::new(config.pan_hash_key.expose().as_bytes()),
         windows,
         late_answers.clone(),
-    );
+    )
+    .with_qr(qr_api);
     let recovery = recovery::RecoverySweep {
         lifecycle: lifecycle.clone(),
         windows,
@@ -332,6 +373,9 @@ pub async fn serve(
     // recorded (each by its call's deadline), then what they all enqueued
     // is published before the workers stop.
     late_answers.drain().await;
+    if let Some(qr_tasks) = qr_tasks {
+        qr_tasks.stop().await;
+    }
     let _ = stop_recovery_tx.send(());
     let _ = recovery_task.await;
     let _ = stop_worker_tx.send(());
@@ -340,4 +384,34 @@ pub async fn serve(
     let _ = relay_task.await;
     tracing::info!("Authorization service stopped.");
     result
+}
+
+#[cfg(test)]
+mod qr_settings_tests {
+    use super::*;
+
+    #[test]
+    fn a_qr_section_with_the_simulators_key_or_address_is_a_development_setting() {
+        let keys = |config: &AuthorizationConfig| -> Vec<String> {
+            config
+                .development_settings()
+                .into_iter()
+                .map(|s| s.key)
+                .filter(|k| k.starts_with("authorization.qr"))
+                .collect()
+        };
+        let mut config = AuthorizationConfig::default();
+        assert!(keys(&config).is_empty(), "no QR section, nothing to say");
+        config.qr = Some(QrConfig::default());
+        assert_eq!(
+            keys(&config),
+            ["authorization.qr.key", "authorization.qr.platform_url"]
+        );
+        config.qr = Some(QrConfig {
+            key: Secret::new("a-production-key-0123456789"),
+            platform_url: "https://qr.example".into(),
+            ..QrConfig::default()
+        });
+        assert!(keys(&config).is_empty());
+    }
 }

@@ -76,6 +76,8 @@ pub struct AuthorizationApi {
     in_flight: InFlight,
     decisions: Counter<u64>,
     issuer_latency: Histogram<u64>,
+    /// QR payments (ADR 29); `None` unless `authorization.qr` is configured.
+    qr: Option<crate::qr::QrApi>,
 }
 
 /// Removes the in-flight entry and wakes the waiters however the leader's
@@ -115,6 +117,7 @@ impl AuthorizationApi {
             windows,
             late_answers,
             in_flight: Arc::default(),
+            qr: None,
             decisions: meter
                 .u64_counter("authorization.decisions")
                 .with_description("Authorizations decided, by outcome")
@@ -125,6 +128,18 @@ impl AuthorizationApi {
                 .with_description("Time from sending to the issuer to its answer or timeout")
                 .build(),
         }
+    }
+
+    /// Offers the QR calls.
+    pub fn with_qr(mut self, qr: Option<crate::qr::QrApi>) -> Self {
+        self.qr = qr;
+        self
+    }
+
+    fn qr(&self) -> Result<&crate::qr::QrApi, Status> {
+        self.qr.as_ref().ok_or_else(|| {
+            Status::unimplemented("QR payments are not configured (authorization.qr)")
+        })
     }
 
     fn role(&self, key: &RequestKey) -> Role {
@@ -642,5 +657,47 @@ impl AuthorizationService for AuthorizationApi {
         }
         .instrument(span)
         .await
+    }
+
+    // QR payments (ADR 29): the shell in `crate::qr` does the work.
+    async fn qr_pay(
+        &self,
+        request: Request<pb::QrPayRequest>,
+    ) -> Result<Response<pb::QrPaymentResponse>, Status> {
+        let span = server_span("authorization.qr_pay", request.metadata());
+        let qr = self.qr()?;
+        async move { Ok(Response::new(qr.pay(request.get_ref()).await?)) }
+            .instrument(span)
+            .await
+    }
+
+    async fn qr_order(
+        &self,
+        request: Request<pb::QrOrderRequest>,
+    ) -> Result<Response<pb::QrPaymentResponse>, Status> {
+        let span = server_span("authorization.qr_order", request.metadata());
+        let qr = self.qr()?;
+        async move { Ok(Response::new(qr.order(request.get_ref()).await?)) }
+            .instrument(span)
+            .await
+    }
+
+    async fn qr_status(
+        &self,
+        request: Request<pb::QrStatusRequest>,
+    ) -> Result<Response<pb::QrPaymentRecord>, Status> {
+        let qr = self.qr()?;
+        Ok(Response::new(qr.status(request.get_ref()).await?))
+    }
+
+    async fn qr_acknowledge(
+        &self,
+        request: Request<pb::QrAcknowledgeRequest>,
+    ) -> Result<Response<pb::QrPaymentRecord>, Status> {
+        let span = server_span("authorization.qr_acknowledge", request.metadata());
+        let qr = self.qr()?;
+        async move { Ok(Response::new(qr.acknowledge(request.get_ref()).await?)) }
+            .instrument(span)
+            .await
     }
 }

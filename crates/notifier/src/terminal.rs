@@ -67,6 +67,9 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> TerminalPlan {
     let Some(payload) = &event.payload else {
         return TerminalPlan::Ignore;
     };
+    if let Payload::QrPayment(qr) = payload {
+        return qr_push(event, qr, now);
+    }
     let outcome = match notified_event(payload) {
         Ok(Some(outcome)) => outcome,
         Ok(None) => return TerminalPlan::Ignore,
@@ -139,6 +142,78 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> TerminalPlan {
             kind: kind.as_str().to_owned(),
             facts: Some(facts),
             approval_code,
+            reason: Some(reason),
+            text,
+        },
+    }))
+}
+
+/// A QR payment's event (ADR 29): the push it owes is the core's rule
+/// (`switch_core::qr::notice_for`), carried in the event.
+fn qr_push(event: &EventEnvelope, qr: &pb::QrPaymentEvent, now: OffsetDateTime) -> TerminalPlan {
+    if qr.push.is_empty() {
+        return TerminalPlan::Ignore;
+    }
+    let Some(kind) = TerminalMessageKind::ALL
+        .into_iter()
+        .find(|kind| kind.as_str() == qr.push)
+    else {
+        return TerminalPlan::Invalid("QR event names no known terminal message");
+    };
+    let Some(payment) = &qr.payment else {
+        return TerminalPlan::Invalid("QR event carries no payment");
+    };
+    let Ok(event_id) = Uuid::parse_str(&event.event_id) else {
+        return TerminalPlan::Invalid("event id is not a UUID");
+    };
+    if payment.terminal_id.trim().is_empty() {
+        return TerminalPlan::Invalid("event names no terminal");
+    }
+    let reason = match kind {
+        TerminalMessageKind::ReprintReceipt => {
+            pb::OutcomeReason::from(switch_core::Evidence::Policy)
+        }
+        TerminalMessageKind::VoidReceipt => pb::OutcomeReason::from(
+            switch_core::ReversalReason::parse(&qr.reason)
+                .unwrap_or(switch_core::ReversalReason::LateIssuerResponse),
+        ),
+    };
+    let outcome = match kind {
+        TerminalMessageKind::ReprintReceipt => "was confirmed: reprint the receipt",
+        TerminalMessageKind::VoidReceipt => "was refunded to the shopper: void the receipt",
+    };
+    let occurred_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
+    let message_id = message_id(event_id, kind);
+    let text = format!(
+        "QR payment of {} (STAN {}, order {}, wallet transaction {}) {outcome}",
+        display_amount(payment.amount.as_ref()),
+        payment.stan,
+        payment.order_id,
+        payment.platform_txn_id
+    );
+    let facts = AuthorizationFacts {
+        terminal_id: payment.terminal_id.clone(),
+        merchant_id: payment.merchant_id.clone(),
+        stan: payment.stan.clone(),
+        local_date: payment.local_date.clone(),
+        rrn: String::new(),
+        masked_pan: String::new(),
+        amount: payment.amount.clone(),
+        channel: "qr".into(),
+    };
+    TerminalPlan::Send(Box::new(TerminalPush {
+        message_id,
+        kind,
+        transaction_id: event.transaction_id.clone(),
+        occurred_at,
+        message: TerminalMessageRequested {
+            message_id: message_id.to_string(),
+            terminal_id: facts.terminal_id.clone(),
+            merchant_id: facts.merchant_id.clone(),
+            kind: kind.as_str().to_owned(),
+            facts: Some(facts),
+            // QR has no approval code; the wallet's transaction is in the text.
+            approval_code: String::new(),
             reason: Some(reason),
             text,
         },
@@ -510,5 +585,39 @@ mod tests {
         let mut event = reversed(pb::ReversalReason::IssuerTimeout);
         event.occurred_at = None;
         assert_eq!(sent(&event).occurred_at, now());
+    }
+
+    #[test]
+    fn a_qr_event_pushes_what_the_core_said_it_owes() {
+        let qr = |push: &str| {
+            envelope(Payload::QrPayment(pb::QrPaymentEvent {
+                payment: Some(pb::QrPaymentRecord {
+                    terminal_id: "TERM0001".into(),
+                    merchant_id: "MERCHANT0000001".into(),
+                    stan: "000001".into(),
+                    order_id: "Q0123456789abcdef01234567".into(),
+                    platform_txn_id: "4200001".into(),
+                    amount: facts().amount,
+                    ..Default::default()
+                }),
+                reason: "late_issuer_response".into(),
+                webhook: "payment.reversed".into(),
+                push: push.into(),
+                attempts: 0,
+            }))
+        };
+        let now = OffsetDateTime::from_unix_timestamp(NOW).expect("time");
+        let TerminalPlan::Send(push) = plan(&qr("void_receipt"), now) else {
+            panic!("a void is pushed");
+        };
+        assert_eq!(push.kind, TerminalMessageKind::VoidReceipt);
+        assert_eq!(push.message.terminal_id, "TERM0001");
+        assert!(
+            push.message.text.contains("4200001"),
+            "{}",
+            push.message.text
+        );
+        assert_eq!(plan(&qr(""), now), TerminalPlan::Ignore);
+        assert!(matches!(plan(&qr("dance"), now), TerminalPlan::Invalid(_)));
     }
 }

@@ -97,6 +97,9 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> Plan {
     let Some(payload) = &event.payload else {
         return Plan::Ignore;
     };
+    if let Payload::QrPayment(qr) = payload {
+        return qr_plan(event, qr, now);
+    }
     let outcome = match notified_event(payload) {
         Ok(Some(outcome)) => outcome,
         Ok(None) => return Plan::Ignore,
@@ -200,6 +203,59 @@ pub fn plan(event: &EventEnvelope, now: OffsetDateTime) -> Plan {
 
 /// The transaction facts every payment webhook carries: what a merchant
 /// needs to find the sale and reprint or void its receipt.
+/// A QR payment's event (ADR 29): which webhook it owes is the core's rule
+/// (`switch_core::qr::notice_for`), carried in the event; rendered here
+/// with what a merchant needs to find the payment: order id, terminal,
+/// STAN and the platform's transaction.
+fn qr_plan(event: &EventEnvelope, qr: &pb::QrPaymentEvent, now: OffsetDateTime) -> Plan {
+    if qr.webhook.is_empty() {
+        return Plan::Ignore;
+    }
+    let Some(kind) = WebhookType::ALL
+        .into_iter()
+        .find(|kind| kind.as_str() == qr.webhook)
+    else {
+        return Plan::Invalid("QR event names no known webhook type");
+    };
+    let Some(payment) = &qr.payment else {
+        return Plan::Invalid("QR event carries no payment");
+    };
+    let Ok(event_id) = Uuid::parse_str(&event.event_id) else {
+        return Plan::Invalid("event id is not a UUID");
+    };
+    if payment.merchant_id.trim().is_empty() {
+        return Plan::Invalid("event names no merchant");
+    }
+    let occurred_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
+    let data = json!({
+        "transaction_id": event.transaction_id,
+        "terminal_id": payment.terminal_id,
+        "stan": payment.stan,
+        "local_date": payment.local_date,
+        "order_id": payment.order_id,
+        "platform_txn_id": payment.platform_txn_id,
+        "amount": amount(payment.amount.as_ref()),
+        "channel": "qr",
+        "state": payment.state,
+        "reason": qr.reason,
+        "receipt_void": qr.push == TerminalMessageKind::VoidReceipt.as_str(),
+    });
+    let body = Body {
+        id: event_id.to_string(),
+        kind: kind.as_str(),
+        created_at: rfc3339(occurred_at),
+        merchant_id: &payment.merchant_id,
+        data,
+    };
+    Plan::Send(Webhook {
+        event_id,
+        kind,
+        merchant_id: payment.merchant_id.clone(),
+        occurred_at,
+        body: serde_json::to_string(&body).expect("a JSON value always serialises"),
+    })
+}
+
 fn transaction(transaction_id: &str, facts: &AuthorizationFacts) -> Value {
     json!({
         "transaction_id": transaction_id,
@@ -481,5 +537,40 @@ mod tests {
         event.occurred_at = None;
         let (webhook, _) = sent(&event);
         assert_eq!(webhook.occurred_at, now());
+    }
+
+    #[test]
+    fn a_qr_event_owes_the_webhook_the_core_named() {
+        let qr = |webhook: &str| EventEnvelope {
+            event_id: "0193a5d4-7e1f-7c3a-9d5e-000000000001".into(),
+            transaction_id: "0193a5d4-7e1f-7c3a-9d5e-0000000000aa".into(),
+            payload: Some(Payload::QrPayment(pb::QrPaymentEvent {
+                payment: Some(pb::QrPaymentRecord {
+                    terminal_id: "TERM0001".into(),
+                    merchant_id: "MERCHANT0000001".into(),
+                    order_id: "Q0123456789abcdef01234567".into(),
+                    platform_txn_id: "4200001".into(),
+                    state: "confirmed".into(),
+                    ..Default::default()
+                }),
+                reason: "policy".into(),
+                webhook: webhook.into(),
+                push: "reprint_receipt".into(),
+                attempts: 0,
+            })),
+            ..EventEnvelope::default()
+        };
+        let now = OffsetDateTime::from_unix_timestamp(1_764_000_000).expect("time");
+        let Plan::Send(webhook) = plan(&qr("payment.confirmed"), now) else {
+            panic!("a confirmed QR payment is sent");
+        };
+        assert_eq!(webhook.kind, WebhookType::PaymentConfirmed);
+        assert_eq!(webhook.merchant_id, "MERCHANT0000001");
+        let body: Value = serde_json::from_str(&webhook.body).expect("json");
+        assert_eq!(body["data"]["order_id"], "Q0123456789abcdef01234567");
+        assert_eq!(body["data"]["channel"], "qr");
+        assert_eq!(body["data"]["receipt_void"], false);
+        assert_eq!(plan(&qr(""), now), Plan::Ignore);
+        assert!(matches!(plan(&qr("payment.maybe"), now), Plan::Invalid(_)));
     }
 }

@@ -14,7 +14,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use switch_core::TerminalId;
-use switch_proto::v1::{AcknowledgeRequest, AuthorizationStatus, Money, SaleRequest};
+use switch_proto::v1::{
+    AcknowledgeRequest, AuthorizationStatus, Money, QrAcknowledgeRequest, QrPayRequest, SaleRequest,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -53,6 +55,9 @@ pub struct BenchConfig {
     pub ack_percent: u8,
     /// First STAN of every terminal's sequence; random when `None`.
     pub stan_start: Option<u32>,
+    /// QR payments (consumer-presented, immediate success: amounts end in
+    /// 00) instead of card sales.
+    pub qr: bool,
     pub json: bool,
 }
 
@@ -91,6 +96,7 @@ struct Shared {
     next_request: AtomicU64,
     local_date: String,
     ack_percent: u8,
+    qr: bool,
 }
 
 impl Shared {
@@ -128,7 +134,63 @@ enum Outcome {
     Err(String),
 }
 
+/// A scanned payment code the QR simulator accepts; only ever sent.
+const BENCH_PAYMENT_CODE: &str = "134567890123456789";
+
+/// One consumer-presented QR payment (and its acknowledgement), counted
+/// as a sale: `approved` when the platform paid at once.
+async fn send_one_qr(shared: &Shared, i: u64) -> Outcome {
+    let (mut client, sale) = shared.request(i);
+    let request = QrPayRequest {
+        terminal_id: sale.terminal_id,
+        stan: sale.stan,
+        local_date: sale.local_date,
+        merchant_id: String::new(),
+        payment_code: BENCH_PAYMENT_CODE.to_owned(),
+        amount: sale.amount,
+    };
+    let terminal_id = request.terminal_id.clone();
+    let started = Instant::now();
+    match client.qr_pay(request).await {
+        Ok(response) => {
+            let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let response = response.into_inner();
+            let payment = response.payment.unwrap_or_default();
+            let status = match payment.answer.as_str() {
+                "approved" => AuthorizationStatus::Approved as i32,
+                "declined" => AuthorizationStatus::Declined as i32,
+                _ => 0,
+            };
+            let chosen = i % 100 < u64::from(shared.ack_percent);
+            let ack = if chosen && payment.answer == "approved" {
+                Some(
+                    client
+                        .qr_acknowledge(QrAcknowledgeRequest {
+                            terminal_id,
+                            order_id: payment.order_id,
+                        })
+                        .await
+                        .map(|_| ())
+                        .map_err(|status| format!("ack: {}", status_line(&status))),
+                )
+            } else {
+                None
+            };
+            Outcome::Ok {
+                latency_us,
+                status,
+                duplicate: response.duplicate,
+                ack,
+            }
+        }
+        Err(status) => Outcome::Err(status_line(&status)),
+    }
+}
+
 async fn send_one(shared: &Shared, i: u64) -> Outcome {
+    if shared.qr {
+        return send_one_qr(shared, i).await;
+    }
     let (mut client, request) = shared.request(i);
     let ack_request = AcknowledgeRequest {
         terminal_id: request.terminal_id.clone(),
@@ -417,6 +479,7 @@ pub async fn run(options: &GatewayOptions, config: BenchConfig) -> Result<Summar
         next_request: AtomicU64::new(0),
         local_date: config.local_date.clone(),
         ack_percent: config.ack_percent,
+        qr: config.qr,
     });
 
     let bar = progress_bar(&config);
@@ -536,6 +599,7 @@ mod tests {
             terminals: vec![TerminalId::parse("TERM0001").unwrap()],
             local_date: "2025-01-01".to_owned(),
             ack_percent: 0,
+            qr: false,
             stan_start: None,
             json: true,
         }

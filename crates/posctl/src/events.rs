@@ -109,6 +109,7 @@ pub fn payload_name(payload: Option<&Payload>) -> &'static str {
         Some(Payload::SettlementWindowClosed(_)) => "settlement_window_closed",
         Some(Payload::MerchantPaid(_)) => "merchant_paid",
         Some(Payload::TerminalMessageRequested(_)) => "terminal_message_requested",
+        Some(Payload::QrPayment(_)) => "qr_payment",
         None => "unknown",
     }
 }
@@ -225,6 +226,16 @@ impl EventLine {
                     line.approval_code = Some(p.approval_code.clone());
                 }
                 p.facts.as_ref()
+            }
+            Some(Payload::QrPayment(p)) => {
+                if let Some(payment) = &p.payment {
+                    line.merchant_id = payment.merchant_id.clone();
+                    line.amount = payment.amount.clone();
+                }
+                if !p.reason.is_empty() {
+                    line.reason = Some(p.reason.clone());
+                }
+                None
             }
             None => None,
         };

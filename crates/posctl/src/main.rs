@@ -26,6 +26,7 @@ mod events;
 mod iso;
 mod operator;
 mod output;
+mod qr;
 mod settlement;
 mod watch;
 mod webhooks;
@@ -160,6 +161,9 @@ enum Command {
     /// Speak ISO 8583 to one of the gateway's ISO listeners (echo, sale,
     /// reverse) with this terminal's certificate.
     Iso(iso::IsoArgs),
+    /// QR payments through the gateway: pay (scanned code), order (code to
+    /// show), status, ack.
+    Qr(qr::QrArgs),
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +243,9 @@ struct BenchArgs {
     /// sale would be answered as a duplicate) give each run its own range.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=999_999))]
     stan_start: Option<u32>,
+    /// QR payments (consumer-presented, paid at once) instead of card sales.
+    #[arg(long)]
+    qr: bool,
 }
 
 #[derive(Debug, Args)]
@@ -592,6 +599,7 @@ async fn run(cli: Cli) -> Result<()> {
                 local_date: args.date.unwrap_or_else(today_utc).to_string(),
                 ack_percent: args.ack_percent.unwrap_or(if args.ack { 100 } else { 0 }),
                 stan_start: args.stan_start,
+                qr: args.qr,
                 json: cli.json,
             };
             let summary = bench::run(&options, config).await?;
@@ -626,6 +634,7 @@ async fn run(cli: Cli) -> Result<()> {
             watch::run_watch(&options, &certificate, terminal_id, args, cli.json).await
         }
         Command::Webhooks(args) => webhooks::run_webhooks(args, cli.json).await,
+        Command::Qr(args) => qr::run_qr(&options, &certificate, terminal_id, args, cli.json).await,
         Command::Redrive(args) => {
             operator::run_redrive(args, &operator, cli.timeout, cli.json).await
         }
@@ -931,5 +940,34 @@ mod tests {
         assert!(!outcome_unknown(Code::PermissionDenied));
         let reported = anyhow::Error::new(AlreadyReported);
         assert!(reported.is::<AlreadyReported>());
+    }
+
+    #[test]
+    fn qr_commands_parse_and_status_takes_one_key() {
+        let cli = Cli::try_parse_from([
+            "posctl",
+            "qr",
+            "pay",
+            "--code",
+            "134567890123456789",
+            "--amount",
+            "1000",
+            "--no-ack",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Qr(_)));
+        assert!(Cli::try_parse_from(["posctl", "qr", "order", "--amount", "500"]).is_ok());
+        assert!(
+            Cli::try_parse_from([
+                "posctl",
+                "qr",
+                "status",
+                "--order-id",
+                "Q1",
+                "--stan",
+                "000001"
+            ])
+            .is_err()
+        );
     }
 }

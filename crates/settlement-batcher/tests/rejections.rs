@@ -414,6 +414,34 @@ struct Journal(std::collections::HashMap<String, AuthorizationRecord>);
 
 #[tonic::async_trait]
 impl AuthorizationService for Journal {
+    async fn qr_pay(
+        &self,
+        _: tonic::Request<switch_proto::v1::QrPayRequest>,
+    ) -> Result<tonic::Response<switch_proto::v1::QrPaymentResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no QR here"))
+    }
+
+    async fn qr_order(
+        &self,
+        _: tonic::Request<switch_proto::v1::QrOrderRequest>,
+    ) -> Result<tonic::Response<switch_proto::v1::QrPaymentResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no QR here"))
+    }
+
+    async fn qr_status(
+        &self,
+        _: tonic::Request<switch_proto::v1::QrStatusRequest>,
+    ) -> Result<tonic::Response<switch_proto::v1::QrPaymentRecord>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no QR here"))
+    }
+
+    async fn qr_acknowledge(
+        &self,
+        _: tonic::Request<switch_proto::v1::QrAcknowledgeRequest>,
+    ) -> Result<tonic::Response<switch_proto::v1::QrPaymentRecord>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no QR here"))
+    }
+
     async fn get_authorization(
         &self,
         request: Request<pb::GetAuthorizationRequest>,

@@ -293,6 +293,15 @@ pub const ACCESS: &[(&str, &[Allowed])] = &[
         "/switch.v1.AuthorizationService/Confirm",
         &[REVERSALS, SETTLEMENT],
     ),
+    // QR payments (ADR 29): a terminal's, through the gateway; an
+    // operator may look one up.
+    ("/switch.v1.AuthorizationService/QrPay", &[GATEWAY]),
+    ("/switch.v1.AuthorizationService/QrOrder", &[GATEWAY]),
+    ("/switch.v1.AuthorizationService/QrAcknowledge", &[GATEWAY]),
+    (
+        "/switch.v1.AuthorizationService/QrStatus",
+        &[GATEWAY, Operator],
+    ),
     ("/switch.v1.AuthorizationService/Redrive", &[Operator]),
     (
         "/switch.v1.AuthorizationService/ListDeadLettered",

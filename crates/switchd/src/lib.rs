@@ -70,12 +70,13 @@ impl SwitchdConfig {
         for spec in service.specs() {
             (spec.validate)(self)?;
         }
-        // After every section: a bad value is named before a missing
-        // certificate file, whichever service comes first.
+        // After every section: a bad value, then a development setting in
+        // production, is named before a missing certificate file.
+        refuse_in_production(self.environment, self.development_settings_for(service))?;
         for spec in service.specs() {
             self.internal_tls.validate_for(spec.name)?;
         }
-        refuse_in_production(self.environment, self.development_settings_for(service))
+        Ok(())
     }
 
     /// The development settings that `service` would run with.
@@ -373,7 +374,19 @@ mod tests {
         c.settlement.debtor_iban = "GB29NWBK60161331926819".into();
         c.settlement.debtor_bic = "NWBKGB2L".into();
         c.notifier.webhook_destinations = notifier::WebhookDestinations::PublicHttps;
+        c.internal_tls = service_pki();
         c
+    }
+
+    /// A service PKI on disk, as a pod would mount it.
+    fn service_pki() -> switch_platform::internal_tls::InternalTlsConfig {
+        let dir = std::env::temp_dir().join(format!("switchd-pki-{}", std::process::id()));
+        let services: Vec<&str> = SERVICES.iter().map(|s| s.name).collect();
+        dev_certs::DevPki::generate_service_ca()
+            .unwrap()
+            .write_service_layout(&dir, &services, &[])
+            .unwrap();
+        switch_platform::internal_tls::InternalTlsConfig::in_dir(&dir)
     }
 
     fn refused_keys(config: &SwitchdConfig, service: Service) -> Vec<String> {
@@ -413,7 +426,10 @@ mod tests {
             ["notifier.webhook_destinations"]
         );
         // The same configuration runs on a laptop.
-        let development = SwitchdConfig::default();
+        let development = SwitchdConfig {
+            internal_tls: service_pki(),
+            ..SwitchdConfig::default()
+        };
         assert!(development.validate_for(Service::Authorization).is_ok());
     }
 
@@ -441,6 +457,10 @@ mod tests {
             .map(|s| s.key)
             .collect();
         assert_eq!(all, ["issuer_simulator", "qr_simulator"]);
+        assert_eq!(
+            refused_keys(&config, Service::QrSimulator),
+            ["qr_simulator"]
+        );
         let mut plaintext = production_ready();
         plaintext.internal_tls =
             switch_platform::internal_tls::InternalTlsConfig::plaintext_for_lab();

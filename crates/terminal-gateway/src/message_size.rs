@@ -102,6 +102,10 @@ fn method_of(path: &str) -> &'static str {
         "UploadBatch" => "UploadBatch",
         "Subscribe" => "Subscribe",
         "AcknowledgeMessage" => "AcknowledgeMessage",
+        "QrPay" => "QrPay",
+        "QrOrder" => "QrOrder",
+        "QrStatus" => "QrStatus",
+        "QrAcknowledge" => "QrAcknowledge",
         _ => "unknown",
     }
 }

@@ -461,4 +461,64 @@ impl TerminalService for TerminalApi {
             ))),
         }
     }
+
+    // QR payments (ADR 29): the terminal is the certificate's, and so is
+    // the merchant, whatever the request says.
+    #[tracing::instrument(name = "gateway.qr_pay", skip_all, fields(terminal_id, stan))]
+    async fn qr_pay(
+        &self,
+        request: Request<pb::QrPayRequest>,
+    ) -> Result<Response<pb::QrPaymentResponse>, Status> {
+        let identity = self.guard.admit(&request, "QrPay")?;
+        let mut pay = request.into_inner();
+        identity.authorize(&pay.terminal_id)?;
+        let span = tracing::Span::current();
+        span.record("terminal_id", pay.terminal_id.as_str());
+        span.record("stan", pay.stan.as_str());
+        pay.merchant_id = identity.merchant_id.clone();
+        self.authorization.clone().qr_pay(self.outbound(pay)).await
+    }
+
+    #[tracing::instrument(name = "gateway.qr_order", skip_all)]
+    async fn qr_order(
+        &self,
+        request: Request<pb::QrOrderRequest>,
+    ) -> Result<Response<pb::QrPaymentResponse>, Status> {
+        let identity = self.guard.admit(&request, "QrOrder")?;
+        let mut order = request.into_inner();
+        identity.authorize(&order.terminal_id)?;
+        order.merchant_id = identity.merchant_id.clone();
+        self.authorization
+            .clone()
+            .qr_order(self.outbound(order))
+            .await
+    }
+
+    #[tracing::instrument(name = "gateway.qr_status", skip_all)]
+    async fn qr_status(
+        &self,
+        request: Request<pb::QrStatusRequest>,
+    ) -> Result<Response<pb::QrPaymentRecord>, Status> {
+        let identity = self.guard.admit(&request, "QrStatus")?;
+        let status = request.into_inner();
+        identity.authorize(&status.terminal_id)?;
+        self.authorization
+            .clone()
+            .qr_status(self.outbound(status))
+            .await
+    }
+
+    #[tracing::instrument(name = "gateway.qr_acknowledge", skip_all)]
+    async fn qr_acknowledge(
+        &self,
+        request: Request<pb::QrAcknowledgeRequest>,
+    ) -> Result<Response<pb::QrPaymentRecord>, Status> {
+        let identity = self.guard.admit(&request, "QrAcknowledge")?;
+        let acknowledge = request.into_inner();
+        identity.authorize(&acknowledge.terminal_id)?;
+        self.authorization
+            .clone()
+            .qr_acknowledge(self.outbound(acknowledge))
+            .await
+    }
 }

@@ -240,6 +240,34 @@ impl FakeAuthorization {
 
 #[tonic::async_trait]
 impl AuthorizationService for FakeAuthorization {
+    async fn qr_pay(
+        &self,
+        _: tonic::Request<switch_proto::v1::QrPayRequest>,
+    ) -> Result<tonic::Response<switch_proto::v1::QrPaymentResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no QR here"))
+    }
+
+    async fn qr_order(
+        &self,
+        _: tonic::Request<switch_proto::v1::QrOrderRequest>,
+    ) -> Result<tonic::Response<switch_proto::v1::QrPaymentResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no QR here"))
+    }
+
+    async fn qr_status(
+        &self,
+        _: tonic::Request<switch_proto::v1::QrStatusRequest>,
+    ) -> Result<tonic::Response<switch_proto::v1::QrPaymentRecord>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no QR here"))
+    }
+
+    async fn qr_acknowledge(
+        &self,
+        _: tonic::Request<switch_proto::v1::QrAcknowledgeRequest>,
+    ) -> Result<tonic::Response<switch_proto::v1::QrPaymentRecord>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no QR here"))
+    }
+
     async fn authorize(
         &self,
         _: Request<pb::AuthorizeRequest>,

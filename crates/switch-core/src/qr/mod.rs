@@ -160,6 +160,12 @@ impl PlatformRequestId {
         Self(format!("{}-{operation}", order.as_str()))
     }
 
+    /// The id of the owed `kind` of call for `order`, as [`decide`] makes
+    /// it: how a journal that stores the kind reads the owed call back.
+    pub fn for_owed(order: &OrderId, kind: CancelKind) -> Self {
+        Self::of(order, kind.as_str())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

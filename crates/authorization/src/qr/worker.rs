@@ -1,0 +1,112 @@
+//! The QR worker: on the service's clock it sweeps terminal deadlines
+//! (`TerminalGaveUp`), runs due queries (`QueryDue`, then the query and
+//! its answer) and makes the owed cancels, closes and refunds
+//! (`CancelAnswered`, with the core's backoff and dead letter). Every step
+//! is a decision under the payment's lock, so two workers (two instances
+//! of the service) cannot both act on one step: the loser's command is
+//! refused or a no-op.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use switch_core::qr::{CancelAttempt, QrCommand, QrRefusal};
+
+use super::store::QrTarget;
+use super::{QrError, QrShell};
+
+/// Queries or owed calls made at once.
+const CONCURRENCY: usize = 32;
+
+pub struct QrWorker {
+    pub shell: QrShell,
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    /// An owed call's claim: longer than its call can take.
+    pub lease_ms: i64,
+}
+
+impl QrWorker {
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(error) = self.round().await {
+                tracing::warn!(%error, "QR worker round failed; it is repeated.");
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(self.poll_interval) => {}
+                () = self.shell.wake.notified() => {}
+            }
+        }
+    }
+
+    /// One pass over everything due now.
+    pub async fn round(&self) -> Result<(), QrError> {
+        let shell = &self.shell;
+        let now = shell.clock.now();
+        for id in shell
+            .journal
+            .past_terminal_deadline(now, self.batch_size)
+            .await?
+        {
+            quietly(
+                shell
+                    .execute(QrTarget::Id(id), QrCommand::TerminalGaveUp)
+                    .await,
+            );
+        }
+        let due = shell.journal.due_queries(now, self.batch_size).await?;
+        futures::stream::iter(due)
+            .for_each_concurrent(CONCURRENCY, |id| async move {
+                match shell.execute(QrTarget::Id(id), QrCommand::QueryDue).await {
+                    Ok((written, decision)) => {
+                        quietly(shell.carry_out(written, &decision).await);
+                    }
+                    Err(error) => quietly::<()>(Err(error)),
+                }
+            })
+            .await;
+        let lease_ms = self.lease_ms;
+        let claimed = shell
+            .journal
+            .claim_calls(now, self.batch_size, lease_ms)
+            .await?;
+        futures::stream::iter(claimed)
+            .for_each_concurrent(CONCURRENCY, |call| async move {
+                let target = QrTarget::Id(call.transaction_id);
+                let payment = match shell.journal.find(target).await {
+                    Ok(Some(payment)) => payment,
+                    Ok(None) => return,
+                    Err(error) => return quietly::<()>(Err(error)),
+                };
+                let answer = shell.link.owed(&payment, call.kind, &call.request_id).await;
+                let command = QrCommand::CancelAnswered {
+                    request_id: call.request_id,
+                    answer,
+                    attempt: CancelAttempt {
+                        attempts: call.attempts,
+                        jitter: rand::random(),
+                    },
+                    schedule: shell.schedule,
+                };
+                quietly(shell.execute(target, command).await);
+            })
+            .await;
+        Ok(())
+    }
+}
+
+/// A step another worker took first is refused or a no-op: not an error.
+fn quietly<T>(result: Result<T, QrError>) {
+    match result {
+        Ok(_) => {}
+        Err(QrError::Refused {
+            refusal: QrRefusal::QueryNotDue { .. } | QrRefusal::TerminalStillWaiting { .. },
+            ..
+        }) => {}
+        Err(QrError::Refused { target, refusal }) => {
+            tracing::warn!(%target, kind = refusal.kind(), %refusal, "QR step refused.");
+        }
+        Err(error) => tracing::warn!(%error, "QR step failed; it is repeated."),
+    }
+}
