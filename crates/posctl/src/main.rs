@@ -228,6 +228,16 @@ struct BenchArgs {
     /// sale would be answered as a duplicate) give each run its own range.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=999_999))]
     stan_start: Option<u32>,
+    /// Send the sales as ISO 8583 0200s to the gateway's ISO listener at
+    /// this address instead of over gRPC (closed loop only).
+    #[arg(long, value_name = "ADDRESS")]
+    iso: Option<std::net::SocketAddr>,
+    /// The ISO listener's profile (with --iso).
+    #[arg(long, value_enum, default_value = "ascii1987", requires = "iso")]
+    iso_profile: iso::IsoProfileArg,
+    /// Plain TCP to a lab ISO listener (`plain_tcp_for_lab`; with --iso).
+    #[arg(long, requires = "iso")]
+    iso_plain: bool,
 }
 
 #[derive(Debug, Args)]
@@ -546,6 +556,21 @@ async fn run(cli: Cli) -> Result<()> {
                 ack_percent: args.ack_percent.unwrap_or(if args.ack { 100 } else { 0 }),
                 stan_start: args.stan_start,
                 json: cli.json,
+                edge: match args.iso {
+                    None => bench::Edge::Grpc,
+                    Some(address) => bench::Edge::Iso(iso::IsoTarget {
+                        address,
+                        profile: args.iso_profile.profile(),
+                        plain: args.iso_plain,
+                        tls_domain: options
+                            .tls_domain
+                            .clone()
+                            .or_else(|| connect::url_host(&options.gateway))
+                            .unwrap_or_else(|| "localhost".to_owned()),
+                        certs_dir: cli.certs_dir.clone(),
+                        timeout: cli.timeout,
+                    }),
+                },
             };
             let summary = bench::run(&options, config).await?;
             bench::print_summary(&summary, cli.json)
