@@ -715,6 +715,38 @@ mod tests {
     }
 
     #[test]
+    fn iso_answers_count_as_the_grpc_status_they_stand_for() {
+        assert_eq!(iso_status("00"), AuthorizationStatus::Approved as i32);
+        assert_eq!(iso_status("91"), AuthorizationStatus::IssuerTimedOut as i32);
+        for declined in ["05", "51", "30", "12", ""] {
+            assert_eq!(iso_status(declined), AuthorizationStatus::Declined as i32);
+        }
+    }
+
+    #[tokio::test]
+    async fn iso_runs_refuse_an_open_loop_before_connecting() {
+        let mut iso = config();
+        iso.rate = Some(100);
+        iso.edge = Edge::Iso(IsoTarget {
+            // Nothing listens there: the refusal must come first.
+            address: "127.0.0.1:9".parse().unwrap(),
+            profile: iso8583::Profile::ASCII_1987,
+            plain: true,
+            tls_domain: "localhost".to_owned(),
+            certs_dir: std::path::PathBuf::from("/nonexistent"),
+            timeout: Duration::from_secs(1),
+        });
+        let options = GatewayOptions {
+            gateway: "https://localhost:1".to_owned(),
+            certs_dir: std::path::PathBuf::from("/nonexistent"),
+            tls_domain: None,
+            timeout: Duration::from_secs(1),
+        };
+        let refused = run(&options, iso).await.unwrap_err().to_string();
+        assert!(refused.contains("closed-loop only"), "{refused}");
+    }
+
+    #[test]
     fn stan_sequence_wraps_to_one() {
         assert_eq!(stan_at(1, 0), "000001");
         assert_eq!(stan_at(123, 1), "000124");

@@ -744,6 +744,32 @@ mod tests {
     }
 
     #[test]
+    fn bench_iso_takes_the_listener_and_its_profile_and_profile_needs_iso() {
+        let cli = Cli::try_parse_from([
+            "posctl",
+            "bench",
+            "--iso",
+            "127.0.0.1:18584",
+            "--iso-profile",
+            "cup-pos",
+        ])
+        .unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("expected bench");
+        };
+        assert_eq!(args.iso, Some("127.0.0.1:18584".parse().unwrap()));
+        assert_eq!(
+            args.iso_profile.profile().name,
+            iso8583::Profile::CUP_POS.name
+        );
+        assert!(!args.iso_plain);
+        let refused = Cli::try_parse_from(["posctl", "bench", "--iso-profile", "cup-pos"])
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("--iso"), "{refused}");
+    }
+
+    #[test]
     fn cli_definition_is_valid() {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from([
