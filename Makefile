@@ -122,7 +122,7 @@ $(LEZER_PROMQL):
 BENCH_KAFKA_BROKERS ?= 127.0.0.1:19092
 
 .PHONY: bench
-bench: broker-install ## Benchmark the full stack (posctl bench) against a pgbench ceiling
+bench: broker-install pyiso ## Benchmark the full stack (posctl bench, gRPC and ISO 8583) against a pgbench ceiling, and the ISO 8583 codec
 	@$(MAKE) --no-print-directory build certs PROFILE=release
 	@PROFILE=release KAFKA_BROKERS=$(BENCH_KAFKA_BROKERS) BROKER_DIR=$(RUN_DIR)/bench-broker \
 		BROKER_STORAGE=memory://nisshi/ scripts/with-broker.sh scripts/bench.sh

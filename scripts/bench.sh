@@ -2,9 +2,12 @@
 # `make bench`: the full stack (release build, `switchd all`) under
 # `posctl bench` at concurrency 16 and 64, and in the same run pgbench with
 # a one-row INSERT at the same concurrency as the ceiling the journal's
-# PostgreSQL allows; then the settlement run (100,000 transactions, 1,000
-# merchants) and webhook deliveries. Writes bench/results.json and prints
-# a summary.
+# PostgreSQL allows; the same sales as ISO 8583 0200s over the gateway's
+# ISO TLS listeners (`posctl bench --iso`, both profiles); then the
+# settlement run (100,000 transactions, 1,000 merchants), webhook
+# deliveries, and the ISO 8583 codec (criterion, beside the i8583 crate and
+# pyiso8583). Writes bench/results.json and prints a summary.
+# BENCH_EDGE_ONLY=1 stops after the gRPC and ISO edge runs and the codec.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +35,24 @@ export SWITCH__REVERSAL_HANDLER__MERCHANTS__MERCHANT0000002__ACK_WINDOW_MS=2000
 export SWITCH__GATEWAY__RATE_LIMIT__PER_SECOND=1000000
 export SWITCH__GATEWAY__RATE_LIMIT__BURST=1000000
 export SWITCH__GATEWAY__MAX_CONCURRENT_STREAMS=1024
+# An ISO 8583 connection carries one message at a time from one terminal:
+# 64 workers over two terminals hold 32 connections each.
+export SWITCH__GATEWAY__MAX_CONNECTIONS_PER_TERMINAL=1024
+# The ISO 8583 listeners beside the gRPC edge, one per profile.
+iso_ascii=127.0.0.1:18583
+iso_cup=127.0.0.1:18584
+mkdir -p "${RUN_DIR:-.run}"
+export SWITCH_CONFIG="${RUN_DIR:-.run}/bench-switchd.toml"
+cat >"$SWITCH_CONFIG" <<TOML
+[[gateway.iso_listeners]]
+listen = "$iso_ascii"
+profile = "ascii_1987"
+
+[[gateway.iso_listeners]]
+listen = "$iso_cup"
+profile = "cup_pos"
+TOML
+edge_only=${BENCH_EDGE_ONLY:-0}
 orphan_sales=${BENCH_ORPHAN_SALES:-10000}
 orphan_rate=${BENCH_ORPHAN_RATE:-400}
 
@@ -70,10 +91,50 @@ for concurrency in 16 64; do
   results+=("\"posctl_c$concurrency\": $json")
 done
 
+# The same closed loop as ISO 8583 0200s over TLS, each worker its own
+# connection. Each run has its own STAN range on TERM0001/TERM0002, apart
+# from the gRPC runs' (1.., 400001..) and the warm-up's (900001..): 150,000
+# STANs per terminal is far more than 20 s of sales on this machine.
+iso_runs=("ascii1987 $iso_ascii 16 200001" "ascii1987 $iso_ascii 64 600001" "cup-pos $iso_cup 64 750001")
+for run in "${iso_runs[@]}"; do
+  read -r profile address concurrency iso_stan <<<"$run"
+  echo "posctl bench --iso ($profile): concurrency $concurrency for $duration..." >&2
+  json=$($posctl bench --iso "$address" --iso-profile "$profile" --concurrency "$concurrency" --duration "$duration" \
+         --terminals TERM0001,TERM0002 --stan-start "$iso_stan" --json)
+  name="posctl_iso_${profile//-/_}_c$concurrency"
+  echo "$json" >"$out_dir/$name.json"
+  results+=("\"$name\": $json")
+done
+
+# The codec alone: criterion (this codec and the i8583 crate on the same
+# bytes) and pyiso8583 encoding and decoding the same 0200.
+echo "iso8583 codec: criterion pack/unpack of a 0200, beside i8583..." >&2
+rm -rf target/criterion/pack_0200 target/criterion/unpack_0200
+cargo bench -q -p iso8583 --bench codec >"$out_dir/iso8583-criterion.txt" 2>&1
+codec=$(python3 - <<'PY'
+import glob, json
+figures = {}
+for path in glob.glob("target/criterion/*_0200/**/new/benchmark.json", recursive=True):
+    full_id = json.load(open(path))["full_id"]
+    estimates = json.load(open(path.replace("benchmark.json", "estimates.json")))
+    figures[full_id] = round(estimates["median"]["point_estimate"], 1)
+print(json.dumps(dict(sorted(figures.items()))))
+PY
+)
+results+=("\"iso8583_codec_median_ns\": $codec")
+echo "pyiso8583: encode/decode of the same 0200..." >&2
+pyiso=$("${PYISO8583_PYTHON:?run make pyiso}" scripts/pyiso-bench.py)
+results+=("\"pyiso8583\": $pyiso")
+
+if [[ $edge_only != 1 ]]; then
+
 # The reversal handler tracks every approval above; orphans are timed only
 # once it has caught up with all of them (and joined its group, which takes
 # seconds on the development broker).
-approved_so_far=$(python3 -c "import json; print(500 + sum(json.load(open(f'$out_dir/posctl-c{c}.json'))['approved'] for c in (16, 64)))")
+approved_so_far=$(python3 -c "
+import glob, json
+runs = ['$out_dir/posctl-c16.json', '$out_dir/posctl-c64.json'] + glob.glob('$out_dir/posctl_iso_*.json')
+print(500 + sum(json.load(open(run))['approved'] for run in runs))")
 echo "waiting for the reversal handler to catch up with $approved_so_far approvals..." >&2
 for _ in $(seq 1 900); do
   seen=$(psql -tA "$psql_url" -c "SELECT count(*) FROM bench_reversal_handler.approvals" 2>/dev/null || echo 0)
@@ -137,6 +198,7 @@ mapfile -t deliveries < <(cargo bench -q -p notifier --bench deliveries 2>/dev/n
 results+=("\"webhooks_one_endpoint\": ${deliveries[0]}")
 results+=("\"webhooks_fifty_endpoints\": ${deliveries[1]}")
 results+=("\"webhooks_with_a_slow_endpoint\": ${deliveries[2]}")
+fi
 
 {
   echo "{"
@@ -154,6 +216,18 @@ print(f"{'load':<28}{'throughput/s':>14}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{
 for c in (16, 64):
     p = r[f"posctl_c{c}"]
     print(f"{'posctl bench, c=' + str(c):<28}{p['throughput_per_s']:>14.0f}{p['p50_ms']:>9.1f}{p['p90_ms']:>9.1f}{p['p99_ms']:>9.1f}{p['max_ms']:>9.1f}{p['errors']:>8}")
+for key, p in r.items():
+    if key.startswith("posctl_iso_"):
+        label = f"ISO {p['edge'].split()[-1]} c={p['concurrency']}"
+        print(f"{label:<28}{p['throughput_per_s']:>14.0f}{p['p50_ms']:>9.1f}{p['p90_ms']:>9.1f}{p['p99_ms']:>9.1f}{p['max_ms']:>9.1f}{p['errors']:>8}")
+codec, py = r["iso8583_codec_median_ns"], r["pyiso8583"]
+print("\nISO 8583 codec, 0200 sale of 15 fields, median ns per operation:")
+for key, ns in codec.items():
+    print(f"  {key:<52}{ns:>10.0f}")
+print(f"  {'pyiso8583 encode (default_ascii)':<52}{py['encode_ns']:>10.0f}")
+print(f"  {'pyiso8583 decode (default_ascii)':<52}{py['decode_ns']:>10.0f}")
+if "orphans" not in r:
+    sys.exit(0)
 for c in (16, 64):
     t = r[f"pgbench_insert_c{c}"]["tps"]
     print(f"{'pgbench 1-row INSERT, c=' + str(c):<28}{t:>14.0f}")

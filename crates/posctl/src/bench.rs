@@ -4,6 +4,13 @@
 //! latency percentiles from an HDR histogram. Sales are not acknowledged
 //! unless asked (`--ack`): the benchmark measures authorizations, and the
 //! latency recorded is always the Sale call's alone.
+//!
+//! The sales go to the gRPC edge, or with `--iso` as 0200s to one of the
+//! gateway's ISO 8583 listeners: there each worker holds its own TLS
+//! connection speaking for one terminal (a connection carries one
+//! terminal's certificate) and sends one message at a time, closed loop,
+//! so `--concurrency` means the same on both edges. The acknowledgement
+//! is then the 0220 completion advice.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use switch_core::TerminalId;
+use switch_core::{Currency, ResponseCode, TerminalId};
 use switch_proto::v1::{
     AcknowledgeRequest, AuthorizationStatus, Money, QrAcknowledgeRequest, QrPayRequest, SaleRequest,
 };
@@ -21,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::connect::{GatewayOptions, TerminalClient, connect};
+use crate::iso::{self, IsoSale, IsoTarget};
 use crate::output::{should_acknowledge, status_line};
 
 /// Luhn-valid test card numbers used round-robin.
@@ -59,6 +67,23 @@ pub struct BenchConfig {
     /// 00) instead of card sales.
     pub qr: bool,
     pub json: bool,
+    pub edge: Edge,
+}
+
+/// Which edge the sales go to.
+#[derive(Debug, Clone)]
+pub enum Edge {
+    Grpc,
+    Iso(IsoTarget),
+}
+
+impl Edge {
+    fn name(&self) -> String {
+        match self {
+            Edge::Grpc => "grpc".to_owned(),
+            Edge::Iso(target) => format!("iso8583 {}", target.profile.name),
+        }
+    }
 }
 
 /// The `n`-th STAN (0-based) of a sequence starting at `start` (1..=999999),
@@ -85,7 +110,10 @@ pub fn pan_for(i: u64) -> &'static str {
 /// One terminal identity and its STAN sequence.
 struct TerminalSlot {
     terminal_id: String,
-    client: TerminalClient,
+    /// `None` over ISO 8583, whose connections belong to the workers.
+    client: Option<TerminalClient>,
+    /// Field 42 of its ISO sales.
+    merchant_id: String,
     stan_start: u32,
     next: AtomicU64,
 }
@@ -95,15 +123,31 @@ struct Shared {
     terminals: Vec<TerminalSlot>,
     next_request: AtomicU64,
     local_date: String,
+    /// The local date as ISO 8583 field 13 carries it.
+    mmdd: String,
+    /// The currency of the ISO sales (the gRPC ones name "EUR").
+    currency: Currency,
     ack_percent: u8,
     qr: bool,
 }
 
 impl Shared {
-    /// Builds the `i`-th request and the client to send it on.
-    fn request(&self, i: u64) -> (TerminalClient, SaleRequest) {
+    /// The terminal of request (or worker) number `i`.
+    fn slot(&self, i: u64) -> &TerminalSlot {
         let count = self.terminals.len() as u64;
-        let slot = &self.terminals[usize::try_from(i % count).unwrap_or(0)];
+        &self.terminals[usize::try_from(i % count).unwrap_or(0)]
+    }
+
+    /// Whether request `i` is one of the share to acknowledge: its position
+    /// in every hundred falls below the share, so exactly that share is,
+    /// spread evenly.
+    fn chosen_for_ack(&self, i: u64) -> bool {
+        i % 100 < u64::from(self.ack_percent)
+    }
+
+    /// Builds the `i`-th request and the client to send it on.
+    fn request(&self, i: u64) -> (Option<TerminalClient>, SaleRequest) {
+        let slot = self.slot(i);
         let n = slot.next.fetch_add(1, Ordering::Relaxed);
         let request = SaleRequest {
             terminal_id: slot.terminal_id.clone(),
@@ -140,7 +184,10 @@ const BENCH_PAYMENT_CODE: &str = "134567890123456789";
 /// One consumer-presented QR payment (and its acknowledgement), counted
 /// as a sale: `approved` when the platform paid at once.
 async fn send_one_qr(shared: &Shared, i: u64) -> Outcome {
-    let (mut client, sale) = shared.request(i);
+    let (client, sale) = shared.request(i);
+    let Some(mut client) = client else {
+        return Outcome::Err("no gRPC client for this terminal".to_owned());
+    };
     let request = QrPayRequest {
         terminal_id: sale.terminal_id,
         stan: sale.stan,
@@ -191,7 +238,10 @@ async fn send_one(shared: &Shared, i: u64) -> Outcome {
     if shared.qr {
         return send_one_qr(shared, i).await;
     }
-    let (mut client, request) = shared.request(i);
+    let (client, request) = shared.request(i);
+    let Some(mut client) = client else {
+        return Outcome::Err("no gRPC client for this terminal".to_owned());
+    };
     let ack_request = AcknowledgeRequest {
         terminal_id: request.terminal_id.clone(),
         stan: request.stan.clone(),
@@ -203,10 +253,7 @@ async fn send_one(shared: &Shared, i: u64) -> Outcome {
             let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let response = response.into_inner();
             let status = response.authorization.map_or(0, |a| a.status);
-            // Request i is acknowledged when its position in every hundred
-            // falls below the share: exactly that share, spread evenly.
-            let chosen = i % 100 < u64::from(shared.ack_percent);
-            let ack = if chosen && should_acknowledge(status) {
+            let ack = if shared.chosen_for_ack(i) && should_acknowledge(status) {
                 Some(
                     client
                         .acknowledge(ack_request)
@@ -225,6 +272,68 @@ async fn send_one(shared: &Shared, i: u64) -> Outcome {
             }
         }
         Err(status) => Outcome::Err(status_line(&status)),
+    }
+}
+
+/// The `i`-th sale as a 0200 on `connection`, which speaks for `slot`'s
+/// terminal; the 0220 advice follows when it is one to acknowledge.
+async fn send_one_iso(
+    shared: &Shared,
+    slot: &TerminalSlot,
+    connection: &mut iso::Connection,
+    i: u64,
+) -> Outcome {
+    let stan = stan_at(slot.stan_start, slot.next.fetch_add(1, Ordering::Relaxed));
+    let sale = IsoSale {
+        pan: pan_for(i),
+        amount: u64::try_from(amount_for(i)).unwrap_or(0),
+        currency: shared.currency,
+        expiry: "2812",
+        stan: &stan,
+        mmdd: &shared.mmdd,
+        terminal: &slot.terminal_id,
+        merchant: &slot.merchant_id,
+    };
+    let request = sale.request();
+    let started = Instant::now();
+    let answer = match connection.call(&request).await {
+        Ok(answer) => answer,
+        Err(error) => return Outcome::Err(format!("{error:#}")),
+    };
+    let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let code = answer.text(39).unwrap_or("");
+    let status = iso_status(code);
+    let ack = if shared.chosen_for_ack(i) && code == ResponseCode::APPROVED.as_str() {
+        Some(match connection.call(&sale.advice()).await {
+            Ok(answer) if answer.text(39) == Some(ResponseCode::APPROVED.as_str()) => Ok(()),
+            Ok(answer) => Err(format!(
+                "ack: 0230 answered {:?}",
+                answer.text(39).unwrap_or("")
+            )),
+            Err(error) => Err(format!("ack: {error:#}")),
+        })
+    } else {
+        None
+    };
+    Outcome::Ok {
+        latency_us,
+        status,
+        // ISO 8583 has no duplicate flag: a retry's answer is the original's.
+        duplicate: false,
+        ack,
+    }
+}
+
+/// The gRPC status an ISO answer stands for: "00" approved, "91" the
+/// issuer (or the switch behind the edge) unavailable, anything else a
+/// decline or refusal.
+fn iso_status(code: &str) -> i32 {
+    if code == ResponseCode::APPROVED.as_str() {
+        AuthorizationStatus::Approved as i32
+    } else if code == ResponseCode::ISSUER_UNAVAILABLE.as_str() {
+        AuthorizationStatus::IssuerTimedOut as i32
+    } else {
+        AuthorizationStatus::Declined as i32
     }
 }
 
@@ -312,6 +421,8 @@ impl Collector {
 /// The benchmark's result, printed as text or as one JSON object.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// `grpc`, or `iso8583 <profile>`.
+    pub edge: String,
     pub mode: &'static str,
     pub requests: u64,
     pub ok: u64,
@@ -359,6 +470,7 @@ impl Summary {
             0.0
         };
         Self {
+            edge: config.edge.name(),
             mode: if config.rate.is_some() {
                 "open-loop"
             } else {
@@ -399,6 +511,7 @@ impl Summary {
             "- (sales not acknowledged; use --ack)".to_owned()
         };
         [
+            format!("edge          {}", self.edge),
             format!(
                 "mode          {} (concurrency {}, rate {rate})",
                 self.mode, self.concurrency
@@ -460,16 +573,27 @@ pub async fn run(options: &GatewayOptions, config: BenchConfig) -> Result<Summar
     if config.requests == Some(0) {
         bail!("--requests must be at least 1");
     }
+    if matches!(config.edge, Edge::Iso(_)) && config.rate.is_some() {
+        bail!("--iso runs closed-loop only: drop --rate");
+    }
+    let mmdd = match (config.local_date.get(5..7), config.local_date.get(8..10)) {
+        (Some(month), Some(day)) => format!("{month}{day}"),
+        _ => bail!("the local date {:?} is not YYYY-MM-DD", config.local_date),
+    };
 
     let mut terminals = Vec::with_capacity(config.terminals.len());
     for terminal_id in &config.terminals {
-        let client = connect(options, terminal_id).await?;
+        let client = match config.edge {
+            Edge::Grpc => Some(connect(options, terminal_id).await?),
+            Edge::Iso(_) => None,
+        };
         let stan_start = config
             .stan_start
             .unwrap_or_else(|| rand::random_range(1..=999_999));
         terminals.push(TerminalSlot {
             terminal_id: terminal_id.to_string(),
             client,
+            merchant_id: iso::dev_merchant(terminal_id),
             stan_start,
             next: AtomicU64::new(0),
         });
@@ -478,15 +602,27 @@ pub async fn run(options: &GatewayOptions, config: BenchConfig) -> Result<Summar
         terminals,
         next_request: AtomicU64::new(0),
         local_date: config.local_date.clone(),
+        mmdd,
+        currency: Currency::parse("EUR").context("EUR is a currency")?,
         ack_percent: config.ack_percent,
         qr: config.qr,
     });
+    // Every ISO connection is open (TLS handshakes done) before the clock
+    // starts, as the gRPC channels are.
+    let mut iso_connections = Vec::new();
+    if let Edge::Iso(target) = &config.edge {
+        for worker in 0..config.concurrency {
+            let terminal = TerminalId::parse(&shared.slot(worker as u64).terminal_id)
+                .context("a terminal id")?;
+            iso_connections.push(iso::open(target, &terminal).await?);
+        }
+    }
 
     let bar = progress_bar(&config);
     let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
     let started = Instant::now();
     let deadline = started + config.duration;
-    let driver = tokio::spawn(drive(shared, config.clone(), deadline, tx));
+    let driver = tokio::spawn(drive(shared, config.clone(), deadline, tx, iso_connections));
 
     let mut collector = Collector::new()?;
     while let Some(outcome) = rx.recv().await {
@@ -524,10 +660,49 @@ async fn drive(
     config: BenchConfig,
     deadline: Instant,
     tx: mpsc::UnboundedSender<Outcome>,
+    iso_connections: Vec<iso::Connection>,
 ) {
     let mut tasks = JoinSet::new();
-    match config.rate {
-        None => {
+    match (&config.edge, config.rate) {
+        (Edge::Iso(target), _) => {
+            for (worker, mut connection) in iso_connections.into_iter().enumerate() {
+                let shared = Arc::clone(&shared);
+                let config = config.clone();
+                let target = target.clone();
+                let tx = tx.clone();
+                tasks.spawn(async move {
+                    let slot = shared.slot(worker as u64);
+                    loop {
+                        let i = shared.next_request.fetch_add(1, Ordering::Relaxed);
+                        if !should_send(i, &config, deadline) {
+                            break;
+                        }
+                        let mut outcome = send_one_iso(&shared, slot, &mut connection, i).await;
+                        // After a failed call the stream may still hold its
+                        // late answer: go on with a new connection, or stop
+                        // this worker when none can be had.
+                        let mut give_up = false;
+                        if let Outcome::Err(message) = &mut outcome {
+                            let reopened = match TerminalId::parse(&slot.terminal_id) {
+                                Ok(terminal) => iso::open(&target, &terminal).await,
+                                Err(error) => Err(error.into()),
+                            };
+                            match reopened {
+                                Ok(fresh) => connection = fresh,
+                                Err(error) => {
+                                    message.push_str(&format!("; reconnect: {error:#}"));
+                                    give_up = true;
+                                }
+                            }
+                        }
+                        if tx.send(outcome).is_err() || give_up {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+        (Edge::Grpc, None) => {
             for _ in 0..config.concurrency {
                 let shared = Arc::clone(&shared);
                 let config = config.clone();
@@ -545,7 +720,7 @@ async fn drive(
                 });
             }
         }
-        Some(rate) => {
+        (Edge::Grpc, Some(rate)) => {
             let period = Duration::from_nanos((1_000_000_000 / rate).max(1));
             let mut ticker = tokio::time::interval(period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -602,7 +777,40 @@ mod tests {
             qr: false,
             stan_start: None,
             json: true,
+            edge: Edge::Grpc,
         }
+    }
+
+    #[test]
+    fn iso_answers_count_as_the_grpc_status_they_stand_for() {
+        assert_eq!(iso_status("00"), AuthorizationStatus::Approved as i32);
+        assert_eq!(iso_status("91"), AuthorizationStatus::IssuerTimedOut as i32);
+        for declined in ["05", "51", "30", "12", ""] {
+            assert_eq!(iso_status(declined), AuthorizationStatus::Declined as i32);
+        }
+    }
+
+    #[tokio::test]
+    async fn iso_runs_refuse_an_open_loop_before_connecting() {
+        let mut iso = config();
+        iso.rate = Some(100);
+        iso.edge = Edge::Iso(IsoTarget {
+            // Nothing listens there: the refusal must come first.
+            address: "127.0.0.1:9".parse().unwrap(),
+            profile: iso8583::Profile::ASCII_1987,
+            plain: true,
+            tls_domain: "localhost".to_owned(),
+            certs_dir: std::path::PathBuf::from("/nonexistent"),
+            timeout: Duration::from_secs(1),
+        });
+        let options = GatewayOptions {
+            gateway: "https://localhost:1".to_owned(),
+            certs_dir: std::path::PathBuf::from("/nonexistent"),
+            tls_domain: None,
+            timeout: Duration::from_secs(1),
+        };
+        let refused = run(&options, iso).await.unwrap_err().to_string();
+        assert!(refused.contains("closed-loop only"), "{refused}");
     }
 
     #[test]

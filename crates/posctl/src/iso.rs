@@ -44,7 +44,7 @@ pub struct IsoArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum IsoProfileArg {
+pub enum IsoProfileArg {
     Ascii1987,
     CupPos,
 }
@@ -115,14 +115,14 @@ struct IsoSaleArgs {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-struct Connection {
+pub struct Connection {
     profile: Profile,
     stream: Box<dyn Stream>,
     timeout: Duration,
 }
 
 impl Connection {
-    async fn call(&mut self, message: &Message<'_>) -> Result<Message<'static>> {
+    pub async fn call(&mut self, message: &Message<'_>) -> Result<Message<'static>> {
         let envelope = Envelope {
             tpdu: self.profile.framing.tpdu.then_some(Tpdu {
                 destination: [0x00, 0x03],
@@ -155,21 +155,59 @@ impl Connection {
     }
 }
 
+/// Where and how to reach an ISO 8583 listener; `posctl iso` and
+/// `posctl bench --iso` share it.
+#[derive(Debug, Clone)]
+pub struct IsoTarget {
+    pub address: SocketAddr,
+    pub profile: Profile,
+    pub plain: bool,
+    pub tls_domain: String,
+    pub certs_dir: std::path::PathBuf,
+    pub timeout: Duration,
+}
+
+impl IsoProfileArg {
+    pub fn profile(self) -> Profile {
+        match self {
+            IsoProfileArg::Ascii1987 => Profile::ASCII_1987,
+            IsoProfileArg::CupPos => Profile::CUP_POS,
+        }
+    }
+}
+
 async fn connect(
     args: &IsoArgs,
     certs_dir: &Path,
     terminal: &TerminalId,
     timeout: Duration,
 ) -> Result<Connection> {
-    let profile = match args.profile {
-        IsoProfileArg::Ascii1987 => Profile::ASCII_1987,
-        IsoProfileArg::CupPos => Profile::CUP_POS,
+    let target = IsoTarget {
+        address: args.address,
+        profile: args.profile.profile(),
+        plain: args.plain,
+        tls_domain: args.tls_domain.clone(),
+        certs_dir: certs_dir.to_owned(),
+        timeout,
     };
-    let tcp = TcpStream::connect(args.address)
+    open(&target, terminal).await
+}
+
+/// Opens one connection speaking for `terminal` (its dev certificate).
+pub async fn open(target: &IsoTarget, terminal: &TerminalId) -> Result<Connection> {
+    let IsoTarget {
+        address,
+        profile,
+        plain,
+        ref tls_domain,
+        ref certs_dir,
+        timeout,
+    } = *target;
+    let tcp = TcpStream::connect(address)
         .await
-        .with_context(|| format!("cannot reach the ISO listener at {}", args.address))?;
+        .with_context(|| format!("cannot reach the ISO listener at {address}"))?;
     tcp.set_nodelay(true)?;
-    if args.plain {
+    if plain {
         return Ok(Connection {
             profile,
             stream: Box::new(tcp),
@@ -198,7 +236,7 @@ async fn connect(
             PrivateKeyDer::from_pem_slice(&read(&key_path)?)?,
         )?;
     let tls = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(args.tls_domain.clone())?, tcp)
+        .connect(ServerName::try_from(tls_domain.clone())?, tcp)
         .await
         .context("TLS handshake with the ISO listener")?;
     Ok(Connection {
@@ -250,6 +288,62 @@ fn mmdd() -> String {
     format!("{:02}{:02}", u8::from(today.month()), today.day())
 }
 
+/// A sale as `posctl iso sale` and `posctl bench --iso` send it: one place
+/// decides what an ISO sale from posctl carries.
+pub struct IsoSale<'a> {
+    pub pan: &'a str,
+    pub amount: u64,
+    pub currency: Currency,
+    pub expiry: &'a str,
+    pub stan: &'a str,
+    /// Field 13, the terminal's local date.
+    pub mmdd: &'a str,
+    pub terminal: &'a str,
+    pub merchant: &'a str,
+}
+
+impl IsoSale<'_> {
+    /// The 0200.
+    pub fn request(&self) -> Message<'static> {
+        let mut request = Message::new(Mti::FINANCIAL_REQUEST);
+        request
+            .set(2, self.pan.to_owned())
+            .set(3, "000000")
+            .set(4, format!("{:012}", self.amount))
+            .set(11, self.stan.to_owned())
+            .set(13, self.mmdd.to_owned())
+            .set(14, self.expiry.to_owned())
+            .set(22, "051")
+            .set(41, self.terminal.to_owned())
+            .set(42, self.merchant.to_owned())
+            .set(49, format!("{:03}", self.currency.numeric()));
+        request
+    }
+
+    /// The 0220 completion advice that follows its approval.
+    pub fn advice(&self) -> Message<'static> {
+        let mut advice = Message::new(Mti::FINANCIAL_ADVICE);
+        advice
+            .set(3, "000000")
+            .set(4, format!("{:012}", self.amount))
+            .set(11, self.stan.to_owned())
+            .set(13, self.mmdd.to_owned())
+            .set(41, self.terminal.to_owned())
+            .set(42, self.merchant.to_owned())
+            .set(49, format!("{:03}", self.currency.numeric()));
+        advice
+    }
+}
+
+/// The merchant id of a dev terminal (field 42).
+pub fn dev_merchant(terminal: &TerminalId) -> String {
+    dev_certs::DEFAULT_TERMINALS
+        .iter()
+        .find(|(tid, _)| *tid == terminal.as_str())
+        .map_or("MERCHANT0000009", |(_, mid)| *mid)
+        .to_owned()
+}
+
 pub async fn run_iso(
     args: IsoArgs,
     certs_dir: &Path,
@@ -257,13 +351,10 @@ pub async fn run_iso(
     timeout: Duration,
     json: bool,
 ) -> Result<()> {
-    let merchant = args.merchant.clone().unwrap_or_else(|| {
-        dev_certs::DEFAULT_TERMINALS
-            .iter()
-            .find(|(tid, _)| *tid == terminal.as_str())
-            .map_or("MERCHANT0000009", |(_, mid)| *mid)
-            .to_owned()
-    });
+    let merchant = args
+        .merchant
+        .clone()
+        .unwrap_or_else(|| dev_merchant(terminal));
     let mut connection = connect(&args, certs_dir, terminal, timeout).await?;
     let tid = terminal.as_str().to_owned();
     match args.command {
@@ -280,31 +371,21 @@ pub async fn run_iso(
         }
         IsoCommand::Sale(sale) => {
             let stan = sale.stan.unwrap_or_else(crate::random_stan);
-            let mut request = Message::new(Mti::FINANCIAL_REQUEST);
-            request
-                .set(2, sale.pan)
-                .set(3, "000000")
-                .set(4, format!("{:012}", sale.amount))
-                .set(11, stan.as_str().to_owned())
-                .set(13, mmdd())
-                .set(14, sale.expiry)
-                .set(22, "051")
-                .set(41, tid.clone())
-                .set(42, merchant.clone())
-                .set(49, format!("{:03}", sale.currency.numeric()));
-            let answer = connection.call(&request).await?;
+            let date = mmdd();
+            let iso_sale = IsoSale {
+                pan: &sale.pan,
+                amount: sale.amount,
+                currency: sale.currency,
+                expiry: &sale.expiry,
+                stan: stan.as_str(),
+                mmdd: &date,
+                terminal: &tid,
+                merchant: &merchant,
+            };
+            let answer = connection.call(&iso_sale.request()).await?;
             show(&answer, json)?;
             if answer.text(39) == Some(ResponseCode::APPROVED.as_str()) && !sale.no_ack {
-                let mut advice = Message::new(Mti::FINANCIAL_ADVICE);
-                advice
-                    .set(3, "000000")
-                    .set(4, format!("{:012}", sale.amount))
-                    .set(11, stan.as_str().to_owned())
-                    .set(13, mmdd())
-                    .set(41, tid)
-                    .set(42, merchant)
-                    .set(49, format!("{:03}", sale.currency.numeric()));
-                show(&connection.call(&advice).await?, json)?;
+                show(&connection.call(&iso_sale.advice()).await?, json)?;
             }
             Ok(())
         }

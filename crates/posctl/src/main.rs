@@ -244,8 +244,18 @@ struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=999_999))]
     stan_start: Option<u32>,
     /// QR payments (consumer-presented, paid at once) instead of card sales.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "iso")]
     qr: bool,
+    /// Send the sales as ISO 8583 0200s to the gateway's ISO listener at
+    /// this address instead of over gRPC (closed loop only).
+    #[arg(long, value_name = "ADDRESS")]
+    iso: Option<std::net::SocketAddr>,
+    /// The ISO listener's profile (with --iso).
+    #[arg(long, value_enum, default_value = "ascii1987", requires = "iso")]
+    iso_profile: iso::IsoProfileArg,
+    /// Plain TCP to a lab ISO listener (`plain_tcp_for_lab`; with --iso).
+    #[arg(long, requires = "iso")]
+    iso_plain: bool,
 }
 
 #[derive(Debug, Args)]
@@ -601,6 +611,21 @@ async fn run(cli: Cli) -> Result<()> {
                 stan_start: args.stan_start,
                 qr: args.qr,
                 json: cli.json,
+                edge: match args.iso {
+                    None => bench::Edge::Grpc,
+                    Some(address) => bench::Edge::Iso(iso::IsoTarget {
+                        address,
+                        profile: args.iso_profile.profile(),
+                        plain: args.iso_plain,
+                        tls_domain: options
+                            .tls_domain
+                            .clone()
+                            .or_else(|| connect::url_host(&options.gateway))
+                            .unwrap_or_else(|| "localhost".to_owned()),
+                        certs_dir: cli.certs_dir.clone(),
+                        timeout: cli.timeout,
+                    }),
+                },
             };
             let summary = bench::run(&options, config).await?;
             bench::print_summary(&summary, cli.json)
@@ -776,6 +801,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(missing.contains("--reason"), "{missing}");
+    }
+
+    #[test]
+    fn bench_iso_takes_the_listener_and_its_profile_and_profile_needs_iso() {
+        let cli = Cli::try_parse_from([
+            "posctl",
+            "bench",
+            "--iso",
+            "127.0.0.1:18584",
+            "--iso-profile",
+            "cup-pos",
+        ])
+        .unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("expected bench");
+        };
+        assert_eq!(args.iso, Some("127.0.0.1:18584".parse().unwrap()));
+        assert_eq!(
+            args.iso_profile.profile().name,
+            iso8583::Profile::CUP_POS.name
+        );
+        assert!(!args.iso_plain);
+        let refused = Cli::try_parse_from(["posctl", "bench", "--iso-profile", "cup-pos"])
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("--iso"), "{refused}");
     }
 
     #[test]
