@@ -73,7 +73,7 @@ impl SwitchdConfig {
         // After every section: a bad value, then a development setting in
         // production, is named before a missing certificate file.
         refuse_in_production(self.environment, self.development_settings_for(service))?;
-        for spec in service.specs() {
+        for spec in service.specs().filter(|spec| spec.internal_grpc) {
             self.internal_tls.validate_for(spec.name)?;
         }
         Ok(())
@@ -136,6 +136,10 @@ pub struct ServiceSpec {
     pub name: &'static str,
     /// Where it listens.
     pub listen: fn(&SwitchdConfig) -> SocketAddr,
+    /// Whether it serves or calls the switch's internal gRPC, and so needs
+    /// a service certificate (ADR 27); the QR platform simulator speaks
+    /// HTTPS with the dev server certificate instead.
+    pub internal_grpc: bool,
     /// The services it calls: `switchd all` stops it before them, so its
     /// last requests in flight still find them serving.
     pub calls: &'static [Service],
@@ -190,6 +194,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
         name: issuer_simulator::SERVICE_NAME,
         listen: |c| c.issuer_simulator.listen,
         calls: &[],
+        internal_grpc: true,
         validate: |_| Ok(()),
         development_settings: |_| {
             vec![DevelopmentSetting::new(
@@ -216,6 +221,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
         name: qr_simulator::SERVICE_NAME,
         listen: |c| c.qr_simulator.listen,
         calls: &[],
+        internal_grpc: false,
         validate: |c| c.qr_simulator.validate(),
         development_settings: |_| {
             vec![DevelopmentSetting::new(
@@ -237,6 +243,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
         listen: |c| c.authorization.listen,
         // The QR platform too, once its link is configured.
         calls: &[Service::IssuerSimulator, Service::QrSimulator],
+        internal_grpc: true,
         validate: |c| c.authorization.validate(),
         development_settings: |c| c.authorization.development_settings(),
         migrator: &authorization::MIGRATOR,
@@ -259,6 +266,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
         name: terminal_gateway::SERVICE_NAME,
         listen: |c| c.gateway.listen,
         calls: &[Service::Authorization, Service::SettlementBatcher],
+        internal_grpc: true,
         validate: |c| c.gateway.validate(),
         development_settings: |c| c.gateway.development_settings(),
         migrator: &terminal_gateway::MIGRATOR,
@@ -281,6 +289,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
         name: reversal_handler::SERVICE_NAME,
         listen: |c| c.reversal_handler.listen,
         calls: &[Service::Authorization],
+        internal_grpc: true,
         validate: |c| c.reversal_handler.validate(),
         development_settings: |_| Vec::new(),
         migrator: &reversal_handler::MIGRATOR,
@@ -303,6 +312,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
         name: settlement_batcher::SERVICE_NAME,
         listen: |c| c.settlement.listen,
         calls: &[Service::Authorization],
+        internal_grpc: true,
         validate: |c| c.settlement.validate(),
         development_settings: |c| c.settlement.development_settings(),
         migrator: &settlement_batcher::MIGRATOR,
@@ -325,6 +335,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
         name: notifier::SERVICE_NAME,
         listen: |c| c.notifier.listen,
         calls: &[],
+        internal_grpc: true,
         validate: |c| c.notifier.validate(),
         development_settings: |c| c.notifier.development_settings(),
         migrator: &notifier::MIGRATOR,
@@ -516,6 +527,25 @@ mod tests {
                 .collect::<Vec<_>>(),
             [Service::Notifier]
         );
+    }
+
+    #[test]
+    fn switchd_all_needs_a_service_certificate_for_each_internal_grpc_service_only() {
+        let config = SwitchdConfig {
+            internal_tls: service_pki(),
+            ..SwitchdConfig::default()
+        };
+        // The PKI has no certificate for the QR platform simulator, which
+        // speaks HTTPS with the server certificate, not internal gRPC.
+        assert!(
+            !Service::All
+                .specs()
+                .filter(|s| !s.internal_grpc)
+                .any(|s| s.service != Service::QrSimulator)
+        );
+        for spec in Service::All.specs().filter(|s| s.internal_grpc) {
+            config.internal_tls.validate_for(spec.name).unwrap();
+        }
     }
 
     #[test]
