@@ -12,7 +12,9 @@ SHELL := /bin/bash
 NISSHI_TOOLCHAIN ?= $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo nightly)
 ifneq ($(NISSHI_TOOLCHAIN),)
 NISSHI_VERSION := 0.8.1
-NISSHI_CARGO := cargo +$(NISSHI_TOOLCHAIN)
+# The toolchain by environment, which wins over rust-toolchain.toml as
+# `+toolchain` would.
+NISSHI_CARGO := RUSTUP_TOOLCHAIN=$(NISSHI_TOOLCHAIN) cargo
 NISSHI_FEATURES := postgres,dynostore
 # The broker keeps its topics and offsets in a database of its own beside
 # the switch's (created on start).
@@ -199,7 +201,7 @@ certs: build ## Generate the dev CA, server and terminal certificates into .run/
 broker-install: $(NISSHI) ## Install the Kafka-protocol broker (nisshi) once, cached in ~/.cache
 
 $(NISSHI):
-	@echo "Installing nisshi $(NISSHI_VERSION) with $(NISSHI_CARGO) (once; 13 to 20 minutes on 2 cores)..."
+	@echo "Installing nisshi $(NISSHI_VERSION) with $(or $(NISSHI_TOOLCHAIN),the project's) cargo (once; 13 to 20 minutes on 2 cores)..."
 	$(NISSHI_CARGO) install nisshi@$(NISSHI_VERSION) --locked --no-default-features \
 		--features $(NISSHI_FEATURES) --root $(TOOLS_DIR)/nisshi-$(NISSHI_VERSION)
 
