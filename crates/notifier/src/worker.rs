@@ -324,45 +324,10 @@ async fn send(
 ) -> Attempt {
     let started_at = clock.now();
     // Registered under a laxer setting, or as an address the resolver never
-    // sees: checked again before anything is sent.
-    if let Err(reason) = validate_url(&claimed.url, destinations) {
-        return Attempt {
-            delivery_id: claimed.delivery_id,
-            lease_token: claimed.lease_token,
-            next: after_failure(retry, u32::try_from(claimed.budget_used).unwrap_or(0)),
-            started_at,
-            finished_at: clock.now(),
-            status: None,
-            error: Some(format!("destination refused: {reason}")),
-        };
-    }
-    let signature = sign(
-        claimed.secret.expose(),
-        started_at.unix_timestamp(),
-        claimed.body.as_bytes(),
-    );
-    let result = client
-        .post(&claimed.url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(SIGNATURE_HEADER, signature)
-        .header(EVENT_ID_HEADER, claimed.event_id.to_string())
-        .body(claimed.body.clone())
-        .send()
-        .await;
-    let (status, error) = match result {
-        Ok(mut response) => {
-            let status = response.status();
-            let mut drained = 0;
-            while drained < MAX_RESPONSE_DRAIN {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => drained += chunk.len(),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            let error = (!status.is_success()).then(|| format!("HTTP {status}"));
-            (Some(status.as_u16()), error)
-        }
-        Err(error) => (None, Some(describe(&error))),
+    // sees: checked again before anything is sent, and a failed attempt.
+    let (status, error) = match validate_url(&claimed.url, destinations) {
+        Err(reason) => (None, Some(format!("destination refused: {reason}"))),
+        Ok(()) => post(client, claimed, started_at).await,
     };
     let budget_used = u32::try_from(claimed.budget_used).unwrap_or(0);
     let next = match error {
@@ -377,6 +342,43 @@ async fn send(
         finished_at: clock.now(),
         status,
         error,
+    }
+}
+
+/// Posts the signed delivery; the HTTP status and, unless it is a
+/// success, what failed.
+async fn post(
+    client: &reqwest::Client,
+    claimed: &Claimed,
+    started_at: time::OffsetDateTime,
+) -> (Option<u16>, Option<String>) {
+    let signature = sign(
+        claimed.secret.expose(),
+        started_at.unix_timestamp(),
+        claimed.body.as_bytes(),
+    );
+    let result = client
+        .post(&claimed.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, signature)
+        .header(EVENT_ID_HEADER, claimed.event_id.to_string())
+        .body(claimed.body.clone())
+        .send()
+        .await;
+    match result {
+        Ok(mut response) => {
+            let status = response.status();
+            let mut drained = 0;
+            while drained < MAX_RESPONSE_DRAIN {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => drained += chunk.len(),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let error = (!status.is_success()).then(|| format!("HTTP {status}"));
+            (Some(status.as_u16()), error)
+        }
+        Err(error) => (None, Some(describe(&error))),
     }
 }
 
