@@ -101,17 +101,6 @@ async fn ten_thousand_idle_connections_cost_bounded_memory_while_terminals_are_s
             // The idle ones and the probing terminals' connections; the
             // excess is refused.
             ("SWITCH__GATEWAY__MAX_CONNECTIONS", (IDLE + 1).to_string()),
-            // Nothing answers there: the terminals' sales are refused
-            // UNAVAILABLE, which is all this test needs of them. The lab's
-            // plaintext mode takes http:// endpoints only (ADR 27).
-            (
-                "SWITCH__GATEWAY__AUTHORIZATION_ENDPOINT",
-                "http://127.0.0.1:50052".to_owned(),
-            ),
-            (
-                "SWITCH__GATEWAY__SETTLEMENT_ENDPOINT",
-                "http://127.0.0.1:50054".to_owned(),
-            ),
         ],
     );
     let gateway = SwitchdProcess::spawn("terminal-gateway", &env);

@@ -727,6 +727,28 @@ pub fn switchd_env(prefix: &str, extra: &[(&str, String)]) -> Vec<(String, Strin
         // See `Stack::start`: the suites speak to the internal APIs
         // directly (ADR 27).
         ("SWITCH__INTERNAL_TLS__PLAINTEXT_FOR_LAB", "true".to_owned()),
+        // The lab's plaintext takes http:// endpoints only; these are the
+        // defaults' addresses, which a suite overrides where it runs a peer.
+        (
+            "SWITCH__AUTHORIZATION__ISSUER_ENDPOINT",
+            "http://127.0.0.1:50070".to_owned(),
+        ),
+        (
+            "SWITCH__GATEWAY__AUTHORIZATION_ENDPOINT",
+            "http://127.0.0.1:50052".to_owned(),
+        ),
+        (
+            "SWITCH__GATEWAY__SETTLEMENT_ENDPOINT",
+            "http://127.0.0.1:50054".to_owned(),
+        ),
+        (
+            "SWITCH__REVERSAL_HANDLER__AUTHORIZATION_ENDPOINT",
+            "http://127.0.0.1:50052".to_owned(),
+        ),
+        (
+            "SWITCH__SETTLEMENT__AUTHORIZATION_ENDPOINT",
+            "http://127.0.0.1:50052".to_owned(),
+        ),
     ]
     .into_iter()
     .chain(extra.iter().cloned())
