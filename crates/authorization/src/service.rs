@@ -700,4 +700,20 @@ impl AuthorizationService for AuthorizationApi {
             .instrument(span)
             .await
     }
+
+    async fn qr_refund(
+        &self,
+        _request: Request<pb::QrRefundRequest>,
+    ) -> Result<Response<pb::QrRefundResponse>, Status> {
+        Err(Status::unimplemented(
+            "QrRefund: merchant refunds are not built yet",
+        ))
+    }
+
+    async fn qr_redrive(
+        &self,
+        _request: Request<pb::QrRedriveRequest>,
+    ) -> Result<Response<pb::QrRedriveResponse>, Status> {
+        Err(Status::unimplemented("QrRedrive: not built yet"))
+    }
 }

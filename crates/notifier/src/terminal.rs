@@ -604,6 +604,7 @@ mod tests {
                 webhook: "payment.reversed".into(),
                 push: push.into(),
                 attempts: 0,
+                refund: None,
             }))
         };
         let now = OffsetDateTime::from_unix_timestamp(NOW).expect("time");

@@ -456,6 +456,7 @@ mod tests {
                 fee_minor_units: 18,
                 net_minor_units: 2982,
                 payout_reference: "PAY-1".into(),
+                ..Default::default()
             }),
             paid_at: None,
             payout_file: "pain001-1.xml".into(),
@@ -557,6 +558,7 @@ mod tests {
                 webhook: webhook.into(),
                 push: "reprint_receipt".into(),
                 attempts: 0,
+                refund: None,
             })),
             ..EventEnvelope::default()
         };

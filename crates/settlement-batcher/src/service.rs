@@ -151,6 +151,11 @@ impl SettlementService for SettlementApi {
                     .await
                     .map_err(db)?
                 }
+                Some(Query::TransactionId(_) | Query::QrOrderId(_)) => {
+                    return Err(Status::unimplemented(
+                        "settlement status by transaction id or QR order id is not built yet",
+                    ));
+                }
                 None => {
                     return Err(invalid(InvalidField::new(
                         "query",
@@ -317,5 +322,8 @@ fn settlement_of(
         conflict: row.conflict.is_some(),
         hold_reason: wire_optional::<_, pb::HoldReason>(hold_reason),
         reversal_reason: wire_optional::<_, pb::ReversalReason>(entry.status.reversal_reason()),
+        channel: row.channel.clone(),
+        qr_order_id: String::new(),
+        refunds: Vec::new(),
     })
 }

@@ -435,6 +435,20 @@ impl AuthorizationService for Journal {
         Err(tonic::Status::unimplemented("no QR here"))
     }
 
+    async fn qr_refund(
+        &self,
+        _: tonic::Request<switch_proto::v1::QrRefundRequest>,
+    ) -> Result<tonic::Response<switch_proto::v1::QrRefundResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no QR here"))
+    }
+
+    async fn qr_redrive(
+        &self,
+        _: tonic::Request<switch_proto::v1::QrRedriveRequest>,
+    ) -> Result<tonic::Response<switch_proto::v1::QrRedriveResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no QR here"))
+    }
+
     async fn qr_acknowledge(
         &self,
         _: tonic::Request<switch_proto::v1::QrAcknowledgeRequest>,

@@ -303,6 +303,10 @@ pub const ACCESS: &[(&str, &[Allowed])] = &[
         &[GATEWAY, Operator],
     ),
     ("/switch.v1.AuthorizationService/Redrive", &[Operator]),
+    // A merchant refund of a confirmed QR payment, and a dead-lettered QR
+    // call sent round again, are operators' decisions.
+    ("/switch.v1.AuthorizationService/QrRefund", &[Operator]),
+    ("/switch.v1.AuthorizationService/QrRedrive", &[Operator]),
     (
         "/switch.v1.AuthorizationService/ListDeadLettered",
         &[Operator],

@@ -45,6 +45,7 @@ pub fn messages(topic: &str, decision: &QrDecision, now: OffsetDateTime) -> Vec<
                     .map(|p| p.as_str().to_owned())
                     .unwrap_or_default(),
                 attempts,
+                refund: None,
             });
             let (traceparent, tracestate) = current_trace_context();
             let event_id = Uuid::new_v4();

@@ -361,6 +361,7 @@ pub fn merchant_paid(merchant_id: &str) -> EventEnvelope {
                 fee_minor_units: 19,
                 net_minor_units: 3131,
                 payout_reference: "PO-000123".into(),
+                ..Default::default()
             }),
             paid_at: None,
             payout_file: "pain001-20261124.xml".into(),

@@ -43,6 +43,8 @@ pub fn describe_query(query: &Query) -> String {
             key.terminal_id, key.stan, key.local_date
         ),
         Query::Merchant(day) => format!("merchant {} on {}", day.merchant_id, day.date),
+        Query::TransactionId(id) => format!("transaction {id}"),
+        Query::QrOrderId(order) => format!("QR order {order}"),
     }
 }
 

@@ -685,9 +685,11 @@ mod tests {
                         fee_minor_units: 46,
                         net_minor_units: 3004,
                         payout_reference: "PAY-1".to_owned(),
+                        ..Default::default()
                     }],
                     held_count: 1,
                     fee_basis_points: 150,
+                    ..Default::default()
                 },
                 WindowSummary {
                     window_id: "w-2".to_owned(),
@@ -697,6 +699,7 @@ mod tests {
                     payouts: vec![],
                     held_count: 2,
                     fee_basis_points: 0,
+                    ..Default::default()
                 },
             ],
             csv_path: "/var/payouts/run-1.csv".to_owned(),

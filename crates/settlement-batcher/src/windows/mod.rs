@@ -177,6 +177,8 @@ fn wire_payout(payout: &switch_core::Payout, reference: &str) -> MerchantPayout 
         fee_minor_units: payout.fee_minor_units,
         net_minor_units: payout.net_minor_units,
         payout_reference: reference.to_owned(),
+        refund_count: 0,
+        refund_minor_units: 0,
     }
 }
 

@@ -144,6 +144,7 @@ impl Settler {
                     payouts: Vec::new(),
                     held_count: row.held_count,
                     fee_basis_points: u32::try_from(row.fee_basis_points).unwrap_or(0),
+                    qr_fee_basis_points: 0,
                 });
             }
             let (Some(currency), Some(count), Some(gross), Some(fee), Some(net), Some(reference)) = (
