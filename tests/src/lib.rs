@@ -824,13 +824,33 @@ impl SwitchdProcess {
     /// SIGTERM, as Kubernetes sends it, and waits for the graceful exit;
     /// returns how it exited.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.child.wait().expect("switchd exits")
+    }
+
+    /// SIGTERM without waiting: the drain runs while the test watches.
+    pub fn send_sigterm(&self) {
         let status = std::process::Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status()
             .expect("kill runs");
         assert!(status.success(), "SIGTERM delivered to {}", self.service);
-        self.child.wait().expect("switchd exits")
+    }
+
+    /// Waits up to `limit` for the process to exit; how it exited, or
+    /// `None` if it is still running.
+    pub async fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the child's status") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL: no shutdown hook, no draining, no final relay pass.

@@ -36,7 +36,6 @@ mod service;
 pub mod store;
 mod wire;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -257,7 +256,7 @@ pub async fn serve(
     internal_tls: &InternalTlsConfig,
     config: &AuthorizationConfig,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Into<switch_platform::shutdown::Shutdown>,
 ) -> Result<(), ServeError> {
     config.validate()?;
     internal_tls.validate_for(SERVICE_NAME)?;

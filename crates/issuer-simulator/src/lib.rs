@@ -160,7 +160,7 @@ pub async fn serve_configured(
     database: &DatabaseConfig,
     internal_tls: &InternalTlsConfig,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Into<switch_platform::shutdown::Shutdown>,
 ) -> Result<(), SimulatorError> {
     internal_tls
         .validate_for(SERVICE_NAME)
@@ -200,7 +200,7 @@ pub async fn serve_simulator(
     simulator: Simulator,
     internal_tls: &InternalTlsConfig,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Into<switch_platform::shutdown::Shutdown>,
 ) -> Result<(), SimulatorError> {
     GrpcServer::new(SERVICE_NAME)?
         .internal(SERVICE_NAME, internal_tls)

@@ -64,7 +64,6 @@ pub mod terminal;
 pub mod webhook;
 mod worker;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use switch_platform::consumer;
@@ -157,7 +156,7 @@ pub async fn serve(
     internal_tls: &InternalTlsConfig,
     config: &NotifierConfig,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Into<switch_platform::shutdown::Shutdown>,
 ) -> Result<(), ServeError> {
     config.validate()?;
     internal_tls.validate_for(SERVICE_NAME)?;

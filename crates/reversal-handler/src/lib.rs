@@ -26,8 +26,6 @@ mod store;
 mod sweeper;
 mod tracker;
 
-use std::future::Future;
-
 use switch_platform::consumer;
 use switch_platform::db::DatabaseConfig;
 use switch_platform::internal_tls::InternalTlsConfig;
@@ -64,7 +62,7 @@ pub async fn serve(
     internal_tls: &InternalTlsConfig,
     config: &ReversalHandlerConfig,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Into<switch_platform::shutdown::Shutdown>,
 ) -> Result<(), ServeError> {
     config.validate()?;
     internal_tls.validate_for(SERVICE_NAME)?;

@@ -35,7 +35,6 @@ mod service;
 mod store;
 mod windows;
 
-use std::future::Future;
 use std::time::Duration;
 
 use switch_platform::consumer;
@@ -94,7 +93,7 @@ pub async fn serve(
     internal_tls: &InternalTlsConfig,
     config: &SettlementConfig,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Into<switch_platform::shutdown::Shutdown>,
 ) -> Result<(), ServeError> {
     config.validate()?;
     internal_tls.validate_for(SERVICE_NAME)?;

@@ -446,7 +446,10 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         let first = tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => {
+                commit_on_stop(&consumer, group);
+                return Ok(());
+            }
             next = stream.next() => match next {
                 Some(Ok(message)) => message,
                 Some(Err(error)) => {
@@ -493,6 +496,27 @@ pub async fn run(
             offsets.add_partition_offset(topic, partition, Offset::Offset(next))?;
         }
         consumer.commit(&offsets, CommitMode::Async)?;
+    }
+}
+
+/// Commits, and waits for, the position of every assigned partition as the
+/// consumer stops: every message it fetched was applied by then (the loop
+/// stops only between batches), and the batches' own commits are
+/// asynchronous, so the last may still be in flight. Without it a clean
+/// stop would hand the partition's next owner events it has to skip as
+/// already processed. Nothing consumed yet is nothing to commit.
+fn commit_on_stop<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    group: &str,
+) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!(%group, "Consumer stopped; offsets committed."),
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(error) => {
+            tracing::warn!(%error, %group, "Consumer stopped; committing its offsets failed (its next owner replays them, without effect).");
+        }
     }
 }
 

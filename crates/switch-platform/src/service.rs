@@ -7,8 +7,9 @@
 //!   draining), both reflection APIs, request and HTTP/2 limits
 //!   ([`ServerLimits`]), serving a bound listener or connections an edge
 //!   accepted itself ([`GrpcServer::serve_with_incoming`]), and a graceful
-//!   drain: on shutdown it stops accepting, lets requests in
-//!   flight finish for up to the grace timeout, then answers what is still
+//!   drain ([`crate::shutdown::DrainTiming`]): on shutdown it says
+//!   NOT_SERVING, keeps serving for the unready delay, stops accepting,
+//!   lets requests in flight finish for up to the grace period, then answers what is still
 //!   running with UNAVAILABLE and returns.
 //! - [`GrpcClient`] builds the one kind of channel services call each other
 //!   over: a lazily connected endpoint with connect and request timeouts,
@@ -38,6 +39,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::config::ConfigError;
 use crate::grpc::{GrpcError, TlsFiles};
+use crate::shutdown::Shutdown;
 
 /// Why a service could not start, or stopped with an error. One enum for
 /// every service, so `switchd` reports them all the same way.
@@ -103,8 +105,6 @@ pub struct ServerLimits {
     pub http2_keepalive_timeout: Option<Duration>,
     /// TCP keepalive of accepted sockets.
     pub tcp_keepalive: Option<Duration>,
-    /// How long a drain lets requests in flight finish.
-    pub grace_timeout: Duration,
     /// HTTP/2 streams one connection may have open at once (the
     /// `SETTINGS_MAX_CONCURRENT_STREAMS` the server announces). `None`:
     /// hyper's default (200).
@@ -132,7 +132,6 @@ impl Default for ServerLimits {
             http2_keepalive_interval: Some(Duration::from_secs(60)),
             http2_keepalive_timeout: Some(Duration::from_secs(20)),
             tcp_keepalive: Some(Duration::from_secs(60)),
-            grace_timeout: Duration::from_secs(15),
             http2_max_concurrent_streams: None,
             http2_max_pending_accept_reset_streams: None,
             http2_max_local_error_reset_streams: None,
@@ -333,13 +332,14 @@ impl GrpcServer {
         self
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then drains: stops
-    /// accepting, reports NOT_SERVING, lets requests in flight finish for up
-    /// to the grace timeout, answers the rest UNAVAILABLE and returns.
+    /// Serves on `listener` until `shutdown`'s signal, then drains by its
+    /// [`DrainTiming`](crate::shutdown::DrainTiming): reports NOT_SERVING, keeps serving for the unready
+    /// delay, stops accepting, lets requests in flight finish for up to the
+    /// grace period, answers the rest UNAVAILABLE and returns.
     pub async fn serve(
         self,
         listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        shutdown: impl Into<Shutdown>,
     ) -> Result<(), ServeError> {
         let local = listener.local_addr().ok();
         self.serve_with_incoming(crate::grpc::incoming(listener), local, shutdown)
@@ -356,7 +356,7 @@ impl GrpcServer {
         self,
         incoming: I,
         local: Option<SocketAddr>,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        shutdown: impl Into<Shutdown>,
     ) -> Result<(), ServeError>
     where
         I: tokio_stream::Stream<Item = Result<IO, IE>> + Send + 'static,
@@ -439,6 +439,10 @@ impl GrpcServer {
             authorized,
             "Serving gRPC."
         );
+        let Shutdown {
+            signal: shutdown,
+            timing,
+        } = shutdown.into();
         let signal = {
             let (draining, health, names) = (draining.clone(), health.clone(), names.clone());
             async move {
@@ -447,6 +451,15 @@ impl GrpcServer {
                     let mut drained = drained.lock().await;
                     *drained = true;
                     report(health, names, ServingStatus::NotServing).await;
+                }
+                if !timing.unready_delay.is_zero() {
+                    tracing::info!(
+                        service = name,
+                        unready_delay_ms =
+                            u64::try_from(timing.unready_delay.as_millis()).unwrap_or(u64::MAX),
+                        "NOT_SERVING; still serving until load balancers have noticed."
+                    );
+                    tokio::time::sleep(timing.unready_delay).await;
                 }
                 draining.cancel();
                 for token in &on_drain {
@@ -457,7 +470,7 @@ impl GrpcServer {
         };
         let serving = router.serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(serving);
-        let grace = limits.grace_timeout;
+        let grace = timing.grace_period;
         let result = tokio::select! {
             result = &mut serving => result.map_err(ServeError::from),
             () = async {

@@ -1,13 +1,16 @@
 //! The service kit against a real socket: a drain lets a request in flight
-//! finish within the grace timeout, and returns by the grace timeout when a
-//! request does not finish; health reports SERVING while up; a client built
+//! finish within the grace period, and returns by the grace period when a
+//! request does not finish; during the unready delay health says
+//! NOT_SERVING while new requests are still served; health reports SERVING
+//! while up; a client built
 //! by the kit reaches the server, over mutual TLS when the server requires
 //! client certificates, and sending the caller's trace context.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use switch_platform::service::{GrpcClient, GrpcServer, ServeError, ServerLimits};
+use switch_platform::service::{GrpcClient, GrpcServer, ServeError};
+use switch_platform::shutdown::{DrainTiming, Shutdown};
 use switch_proto::v1::issuer_service_client::IssuerServiceClient;
 use switch_proto::v1::issuer_service_server::{IssuerService, IssuerServiceServer};
 use switch_proto::v1::{
@@ -57,25 +60,35 @@ struct Running {
 }
 
 async fn start(grace: Duration) -> Running {
+    start_with(DrainTiming {
+        unready_delay: Duration::ZERO,
+        grace_period: grace,
+    })
+    .await
+}
+
+async fn start_with(timing: DrainTiming) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let (started_tx, started) = mpsc::unbounded_channel();
     let release = Arc::new(Notify::new());
     let server = GrpcServer::new("test")
         .expect("reflection builds")
-        .limits(ServerLimits {
-            grace_timeout: grace,
-            ..ServerLimits::default()
-        })
         .add_service(IssuerServiceServer::new(Held {
             started: started_tx,
             release: release.clone(),
         }));
     let draining = server.draining();
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(server.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(server.serve(
+        listener,
+        Shutdown::new(
+            async {
+                let _ = stopped.await;
+            },
+            timing,
+        ),
+    ));
     let channel = GrpcClient::new(format!("http://{address}"))
         .connect_timeout(Duration::from_secs(5))
         .request_timeout(Duration::from_secs(30))
@@ -152,6 +165,64 @@ async fn the_server_returns_by_the_grace_timeout_when_a_request_does_not_finish(
         .expect("the call task")
         .expect_err("the abandoned request is refused");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
+
+async fn health_of(
+    address: std::net::SocketAddr,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    let channel = GrpcClient::new(format!("http://{address}"))
+        .channel()
+        .expect("a valid endpoint");
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status()
+}
+
+#[tokio::test]
+async fn during_the_unready_delay_health_says_not_serving_and_new_requests_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut running = start_with(DrainTiming {
+        unready_delay: Duration::from_secs(60),
+        grace_period: Duration::from_secs(60),
+    })
+    .await;
+    assert_eq!(health_of(running.address).await, ServingStatus::Serving);
+    running.stop.send(()).expect("the server is running");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while health_of(running.address).await != ServingStatus::NotServing {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health still SERVING 20 s after the signal"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A load balancer that has not noticed yet sends a request on a new
+    // connection: it is served, and the drain has not begun.
+    let mut late_client = IssuerServiceClient::new(
+        GrpcClient::new(format!("http://{}", running.address))
+            .channel()
+            .expect("a valid endpoint"),
+    );
+    let call = tokio::spawn(async move {
+        late_client
+            .authorize(IssuerAuthorizeRequest::default())
+            .await
+    });
+    within("the late request to start", running.started.recv())
+        .await
+        .expect("the handler runs");
+    assert!(!running.draining.is_cancelled(), "drained before the delay");
+    running.release.notify_one();
+    let answer = within("the answer", call)
+        .await
+        .expect("the call task")
+        .expect("a request during the unready delay is served");
+    assert_eq!(answer.get_ref().response_code, "00");
+    assert!(!running.server.is_finished());
+    running.server.abort();
 }
 
 #[tokio::test]

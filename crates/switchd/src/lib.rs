@@ -24,6 +24,7 @@ use switch_platform::db::DatabaseConfig;
 use switch_platform::internal_tls::InternalTlsConfig;
 use switch_platform::kafka::KafkaConfig;
 use switch_platform::service::ServeError;
+use switch_platform::shutdown::{Shutdown, ShutdownConfig};
 use switch_platform::telemetry::TelemetryConfig;
 use tokio::net::TcpListener;
 
@@ -40,6 +41,9 @@ pub struct SwitchdConfig {
     /// Mutual TLS between the services (ADR 27): one section for the
     /// process, whichever services it runs.
     pub internal_tls: InternalTlsConfig,
+    /// How every service of the process stops on SIGTERM: NOT_SERVING
+    /// first, then the drain.
+    pub shutdown: ShutdownConfig,
     pub authorization: authorization::AuthorizationConfig,
     pub gateway: terminal_gateway::GatewayConfig,
     pub reversal_handler: reversal_handler::ReversalHandlerConfig,
@@ -56,7 +60,8 @@ impl Validate for SwitchdConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.telemetry.validate()?;
         self.database.validate()?;
-        self.kafka.validate()
+        self.kafka.validate()?;
+        self.shutdown.validate()
     }
 }
 
@@ -124,7 +129,7 @@ impl Service {
 }
 
 /// What a service stops on.
-pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+pub type StopSignal = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// A running service: resolves when it has stopped.
 pub type Serving = Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send + 'static>>;
@@ -151,7 +156,7 @@ pub struct ServiceSpec {
     /// also runs them when it starts).
     pub migrator: &'static sqlx::migrate::Migrator,
     /// Serves it on `listener` until the shutdown resolves.
-    pub start: fn(Arc<SwitchdConfig>, TcpListener, Shutdown) -> Serving,
+    pub start: fn(Arc<SwitchdConfig>, TcpListener, StopSignal) -> Serving,
 }
 
 impl ServiceSpec {
@@ -210,7 +215,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
                     &c.database,
                     &c.internal_tls,
                     listener,
-                    shutdown,
+                    Shutdown::new(shutdown, c.shutdown.timing()),
                 )
                 .await
             })
@@ -255,7 +260,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
                     &c.internal_tls,
                     &c.authorization,
                     listener,
-                    shutdown,
+                    Shutdown::new(shutdown, c.shutdown.timing()),
                 )
                 .await
             })
@@ -278,7 +283,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
                     &c.internal_tls,
                     &c.gateway,
                     listener,
-                    shutdown,
+                    Shutdown::new(shutdown, c.shutdown.timing()),
                 )
                 .await
             })
@@ -301,7 +306,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
                     &c.internal_tls,
                     &c.reversal_handler,
                     listener,
-                    shutdown,
+                    Shutdown::new(shutdown, c.shutdown.timing()),
                 )
                 .await
             })
@@ -324,7 +329,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
                     &c.internal_tls,
                     &c.settlement,
                     listener,
-                    shutdown,
+                    Shutdown::new(shutdown, c.shutdown.timing()),
                 )
                 .await
             })
@@ -347,7 +352,7 @@ pub static SERVICES: [ServiceSpec; 7] = [
                     &c.internal_tls,
                     &c.notifier,
                     listener,
-                    shutdown,
+                    Shutdown::new(shutdown, c.shutdown.timing()),
                 )
                 .await
             })
@@ -561,7 +566,7 @@ mod tests {
     #[test]
     fn a_bad_value_in_any_section_names_its_key_where_it_runs() {
         type Spoil = fn(&mut SwitchdConfig);
-        let cases: [(Service, Spoil, &str); 6] = [
+        let cases: [(Service, Spoil, &str); 8] = [
             (
                 Service::Authorization,
                 |c| c.authorization.issuer_timeout_ms = 0,
@@ -591,6 +596,17 @@ mod tests {
                 Service::QrSimulator,
                 |c| c.qr_simulator.notify_url = Some("ftp://switch/notify".into()),
                 "qr_simulator.notify_url",
+            ),
+            // A grace period of zero would refuse every request in flight.
+            (
+                Service::Authorization,
+                |c| c.shutdown.grace_period_ms = 0,
+                "shutdown.grace_period_ms",
+            ),
+            (
+                Service::TerminalGateway,
+                |c| c.shutdown.unready_delay_ms = 600_000,
+                "shutdown.unready_delay_ms",
             ),
         ];
         for (service, spoil, key) in cases {

@@ -50,7 +50,6 @@ mod service;
 mod store;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -423,7 +422,7 @@ pub async fn serve(
     internal_tls: &InternalTlsConfig,
     config: &GatewayConfig,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Into<switch_platform::shutdown::Shutdown>,
 ) -> Result<(), ServeError> {
     config.validate()?;
     internal_tls.validate_for(SERVICE_NAME)?;

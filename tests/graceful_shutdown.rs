@@ -1,0 +1,504 @@
+//! SIGTERM under load (issue 16, part 4), each service its own `switchd`
+//! process against the real PostgreSQL and broker:
+//!
+//! - authorization with sales in flight: health turns NOT_SERVING at once,
+//!   a sale sent during the unready delay (a load balancer that has not
+//!   noticed yet) is still served, every sale in flight is answered and
+//!   journaled, and the process exits cleanly within its budget;
+//! - the reversal handler while it reverses a batch of orphans: it stops
+//!   between batches and commits what it processed, so no event it applied
+//!   lies past its group's committed offsets (its next owner would apply
+//!   it again), and a second handler finishes the batch with every orphan
+//!   reversed exactly once at the issuer.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use switch_e2e::v1::authorization_service_client::AuthorizationServiceClient;
+use switch_e2e::v1::issuer_control_client::IssuerControlClient;
+use switch_e2e::v1::{AuthorizationStatus, EventEnvelope, FaultPlan, StatsRequest};
+use switch_e2e::{
+    SwitchdProcess, authorize_request, database_url, free_address, kafka_brokers, spawn_issuer,
+    switchd_env, unique_suffix,
+};
+use switch_platform::db::DatabaseConfig;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const AUTHORIZATION: &str = "switch.v1.AuthorizationService";
+const UNREADY_DELAY_MS: u64 = 2_000;
+const GRACE_PERIOD_MS: u64 = 10_000;
+/// How long the issuer holds each answer: long enough that the signal
+/// arrives with every sale of the first wave still at the issuer.
+const ISSUER_LATENCY_MS: u32 = 1_500;
+const IN_FLIGHT: usize = 16;
+
+fn shutdown_env() -> [(&'static str, String); 2] {
+    [
+        (
+            "SWITCH__SHUTDOWN__UNREADY_DELAY_MS",
+            UNREADY_DELAY_MS.to_string(),
+        ),
+        (
+            "SWITCH__SHUTDOWN__GRACE_PERIOD_MS",
+            GRACE_PERIOD_MS.to_string(),
+        ),
+    ]
+}
+
+async fn health(address: SocketAddr) -> Option<ServingStatus> {
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: AUTHORIZATION.to_owned(),
+        })
+        .await
+        .ok()?;
+    Some(response.into_inner().status())
+}
+
+async fn within<T>(what: &str, seconds: u64, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn issuer_authorizations(issuer: SocketAddr) -> u64 {
+    IssuerControlClient::connect(format!("http://{issuer}"))
+        .await
+        .unwrap()
+        .stats(StatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .authorizations
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn authorization_answers_every_sale_in_flight_and_those_sent_while_it_was_unready() {
+    let prefix = unique_suffix();
+    let stop = CancellationToken::new();
+    let issuer = spawn_issuer(&stop).await;
+    IssuerControlClient::connect(format!("http://{issuer}"))
+        .await
+        .unwrap()
+        .set_faults(FaultPlan {
+            latency_ms: ISSUER_LATENCY_MS,
+            authorizations_only: true,
+            ..FaultPlan::default()
+        })
+        .await
+        .unwrap();
+    let listen = free_address().await;
+    let mut env = switchd_env(
+        &prefix,
+        &[
+            ("SWITCH__AUTHORIZATION__LISTEN", listen.to_string()),
+            (
+                "SWITCH__AUTHORIZATION__ISSUER_ENDPOINT",
+                format!("http://{issuer}"),
+            ),
+            (
+                "SWITCH__AUTHORIZATION__ISSUER_TIMEOUT_MS",
+                "5000".to_owned(),
+            ),
+        ],
+    );
+    env.extend(shutdown_env().map(|(k, v)| (k.to_owned(), v)));
+    let mut authorization = SwitchdProcess::spawn("authorization", &env);
+    authorization
+        .wait_until_healthy(listen, AUTHORIZATION)
+        .await;
+
+    let client = AuthorizationServiceClient::connect(format!("http://{listen}"))
+        .await
+        .unwrap();
+    let first_wave: Vec<_> = (0..IN_FLIGHT)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .authorize(authorize_request(
+                        "TERM0001",
+                        &format!("{:06}", 100 + i),
+                        1_000,
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    within(
+        "every sale of the first wave at the issuer",
+        30,
+        async || {
+            (issuer_authorizations(issuer).await >= u64::try_from(IN_FLIGHT).unwrap()).then_some(())
+        },
+    )
+    .await;
+
+    let signalled = Instant::now();
+    authorization.send_sigterm();
+    within("health to say NOT_SERVING", 10, async || {
+        (health(listen).await == Some(ServingStatus::NotServing)).then_some(())
+    })
+    .await;
+    assert!(
+        signalled.elapsed() < Duration::from_millis(UNREADY_DELAY_MS),
+        "NOT_SERVING came {:?} after the signal: past the unready delay",
+        signalled.elapsed()
+    );
+    // A caller that has not noticed yet, on a connection of its own.
+    let mut late = AuthorizationServiceClient::connect(format!("http://{listen}"))
+        .await
+        .expect("still accepting during the unready delay");
+    let late_sale = late
+        .authorize(authorize_request("TERM0002", "000900", 1_000))
+        .await
+        .expect("a sale sent while unready is served")
+        .into_inner()
+        .authorization
+        .unwrap();
+    assert_eq!(late_sale.status(), AuthorizationStatus::Approved);
+
+    let mut approved = vec![late_sale.transaction_id];
+    for call in first_wave {
+        let record = call
+            .await
+            .unwrap()
+            .expect("a sale in flight at the signal is answered")
+            .into_inner()
+            .authorization
+            .unwrap();
+        assert_eq!(record.status(), AuthorizationStatus::Approved);
+        approved.push(record.transaction_id);
+    }
+    let exit = authorization
+        .exit_within(Duration::from_millis(
+            UNREADY_DELAY_MS + GRACE_PERIOD_MS + 5_000,
+        ))
+        .await
+        .expect("authorization exits within its unready delay and grace period");
+    assert!(exit.success(), "a clean exit: {exit}");
+
+    let database = DatabaseConfig {
+        url: database_url(),
+        schema_prefix: format!("{prefix}_"),
+        ..DatabaseConfig::default()
+    };
+    let schema = database.schema_for(authorization::SERVICE_NAME);
+    let journal = switch_platform::db::connect(&database, &schema)
+        .await
+        .unwrap();
+    let states: Vec<(String, String)> =
+        sqlx::query_as("SELECT transaction_id::text, state FROM authorizations")
+            .fetch_all(&journal)
+            .await
+            .unwrap();
+    let journaled: HashMap<String, String> = states.into_iter().collect();
+    assert_eq!(journaled.len(), IN_FLIGHT + 1, "{journaled:?}");
+    for id in &approved {
+        assert_eq!(
+            journaled.get(id).map(String::as_str),
+            Some("approved"),
+            "{id}"
+        );
+    }
+    let undelivered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&journal)
+            .await
+            .unwrap();
+    assert_eq!(
+        undelivered, 0,
+        "the relay published every event before exiting"
+    );
+    stop.cancel();
+    journal.close().await;
+    switch_platform::db::drop_schema(&database.url, &schema)
+        .await
+        .unwrap();
+}
+
+/// Every message of `topics` up to the current end, with its partition
+/// and offset.
+fn read_topics(topics: &[String]) -> Vec<(String, i32, i64, EventEnvelope)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", format!("reader-{}", unique_suffix()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        for partition in metadata.topics()[0].partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+                .unwrap();
+            if high > 0 {
+                assignment
+                    .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                    .unwrap();
+                ends.insert((topic.clone(), partition.id()), high);
+            }
+        }
+    }
+    let mut messages = Vec::new();
+    if ends.is_empty() {
+        return messages;
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut done: HashSet<(String, i32)> = HashSet::new();
+    while done.len() < ends.len() {
+        assert!(Instant::now() < deadline, "read the topics within 30 s");
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let key = (message.topic().to_owned(), message.partition());
+        let envelope = EventEnvelope::decode(message.payload().unwrap_or_default()).unwrap();
+        if message.offset() + 1 >= ends[&key] {
+            done.insert(key.clone());
+        }
+        if message.offset() < ends[&key] {
+            messages.push((key.0, key.1, message.offset(), envelope));
+        }
+    }
+    messages
+}
+
+/// The offsets `group` has committed on `topics`.
+fn committed(group: &str, topics: &[String]) -> HashMap<(String, i32), i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut wanted = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        for partition in metadata.topics()[0].partitions() {
+            wanted.add_partition(topic, partition.id());
+        }
+    }
+    consumer
+        .committed_offsets(wanted, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(offset) => Some(((e.topic().to_owned(), e.partition()), offset)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reversal_handler_stopped_mid_batch_commits_what_it_applied_and_nothing_is_reversed_twice()
+ {
+    const ORPHANS: usize = 24;
+    let prefix = unique_suffix();
+    let stop = CancellationToken::new();
+    let issuer = spawn_issuer(&stop).await;
+    let authorization_listen = free_address().await;
+    let mut env = switchd_env(
+        &prefix,
+        &[
+            (
+                "SWITCH__AUTHORIZATION__LISTEN",
+                authorization_listen.to_string(),
+            ),
+            (
+                "SWITCH__AUTHORIZATION__ISSUER_ENDPOINT",
+                format!("http://{issuer}"),
+            ),
+            (
+                "SWITCH__AUTHORIZATION__OUTBOX__POLL_INTERVAL_MS",
+                "100".to_owned(),
+            ),
+            (
+                "SWITCH__AUTHORIZATION__REVERSAL__INITIAL_DELAY_MS",
+                "50".to_owned(),
+            ),
+            (
+                "SWITCH__AUTHORIZATION__REVERSAL__POLL_INTERVAL_MS",
+                "50".to_owned(),
+            ),
+            (
+                "SWITCH__REVERSAL_HANDLER__AUTHORIZATION_ENDPOINT",
+                format!("http://{authorization_listen}"),
+            ),
+            ("SWITCH__REVERSAL_HANDLER__ACK_WINDOW_MS", "1500".to_owned()),
+            (
+                "SWITCH__REVERSAL_HANDLER__SWEEP_INTERVAL_MS",
+                "50".to_owned(),
+            ),
+        ],
+    );
+    env.extend(shutdown_env().map(|(k, v)| (k.to_owned(), v)));
+    let mut authorization = SwitchdProcess::spawn("authorization", &env);
+    authorization
+        .wait_until_healthy(authorization_listen, AUTHORIZATION)
+        .await;
+    let handler_listen = free_address().await;
+    let mut handler_env = env.clone();
+    handler_env.push((
+        "SWITCH__REVERSAL_HANDLER__LISTEN".into(),
+        handler_listen.to_string(),
+    ));
+    let mut first = SwitchdProcess::spawn("reversal-handler", &handler_env);
+    first.wait_until_healthy(handler_listen, "").await;
+
+    let mut client = AuthorizationServiceClient::connect(format!("http://{authorization_listen}"))
+        .await
+        .unwrap();
+    let mut orphans = Vec::new();
+    for i in 0..ORPHANS {
+        let record = client
+            .authorize(authorize_request(
+                "TERM0001",
+                &format!("{:06}", 300 + i),
+                1_000,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .authorization
+            .unwrap();
+        assert_eq!(record.status(), AuthorizationStatus::Approved);
+        orphans.push(record.transaction_id);
+    }
+    let database = DatabaseConfig {
+        url: database_url(),
+        schema_prefix: format!("{prefix}_"),
+        ..DatabaseConfig::default()
+    };
+    let journal_schema = database.schema_for(authorization::SERVICE_NAME);
+    let journal = switch_platform::db::connect(&database, &journal_schema)
+        .await
+        .unwrap();
+    let settled = async || -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM authorizations WHERE state IN ('reversal_pending', 'reversed')",
+        )
+        .fetch_one(&journal)
+        .await
+        .unwrap()
+    };
+    // Stopped as soon as it has started on the batch: some orphans are
+    // handled, others not yet.
+    within("the first reversal request", 60, async || {
+        (settled().await > 0).then_some(())
+    })
+    .await;
+    first.send_sigterm();
+    let exit = first
+        .exit_within(Duration::from_millis(
+            UNREADY_DELAY_MS + GRACE_PERIOD_MS + 5_000,
+        ))
+        .await
+        .expect("the handler exits within its unready delay and grace period");
+    assert!(exit.success(), "a clean exit: {exit}");
+
+    // What the stopped handler applied is all below its committed offsets.
+    let kafka = switch_platform::kafka::KafkaConfig {
+        brokers: kafka_brokers(),
+        topic_prefix: format!("{prefix}."),
+        ..switch_platform::kafka::KafkaConfig::default()
+    };
+    let topics: Vec<String> = [
+        switch_platform::kafka::topics::AUTHORIZATION_EVENTS,
+        switch_platform::kafka::topics::SETTLEMENT_EVENTS,
+    ]
+    .iter()
+    .map(|t| kafka.topic(t))
+    .collect();
+    let committed = committed(&kafka.group("reversal-handler"), &topics);
+    let handler_schema = database.schema_for(reversal_handler::SERVICE_NAME);
+    let handler_db = switch_platform::db::connect(&database, &handler_schema)
+        .await
+        .unwrap();
+    let applied: HashSet<String> =
+        sqlx::query_scalar::<_, String>("SELECT event_id::text FROM processed_events")
+            .fetch_all(&handler_db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert!(!applied.is_empty(), "the first handler applied events");
+    let messages = read_topics(&topics);
+    let past_commit: Vec<_> = messages
+        .iter()
+        .filter(|(topic, partition, offset, envelope)| {
+            applied.contains(&envelope.event_id)
+                && *offset
+                    >= committed
+                        .get(&(topic.clone(), *partition))
+                        .copied()
+                        .unwrap_or(0)
+        })
+        .map(|(topic, partition, offset, envelope)| {
+            format!("{topic}/{partition}@{offset} {}", envelope.event_type)
+        })
+        .collect();
+    assert!(
+        past_commit.is_empty(),
+        "applied but not committed, so applied again by the next owner: {past_commit:?}"
+    );
+
+    // A second handler takes over and finishes the batch.
+    let mut second = SwitchdProcess::spawn("reversal-handler", &handler_env);
+    second.wait_until_healthy(handler_listen, "").await;
+    within("every orphan reversed", 90, async || {
+        let reversed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM authorizations WHERE state = 'reversed'")
+                .fetch_one(&journal)
+                .await
+                .unwrap();
+        (reversed == i64::try_from(ORPHANS).unwrap()).then_some(())
+    })
+    .await;
+    let stats = IssuerControlClient::connect(format!("http://{issuer}"))
+        .await
+        .unwrap()
+        .stats(StatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stats.reversals,
+        u64::try_from(ORPHANS).unwrap(),
+        "each orphan reversed exactly once at the issuer"
+    );
+    assert!(second.terminate().success());
+    assert!(authorization.terminate().success());
+    stop.cancel();
+    journal.close().await;
+    handler_db.close().await;
+    for schema in [journal_schema, handler_schema] {
+        let _ = switch_platform::db::drop_schema(&database.url, &schema).await;
+    }
+}
