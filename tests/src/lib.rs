@@ -789,8 +789,10 @@ impl SwitchdProcess {
     ) -> SwitchdProcess {
         let child = std::process::Command::new(switchd_binary())
             .arg(service)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // Quiet unless the test asks for a level (spans below it are
+            // not exported either).
             .env("SWITCH__TELEMETRY__LOG_LEVEL", "warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -9,6 +9,7 @@
 //! it later: the lifecycle's rules rely on that (`IssuerWindows`).
 
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use switch_platform::service::{GrpcClient, ServeError, TracedChannel};
 use switch_proto::v1::issuer_service_client::IssuerServiceClient;
@@ -78,19 +79,30 @@ impl GrpcIssuerLink {
         let mut request = tonic::Request::new(request);
         request.set_timeout(deadline);
         let sent = Instant::now();
-        let mut call = tokio::spawn(async move {
-            client
-                .authorize(request)
-                .await
-                .map(|response| {
-                    let answer = response.into_inner();
-                    Answer {
-                        response_code: answer.response_code,
-                        approval_code: answer.approval_code,
-                    }
-                })
-                .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
-        });
+        // The call is its own task (a late answer outlives the wait), so it
+        // carries its span, the client side of the issuer's: the traced
+        // channel sends the issuer this span's context.
+        let span = tracing::info_span!(
+            "issuer.authorize",
+            otel.kind = "client",
+            rpc.service = "switch.v1.IssuerService"
+        );
+        let mut call = tokio::spawn(
+            async move {
+                client
+                    .authorize(request)
+                    .await
+                    .map(|response| {
+                        let answer = response.into_inner();
+                        Answer {
+                            response_code: answer.response_code,
+                            approval_code: answer.approval_code,
+                        }
+                    })
+                    .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+            }
+            .instrument(span),
+        );
         match tokio::time::timeout(self.timeout, &mut call).await {
             Ok(Ok(Ok(answer))) => IssuerOutcome::Answered(answer),
             Ok(Ok(Err(reason))) => IssuerOutcome::NoAnswer { reason, late: None },
@@ -127,7 +139,15 @@ impl GrpcIssuerLink {
             repeat,
         });
         request.set_timeout(self.timeout);
-        match tokio::time::timeout(self.timeout, client.reverse(request)).await {
+        let span = tracing::info_span!(
+            "issuer.reverse",
+            otel.kind = "client",
+            rpc.service = "switch.v1.IssuerService"
+        );
+        match tokio::time::timeout(self.timeout, client.reverse(request))
+            .instrument(span)
+            .await
+        {
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
             Ok(Ok(response)) => Ok(response.into_inner().response_code),
             Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),

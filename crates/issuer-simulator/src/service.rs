@@ -13,7 +13,7 @@ use switch_proto::v1::{
     StatsRequest,
 };
 use tonic::{Request, Response, Status};
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::faults::{Fault, Faults, RpcKind};
 use crate::ledger::{Funds, Ledger, LedgerError};
@@ -138,123 +138,137 @@ impl IssuerService for Simulator {
         &self,
         request: Request<IssuerAuthorizeRequest>,
     ) -> Result<Response<IssuerAuthorizeResponse>, Status> {
-        let request = request.into_inner();
-        Counters::bump(&self.counters.authorizations);
-        let amount = amount_for_log(request.amount.as_ref());
-        let fault = self
-            .faults
-            .for_request(RpcKind::Authorization, &request.stan);
-        let faulted = fault.is_some();
-        let fault = match self.apply_fault(fault).await {
-            Ok(fault) => fault,
-            Err(status) => {
-                debug!(
-                    rrn = %request.rrn,
-                    stan = %request.stan,
-                    %amount,
-                    pan_last4 = rules::pan_last4(&request.pan),
-                    decision = "outage",
-                    "authorization"
-                );
-                return Err(status);
-            }
-        };
-        let amount_minor = request.amount.as_ref().map_or(0, |m| m.minor_units);
-        let decision = match &fault {
-            Some(fault) if !fault.decline_code.is_empty() => Decision::Decline {
-                response_code: fault.decline_code.clone(),
-            },
-            Some(fault) if fault.partial_approval => {
-                rules::decide(&request).partially(amount_minor)
-            }
-            _ => rules::decide(&request),
-        };
-        if !request.rrn.is_empty() {
-            self.record(&request, &decision, amount_minor).await?;
-        }
-        let code = decision.response_code();
-        let holds = ResponseCode::parse(code).is_ok_and(|c| c.holds_funds());
-        if holds {
-            Counters::bump(&self.counters.approved);
-        } else {
-            Counters::bump(&self.counters.declined);
-        }
-        if holds && fault.as_ref().is_some_and(|f| f.approve_then_hang) {
-            // Approved and held; the answer is lost.
-            Counters::bump(&self.counters.dropped);
-            debug!(rrn = %request.rrn, stan = %request.stan, decision = code, "authorization approved, answer lost");
-            std::future::pending::<()>().await;
-        }
-        debug!(
-            rrn = %request.rrn,
-            stan = %request.stan,
-            %amount,
-            pan_last4 = rules::pan_last4(&request.pan),
-            decision = code,
-            approval_code = decision.approval_code(),
-            faulted,
-            "authorization"
+        let span = switch_platform::telemetry::server_span(
+            "issuer_simulator.authorize",
+            request.metadata(),
         );
-        Ok(Response::new(IssuerAuthorizeResponse {
-            response_code: code.to_owned(),
-            approval_code: decision.approval_code().to_owned(),
-        }))
+        async move {
+            let request = request.into_inner();
+            Counters::bump(&self.counters.authorizations);
+            let amount = amount_for_log(request.amount.as_ref());
+            let fault = self
+                .faults
+                .for_request(RpcKind::Authorization, &request.stan);
+            let faulted = fault.is_some();
+            let fault = match self.apply_fault(fault).await {
+                Ok(fault) => fault,
+                Err(status) => {
+                    debug!(
+                        rrn = %request.rrn,
+                        stan = %request.stan,
+                        %amount,
+                        pan_last4 = rules::pan_last4(&request.pan),
+                        decision = "outage",
+                        "authorization"
+                    );
+                    return Err(status);
+                }
+            };
+            let amount_minor = request.amount.as_ref().map_or(0, |m| m.minor_units);
+            let decision = match &fault {
+                Some(fault) if !fault.decline_code.is_empty() => Decision::Decline {
+                    response_code: fault.decline_code.clone(),
+                },
+                Some(fault) if fault.partial_approval => {
+                    rules::decide(&request).partially(amount_minor)
+                }
+                _ => rules::decide(&request),
+            };
+            if !request.rrn.is_empty() {
+                self.record(&request, &decision, amount_minor).await?;
+            }
+            let code = decision.response_code();
+            let holds = ResponseCode::parse(code).is_ok_and(|c| c.holds_funds());
+            if holds {
+                Counters::bump(&self.counters.approved);
+            } else {
+                Counters::bump(&self.counters.declined);
+            }
+            if holds && fault.as_ref().is_some_and(|f| f.approve_then_hang) {
+                // Approved and held; the answer is lost.
+                Counters::bump(&self.counters.dropped);
+                debug!(rrn = %request.rrn, stan = %request.stan, decision = code, "authorization approved, answer lost");
+                std::future::pending::<()>().await;
+            }
+            debug!(
+                rrn = %request.rrn,
+                stan = %request.stan,
+                %amount,
+                pan_last4 = rules::pan_last4(&request.pan),
+                decision = code,
+                approval_code = decision.approval_code(),
+                faulted,
+                "authorization"
+            );
+            Ok(Response::new(IssuerAuthorizeResponse {
+                response_code: code.to_owned(),
+                approval_code: decision.approval_code().to_owned(),
+            }))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn reverse(
         &self,
         request: Request<IssuerReverseRequest>,
     ) -> Result<Response<IssuerReverseResponse>, Status> {
-        let request = request.into_inner();
-        Counters::bump(&self.counters.reversals);
-        let amount = amount_for_log(request.amount.as_ref());
-        let fault = self.faults.for_request(RpcKind::Reversal, &request.stan);
-        let faulted = fault.is_some();
-        let fault = match self.apply_fault(fault).await {
-            Ok(fault) => fault,
-            Err(status) => {
-                debug!(
-                    rrn = %request.rrn,
-                    stan = %request.stan,
-                    %amount,
-                    repeat = request.repeat,
-                    decision = "outage",
-                    "reversal"
-                );
-                return Err(status);
-            }
-        };
-        let (code, already_reversed) = match fault {
-            Some(fault) if !fault.decline_code.is_empty() => (fault.decline_code, false),
-            _ if request.rrn.is_empty() => (FORMAT_ERROR.as_str().to_owned(), false),
-            _ => match self
-                .ledger
-                .reverse(&request.rrn, request.repeat)
-                .await
-                .map_err(unavailable)?
-            {
-                // No original to reverse: it never arrived, or has not been
-                // decided yet (it may still be).
-                None => (
-                    ResponseCode::UNABLE_TO_LOCATE_RECORD.as_str().to_owned(),
-                    false,
-                ),
-                Some(already_reversed) => (APPROVED.as_str().to_owned(), already_reversed),
-            },
-        };
-        debug!(
-            rrn = %request.rrn,
-            stan = %request.stan,
-            %amount,
-            repeat = request.repeat,
-            already_reversed,
-            decision = %code,
-            faulted,
-            "reversal"
-        );
-        Ok(Response::new(IssuerReverseResponse {
-            response_code: code,
-        }))
+        let span =
+            switch_platform::telemetry::server_span("issuer_simulator.reverse", request.metadata());
+        async move {
+            let request = request.into_inner();
+            Counters::bump(&self.counters.reversals);
+            let amount = amount_for_log(request.amount.as_ref());
+            let fault = self.faults.for_request(RpcKind::Reversal, &request.stan);
+            let faulted = fault.is_some();
+            let fault = match self.apply_fault(fault).await {
+                Ok(fault) => fault,
+                Err(status) => {
+                    debug!(
+                        rrn = %request.rrn,
+                        stan = %request.stan,
+                        %amount,
+                        repeat = request.repeat,
+                        decision = "outage",
+                        "reversal"
+                    );
+                    return Err(status);
+                }
+            };
+            let (code, already_reversed) = match fault {
+                Some(fault) if !fault.decline_code.is_empty() => (fault.decline_code, false),
+                _ if request.rrn.is_empty() => (FORMAT_ERROR.as_str().to_owned(), false),
+                _ => match self
+                    .ledger
+                    .reverse(&request.rrn, request.repeat)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    // No original to reverse: it never arrived, or has not been
+                    // decided yet (it may still be).
+                    None => (
+                        ResponseCode::UNABLE_TO_LOCATE_RECORD.as_str().to_owned(),
+                        false,
+                    ),
+                    Some(already_reversed) => (APPROVED.as_str().to_owned(), already_reversed),
+                },
+            };
+            debug!(
+                rrn = %request.rrn,
+                stan = %request.stan,
+                %amount,
+                repeat = request.repeat,
+                already_reversed,
+                decision = %code,
+                faulted,
+                "reversal"
+            );
+            Ok(Response::new(IssuerReverseResponse {
+                response_code: code,
+            }))
+        }
+        .instrument(span)
+        .await
     }
 }
 
