@@ -24,6 +24,10 @@ impl FeeRate {
     /// 60 basis points (0.60 %).
     pub const DEFAULT: FeeRate = FeeRate(60);
 
+    /// 38 basis points (0.38 %), the default on QR payments: the wallet
+    /// platforms' standard merchant rate, below the card schemes' cost.
+    pub const QR_DEFAULT: FeeRate = FeeRate(38);
+
     /// Field "fee_basis_points": 0 to 10_000 (100 %).
     pub fn from_basis_points(bp: u32) -> Result<Self, InvalidField> {
         match u16::try_from(bp) {
