@@ -157,8 +157,7 @@ pub fn qr_approval(
     let Ok(order_id) = OrderId::parse(&payment.order_id) else {
         return reject("bad order id");
     };
-    if payment.terminal_id.is_empty() || payment.merchant_id.is_empty() || payment.stan.is_empty()
-    {
+    if payment.terminal_id.is_empty() || payment.merchant_id.is_empty() || payment.stan.is_empty() {
         return reject("no terminal, merchant or STAN");
     }
     Some(NewApproval {
@@ -759,7 +758,10 @@ mod tests {
         };
         assert_eq!(approval.channel, "qr");
         assert_eq!(approval.qr_order_id.as_deref(), Some("QR0000000042"));
-        assert_eq!((approval.rrn.as_str(), approval.masked_pan.as_str()), ("", ""));
+        assert_eq!(
+            (approval.rrn.as_str(), approval.masked_pan.as_str()),
+            ("", "")
+        );
         let cases = [
             (
                 qr_event("qr.confirmed", "policy"),
@@ -830,7 +832,11 @@ mod tests {
         };
         let debit = refund_debit(&ok, qr).expect("a debit");
         assert_eq!(
-            (debit.refund_id.as_str(), debit.amount_minor, debit.currency.as_str()),
+            (
+                debit.refund_id.as_str(),
+                debit.amount_minor,
+                debit.currency.as_str()
+            ),
             ("R1", 300, "EUR")
         );
         for bad in [

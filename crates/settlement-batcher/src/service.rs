@@ -11,9 +11,8 @@ use switch_proto::v1::settlement_service_server::SettlementService;
 use switch_proto::v1::settlement_status_request::Query;
 use switch_proto::v1::{
     self as pb, CloseBatchRequest, CloseBatchResponse, RefundSettlement, RunSettlementRequest,
-    RunSettlementResponse,
-    SettlementState, SettlementStatusRequest, SettlementStatusResponse, TransactionSettlement,
-    UploadBatchRequest, UploadBatchResponse,
+    RunSettlementResponse, SettlementState, SettlementStatusRequest, SettlementStatusResponse,
+    TransactionSettlement, UploadBatchRequest, UploadBatchResponse,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -423,7 +423,10 @@ mod tests {
         let csv = render_csv(&[i]);
         assert!(csv.contains(",EUR,3,1000,6,694,1,300\r\n"), "{csv}");
         let xml = render_pain001(&run(), &[i]);
-        assert!(xml.contains("<InstdAmt Ccy=\"EUR\">6.94</InstdAmt>"), "{xml}");
+        assert!(
+            xml.contains("<InstdAmt Ccy=\"EUR\">6.94</InstdAmt>"),
+            "{xml}"
+        );
     }
 
     #[test]

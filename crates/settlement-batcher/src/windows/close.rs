@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 
 use sqlx::FromRow;
 use switch_core::settlement::ledger;
-use switch_core::{
-    Channel, Currency, FeeRates, LedgerCommand, LedgerEffect, Money, RefundDebit,
-};
+use switch_core::{Channel, Currency, FeeRates, LedgerCommand, LedgerEffect, Money, RefundDebit};
 use switch_platform::outbox;
 use switch_platform::timestamps::from_time;
 use switch_proto::v1::{self as pb, event_envelope::Payload};

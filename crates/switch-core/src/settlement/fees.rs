@@ -114,9 +114,9 @@ pub fn channel_payouts(amounts: &[(Money, Channel)], rates: FeeRates) -> Vec<Pay
     // Per currency: (currency, count, card gross, QR gross).
     let mut sums: BTreeMap<&'static str, (Currency, u64, i64, i64)> = BTreeMap::new();
     for (amount, channel) in amounts {
-        let (_, count, card, qr) = sums
-            .entry(amount.currency().code())
-            .or_insert((amount.currency(), 0, 0, 0));
+        let (_, count, card, qr) =
+            sums.entry(amount.currency().code())
+                .or_insert((amount.currency(), 0, 0, 0));
         *count += 1;
         let gross = match channel {
             Channel::Card => card,

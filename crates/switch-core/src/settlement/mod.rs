@@ -1160,12 +1160,20 @@ mod tests {
         assert_eq!(n.waiting, ["r2", "r4"]);
         let eur = &n.payouts[0];
         assert_eq!(
-            (eur.net_minor_units, eur.refund_count, eur.refund_minor_units),
+            (
+                eur.net_minor_units,
+                eur.refund_count,
+                eur.refund_minor_units
+            ),
             (0, 2, 1000)
         );
         let usd = &n.payouts[1];
         assert_eq!(
-            (usd.net_minor_units, usd.refund_count, usd.refund_minor_units),
+            (
+                usd.net_minor_units,
+                usd.refund_count,
+                usd.refund_minor_units
+            ),
             (0, 1, 50)
         );
         // Gross and fee are untouched by refunds.
