@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use switch_core::qr::OrderId;
-use switch_core::{HoldReason, InvalidField, LocalDate, MerchantId, Stan, Standing, TerminalId};
+use switch_core::{
+    HoldReason, InvalidField, LocalDate, MerchantId, Stan, Standing, TerminalId, TransactionId,
+};
 use switch_platform::telemetry::server_span;
 use switch_proto::domain::wire_optional;
 use switch_proto::v1::settlement_service_server::SettlementService;
@@ -153,13 +155,10 @@ impl SettlementService for SettlementApi {
                     .map_err(db)?
                 }
                 Some(Query::TransactionId(id)) => {
-                    let id = Uuid::parse_str(&id).map_err(|_| {
-                        invalid(InvalidField::new(
-                            "transaction_id",
-                            format!("'{id}' is not a UUID"),
-                        ))
-                    })?;
-                    store::by_transaction_id(&mut conn, id).await.map_err(db)?
+                    let id = TransactionId::parse(&id).map_err(invalid)?;
+                    store::by_transaction_id(&mut conn, id.as_uuid())
+                        .await
+                        .map_err(db)?
                 }
                 Some(Query::QrOrderId(order_id)) => {
                     let order_id = OrderId::parse(&order_id)
