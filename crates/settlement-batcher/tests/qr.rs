@@ -110,12 +110,11 @@ async fn start(merchant: &str) -> Running {
             .await
         }
     });
+    // The listener accepts before the schema is migrated; health says
+    // serving only once it is and the service is up.
     let deadline = Instant::now() + PATIENCE;
-    while SettlementServiceClient::connect(format!("http://{addr}"))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "never served");
+    while !serving(addr).await {
+        assert!(Instant::now() < deadline, "never served health");
         assert!(!service.is_finished(), "serve ended during start-up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -133,6 +132,25 @@ async fn start(merchant: &str) -> Running {
         stop,
         service,
     }
+}
+
+async fn serving(addr: SocketAddr) -> bool {
+    let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    matches!(
+        health.check(request).await,
+        Ok(response) if response.get_ref().status
+            == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    )
 }
 
 impl Running {
@@ -364,11 +382,13 @@ impl Qr {
     }
 }
 
-/// A card sale approved and confirmed by the terminal's acknowledgement.
+/// A card sale approved and confirmed by the terminal's acknowledgement,
+/// on the channel `label` authorization gave it.
 fn card_sale(
     merchant: &str,
     stan: u32,
     amount: i64,
+    label: &str,
     at: OffsetDateTime,
 ) -> (Uuid, Vec<EventEnvelope>) {
     let id = Uuid::new_v4();
@@ -381,7 +401,7 @@ fn card_sale(
         rrn: format!("633000{stan}"),
         masked_pan: "411111******1111".into(),
         amount: money(amount),
-        channel: "card".into(),
+        channel: label.into(),
     };
     let events = vec![
         envelope(
@@ -446,7 +466,7 @@ async fn qr_payments_settle_at_their_rate_and_refunds_net_against_the_next_windo
 
     // Window 1: a card sale, a confirmed QR payment, one paid but never
     // confirmed, and an orphan the switch refunded at the platform.
-    let (card, card_events) = card_sale(&merchant, 1, 10_000, minutes(0));
+    let (card, card_events) = card_sale(&merchant, 1, 10_000, "card", minutes(0));
     let confirmed = Qr::new(&merchant, 2, 20_000);
     let unconfirmed = Qr::new(&merchant, 3, 5_000);
     let orphan = Qr::new(&merchant, 4, 7_000);
@@ -570,10 +590,11 @@ async fn qr_payments_settle_at_their_rate_and_refunds_net_against_the_next_windo
         .await;
     assert_eq!(by_terminal.qr_order_id, confirmed.order_id);
 
-    // Window 2: a card sale of 10_000 (net 9_900) and two merchant
-    // refunds of the confirmed QR payment: 3_000 fits, 15_000 does not
-    // and waits. The first refund's event arrives twice.
-    let (_, card_events) = card_sale(&merchant, 5, 10_000, minutes(20));
+    // Window 2: a card sale of 10_000 labelled `qr` by its terminal (a
+    // card payment all the same: the card rate, net 9_900) and two
+    // merchant refunds of the confirmed QR payment: 3_000 fits, 15_000
+    // does not and waits. The first refund's event arrives twice.
+    let (_, card_events) = card_sale(&merchant, 5, 10_000, "qr", minutes(20));
     let small = confirmed.refund_completed("REFUND-SMALL", 3_000, minutes(21));
     let mut events = card_events;
     events.extend([

@@ -31,18 +31,24 @@ struct Candidate {
     merchant_id: String,
     amount_minor: i64,
     currency: String,
-    channel: String,
+    /// Has an order at a QR platform. A card sale labelled `qr` (the label
+    /// authorization keeps for its acknowledgement window) went through
+    /// the card scheme and pays the card rate.
+    qr_payment: bool,
 }
 
 impl Candidate {
     /// Its amount and the channel whose rate it pays.
     fn money(&self) -> Result<(Money, Channel), CorruptRow> {
-        let corrupt = |reason: String| CorruptRow {
+        let currency = Currency::parse(&self.currency).map_err(|e| CorruptRow {
             transaction_id: self.ledger.transaction_id,
-            reason,
+            reason: e.to_string(),
+        })?;
+        let channel = if self.qr_payment {
+            Channel::Qr
+        } else {
+            Channel::Card
         };
-        let currency = Currency::parse(&self.currency).map_err(|e| corrupt(e.to_string()))?;
-        let channel = Channel::parse(&self.channel).map_err(|e| corrupt(e.to_string()))?;
         Ok((Money::new(self.amount_minor, currency), channel))
     }
 }
@@ -105,7 +111,8 @@ impl Settler {
         // does.
         let candidates: Vec<Candidate> = sqlx::query_as(
             "SELECT transaction_id, status, reversal_reason, evidence, conflict, window_id, \
-                    hold_reason, merchant_id, amount_minor, currency, channel \
+                    hold_reason, merchant_id, amount_minor, currency, \
+                    qr_order_id IS NOT NULL AS qr_payment \
              FROM transactions \
              WHERE window_id IS NULL AND status <> 'reversed' AND approved_at < $1 \
                AND (cardinality($2::text[]) = 0 OR merchant_id = ANY($2)) \
