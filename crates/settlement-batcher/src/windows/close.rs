@@ -57,6 +57,7 @@ impl Candidate {
 #[derive(Debug, FromRow)]
 struct WaitingDebit {
     refund_id: String,
+    transaction_id: Uuid,
     merchant_id: String,
     amount_minor: i64,
     currency: String,
@@ -142,10 +143,12 @@ impl Settler {
         .await?
         .into_iter()
         .collect();
-        // Locked like the approvals, so the consumer's repeat of a refund
-        // cannot race its netting; oldest first, as `net_refunds` takes them.
+        // Oldest first, as `net_refunds` takes them; locked with the
+        // approvals, so the debits netted are exactly the ones this
+        // transaction marks.
         let debits: Vec<WaitingDebit> = sqlx::query_as(
-            "SELECT refund_id, merchant_id, amount_minor, currency FROM refund_debits \
+            "SELECT refund_id, transaction_id, merchant_id, amount_minor, currency \
+             FROM refund_debits \
              WHERE window_id IS NULL AND merchant_id = ANY($1) AND completed_at < $2 \
              ORDER BY merchant_id, completed_at, refund_id FOR UPDATE",
         )
@@ -156,7 +159,7 @@ impl Settler {
         let mut debits_of: BTreeMap<&str, Vec<RefundDebit<String>>> = BTreeMap::new();
         for debit in &debits {
             let currency = Currency::parse(&debit.currency).map_err(|e| CorruptRow {
-                transaction_id: Uuid::nil(),
+                transaction_id: debit.transaction_id,
                 reason: format!("refund debit {}: {e}", debit.refund_id),
             })?;
             debits_of
