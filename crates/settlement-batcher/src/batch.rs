@@ -709,6 +709,7 @@ pub(crate) fn approval_from_record(
         },
         approval_code: Some(record.approval_code.clone()),
         approved_at: OffsetDateTime::parse(&record.created_at, &Rfc3339).unwrap_or(now),
+        qr_order_id: None,
     };
     Some((approval, command))
 }

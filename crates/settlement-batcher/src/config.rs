@@ -26,6 +26,9 @@ pub struct SettlementConfig {
     pub cutoff: String,
     /// Merchant discount rate in basis points for merchants without their own.
     pub fee_basis_points: u32,
+    /// The discount rate on QR payments, in basis points, for merchants
+    /// without their own (default `FeeRate::QR_DEFAULT`, 38).
+    pub qr_fee_basis_points: u32,
     /// Per-merchant overrides, keyed by merchant id.
     pub merchants: BTreeMap<String, MerchantSettlement>,
     /// Whether windows close by themselves at their cut-off. Off, windows
@@ -50,6 +53,7 @@ pub struct SettlementConfig {
 pub struct MerchantSettlement {
     pub cutoff: Option<String>,
     pub fee_basis_points: Option<u32>,
+    pub qr_fee_basis_points: Option<u32>,
     /// Legal name on the credit transfer.
     pub name: Option<String>,
     /// IBAN of the merchant's account; without one the payout names the
@@ -64,6 +68,7 @@ impl Default for SettlementConfig {
             authorization_endpoint: "https://127.0.0.1:50052".into(),
             cutoff: "22:00".into(),
             fee_basis_points: u32::from(FeeRate::DEFAULT.basis_points()),
+            qr_fee_basis_points: u32::from(FeeRate::QR_DEFAULT.basis_points()),
             merchants: BTreeMap::new(),
             scheduler_enabled: true,
             scheduler_interval_ms: 30_000,
@@ -110,7 +115,10 @@ impl DevelopmentSettings for SettlementConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MerchantTerms {
     pub cutoff: Time,
+    /// On card sales.
     pub fee: FeeRate,
+    /// On QR payments.
+    pub qr_fee: FeeRate,
     pub name: String,
     pub iban: Option<String>,
 }
@@ -125,6 +133,7 @@ impl SettlementConfig {
         }
         parse_cutoff("settlement.cutoff", &self.cutoff)?;
         parse_fee("settlement.fee_basis_points", self.fee_basis_points)?;
+        parse_fee("settlement.qr_fee_basis_points", self.qr_fee_basis_points)?;
         for (merchant_id, merchant) in &self.merchants {
             if merchant_id.trim().is_empty() {
                 return Err(ConfigError::invalid(
@@ -141,6 +150,12 @@ impl SettlementConfig {
             if let Some(fee) = merchant.fee_basis_points {
                 parse_fee(
                     &format!("settlement.merchants.{merchant_id}.fee_basis_points"),
+                    fee,
+                )?;
+            }
+            if let Some(fee) = merchant.qr_fee_basis_points {
+                parse_fee(
+                    &format!("settlement.merchants.{merchant_id}.qr_fee_basis_points"),
                     fee,
                 )?;
             }
@@ -207,9 +222,17 @@ impl SettlementConfig {
             merchant.fee_basis_points.unwrap_or(self.fee_basis_points),
         )
         .unwrap_or(FeeRate::DEFAULT);
+        let qr_fee = parse_fee(
+            "",
+            merchant
+                .qr_fee_basis_points
+                .unwrap_or(self.qr_fee_basis_points),
+        )
+        .unwrap_or(FeeRate::QR_DEFAULT);
         MerchantTerms {
             cutoff,
             fee,
+            qr_fee,
             name: merchant.name.unwrap_or_else(|| merchant_id.to_owned()),
             iban: merchant.iban,
         }
@@ -279,6 +302,22 @@ mod tests {
                 "settlement.fee_basis_points",
             ),
             (
+                |c| c.qr_fee_basis_points = 10_001,
+                "settlement.qr_fee_basis_points",
+            ),
+            (
+                |c| {
+                    c.merchants.insert(
+                        "MERCHANT0000001".into(),
+                        MerchantSettlement {
+                            qr_fee_basis_points: Some(20_000),
+                            ..Default::default()
+                        },
+                    );
+                },
+                "settlement.merchants.MERCHANT0000001.qr_fee_basis_points",
+            ),
+            (
                 |c| c.debtor_iban = "DE00370400440532013000".into(),
                 "settlement.debtor_iban",
             ),
@@ -343,6 +382,7 @@ mod tests {
             MerchantSettlement {
                 cutoff: Some("18:30".into()),
                 fee_basis_points: Some(150),
+                qr_fee_basis_points: Some(90),
                 name: Some("Corner Shop".into()),
                 iban: None,
             },
@@ -350,9 +390,12 @@ mod tests {
         let terms = config.terms_for("MERCHANT0000002");
         assert_eq!(terms.cutoff, time::macros::time!(18:30));
         assert_eq!(terms.fee.basis_points(), 150);
+        assert_eq!(terms.qr_fee.basis_points(), 90);
         assert_eq!(terms.name, "Corner Shop");
         let default = config.terms_for("MERCHANT0000001");
         assert_eq!(default.fee, FeeRate::DEFAULT);
+        assert_eq!(default.qr_fee, FeeRate::QR_DEFAULT);
+        assert_eq!(FeeRate::QR_DEFAULT.basis_points(), 38);
         assert_eq!(default.cutoff, time::macros::time!(22:00));
         assert_eq!(default.name, "MERCHANT0000001");
     }

@@ -4,23 +4,34 @@
 //! from. Each event becomes a `LedgerCommand` here, at the edge (an unknown
 //! reason or evidence is refused, never mapped to a default); what it
 //! changes is `switch_core::settlement::ledger::decide`'s call.
+//!
+//! QR payments arrive on the same topic as `qr.*` events and enter the same
+//! ledger (channel `qr`, ADR 31): `qr.paid` is the approval, `qr.confirmed`
+//! its confirmation with the evidence, a refund owed to the platform
+//! (`qr.cancel_requested`, reason `refund`) a reversal requested,
+//! `qr.refunded` the reversal done. `qr.refund_completed` (a merchant
+//! refund of a confirmed payment) records a refund debit instead, netted
+//! against the merchant's next payout.
 
 use std::collections::HashSet;
 
 use sqlx::PgConnection;
-use switch_core::{Evidence, LedgerCommand, ReversalReason, SharedClock, SystemClock};
+use switch_core::orphan::{OrphanDecision, OrphanPolicy, decide_at_deadline};
+use switch_core::qr::{CancelKind, OrderId};
+use switch_core::{Currency, Evidence, LedgerCommand, ReversalReason, SharedClock, SystemClock};
 use switch_platform::consumer::{EventHandler, Gathered, HandlerError, HandlerFuture};
 use switch_platform::telemetry::set_parent_from_traceparent;
 use switch_platform::timestamps::to_time;
 use switch_proto::domain::{optional, required};
 use switch_proto::v1::event_envelope::Payload;
-use switch_proto::v1::{self as pb, AuthorizationFacts, EventEnvelope};
+use switch_proto::v1::{self as pb, AuthorizationFacts, EventEnvelope, QrPaymentEvent};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use crate::store::{self, Facts, LedgerError, NewApproval, Upserted};
+use crate::store::{self, Facts, LedgerError, NewApproval, NewRefundDebit, Upserted};
 
 pub struct ApprovalLedger {
     metrics: Metrics,
@@ -106,6 +117,131 @@ pub fn approval_from_facts(
         },
         approval_code: approval_code.filter(|c| !c.is_empty()).map(str::to_owned),
         approved_at,
+        qr_order_id: None,
+    })
+}
+
+/// The `qr.*` events the ledger follows.
+const QR_EVENTS: [&str; 5] = [
+    "qr.paid",
+    "qr.confirmed",
+    "qr.cancel_requested",
+    "qr.refunded",
+    "qr.refund_completed",
+];
+
+/// A QR payment's facts as the batcher stores them: channel `qr`, its
+/// order id, no RRN and no card (empty). `None` (logged) when the event
+/// cannot be one.
+pub fn qr_approval(
+    event: &EventEnvelope,
+    payment: Option<&pb::QrPaymentRecord>,
+    now: OffsetDateTime,
+) -> Option<NewApproval> {
+    let reject = |why: &str| ignored(event, why);
+    let Some(payment) = payment else {
+        return reject("no payment");
+    };
+    let Ok(transaction_id) = Uuid::parse_str(&payment.transaction_id) else {
+        return reject("no valid transaction id");
+    };
+    let Some(amount) = payment.amount.as_ref() else {
+        return reject("no amount");
+    };
+    if amount.minor_units <= 0 {
+        return reject("amount not positive");
+    }
+    let Ok(local_date) = switch_core::LocalDate::parse(&payment.local_date) else {
+        return reject("bad local date");
+    };
+    let Ok(order_id) = OrderId::parse(&payment.order_id) else {
+        return reject("bad order id");
+    };
+    if payment.terminal_id.is_empty() || payment.merchant_id.is_empty() || payment.stan.is_empty() {
+        return reject("no terminal, merchant or STAN");
+    }
+    Some(NewApproval {
+        transaction_id,
+        terminal_id: payment.terminal_id.clone(),
+        merchant_id: payment.merchant_id.clone(),
+        stan: payment.stan.clone(),
+        local_date: local_date.date(),
+        rrn: String::new(),
+        masked_pan: String::new(),
+        amount_minor: amount.minor_units,
+        currency: amount.currency.clone(),
+        channel: switch_core::Channel::Qr.as_str().to_owned(),
+        approval_code: None,
+        approved_at: event.occurred_at.as_ref().and_then(to_time).unwrap_or(now),
+        qr_order_id: Some(order_id.as_str().to_owned()),
+    })
+}
+
+/// The reason a QR refund owed to the platform is recorded with until the
+/// platform's word brings the real one (`qr.refunded`): the QR core owes a
+/// refund of a paid payment when the merchant's reverse policy decides an
+/// orphan, so it is that decision's reason.
+fn qr_refund_owed_reason() -> ReversalReason {
+    match decide_at_deadline(OrphanPolicy::Reverse) {
+        OrphanDecision::Reverse(reason) => reason,
+        OrphanDecision::Confirm(_) => ReversalReason::NoTerminalAcknowledgement,
+    }
+}
+
+/// A merchant refund the platform completed, as a refund debit, or `None`
+/// (logged) when the event cannot be one.
+fn refund_debit(event: &EventEnvelope, qr: &QrPaymentEvent) -> Option<NewRefundDebit> {
+    let reject = |why: &str| ignored(event, why);
+    let Some(refund) = qr.refund.as_ref() else {
+        return reject("no refund");
+    };
+    if refund.refund_id.is_empty() || refund.refund_id.len() > 24 {
+        return reject("bad refund id");
+    }
+    if refund.state != "refunded" {
+        return reject("refund not completed");
+    }
+    let transaction_id = [
+        refund.transaction_id.as_str(),
+        qr.payment
+            .as_ref()
+            .map_or("", |p| p.transaction_id.as_str()),
+    ]
+    .into_iter()
+    .find_map(|id| Uuid::parse_str(id).ok());
+    let Some(transaction_id) = transaction_id else {
+        return reject("no valid transaction id");
+    };
+    let merchant_id = if refund.merchant_id.is_empty() {
+        qr.payment
+            .as_ref()
+            .map(|p| p.merchant_id.clone())
+            .unwrap_or_default()
+    } else {
+        refund.merchant_id.clone()
+    };
+    if merchant_id.is_empty() {
+        return reject("no merchant");
+    }
+    let Some(amount) = refund.amount.as_ref() else {
+        return reject("no refund amount");
+    };
+    if amount.minor_units <= 0 {
+        return reject("refund amount not positive");
+    }
+    let Ok(currency) = Currency::parse(&amount.currency) else {
+        return reject("unknown refund currency");
+    };
+    let Ok(completed_at) = OffsetDateTime::parse(&refund.completed_at, &Rfc3339) else {
+        return reject("no valid completed_at");
+    };
+    Some(NewRefundDebit {
+        refund_id: refund.refund_id.clone(),
+        transaction_id,
+        merchant_id,
+        amount_minor: amount.minor_units,
+        currency: currency.code().to_owned(),
+        completed_at,
     })
 }
 
@@ -188,7 +324,7 @@ impl Pending {
                 }
                 self.commands.add(command.transaction_id, command);
             }
-            Input::Flag { .. } => {}
+            Input::Flag { .. } | Input::Refund(_) => {}
         }
     }
 
@@ -287,6 +423,52 @@ impl ApprovalLedger {
                     .map_or("unknown reason", |r| r.as_str())
                 ),
             }),
+            Payload::QrPayment(qr) => self.qr_input(event, qr),
+            _ => None,
+        }
+    }
+
+    /// What a `qr.*` event asks of the ledger: the mapping of ADR 31.
+    fn qr_input(&self, event: &EventEnvelope, qr: &QrPaymentEvent) -> Option<Input> {
+        let now = self.clock.now();
+        match event.event_type.as_str() {
+            "qr.paid" => qr_approval(event, qr.payment.as_ref(), now).map(Input::Approval),
+            "qr.confirmed" => {
+                let approval = qr_approval(event, qr.payment.as_ref(), now)?;
+                let Ok(evidence) = Evidence::parse(&qr.reason) else {
+                    return ignored(event, "unknown evidence");
+                };
+                Some(Input::Command(Command {
+                    transaction_id: approval.transaction_id,
+                    command: LedgerCommand::Confirm {
+                        evidence: Some(evidence),
+                    },
+                    approval: Some(approval),
+                }))
+            }
+            "qr.cancel_requested" => match CancelKind::parse(&qr.reason) {
+                Ok(CancelKind::Refund) => Some(Input::Command(Command {
+                    transaction_id: qr_approval(event, qr.payment.as_ref(), now)?.transaction_id,
+                    command: LedgerCommand::RequestReversal {
+                        reason: qr_refund_owed_reason(),
+                    },
+                    approval: None,
+                })),
+                // An unpaid order closed or cancelled: never approved.
+                Ok(CancelKind::Cancel | CancelKind::Close) => None,
+                Err(_) => ignored(event, "unknown cancel reason"),
+            },
+            "qr.refunded" => {
+                let Ok(reason) = ReversalReason::parse(&qr.reason) else {
+                    return ignored(event, "unknown or missing refund reason");
+                };
+                Some(Input::Command(Command {
+                    transaction_id: qr_approval(event, qr.payment.as_ref(), now)?.transaction_id,
+                    command: LedgerCommand::Reverse { reason },
+                    approval: None,
+                }))
+            }
+            "qr.refund_completed" => refund_debit(event, qr).map(Input::Refund),
             _ => None,
         }
     }
@@ -318,6 +500,11 @@ impl ApprovalLedger {
             } => {
                 store::flag_conflict(conn, transaction_id, "acknowledged_after_reversal", &detail)
                     .await?;
+            }
+            Input::Refund(debit) => {
+                if !store::record_refund_debit(conn, &debit).await? {
+                    tracing::debug!(refund_id = %debit.refund_id, "Refund debit already recorded.");
+                }
             }
         }
         Ok(())
@@ -379,6 +566,8 @@ enum Input {
         transaction_id: Uuid,
         detail: String,
     },
+    /// A merchant refund to net against the merchant's next payout.
+    Refund(NewRefundDebit),
 }
 
 impl Input {
@@ -388,7 +577,7 @@ impl Input {
         match self {
             Input::Approval(approval) => Some((approval.transaction_id, Some(approval))),
             Input::Command(command) => Some((command.transaction_id, command.approval.as_ref())),
-            Input::Flag { .. } => None,
+            Input::Flag { .. } | Input::Refund(_) => None,
         }
     }
 }
@@ -462,18 +651,20 @@ impl EventHandler for ApprovalLedger {
     }
 
     /// Declines, timeouts, acknowledgements and late answers change nothing
-    /// settlement keeps; they are not recorded.
+    /// settlement keeps; they are not recorded. Nor are the `qr.*` events
+    /// that change nothing here (failed, closed, dead-lettered calls).
     fn wants(&self, event: &EventEnvelope) -> bool {
-        matches!(
-            event.payload,
+        match event.payload {
             Some(
                 Payload::AuthorizationApproved(_)
-                    | Payload::AuthorizationConfirmed(_)
-                    | Payload::ReversalRequested(_)
-                    | Payload::AuthorizationReversed(_)
-                    | Payload::AcknowledgementConflict(_)
-            )
-        )
+                | Payload::AuthorizationConfirmed(_)
+                | Payload::ReversalRequested(_)
+                | Payload::AuthorizationReversed(_)
+                | Payload::AcknowledgementConflict(_),
+            ) => true,
+            Some(Payload::QrPayment(_)) => QR_EVENTS.contains(&event.event_type.as_str()),
+            _ => false,
+        }
     }
 }
 
@@ -503,5 +694,160 @@ mod tests {
             TerminalAcknowledged::default()
         ))));
         assert!(!ledger.wants(&EventEnvelope::default()));
+        let qr = |event_type: &str| EventEnvelope {
+            event_type: event_type.into(),
+            ..with(Payload::QrPayment(QrPaymentEvent::default()))
+        };
+        for wanted in QR_EVENTS {
+            assert!(ledger.wants(&qr(wanted)), "{wanted}");
+        }
+        for unwanted in [
+            "qr.failed",
+            "qr.closed",
+            "qr.cancel_dead_lettered",
+            "qr.acknowledgement_conflict",
+            "qr.refund_requested",
+            "qr.refund_dead_lettered",
+        ] {
+            assert!(!ledger.wants(&qr(unwanted)), "{unwanted}");
+        }
+    }
+
+    fn payment() -> pb::QrPaymentRecord {
+        pb::QrPaymentRecord {
+            transaction_id: Uuid::nil().to_string(),
+            terminal_id: "TERM0001".into(),
+            stan: "000042".into(),
+            local_date: "2026-11-24".into(),
+            merchant_id: "MERCHANT0000001".into(),
+            order_id: "QR0000000042".into(),
+            amount: Some(pb::Money {
+                minor_units: 1_000,
+                currency: "EUR".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn qr_event(event_type: &str, reason: &str) -> EventEnvelope {
+        EventEnvelope {
+            event_type: event_type.into(),
+            ..with(Payload::QrPayment(QrPaymentEvent {
+                payment: Some(payment()),
+                reason: reason.into(),
+                ..Default::default()
+            }))
+        }
+    }
+
+    fn command_of(ledger: &ApprovalLedger, event: &EventEnvelope) -> Option<LedgerCommand> {
+        match ledger.input(event, event.payload.as_ref()?)? {
+            Input::Command(c) => Some(c.command),
+            Input::Approval(_) => Some(LedgerCommand::Approve),
+            Input::Flag { .. } | Input::Refund(_) => None,
+        }
+    }
+
+    #[test]
+    fn qr_events_map_onto_ledger_commands_and_unknown_reasons_are_refused() {
+        let ledger = ApprovalLedger::default();
+        let paid = qr_event("qr.paid", "");
+        let Some(Input::Approval(approval)) = ledger.input(&paid, paid.payload.as_ref().unwrap())
+        else {
+            panic!("qr.paid is an approval");
+        };
+        assert_eq!(approval.channel, "qr");
+        assert_eq!(approval.qr_order_id.as_deref(), Some("QR0000000042"));
+        assert_eq!(
+            (approval.rrn.as_str(), approval.masked_pan.as_str()),
+            ("", "")
+        );
+        let cases = [
+            (
+                qr_event("qr.confirmed", "policy"),
+                Some(LedgerCommand::Confirm {
+                    evidence: Some(Evidence::Policy),
+                }),
+            ),
+            (qr_event("qr.confirmed", "gremlins"), None),
+            (qr_event("qr.confirmed", ""), None),
+            (
+                qr_event("qr.cancel_requested", "refund"),
+                Some(LedgerCommand::RequestReversal {
+                    reason: ReversalReason::NoTerminalAcknowledgement,
+                }),
+            ),
+            (qr_event("qr.cancel_requested", "close"), None),
+            (qr_event("qr.cancel_requested", "cancel"), None),
+            (qr_event("qr.cancel_requested", "later"), None),
+            (
+                qr_event("qr.refunded", "late_issuer_response"),
+                Some(LedgerCommand::Reverse {
+                    reason: ReversalReason::LateIssuerResponse,
+                }),
+            ),
+            (qr_event("qr.refunded", ""), None),
+            (qr_event("qr.failed", ""), None),
+            (qr_event("qr.closed", ""), None),
+        ];
+        for (event, expected) in cases {
+            assert_eq!(
+                command_of(&ledger, &event),
+                expected,
+                "{} {:?}",
+                event.event_type,
+                event.payload
+            );
+        }
+        let mut bad_order = qr_event("qr.paid", "");
+        if let Some(Payload::QrPayment(qr)) = &mut bad_order.payload {
+            qr.payment.as_mut().unwrap().order_id = "x".into();
+        }
+        assert!(command_of(&ledger, &bad_order).is_none());
+    }
+
+    #[test]
+    fn a_completed_merchant_refund_is_a_debit_and_anything_less_is_refused() {
+        let refund = |state: &str, currency: &str, completed_at: &str| {
+            let mut event = qr_event("qr.refund_completed", "");
+            if let Some(Payload::QrPayment(qr)) = &mut event.payload {
+                qr.refund = Some(pb::QrRefundRecord {
+                    refund_id: "R1".into(),
+                    transaction_id: Uuid::nil().to_string(),
+                    merchant_id: "MERCHANT0000001".into(),
+                    amount: Some(pb::Money {
+                        minor_units: 300,
+                        currency: currency.into(),
+                    }),
+                    state: state.into(),
+                    completed_at: completed_at.into(),
+                    ..Default::default()
+                });
+            }
+            event
+        };
+        let ok = refund("refunded", "EUR", "2026-11-24T12:00:00Z");
+        let Payload::QrPayment(qr) = ok.payload.as_ref().unwrap() else {
+            unreachable!()
+        };
+        let debit = refund_debit(&ok, qr).expect("a debit");
+        assert_eq!(
+            (
+                debit.refund_id.as_str(),
+                debit.amount_minor,
+                debit.currency.as_str()
+            ),
+            ("R1", 300, "EUR")
+        );
+        for bad in [
+            refund("requested", "EUR", "2026-11-24T12:00:00Z"),
+            refund("refunded", "XXX", "2026-11-24T12:00:00Z"),
+            refund("refunded", "EUR", ""),
+        ] {
+            let Payload::QrPayment(qr) = bad.payload.as_ref().unwrap() else {
+                unreachable!()
+            };
+            assert!(refund_debit(&bad, qr).is_none());
+        }
     }
 }

@@ -12,8 +12,10 @@
 //!   orphans to the reversal handler at once (`settlement.batch_orphan_found`)
 //!   and flagging conflicts, which are never paid;
 //! - **settlement windows** per merchant, closed at its cut-off: confirmed
-//!   approvals are paid net of the merchant discount rate, unresolved ones
-//!   are held and carried over, with the reason;
+//!   approvals (card sales, and QR payments from the `qr.*` events) are
+//!   paid net of the merchant discount rate of their channel and of the
+//!   merchant's refunds of earlier QR payments, unresolved ones are held
+//!   and carried over, with the reason;
 //! - **payout files** (CSV and ISO 20022 pain.001) and the events that
 //!   announce closed windows and payouts;
 //! - **ledger rejections**: approvals whose terminal key another

@@ -3,15 +3,18 @@
 
 use std::collections::HashMap;
 
-use switch_core::{HoldReason, InvalidField, LocalDate, MerchantId, Stan, Standing, TerminalId};
+use switch_core::qr::OrderId;
+use switch_core::{
+    HoldReason, InvalidField, LocalDate, MerchantId, Stan, Standing, TerminalId, TransactionId,
+};
 use switch_platform::telemetry::server_span;
 use switch_proto::domain::wire_optional;
 use switch_proto::v1::settlement_service_server::SettlementService;
 use switch_proto::v1::settlement_status_request::Query;
 use switch_proto::v1::{
-    self as pb, CloseBatchRequest, CloseBatchResponse, RunSettlementRequest, RunSettlementResponse,
-    SettlementState, SettlementStatusRequest, SettlementStatusResponse, TransactionSettlement,
-    UploadBatchRequest, UploadBatchResponse,
+    self as pb, CloseBatchRequest, CloseBatchResponse, RefundSettlement, RunSettlementRequest,
+    RunSettlementResponse, SettlementState, SettlementStatusRequest, SettlementStatusResponse,
+    TransactionSettlement, UploadBatchRequest, UploadBatchResponse,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -20,7 +23,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::batch::Batcher;
-use crate::store::{self, CorruptRow, TransactionRow, WindowInfo};
+use crate::store::{self, CorruptRow, RefundDebitRow, TransactionRow, WindowInfo};
 use crate::windows::{SettleError, Settler};
 
 /// The most transactions one merchant-day query returns.
@@ -151,15 +154,23 @@ impl SettlementService for SettlementApi {
                     .await
                     .map_err(db)?
                 }
-                Some(Query::TransactionId(_) | Query::QrOrderId(_)) => {
-                    return Err(Status::unimplemented(
-                        "settlement status by transaction id or QR order id is not built yet",
-                    ));
+                Some(Query::TransactionId(id)) => {
+                    let id = TransactionId::parse(&id).map_err(invalid)?;
+                    store::by_transaction_id(&mut conn, id.as_uuid())
+                        .await
+                        .map_err(db)?
+                }
+                Some(Query::QrOrderId(order_id)) => {
+                    let order_id = OrderId::parse(&order_id)
+                        .map_err(|e| invalid(InvalidField::new("qr_order_id", e.reason)))?;
+                    store::by_qr_order_id(&mut conn, order_id.as_str())
+                        .await
+                        .map_err(db)?
                 }
                 None => {
                     return Err(invalid(InvalidField::new(
                         "query",
-                        "missing: rrn, terminal or merchant",
+                        "missing: rrn, terminal, merchant, transaction_id or qr_order_id",
                     )));
                 }
             };
@@ -180,15 +191,26 @@ impl SettlementService for SettlementApi {
                     window,
                 );
             }
+            let ids: Vec<Uuid> = rows.iter().map(|r| r.transaction_id).collect();
+            let mut refunds: HashMap<Uuid, Vec<RefundSettlement>> = HashMap::new();
+            for refund in store::refunds_of(&mut conn, &ids).await.map_err(db)? {
+                refunds
+                    .entry(refund.transaction_id)
+                    .or_default()
+                    .push(refund_settlement(&refund));
+            }
             let transactions = rows
                 .iter()
                 .map(|row| {
                     let window = row
                         .window_id
                         .and_then(|id| by_window.get(&(id, row.currency.clone())).copied());
-                    settlement_of(row, window).map_err(|e| Status::internal(e.to_string()))
+                    let mut settlement =
+                        settlement_of(row, window).map_err(|e| Status::internal(e.to_string()))?;
+                    settlement.refunds = refunds.remove(&row.transaction_id).unwrap_or_default();
+                    Ok(settlement)
                 })
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<_, Status>>()?;
             Ok(Response::new(SettlementStatusResponse { transactions }))
         }
         .instrument(span)
@@ -323,7 +345,31 @@ fn settlement_of(
         hold_reason: wire_optional::<_, pb::HoldReason>(hold_reason),
         reversal_reason: wire_optional::<_, pb::ReversalReason>(entry.status.reversal_reason()),
         channel: row.channel.clone(),
-        qr_order_id: String::new(),
+        qr_order_id: row.qr_order_id.clone().unwrap_or_default(),
         refunds: Vec::new(),
     })
+}
+
+/// A merchant refund as settlement takes it back: pending until the window
+/// it was netted in is paid out, then paid with that window.
+fn refund_settlement(refund: &RefundDebitRow) -> RefundSettlement {
+    let paid = refund.window_state.as_deref() == Some("settled");
+    RefundSettlement {
+        refund_id: refund.refund_id.clone(),
+        amount: Some(pb::Money {
+            minor_units: refund.amount_minor,
+            currency: refund.currency.clone(),
+        }),
+        state: if paid {
+            SettlementState::Paid
+        } else {
+            SettlementState::Pending
+        }
+        .into(),
+        window_id: if paid {
+            refund.window_id.map(|w| w.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        },
+    }
 }

@@ -41,11 +41,14 @@ pub struct TransactionRow {
     pub batch_number: Option<String>,
     pub window_id: Option<Uuid>,
     pub hold_reason: Option<String>,
+    /// A QR payment's order at the platform; `None` for a card sale.
+    pub qr_order_id: Option<String>,
 }
 
 const COLUMNS: &str = "transaction_id, terminal_id, merchant_id, stan, local_date, rrn, \
     masked_pan, amount_minor, currency, channel, approval_code, status, evidence, \
-    reversal_reason, conflict, conflict_detail, batch_number, window_id, hold_reason";
+    reversal_reason, conflict, conflict_detail, batch_number, window_id, hold_reason, \
+    qr_order_id";
 
 /// The columns of a [`LedgerEntry`], for statements that lock a row to
 /// decide on it.
@@ -176,6 +179,9 @@ pub struct NewApproval {
     pub channel: String,
     pub approval_code: Option<String>,
     pub approved_at: OffsetDateTime,
+    /// A QR payment's order at the platform (its `rrn` and `masked_pan`
+    /// are empty: it has neither).
+    pub qr_order_id: Option<String>,
 }
 
 /// What [`record`] did.
@@ -476,8 +482,8 @@ pub async fn record(
             sqlx::query(
                 "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, \
                     local_date, rrn, masked_pan, amount_minor, currency, channel, approval_code, \
-                    approved_at, status, evidence, reversal_reason, batch_number) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+                    approved_at, status, evidence, reversal_reason, batch_number, qr_order_id) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 \
                  WHERE NOT EXISTS (SELECT 1 FROM transactions \
                      WHERE terminal_id = $2 AND local_date = $5 AND stan = $4 \
                        AND transaction_id <> $1) \
@@ -489,6 +495,7 @@ pub async fn record(
         .bind(first.evidence.map(|e| e.as_str()))
         .bind(first.status.reversal_reason().map(|r| r.as_str()))
         .bind(batch_number)
+        .bind(&approval.qr_order_id)
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -657,6 +664,9 @@ impl RejectionRow {
             channel: self.channel.clone().unwrap_or_else(|| "card".to_owned()),
             approval_code: self.approval_code.clone(),
             approved_at: self.approved_at?,
+            // Rejections keep no order id: an admitted QR payment is
+            // found by its transaction id or terminal key.
+            qr_order_id: None,
         })
     }
 }
@@ -801,10 +811,11 @@ pub async fn resolve_rejection(
                 sqlx::query(
                     "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, \
                         local_date, rrn, masked_pan, amount_minor, currency, channel, approval_code, \
-                        approved_at, status, evidence, reversal_reason, key_instance) \
+                        approved_at, status, evidence, reversal_reason, key_instance, qr_order_id) \
                      SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
                         COALESCE((SELECT max(key_instance) FROM transactions \
-                                  WHERE terminal_id = $2 AND local_date = $5 AND stan = $4), -1) + 1",
+                                  WHERE terminal_id = $2 AND local_date = $5 AND stan = $4), -1) + 1, \
+                        $16",
                 ),
                 approval,
             )
@@ -817,6 +828,7 @@ pub async fn resolve_rejection(
                     .map(|r| r.as_str())
                     .or(reversal_reason),
             )
+            .bind(&approval.qr_order_id)
             .execute(&mut *conn)
             .await?;
             Resolution::Admit
@@ -850,12 +862,13 @@ pub async fn insert_unconfirmed_many(
     let text = |get: fn(&NewApproval) -> &str| -> Vec<&str> { approvals.iter().map(get).collect() };
     let added: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, stan, local_date, \
-            rrn, masked_pan, amount_minor, currency, channel, approval_code, approved_at, status) \
+            rrn, masked_pan, amount_minor, currency, channel, approval_code, approved_at, \
+            qr_order_id, status) \
          SELECT i.*, $13 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
              $5::date[], $6::text[], $7::text[], $8::int8[], $9::text[], $10::text[], \
-             $11::text[], $12::timestamptz[]) \
+             $11::text[], $12::timestamptz[], $14::text[]) \
            AS i(transaction_id, terminal_id, merchant_id, stan, local_date, rrn, masked_pan, \
-             amount_minor, currency, channel, approval_code, approved_at) \
+             amount_minor, currency, channel, approval_code, approved_at, qr_order_id) \
          WHERE NOT EXISTS (SELECT 1 FROM transactions t \
              WHERE t.terminal_id = i.terminal_id AND t.local_date = i.local_date \
                AND t.stan = i.stan AND t.transaction_id <> i.transaction_id) \
@@ -891,6 +904,12 @@ pub async fn insert_unconfirmed_many(
         LedgerEntry::first_known(LedgerCommand::Approve)
             .status
             .as_str(),
+    )
+    .bind(
+        approvals
+            .iter()
+            .map(|a| a.qr_order_id.as_deref())
+            .collect::<Vec<_>>(),
     )
     .fetch_all(conn)
     .await?;
@@ -951,7 +970,10 @@ pub async fn lock_terminal(conn: &mut PgConnection, terminal_id: &str) -> Result
 }
 
 /// Puts the terminal's open transactions approved up to now into the
-/// batch and returns every transaction of the batch.
+/// batch and returns every transaction of the batch. QR payments are not
+/// in a terminal's batch: the wallet platform, not the terminal's card
+/// batch, is their record, and an unconfirmed one would keep every close
+/// out of balance (or an upload would take it for a card orphan).
 pub async fn close_open_batch(
     conn: &mut PgConnection,
     terminal_id: &str,
@@ -959,7 +981,7 @@ pub async fn close_open_batch(
 ) -> Result<Vec<TransactionRow>, sqlx::Error> {
     sqlx::query(
         "UPDATE transactions SET batch_number = $2, updated_at = now() \
-         WHERE terminal_id = $1 AND batch_number IS NULL",
+         WHERE terminal_id = $1 AND batch_number IS NULL AND qr_order_id IS NULL",
     )
     .bind(terminal_id)
     .bind(batch_number)
@@ -1139,6 +1161,95 @@ pub async fn by_merchant_day(
     .await
 }
 
+/// The transaction with this id, card sale or QR payment.
+pub async fn by_transaction_id(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+) -> Result<Vec<TransactionRow>, sqlx::Error> {
+    sqlx::query_as::<_, TransactionRow>(&format!(
+        "SELECT {COLUMNS} FROM transactions WHERE transaction_id = $1"
+    ))
+    .bind(transaction_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// The QR payment of this order at the platform.
+pub async fn by_qr_order_id(
+    conn: &mut PgConnection,
+    order_id: &str,
+) -> Result<Vec<TransactionRow>, sqlx::Error> {
+    sqlx::query_as::<_, TransactionRow>(&format!(
+        "SELECT {COLUMNS} FROM transactions WHERE qr_order_id = $1"
+    ))
+    .bind(order_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// A merchant refund as settlement records it, with the state of the
+/// window it was netted in, if any.
+#[derive(Debug, Clone, FromRow)]
+pub struct RefundDebitRow {
+    pub refund_id: String,
+    pub transaction_id: Uuid,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub window_id: Option<Uuid>,
+    pub window_state: Option<String>,
+}
+
+/// The refund debits of these transactions, oldest first.
+pub async fn refunds_of(
+    conn: &mut PgConnection,
+    transaction_ids: &[Uuid],
+) -> Result<Vec<RefundDebitRow>, sqlx::Error> {
+    sqlx::query_as::<_, RefundDebitRow>(
+        "SELECT r.refund_id, r.transaction_id, r.amount_minor, r.currency, r.window_id, \
+                w.state AS window_state \
+         FROM refund_debits r LEFT JOIN windows w ON w.window_id = r.window_id \
+         WHERE r.transaction_id = ANY($1) ORDER BY r.completed_at, r.refund_id",
+    )
+    .bind(transaction_ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// A merchant refund the platform completed, to be netted against the
+/// merchant's payouts.
+#[derive(Debug, Clone)]
+pub struct NewRefundDebit {
+    pub refund_id: String,
+    pub transaction_id: Uuid,
+    pub merchant_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub completed_at: OffsetDateTime,
+}
+
+/// Records a refund debit once: a repeat of its refund id changes nothing
+/// (returns false).
+pub async fn record_refund_debit(
+    conn: &mut PgConnection,
+    debit: &NewRefundDebit,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO refund_debits (refund_id, transaction_id, merchant_id, amount_minor, \
+            currency, completed_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (refund_id) DO NOTHING",
+    )
+    .bind(&debit.refund_id)
+    .bind(debit.transaction_id)
+    .bind(&debit.merchant_id)
+    .bind(debit.amount_minor)
+    .bind(&debit.currency)
+    .bind(debit.completed_at)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted > 0)
+}
+
 #[derive(Debug, Clone, FromRow)]
 pub struct WindowInfo {
     pub window_id: Uuid,
@@ -1189,6 +1300,7 @@ mod tests {
             batch_number: None,
             window_id: None,
             hold_reason: None,
+            qr_order_id: None,
         }
     }
 

@@ -49,11 +49,11 @@ pub struct PayoutRun<'a> {
 }
 
 /// The CSV header of [`render_csv`].
-pub const PAYOUT_CSV_HEADER: &str =
-    "end_to_end_id,merchant_id,window_id,currency,transaction_count,gross,fee,net";
+pub const PAYOUT_CSV_HEADER: &str = "end_to_end_id,merchant_id,window_id,currency,\
+    transaction_count,gross,fee,net,refund_count,refunds";
 
 /// CSV with header
-/// `end_to_end_id,merchant_id,window_id,currency,transaction_count,gross,fee,net`,
+/// `end_to_end_id,merchant_id,window_id,currency,transaction_count,gross,fee,net,refund_count,refunds`,
 /// one row per instruction in input order (zero payouts included: the CSV
 /// is the report, not the transfer). Amounts are integer minor units. RFC
 /// 4180: lines end in CRLF, and a field containing `,`, `"`, CR or LF is
@@ -73,6 +73,8 @@ pub fn render_csv(instructions: &[PayoutInstruction<'_>]) -> String {
             p.gross_minor_units.to_string(),
             p.fee_minor_units.to_string(),
             p.net_minor_units.to_string(),
+            p.refund_count.to_string(),
+            p.refund_minor_units.to_string(),
         ];
         out.push_str(&fields.join(","));
         out.push_str("\r\n");
@@ -318,6 +320,8 @@ mod tests {
             gross_minor_units: gross,
             fee_minor_units: fee,
             net_minor_units: gross - fee,
+            refund_count: 0,
+            refund_minor_units: 0,
         }
     }
 
@@ -408,6 +412,24 @@ mod tests {
     }
 
     #[test]
+    fn both_files_pay_the_net_after_refunds() {
+        let refunded = Payout {
+            refund_count: 1,
+            refund_minor_units: 300,
+            net_minor_units: 694,
+            ..payout("EUR", 3, 1000, 6)
+        };
+        let i = instruction("W000042-EUR", "Shop", &refunded);
+        let csv = render_csv(&[i]);
+        assert!(csv.contains(",EUR,3,1000,6,694,1,300\r\n"), "{csv}");
+        let xml = render_pain001(&run(), &[i]);
+        assert!(
+            xml.contains("<InstdAmt Ccy=\"EUR\">6.94</InstdAmt>"),
+            "{xml}"
+        );
+    }
+
+    #[test]
     fn csv_header_rows_and_quoting() {
         let a = payout("EUR", 3, 1000, 6);
         let b = payout("JPY", 0, 0, 0);
@@ -417,9 +439,10 @@ mod tests {
         let csv = render_csv(&[quoted, instruction("W000042-JPY", "x", &b)]);
         assert_eq!(
             csv,
-            "end_to_end_id,merchant_id,window_id,currency,transaction_count,gross,fee,net\r\n\
-             W000042-EUR,\"M,1\",\"W \"\"42\"\"\nnext\",EUR,3,1000,6,994\r\n\
-             W000042-JPY,M000001,W000042,JPY,0,0,0,0\r\n"
+            "end_to_end_id,merchant_id,window_id,currency,transaction_count,gross,fee,net,\
+             refund_count,refunds\r\n\
+             W000042-EUR,\"M,1\",\"W \"\"42\"\"\nnext\",EUR,3,1000,6,994,0,0\r\n\
+             W000042-JPY,M000001,W000042,JPY,0,0,0,0,0,0\r\n"
         );
         assert_eq!(render_csv(&[]), format!("{PAYOUT_CSV_HEADER}\r\n"));
     }

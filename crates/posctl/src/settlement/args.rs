@@ -3,6 +3,7 @@
 //! with core's reason before anything is sent.
 
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+use switch_core::qr::OrderId;
 use switch_core::{BatchNumber, LocalDate, MerchantId, Rrn, Stan, TransactionId};
 use switch_proto::v1::{CurrencyTotals, UploadedTransaction};
 
@@ -116,7 +117,11 @@ pub struct ResolveArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("query").required(true).args(["rrn", "stan", "merchant"])))]
+#[command(group(
+    ArgGroup::new("query")
+        .required(true)
+        .args(["rrn", "stan", "merchant", "transaction_id", "qr_order_id"])
+))]
 pub struct StatusArgs {
     /// Retrieval reference number of the payment (12 characters).
     #[arg(long, value_parser = Rrn::parse)]
@@ -144,6 +149,12 @@ pub struct StatusArgs {
         value_parser = LocalDate::parse
     )]
     pub day: Option<LocalDate>,
+    /// A card sale or QR payment by the switch's transaction id (UUID).
+    #[arg(long, value_name = "UUID", value_parser = TransactionId::parse)]
+    pub transaction_id: Option<TransactionId>,
+    /// A QR payment by the switch's order id at the platform.
+    #[arg(long, value_name = "ORDER_ID", value_parser = OrderId::parse)]
+    pub qr_order_id: Option<OrderId>,
 }
 
 #[derive(Debug, Args)]

@@ -27,7 +27,13 @@ pub fn status_query(args: &StatusArgs, terminal_id: &TerminalId) -> Result<Query
             date: day.to_string(),
         }));
     }
-    bail!("give one of --rrn, --stan or --merchant with --day")
+    if let Some(id) = &args.transaction_id {
+        return Ok(Query::TransactionId(id.as_uuid().to_string()));
+    }
+    if let Some(order) = &args.qr_order_id {
+        return Ok(Query::QrOrderId(order.to_string()));
+    }
+    bail!("give one of --rrn, --stan, --merchant with --day, --transaction-id or --qr-order-id")
 }
 
 /// The query in words, for messages.
@@ -77,6 +83,48 @@ mod tests {
             panic!("expected settlement status");
         };
         Ok((status, settlement.url, terminal))
+    }
+
+    #[test]
+    fn settlement_status_asks_by_transaction_id_or_qr_order_id() {
+        let id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        let (args, _, terminal) =
+            status_args(&["posctl", "settlement", "status", "--transaction-id", id]).unwrap();
+        assert_eq!(
+            status_query(&args, &terminal).unwrap(),
+            Query::TransactionId(id.to_owned())
+        );
+        let (args, _, terminal) = status_args(&[
+            "posctl",
+            "settlement",
+            "status",
+            "--qr-order-id",
+            "QRO0000000042",
+        ])
+        .unwrap();
+        let query = status_query(&args, &terminal).unwrap();
+        assert_eq!(query, Query::QrOrderId("QRO0000000042".to_owned()));
+        assert_eq!(describe_query(&query), "QR order QRO0000000042");
+        for (flag, bad, field) in [
+            ("--transaction-id", "nope", "transaction_id"),
+            ("--qr-order-id", "x", "order_id"),
+        ] {
+            let error = status_args(&["posctl", "settlement", "status", flag, bad]).unwrap_err();
+            assert!(error.to_string().contains(field), "{error}");
+        }
+        assert!(
+            status_args(&[
+                "posctl",
+                "settlement",
+                "status",
+                "--transaction-id",
+                id,
+                "--rrn",
+                "000000000042"
+            ])
+            .is_err(),
+            "one query at a time"
+        );
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! The close step of a run: the merchants' approvals before the cut-off are
 //! locked, each is decided on by `switch_core::settlement::ledger::decide`
-//! (`CloseWindow`: paid in the window or held with its reason), and the
-//! windows, the decisions, the payouts and `settlement.window_closed`
-//! events are written in one transaction.
+//! (`CloseWindow`: paid in the window or held with its reason), the
+//! payouts are computed by `switch_core::channel_payouts` (card and QR at
+//! the merchant's rate for each), the merchant's refund debits completed
+//! before the cut-off and not yet netted are deducted by
+//! `switch_core::net_refunds`, and the windows, the decisions, the netted
+//! debits, the payouts and `settlement.window_closed` events are written in
+//! one transaction.
 
 use std::collections::BTreeMap;
 
 use sqlx::FromRow;
 use switch_core::settlement::ledger;
-use switch_core::{Currency, LedgerCommand, LedgerEffect, Money};
+use switch_core::{Channel, Currency, FeeRates, LedgerCommand, LedgerEffect, Money, RefundDebit};
 use switch_platform::outbox;
 use switch_platform::timestamps::from_time;
 use switch_proto::v1::{self as pb, event_envelope::Payload};
@@ -27,16 +31,36 @@ struct Candidate {
     merchant_id: String,
     amount_minor: i64,
     currency: String,
+    /// Has an order at a QR platform. A card sale labelled `qr` (the label
+    /// authorization keeps for its acknowledgement window) went through
+    /// the card scheme and pays the card rate.
+    qr_payment: bool,
 }
 
 impl Candidate {
-    fn money(&self) -> Result<Money, CorruptRow> {
+    /// Its amount and the channel whose rate it pays.
+    fn money(&self) -> Result<(Money, Channel), CorruptRow> {
         let currency = Currency::parse(&self.currency).map_err(|e| CorruptRow {
             transaction_id: self.ledger.transaction_id,
             reason: e.to_string(),
         })?;
-        Ok(Money::new(self.amount_minor, currency))
+        let channel = if self.qr_payment {
+            Channel::Qr
+        } else {
+            Channel::Card
+        };
+        Ok((Money::new(self.amount_minor, currency), channel))
     }
+}
+
+/// A refund debit waiting to be netted, locked.
+#[derive(Debug, FromRow)]
+struct WaitingDebit {
+    refund_id: String,
+    transaction_id: Uuid,
+    merchant_id: String,
+    amount_minor: i64,
+    currency: String,
 }
 
 /// Payout rows as the columns of one bulk insert.
@@ -48,6 +72,8 @@ struct PayoutColumns {
     gross: Vec<i64>,
     fees: Vec<i64>,
     net: Vec<i64>,
+    refund_counts: Vec<i64>,
+    refunds: Vec<i64>,
     references: Vec<String>,
 }
 
@@ -57,9 +83,12 @@ struct ClosingWindow {
     merchant_id: String,
     sequence: i64,
     fee_basis_points: u16,
+    qr_fee_basis_points: u16,
     paid: Vec<Uuid>,
     held: Vec<(Uuid, &'static str)>,
     payouts: Vec<switch_core::Payout>,
+    /// Refund debits deducted from this window's payouts.
+    netted: Vec<String>,
 }
 
 impl Settler {
@@ -83,7 +112,8 @@ impl Settler {
         // does.
         let candidates: Vec<Candidate> = sqlx::query_as(
             "SELECT transaction_id, status, reversal_reason, evidence, conflict, window_id, \
-                    hold_reason, merchant_id, amount_minor, currency \
+                    hold_reason, merchant_id, amount_minor, currency, \
+                    qr_order_id IS NOT NULL AS qr_payment \
              FROM transactions \
              WHERE window_id IS NULL AND status <> 'reversed' AND approved_at < $1 \
                AND (cardinality($2::text[]) = 0 OR merchant_id = ANY($2)) \
@@ -113,6 +143,33 @@ impl Settler {
         .await?
         .into_iter()
         .collect();
+        // Oldest first, as `net_refunds` takes them; locked with the
+        // approvals, so the debits netted are exactly the ones this
+        // transaction marks.
+        let debits: Vec<WaitingDebit> = sqlx::query_as(
+            "SELECT refund_id, transaction_id, merchant_id, amount_minor, currency \
+             FROM refund_debits \
+             WHERE window_id IS NULL AND merchant_id = ANY($1) AND completed_at < $2 \
+             ORDER BY merchant_id, completed_at, refund_id FOR UPDATE",
+        )
+        .bind(&merchant_ids)
+        .bind(cutoff)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut debits_of: BTreeMap<&str, Vec<RefundDebit<String>>> = BTreeMap::new();
+        for debit in &debits {
+            let currency = Currency::parse(&debit.currency).map_err(|e| CorruptRow {
+                transaction_id: debit.transaction_id,
+                reason: format!("refund debit {}: {e}", debit.refund_id),
+            })?;
+            debits_of
+                .entry(debit.merchant_id.as_str())
+                .or_default()
+                .push(RefundDebit {
+                    key: debit.refund_id.clone(),
+                    amount: Money::new(debit.amount_minor, currency),
+                });
+        }
 
         let run_id = Uuid::now_v7();
         let mut windows = Vec::with_capacity(by_merchant.len());
@@ -138,12 +195,23 @@ impl Settler {
                     }
                 }
             }
+            let rates = FeeRates {
+                card: terms.fee,
+                qr: terms.qr_fee,
+            };
+            let gross = switch_core::channel_payouts(&amounts, rates);
+            let netting = switch_core::net_refunds(
+                &gross,
+                debits_of.get(*merchant_id).map_or(&[][..], Vec::as_slice),
+            );
             windows.push(ClosingWindow {
                 window_id: Uuid::now_v7(),
                 merchant_id: (*merchant_id).to_owned(),
                 sequence: sequences.get(*merchant_id).copied().unwrap_or(0) + 1,
                 fee_basis_points: terms.fee.basis_points(),
-                payouts: switch_core::payouts(&amounts, terms.fee),
+                qr_fee_basis_points: terms.qr_fee.basis_points(),
+                payouts: netting.payouts,
+                netted: netting.netted,
                 paid,
                 held,
             });
@@ -152,10 +220,10 @@ impl Settler {
         let window_ids: Vec<Uuid> = windows.iter().map(|w| w.window_id).collect();
         sqlx::query(
             "INSERT INTO windows (window_id, merchant_id, sequence, run_id, cutoff_at, state, \
-                fee_basis_points, held_count, closed_at) \
-             SELECT w, m, s, $4, $5, 'closed', f, h, $8 \
-             FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $6::int[], $7::bigint[]) \
-                AS u(w, m, s, f, h)",
+                fee_basis_points, held_count, closed_at, qr_fee_basis_points) \
+             SELECT w, m, s, $4, $5, 'closed', f, h, $8, q \
+             FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $6::int[], $7::bigint[], \
+                $9::int[]) AS u(w, m, s, f, h, q)",
         )
         .bind(&window_ids)
         .bind(
@@ -180,6 +248,25 @@ impl Settler {
                 .collect::<Vec<_>>(),
         )
         .bind(now)
+        .bind(
+            windows
+                .iter()
+                .map(|w| i32::from(w.qr_fee_basis_points))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+
+        let (netted_ids, netted_windows): (Vec<&str>, Vec<Uuid>) = windows
+            .iter()
+            .flat_map(|w| w.netted.iter().map(move |id| (id.as_str(), w.window_id)))
+            .unzip();
+        sqlx::query(
+            "UPDATE refund_debits r SET window_id = u.w \
+             FROM UNNEST($1::text[], $2::uuid[]) AS u(id, w) WHERE r.refund_id = u.id",
+        )
+        .bind(&netted_ids)
+        .bind(&netted_windows)
         .execute(&mut *tx)
         .await?;
 
@@ -223,6 +310,10 @@ impl Settler {
                 columns.gross.push(payout.gross_minor_units);
                 columns.fees.push(payout.fee_minor_units);
                 columns.net.push(payout.net_minor_units);
+                columns
+                    .refund_counts
+                    .push(i64::try_from(payout.refund_count).unwrap_or(i64::MAX));
+                columns.refunds.push(payout.refund_minor_units);
                 columns.references.push(payout_reference(
                     &window.merchant_id,
                     window.sequence,
@@ -232,9 +323,9 @@ impl Settler {
         }
         sqlx::query(
             "INSERT INTO payouts (window_id, currency, transaction_count, gross_minor_units, \
-                fee_minor_units, net_minor_units, reference) \
+                fee_minor_units, net_minor_units, reference, refund_count, refund_minor_units) \
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], \
-                $5::bigint[], $6::bigint[], $7::text[])",
+                $5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[])",
         )
         .bind(&columns.window_ids)
         .bind(&columns.currencies)
@@ -243,6 +334,8 @@ impl Settler {
         .bind(&columns.fees)
         .bind(&columns.net)
         .bind(&columns.references)
+        .bind(&columns.refund_counts)
+        .bind(&columns.refunds)
         .execute(&mut *tx)
         .await?;
 
@@ -287,6 +380,7 @@ impl Settler {
             windows = windows.len(),
             paid = paid_ids.len(),
             held = held_ids.len(),
+            refunds_netted = netted_ids.len(),
             "Settlement windows closed."
         );
         Ok(Some(run_id))

@@ -1,7 +1,8 @@
 //! Settlement windows: at a merchant's cut-off its open window closes,
 //! every confirmed, unflagged approval in it is paid (gross, fee once per
-//! currency, net), anything unresolved is held and carried to the next
-//! window with its reason, and a payout file pair (CSV and ISO 20022
+//! currency and channel, merchant refunds netted, net), anything
+//! unresolved is held and carried to the next window with its reason, and
+//! a payout file pair (CSV and ISO 20022
 //! pain.001) is written for the run.
 //!
 //! A run commits in two steps so a crash between them loses nothing: the
@@ -177,8 +178,8 @@ fn wire_payout(payout: &switch_core::Payout, reference: &str) -> MerchantPayout 
         fee_minor_units: payout.fee_minor_units,
         net_minor_units: payout.net_minor_units,
         payout_reference: reference.to_owned(),
-        refund_count: 0,
-        refund_minor_units: 0,
+        refund_count: i64::try_from(payout.refund_count).unwrap_or(i64::MAX),
+        refund_minor_units: payout.refund_minor_units,
     }
 }
 

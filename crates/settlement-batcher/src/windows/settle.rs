@@ -30,12 +30,15 @@ struct StoredPayout {
     cutoff_at: OffsetDateTime,
     closed_at: OffsetDateTime,
     fee_basis_points: i32,
+    qr_fee_basis_points: Option<i32>,
     held_count: i64,
     currency: Option<String>,
     transaction_count: Option<i64>,
     gross_minor_units: Option<i64>,
     fee_minor_units: Option<i64>,
     net_minor_units: Option<i64>,
+    refund_count: Option<i64>,
+    refund_minor_units: Option<i64>,
     reference: Option<String>,
 }
 
@@ -116,8 +119,9 @@ impl Settler {
     pub(super) async fn settle_run(&self, run_id: Uuid) -> Result<RunReport, SettleError> {
         let rows: Vec<StoredPayout> = sqlx::query_as(
             "SELECT w.window_id, w.merchant_id, w.sequence, w.cutoff_at, w.closed_at, \
-                    w.fee_basis_points, w.held_count, p.currency, p.transaction_count, \
-                    p.gross_minor_units, p.fee_minor_units, p.net_minor_units, p.reference \
+                    w.fee_basis_points, w.qr_fee_basis_points, w.held_count, p.currency, \
+                    p.transaction_count, p.gross_minor_units, p.fee_minor_units, \
+                    p.net_minor_units, p.refund_count, p.refund_minor_units, p.reference \
              FROM windows w LEFT JOIN payouts p ON p.window_id = w.window_id \
              WHERE w.run_id = $1 ORDER BY w.merchant_id, p.currency",
         )
@@ -144,7 +148,10 @@ impl Settler {
                     payouts: Vec::new(),
                     held_count: row.held_count,
                     fee_basis_points: u32::try_from(row.fee_basis_points).unwrap_or(0),
-                    qr_fee_basis_points: 0,
+                    qr_fee_basis_points: row
+                        .qr_fee_basis_points
+                        .and_then(|bp| u32::try_from(bp).ok())
+                        .unwrap_or(0),
                 });
             }
             let (Some(currency), Some(count), Some(gross), Some(fee), Some(net), Some(reference)) = (
@@ -167,6 +174,11 @@ impl Settler {
                 gross_minor_units: gross,
                 fee_minor_units: fee,
                 net_minor_units: net,
+                refund_count: row
+                    .refund_count
+                    .and_then(|c| u64::try_from(c).ok())
+                    .unwrap_or(0),
+                refund_minor_units: row.refund_minor_units.unwrap_or(0),
             };
             if let Some(summary) = summaries.last_mut() {
                 summary.payouts.push(wire_payout(&payout, reference));

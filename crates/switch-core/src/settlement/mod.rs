@@ -38,7 +38,10 @@
 //! or holds it by [`eligibility`]; [`due_cutoff`] says when a window is due.
 //! Payable amounts are summed per currency by [`payouts`] ([`fees`]), and
 //! the merchant discount ([`FeeRate`]) is applied once per currency on the
-//! gross, never per transaction.
+//! gross, never per transaction; [`channel_payouts`] does it per channel
+//! (card and QR each at the merchant's rate for it, [`FeeRates`]), and
+//! [`net_refunds`] deducts the merchant's refunds of earlier QR payments
+//! from a window's net, each whole, never below zero.
 //!
 //! # Ledger rejections
 //!
@@ -1047,6 +1050,8 @@ mod tests {
                     gross_minor_units: 250,
                     fee_minor_units: 2,
                     net_minor_units: 248,
+                    refund_count: 0,
+                    refund_minor_units: 0,
                 },
                 Payout {
                     currency: jpy,
@@ -1054,6 +1059,8 @@ mod tests {
                     gross_minor_units: 500,
                     fee_minor_units: 3,
                     net_minor_units: 497,
+                    refund_count: 0,
+                    refund_minor_units: 0,
                 },
                 Payout {
                     currency: cur("USD"),
@@ -1061,10 +1068,120 @@ mod tests {
                     gross_minor_units: 100,
                     fee_minor_units: 1,
                     net_minor_units: 99,
+                    refund_count: 0,
+                    refund_minor_units: 0,
                 },
             ]
         );
         assert!(payouts(&[], FeeRate::DEFAULT).is_empty());
+    }
+
+    fn rates(card: u32, qr: u32) -> FeeRates {
+        FeeRates {
+            card: FeeRate::from_basis_points(card).unwrap(),
+            qr: FeeRate::from_basis_points(qr).unwrap(),
+        }
+    }
+
+    #[test]
+    fn card_and_qr_each_pay_their_rate_once_on_their_gross() {
+        use crate::orphan::Channel::{Card, Qr};
+        // Card 250 at 60bp = 1.5 -> 2; QR 250 at 200bp = 5; per currency.
+        let amounts = [
+            (eur(125), Card),
+            (eur(125), Card),
+            (eur(100), Qr),
+            (eur(150), Qr),
+            (Money::new(1000, cur("JPY")), Qr),
+        ];
+        let p = channel_payouts(&amounts, rates(60, 200));
+        assert_eq!(
+            p.iter()
+                .map(|p| (
+                    p.currency.code(),
+                    p.transaction_count,
+                    p.gross_minor_units,
+                    p.fee_minor_units,
+                    p.net_minor_units
+                ))
+                .collect::<Vec<_>>(),
+            [("EUR", 4, 500, 7, 493), ("JPY", 1, 1000, 20, 980)]
+        );
+        // Two fees rounded apart, not one on the sum: 83 at 60bp (0.498 ->
+        // 0) twice is 0 + 0, where 166 at 60bp would be 1.
+        let split = channel_payouts(&[(eur(83), Card), (eur(83), Qr)], rates(60, 60));
+        assert_eq!(split[0].fee_minor_units, 0);
+        // All card: the same as `payouts` at the card rate.
+        let card: Vec<Money> = amounts.iter().map(|(m, _)| *m).collect();
+        let all_card: Vec<_> = card.iter().map(|m| (*m, Card)).collect();
+        assert_eq!(
+            channel_payouts(&all_card, rates(60, 200)),
+            payouts(&card, FeeRate::DEFAULT)
+        );
+    }
+
+    fn payout_of(code: &str, net: i64) -> Payout {
+        Payout {
+            currency: cur(code),
+            transaction_count: 1,
+            gross_minor_units: net,
+            fee_minor_units: 0,
+            net_minor_units: net,
+            refund_count: 0,
+            refund_minor_units: 0,
+        }
+    }
+
+    fn debit(key: &'static str, code: &str, minor: i64) -> RefundDebit<&'static str> {
+        RefundDebit {
+            key,
+            amount: Money::new(minor, cur(code)),
+        }
+    }
+
+    #[test]
+    fn refunds_are_netted_oldest_first_each_whole_and_never_below_zero() {
+        let window = [payout_of("EUR", 1000), payout_of("USD", 50)];
+        let n = net_refunds(
+            &window,
+            &[
+                debit("r1", "EUR", 600),
+                // Does not fit in the 400 left: waits.
+                debit("r2", "EUR", 500),
+                // Younger, but fits: netted.
+                debit("r3", "EUR", 400),
+                // No JPY payout in this window: waits.
+                debit("r4", "JPY", 10),
+                // Exactly the USD net: netted to zero.
+                debit("r5", "USD", 50),
+            ],
+        );
+        assert_eq!(n.netted, ["r1", "r3", "r5"]);
+        assert_eq!(n.waiting, ["r2", "r4"]);
+        let eur = &n.payouts[0];
+        assert_eq!(
+            (
+                eur.net_minor_units,
+                eur.refund_count,
+                eur.refund_minor_units
+            ),
+            (0, 2, 1000)
+        );
+        let usd = &n.payouts[1];
+        assert_eq!(
+            (
+                usd.net_minor_units,
+                usd.refund_count,
+                usd.refund_minor_units
+            ),
+            (0, 1, 50)
+        );
+        // Gross and fee are untouched by refunds.
+        assert_eq!(eur.gross_minor_units, 1000);
+        // Nothing to net: the payouts as they were.
+        let none = net_refunds::<&str>(&window, &[]);
+        assert_eq!(none.payouts, window);
+        assert!(none.netted.is_empty() && none.waiting.is_empty());
     }
 
     proptest! {
@@ -1076,6 +1193,73 @@ mod tests {
             let exact_x2 = 2 * i128::from(gross) * i128::from(bp);
             let err = (20_000 * i128::from(fee) - exact_x2).abs();
             prop_assert!(err <= 10_000, "gross {} bp {} fee {}", gross, bp, fee);
+        }
+
+        /// Whatever the window and the debits: every debit is netted or
+        /// waits, exactly once; per currency, the payout plus what was
+        /// netted is gross - fee; no payout goes negative; and a debit
+        /// that waits did not fit in what was left when its turn came.
+        #[test]
+        fn netting_adds_up_and_never_goes_negative(
+            sales in prop::collection::vec(
+                (prop::sample::select(vec!["EUR", "USD", "JPY"]), 1i64..=100_000, any::<bool>()),
+                0..20,
+            ),
+            debits in prop::collection::vec(
+                (prop::sample::select(vec!["EUR", "USD", "JPY"]), 1i64..=150_000),
+                0..20,
+            ),
+            card_bp in 0u32..=10_000,
+            qr_bp in 0u32..=10_000,
+        ) {
+            use crate::orphan::Channel;
+            let amounts: Vec<(Money, Channel)> = sales
+                .iter()
+                .map(|(c, m, qr)| (Money::new(*m, cur(c)), if *qr { Channel::Qr } else { Channel::Card }))
+                .collect();
+            let window = channel_payouts(&amounts, rates(card_bp, qr_bp));
+            let debits: Vec<RefundDebit<usize>> = debits
+                .iter()
+                .enumerate()
+                .map(|(i, (c, m))| RefundDebit { key: i, amount: Money::new(*m, cur(c)) })
+                .collect();
+            let n = net_refunds(&window, &debits);
+            let mut all: Vec<usize> = n.netted.iter().chain(&n.waiting).copied().collect();
+            all.sort_unstable();
+            prop_assert_eq!(all, (0..debits.len()).collect::<Vec<_>>());
+            prop_assert_eq!(n.payouts.len(), window.len());
+            for (after, before) in n.payouts.iter().zip(&window) {
+                prop_assert!(after.net_minor_units >= 0);
+                prop_assert_eq!(after.gross_minor_units, before.gross_minor_units);
+                prop_assert_eq!(after.fee_minor_units, before.fee_minor_units);
+                let netted: i64 = n.netted.iter()
+                    .map(|k| &debits[*k])
+                    .filter(|d| d.amount.currency() == after.currency)
+                    .map(|d| d.amount.minor_units())
+                    .sum();
+                prop_assert_eq!(after.refund_minor_units, netted);
+                prop_assert_eq!(
+                    after.net_minor_units + netted,
+                    after.gross_minor_units - after.fee_minor_units
+                );
+                let waiting_here = n.waiting.iter()
+                    .map(|k| &debits[*k])
+                    .filter(|d| d.amount.currency() == after.currency);
+                // What is left is less than every debit that waits: none
+                // was passed over that would have fitted at the end.
+                for d in waiting_here {
+                    prop_assert!(d.amount.minor_units() > after.net_minor_units);
+                }
+            }
+            // The sum over the window and the debits still owed:
+            // payouts + netted = gross - fees, debits = netted + waiting.
+            let total_debits: i64 = debits.iter().map(|d| d.amount.minor_units()).sum();
+            let netted_total: i64 = n.payouts.iter().map(|p| p.refund_minor_units).sum();
+            let waiting_total: i64 = n.waiting.iter().map(|k| debits[*k].amount.minor_units()).sum();
+            prop_assert_eq!(netted_total + waiting_total, total_debits);
+            let gross_less_fees: i64 = window.iter().map(|p| p.gross_minor_units - p.fee_minor_units).sum();
+            let paid: i64 = n.payouts.iter().map(|p| p.net_minor_units).sum();
+            prop_assert_eq!(paid + netted_total, gross_less_fees);
         }
 
         #[test]
