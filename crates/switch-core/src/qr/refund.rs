@@ -224,14 +224,12 @@ pub enum RefundRefusal {
     #[error("QR payment {order_id} is {state}: only a confirmed payment is refunded")]
     NotConfirmed { order_id: OrderId, state: QrState },
     #[error(
-        "refund {refund_id} exists already for {existing_order} of {existing_amount}, not for {order_id} of {amount}"
+        "refund {refund_id} exists already, for QR order {existing_order} of {existing_amount}: a refund id is used once"
     )]
     Conflict {
         refund_id: RefundId,
         existing_order: OrderId,
         existing_amount: Money,
-        order_id: OrderId,
-        amount: Money,
     },
     #[error("refund {refund_id} is {state}: only a dead-lettered refund is redriven")]
     NotDeadLettered {
@@ -290,8 +288,6 @@ pub fn accept(
             refund_id: request.refund_id,
             existing_order: existing.order_id.clone(),
             existing_amount: existing.amount,
-            order_id: payment.order_id.clone(),
-            amount: request.amount,
         });
     }
     if payment.state != QrState::Confirmed {

@@ -406,10 +406,10 @@ proptest! {
                     }
                 }
                 Step::Redrive { which } => {
-                    if let Some(refund) = refunds.get_mut(which) {
-                        if let Ok(decision) = redrive(refund, now) {
-                            *refund = decision.next;
-                        }
+                    if let Some(refund) = refunds.get_mut(which)
+                        && let Ok(decision) = redrive(refund, now)
+                    {
+                        *refund = decision.next;
                     }
                 }
             }
