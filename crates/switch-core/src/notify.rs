@@ -327,6 +327,7 @@ mod tests {
                 "payment.confirmed",
                 "payment.reversed",
                 "payment.conflict",
+                "payment.refunded",
                 "settlement.paid"
             ]
         );
