@@ -1370,3 +1370,50 @@ async fn a_refund_during_an_outage_is_dead_lettered_then_redriven_to_refunded() 
     );
     running.stop().await;
 }
+
+/// Refunds asked at once: the payment's lock lets exactly as many through
+/// as fit, and one refund id raced for two payments is taken once.
+#[tokio::test]
+async fn concurrent_refunds_never_take_more_than_is_left() {
+    let mut running = start(Setup {
+        terminal_wait_ms: 10_000,
+        ..Setup::default()
+    })
+    .await;
+    let payment = confirmed(&mut running, "000061", 1_000).await;
+    let other = confirmed(&mut running, "000062", 1_000).await;
+    let asks = (0..10).map(|n| {
+        let mut client = running.client.clone();
+        let request = refund(&payment.order_id, &format!("RACE-{n}"), 300);
+        async move { client.qr_refund(request).await }
+    });
+    let answers = futures::future::join_all(asks).await;
+    let taken = answers.iter().filter(|a| a.is_ok()).count();
+    assert_eq!(taken, 3, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .filter_map(|a| a.as_ref().err())
+            .all(|s| s.code() == Code::InvalidArgument)
+    );
+    let total: i64 = sqlx::query_scalar(
+        "SELECT sum(amount_minor)::bigint FROM qr_refunds WHERE transaction_id = $1::uuid",
+    )
+    .bind(&payment.transaction_id)
+    .fetch_one(&running.pool)
+    .await
+    .expect("total");
+    assert_eq!(total, 900);
+
+    let (mut a, mut b) = (running.client.clone(), running.client.clone());
+    let (one, two) = tokio::join!(
+        a.qr_refund(refund(&payment.order_id, "SHARED", 100)),
+        b.qr_refund(refund(&other.order_id, "SHARED", 100)),
+    );
+    let codes = [one.map(|_| Code::Ok), two.map(|_| Code::Ok)]
+        .map(|r| r.unwrap_or_else(|status| status.code()));
+    let mut sorted = codes;
+    sorted.sort_by_key(|code| i32::from(*code));
+    assert_eq!(sorted, [Code::Ok, Code::AlreadyExists], "{codes:?}");
+    running.stop().await;
+}

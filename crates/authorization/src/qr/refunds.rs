@@ -163,6 +163,21 @@ impl QrShell {
         target: QrTarget<'_>,
         request: RefundRequest,
     ) -> Result<(RefundView, bool), QrError> {
+        match self.request_refund_once(target, request.clone()).await {
+            // The same refund id taken meanwhile for another payment (whose
+            // lock this request did not hold): decided again, it is seen.
+            Err(QrError::Journal(sqlx::Error::Database(e))) if e.is_unique_violation() => {
+                self.request_refund_once(target, request).await
+            }
+            other => other,
+        }
+    }
+
+    async fn request_refund_once(
+        &self,
+        target: QrTarget<'_>,
+        request: RefundRequest,
+    ) -> Result<(RefundView, bool), QrError> {
         let pool = self.journal.pool();
         let mut tx = pool.begin().await?;
         let payment = store::select(&mut *tx, target, true)
