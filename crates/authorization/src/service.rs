@@ -703,17 +703,23 @@ impl AuthorizationService for AuthorizationApi {
 
     async fn qr_refund(
         &self,
-        _request: Request<pb::QrRefundRequest>,
+        request: Request<pb::QrRefundRequest>,
     ) -> Result<Response<pb::QrRefundResponse>, Status> {
-        Err(Status::unimplemented(
-            "QrRefund: merchant refunds are not built yet",
-        ))
+        let span = server_span("authorization.qr_refund", request.metadata());
+        let qr = self.qr()?;
+        async move { Ok(Response::new(qr.refund(request.get_ref()).await?)) }
+            .instrument(span)
+            .await
     }
 
     async fn qr_redrive(
         &self,
-        _request: Request<pb::QrRedriveRequest>,
+        request: Request<pb::QrRedriveRequest>,
     ) -> Result<Response<pb::QrRedriveResponse>, Status> {
-        Err(Status::unimplemented("QrRedrive: not built yet"))
+        let span = server_span("authorization.qr_redrive", request.metadata());
+        let qr = self.qr()?;
+        async move { Ok(Response::new(qr.redrive(request.get_ref()).await?)) }
+            .instrument(span)
+            .await
     }
 }

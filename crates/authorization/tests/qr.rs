@@ -337,6 +337,18 @@ impl Running {
 
     /// POSTs `body` to the switch's receiver, signed with `key` and `nonce`.
     async fn post_notification(&self, key: &str, nonce: &str, body: &[u8]) -> u16 {
+        let now = switch_core::Clock::now(&switch_core::SystemClock).unix_timestamp();
+        self.post_notification_at(key, nonce, body, now).await
+    }
+
+    /// As [`Running::post_notification`], signed as of `timestamp`.
+    async fn post_notification_at(
+        &self,
+        key: &str,
+        nonce: &str,
+        body: &[u8],
+        timestamp: i64,
+    ) -> u16 {
         let (_, ca) = certs();
         let client = reqwest::Client::builder()
             .use_rustls_tls()
@@ -344,8 +356,7 @@ impl Running {
             .build()
             .expect("client");
         let mut headers = http::HeaderMap::new();
-        let now = switch_core::Clock::now(&switch_core::SystemClock).unix_timestamp();
-        qr_platform::signature::sign(key.as_bytes(), now, nonce, body).apply(&mut headers);
+        qr_platform::signature::sign(key.as_bytes(), timestamp, nonce, body).apply(&mut headers);
         client
             .post(format!(
                 "https://127.0.0.1:{}/qr/notify",
@@ -881,5 +892,528 @@ async fn a_close_that_races_the_payment_ends_refunded_once() {
         })
         .count();
     assert_eq!(outcomes, 1, "{types:?}");
+    running.stop().await;
+}
+
+/// A nonce older than the signature's tolerance (twice, plus a margin) is
+/// pruned by the worker, and a replay signed that long ago is still
+/// refused: as stale, by the signature check, with nothing written.
+#[tokio::test]
+async fn an_old_nonce_is_pruned_and_a_replay_that_old_is_refused_as_stale() {
+    let mut running = start(Setup {
+        terminal_wait_ms: 10_000,
+        query_interval_ms: 60_000,
+        query_limit_ms: 120_000,
+        faults: FaultPlan {
+            lose_notifications: true,
+            ..FaultPlan::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let created = running
+        .client
+        .qr_order(order("000031", 1_000))
+        .await
+        .expect("order")
+        .into_inner()
+        .payment
+        .expect("payment");
+    let now = switch_core::Clock::now(&switch_core::SystemClock);
+    let two_hours_ago = now - time::Duration::hours(2);
+    for (nonce, at) in [("nonce-old", two_hours_ago), ("nonce-recent", now)] {
+        sqlx::query(
+            "INSERT INTO qr_notification_nonces (nonce, notify_id, order_id, received_at) \
+             VALUES ($1, 'n-1', $2, $3)",
+        )
+        .bind(nonce)
+        .bind(&created.order_id)
+        .bind(at)
+        .execute(&running.pool)
+        .await
+        .expect("a nonce");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> =
+            sqlx::query_scalar("SELECT nonce FROM qr_notification_nonces ORDER BY nonce")
+                .fetch_all(&running.pool)
+                .await
+                .expect("nonces");
+        if left == ["nonce-recent"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old nonce is pruned: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    running
+        .simulator
+        .scan(&created.order_id)
+        .await
+        .expect("ledger")
+        .expect("the shopper pays");
+    let txn = running.entry(&created.order_id).await.transaction_id;
+    let body = serde_json::to_vec(&qr_platform::Notification {
+        notify_id: "n-1".into(),
+        event: qr_platform::NotifyEvent::TransactionSuccess,
+        out_trade_no: created.order_id.clone(),
+        transaction_id: txn,
+        trade_state: qr_platform::TradeState::Success,
+        amount: 1_000,
+        currency: switch_core::Currency::parse("EUR").expect("EUR"),
+        paid_at_ms: 1,
+    })
+    .expect("serializes");
+    let replay = running
+        .post_notification_at(KEY, "nonce-old", &body, two_hours_ago.unix_timestamp())
+        .await;
+    assert_eq!(replay, 401, "stale");
+    assert_eq!(
+        running.status(&created.order_id).await.state,
+        "order_created"
+    );
+    assert_eq!(running.count("qr_notification_nonces").await, 1);
+    running.stop().await;
+}
+
+/// A dead-lettered cancel is sent round again by an operator once the
+/// platform is back: who and why are recorded, the payment ends closed. A
+/// redrive of a payment with nothing dead-lettered is FAILED_PRECONDITION.
+#[tokio::test]
+async fn an_operator_redrives_a_dead_lettered_cancel() {
+    let (mut running, payment) = cancel_during_an_outage(800).await;
+    running
+        .wait_for(&payment.order_id, "cancel_dead_lettered", 10)
+        .await;
+    running
+        .simulator
+        .faults()
+        .update(|plan| plan.outage = false);
+    let redrive = |operator: &str| pb::QrRedriveRequest {
+        order_id: payment.order_id.clone(),
+        refund_id: String::new(),
+        operator: operator.into(),
+        reason: "platform back after the outage".into(),
+    };
+    let blank = running
+        .client
+        .qr_redrive(redrive(" "))
+        .await
+        .expect_err("no operator");
+    assert_eq!(blank.code(), Code::InvalidArgument);
+    assert!(blank.message().contains("operator"), "{}", blank.message());
+    let redriven = running
+        .client
+        .qr_redrive(redrive("ops.alice"))
+        .await
+        .expect("redriven")
+        .into_inner();
+    assert!(redriven.refund.is_none());
+    let closed = running.wait_for(&payment.order_id, "closed", 10).await;
+    assert_eq!(closed.answer, "not_paid");
+    let actions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, operator FROM qr_operator_actions WHERE transaction_id = $1::uuid",
+    )
+    .bind(&payment.transaction_id)
+    .fetch_all(&running.pool)
+    .await
+    .expect("actions");
+    assert_eq!(actions, [("redrive".to_owned(), "ops.alice".to_owned())]);
+    let again = running
+        .client
+        .qr_redrive(redrive("ops.alice"))
+        .await
+        .expect_err("closed: nothing dead-lettered");
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    running.stop().await;
+}
+
+/// A confirmed payment (paid at once, acknowledged by its terminal).
+async fn confirmed(running: &mut Running, stan: &str, minor_units: i64) -> pb::QrPaymentRecord {
+    let paid = running
+        .client
+        .qr_pay(pay(stan, minor_units))
+        .await
+        .expect("paid")
+        .into_inner()
+        .payment
+        .expect("payment");
+    assert_eq!(paid.state, "paid", "{paid:?}");
+    let confirmed = running
+        .client
+        .qr_acknowledge(pb::QrAcknowledgeRequest {
+            terminal_id: TERMINAL.into(),
+            order_id: paid.order_id.clone(),
+        })
+        .await
+        .expect("acknowledged")
+        .into_inner();
+    assert_eq!(confirmed.state, "confirmed");
+    confirmed
+}
+
+fn refund(order_id: &str, refund_id: &str, minor_units: i64) -> pb::QrRefundRequest {
+    pb::QrRefundRequest {
+        order_id: order_id.into(),
+        transaction_id: String::new(),
+        refund_id: refund_id.into(),
+        amount: money(minor_units),
+        operator: "ops.alice".into(),
+        reason: "goods returned".into(),
+    }
+}
+
+impl Running {
+    async fn refund_state(&self, refund_id: &str) -> (String, i32) {
+        sqlx::query_as("SELECT state, attempts FROM qr_refunds WHERE refund_id = $1")
+            .bind(refund_id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("the refund")
+    }
+
+    async fn wait_for_refund(&self, refund_id: &str, state: &str, seconds: u64) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let (now, attempts) = self.refund_state(refund_id).await;
+            if now == state {
+                return attempts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "refund {refund_id} is {now} after {seconds} s, not {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Merchant refunds (ADR 30): two parts of one payment and all of another
+/// reach the platform's ledger; more than is left, another currency, an
+/// unconfirmed payment and a changed repeat are refused with nothing
+/// written; a repeat is the original.
+#[tokio::test]
+async fn a_confirmed_payment_is_refunded_in_parts_or_in_full_and_bad_refunds_write_nothing() {
+    let mut running = start(Setup {
+        terminal_wait_ms: 10_000,
+        ..Setup::default()
+    })
+    .await;
+    let parts = confirmed(&mut running, "000041", 1_000).await;
+    let whole = confirmed(&mut running, "000042", 2_500).await;
+
+    let first = running
+        .client
+        .qr_refund(refund(&parts.order_id, "RET-41-A", 300))
+        .await
+        .expect("taken")
+        .into_inner();
+    assert!(!first.duplicate);
+    let record = first.refund.expect("refund");
+    assert_eq!(
+        (record.state.as_str(), record.merchant_id.as_str()),
+        ("requested", MERCHANT)
+    );
+    assert_eq!(record.refunded_total.expect("total").minor_units, 300);
+    let repeat = running
+        .client
+        .qr_refund(refund(&parts.order_id, "RET-41-A", 300))
+        .await
+        .expect("a repeat")
+        .into_inner();
+    assert!(repeat.duplicate);
+    assert_eq!(repeat.refund.expect("refund").refund_id, "RET-41-A");
+    running
+        .client
+        .qr_refund(pb::QrRefundRequest {
+            order_id: String::new(),
+            transaction_id: parts.transaction_id.clone(),
+            ..refund("", "RET-41-B", 700)
+        })
+        .await
+        .expect("the rest, by transaction id");
+    running
+        .client
+        .qr_refund(refund(&whole.order_id, "RET-42", 2_500))
+        .await
+        .expect("all of it");
+    for id in ["RET-41-A", "RET-41-B", "RET-42"] {
+        running.wait_for_refund(id, "refunded", 10).await;
+    }
+    assert_eq!(running.entry(&parts.order_id).await.refunded, 1_000);
+    assert_eq!(running.entry(&whole.order_id).await.refunded, 2_500);
+    // The payment stays confirmed: the sale happened, the goods came back.
+    assert_eq!(running.status(&parts.order_id).await.state, "confirmed");
+
+    let written = running.count("qr_refunds").await;
+    let outbox = running.count("outbox").await;
+    let refusals = [
+        (
+            refund(&parts.order_id, "RET-41-C", 1),
+            Code::InvalidArgument,
+            "amount",
+        ),
+        (
+            pb::QrRefundRequest {
+                amount: Some(pb::Money {
+                    minor_units: 100,
+                    currency: "USD".into(),
+                }),
+                ..refund(&whole.order_id, "RET-42-B", 100)
+            },
+            Code::InvalidArgument,
+            "amount.currency",
+        ),
+        (
+            refund(&whole.order_id, "RET-42-C", 0),
+            Code::InvalidArgument,
+            "amount",
+        ),
+        (
+            refund(&whole.order_id, "bad id!", 100),
+            Code::InvalidArgument,
+            "refund_id",
+        ),
+        (
+            pb::QrRefundRequest {
+                operator: String::new(),
+                ..refund(&whole.order_id, "RET-42-D", 100)
+            },
+            Code::InvalidArgument,
+            "operator",
+        ),
+        (
+            refund(&whole.order_id, "RET-41-A", 300),
+            Code::AlreadyExists,
+            "RET-41-A",
+        ),
+        (
+            refund(&parts.order_id, "RET-41-A", 299),
+            Code::AlreadyExists,
+            "RET-41-A",
+        ),
+        (
+            refund("Q000000000000000000000000", "RET-X", 100),
+            Code::NotFound,
+            "Q000",
+        ),
+    ];
+    for (request, code, names) in refusals {
+        let status = running.client.qr_refund(request).await.expect_err(names);
+        assert_eq!(status.code(), code, "{names}: {status:?}");
+        assert!(
+            status.message().contains(names),
+            "{names}: {}",
+            status.message()
+        );
+    }
+    let over = running
+        .client
+        .qr_refund(refund(&parts.order_id, "RET-41-C", 1))
+        .await
+        .expect_err("nothing left");
+    assert!(
+        over.message().contains("0.00"),
+        "what is left: {}",
+        over.message()
+    );
+    assert_eq!(running.count("qr_refunds").await, written);
+    assert_eq!(running.count("outbox").await, outbox);
+
+    // Not confirmed (the shopper never pays): FAILED_PRECONDITION.
+    let waiting = running
+        .client
+        .qr_pay(pay("000043", 1_002))
+        .await
+        .expect("pay answered")
+        .into_inner()
+        .payment
+        .expect("payment");
+    let unconfirmed = running
+        .client
+        .qr_refund(refund(&waiting.order_id, "RET-43", 100))
+        .await
+        .expect_err("not confirmed");
+    assert_eq!(
+        unconfirmed.code(),
+        Code::FailedPrecondition,
+        "{unconfirmed:?}"
+    );
+    assert!(
+        unconfirmed.message().contains("awaiting_payment"),
+        "{}",
+        unconfirmed.message()
+    );
+    assert_eq!(running.count("qr_refunds").await, written);
+
+    let types = running.event_types(&parts.transaction_id).await;
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| t.starts_with("qr.refund_"))
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .len(),
+        4,
+        "{types:?}"
+    );
+    let completed: Vec<EventEnvelope> = running
+        .events(&parts.transaction_id)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "qr.refund_completed")
+        .collect();
+    assert_eq!(completed.len(), 2);
+    let Some(Payload::QrPayment(last)) = &completed[1].payload else {
+        panic!("a QR event");
+    };
+    let done = last.refund.as_ref().expect("the refund");
+    assert_eq!(done.state, "refunded");
+    assert!(!done.completed_at.is_empty());
+    assert_eq!(
+        done.refunded_total.as_ref().expect("total").minor_units,
+        1_000
+    );
+    assert_eq!(last.webhook, "payment.refunded");
+    assert_eq!(last.push, "");
+    let payment = last.payment.as_ref().expect("the payment");
+    assert_eq!(
+        (payment.state.as_str(), payment.transaction_id.as_str()),
+        ("confirmed", parts.transaction_id.as_str())
+    );
+    running.stop().await;
+}
+
+/// A refund while the platform is down is repeated, dead-lettered past its
+/// maximum age, and refunded once an operator redrives it.
+#[tokio::test]
+async fn a_refund_during_an_outage_is_dead_lettered_then_redriven_to_refunded() {
+    let mut running = start(Setup {
+        terminal_wait_ms: 10_000,
+        retry_max_age_ms: 800,
+        ..Setup::default()
+    })
+    .await;
+    let payment = confirmed(&mut running, "000051", 1_000).await;
+    running.simulator.faults().update(|plan| plan.outage = true);
+    running
+        .client
+        .qr_refund(refund(&payment.order_id, "RET-51", 400))
+        .await
+        .expect("taken");
+    let attempts = running.wait_for_refund("RET-51", "dead_lettered", 10).await;
+    assert!(attempts >= 2, "{attempts} attempts");
+    let types = running.event_types(&payment.transaction_id).await;
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("qr.refund_dead_lettered")
+    );
+    assert_eq!(running.entry(&payment.order_id).await.refunded, 0);
+
+    running
+        .simulator
+        .faults()
+        .update(|plan| plan.outage = false);
+    let wrong = running
+        .client
+        .qr_redrive(pb::QrRedriveRequest {
+            order_id: payment.order_id.clone(),
+            refund_id: "RET-NONE".into(),
+            operator: "ops.bob".into(),
+            reason: "platform back".into(),
+        })
+        .await
+        .expect_err("no such refund");
+    assert_eq!(wrong.code(), Code::NotFound);
+    let redriven = running
+        .client
+        .qr_redrive(pb::QrRedriveRequest {
+            order_id: payment.order_id.clone(),
+            refund_id: "RET-51".into(),
+            operator: "ops.bob".into(),
+            reason: "platform back".into(),
+        })
+        .await
+        .expect("redriven")
+        .into_inner();
+    let record = redriven.refund.expect("the refund");
+    assert_eq!((record.state.as_str(), record.attempts), ("requested", 0));
+    running.wait_for_refund("RET-51", "refunded", 10).await;
+    assert_eq!(running.entry(&payment.order_id).await.refunded, 400);
+    let again = running
+        .client
+        .qr_redrive(pb::QrRedriveRequest {
+            order_id: payment.order_id.clone(),
+            refund_id: "RET-51".into(),
+            operator: "ops.bob".into(),
+            reason: "twice".into(),
+        })
+        .await
+        .expect_err("refunded: not dead-lettered");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    let actions: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT action, refund_id FROM qr_operator_actions WHERE transaction_id = $1::uuid ORDER BY id",
+    )
+    .bind(&payment.transaction_id)
+    .fetch_all(&running.pool)
+    .await
+    .expect("actions");
+    assert_eq!(
+        actions,
+        [
+            ("refund".to_owned(), Some("RET-51".to_owned())),
+            ("redrive".to_owned(), Some("RET-51".to_owned())),
+        ]
+    );
+    running.stop().await;
+}
+
+/// Refunds asked at once: the payment's lock lets exactly as many through
+/// as fit, and one refund id raced for two payments is taken once.
+#[tokio::test]
+async fn concurrent_refunds_never_take_more_than_is_left() {
+    let mut running = start(Setup {
+        terminal_wait_ms: 10_000,
+        ..Setup::default()
+    })
+    .await;
+    let payment = confirmed(&mut running, "000061", 1_000).await;
+    let other = confirmed(&mut running, "000062", 1_000).await;
+    let asks = (0..10).map(|n| {
+        let mut client = running.client.clone();
+        let request = refund(&payment.order_id, &format!("RACE-{n}"), 300);
+        async move { client.qr_refund(request).await }
+    });
+    let answers = futures::future::join_all(asks).await;
+    let taken = answers.iter().filter(|a| a.is_ok()).count();
+    assert_eq!(taken, 3, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .filter_map(|a| a.as_ref().err())
+            .all(|s| s.code() == Code::InvalidArgument)
+    );
+    let total: i64 = sqlx::query_scalar(
+        "SELECT sum(amount_minor)::bigint FROM qr_refunds WHERE transaction_id = $1::uuid",
+    )
+    .bind(&payment.transaction_id)
+    .fetch_one(&running.pool)
+    .await
+    .expect("total");
+    assert_eq!(total, 900);
+
+    let (mut a, mut b) = (running.client.clone(), running.client.clone());
+    let (one, two) = tokio::join!(
+        a.qr_refund(refund(&payment.order_id, "SHARED", 100)),
+        b.qr_refund(refund(&other.order_id, "SHARED", 100)),
+    );
+    let codes = [one.map(|_| Code::Ok), two.map(|_| Code::Ok)]
+        .map(|r| r.unwrap_or_else(|status| status.code()));
+    let mut sorted = codes;
+    sorted.sort_by_key(|code| i32::from(*code));
+    assert_eq!(sorted, [Code::Ok, Code::AlreadyExists], "{codes:?}");
     running.stop().await;
 }

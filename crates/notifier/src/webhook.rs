@@ -227,7 +227,7 @@ fn qr_plan(event: &EventEnvelope, qr: &pb::QrPaymentEvent, now: OffsetDateTime) 
         return Plan::Invalid("event names no merchant");
     }
     let occurred_at = event.occurred_at.as_ref().and_then(to_time).unwrap_or(now);
-    let data = json!({
+    let mut data = json!({
         "transaction_id": event.transaction_id,
         "terminal_id": payment.terminal_id,
         "stan": payment.stan,
@@ -240,6 +240,16 @@ fn qr_plan(event: &EventEnvelope, qr: &pb::QrPaymentEvent, now: OffsetDateTime) 
         "reason": qr.reason,
         "receipt_void": qr.push == TerminalMessageKind::VoidReceipt.as_str(),
     });
+    // A merchant refund (ADR 30): which one, how much, and what the
+    // payment's refunds add up to, so the merchant can reconcile parts.
+    if let Some(refund) = &qr.refund {
+        data["refund"] = json!({
+            "refund_id": refund.refund_id,
+            "amount": amount(refund.amount.as_ref()),
+            "refunded_total": amount(refund.refunded_total.as_ref()),
+            "completed_at": refund.completed_at,
+        });
+    }
     let body = Body {
         id: event_id.to_string(),
         kind: kind.as_str(),
@@ -574,5 +584,50 @@ mod tests {
         assert_eq!(body["data"]["receipt_void"], false);
         assert_eq!(plan(&qr(""), now), Plan::Ignore);
         assert!(matches!(plan(&qr("payment.maybe"), now), Plan::Invalid(_)));
+    }
+
+    #[test]
+    fn a_completed_qr_refund_owes_payment_refunded_with_the_refund_and_no_void() {
+        let event = EventEnvelope {
+            event_id: "0193a5d4-7e1f-7c3a-9d5e-000000000002".into(),
+            event_type: "qr.refund_completed".into(),
+            transaction_id: "0193a5d4-7e1f-7c3a-9d5e-0000000000aa".into(),
+            payload: Some(Payload::QrPayment(pb::QrPaymentEvent {
+                payment: Some(pb::QrPaymentRecord {
+                    terminal_id: "TERM0001".into(),
+                    merchant_id: "MERCHANT0000001".into(),
+                    order_id: "Q0123456789abcdef01234567".into(),
+                    state: "confirmed".into(),
+                    ..Default::default()
+                }),
+                webhook: "payment.refunded".into(),
+                refund: Some(pb::QrRefundRecord {
+                    refund_id: "RET-1".into(),
+                    amount: Some(pb::Money {
+                        minor_units: 300,
+                        currency: "EUR".into(),
+                    }),
+                    refunded_total: Some(pb::Money {
+                        minor_units: 700,
+                        currency: "EUR".into(),
+                    }),
+                    state: "refunded".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..EventEnvelope::default()
+        };
+        let now = OffsetDateTime::from_unix_timestamp(1_764_000_000).expect("time");
+        let Plan::Send(webhook) = plan(&event, now) else {
+            panic!("a completed refund is sent");
+        };
+        assert_eq!(webhook.kind, WebhookType::PaymentRefunded);
+        let body: Value = serde_json::from_str(&webhook.body).expect("json");
+        assert_eq!(body["type"], "payment.refunded");
+        assert_eq!(body["data"]["refund"]["refund_id"], "RET-1");
+        assert_eq!(body["data"]["refund"]["amount"]["minor_units"], 300);
+        assert_eq!(body["data"]["refund"]["refunded_total"]["minor_units"], 700);
+        assert_eq!(body["data"]["receipt_void"], false);
     }
 }

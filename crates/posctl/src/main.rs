@@ -659,6 +659,9 @@ async fn run(cli: Cli) -> Result<()> {
             watch::run_watch(&options, &certificate, terminal_id, args, cli.json).await
         }
         Command::Webhooks(args) => webhooks::run_webhooks(args, cli.json).await,
+        Command::Qr(args) if args.is_operator() => {
+            qr::run_qr_operator(args, &operator, cli.timeout, cli.json).await
+        }
         Command::Qr(args) => qr::run_qr(&options, &certificate, terminal_id, args, cli.json).await,
         Command::Redrive(args) => {
             operator::run_redrive(args, &operator, cli.timeout, cli.json).await

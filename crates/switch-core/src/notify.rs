@@ -50,14 +50,17 @@ pub enum WebhookType {
     PaymentConfirmed,
     PaymentReversed,
     PaymentConflict,
+    /// A merchant refund of a confirmed QR payment went back to the shopper.
+    PaymentRefunded,
     SettlementPaid,
 }
 
 impl WebhookType {
-    pub const ALL: [WebhookType; 4] = [
+    pub const ALL: [WebhookType; 5] = [
         Self::PaymentConfirmed,
         Self::PaymentReversed,
         Self::PaymentConflict,
+        Self::PaymentRefunded,
         Self::SettlementPaid,
     ];
 
@@ -66,6 +69,7 @@ impl WebhookType {
             Self::PaymentConfirmed => "payment.confirmed",
             Self::PaymentReversed => "payment.reversed",
             Self::PaymentConflict => "payment.conflict",
+            Self::PaymentRefunded => "payment.refunded",
             Self::SettlementPaid => "settlement.paid",
         }
     }
@@ -323,6 +327,7 @@ mod tests {
                 "payment.confirmed",
                 "payment.reversed",
                 "payment.conflict",
+                "payment.refunded",
                 "settlement.paid"
             ]
         );

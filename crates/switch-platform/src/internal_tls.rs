@@ -541,6 +541,30 @@ mod tests {
     }
 
     #[test]
+    fn qr_refunds_and_redrives_are_operators_only() {
+        let operator = Caller::Operator("ops.alice".into());
+        for method in [
+            "/switch.v1.AuthorizationService/QrRefund",
+            "/switch.v1.AuthorizationService/QrRedrive",
+        ] {
+            assert_eq!(decide(Some(&operator), method), Ok(()), "{method}");
+            for who in [
+                TERMINAL_GATEWAY,
+                REVERSAL_HANDLER,
+                SETTLEMENT_BATCHER,
+                services::NOTIFIER,
+                AUTHORIZATION,
+            ] {
+                assert_eq!(
+                    decide(Some(&service(who)), method),
+                    Err(Refusal::NotAllowed(service(who))),
+                    "{who} {method}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn the_table_admits_exactly_its_callers() {
         let confirm = "/switch.v1.AuthorizationService/Confirm";
         assert_eq!(decide(Some(&service(REVERSAL_HANDLER)), confirm), Ok(()));

@@ -393,6 +393,28 @@ async fn internal_calls_are_admitted_by_certificate_and_identity_only() {
         .expect("an operator may redrive");
     assert_eq!(calls(), 2);
 
+    // A QR merchant refund is an operator's too: the gateway is refused
+    // before the handler, an operator reaches it (this one answers
+    // UNIMPLEMENTED: there is no QR here).
+    let qr_refund = |channel: Channel| async move {
+        AuthorizationServiceClient::new(channel)
+            .qr_refund(switch_proto::v1::QrRefundRequest::default())
+            .await
+    };
+    let gateway = pki.channel(port, Some(pki.pair("services", "terminal-gateway")));
+    let status = within("the gateway's QrRefund", qr_refund(gateway))
+        .await
+        .expect_err("a service may not refund");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+    let operator = pki.channel(
+        port,
+        Some(pki.pair("operators", dev_certs::DEFAULT_OPERATOR)),
+    );
+    let status = within("the operator's QrRefund", qr_refund(operator))
+        .await
+        .expect_err("the stand-in has no QR");
+    assert_eq!(status.code(), Code::Unimplemented, "{status}");
+
     // A client configured for TLS refuses to dial an http:// URL, which
     // tonic would otherwise speak plaintext to.
     let error = GrpcClient::new(format!("http://127.0.0.1:{port}"))

@@ -5,11 +5,12 @@
 //! retry gets the original payment as it now stands, a changed one is
 //! refused (`ModifiedReplay`, as `switch_core::replay` does for cards).
 
+use switch_core::qr::refund::{RefundId, RefundRequest};
 use switch_core::qr::{OrderId, QrCommand, QrIntent, QrMode, QrPayment};
 use switch_core::{Money, TerminalId, TransactionId};
 use switch_proto::v1 as pb;
 
-use super::store::{QrBegin, QrTarget};
+use super::store::{QrAction, QrBegin, QrTarget};
 use super::wire;
 use super::{QrError, QrShell};
 
@@ -182,6 +183,129 @@ impl QrApi {
             )
             .await?;
         Ok(wire::record(&written))
+    }
+}
+
+impl QrApi {
+    /// The payment an operator names: by order id or by transaction id.
+    fn operator_target(order_id: &str, transaction_id: &str) -> Result<OperatorTarget, QrError> {
+        match (order_id.is_empty(), transaction_id.is_empty()) {
+            (false, true) => Ok(OperatorTarget::Order(OrderId::parse(order_id)?)),
+            (true, false) => Ok(OperatorTarget::Id(TransactionId::parse(transaction_id)?)),
+            (true, true) => Err(switch_core::InvalidField::new(
+                "order_id",
+                "missing: name the payment by order_id or transaction_id",
+            )
+            .into()),
+            (false, false) => Err(switch_core::InvalidField::new(
+                "transaction_id",
+                "name the payment by order_id or transaction_id, not both",
+            )
+            .into()),
+        }
+    }
+
+    /// An operator's merchant refund of a confirmed payment (ADR 30).
+    pub async fn refund(
+        &self,
+        request: &pb::QrRefundRequest,
+    ) -> Result<pb::QrRefundResponse, QrError> {
+        let target = Self::operator_target(&request.order_id, &request.transaction_id)?;
+        let refund_id = RefundId::parse(&request.refund_id)?;
+        let amount = wire::refund_amount(request.amount.as_ref())?;
+        let operator = switch_core::operator_text("operator", &request.operator)?;
+        let reason = switch_core::operator_text("reason", &request.reason)?;
+        let asked = RefundRequest {
+            refund_id,
+            amount,
+            operator: operator.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (view, duplicate) = self.shell.request_refund(target.as_target(), asked).await?;
+        if !duplicate {
+            tracing::warn!(
+                order_id = %view.payment.order_id,
+                refund_id = %view.refund.refund_id,
+                amount = %view.refund.amount,
+                operator,
+                reason,
+                "QR merchant refund requested by an operator."
+            );
+        }
+        Ok(pb::QrRefundResponse {
+            refund: Some(wire::refund_record(&view.payment, &view.refund, view.total)),
+            duplicate,
+        })
+    }
+
+    /// An operator sends a dead-lettered QR call round again: the
+    /// payment's owed cancel, close or refund, or a merchant refund.
+    pub async fn redrive(
+        &self,
+        request: &pb::QrRedriveRequest,
+    ) -> Result<pb::QrRedriveResponse, QrError> {
+        if request.order_id.is_empty() {
+            return Err(switch_core::InvalidField::new("order_id", "missing").into());
+        }
+        let order = OrderId::parse(&request.order_id)?;
+        let refund_id = if request.refund_id.is_empty() {
+            None
+        } else {
+            Some(RefundId::parse(&request.refund_id)?)
+        };
+        let operator = switch_core::operator_text("operator", &request.operator)?;
+        let reason = switch_core::operator_text("reason", &request.reason)?;
+        let answer = match &refund_id {
+            Some(refund_id) => {
+                let view = self
+                    .shell
+                    .redrive_refund(&order, refund_id, operator, reason)
+                    .await?;
+                pb::QrRedriveResponse {
+                    payment: Some(wire::record(&view.payment)),
+                    refund: Some(wire::refund_record(&view.payment, &view.refund, view.total)),
+                }
+            }
+            None => {
+                let action = QrAction {
+                    action: "redrive",
+                    operator,
+                    reason,
+                    refund_id: None,
+                };
+                let (written, _) = self
+                    .shell
+                    .execute_as(QrTarget::Order(&order), QrCommand::Redrive, Some(action))
+                    .await?;
+                pb::QrRedriveResponse {
+                    payment: Some(wire::record(&written)),
+                    refund: None,
+                }
+            }
+        };
+        tracing::warn!(
+            order_id = %order,
+            refund_id = refund_id.as_ref().map(RefundId::as_str).unwrap_or(""),
+            operator,
+            reason,
+            "Dead-lettered QR call redriven by an operator."
+        );
+        Ok(answer)
+    }
+}
+
+/// A payment named by an operator, owned for the length of a call.
+enum OperatorTarget {
+    Order(OrderId),
+    Id(TransactionId),
+}
+
+impl OperatorTarget {
+    fn as_target(&self) -> QrTarget<'_> {
+        match self {
+            OperatorTarget::Order(order) => QrTarget::Order(order),
+            OperatorTarget::Id(id) => QrTarget::Id(*id),
+        }
     }
 }
 

@@ -179,6 +179,18 @@ impl QrConfig {
     }
 
     /// The merchant's policy for a payment that starts now (validated).
+    /// How long a notification's nonce is kept. A notification is taken
+    /// while its timestamp is within `tolerance_s` of the receiver's clock
+    /// either way, so one accepted at `t` carries a timestamp of at most
+    /// `t + tolerance_s`, and a replay of it is fresh until
+    /// `t + 2 * tolerance_s`; after that the signature check refuses it as
+    /// stale and the nonce is no longer needed. The minute more covers the
+    /// clocks of two instances of the service disagreeing.
+    pub fn nonce_retention(&self) -> time::Duration {
+        let seconds = self.tolerance_s.saturating_mul(2).saturating_add(60);
+        time::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX))
+    }
+
     pub fn policy_of(&self, merchant: &MerchantId) -> OrphanPolicy {
         let name = self
             .merchant_policies

@@ -9,6 +9,7 @@ use qr_platform::{
     TradeState,
 };
 use switch_core::Money;
+use switch_core::qr::refund::{QrRefund, RefundAnswer};
 use switch_core::qr::{
     CancelAnswer, CancelKind, OrderCreation, PlatformRequestId, PlatformTradeState, PlatformTxnId,
     QrPayment,
@@ -177,6 +178,41 @@ impl QrLink {
                     Err(error) => CancelAnswer::NotDone(error.to_string()),
                 }
             }
+        }
+    }
+}
+
+impl QrLink {
+    /// One attempt at a merchant refund, numbered by the refund alone so a
+    /// repeat is the same refund at the platform.
+    pub async fn merchant_refund(&self, payment: &QrPayment, refund: &QrRefund) -> RefundAnswer {
+        let request = RefundRequest {
+            out_trade_no: payment.order_id.to_string(),
+            out_refund_no: refund.request_id().to_string(),
+            refund_amount: refund.amount.minor_units(),
+        };
+        match self.client.refund(&request).await {
+            Ok(answer) if answer.refund_amount == refund.amount.minor_units() => RefundAnswer::Done,
+            // The client checked the number: a signed answer for this
+            // refund with another amount says nothing the switch can use.
+            Ok(answer) => RefundAnswer::Unknown(format!(
+                "the platform answered a refund of {} to one of {}",
+                answer.refund_amount,
+                refund.amount.minor_units()
+            )),
+            Err(CallError::Refused { code, message, .. })
+                if matches!(
+                    code,
+                    ErrorCode::RefundExceeded
+                        | ErrorCode::RefundNoUsed
+                        | ErrorCode::OrderNotPaid
+                        | ErrorCode::OrderClosed
+                        | ErrorCode::OrderNotExist
+                ) =>
+            {
+                RefundAnswer::Refused(format!("{code:?}: {message}"))
+            }
+            Err(error) => RefundAnswer::Unknown(error.to_string()),
         }
     }
 }

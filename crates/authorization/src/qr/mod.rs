@@ -11,6 +11,8 @@
 //! - `worker`: due queries, owed cancels/closes/refunds, the terminal
 //!   deadline sweep;
 //! - `receiver`: the HTTPS endpoint for the platform's signed notifications;
+//! - `refunds`: operators' merchant refunds of confirmed payments (ADR 30),
+//!   each its own row and queue entry;
 //! - `api`: the gRPC QR calls, idempotent by terminal + STAN + local date.
 
 mod api;
@@ -18,6 +20,7 @@ mod config;
 mod events;
 mod link;
 mod receiver;
+mod refunds;
 mod store;
 mod wire;
 mod worker;
@@ -36,7 +39,8 @@ pub use api::QrApi;
 pub use config::{DEV_KEY, QrConfig};
 pub use link::QrLink;
 pub use receiver::serve_notifications;
-pub use store::{QrJournal, QrTarget};
+pub use refunds::RefundView;
+pub use store::{QrAction, QrJournal, QrTarget};
 pub use worker::QrWorker;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,9 @@ pub enum QrError {
     /// A notification whose nonce was accepted before: nothing written.
     #[error("notification replayed: nonce seen before")]
     Replayed,
+    /// The core refused a merchant refund or its redrive; nothing was written.
+    #[error("{0}")]
+    RefundRefused(switch_core::qr::refund::RefundRefusal),
     #[error("the QR journal holds a row that does not parse: {0}")]
     CorruptRow(InvalidField),
     #[error("journal unavailable: {0}")]
@@ -69,6 +76,16 @@ impl From<QrError> for Status {
             e @ QrError::NotFound(_) => Status::not_found(e.to_string()),
             e @ QrError::Replayed => Status::already_exists(e.to_string()),
             e @ QrError::Refused { .. } => Status::failed_precondition(e.to_string()),
+            QrError::RefundRefused(refusal) => {
+                use switch_core::qr::refund::RefundRefusal as R;
+                match refusal {
+                    R::Invalid(field) => Status::invalid_argument(field.to_string()),
+                    e @ R::Conflict { .. } => Status::already_exists(e.to_string()),
+                    e @ (R::NotConfirmed { .. } | R::NotDeadLettered { .. }) => {
+                        Status::failed_precondition(e.to_string())
+                    }
+                }
+            }
             e @ QrError::CorruptRow(_) => {
                 tracing::error!(error = %e, "QR journal invariant broken.");
                 Status::internal("internal error; the payment is recorded, query it by STAN")
@@ -106,15 +123,27 @@ impl QrShell {
         target: QrTarget<'_>,
         command: QrCommand,
     ) -> Result<(QrPayment, QrDecision), QrError> {
+        self.execute_as(target, command, None).await
+    }
+
+    /// [`QrShell::execute`] on an operator's behalf: `action` is recorded
+    /// in the decision's transaction, and only if the core takes it.
+    pub async fn execute_as(
+        &self,
+        target: QrTarget<'_>,
+        command: QrCommand,
+        action: Option<store::QrAction<'_>>,
+    ) -> Result<(QrPayment, QrDecision), QrError> {
         let locked = self.journal.lock(target).await?;
-        self.decide_and_apply(locked, target, command).await
+        self.decide_and_apply(locked, target, command, action).await
     }
 
     async fn decide_and_apply(
         &self,
-        locked: store::LockedQr,
+        mut locked: store::LockedQr,
         target: QrTarget<'_>,
         command: QrCommand,
+        action: Option<store::QrAction<'_>>,
     ) -> Result<(QrPayment, QrDecision), QrError> {
         let now = self.clock.now();
         let name = command.name();
@@ -124,6 +153,9 @@ impl QrShell {
                 refusal,
             }
         })?;
+        if let Some(action) = &action {
+            locked.record_action(action, now).await?;
+        }
         let messages = events::messages(&self.topic, &decision, now);
         let written = locked.apply(&decision, &messages, name, now).await?;
         if decision
@@ -157,7 +189,7 @@ impl QrShell {
         {
             return Err(QrError::Replayed);
         }
-        self.decide_and_apply(locked, target, command).await
+        self.decide_and_apply(locked, target, command, None).await
     }
 
     /// Makes the query or create-order call `decision` asks for and applies

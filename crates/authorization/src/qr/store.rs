@@ -136,7 +136,7 @@ fn payment(row: &PgRow) -> Result<QrPayment, QrError> {
     })
 }
 
-async fn select<'e>(
+pub(super) async fn select<'e>(
     executor: impl PgExecutor<'e>,
     target: QrTarget<'_>,
     for_update: bool,
@@ -166,6 +166,27 @@ async fn select<'e>(
 impl QrJournal {
     pub fn new(pool: PgPool) -> Self {
         QrJournal { pool }
+    }
+
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Deletes up to `limit` notification nonces received before `cutoff`,
+    /// oldest first; returns how many went. Bounded, so a backlog is
+    /// worked off over rounds without one long-held lock.
+    pub async fn prune_nonces(&self, cutoff: OffsetDateTime, limit: i64) -> Result<u64, QrError> {
+        Ok(sqlx::query(
+            "DELETE FROM qr_notification_nonces WHERE nonce IN ( \
+               SELECT nonce FROM qr_notification_nonces WHERE received_at < $1 \
+               ORDER BY received_at LIMIT $2)",
+        )
+        .persistent(false)
+        .bind(cutoff)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Journals the opened record, or finds the earlier one with the same
@@ -334,7 +355,49 @@ impl QrJournal {
     }
 }
 
+/// An operator's hand in a decision: recorded with it, who and why.
+#[derive(Debug, Clone, Copy)]
+pub struct QrAction<'a> {
+    pub action: &'static str,
+    pub operator: &'a str,
+    pub reason: &'a str,
+    /// The merchant refund it was about, if any.
+    pub refund_id: Option<&'a str>,
+}
+
+/// Writes `action` on payment `id` in `tx`.
+pub(super) async fn record_action(
+    tx: &mut Transaction<'static, Postgres>,
+    id: TransactionId,
+    action: &QrAction<'_>,
+    now: OffsetDateTime,
+) -> Result<(), QrError> {
+    sqlx::query(
+        "INSERT INTO qr_operator_actions (transaction_id, refund_id, action, operator, reason, at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id.as_uuid())
+    .bind(action.refund_id)
+    .bind(action.action)
+    .bind(action.operator)
+    .bind(action.reason)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl LockedQr {
+    /// Records an operator's `action` in this transaction: it commits with
+    /// the decision it caused, or not at all.
+    pub async fn record_action(
+        &mut self,
+        action: &QrAction<'_>,
+        now: OffsetDateTime,
+    ) -> Result<(), QrError> {
+        record_action(&mut self.tx, self.current.transaction_id, action, now).await
+    }
+
     /// Records a notification's nonce in this transaction: `false` if it
     /// was seen before (a replay, to refuse with nothing written).
     pub async fn first_use_of_nonce(

@@ -3,6 +3,7 @@
 //! The payment code is checked here and carried on, never kept.
 
 use switch_core::lifecycle::RequestKey;
+use switch_core::qr::refund::QrRefund;
 use switch_core::qr::{QrPayment, terminal_answer};
 use switch_core::{Currency, InvalidField, LocalDate, MerchantId, Money, Stan, TerminalId};
 use switch_proto::v1 as pb;
@@ -74,6 +75,43 @@ pub fn record(payment: &QrPayment) -> pb::QrPaymentRecord {
         terminal_deadline: rfc3339(payment.terminal_deadline),
         failure: payment.failure.clone().unwrap_or_default(),
     }
+}
+
+fn money(amount: Money) -> pb::Money {
+    pb::Money {
+        minor_units: amount.minor_units(),
+        currency: amount.currency().code().to_owned(),
+    }
+}
+
+/// A merchant refund of `payment` as the API and the events show it;
+/// `total` is what the payment's written refunds add up to.
+pub fn refund_record(payment: &QrPayment, refund: &QrRefund, total: Money) -> pb::QrRefundRecord {
+    pb::QrRefundRecord {
+        refund_id: refund.refund_id.to_string(),
+        transaction_id: refund.transaction_id.to_string(),
+        order_id: refund.order_id.to_string(),
+        merchant_id: payment.merchant_id.to_string(),
+        terminal_id: payment.key.terminal_id.to_string(),
+        amount: Some(money(refund.amount)),
+        state: refund.state.as_str().to_owned(),
+        attempts: refund.attempts,
+        last_error: refund.last_error.clone().unwrap_or_default(),
+        requested_at: rfc3339(refund.requested_at),
+        completed_at: refund.completed_at.map(rfc3339).unwrap_or_default(),
+        refunded_total: Some(money(total)),
+        operator: refund.operator.clone(),
+        reason: refund.reason.clone(),
+    }
+}
+
+/// Field "amount" (missing), "amount.currency" (unknown). The sign and
+/// what is left are the core's to judge (`refund::accept`).
+pub fn refund_amount(amount: Option<&pb::Money>) -> Result<Money, InvalidField> {
+    let amount = amount.ok_or_else(|| InvalidField::new("amount", "missing"))?;
+    let currency = Currency::parse(&amount.currency)
+        .map_err(|e| InvalidField::new("amount.currency", e.to_string()))?;
+    Ok(Money::new(amount.minor_units, currency))
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The QR worker: on the service's clock it sweeps terminal deadlines
 //! (`TerminalGaveUp`), runs due queries (`QueryDue`, then the query and
 //! its answer) and makes the owed cancels, closes and refunds
-//! (`CancelAnswered`, with the core's backoff and dead letter). Every step
+//! (`CancelAnswered`, with the core's backoff and dead letter), makes the
+//! merchant refunds due (`refund::answered`, the same backoff and dead
+//! letter) and prunes notification nonces too old to matter. Every step
 //! is a decision under the payment's lock, so two workers (two instances
 //! of the service) cannot both act on one step: the loser's command is
 //! refused or a no-op.
@@ -9,6 +11,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use switch_core::qr::refund::RefundAttempt;
 use switch_core::qr::{CancelAttempt, QrCommand, QrRefusal};
 
 use super::store::QrTarget;
@@ -92,6 +95,31 @@ impl QrWorker {
                 quietly(shell.execute(target, command).await);
             })
             .await;
+        let refunds = shell.claim_refunds(now, self.batch_size, lease_ms).await?;
+        futures::stream::iter(refunds)
+            .for_each_concurrent(CONCURRENCY, |claimed| async move {
+                let view = match shell.find_refund(&claimed.refund_id).await {
+                    Ok(Some(view)) => view,
+                    Ok(None) => return,
+                    Err(error) => return quietly::<()>(Err(error)),
+                };
+                let answer = shell
+                    .link
+                    .merchant_refund(&view.payment, &view.refund)
+                    .await;
+                let attempt = RefundAttempt {
+                    attempts: claimed.attempts,
+                    jitter: rand::random(),
+                };
+                quietly(
+                    shell
+                        .refund_answered(&claimed.refund_id, answer, attempt)
+                        .await,
+                );
+            })
+            .await;
+        let cutoff = now - shell.config.nonce_retention();
+        shell.journal.prune_nonces(cutoff, self.batch_size).await?;
         Ok(())
     }
 }

@@ -51,6 +51,8 @@ use crate::orphan::{
     decide_at_deadline,
 };
 
+pub mod refund;
+
 /// Who shows the code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QrMode {
