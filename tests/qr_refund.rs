@@ -4,7 +4,9 @@
 //! full, or in two parts), the worker makes the refunds at the QR platform
 //! simulator over HTTPS, the platform's ledger agrees, `qr.refund_completed`
 //! reaches the broker with what settlement reads, and the merchant gets a
-//! `payment.refunded` webhook. Real PostgreSQL, broker and simulator.
+//! `payment.refunded` webhook; with settlement running, the refund of a
+//! payment already paid out is deducted from the merchant's next payout.
+//! Real PostgreSQL, broker and simulator.
 //!
 //! These suites run the internal hops in the lab's plaintext (see
 //! `Stack::start`), so a non-operator's PERMISSION_DENIED is proven where
@@ -52,8 +54,8 @@ fn refund(order_id: &str, refund_id: &str, minor_units: i64) -> pb::QrRefundRequ
     }
 }
 
-async fn stack(retry_max_age_ms: u64, webhooks: Option<&WebhookReceiver>) -> Stack {
-    Stack::start(StackOptions {
+fn stack_options(retry_max_age_ms: u64) -> StackOptions {
+    StackOptions {
         qr: Some(authorization::QrConfig {
             terminal_wait_ms: 10_000,
             query_interval_ms: 200,
@@ -64,6 +66,12 @@ async fn stack(retry_max_age_ms: u64, webhooks: Option<&WebhookReceiver>) -> Sta
             retry_max_age_ms,
             ..authorization::QrConfig::default()
         }),
+        ..StackOptions::default()
+    }
+}
+
+async fn stack(retry_max_age_ms: u64, webhooks: Option<&WebhookReceiver>) -> Stack {
+    Stack::start(StackOptions {
         notifier: webhooks.map(|receiver| notifier::NotifierConfig {
             endpoints: vec![notifier::EndpointConfig {
                 merchant_id: MERCHANT.into(),
@@ -77,7 +85,7 @@ async fn stack(retry_max_age_ms: u64, webhooks: Option<&WebhookReceiver>) -> Sta
             },
             ..Default::default()
         }),
-        ..StackOptions::default()
+        ..stack_options(retry_max_age_ms)
     })
     .await
     .expect("the stack starts")
@@ -379,4 +387,133 @@ async fn a_refund_while_the_platform_is_down_is_dead_lettered_and_redriven_to_re
     tokio::time::timeout(Duration::from_secs(30), stack.shutdown())
         .await
         .expect("the stack stops");
+}
+
+/// Where `order_id` stands in settlement, once it is known there.
+async fn settlement_of(stack: &Stack, order_id: &str) -> Option<pb::TransactionSettlement> {
+    let mut settlement = stack.settlement_client().await.expect("settlement answers");
+    settlement
+        .get_settlement_status(pb::SettlementStatusRequest {
+            query: Some(pb::settlement_status_request::Query::QrOrderId(
+                order_id.to_owned(),
+            )),
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .transactions
+        .pop()
+}
+
+/// A merchant's payout in EUR of the one window a run closed.
+fn eur_payout(run: &pb::RunSettlementResponse) -> (String, pb::MerchantPayout) {
+    let window = run
+        .windows
+        .iter()
+        .find(|w| w.merchant_id == MERCHANT)
+        .expect("the merchant's window");
+    let payout = window
+        .payouts
+        .iter()
+        .find(|p| p.currency == "EUR")
+        .cloned()
+        .expect("a EUR payout");
+    (window.window_id.clone(), payout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_of_a_paid_qr_payment_is_deducted_from_the_merchants_next_payout() {
+    let stack = Stack::start(StackOptions {
+        settlement: Some(switch_e2e::test_settlement()),
+        ..stack_options(60_000)
+    })
+    .await
+    .expect("the stack starts");
+    let mut settlement = stack.settlement_client().await.expect("settlement");
+
+    // Window 1: one QR payment, at the QR rate.
+    let first = confirmed(&stack, "000801", 10_000).await;
+    let known = stack
+        .eventually(30, "the payment confirmed in settlement", || async {
+            settlement_of(&stack, &first.order_id)
+                .await
+                .filter(|s| s.state() == pb::SettlementState::Pending)
+        })
+        .await;
+    assert_eq!(known.channel, "qr");
+    let run = settlement
+        .run_settlement(pb::RunSettlementRequest::default())
+        .await
+        .expect("the first run")
+        .into_inner();
+    let (_, payout) = eur_payout(&run);
+    let qr_rate = i64::from(run.windows[0].qr_fee_basis_points);
+    assert!(qr_rate > 0, "a QR rate is recorded: {run:?}");
+    let fee = 10_000 * qr_rate / 10_000;
+    assert_eq!(
+        (
+            payout.gross_minor_units,
+            payout.fee_minor_units,
+            payout.refund_minor_units,
+            payout.net_minor_units
+        ),
+        (10_000, fee, 0, 10_000 - fee)
+    );
+
+    // The shopper brings part back after the merchant was paid; the next
+    // window pays a new sale less that refund.
+    let second = confirmed(&stack, "000802", 5_000).await;
+    let mut authorization = operator(&stack).await;
+    authorization
+        .qr_refund(refund(&first.order_id, "back-801", 3_000))
+        .await
+        .expect("the refund is accepted");
+    wait_for_refund(&stack, "back-801", "refunded").await;
+    stack
+        .eventually(
+            30,
+            "the refund debit and the new sale in settlement",
+            || async {
+                let refunded = settlement_of(&stack, &first.order_id)
+                    .await
+                    .is_some_and(|s| s.refunds.len() == 1);
+                let sold = settlement_of(&stack, &second.order_id)
+                    .await
+                    .is_some_and(|s| s.state() == pb::SettlementState::Pending);
+                (refunded && sold).then_some(())
+            },
+        )
+        .await;
+    let run = settlement
+        .run_settlement(pb::RunSettlementRequest::default())
+        .await
+        .expect("the second run")
+        .into_inner();
+    let (window_id, payout) = eur_payout(&run);
+    let fee = 5_000 * qr_rate / 10_000;
+    assert_eq!(
+        (
+            payout.gross_minor_units,
+            payout.fee_minor_units,
+            payout.refund_count,
+            payout.refund_minor_units,
+            payout.net_minor_units
+        ),
+        (5_000, fee, 1, 3_000, 5_000 - fee - 3_000)
+    );
+    let first_now = settlement_of(&stack, &first.order_id)
+        .await
+        .expect("the first payment");
+    assert_eq!(first_now.state(), pb::SettlementState::Paid);
+    let netted = &first_now.refunds[0];
+    assert_eq!(
+        (
+            netted.refund_id.as_str(),
+            netted.amount.as_ref().map(|m| m.minor_units),
+            netted.window_id.as_str()
+        ),
+        ("back-801", Some(3_000), window_id.as_str())
+    );
+    assert_eq!(netted.state(), pb::SettlementState::Paid);
+    stack.shutdown().await;
 }
