@@ -67,6 +67,7 @@ else:
 PY
     # Placeholders for what the pods get from Secrets.
     SWITCH__DATABASE__URL=postgres://switch:placeholder@db.invalid:5432/switch \
+        SWITCH__KAFKA__SASL_PASSWORD=placeholder \
         "$SWITCHD" --config "$work/$1.toml" --dump-config all >"$work/$1.dump" ||
         { echo "check-chart: switchd refuses the config the chart renders for $1" >&2; exit 1; }
     echo "check-chart: $1: switchd loads the rendered switch.toml"

@@ -63,6 +63,11 @@ pub struct KafkaConfig {
     /// `ssl.ca.location`: the CA bundle the brokers' certificates chain
     /// to; unset: the system's.
     pub ssl_ca_location: Option<std::path::PathBuf>,
+    /// `ssl.certificate.location` and `ssl.key.location`: the client's own
+    /// certificate and key, for brokers that authenticate clients by TLS
+    /// (both or neither).
+    pub ssl_certificate_location: Option<std::path::PathBuf>,
+    pub ssl_key_location: Option<std::path::PathBuf>,
 }
 
 impl Default for KafkaConfig {
@@ -82,6 +87,8 @@ impl Default for KafkaConfig {
             sasl_username: None,
             sasl_password: None,
             ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
         }
     }
 }
@@ -136,6 +143,38 @@ impl KafkaConfig {
                 }
             }
         }
+        let tls = self
+            .security_protocol
+            .as_deref()
+            .is_some_and(|p| p.to_ascii_lowercase().ends_with("ssl"));
+        let tls_files = [
+            ("kafka.ssl_ca_location", &self.ssl_ca_location),
+            (
+                "kafka.ssl_certificate_location",
+                &self.ssl_certificate_location,
+            ),
+            ("kafka.ssl_key_location", &self.ssl_key_location),
+        ];
+        for (key, path) in tls_files {
+            // A missing file is librdkafka's to name when the client is
+            // created: these paths exist only where the service runs.
+            if path.is_some() && !tls {
+                return Err(ConfigError::invalid(
+                    key,
+                    "set, but kafka.security_protocol is not ssl or sasl_ssl: it would be ignored",
+                ));
+            }
+        }
+        if self.ssl_certificate_location.is_some() != self.ssl_key_location.is_some() {
+            return Err(ConfigError::invalid(
+                if self.ssl_certificate_location.is_some() {
+                    "kafka.ssl_key_location"
+                } else {
+                    "kafka.ssl_certificate_location"
+                },
+                "a client certificate needs its key, and a key its certificate",
+            ));
+        }
         if !self
             .topic_prefix
             .bytes()
@@ -175,6 +214,12 @@ impl KafkaConfig {
         }
         if let Some(ca) = &self.ssl_ca_location {
             config.set("ssl.ca.location", ca.to_string_lossy());
+        }
+        if let Some(certificate) = &self.ssl_certificate_location {
+            config.set("ssl.certificate.location", certificate.to_string_lossy());
+        }
+        if let Some(key) = &self.ssl_key_location {
+            config.set("ssl.key.location", key.to_string_lossy());
         }
         config
     }
@@ -332,6 +377,37 @@ mod tests {
         };
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("kafka.security_protocol"), "{error}");
+    }
+
+    #[test]
+    fn tls_files_without_tls_or_a_certificate_without_its_key_are_refused_by_name() {
+        let config = KafkaConfig {
+            ssl_ca_location: Some("/etc/kafka/ca.pem".into()),
+            ..KafkaConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("kafka.ssl_ca_location"), "{error}");
+        let config = KafkaConfig {
+            security_protocol: Some("ssl".into()),
+            ssl_certificate_location: Some("/etc/kafka/client.pem".into()),
+            ..KafkaConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("kafka.ssl_key_location"), "{error}");
+        let config = KafkaConfig {
+            ssl_key_location: Some("/etc/kafka/client.key".into()),
+            ..config
+        };
+        assert!(config.validate().is_ok());
+        let client = config.client_config();
+        assert_eq!(
+            client.get("ssl.certificate.location"),
+            Some("/etc/kafka/client.pem")
+        );
+        assert_eq!(
+            client.get("ssl.key.location"),
+            Some("/etc/kafka/client.key")
+        );
     }
 
     #[test]

@@ -167,6 +167,13 @@ seccompProfile:
     secretKeyRef:
       name: {{ .Values.database.urlSecret.name }}
       key: {{ .Values.database.urlSecret.key }}
+{{- if .Values.kafka.sasl.passwordSecret.name }}
+- name: SWITCH__KAFKA__SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.sasl.passwordSecret.name }}
+      key: {{ .Values.kafka.sasl.passwordSecret.key }}
+{{- end }}
 {{- if .Values.telemetry.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .Values.telemetry.otlpEndpoint | quote }}
@@ -241,20 +248,32 @@ scalars and arrays of scalars come before sub-tables, as TOML requires.
 {{- end }}
 {{- end -}}
 
-{{/* The database CA, when the URL asks for verify-full. */}}
-{{- define "switch.databaseCaMount" -}}
+{{/* The CAs the services verify their servers with: the database's (for
+verify-full) and the Kafka brokers' (for ssl / sasl_ssl). */}}
+{{- define "switch.serverCaMounts" -}}
 {{- if .Values.database.caSecret }}
 - name: database-ca
   mountPath: /etc/switch/tls/database
   readOnly: true
 {{- end }}
+{{- if .Values.kafka.caSecret }}
+- name: kafka-ca
+  mountPath: /etc/switch/tls/kafka
+  readOnly: true
+{{- end }}
 {{- end -}}
 
-{{- define "switch.databaseCaVolume" -}}
+{{- define "switch.serverCaVolumes" -}}
 {{- if .Values.database.caSecret }}
 - name: database-ca
   secret:
     secretName: {{ .Values.database.caSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if .Values.kafka.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .Values.kafka.caSecret }}
     defaultMode: 0440
 {{- end }}
 {{- end -}}
