@@ -35,6 +35,26 @@ pub enum AdminCommand {
     Migrate(MigrateArgs),
     /// Create every topic of the switch unless it exists, then exit.
     Topics,
+    /// Ask a service of this pod for its gRPC health, as its own callers
+    /// reach it (mutual TLS with the service's certificate): exit 0 when
+    /// SERVING, 1 otherwise. Kubernetes' readiness probe, which cannot
+    /// present a client certificate itself.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The service whose port is asked; one served over internal gRPC
+    /// (not the gateway, whose port takes terminal certificates).
+    #[arg(long)]
+    pub service: crate::Service,
+    /// The name the service's certificate carries (a DNS SAN), when it is
+    /// not `localhost`: the chart's Service name.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// How long the answer may take.
+    #[arg(long, default_value_t = 2_000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +135,9 @@ pub enum AdminError {
     Start(#[from] ServeError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The service answered NOT_SERVING, or not at all.
+    #[error("{0}")]
+    Unhealthy(String),
     /// Some events failed again and were kept.
     #[error("{failed} of {taken} dead-lettered events failed again and were kept")]
     Failed { failed: usize, taken: usize },
@@ -140,11 +163,75 @@ pub async fn consumer_of(
     }
 }
 
+/// The health of `args.service` at its own listen address on this host,
+/// asked over the internal TLS its callers use (or the lab's plaintext).
+async fn health(args: &HealthArgs, config: &SwitchdConfig) -> Result<(), AdminError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut specs = args.service.specs();
+    let (Some(spec), None) = (specs.next(), specs.next()) else {
+        return Err(AdminError::Invalid(
+            "--service: name one service, not all".into(),
+        ));
+    };
+    if !spec.internal_grpc || spec.service == crate::Service::TerminalGateway {
+        return Err(AdminError::Invalid(format!(
+            "--service: {} is not served over internal gRPC",
+            spec.name
+        )));
+    }
+    let listen = (spec.listen)(config);
+    // A wildcard listen address is reached on loopback.
+    let host = if listen.ip().is_unspecified() {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    } else {
+        listen.ip()
+    };
+    let address = std::net::SocketAddr::new(host, listen.port());
+    let timeout = std::time::Duration::from_millis(args.timeout_ms);
+    let tls =
+        config
+            .internal_tls
+            .client(spec.name)
+            .map(|tls| switch_platform::service::ClientTls {
+                domain_name: Some(args.server_name.clone()),
+                ..tls
+            });
+    let channel = switch_platform::service::GrpcClient::new(format!(
+        "{}://{address}",
+        config.internal_tls.scheme()
+    ))
+    .connect_timeout(timeout)
+    .request_timeout(timeout)
+    .tls(tls)
+    .channel()?;
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await;
+    match answer.map(|response| response.into_inner().status()) {
+        Ok(ServingStatus::Serving) => {
+            println!("{} at {address}: SERVING", spec.name);
+            Ok(())
+        }
+        Ok(status) => Err(AdminError::Unhealthy(format!(
+            "{} at {address}: {}",
+            spec.name,
+            status.as_str_name()
+        ))),
+        Err(status) => Err(AdminError::Unhealthy(format!(
+            "{} at {address}: no answer ({:?}: {})",
+            spec.name,
+            status.code(),
+            status.message()
+        ))),
+    }
+}
+
 /// Runs one admin command; prints its answer on stdout.
 pub async fn run(command: AdminCommand, config: &SwitchdConfig) -> Result<(), AdminError> {
     let command = match command {
         AdminCommand::DeadLetters(command) => command,
         AdminCommand::Migrate(args) => return migrate(args.service, config).await,
+        AdminCommand::Health(args) => return health(&args, config).await,
         AdminCommand::Topics => {
             config
                 .kafka

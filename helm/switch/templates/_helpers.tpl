@@ -95,9 +95,6 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end -}}
 {{- end -}}
 
-{{/* Whether a component's own gRPC port speaks TLS. */}}
-{{- define "switch.tlsPort" -}}
-{{- if or (eq .component "gateway") (and .root.Values.internalTls.enabled (ne .component "gateway")) -}}true{{- end -}}
 {{- end -}}
 
 {{/* The URL another service calls a component at. */}}
@@ -107,21 +104,26 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end -}}
 
 {{/*
-Kubelet gRPC probes speak plaintext only: a TLS port (the gateway's,
-every port once internal mTLS is on) can only be probed for accepting
-connections until switchd serves health on a plaintext port of its own
-(ADR 26).
+Readiness is the service's gRPC health (NOT_SERVING until PostgreSQL,
+Kafka or its consumer group is there, and from SIGTERM on). The kubelet's
+own gRPC probe speaks plaintext only, so behind internal mTLS the pod
+asks itself with `switchd admin health`, presenting its own service
+certificate; the gateway's port takes terminal certificates, so it is
+probed for accepting connections.
 */}}
 {{- define "switch.readinessProbe" -}}
-{{- if include "switch.tlsPort" . -}}
+{{- if eq .component "gateway" -}}
 tcpSocket:
   port: grpc
+{{- else if .root.Values.internalTls.enabled -}}
+exec:
+  command: ["/usr/local/bin/switchd", "admin", "health", "--service", {{ .command | quote }}, "--server-name", {{ include "switch.componentName" . | quote }}]
 {{- else -}}
 grpc:
   port: {{ .port }}
 {{- end }}
 periodSeconds: 5
-timeoutSeconds: 2
+timeoutSeconds: 3
 failureThreshold: 2
 {{- end -}}
 
