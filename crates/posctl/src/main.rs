@@ -27,6 +27,7 @@ mod iso;
 mod operator;
 mod output;
 mod qr;
+mod qr_image;
 mod settlement;
 mod watch;
 mod webhooks;
