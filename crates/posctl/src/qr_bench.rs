@@ -306,11 +306,13 @@ impl Probe {
     }
 }
 
-/// `GET /control/ledger/{order}` on the simulator over one kept-alive
-/// HTTPS connection.
+/// `GET /control/ledger/{order}` on the simulator over a kept-alive
+/// HTTPS connection, opened again when the simulator closed it.
 struct Ledger {
     sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     host: String,
+    port: u16,
+    connector: TlsConnector,
 }
 
 /// `https://host:port` → (host, port).
@@ -332,6 +334,25 @@ fn host_port(url: &str) -> Result<(String, u16)> {
 }
 
 impl Ledger {
+    async fn open(
+        connector: &TlsConnector,
+        host: &str,
+        port: u16,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .with_context(|| format!("cannot reach the QR platform at {host}:{port}"))?;
+        let stream = connector
+            .connect(ServerName::try_from(host.to_owned())?, tcp)
+            .await
+            .context("TLS handshake with the QR platform")?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake with the QR platform")?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
     async fn connect(config: &ProbeConfig) -> Result<Ledger> {
         let (host, port) = host_port(&config.platform_url)?;
         let ca_path = config.certs_dir.join("ca.pem");
@@ -346,21 +367,24 @@ impl Ledger {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .with_context(|| format!("cannot reach the QR platform at {host}:{port}"))?;
-        let stream = TlsConnector::from(Arc::new(tls))
-            .connect(ServerName::try_from(host.clone())?, tcp)
-            .await
-            .context("TLS handshake with the QR platform")?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP handshake with the QR platform")?;
-        tokio::spawn(connection);
-        Ok(Ledger { sender, host })
+        let connector = TlsConnector::from(Arc::new(tls));
+        let sender = Self::open(&connector, &host, port).await?;
+        Ok(Ledger {
+            sender,
+            host,
+            port,
+            connector,
+        })
     }
 
     async fn paid_at_ms(&mut self, order: &str) -> Result<Option<i64>> {
+        if self.sender.ready().await.is_err() {
+            self.sender = Self::open(&self.connector, &self.host, self.port).await?;
+            self.sender
+                .ready()
+                .await
+                .context("the QR platform's ledger connection")?;
+        }
         let request = hyper::Request::get(format!("/control/ledger/{order}"))
             .header(hyper::header::HOST, &self.host)
             .body(Empty::new())?;
