@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # `make bench`: the full stack (release build, `switchd all`) under
-# `posctl bench` at concurrency 16 and 64, and in the same run pgbench with
+# `posctl bench` at concurrency 16 and 64, the same load as QR payments
+# (`posctl bench --qr`, paid at once) with late ones beside it whose
+# merchant webhooks are timed from the platform's paid time, and in the same run pgbench with
 # a one-row INSERT at the same concurrency as the ceiling the journal's
 # PostgreSQL allows; the same sales as ISO 8583 0200s over the gateway's
 # ISO TLS listeners (`posctl bench --iso`, both profiles); then the
 # settlement run (100,000 transactions, 1,000 merchants), webhook
 # deliveries, and the ISO 8583 codec (criterion, beside the i8583 crate and
 # pyiso8583). Writes bench/results.json and prints a summary.
-# BENCH_EDGE_ONLY=1 stops after the gRPC and ISO edge runs and the codec.
+# BENCH_EDGE_ONLY=1 stops after the gRPC and ISO edge runs and the codec;
+# BENCH_QR_ONLY=1 after the card and QR gRPC runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +41,16 @@ export SWITCH__GATEWAY__MAX_CONCURRENT_STREAMS=1024
 # An ISO 8583 connection carries one message at a time from one terminal:
 # 64 workers over two terminals hold 32 connections each.
 export SWITCH__GATEWAY__MAX_CONNECTIONS_PER_TERMINAL=1024
+# QR: a terminal waits 5 s (a loaded ack still lands in time) and the
+# late shopper pays after 6 s, after it stopped waiting; the switch's own
+# query comes at 5 s and 10 s, so the platform's notification is what
+# tells it. Merchant 1 keeps such a payment (`confirm`), and its endpoint
+# is posctl's, which times each webhook.
+export SWITCH__AUTHORIZATION__QR__TERMINAL_WAIT_MS=5000
+export SWITCH__AUTHORIZATION__QR__QUERY_INTERVAL_MS=5000
+export SWITCH__QR_SIMULATOR__LATE_DELAY_MS=6000
+qr_webhook=127.0.0.1:18086
+qr_webhook_secret=bench-webhook-secret-merchant-1
 # The ISO 8583 listeners beside the gRPC edge, one per profile.
 iso_ascii=127.0.0.1:18583
 iso_cup=127.0.0.1:18584
@@ -51,8 +64,19 @@ profile = "ascii_1987"
 [[gateway.iso_listeners]]
 listen = "$iso_cup"
 profile = "cup_pos"
+
+# Merchant 1's endpoint: only its late QR payments are told of (its card
+# sales in these runs are neither orphans nor paid out).
+[[notifier.endpoints]]
+merchant_id = "MERCHANT0000001"
+url = "http://$qr_webhook/webhooks"
+secret = "$qr_webhook_secret"
+
+[authorization.qr.merchant_policies]
+MERCHANT0000001 = "confirm"
 TOML
 edge_only=${BENCH_EDGE_ONLY:-0}
+qr_only=${BENCH_QR_ONLY:-0}
 orphan_sales=${BENCH_ORPHAN_SALES:-10000}
 orphan_rate=${BENCH_ORPHAN_RATE:-400}
 
@@ -91,6 +115,34 @@ for concurrency in 16 64; do
   results+=("\"posctl_c$concurrency\": $json")
 done
 
+# The same closed loop as QR payments (consumer-presented, paid at once,
+# acknowledged like a terminal that printed the receipt), with 4 late
+# payments a second on TERM0002 whose webhooks are timed (issue 15: QR
+# throughput at least half the card path's; platform's word -> merchant's
+# webhook p99 at most 1 s). QR payments have STANs of their own
+# (qr_payments): 100001.. and 500001.. for the load, 800001.. and 850001..
+# for the late ones. The card runs again with --ack beside them, like for
+# like, in card STANs no other run uses (350001.., 950001..).
+for run in "16 350001" "64 950001"; do
+  read -r concurrency ack_stan <<<"$run"
+  echo "posctl bench --ack: concurrency $concurrency for $duration..." >&2
+  json=$($posctl bench --ack --concurrency "$concurrency" --duration "$duration" --terminals TERM0001,TERM0002 \
+         --stan-start "$ack_stan" --json)
+  echo "$json" >"$out_dir/posctl-ack-c$concurrency.json"
+  results+=("\"posctl_ack_c$concurrency\": $json")
+done
+qr_runs=("16 100001 800001" "64 500001 850001")
+for run in "${qr_runs[@]}"; do
+  read -r concurrency qr_stan late_stan <<<"$run"
+  echo "posctl bench --qr: concurrency $concurrency for $duration, late payments on TERM0002..." >&2
+  json=$($posctl bench --qr --ack --concurrency "$concurrency" --duration "$duration" --terminals TERM0001,TERM0002 \
+         --stan-start "$qr_stan" --late-terminal TERM0002 --late-stan-start "$late_stan" --late-interval 250ms \
+         --webhook-listen "$qr_webhook" --webhook-secret "$qr_webhook_secret" --json)
+  echo "$json" >"$out_dir/posctl-qr-c$concurrency.json"
+  results+=("\"posctl_qr_c$concurrency\": $json")
+done
+
+if [[ $qr_only != 1 ]]; then
 # The same closed loop as ISO 8583 0200s over TLS, each worker its own
 # connection. Each run has its own STAN range on TERM0001/TERM0002, apart
 # from the gRPC runs' (1.., 400001..) and the warm-up's (900001..): 150,000
@@ -125,15 +177,16 @@ results+=("\"iso8583_codec_median_ns\": $codec")
 echo "pyiso8583: encode/decode of the same 0200..." >&2
 pyiso=$("${PYISO8583_PYTHON:?run make pyiso}" scripts/pyiso-bench.py)
 results+=("\"pyiso8583\": $pyiso")
+fi
 
-if [[ $edge_only != 1 ]]; then
+if [[ $edge_only != 1 && $qr_only != 1 ]]; then
 
 # The reversal handler tracks every approval above; orphans are timed only
 # once it has caught up with all of them (and joined its group, which takes
 # seconds on the development broker).
 approved_so_far=$(python3 -c "
 import glob, json
-runs = ['$out_dir/posctl-c16.json', '$out_dir/posctl-c64.json'] + glob.glob('$out_dir/posctl_iso_*.json')
+runs = ['$out_dir/posctl-c16.json', '$out_dir/posctl-c64.json', '$out_dir/posctl-ack-c16.json', '$out_dir/posctl-ack-c64.json'] + glob.glob('$out_dir/posctl_iso_*.json')
 print(500 + sum(json.load(open(run))['approved'] for run in runs))")
 echo "waiting for the reversal handler to catch up with $approved_so_far approvals..." >&2
 for _ in $(seq 1 900); do
@@ -216,10 +269,32 @@ print(f"{'load':<28}{'throughput/s':>14}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{
 for c in (16, 64):
     p = r[f"posctl_c{c}"]
     print(f"{'posctl bench, c=' + str(c):<28}{p['throughput_per_s']:>14.0f}{p['p50_ms']:>9.1f}{p['p90_ms']:>9.1f}{p['p99_ms']:>9.1f}{p['max_ms']:>9.1f}{p['errors']:>8}")
+for c in (16, 64):
+    p = r.get(f"posctl_ack_c{c}")
+    if p is None:
+        continue
+    print(f"{'posctl bench --ack, c=' + str(c):<28}{p['throughput_per_s']:>14.0f}{p['p50_ms']:>9.1f}{p['p90_ms']:>9.1f}{p['p99_ms']:>9.1f}{p['max_ms']:>9.1f}{p['errors']:>8}")
+for c in (16, 64):
+    p = r.get(f"posctl_qr_c{c}")
+    if p is None:
+        continue
+    print(f"{'posctl bench --qr --ack, c=' + str(c):<28}{p['throughput_per_s']:>14.0f}{p['p50_ms']:>9.1f}{p['p90_ms']:>9.1f}{p['p99_ms']:>9.1f}{p['max_ms']:>9.1f}{p['errors']:>8}")
 for key, p in r.items():
     if key.startswith("posctl_iso_"):
         label = f"ISO {p['edge'].split()[-1]} c={p['concurrency']}"
         print(f"{label:<28}{p['throughput_per_s']:>14.0f}{p['p50_ms']:>9.1f}{p['p90_ms']:>9.1f}{p['p99_ms']:>9.1f}{p['max_ms']:>9.1f}{p['errors']:>8}")
+for c in (16, 64):
+    p = r.get(f"posctl_qr_c{c}")
+    if p is None:
+        continue
+    n = p["notification_to_webhook"]
+    ratio = p["throughput_per_s"] / r[f"posctl_ack_c{c}"]["throughput_per_s"]
+    bare = p["throughput_per_s"] / r[f"posctl_c{c}"]["throughput_per_s"]
+    print(f"QR c={c}: {ratio:.2f}x the acknowledged card path's throughput ({bare:.2f}x the unacknowledged; target >= 0.5); {n['late_payments']} late payments,"
+          f" {n['webhooks']} webhooks ({n['missing']} missing), paid -> webhook p50 {n['p50_ms']} ms,"
+          f" p99 {n['p99_ms']} ms, max {n['max_ms']} ms (target p99 <= {n['target_p99_ms']} ms)")
+if "iso8583_codec_median_ns" not in r:
+    sys.exit(0)
 codec, py = r["iso8583_codec_median_ns"], r["pyiso8583"]
 print("\nISO 8583 codec, 0200 sale of 15 fields, median ns per operation:")
 for key, ns in codec.items():

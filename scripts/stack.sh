@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts or stops `switchd all` (issuer simulator, authorization, terminal
-# gateway, reversal handler, settlement batcher, notifier) in the background, logging to .run/switchd.log.
+# Starts or stops `switchd all` (issuer simulator, QR platform simulator,
+# authorization with its QR notification receiver, terminal gateway,
+# reversal handler, settlement batcher, notifier) in the background, logging to .run/switchd.log.
 set -euo pipefail
 cmd=${1:?usage: stack.sh up|down}
 run_dir=${RUN_DIR:-.run}
@@ -25,9 +26,10 @@ up)
     nohup "$bin" all >"$log" 2>&1 &
     echo $! >"$pid_file"
     for _ in $(seq 1 150); do
-      if port_open 50051 && port_open 50052 && port_open 50053 && port_open 50054 && port_open 50055 && port_open 50070; then
+      if port_open 50051 && port_open 50052 && port_open 50053 && port_open 50054 && port_open 50055 && port_open 50070 && port_open 50080 && port_open 50081; then
         echo "stack: switchd all is up (pid $(cat "$pid_file"), log $log)"
         echo "       terminal gateway https://localhost:50051 (mTLS, terminal CA); internal, mTLS with the service CA: authorization :50052, reversal handler :50053, settlement :50054, notifier :50055, issuer simulator :50070"
+        echo "       QR platform simulator https://localhost:50080 (dev server certificate), notifying authorization's receiver https://127.0.0.1:50081/qr/notify"
         exit 0
       fi
       if ! kill -0 "$(cat "$pid_file")" 2>/dev/null; then

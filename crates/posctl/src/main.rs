@@ -27,6 +27,8 @@ mod iso;
 mod operator;
 mod output;
 mod qr;
+mod qr_bench;
+mod qr_image;
 mod settlement;
 mod watch;
 mod webhooks;
@@ -256,6 +258,27 @@ struct BenchArgs {
     /// Plain TCP to a lab ISO listener (`plain_tcp_for_lab`; with --iso).
     #[arg(long, requires = "iso")]
     iso_plain: bool,
+    /// With --qr: this terminal also starts a payment the shopper confirms
+    /// late (after it stopped waiting) every --late-interval, and each
+    /// one's merchant webhook is timed from the platform's paid time.
+    #[arg(long, requires = "qr", value_parser = TerminalId::parse)]
+    late_terminal: Option<TerminalId>,
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    late_interval: Duration,
+    /// The late terminal's merchant endpoint, played by posctl (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:18086")]
+    webhook_listen: std::net::SocketAddr,
+    #[arg(long, env = "POSCTL_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// The QR platform simulator, whose ledger says when each was paid.
+    #[arg(long, default_value = "https://localhost:50080")]
+    qr_platform: String,
+    /// How long the last late payment's webhook may take after the load.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    late_settle: Duration,
+    /// First STAN of the late terminal's payments.
+    #[arg(long, default_value_t = 800_001, value_parser = clap::value_parser!(u32).range(1..=999_999))]
+    late_stan_start: u32,
 }
 
 #[derive(Debug, Args)]
@@ -627,8 +650,34 @@ async fn run(cli: Cli) -> Result<()> {
                     }),
                 },
             };
+            let probe = match &args.late_terminal {
+                Some(terminal) => Some(
+                    qr_bench::start(
+                        &options,
+                        qr_bench::ProbeConfig {
+                            terminal: terminal.clone(),
+                            interval: args.late_interval,
+                            webhook_listen: args.webhook_listen,
+                            webhook_secret: args
+                                .webhook_secret
+                                .clone()
+                                .context("--late-terminal needs --webhook-secret")?,
+                            platform_url: args.qr_platform.clone(),
+                            certs_dir: cli.certs_dir.clone(),
+                            local_date: config.local_date.clone(),
+                            stan_start: args.late_stan_start,
+                            settle: args.late_settle,
+                        },
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
             let summary = bench::run(&options, config).await?;
-            bench::print_summary(&summary, cli.json)
+            match probe {
+                None => bench::print_summary(&summary, cli.json),
+                Some(probe) => qr_bench::print(&summary, &probe.finish().await?, cli.json),
+            }
         }
         Command::BrokerBench(args) => broker_bench::run(args).await,
         Command::Events(args) => {
@@ -1011,6 +1060,17 @@ mod tests {
         .unwrap();
         assert!(matches!(cli.command, Command::Qr(_)));
         assert!(Cli::try_parse_from(["posctl", "qr", "order", "--amount", "500"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["posctl", "qr", "order", "--amount", "500", "--png", "o.png"])
+                .is_ok()
+        );
+        assert!(
+            Cli::try_parse_from(["posctl", "bench", "--late-terminal", "TERM0003"]).is_err(),
+            "late payments are QR payments"
+        );
+        assert!(
+            Cli::try_parse_from(["posctl", "bench", "--qr", "--late-terminal", "TERM0003"]).is_ok()
+        );
         assert!(
             Cli::try_parse_from([
                 "posctl",

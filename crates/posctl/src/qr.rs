@@ -81,6 +81,9 @@ struct OrderArgs {
     stan: Option<Stan>,
     #[arg(long, value_parser = LocalDate::parse)]
     date: Option<LocalDate>,
+    /// Also write the code as a QR image (PNG) to this file.
+    #[arg(long, value_name = "FILE")]
+    png: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +233,7 @@ pub async fn run_qr(
                 .payment
                 .ok_or_else(|| anyhow::anyhow!("the gateway answered without the payment"))?;
             print(&record, Some(response.duplicate), as_json);
+            crate::qr_image::show_order(&record.code, order.png.as_deref(), as_json)?;
         }
         QrCommand::Status(status) => {
             let record = client

@@ -229,17 +229,18 @@ async fn receive(
     })
 }
 
-/// Serves webhooks on `--address` and prints each until `--count`
-/// deliveries (or Ctrl-C).
-pub async fn run_webhooks(args: WebhooksArgs, json: bool) -> Result<()> {
-    let WebhooksCommand::Listen(args) = args.command;
-    let listener = TcpListener::bind(args.address)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.address))?;
-    let address = listener.local_addr()?;
-    eprintln!("Listening for webhooks on http://{address}/");
-    let secret: Arc<str> = Arc::from(args.secret.as_str());
-    let (tx, mut rx) = mpsc::unbounded_channel();
+/// Serves the merchant's endpoint on `listener` until the task is
+/// aborted, handing over every delivery, verified with `secret`, as it
+/// arrives (`posctl bench --qr` times them).
+pub fn serve(
+    listener: TcpListener,
+    secret: &str,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::UnboundedReceiver<Delivery>,
+) {
+    let secret: Arc<str> = Arc::from(secret);
+    let (tx, rx) = mpsc::unbounded_channel();
     let server = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -257,6 +258,19 @@ pub async fn run_webhooks(args: WebhooksArgs, json: bool) -> Result<()> {
             });
         }
     });
+    (server, rx)
+}
+
+/// Serves webhooks on `--address` and prints each until `--count`
+/// deliveries (or Ctrl-C).
+pub async fn run_webhooks(args: WebhooksArgs, json: bool) -> Result<()> {
+    let WebhooksCommand::Listen(args) = args.command;
+    let listener = TcpListener::bind(args.address)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.address))?;
+    let address = listener.local_addr()?;
+    eprintln!("Listening for webhooks on http://{address}/");
+    let (server, mut rx) = serve(listener, &args.secret);
     let mut seen = HashSet::new();
     let mut received = 0_u64;
     while let Some(delivery) = rx.recv().await {

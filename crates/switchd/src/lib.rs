@@ -95,6 +95,47 @@ impl SwitchdConfig {
     }
 }
 
+/// Where `switchd all` receives the QR platform's notifications in
+/// development, beside the simulator's own `127.0.0.1:50080`.
+pub const DEV_QR_NOTIFY_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    50081,
+));
+
+impl SwitchdConfig {
+    /// What `service` runs with once the development defaults that span two
+    /// sections are filled in: in development, `switchd all` runs the QR
+    /// platform simulator, so authorization offers QR payments against it
+    /// and the simulator notifies authorization's receiver. Both ends of
+    /// each link are derived here from one address, so they cannot drift
+    /// apart; a value configured explicitly is kept. Production and single
+    /// services are returned unchanged: there each section says what it
+    /// means, and production refuses the simulator anyway (ADR 28).
+    pub fn resolved_for(mut self, service: Service) -> Self {
+        if service != Service::All || self.environment != Environment::Development {
+            return self;
+        }
+        let qr = self.authorization.qr.get_or_insert_with(Default::default);
+        // The default URL means "the simulator", wherever it listens.
+        if qr.platform_url == authorization::QrConfig::default().platform_url {
+            qr.platform_url = format!("https://{}", self.qr_simulator.listen);
+        }
+        let notify_listen = *qr.notify_listen.get_or_insert(DEV_QR_NOTIFY_LISTEN);
+        if self.qr_simulator.notify_url.is_none() {
+            self.qr_simulator.notify_url = Some(format!(
+                "https://{notify_listen}{}",
+                authorization::qr::NOTIFY_PATH
+            ));
+            // The receiver presents the dev PKI's server certificate, issued
+            // by the CA authorization already trusts for the platform.
+            if self.qr_simulator.notify_ca_path.is_none() {
+                self.qr_simulator.notify_ca_path = qr.ca_path.clone();
+            }
+        }
+        self
+    }
+}
+
 /// Which service to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Service {
@@ -499,6 +540,115 @@ mod tests {
             .map(|s| s.key)
             .collect();
         assert_eq!(lab_keys, ["gateway.iso_listeners[0].plain_tcp_for_lab"]);
+    }
+
+    #[test]
+    fn switchd_all_in_development_runs_qr_with_the_simulator_notifying_the_receiver() {
+        let config = SwitchdConfig::default().resolved_for(Service::All);
+        let qr = config.authorization.qr.as_ref().expect("QR is on");
+        assert_eq!(qr.notify_listen, Some(DEV_QR_NOTIFY_LISTEN));
+        assert_eq!(qr.platform_url, "https://127.0.0.1:50080");
+        assert_eq!(
+            config.qr_simulator.notify_url.as_deref(),
+            Some("https://127.0.0.1:50081/qr/notify")
+        );
+        assert_eq!(config.qr_simulator.notify_ca_path, qr.ca_path);
+        assert!(qr.ca_path.is_some(), "the receiver's CA is trusted");
+        // Its own listen address is distinct from every service's.
+        assert!(
+            SERVICES
+                .iter()
+                .all(|s| (s.listen)(&config) != DEV_QR_NOTIFY_LISTEN)
+        );
+        let lab = SwitchdConfig {
+            internal_tls: InternalTlsConfig::plaintext_for_lab(),
+            ..config
+        };
+        // (`all` would also check the gateway's certificate files.)
+        for service in [Service::Authorization, Service::QrSimulator] {
+            lab.validate_for(service)
+                .expect("the derived sections are valid");
+        }
+    }
+
+    #[test]
+    fn each_derived_address_follows_the_one_it_is_derived_from() {
+        let mut moved = SwitchdConfig::default();
+        moved.qr_simulator.listen = SocketAddr::from(([127, 0, 0, 1], 60080));
+        moved.authorization.qr = Some(authorization::QrConfig {
+            notify_listen: Some(SocketAddr::from(([127, 0, 0, 1], 60081))),
+            ..Default::default()
+        });
+        let moved = moved.resolved_for(Service::All);
+        let qr = moved.authorization.qr.as_ref().expect("QR is on");
+        assert_eq!(qr.platform_url, "https://127.0.0.1:60080");
+        assert_eq!(
+            moved.qr_simulator.notify_url.as_deref(),
+            Some("https://127.0.0.1:60081/qr/notify")
+        );
+        // What is configured explicitly is kept.
+        let mut explicit = SwitchdConfig::default();
+        explicit.qr_simulator.notify_url = Some("https://switch.lab:8443/qr/notify".into());
+        explicit.authorization.qr = Some(authorization::QrConfig {
+            platform_url: "https://qr.lab:443".into(),
+            ..Default::default()
+        });
+        let explicit = explicit.resolved_for(Service::All);
+        assert_eq!(
+            explicit.qr_simulator.notify_url.as_deref(),
+            Some("https://switch.lab:8443/qr/notify")
+        );
+        assert_eq!(explicit.qr_simulator.notify_ca_path, None);
+        assert_eq!(
+            explicit.authorization.qr.expect("kept").platform_url,
+            "https://qr.lab:443"
+        );
+    }
+
+    #[test]
+    fn windows_set_from_the_environment_keep_the_derived_links() {
+        let settings: SwitchdConfig = switch_platform::config::load_with_env(
+            None,
+            vec![(
+                "SWITCH__AUTHORIZATION__QR__TERMINAL_WAIT_MS".to_owned(),
+                "1500".to_owned(),
+            )],
+        )
+        .expect("loads");
+        let settings = settings.resolved_for(Service::All);
+        let qr = settings.authorization.qr.as_ref().expect("QR is on");
+        assert_eq!(qr.terminal_wait_ms, 1_500);
+        assert_eq!(qr.notify_listen, Some(DEV_QR_NOTIFY_LISTEN));
+        assert!(settings.qr_simulator.notify_url.is_some());
+    }
+
+    #[test]
+    fn production_and_single_services_get_no_development_qr() {
+        let production = production_ready().resolved_for(Service::All);
+        assert!(production.authorization.qr.is_none());
+        assert!(production.qr_simulator.notify_url.is_none());
+        // Production `all` still refuses the simulators it would run.
+        let all: Vec<String> = production
+            .development_settings_for(Service::All)
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        assert_eq!(all, ["issuer_simulator", "qr_simulator"]);
+        // A QR section copied from a laptop is refused in production, named.
+        let mut copied = production_ready();
+        copied.authorization.qr = SwitchdConfig::default()
+            .resolved_for(Service::All)
+            .authorization
+            .qr;
+        assert_eq!(
+            refused_keys(&copied, Service::Authorization),
+            ["authorization.qr.key", "authorization.qr.platform_url"]
+        );
+        for service in [Service::Authorization, Service::QrSimulator] {
+            let one = SwitchdConfig::default().resolved_for(service);
+            assert!(one.authorization.qr.is_none(), "{service:?}");
+            assert!(one.qr_simulator.notify_url.is_none(), "{service:?}");
+        }
     }
 
     #[test]

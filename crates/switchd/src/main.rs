@@ -62,6 +62,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let loaded: Result<SwitchdConfig, ConfigError> =
         config::load(cli.config.as_deref()).and_then(|c: SwitchdConfig| {
+            let c = match cli.service {
+                Some(service) => c.resolved_for(service),
+                None => c,
+            };
             match cli.service {
                 _ if cli.dump_config => {}
                 Some(service) => c.validate_for(service)?,

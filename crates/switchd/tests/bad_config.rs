@@ -184,3 +184,47 @@ fn a_production_secret_read_from_a_file_lets_the_check_pass_that_key() {
     assert!(!stderr.contains("`authorization.pan_hash_key`"), "{stderr}");
     assert!(stderr.contains("`database.password`"), "{stderr}");
 }
+
+/// `switchd all` on a laptop runs QR against its simulator: the effective
+/// configuration shows both ends of the notification link from one address,
+/// and a bad QR window set from the environment is still named.
+#[test]
+fn all_in_development_shows_the_derived_qr_link_and_names_a_bad_qr_window() {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchd"))
+        .args(["--dump-config", "all"])
+        .env_clear()
+        .output()
+        .expect("switchd runs");
+    let dumped = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(dumped.contains("[authorization.qr]"), "{dumped}");
+    assert!(
+        dumped.contains("notify_listen = \"127.0.0.1:50081\""),
+        "{dumped}"
+    );
+    assert!(
+        dumped.contains("notify_url = \"https://127.0.0.1:50081/qr/notify\""),
+        "{dumped}"
+    );
+    let one = Command::new(env!("CARGO_BIN_EXE_switchd"))
+        .args(["--dump-config", "authorization"])
+        .env_clear()
+        .output()
+        .expect("switchd runs");
+    assert!(
+        !String::from_utf8_lossy(&one.stdout).contains("[authorization.qr]"),
+        "a single service runs QR only where it is configured"
+    );
+
+    let output = switchd("all", &[("SWITCH__AUTHORIZATION__QR__QUERY_LIMIT_MS", "1")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("authorization.qr.query_limit_ms"),
+        "{stderr}"
+    );
+}

@@ -38,7 +38,7 @@ use tonic::Status;
 pub use api::QrApi;
 pub use config::{DEV_KEY, QrConfig};
 pub use link::QrLink;
-pub use receiver::serve_notifications;
+pub use receiver::{NOTIFY_PATH, serve_notifications};
 pub use refunds::RefundView;
 pub use store::{QrAction, QrJournal, QrTarget};
 pub use worker::QrWorker;

@@ -27,6 +27,11 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{QrError, QrShell};
 
+/// The path the platform is told to notify (its `notify_url`). The receiver
+/// answers a `POST` on any path, so this names the convention every
+/// configuration that points a platform here shares.
+pub const NOTIFY_PATH: &str = "/qr/notify";
+
 const MAX_BODY_BYTES: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
