@@ -95,8 +95,6 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end -}}
 {{- end -}}
 
-{{- end -}}
-
 {{/* The URL another service calls a component at. */}}
 {{- define "switch.url" -}}
 {{- $values := index .root.Values .values -}}
