@@ -381,3 +381,116 @@ async fn a_kill_9_of_the_notifier_mid_retry_loses_no_delivery() {
     pool.close().await;
     let _ = switch_platform::db::drop_schema(&database.url, &schema).await;
 }
+
+/// SIGTERM while webhooks are in flight to a slow merchant (issue 16, part
+/// 4): the notifier lets them finish within its grace period and records
+/// them, so the notifier that takes over sends every other one and none
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigterm_of_the_notifier_mid_delivery_sends_each_webhook_once() {
+    const EVENTS: usize = 12;
+    let prefix = unique_suffix();
+    let receiver = WebhookReceiver::start().await;
+    // Each answer takes a second: the signal finds deliveries in flight.
+    receiver.answer_after(Duration::from_secs(1));
+    let config_dir = TempDir::new(&prefix).unwrap();
+    let config_file = config_dir.path().join("switchd.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[shutdown]\ngrace_period_ms = 10000\n\n\
+             [notifier]\nmax_in_flight_per_endpoint = 4\n\n\
+             [[notifier.endpoints]]\nmerchant_id = \"MERCHANT0000001\"\nurl = \"{}\"\n\
+             secret = \"{SECRET_1}\"\n",
+            receiver.url()
+        ),
+    )
+    .unwrap();
+    let listen = free_address().await;
+    let env = switchd_env(
+        &prefix,
+        &[
+            ("SWITCH_CONFIG", config_file.display().to_string()),
+            ("SWITCH__NOTIFIER__LISTEN", listen.to_string()),
+        ],
+    );
+    let mut first = SwitchdProcess::spawn("notifier", &env);
+    first
+        .wait_until_healthy(listen, "switch.v1.NotifierService")
+        .await;
+    let kafka = KafkaConfig {
+        brokers: kafka_brokers(),
+        topic_prefix: format!("{prefix}."),
+        ..KafkaConfig::default()
+    };
+    let producer = kafka.producer().unwrap();
+    let mut events = Vec::new();
+    for _ in 0..EVENTS {
+        let event = reversal_event(&uuid::Uuid::new_v4().to_string());
+        producer
+            .send(
+                FutureRecord::to(&kafka.topic(topics::AUTHORIZATION_EVENTS))
+                    .key(&event.transaction_id)
+                    .payload(&event.encode_to_vec()),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("the broker takes the event");
+        events.push(event.event_id);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while receiver.arrived() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no webhook sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.send_sigterm();
+    let exit = first
+        .exit_within(Duration::from_secs(30))
+        .await
+        .expect("the notifier exits within its grace period");
+    assert!(exit.success(), "a clean exit: {exit}");
+    let answered_before = receiver.received().len();
+    assert_eq!(
+        answered_before,
+        receiver.arrived(),
+        "every webhook in flight at the signal was answered before the exit"
+    );
+
+    receiver.answer_after(Duration::ZERO);
+    let mut second = SwitchdProcess::spawn("notifier", &env);
+    let database = DatabaseConfig {
+        url: database_url(),
+        schema_prefix: format!("{prefix}_"),
+        ..DatabaseConfig::default()
+    };
+    let schema = database.schema_for(notifier::SERVICE_NAME);
+    let pool = switch_platform::db::connect(&database, &schema)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let delivered: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE state = 'delivered'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if delivered == i64::try_from(EVENTS).unwrap() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never all delivered");
+        assert!(second.exited().is_none(), "the second notifier stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(second.terminate().success());
+    let received = receiver.received();
+    for event_id in &events {
+        let sent = received.iter().filter(|r| &r.event_id == event_id).count();
+        assert_eq!(sent, 1, "event {event_id} sent {sent} times: {received:?}");
+    }
+    assert!(
+        (1..EVENTS).contains(&answered_before),
+        "the signal came mid-way: {answered_before} of {EVENTS} answered before it"
+    );
+    pool.close().await;
+    let _ = switch_platform::db::drop_schema(&database.url, &schema).await;
+}

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -38,6 +38,10 @@ pub struct WebhookReceiver {
     pub address: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
+    /// How long each answer is held back, in ms.
+    delay_ms: Arc<AtomicU64>,
+    /// Requests that arrived, answered or not yet.
+    arrived: Arc<AtomicUsize>,
 }
 
 impl WebhookReceiver {
@@ -48,6 +52,8 @@ impl WebhookReceiver {
             address: listener.local_addr().expect("a bound address"),
             received: Arc::default(),
             status: Arc::new(AtomicU16::new(200)),
+            delay_ms: Arc::default(),
+            arrived: Arc::default(),
         };
         let serving = receiver.clone();
         tokio::spawn(async move {
@@ -76,6 +82,19 @@ impl WebhookReceiver {
         self.status.store(status, Ordering::SeqCst);
     }
 
+    /// Holds every following answer back by `delay`: a slow merchant.
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        self.delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// How many requests arrived, whether answered yet or not.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().expect("not poisoned").clone()
     }
@@ -90,6 +109,11 @@ impl WebhookReceiver {
                 .to_owned()
         };
         let (signature, event_id) = (header("switch-signature"), header("switch-event-id"));
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         let body = match request.into_body().collect().await {
             Ok(body) => body.to_bytes().to_vec(),
             Err(_) => Vec::new(),

@@ -149,7 +149,7 @@ pub async fn worker_pool(pool: &sqlx::PgPool) -> Result<sqlx::PgPool, sqlx::Erro
 /// listener, the outbox relay of terminal messages and its wake-up
 /// listener, and serves `NotifierService` with health and reflection. On
 /// shutdown it stops them and waits for them; the worker lets requests in
-/// flight finish for a few seconds and gives the rest back.
+/// flight finish within the drain's grace period and gives the rest back.
 pub async fn serve(
     database: &DatabaseConfig,
     kafka: &KafkaConfig,
@@ -160,6 +160,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     config.validate()?;
     internal_tls.validate_for(SERVICE_NAME)?;
+    let shutdown = shutdown.into();
     let pool = switch_platform::db::connect(database, &database.schema_for(SERVICE_NAME)).await?;
     MIGRATOR.run(&pool).await?;
     seed_endpoints(&pool, &config.endpoints).await?;
@@ -178,7 +179,8 @@ pub async fn serve(
     .map_err(|error| ServeError::Start {
         what: "http client",
         reason: error.to_string(),
-    })?;
+    })?
+    .shutdown_grace(shutdown.timing.grace_period);
     let relay = OutboxRelay::new(pool.clone(), kafka.producer()?, config.outbox.clone());
     let planner = DeliveryPlanner::new(
         channel.clone(),

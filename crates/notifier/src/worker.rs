@@ -45,7 +45,8 @@ const MAX_RESPONSE_DRAIN: usize = 64 * 1024;
 /// Longest error text kept on a delivery.
 const MAX_ERROR_LEN: usize = 300;
 /// How long a stopping worker lets requests in flight finish before it
-/// gives their deliveries back.
+/// gives their deliveries back, unless the service's drain says otherwise
+/// ([`Worker::shutdown_grace`]).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a database error before the worker tries again.
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
@@ -102,9 +103,19 @@ pub struct Worker {
     metrics: Metrics,
     /// What is due, when an attempt started and finished, when a retry is.
     clock: SharedClock,
+    /// How long a stopping worker lets requests in flight finish.
+    shutdown_grace: Duration,
 }
 
 impl Worker {
+    /// The service's grace period (`[shutdown]`): what the requests in
+    /// flight get to finish when the worker stops.
+    #[must_use]
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// A worker woken through `wake` (see [`listen`]).
     pub fn new(
         pool: PgPool,
@@ -119,6 +130,7 @@ impl Worker {
             wake,
             metrics: Metrics::new(),
             clock,
+            shutdown_grace: SHUTDOWN_GRACE,
         })
     }
 
@@ -239,7 +251,7 @@ impl Worker {
         results: mpsc::Sender<Done>,
         recorder: tokio::task::JoinHandle<()>,
     ) {
-        let grace = tokio::time::sleep(SHUTDOWN_GRACE.min(self.config.request_timeout()));
+        let grace = tokio::time::sleep(self.shutdown_grace.min(self.config.request_timeout()));
         tokio::pin!(grace);
         loop {
             tokio::select! {
