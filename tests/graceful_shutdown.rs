@@ -5,22 +5,26 @@
 //!   a sale sent during the unready delay (a load balancer that has not
 //!   noticed yet) is still served, every sale in flight is answered and
 //!   journaled, and the process exits cleanly within its budget;
-//! - the reversal handler while it reverses a batch of orphans: it stops
-//!   between batches and commits what it processed, so no event it applied
-//!   lies past its group's committed offsets (its next owner would apply
-//!   it again), and a second handler finishes the batch with every orphan
-//!   reversed exactly once at the issuer.
+//! - the gateway with terminal sales in flight over mutual TLS: the same,
+//!   for terminals;
+//! - the reversal handler while it reverses a batch of orphans, and the
+//!   settlement batcher while approvals stream in: each stops between
+//!   batches and commits what it applied, so no event it applied lies past
+//!   its group's committed offsets (its next owner would apply it again);
+//!   a second process finishes, every orphan reversed exactly once at the
+//!   issuer, every approval in the ledger once.
+//!
+//! The notifier's (webhooks in flight to a slow merchant, each sent once
+//! across the restart) is in `notifications.rs`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use switch_e2e::offsets::applied_past_commit;
 use switch_e2e::v1::authorization_service_client::AuthorizationServiceClient;
 use switch_e2e::v1::issuer_control_client::IssuerControlClient;
-use switch_e2e::v1::{AuthorizationStatus, EventEnvelope, FaultPlan, StatsRequest};
+use switch_e2e::v1::{AuthorizationStatus, FaultPlan, StatsRequest};
 use switch_e2e::{
     SwitchdProcess, authorize_request, database_url, free_address, kafka_brokers, spawn_issuer,
     switchd_env, unique_suffix,
@@ -235,87 +239,6 @@ async fn authorization_answers_every_sale_in_flight_and_those_sent_while_it_was_
         .unwrap();
 }
 
-/// Every message of `topics` up to the current end, with its partition
-/// and offset.
-fn read_topics(topics: &[String]) -> Vec<(String, i32, i64, EventEnvelope)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", format!("reader-{}", unique_suffix()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for topic in topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
-        for partition in metadata.topics()[0].partitions() {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-                .unwrap();
-            if high > 0 {
-                assignment
-                    .add_partition_offset(topic, partition.id(), Offset::Beginning)
-                    .unwrap();
-                ends.insert((topic.clone(), partition.id()), high);
-            }
-        }
-    }
-    let mut messages = Vec::new();
-    if ends.is_empty() {
-        return messages;
-    }
-    consumer.assign(&assignment).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut done: HashSet<(String, i32)> = HashSet::new();
-    while done.len() < ends.len() {
-        assert!(Instant::now() < deadline, "read the topics within 30 s");
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        let key = (message.topic().to_owned(), message.partition());
-        let envelope = EventEnvelope::decode(message.payload().unwrap_or_default()).unwrap();
-        if message.offset() + 1 >= ends[&key] {
-            done.insert(key.clone());
-        }
-        if message.offset() < ends[&key] {
-            messages.push((key.0, key.1, message.offset(), envelope));
-        }
-    }
-    messages
-}
-
-/// The offsets `group` has committed on `topics`.
-fn committed(group: &str, topics: &[String]) -> HashMap<(String, i32), i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut wanted = TopicPartitionList::new();
-    for topic in topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
-        for partition in metadata.topics()[0].partitions() {
-            wanted.add_partition(topic, partition.id());
-        }
-    }
-    consumer
-        .committed_offsets(wanted, Duration::from_secs(10))
-        .unwrap()
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(offset) => Some(((e.topic().to_owned(), e.partition()), offset)),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reversal_handler_stopped_mid_batch_commits_what_it_applied_and_nothing_is_reversed_twice()
  {
@@ -436,34 +359,13 @@ async fn a_reversal_handler_stopped_mid_batch_commits_what_it_applied_and_nothin
     .iter()
     .map(|t| kafka.topic(t))
     .collect();
-    let committed = committed(&kafka.group("reversal-handler"), &topics);
     let handler_schema = database.schema_for(reversal_handler::SERVICE_NAME);
     let handler_db = switch_platform::db::connect(&database, &handler_schema)
         .await
         .unwrap();
-    let applied: HashSet<String> =
-        sqlx::query_scalar::<_, String>("SELECT event_id::text FROM processed_events")
-            .fetch_all(&handler_db)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
-    assert!(!applied.is_empty(), "the first handler applied events");
-    let messages = read_topics(&topics);
-    let past_commit: Vec<_> = messages
-        .iter()
-        .filter(|(topic, partition, offset, envelope)| {
-            applied.contains(&envelope.event_id)
-                && *offset
-                    >= committed
-                        .get(&(topic.clone(), *partition))
-                        .copied()
-                        .unwrap_or(0)
-        })
-        .map(|(topic, partition, offset, envelope)| {
-            format!("{topic}/{partition}@{offset} {}", envelope.event_type)
-        })
-        .collect();
+    let (applied, past_commit) =
+        applied_past_commit(&handler_db, &kafka.group("reversal-handler"), &topics).await;
+    assert!(applied > 0, "the first handler applied events");
     assert!(
         past_commit.is_empty(),
         "applied but not committed, so applied again by the next owner: {past_commit:?}"
@@ -500,5 +402,309 @@ async fn a_reversal_handler_stopped_mid_batch_commits_what_it_applied_and_nothin
     handler_db.close().await;
     for schema in [journal_schema, handler_schema] {
         let _ = switch_platform::db::drop_schema(&database.url, &schema).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_settlement_batcher_stopped_while_approvals_stream_in_commits_what_it_recorded() {
+    const SALES: usize = 40;
+    let prefix = unique_suffix();
+    let stop = CancellationToken::new();
+    let issuer = spawn_issuer(&stop).await;
+    let authorization_listen = free_address().await;
+    let settlement_listen = free_address().await;
+    let payouts = switch_e2e::TempDir::new(&prefix).unwrap();
+    let mut env = switchd_env(
+        &prefix,
+        &[
+            (
+                "SWITCH__AUTHORIZATION__LISTEN",
+                authorization_listen.to_string(),
+            ),
+            (
+                "SWITCH__AUTHORIZATION__ISSUER_ENDPOINT",
+                format!("http://{issuer}"),
+            ),
+            (
+                "SWITCH__AUTHORIZATION__OUTBOX__POLL_INTERVAL_MS",
+                "100".to_owned(),
+            ),
+            ("SWITCH__SETTLEMENT__LISTEN", settlement_listen.to_string()),
+            (
+                "SWITCH__SETTLEMENT__AUTHORIZATION_ENDPOINT",
+                format!("http://{authorization_listen}"),
+            ),
+            ("SWITCH__SETTLEMENT__SCHEDULER_ENABLED", "false".to_owned()),
+            (
+                "SWITCH__SETTLEMENT__PAYOUT_DIR",
+                payouts.path().display().to_string(),
+            ),
+        ],
+    );
+    env.extend(shutdown_env().map(|(k, v)| (k.to_owned(), v)));
+    // The batcher consumes through its unready delay; without one it stops
+    // while approvals are still coming.
+    env.push(("SWITCH__SHUTDOWN__UNREADY_DELAY_MS".into(), "0".into()));
+    let mut authorization = SwitchdProcess::spawn("authorization", &env);
+    authorization
+        .wait_until_healthy(authorization_listen, AUTHORIZATION)
+        .await;
+    let mut first = SwitchdProcess::spawn("settlement-batcher", &env);
+    first.wait_until_healthy(settlement_listen, "").await;
+
+    // Approvals keep coming while the batcher is told to stop.
+    let client = AuthorizationServiceClient::connect(format!("http://{authorization_listen}"))
+        .await
+        .unwrap();
+    let sales = tokio::spawn(async move {
+        let mut client = client;
+        for i in 0..SALES {
+            let record = client
+                .authorize(authorize_request(
+                    "TERM0001",
+                    &format!("{:06}", 700 + i),
+                    1_000,
+                ))
+                .await
+                .expect("authorization serves throughout")
+                .into_inner()
+                .authorization
+                .unwrap();
+            assert_eq!(record.status(), AuthorizationStatus::Approved);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let database = DatabaseConfig {
+        url: database_url(),
+        schema_prefix: format!("{prefix}_"),
+        ..DatabaseConfig::default()
+    };
+    let ledger_schema = database.schema_for(settlement_batcher::SERVICE_NAME);
+    let ledger = switch_platform::db::connect(&database, &ledger_schema)
+        .await
+        .unwrap();
+    let recorded = async || -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM transactions")
+            .fetch_one(&ledger)
+            .await
+            .unwrap()
+    };
+    within("the first approvals in the ledger", 60, async || {
+        (recorded().await > 0).then_some(())
+    })
+    .await;
+    first.send_sigterm();
+    let exit = first
+        .exit_within(Duration::from_millis(
+            UNREADY_DELAY_MS + GRACE_PERIOD_MS + 5_000,
+        ))
+        .await
+        .expect("the batcher exits within its unready delay and grace period");
+    assert!(exit.success(), "a clean exit: {exit}");
+    let kafka = switch_platform::kafka::KafkaConfig {
+        brokers: kafka_brokers(),
+        topic_prefix: format!("{prefix}."),
+        ..switch_platform::kafka::KafkaConfig::default()
+    };
+    let topics = [kafka.topic(switch_platform::kafka::topics::AUTHORIZATION_EVENTS)];
+    let (applied, past_commit) =
+        applied_past_commit(&ledger, &kafka.group("settlement-batcher"), &topics).await;
+    assert!(applied > 0, "the first batcher applied events");
+    assert!(
+        past_commit.is_empty(),
+        "applied but not committed, so applied again by the next owner: {past_commit:?}"
+    );
+    let before = recorded().await;
+    assert!(
+        before < i64::try_from(SALES).unwrap(),
+        "stopped mid-stream: {before} of {SALES} recorded"
+    );
+
+    sales.await.expect("every sale approved");
+    let mut second = SwitchdProcess::spawn("settlement-batcher", &env);
+    second.wait_until_healthy(settlement_listen, "").await;
+    within("every approval in the ledger", 90, async || {
+        (recorded().await == i64::try_from(SALES).unwrap()).then_some(())
+    })
+    .await;
+    let unconfirmed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM transactions WHERE status = 'unconfirmed'")
+            .fetch_one(&ledger)
+            .await
+            .unwrap();
+    assert_eq!(unconfirmed, i64::try_from(SALES).unwrap());
+    assert!(second.terminate().success());
+    assert!(authorization.terminate().success());
+    stop.cancel();
+    ledger.close().await;
+    for service in [
+        authorization::SERVICE_NAME,
+        settlement_batcher::SERVICE_NAME,
+    ] {
+        let _ =
+            switch_platform::db::drop_schema(&database.url, &database.schema_for(service)).await;
+    }
+}
+
+/// A terminal's client over mutual TLS to the gateway at `gateway`.
+fn terminal_client(
+    pki: &dev_certs::DevPki,
+    gateway: SocketAddr,
+) -> switch_e2e::v1::terminal_service_client::TerminalServiceClient<Channel> {
+    let cert = pki
+        .terminal_cert("TERM0001", "MERCHANT0000001")
+        .expect("a terminal certificate");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(pki.ca_cert_pem()))
+        .domain_name("localhost")
+        .identity(tonic::transport::Identity::from_pem(
+            &cert.cert_pem,
+            &cert.key_pem,
+        ));
+    switch_e2e::v1::terminal_service_client::TerminalServiceClient::new(
+        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", gateway.port()))
+            .expect("an endpoint")
+            .tls_config(tls)
+            .expect("client TLS")
+            .connect_lazy(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_answers_every_terminal_sale_in_flight_at_sigterm() {
+    const IN_FLIGHT_SALES: usize = 8;
+    let prefix = unique_suffix();
+    let stop = CancellationToken::new();
+    let issuer = spawn_issuer(&stop).await;
+    IssuerControlClient::connect(format!("http://{issuer}"))
+        .await
+        .unwrap()
+        .set_faults(FaultPlan {
+            latency_ms: ISSUER_LATENCY_MS,
+            authorizations_only: true,
+            ..FaultPlan::default()
+        })
+        .await
+        .unwrap();
+    let certs = switch_e2e::TempDir::new(&prefix).unwrap();
+    let pki = dev_certs::DevPki::generate().unwrap();
+    pki.write_dev_layout(certs.path(), dev_certs::DEFAULT_TERMINALS)
+        .unwrap();
+    let path = |name: &str| certs.path().join(name).display().to_string();
+    let (authorization_listen, gateway) = (free_address().await, free_address().await);
+    let mut env = switchd_env(
+        &prefix,
+        &[
+            (
+                "SWITCH__AUTHORIZATION__LISTEN",
+                authorization_listen.to_string(),
+            ),
+            (
+                "SWITCH__AUTHORIZATION__ISSUER_ENDPOINT",
+                format!("http://{issuer}"),
+            ),
+            (
+                "SWITCH__AUTHORIZATION__ISSUER_TIMEOUT_MS",
+                "5000".to_owned(),
+            ),
+            ("SWITCH__GATEWAY__LISTEN", gateway.to_string()),
+            (
+                "SWITCH__GATEWAY__AUTHORIZATION_ENDPOINT",
+                format!("http://{authorization_listen}"),
+            ),
+            ("SWITCH__GATEWAY__TLS__CERT_PATH", path("server.pem")),
+            ("SWITCH__GATEWAY__TLS__KEY_PATH", path("server.key")),
+            ("SWITCH__GATEWAY__TLS__CLIENT_CA_PATH", path("ca.pem")),
+        ],
+    );
+    env.extend(shutdown_env().map(|(k, v)| (k.to_owned(), v)));
+    let mut authorization = SwitchdProcess::spawn("authorization", &env);
+    authorization
+        .wait_until_healthy(authorization_listen, AUTHORIZATION)
+        .await;
+    let mut gateway_process = SwitchdProcess::spawn("terminal-gateway", &env);
+    let terminal = terminal_client(&pki, gateway);
+    // Served once a (slow) sale goes through: the gateway is up.
+    let first = within("the gateway to serve a sale", 60, async || {
+        terminal
+            .clone()
+            .sale(switch_e2e::sale(
+                "TERM0001",
+                "000800",
+                switch_e2e::VISA,
+                1_000,
+            ))
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(
+        first.into_inner().authorization.unwrap().status(),
+        AuthorizationStatus::Approved
+    );
+    let already = issuer_authorizations(issuer).await;
+
+    let in_flight: Vec<_> = (0..IN_FLIGHT_SALES)
+        .map(|i| {
+            let mut terminal = terminal.clone();
+            tokio::spawn(async move {
+                terminal
+                    .sale(switch_e2e::sale(
+                        "TERM0001",
+                        &format!("{:06}", 801 + i),
+                        switch_e2e::VISA,
+                        1_000,
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    within("every sale at the issuer", 30, async || {
+        (issuer_authorizations(issuer).await >= already + u64::try_from(IN_FLIGHT_SALES).unwrap())
+            .then_some(())
+    })
+    .await;
+    gateway_process.send_sigterm();
+    // A terminal that connects during the unready delay is still served.
+    let late = terminal_client(&pki, gateway)
+        .sale(switch_e2e::sale(
+            "TERM0001",
+            "000899",
+            switch_e2e::VISA,
+            1_000,
+        ))
+        .await
+        .expect("a sale sent during the unready delay is served")
+        .into_inner()
+        .authorization
+        .unwrap();
+    assert_eq!(late.status(), AuthorizationStatus::Approved);
+    for call in in_flight {
+        let record = call
+            .await
+            .unwrap()
+            .expect("a sale in flight at the signal is answered")
+            .into_inner()
+            .authorization
+            .unwrap();
+        assert_eq!(record.status(), AuthorizationStatus::Approved);
+    }
+    let exit = gateway_process
+        .exit_within(Duration::from_millis(
+            UNREADY_DELAY_MS + GRACE_PERIOD_MS + 5_000,
+        ))
+        .await
+        .expect("the gateway exits within its unready delay and grace period");
+    assert!(exit.success(), "a clean exit: {exit}");
+    assert!(authorization.terminate().success());
+    stop.cancel();
+    let database = DatabaseConfig {
+        url: database_url(),
+        schema_prefix: format!("{prefix}_"),
+        ..DatabaseConfig::default()
+    };
+    for service in [authorization::SERVICE_NAME, terminal_gateway::SERVICE_NAME] {
+        let _ =
+            switch_platform::db::drop_schema(&database.url, &database.schema_for(service)).await;
     }
 }

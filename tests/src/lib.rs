@@ -39,6 +39,7 @@ pub use switch_proto::v1;
 
 pub mod chaos;
 pub mod iso;
+pub mod offsets;
 pub mod webhook_receiver;
 
 /// Luhn-valid test card numbers used by the suites.
