@@ -57,6 +57,27 @@ fn shutdown_env() -> [(&'static str, String); 2] {
     ]
 }
 
+/// Waits for a process told to stop to exit, cleanly, within its unready
+/// delay and grace period (and a margin).
+async fn exits_cleanly(process: &mut SwitchdProcess) {
+    let exit = process
+        .exit_within(Duration::from_millis(
+            UNREADY_DELAY_MS + GRACE_PERIOD_MS + 5_000,
+        ))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "{} exits within its unready delay and grace period",
+                process.service
+            )
+        });
+    assert!(
+        exit.success(),
+        "a clean exit of {}: {exit}",
+        process.service
+    );
+}
+
 async fn health(address: SocketAddr) -> Option<ServingStatus> {
     let channel = Channel::from_shared(format!("http://{address}"))
         .ok()?
@@ -192,13 +213,7 @@ async fn authorization_answers_every_sale_in_flight_and_those_sent_while_it_was_
         assert_eq!(record.status(), AuthorizationStatus::Approved);
         approved.push(record.transaction_id);
     }
-    let exit = authorization
-        .exit_within(Duration::from_millis(
-            UNREADY_DELAY_MS + GRACE_PERIOD_MS + 5_000,
-        ))
-        .await
-        .expect("authorization exits within its unready delay and grace period");
-    assert!(exit.success(), "a clean exit: {exit}");
+    exits_cleanly(&mut authorization).await;
 
     let database = DatabaseConfig {
         url: database_url(),
@@ -338,13 +353,7 @@ async fn a_reversal_handler_stopped_mid_batch_commits_what_it_applied_and_nothin
     })
     .await;
     first.send_sigterm();
-    let exit = first
-        .exit_within(Duration::from_millis(
-            UNREADY_DELAY_MS + GRACE_PERIOD_MS + 5_000,
-        ))
-        .await
-        .expect("the handler exits within its unready delay and grace period");
-    assert!(exit.success(), "a clean exit: {exit}");
+    exits_cleanly(&mut first).await;
 
     // What the stopped handler applied is all below its committed offsets.
     let kafka = switch_platform::kafka::KafkaConfig {
@@ -494,13 +503,7 @@ async fn the_settlement_batcher_stopped_while_approvals_stream_in_commits_what_i
     })
     .await;
     first.send_sigterm();
-    let exit = first
-        .exit_within(Duration::from_millis(
-            UNREADY_DELAY_MS + GRACE_PERIOD_MS + 5_000,
-        ))
-        .await
-        .expect("the batcher exits within its unready delay and grace period");
-    assert!(exit.success(), "a clean exit: {exit}");
+    exits_cleanly(&mut first).await;
     let kafka = switch_platform::kafka::KafkaConfig {
         brokers: kafka_brokers(),
         topic_prefix: format!("{prefix}."),
@@ -689,13 +692,7 @@ async fn the_gateway_answers_every_terminal_sale_in_flight_at_sigterm() {
             .unwrap();
         assert_eq!(record.status(), AuthorizationStatus::Approved);
     }
-    let exit = gateway_process
-        .exit_within(Duration::from_millis(
-            UNREADY_DELAY_MS + GRACE_PERIOD_MS + 5_000,
-        ))
-        .await
-        .expect("the gateway exits within its unready delay and grace period");
-    assert!(exit.success(), "a clean exit: {exit}");
+    exits_cleanly(&mut gateway_process).await;
     assert!(authorization.terminate().success());
     stop.cancel();
     let database = DatabaseConfig {
