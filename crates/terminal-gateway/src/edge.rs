@@ -12,7 +12,9 @@
 //!   on the CRL; its terminal must not be suspended in the terminal
 //!   registry; then the connection counts against its terminal's maximum;
 //! - the established stream ([`EdgeStream`]) is closed when nothing has
-//!   been received from the terminal for the idle timeout.
+//!   been received from the terminal for the idle timeout, or when its
+//!   client abandons calls faster than its bucket allows
+//!   ([`ClientResets`], HTTP/2 rapid reset).
 //!
 //! The certificate, key, CA, CRL and registry are files ([`EdgeFiles`]),
 //! loaded into one immutable [`EdgeState`] and replaced as a whole when any
@@ -25,6 +27,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -43,9 +46,10 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::transport::server::Connected;
 
+use crate::client_resets::ClientResets;
 use crate::identity::TerminalIdentity;
 use crate::limits::{ConnectionPermit, Connections};
 use crate::metrics::Metrics;
@@ -377,6 +381,9 @@ pub struct AcceptSettings {
     pub idle_timeout: Duration,
     /// TCP keepalive of accepted sockets (`None`: the system's).
     pub tcp_keepalive: Option<Duration>,
+    /// Calls a connection's client may abandon (reset before their
+    /// answer) before the connection is closed.
+    pub client_reset_limit: RateRule,
 }
 
 /// Handshaken connections waiting for the server to take them.
@@ -440,14 +447,7 @@ pub fn incoming_plain_for_lab(
         listener_name,
         stop,
         move |tcp, permit, metrics, tx| {
-            let stream = EdgeStream::new(
-                None,
-                tcp,
-                settings.idle_timeout,
-                metrics,
-                listener_name,
-                permit,
-            );
+            let stream = EdgeStream::new(None, tcp, settings, metrics, listener_name, permit);
             // The backlog is bounded: a full one holds the accept loop,
             // as for TLS connections waiting to be served.
             tokio::spawn(async move {
@@ -548,7 +548,7 @@ async fn establish(
         permit,
         edge,
         deadline,
-        settings.idle_timeout,
+        settings,
         metrics,
         listener_name,
         tx,
@@ -562,7 +562,7 @@ async fn handshake(
     mut permit: ConnectionPermit,
     edge: Edge,
     deadline: Instant,
-    idle_timeout: Duration,
+    settings: AcceptSettings,
     metrics: Metrics,
     listener_name: &'static str,
     tx: mpsc::Sender<io::Result<EdgeStream>>,
@@ -617,7 +617,7 @@ async fn handshake(
     let stream = EdgeStream::new(
         Some(identity),
         tls,
-        idle_timeout,
+        settings,
         metrics,
         listener_name,
         permit,
@@ -629,15 +629,19 @@ async fn handshake(
 /// the terminal has sent nothing for the idle timeout. A live terminal
 /// answers the server's HTTP/2 keepalive pings, so only a silent one (a
 /// slow-loris sending half a frame, a vanished peer) is idle; the gateway's
-/// configuration keeps the idle timeout above a ping's round.
+/// configuration keeps the idle timeout above a ping's round. Also closed
+/// when its [`ClientResets`] says so.
 pub struct EdgeStream<S = TlsStream<TcpStream>> {
     /// Who the verified certificate says is calling: what a listener that
     /// reads terminal ids from its messages (ISO 8583 field 41) checks
     /// them against. `None` only on a lab's plain TCP.
-    identity: Option<TerminalIdentity>,
+    identity: Option<Arc<TerminalIdentity>>,
     inner: S,
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
+    resets: ClientResets,
+    close: CancellationToken,
+    closed_for_resets: Pin<Box<WaitForCancellationFutureOwned>>,
     metrics: Metrics,
     listener_name: &'static str,
     _permit: ConnectionPermit,
@@ -647,16 +651,20 @@ impl<S> EdgeStream<S> {
     fn new(
         identity: Option<TerminalIdentity>,
         inner: S,
-        idle_timeout: Duration,
+        settings: AcceptSettings,
         metrics: Metrics,
         listener_name: &'static str,
         permit: ConnectionPermit,
     ) -> EdgeStream<S> {
+        let resets = ClientResets::new(settings.client_reset_limit, metrics.clone(), listener_name);
         EdgeStream {
-            identity,
+            identity: identity.map(Arc::new),
             inner,
-            idle_timeout,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout: settings.idle_timeout,
+            idle: Box::pin(tokio::time::sleep(settings.idle_timeout)),
+            close: resets.close_signal(),
+            closed_for_resets: Box::pin(resets.close_signal().cancelled_owned()),
+            resets,
             metrics,
             listener_name,
             _permit: permit,
@@ -665,16 +673,37 @@ impl<S> EdgeStream<S> {
 
     /// The terminal of the verified certificate (`None` on plain TCP).
     pub fn identity(&self) -> Option<&TerminalIdentity> {
-        self.identity.as_ref()
+        self.identity.as_deref()
+    }
+}
+
+/// What every request of an edge connection carries (in its extensions):
+/// the terminal its certificate names, verified and parsed once per
+/// connection, and the connection's abandoned-call bucket.
+#[derive(Clone)]
+pub struct EdgeConnectInfo {
+    pub identity: Option<Arc<TerminalIdentity>>,
+    pub remote_addr: Option<SocketAddr>,
+    pub resets: ClientResets,
+}
+
+impl EdgeConnectInfo {
+    pub fn terminal_id(&self) -> Option<Arc<str>> {
+        self.identity
+            .as_ref()
+            .map(|identity| Arc::from(identity.terminal_id.as_str()))
     }
 }
 
 impl Connected for EdgeStream<TlsStream<TcpStream>> {
-    // The same as tonic's own TLS, so `Request::peer_certs` works as before.
-    type ConnectInfo = TlsConnectInfo<TcpConnectInfo>;
+    type ConnectInfo = EdgeConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        EdgeConnectInfo {
+            identity: self.identity.clone(),
+            remote_addr: self.inner.get_ref().0.peer_addr().ok(),
+            resets: self.resets.clone(),
+        }
     }
 }
 
@@ -685,6 +714,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for EdgeStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.closed_for_resets.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(abandoned_too_many()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -715,7 +747,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for EdgeStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.close.is_cancelled() {
+            return Poll::Ready(Err(abandoned_too_many()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -731,10 +767,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for EdgeStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.close.is_cancelled() {
+            return Poll::Ready(Err(abandoned_too_many()));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
+}
+
+fn abandoned_too_many() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the terminal abandoned calls faster than gateway.client_reset_limit allows",
+    )
 }

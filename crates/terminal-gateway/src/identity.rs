@@ -4,6 +4,8 @@
 use tonic::{Request, Status};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::edge::EdgeConnectInfo;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TerminalIdentity {
     pub terminal_id: String,
@@ -14,16 +16,16 @@ pub struct TerminalIdentity {
 }
 
 impl TerminalIdentity {
-    /// Reads the identity from the peer certificate rustls has already
-    /// verified against the terminal CA.
+    /// The identity the edge read from the peer certificate, which rustls
+    /// verified against the terminal CA, when the connection was
+    /// established.
     pub fn of<T>(request: &Request<T>) -> Result<TerminalIdentity, Status> {
-        let certs = request
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("a terminal client certificate is required"))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("a terminal client certificate is required"))?;
-        Self::from_der(leaf.as_ref())
+        request
+            .extensions()
+            .get::<EdgeConnectInfo>()
+            .and_then(|info| info.identity.as_deref())
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("a terminal client certificate is required"))
     }
 
     pub fn from_der(der: &[u8]) -> Result<TerminalIdentity, Status> {

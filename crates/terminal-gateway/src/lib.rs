@@ -39,6 +39,7 @@
 //! `pg_notify` to wake whichever replica holds the terminal's stream), so
 //! replicas can still be added and removed freely.
 
+mod client_resets;
 pub mod edge;
 mod identity;
 pub mod iso;
@@ -144,6 +145,10 @@ pub struct GatewayConfig {
     /// Streams the server may reset for a client's protocol errors before
     /// it closes the connection.
     pub max_local_error_reset_streams: usize,
+    /// Calls a connection's client may abandon (reset before their answer,
+    /// the rapid reset hyper does not see when the server keeps up): a
+    /// token bucket per connection; past it the connection is closed.
+    pub client_reset_limit: RateSetting,
     /// Requests per terminal: a token bucket keyed by the certificate's
     /// terminal id, with overrides per merchant.
     pub rate_limit: RateLimitConfig,
@@ -240,6 +245,12 @@ impl Default for GatewayConfig {
             max_concurrent_streams: 32,
             max_pending_reset_streams: 20,
             max_local_error_reset_streams: 64,
+            // A terminal abandons a call when its deadline passes: a few
+            // in a minute, even through an issuer outage.
+            client_reset_limit: RateSetting {
+                per_second: 10,
+                burst: 100,
+            },
             rate_limit: RateLimitConfig::default(),
             crl_path: None,
             terminal_registry_path: None,
@@ -272,6 +283,12 @@ impl DevelopmentSettings for GatewayConfig {
 }
 
 impl GatewayConfig {
+    fn client_reset_rule(&self) -> Result<switch_core::RateRule, ConfigError> {
+        let limit = self.client_reset_limit;
+        switch_core::RateRule::new(limit.per_second, limit.burst)
+            .map_err(|e| ConfigError::invalid("gateway.client_reset_limit", e.to_string()))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.tls.client_ca_path.is_none() {
             return Err(ConfigError::invalid(
@@ -393,6 +410,7 @@ impl GatewayConfig {
             }
         }
         self.rate_limit.rules()?;
+        self.client_reset_rule()?;
         Ok(())
     }
 
@@ -478,6 +496,7 @@ pub async fn serve(
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
         // What the platform's own listener sets on every service.
         tcp_keepalive: ServerLimits::default().tcp_keepalive,
+        client_reset_limit: config.client_reset_rule()?,
     };
     let shared = iso::Shared {
         edge: edge.clone(),
@@ -540,10 +559,12 @@ pub async fn serve(
             http2_max_local_error_reset_streams: Some(config.max_local_error_reset_streams),
             ..ServerLimits::default()
         })
-        .add_service(message_size::MethodLimits::new(
-            TerminalServiceServer::from_arc(api),
-            config.max_message_bytes,
-            config.max_upload_message_bytes,
+        .add_service(client_resets::CountResets::new(
+            message_size::MethodLimits::new(
+                TerminalServiceServer::from_arc(api),
+                config.max_message_bytes,
+                config.max_upload_message_bytes,
+            ),
         ))
         // Open streams never finish by themselves: end them as the drain
         // begins, or it would wait for them until the grace timeout.

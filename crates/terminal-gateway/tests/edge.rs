@@ -1327,6 +1327,49 @@ async fn a_rapid_reset_flood_is_cut_off_and_other_terminals_keep_being_served() 
         config.max_pending_reset_streams = 20;
     })
     .await;
+    let (error, sent) = flood_with_resets(&gateway).await;
+    // hyper's GOAWAY (ENHANCE_YOUR_CALM) when resets piled up before the
+    // server took them; otherwise the edge's own count of abandoned calls
+    // closed the socket under the client.
+    assert!(
+        (error.is_go_away() && error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
+            || error.is_io(),
+        "{error:?} after {sent} resets"
+    );
+    // Bounded work: 100 to 400 were sent before the cut-off when measured
+    // (20 pending, or 100 abandoned at 10 a second; the rest in flight).
+    assert!(sent < 2_000, "{sent} resets were taken");
+    assert_served(&gateway, "TERM0003").await;
+    gateway.stop().await;
+}
+
+/// A server that keeps up takes every stream before its reset arrives, so
+/// hyper's count of streams reset before they were taken never grows: the
+/// edge's count of abandoned calls alone must cut the flood off.
+#[tokio::test]
+async fn a_rapid_reset_flood_the_server_keeps_up_with_is_cut_off_by_its_abandoned_calls() {
+    let gateway = Gateway::start(|config, _| {
+        config.max_pending_reset_streams = 1_000_000;
+        config.client_reset_limit = RateSetting {
+            per_second: 10,
+            burst: 50,
+        };
+    })
+    .await;
+    let (error, sent) = flood_with_resets(&gateway).await;
+    assert!(error.is_io(), "{error:?} after {sent} resets");
+    // 50 abandoned calls, plus the refill and what was in flight when the
+    // socket closed.
+    assert!((50..1_000).contains(&sent), "{sent} resets were taken");
+    assert_served(&gateway, "TERM0003").await;
+    gateway.stop().await;
+}
+
+/// Opens and resets streams on one connection of TERM0001 as fast as the
+/// client can (HEADERS then RST_STREAM, CVE-2023-44487), serving TERM0002
+/// every 100, until the server ends the connection; returns how it ended
+/// it and how many were sent.
+async fn flood_with_resets(gateway: &Gateway) -> (h2::Error, u32) {
     let tls = gateway
         .raw_tls(&gateway.cert("TERM0001"))
         .await
@@ -1334,8 +1377,6 @@ async fn a_rapid_reset_flood_is_cut_off_and_other_terminals_keep_being_served() 
     let (requests, connection) = h2::client::handshake(tls).await.expect("HTTP/2 handshake");
     let connection = tokio::spawn(connection);
     let mut requests = requests.ready().await.expect("the connection is ready");
-    // HEADERS then RST_STREAM at once, as fast as the client can: the
-    // server never gets to serve one (CVE-2023-44487).
     let attack = Instant::now();
     let mut sent = 0_u32;
     let mut stalls = 0_u32;
@@ -1371,31 +1412,21 @@ async fn a_rapid_reset_flood_is_cut_off_and_other_terminals_keep_being_served() 
         tokio::task::yield_now().await;
         if sent.is_multiple_of(100) {
             // Others are served while it goes on.
-            assert_served(&gateway, "TERM0002").await;
+            assert_served(gateway, "TERM0002").await;
         }
     }
     let outcome = tokio::time::timeout(Duration::from_secs(10), connection)
         .await
-        .expect("the server ends the flooding connection")
+        .unwrap_or_else(|_| {
+            panic!("the server ends the flooding connection ({sent} resets sent, {stalls} stalls)")
+        })
         .expect("the connection task completes");
     let error = outcome.expect_err("the server ends the flooding connection");
-    // Its GOAWAY (ENHANCE_YOUR_CALM), or the socket closed under the
-    // client's next write before the client read it.
-    assert!(
-        (error.is_go_away() && error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
-            || error.is_io(),
-        "{error:?} after {sent} resets in {:?}",
-        attack.elapsed()
-    );
     eprintln!(
         "rapid reset: cut off after {sent} resets in {:?}",
         attack.elapsed()
     );
-    // Bounded work: 100 to 400 were sent before the cut-off when measured
-    // (the server's limit is 20 pending; the rest were in flight).
-    assert!(sent < 2_000, "{sent} resets were taken");
-    assert_served(&gateway, "TERM0003").await;
-    gateway.stop().await;
+    (error, sent)
 }
 
 #[tokio::test]
