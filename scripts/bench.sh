@@ -27,6 +27,11 @@ export SWITCH__DATABASE__SCHEMA_PREFIX=bench_
 export SWITCH__KAFKA__TOPIC_PREFIX="bench-$run_id."
 export SWITCH__TELEMETRY__LOG_LEVEL=warn
 export SWITCH__KAFKA__BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
+# The development broker holds an empty fetch by sleeping half the wait
+# left, then looking again: at librdkafka's 500 ms a quiet partition's next
+# event reached a consumer up to 250 ms late, a wait Kafka (which answers a
+# held fetch when a message arrives) does not have. 20 ms bounds it to 10.
+export SWITCH__KAFKA__FETCH_WAIT_MAX_MS=20
 # Throughput runs send sales nobody acknowledges: give them a day, so they
 # do not turn into orphans mid-run. The orphan run uses MERCHANT0000002's
 # terminals, whose deadline is 2 s.

@@ -42,6 +42,13 @@ pub struct KafkaConfig {
     pub linger_ms: u32,
     /// How long a message may wait for delivery before the send fails.
     pub message_timeout_ms: u32,
+    /// librdkafka's `fetch.wait.max.ms`: how long the broker may hold a
+    /// consumer's fetch while there is nothing new. Kafka answers a
+    /// waiting fetch as soon as a message arrives, so this costs no
+    /// latency there; the development broker looks again only after half
+    /// the time left has passed, so its consumers see a quiet topic's next
+    /// message up to half this late (`make bench` lowers it).
+    pub fetch_wait_max_ms: u32,
     /// Consumer session timeout. Short, because a consumer group's (re)join
     /// waits on it, and a replica that died must hand its partitions over
     /// quickly; 6000 ms is the smallest Kafka brokers accept by default.
@@ -79,6 +86,8 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             linger_ms: 5,
             message_timeout_ms: 10_000,
+            // librdkafka's own default.
+            fetch_wait_max_ms: 500,
             session_timeout_ms: 6_000,
             // Kafka keeps a topic's messages 7 days unless told otherwise.
             dedupe_retention_hours: 8 * 24,
@@ -108,6 +117,12 @@ impl KafkaConfig {
             return Err(ConfigError::invalid(
                 "kafka.replication_factor",
                 "must be at least 1",
+            ));
+        }
+        if !(1..=60_000).contains(&self.fetch_wait_max_ms) {
+            return Err(ConfigError::invalid(
+                "kafka.fetch_wait_max_ms",
+                "must be between 1 and 60000",
             ));
         }
         if self.dedupe_retention_hours < 24 {
@@ -251,6 +266,7 @@ impl KafkaConfig {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
             .set("max.poll.interval.ms", "60000");
         config
     }
