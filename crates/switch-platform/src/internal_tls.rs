@@ -692,6 +692,16 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_interval_of_zero_is_refused_by_name() {
+        let config = InternalTlsConfig {
+            reload_interval_ms: 0,
+            ..InternalTlsConfig::default()
+        };
+        let error = config.validate_for("notifier").unwrap_err().to_string();
+        assert!(error.contains("internal_tls.reload_interval_ms"), "{error}");
+    }
+
+    #[test]
     fn an_endpoint_must_match_the_mode() {
         let on = InternalTlsConfig::default();
         assert!(

@@ -13,6 +13,7 @@
 //!   with one of the old, and the other way round. Once the bundle holds
 //!   only the new CA, a certificate of the old is refused at the
 //!   handshake, while the connection opened under the old CA still works.
+//! - The client verifies the server's certificate for the URL's host.
 //! - The server the kit builds from `[internal_tls]` checks its files on
 //!   its own, every `reload_interval_ms`, in a mount laid out as the
 //!   kubelet writes a Secret (files behind a `..data` symlink swapped in
@@ -459,6 +460,44 @@ async fn the_service_ca_rotates_through_an_overlap_bundle() {
         caller_serial(open).await.expect("still open"),
         serial(&client_old)
     );
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_checks_the_servers_name_against_the_url() {
+    let layout = Layout::new();
+    let ca = DevPki::generate_service_ca().expect("a service CA");
+    layout.trust(&[&ca]);
+    layout.issue(CLIENT, &ca.service_cert(CLIENT).expect("issued"));
+    // Chains to the trusted CA, but names another host.
+    layout.issue(SERVER, &ca.server_cert(&["elsewhere"]).expect("issued"));
+    let config = layout.config();
+    let server_tls = InternalTls::load(SERVER, &config).expect("loads");
+    let client_tls = InternalTls::load(CLIENT, &config).expect("loads");
+    let served = Served::start(
+        GrpcServer::new(SERVER)
+            .expect("reflection builds")
+            .internal_tls(server_tls.clone()),
+    )
+    .await;
+    let refused = caller_serial(served.channel(&client_tls))
+        .await
+        .expect_err("a certificate for another host is refused");
+    assert_ne!(refused.code(), Code::Ok);
+
+    // The service's own certificate names `localhost`: a URL with that
+    // host is verified by name and served.
+    let pair = ca.service_cert(SERVER).expect("issued");
+    layout.issue(SERVER, &pair);
+    assert!(server_tls.reload_if_changed().expect("loads"));
+    let by_name = GrpcClient::new(format!("https://localhost:{}", served.port))
+        .internal_tls(client_tls.clone())
+        .connect_timeout(Duration::from_secs(5))
+        .channel()
+        .expect("a valid endpoint");
+    caller_serial(by_name)
+        .await
+        .expect("a certificate naming the URL's host is served");
     served.stop().await;
 }
 
