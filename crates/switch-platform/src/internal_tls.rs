@@ -58,7 +58,16 @@ pub struct InternalTlsConfig {
     pub cert_path: PathBuf,
     /// Its private key (`{service}` as above).
     pub key_path: PathBuf,
+    /// How often the three files are checked for a change. A change is
+    /// used by new connections without a restart; established ones keep
+    /// theirs ([`crate::mtls`]).
+    pub reload_interval_ms: u64,
 }
+
+/// The default of `internal_tls.reload_interval_ms`: well inside the time
+/// between cert-manager's renewal and the old certificate's expiry, and
+/// three small reads every half a minute.
+pub const DEFAULT_RELOAD_INTERVAL_MS: u64 = 30_000;
 
 impl Default for InternalTlsConfig {
     fn default() -> Self {
@@ -92,6 +101,7 @@ impl InternalTlsConfig {
             key_path: dir
                 .join("services")
                 .join(format!("{SERVICE_PLACEHOLDER}.key")),
+            reload_interval_ms: DEFAULT_RELOAD_INTERVAL_MS,
         }
     }
 
@@ -121,11 +131,22 @@ impl InternalTlsConfig {
         (fill(&self.cert_path), fill(&self.key_path))
     }
 
+    /// How often the files are checked for a change.
+    pub fn reload_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.reload_interval_ms)
+    }
+
     /// Checks that the files `service` needs exist, naming the key of a
     /// missing one and how to get it.
     pub fn validate_for(&self, service: &str) -> Result<(), ConfigError> {
         if !self.enabled() {
             return Ok(());
+        }
+        if self.reload_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "internal_tls.reload_interval_ms",
+                "must be at least 1 (milliseconds between checks of the files)",
+            ));
         }
         let (cert, key) = self.identity_of(service);
         for (name, path) in [
@@ -668,6 +689,16 @@ mod tests {
             config.identity_of("notifier").0,
             PathBuf::from("/nonexistent/services/notifier.pem")
         );
+    }
+
+    #[test]
+    fn a_reload_interval_of_zero_is_refused_by_name() {
+        let config = InternalTlsConfig {
+            reload_interval_ms: 0,
+            ..InternalTlsConfig::default()
+        };
+        let error = config.validate_for("notifier").unwrap_err().to_string();
+        assert!(error.contains("internal_tls.reload_interval_ms"), "{error}");
     }
 
     #[test]

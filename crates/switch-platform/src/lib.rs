@@ -11,6 +11,9 @@
 //! - [`consumer`]: Kafka consumers whose effects are idempotent on the event id;
 //! - [`internal_tls`]: mutual TLS between services and the table of who
 //!   may call which internal RPC (ADR 27);
+//! - [`mtls`]: the internal servers' and clients' rustls configurations,
+//!   reloaded when the certificate, key or service CA files change;
+//! - [`reload`]: files loaded into one state, replaced when they change;
 //! - [`grpc`]: rustls TLS files, reflection and the listener plumbing;
 //! - [`service`]: the service kit: one gRPC server builder (TLS, health,
 //!   reflection, limits, graceful drain with a grace timeout), one client
@@ -24,7 +27,9 @@ pub mod db;
 pub mod grpc;
 pub mod internal_tls;
 pub mod kafka;
+pub mod mtls;
 pub mod outbox;
+pub mod reload;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

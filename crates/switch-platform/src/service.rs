@@ -57,6 +57,9 @@ pub enum ServeError {
     Kafka(#[from] crate::kafka::KafkaError),
     #[error("grpc: {0}")]
     Grpc(#[from] GrpcError),
+    /// The internal certificate, key or service CA did not load.
+    #[error("internal TLS: {0}")]
+    InternalTls(#[from] crate::reload::ReloadError),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
@@ -187,7 +190,7 @@ pub struct GrpcServer {
     /// switch.
     reflect_only: Option<Vec<&'static str>>,
     limits: ServerLimits,
-    tls: Option<TlsFiles>,
+    tls: ServerTls,
     /// Who may call what, when the server is internal ([`GrpcServer::internal`]).
     access: crate::internal_tls::AccessLayer,
     health: HealthReporter,
@@ -217,7 +220,7 @@ impl GrpcServer {
             name,
             reflect_only: None,
             limits: ServerLimits::default(),
-            tls: None,
+            tls: ServerTls::Plaintext,
             access: crate::internal_tls::AccessLayer::off(),
             health,
             routes,
@@ -249,21 +252,32 @@ impl GrpcServer {
     /// client CA in it, clients must present a certificate it issued.
     #[must_use]
     pub fn tls(mut self, tls: Option<&TlsFiles>) -> Self {
-        self.tls = tls.cloned();
+        self.tls = tls.map_or(ServerTls::Plaintext, |files| {
+            ServerTls::Files(files.clone())
+        });
         self
     }
 
     /// Serves `service`'s internal API as `[internal_tls]` says: mutual
     /// TLS with the service CA and every call checked against the access
     /// table ([`crate::internal_tls::ACCESS`]), or, in the explicit lab
-    /// mode, plaintext with no identities.
+    /// mode, plaintext with no identities. The certificate, key and CA
+    /// are loaded by [`serve`](GrpcServer::serve) and reloaded every
+    /// `reload_interval_ms` while it serves ([`crate::mtls`]).
     #[must_use]
     pub fn internal(
         mut self,
         service: &'static str,
         config: &crate::internal_tls::InternalTlsConfig,
     ) -> Self {
-        self.tls = config.server(service);
+        self.tls = if config.enabled() {
+            ServerTls::Internal {
+                service,
+                config: config.clone(),
+            }
+        } else {
+            ServerTls::Plaintext
+        };
         self.access = if config.enabled() {
             crate::internal_tls::AccessLayer::new(service)
         } else {
@@ -275,6 +289,20 @@ impl GrpcServer {
                 "internal_tls.plaintext_for_lab is set: serving plaintext, every caller admitted."
             );
         }
+        self
+    }
+
+    /// [`internal`](GrpcServer::internal) with a TLS state the caller
+    /// already loaded and reloads itself
+    /// ([`InternalTls::reload_if_changed`](crate::mtls::InternalTls::reload_if_changed)
+    /// or [`watch`](crate::mtls::InternalTls::watch)): what a test that
+    /// rotates files and checks the effect at once uses. Calls are checked
+    /// against the access table, refusals counted under the server's name.
+    #[must_use]
+    pub fn internal_tls(mut self, tls: crate::mtls::InternalTls) -> Self {
+        let service: &'static str = self.name;
+        self.access = crate::internal_tls::AccessLayer::new(service);
+        self.tls = ServerTls::Loaded(tls);
         self
     }
 
@@ -337,13 +365,33 @@ impl GrpcServer {
     /// delay, stops accepting, lets requests in flight finish for up to the
     /// grace period, answers the rest UNAVAILABLE and returns.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Into<Shutdown>,
     ) -> Result<(), ServeError> {
         let local = listener.local_addr().ok();
-        self.serve_with_incoming(crate::grpc::incoming(listener), local, shutdown)
-            .await
+        let tcp = crate::grpc::incoming(listener);
+        let internal = match std::mem::replace(&mut self.tls, ServerTls::Plaintext) {
+            ServerTls::Internal { service, config } => {
+                let tls = crate::mtls::InternalTls::load(service, &config)?;
+                tls.watch(config.reload_interval());
+                Some(tls)
+            }
+            ServerTls::Loaded(tls) => Some(tls),
+            other => {
+                self.tls = other;
+                None
+            }
+        };
+        match internal {
+            // The handshakes happen before tonic sees a connection, each
+            // with the files current at its start.
+            Some(tls) => {
+                self.serve_streams(crate::mtls::incoming(tcp, tls), local, shutdown, true)
+                    .await
+            }
+            None => self.serve_streams(tcp, local, shutdown, false).await,
+        }
     }
 
     /// [`serve`](GrpcServer::serve) over connections the caller accepts
@@ -351,12 +399,43 @@ impl GrpcServer {
     /// connection limits and reloadable certificates) hands over each
     /// established stream. TLS set with [`tls`](GrpcServer::tls) is applied
     /// on top, so an edge doing its own handshakes leaves it unset.
+    /// Internal TLS ([`internal`](GrpcServer::internal)) runs its own
+    /// handshakes on a listener: such a server is served with
+    /// [`serve`](GrpcServer::serve), and refused here.
     /// `local` names the listening address in the logs.
     pub async fn serve_with_incoming<I, IO, IE>(
         self,
         incoming: I,
         local: Option<SocketAddr>,
         shutdown: impl Into<Shutdown>,
+    ) -> Result<(), ServeError>
+    where
+        I: tokio_stream::Stream<Item = Result<IO, IE>> + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if matches!(self.tls, ServerTls::Internal { .. } | ServerTls::Loaded(_)) {
+            return Err(ServeError::Start {
+                what: "gRPC server",
+                reason: "internal TLS accepts its own connections: serve it with `serve(listener)`"
+                    .into(),
+            });
+        }
+        self.serve_streams(incoming, local, shutdown, false).await
+    }
+
+    /// Serves established streams; `encrypted`: they are TLS already.
+    async fn serve_streams<I, IO, IE>(
+        self,
+        incoming: I,
+        local: Option<SocketAddr>,
+        shutdown: impl Into<Shutdown>,
+        encrypted: bool,
     ) -> Result<(), ServeError>
     where
         I: tokio_stream::Stream<Item = Result<IO, IE>> + Send + 'static,
@@ -394,8 +473,8 @@ impl GrpcServer {
         if let Some(timeout) = limits.request_timeout {
             builder = builder.timeout(timeout);
         }
-        if let Some(tls) = &tls {
-            builder = builder.tls_config(tls.server_config()?)?;
+        if let ServerTls::Files(files) = &tls {
+            builder = builder.tls_config(files.server_config()?)?;
         }
         let (reflection_v1, reflection_v1alpha) =
             crate::grpc::reflection_services_for(reflect_only.as_deref())?;
@@ -435,7 +514,7 @@ impl GrpcServer {
         tracing::info!(
             service = name,
             listen = ?local,
-            tls = tls.is_some(),
+            tls = encrypted || !matches!(tls, ServerTls::Plaintext),
             authorized,
             "Serving gRPC."
         );
@@ -495,6 +574,20 @@ impl GrpcServer {
         tracing::info!(service = name, "gRPC server stopped.");
         result
     }
+}
+
+/// How a server encrypts.
+enum ServerTls {
+    Plaintext,
+    /// tonic's TLS from files read once ([`GrpcServer::tls`]).
+    Files(TlsFiles),
+    /// Internal mutual TLS, loaded at `serve` and reloaded while serving.
+    Internal {
+        service: &'static str,
+        config: crate::internal_tls::InternalTlsConfig,
+    },
+    /// Internal mutual TLS from a state its owner reloads.
+    Loaded(crate::mtls::InternalTls),
 }
 
 /// A service whose requests in flight are answered UNAVAILABLE once the
@@ -574,8 +667,22 @@ pub struct GrpcClient {
     connect_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
     tls: Option<ClientTls>,
+    /// Internal mutual TLS, which follows its files ([`crate::mtls`]).
+    internal: Option<InternalClient>,
     /// The scheme the endpoint must have, when the mode decides it.
     scheme: Option<&'static str>,
+}
+
+#[derive(Debug, Clone)]
+enum InternalClient {
+    /// Loaded when the channel is built, then watched for as long as the
+    /// channel lives.
+    Config {
+        service: String,
+        config: crate::internal_tls::InternalTlsConfig,
+    },
+    /// A state its owner reloads.
+    Loaded(crate::mtls::InternalTls),
 }
 
 impl GrpcClient {
@@ -585,6 +692,7 @@ impl GrpcClient {
             connect_timeout: None,
             request_timeout: None,
             tls: None,
+            internal: None,
             scheme: None,
         }
     }
@@ -607,14 +715,31 @@ impl GrpcClient {
     /// Calls as `service` as `[internal_tls]` says: presenting its
     /// certificate of the service CA, or in plaintext in the lab mode. The
     /// endpoint's scheme must match ([`InternalTlsConfig::check_endpoint`](crate::internal_tls::InternalTlsConfig::check_endpoint)).
+    /// Each new connection presents the certificate and trusts the CA
+    /// bundle of the moment: the files are checked every
+    /// `reload_interval_ms` for as long as the channel lives.
     #[must_use]
     pub fn internal(
         mut self,
         service: &str,
         config: &crate::internal_tls::InternalTlsConfig,
     ) -> Self {
-        self.tls = config.client(service);
+        self.tls = None;
+        self.internal = config.enabled().then(|| InternalClient::Config {
+            service: service.to_owned(),
+            config: config.clone(),
+        });
         self.scheme = Some(config.scheme());
+        self
+    }
+
+    /// [`internal`](GrpcClient::internal) with a TLS state the caller
+    /// loaded and reloads itself.
+    #[must_use]
+    pub fn internal_tls(mut self, tls: crate::mtls::InternalTls) -> Self {
+        self.tls = None;
+        self.internal = Some(InternalClient::Loaded(tls));
+        self.scheme = Some("https");
         self
     }
 
@@ -622,6 +747,7 @@ impl GrpcClient {
     #[must_use]
     pub fn tls(mut self, tls: Option<ClientTls>) -> Self {
         self.tls = tls;
+        self.internal = None;
         self
     }
 
@@ -647,6 +773,38 @@ impl GrpcClient {
         }
         if let Some(timeout) = self.request_timeout {
             endpoint = endpoint.timeout(timeout);
+        }
+        if let Some(internal) = &self.internal {
+            let tls = match internal {
+                InternalClient::Config { service, config } => {
+                    let tls = crate::mtls::InternalTls::load(service, config)?;
+                    tls.watch(config.reload_interval());
+                    tls
+                }
+                InternalClient::Loaded(tls) => tls.clone(),
+            };
+            // tonic would run its own, fixed TLS on an https:// endpoint:
+            // it dials the same address as http:// through the connector,
+            // which runs the handshake, while every request still carries
+            // the configured URL's scheme and authority.
+            let origin = endpoint.uri().clone();
+            let mut parts = origin.clone().into_parts();
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            let dialled = http::Uri::from_parts(parts).map_err(|e| bad(e.to_string()))?;
+            let connector = crate::mtls::InternalConnector::new(tls, &origin, None).map_err(bad)?;
+            let endpoint = Endpoint::from(dialled).origin(origin).tcp_nodelay(true);
+            let endpoint = match self.connect_timeout {
+                Some(timeout) => endpoint.connect_timeout(timeout),
+                None => endpoint,
+            };
+            let endpoint = match self.request_timeout {
+                Some(timeout) => endpoint.timeout(timeout),
+                None => endpoint,
+            };
+            return Ok(endpoint.connect_with_connector_lazy(connector));
         }
         if let Some(tls) = &self.tls {
             let mut config =
