@@ -233,14 +233,25 @@ impl DevPki {
     /// as a client, with its identity in the URI SAN
     /// [`service_identity`]. Extended key usage: serverAuth, clientAuth.
     pub fn service_cert(&self, name: &str) -> Result<CertifiedKey, CertError> {
+        self.service_cert_for_hosts(name, &["localhost", name, "127.0.0.1", "::1"])
+    }
+
+    /// [`DevPki::service_cert`] valid as a server for `hosts` only (IP
+    /// addresses become IP SANs, the rest DNS SANs): a test's certificate
+    /// that names the right service but another host.
+    pub fn service_cert_for_hosts(
+        &self,
+        name: &str,
+        hosts: &[&str],
+    ) -> Result<CertifiedKey, CertError> {
         let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![
-            SanType::URI(service_identity(name).try_into()?),
-            SanType::DnsName("localhost".try_into()?),
-            SanType::DnsName(name.try_into()?),
-            SanType::IpAddress(IpAddr::from([127, 0, 0, 1])),
-            SanType::IpAddress(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
-        ];
+        params.subject_alt_names = vec![SanType::URI(service_identity(name).try_into()?)];
+        for host in hosts {
+            params.subject_alt_names.push(match host.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*host).try_into()?),
+            });
+        }
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, name);
         params

@@ -92,10 +92,26 @@ impl InternalTls {
         let (cert_path, key_path) = config.identity_of(service);
         let ca_path = config.ca_path.clone();
         let paths = vec![ca_path.clone(), cert_path.clone(), key_path.clone()];
+        let expected = crate::internal_tls::Caller::Service(service.to_owned());
         let state = Reloadable::load(paths, move |contents| {
             let &[ca, cert, key] = contents else {
                 return Err(ReloadError::Tls("three files expected".into()));
             };
+            // A rotated certificate naming another identity would quietly
+            // give this process that identity's rights (a notifier handed
+            // the gateway's certificate could authorize sales): refused,
+            // and the previous files stay in use.
+            let leaf =
+                pem_all::<CertificateDer<'static>>(cert_path.as_path(), cert, "CERTIFICATE")?;
+            let named = leaf
+                .first()
+                .and_then(|der| crate::internal_tls::Caller::from_der(der.as_ref()));
+            if named.as_ref() != Some(&expected) {
+                return Err(ReloadError::invalid(
+                    cert_path.as_path(),
+                    format!("names {named:?}, not this process's identity {expected:?}"),
+                ));
+            }
             load_configs(
                 (ca_path.as_path(), ca),
                 (cert_path.as_path(), cert),

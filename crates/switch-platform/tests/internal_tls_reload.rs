@@ -349,6 +349,22 @@ async fn a_new_pair_is_used_by_new_connections_and_a_broken_one_is_not() {
         served_serial(served.port, ca.ca_cert_pem(), &client_2).await,
         serial(&server_3)
     );
+    // Another service's pair (a mix-up in a Secret) would give this
+    // process that service's rights: refused, the previous pair stays.
+    let gateway = ca.service_cert("terminal-gateway").expect("issued");
+    write(&cert_path, &gateway.cert_pem);
+    write(&key_path, &gateway.key_pem);
+    let error = server_tls
+        .reload_if_changed()
+        .expect_err("another identity's certificate does not load");
+    assert!(
+        matches!(&error, ReloadError::Invalid { path, reason } if *path == cert_path && reason.contains("terminal-gateway")),
+        "{error}"
+    );
+    assert_eq!(
+        served_serial(served.port, ca.ca_cert_pem(), &client_2).await,
+        serial(&server_3)
+    );
     assert_eq!(
         caller_serial(open).await.expect("still open"),
         serial(&client_1)
@@ -469,8 +485,12 @@ async fn the_client_checks_the_servers_name_against_the_url() {
     let ca = DevPki::generate_service_ca().expect("a service CA");
     layout.trust(&[&ca]);
     layout.issue(CLIENT, &ca.service_cert(CLIENT).expect("issued"));
-    // Chains to the trusted CA, but names another host.
-    layout.issue(SERVER, &ca.server_cert(&["elsewhere"]).expect("issued"));
+    // Chains to the trusted CA and names the service, but another host.
+    layout.issue(
+        SERVER,
+        &ca.service_cert_for_hosts(SERVER, &["elsewhere"])
+            .expect("issued"),
+    );
     let config = layout.config();
     let server_tls = InternalTls::load(SERVER, &config).expect("loads");
     let client_tls = InternalTls::load(CLIENT, &config).expect("loads");
