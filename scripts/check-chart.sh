@@ -65,9 +65,15 @@ for doc in yaml.safe_load_all(open(sys.argv[1])):
 else:
     sys.exit("no config ConfigMap rendered")
 PY
-    # Placeholders for what the pods get from Secrets.
-    SWITCH__DATABASE__URL=postgres://switch:placeholder@db.invalid:5432/switch \
-        SWITCH__KAFKA__SASL_PASSWORD=placeholder \
+    # Placeholders for what the pods get from Secrets. The QR key only
+    # where the chart renders [authorization.qr]: set alone, the variable
+    # would create the section and turn QR on.
+    local qr_key=()
+    if grep -qx '\[authorization\.qr\]' "$work/$1.toml"; then
+        qr_key=(SWITCH__AUTHORIZATION__QR__KEY=placeholder-qr-acquirer-key)
+    fi
+    env SWITCH__DATABASE__URL=postgres://switch:placeholder@db.invalid:5432/switch \
+        SWITCH__KAFKA__SASL_PASSWORD=placeholder "${qr_key[@]}" \
         "$SWITCHD" --config "$work/$1.toml" --dump-config all >"$work/$1.dump" ||
         { echo "check-chart: switchd refuses the config the chart renders for $1" >&2; exit 1; }
     echo "check-chart: $1: switchd loads the rendered switch.toml"

@@ -4,7 +4,8 @@
 
 - only the gateway takes traffic from outside: every other NetworkPolicy
   ingress rule names its peers, and authorization's are exactly the
-  gateway, the reversal handler and settlement (plus operators);
+  gateway, the reversal handler and settlement (plus operators), and, with
+  QR on, the QR platform to the receiver's port and no other;
 - every service pod is deny-by-default in both directions;
 - every container runs as non-root with a read-only root filesystem, no
   privilege escalation, every capability dropped and RuntimeDefault
@@ -12,9 +13,10 @@
 - every replica reports its own service.instance.id (the exporter's
   `instance` label), so replicas' counters are separate series;
 - no secret is in a ConfigMap or a plain environment value: the database
-  URL and the fingerprint key come from secretKeyRef.
+  URL, the fingerprint key and the QR acquirer key come from secretKeyRef.
 """
 
+import re
 import sys
 
 import yaml
@@ -62,7 +64,8 @@ def main(path):
             if sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
                 fail(f"{component}: seccomp is not RuntimeDefault")
             for env in container.get("env", []):
-                if env["name"] in ("SWITCH__DATABASE__URL", "SWITCH__AUTHORIZATION__PAN_HASH_KEY") \
+                if env["name"] in ("SWITCH__DATABASE__URL", "SWITCH__AUTHORIZATION__PAN_HASH_KEY",
+                                   "SWITCH__AUTHORIZATION__QR__KEY") \
                         and "secretKeyRef" not in env.get("valueFrom", {}):
                     fail(f"{component}: {env['name']} is not read from a Secret")
             attributes = next((e.get("value", "") for e in container.get("env", [])
@@ -83,11 +86,28 @@ def main(path):
                 callers.add(labels[COMPONENT])
     if callers != {"gateway", "reversal-handler", "settlement-batcher"}:
         fail(f"authorization: callers are {sorted(callers)}")
+    # Rules with peers outside the cluster (ipBlock) on authorization: only
+    # the QR platform's, and only to the port the receiver listens on.
+    authorization = next((d for d in deployments
+                          if d["spec"]["selector"]["matchLabels"][COMPONENT] == "authorization"), None)
+    receiver_ports = set()
+    if authorization:
+        for container in authorization["spec"]["template"]["spec"]["containers"]:
+            receiver_ports |= {p["containerPort"] for p in container.get("ports", [])
+                               if p.get("name") == "qr-notify"}
+    for rule in policies.get("authorization", {}).get("spec", {}).get("ingress", []):
+        if any("ipBlock" in peer for peer in rule.get("from", [])):
+            ports = {p.get("port") for p in rule.get("ports", [])}
+            if not receiver_ports or ports != receiver_ports:
+                fail(f"authorization: ingress from outside the cluster to ports {sorted(ports)}, "
+                     f"the QR receiver's are {sorted(receiver_ports)}")
+    # Keys whose values are secrets, at the start of a TOML line (so
+    # `platform_url = ...` is not the database's `url`).
     for config in (d for d in docs if d["kind"] == "ConfigMap"):
         text = "\n".join(str(v) for v in config.get("data", {}).values())
-        for key in ("pan_hash_key", "url =", "secret ="):
-            if key in text:
-                fail(f"ConfigMap {config['metadata']['name']}: contains `{key}`")
+        for key in ("pan_hash_key", "url", "secret", "key", "password", "sasl_password"):
+            if re.search(rf"^\s*{key}\s*=", text, re.MULTILINE):
+                fail(f"ConfigMap {config['metadata']['name']}: contains `{key} =`")
     if failures:
         sys.exit(f"check-manifests: {path}:\n  " + "\n  ".join(failures))
     print(f"check-manifests: {len(deployments)} services: policies, security contexts and secrets as required")
