@@ -27,8 +27,10 @@ SECTIONS = {  # switch section -> values key, and the keys the chart sets itself
 OPEN_MAPS = {"merchants", "channels"}
 # Sections switchd has only when configured, and the chart does not offer
 # yet: `authorization.qr` (QR payments; the dump of `all` shows the
-# development link `switchd all` derives, ADR 29).
-NOT_OFFERED = {"authorization": {"qr"}}
+# development link `switchd all` derives, ADR 29). Nor does it offer the
+# fingerprint key's rotation yet (ADR 33): the key id, and the previous
+# keys, which are secrets and would come from Secrets like pan_hash_key.
+NOT_OFFERED = {"authorization": {"qr", "pan_hash_key_id", "pan_hash_previous_keys"}}
 
 
 def compare(dumped, schema, path, problems):
