@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use authorization::store::{Journal, ReversalQueueGauges};
+use switch_core::Clock as _;
 use switch_platform::db::DatabaseConfig;
 use switch_platform::kafka::KafkaConfig;
 use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
@@ -18,7 +19,6 @@ use switch_proto::v1::{
     self as pb, AuthorizeRequest, FaultPlan, ListDeadLetteredRequest, ReverseRequest, TerminalKey,
     reverse_request::Target,
 };
-use switch_core::Clock as _;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -331,8 +331,7 @@ async fn the_queue_gauges_show_how_long_the_oldest_reversal_has_been_owed() {
     let gauges = running.gauges(an_hour_on).await;
     assert_eq!(gauges.pending, 2, "{gauges:?}");
     assert_eq!(gauges.dead_lettered, 0, "{gauges:?}");
-    let elapsed_ms =
-        u64::try_from((now() - requested_after).whole_milliseconds()).unwrap();
+    let elapsed_ms = u64::try_from((now() - requested_after).whole_milliseconds()).unwrap();
     assert!(
         (3_600_000 - elapsed_ms..=3_600_000).contains(&gauges.oldest_pending_ms),
         "the oldest was requested an hour before the reading, less the requests' own time: {gauges:?}"

@@ -28,7 +28,6 @@ pub struct Metrics {
     request_duration: Histogram<u64>,
 }
 
-
 impl Metrics {
     pub fn new() -> Self {
         let meter = opentelemetry::global::meter(crate::SERVICE_NAME);
