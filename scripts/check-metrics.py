@@ -4,7 +4,8 @@ emit (`make chart`, part of `make test`; ADR 26).
 
 What is emitted is read from the source: every OpenTelemetry instrument
 registered in crates/*/src (`.u64_counter("name")`, `.with_unit("ms")`,
-...), turned into the names Prometheus stores as the collector's prometheus
+...; a name made with `format!("{service}.…")` once for each service whose
+gRPC server checks its callers), turned into the names Prometheus stores as the collector's prometheus
 exporter writes them (deploy/otel-collector.yaml):
 
   dots and other characters outside [a-zA-Z0-9_:]  ->  "_"
@@ -39,6 +40,16 @@ INSTRUMENT = re.compile(
     r'\.(?:u64|i64|f64)_(counter|up_down_counter|histogram|gauge|'
     r'observable_counter|observable_up_down_counter|observable_gauge)\(\s*"([^"]+)"\s*\)'
 )
+# An instrument named per service, as the access layer names its refusals
+# (`format!("{service}.grpc.refused")`, switch_platform::internal_tls):
+# one name for each service whose gRPC server checks callers.
+TEMPLATED = re.compile(
+    r'\.(?:u64|i64|f64)_(counter|up_down_counter|histogram|gauge|'
+    r'observable_counter|observable_up_down_counter|observable_gauge)\(\s*format!\(\s*"([^"]*\{service\}[^"]*)"\s*\)\s*\)'
+)
+SERVICE_NAME = re.compile(r'pub const SERVICE_NAME: &str = "([^"]+)";')
+# A server built with the access table: GrpcServer::new(...) ... .internal(SERVICE_NAME, ...).
+CHECKED_SERVER = re.compile(r'GrpcServer::new\([^;]*?\.internal\(\s*(?:crate::)?SERVICE_NAME\b', re.S)
 UNIT = re.compile(r'\.with_unit\(\s*"([^"]*)"\s*\)')
 BOUNDARIES = re.compile(r'\.with_boundaries\(\s*vec!\[([^\]]*)\]')
 # The OpenTelemetry SDK's explicit bucket boundaries when an instrument
@@ -55,21 +66,39 @@ UNIT_WORDS = {"": "", "ms": "milliseconds", "s": "seconds", "By": "bytes"}
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 
 
+def checked_services():
+    """SERVICE_NAME of every crate whose gRPC server checks its callers."""
+    services = []
+    for crate in sorted((ROOT / "crates").iterdir()):
+        sources = [p.read_text() for p in sorted(crate.glob("src/**/*.rs"))]
+        name = next((m.group(1) for text in sources for m in [SERVICE_NAME.search(text)] if m), None)
+        if name and any(CHECKED_SERVER.search(text) for text in sources):
+            services.append(name)
+    return services
+
+
 def instruments():
     """(otel name, kind, unit, where, bucket bounds) of every instrument in the sources."""
     found = []
+    services = None
     for path in sorted((ROOT / "crates").glob("*/src/**/*.rs")):
         text = path.read_text()
-        for match in INSTRUMENT.finditer(text):
+        matches = [(m, [m.group(2)]) for m in INSTRUMENT.finditer(text)]
+        for match in TEMPLATED.finditer(text):
+            if services is None:
+                services = checked_services()
+            matches.append((match, [match.group(2).replace("{service}", s) for s in services]))
+        for match, names in matches:
             end = text.find(".build()", match.end())
             chain = text[match.end(): end if end != -1 else match.end()]
             unit = UNIT.search(chain)
             bounds = BOUNDARIES.search(chain)
             line = text.count("\n", 0, match.start()) + 1
-            found.append((match.group(2), match.group(1), unit.group(1) if unit else "",
-                          f"{path.relative_to(ROOT)}:{line}",
-                          [float(b) for b in bounds.group(1).split(",") if b.strip()]
-                          if bounds else DEFAULT_BOUNDARIES))
+            for name in names:
+                found.append((name, match.group(1), unit.group(1) if unit else "",
+                              f"{path.relative_to(ROOT)}:{line}",
+                              [float(b) for b in bounds.group(1).split(",") if b.strip()]
+                              if bounds else DEFAULT_BOUNDARIES))
     return found
 
 

@@ -396,6 +396,35 @@ async fn an_orphaned_sale_is_one_trace_across_every_service_and_the_slo_metrics_
             "",
             "gauge",
         ),
+        // What a terminal waits, and the gauges of what is owed, queued
+        // and behind (issue 16, part 5).
+        (
+            "terminal-gateway",
+            "gateway.request.duration",
+            "ms",
+            "histogram",
+        ),
+        (
+            "authorization",
+            "authorization.reversal.oldest_pending",
+            "ms",
+            "gauge",
+        ),
+        (
+            "authorization",
+            "authorization.reversal.dead_lettered",
+            "",
+            "gauge",
+        ),
+        ("authorization", "outbox.backlog", "", "gauge"),
+        ("authorization", "outbox.oldest_unpublished", "ms", "gauge"),
+        ("reversal-handler", "consumer.lag", "", "gauge"),
+        (
+            "reversal-handler",
+            "consumer.dead_letters.open",
+            "",
+            "gauge",
+        ),
     ];
     let received = |metrics: &HashSet<ReceivedMetric>, (service, name, unit, kind)| {
         metrics.contains(&ReceivedMetric {

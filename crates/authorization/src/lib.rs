@@ -79,8 +79,16 @@ pub struct AuthorizationConfig {
     /// Name of the issuer queue: reversals to one issuer never wait behind
     /// another's.
     pub issuer_name: String,
-    /// Key of the HMAC-SHA256 fingerprint under which PANs are stored.
+    /// Key of the HMAC-SHA256 fingerprint under which PANs are stored:
+    /// the current key, which fingerprints every new sale.
     pub pan_hash_key: Secret,
+    /// The current key's id, stored with every fingerprint it makes
+    /// (ADR 33). Rows journaled before key ids carry `k1`.
+    pub pan_hash_key_id: String,
+    /// Keys rotated out, by id, kept while a fingerprint made with them
+    /// may still be compared (a retry of a sale from before the
+    /// rotation): a retry is fingerprinted under its original's key.
+    pub pan_hash_previous_keys: std::collections::BTreeMap<String, Secret>,
     pub reversal: ReversalConfig,
     pub outbox: OutboxConfig,
     /// QR payments (ADR 29); absent: none are offered.
@@ -98,6 +106,8 @@ impl Default for AuthorizationConfig {
             issuer_name: "default".into(),
             reversal: ReversalConfig::default(),
             pan_hash_key: Secret::new("dev-only-pan-fingerprint-key-change-me"),
+            pan_hash_key_id: switch_core::PanKeyId::FIRST.to_owned(),
+            pan_hash_previous_keys: std::collections::BTreeMap::new(),
             outbox: OutboxConfig::default(),
             qr: None,
         }
@@ -113,6 +123,14 @@ impl DevelopmentSettings for AuthorizationConfig {
                 "authorization.pan_hash_key",
                 "the published development key: anyone could fingerprint card numbers with it",
             ));
+        }
+        for (id, key) in &self.pan_hash_previous_keys {
+            if *key == defaults.pan_hash_key {
+                found.push(DevelopmentSetting::new(
+                    format!("authorization.pan_hash_previous_keys.{id}"),
+                    "the published development key: anyone could fingerprint card numbers with it",
+                ));
+            }
         }
         if self.issuer_endpoint == defaults.issuer_endpoint {
             found.push(DevelopmentSetting::new(
@@ -140,6 +158,36 @@ impl DevelopmentSettings for AuthorizationConfig {
 }
 
 impl AuthorizationConfig {
+    /// The fingerprint keys as configured: the current key under
+    /// `pan_hash_key_id`, then every previous key (ADR 33). Refuses an id
+    /// that does not parse, a previous key shorter than 16 bytes, or one
+    /// whose id is taken, naming the key.
+    pub fn pan_keyring(&self) -> Result<switch_core::PanKeyring, ConfigError> {
+        let id = |key: String, id: &str| {
+            switch_core::PanKeyId::parse(id).map_err(|e| ConfigError::invalid(key, e.reason))
+        };
+        let current = switch_core::PanHasher::with_id(
+            id(
+                "authorization.pan_hash_key_id".into(),
+                &self.pan_hash_key_id,
+            )?,
+            self.pan_hash_key.expose().as_bytes(),
+        );
+        let mut keyring = switch_core::PanKeyring::new(current);
+        for (name, key) in &self.pan_hash_previous_keys {
+            let field = format!("authorization.pan_hash_previous_keys.{name}");
+            if key.expose().len() < 16 {
+                return Err(ConfigError::invalid(field, "must be at least 16 bytes"));
+            }
+            let previous =
+                switch_core::PanHasher::with_id(id(field.clone(), name)?, key.expose().as_bytes());
+            keyring = keyring.with_previous(previous).map_err(|_| {
+                ConfigError::invalid(field, "is the current key's id (pan_hash_key_id)")
+            })?;
+        }
+        Ok(keyring)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=60_000).contains(&self.issuer_timeout_ms) {
             return Err(ConfigError::invalid(
@@ -173,6 +221,7 @@ impl AuthorizationConfig {
                 "must be at least 16 bytes",
             ));
         }
+        self.pan_keyring()?;
         self.outbox.validate("authorization")?;
         self.reversal.validate()?;
         if self.issuer_name.trim().is_empty() {
@@ -305,7 +354,7 @@ pub async fn serve(
     let service = service::AuthorizationApi::new(
         lifecycle.clone(),
         issuer.clone(),
-        switch_core::PanHasher::new(config.pan_hash_key.expose().as_bytes()),
+        config.pan_keyring()?,
         windows,
         late_answers.clone(),
     )
@@ -412,5 +461,95 @@ mod qr_settings_tests {
             ..QrConfig::default()
         });
         assert!(keys(&config).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod pan_keyring_tests {
+    use super::*;
+
+    fn refusal(config: &AuthorizationConfig) -> String {
+        match config.validate() {
+            Err(ConfigError::Invalid { key, reason }) => format!("{key}: {reason}"),
+            other => panic!("expected the keyring refused, got {other:?}"),
+        }
+    }
+
+    fn rotated() -> AuthorizationConfig {
+        AuthorizationConfig {
+            pan_hash_key_id: "k2".into(),
+            pan_hash_key: Secret::new("the-acquirers-second-key"),
+            pan_hash_previous_keys: [("k1".to_owned(), Secret::new("the-acquirers-first-key"))]
+                .into(),
+            ..AuthorizationConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_keyring_is_the_current_key_under_its_id_and_the_previous_ones() {
+        let keyring = rotated().pan_keyring().unwrap();
+        assert_eq!(keyring.current_id().as_str(), "k2");
+        assert_eq!(
+            AuthorizationConfig::default()
+                .pan_keyring()
+                .unwrap()
+                .current_id()
+                .as_str(),
+            switch_core::PanKeyId::FIRST,
+            "unrotated, the key is the one every earlier row names"
+        );
+        assert!(rotated().validate().is_ok());
+    }
+
+    #[test]
+    fn a_bad_key_id_a_short_previous_key_or_a_taken_id_is_refused_by_name() {
+        let mut config = rotated();
+        config.pan_hash_key_id = "k 2".into();
+        assert!(
+            refusal(&config).starts_with("authorization.pan_hash_key_id:"),
+            "{}",
+            refusal(&config)
+        );
+        let mut config = rotated();
+        config
+            .pan_hash_previous_keys
+            .insert("k0".into(), Secret::new("short"));
+        assert_eq!(
+            refusal(&config),
+            "authorization.pan_hash_previous_keys.k0: must be at least 16 bytes"
+        );
+        let mut config = rotated();
+        config
+            .pan_hash_previous_keys
+            .insert("k2".into(), Secret::new("another-key-named-k2"));
+        assert_eq!(
+            refusal(&config),
+            "authorization.pan_hash_previous_keys.k2: is the current key's id (pan_hash_key_id)"
+        );
+    }
+
+    #[test]
+    fn the_published_development_key_is_a_development_setting_current_or_previous() {
+        let keys = |config: &AuthorizationConfig| -> Vec<String> {
+            config
+                .development_settings()
+                .into_iter()
+                .map(|s| s.key)
+                .filter(|k| k.starts_with("authorization.pan_hash"))
+                .collect()
+        };
+        assert_eq!(
+            keys(&AuthorizationConfig::default()),
+            ["authorization.pan_hash_key"]
+        );
+        assert!(keys(&rotated()).is_empty());
+        // Rotated away from the development key, but kept as a previous one:
+        // its fingerprints are as guessable as before.
+        let mut config = rotated();
+        config.pan_hash_previous_keys.insert(
+            "dev".into(),
+            AuthorizationConfig::default().pan_hash_key.clone(),
+        );
+        assert_eq!(keys(&config), ["authorization.pan_hash_previous_keys.dev"]);
     }
 }

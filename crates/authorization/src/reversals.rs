@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::Counter;
+use opentelemetry::metrics::{Counter, Gauge};
 use switch_core::lifecycle::{
     Command, Effect, IssuerWindows, ReversalAnswer, ReversalAttempt, ReversalClosed,
 };
@@ -45,6 +45,14 @@ struct Metrics {
     dead_letters: Counter<u64>,
 }
 
+/// The queue as operators watch it, per issuer; every replica reads the
+/// same table, so dashboards take `max` across them (ADR 26).
+struct QueueGauges {
+    pending: Gauge<i64>,
+    oldest_pending: Gauge<u64>,
+    dead_lettered: Gauge<i64>,
+}
+
 impl ReversalWorker {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let meter = opentelemetry::global::meter(crate::SERVICE_NAME);
@@ -58,31 +66,60 @@ impl ReversalWorker {
                 .with_description("Reversals given up after their maximum age")
                 .build(),
         };
-        let pending = meter
-            .i64_gauge("authorization.reversal.pending")
-            .with_description("Reversals owed to each issuer")
-            .build();
+        let gauges = QueueGauges {
+            pending: meter
+                .i64_gauge("authorization.reversal.pending")
+                .with_description("Reversals owed to each issuer")
+                .build(),
+            oldest_pending: meter
+                .u64_gauge("authorization.reversal.oldest_pending")
+                .with_unit("ms")
+                .with_description(
+                    "How long the oldest reversal owed to each issuer has been owed (0 when none is)",
+                )
+                .build(),
+            dead_lettered: meter
+                .i64_gauge("authorization.reversal.dead_lettered")
+                .with_description(
+                    "Reversals given up on and not redriven, per issuer: shoppers who may still be charged",
+                )
+                .build(),
+        };
         tokio::pin!(shutdown);
-        // The gauge is a count query: refreshed once a second, not on every
-        // wake-up (each requested reversal wakes the worker).
+        // The gauges are count queries: refreshed once a second, not on
+        // every wake-up (each requested reversal wakes the worker).
         let mut gauge_read_at: Option<std::time::Instant> = None;
         loop {
             self.drain(&metrics).await;
             if gauge_read_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
                 gauge_read_at = Some(std::time::Instant::now());
-                if let Ok(count) = self
-                    .lifecycle
-                    .journal
-                    .pending_reversals(&self.issuer_name)
-                    .await
-                {
-                    pending.record(count, &[KeyValue::new("issuer", self.issuer_name.clone())]);
-                }
+                self.record_gauges(&gauges).await;
             }
             tokio::select! {
                 () = &mut shutdown => break,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn record_gauges(&self, gauges: &QueueGauges) {
+        match self
+            .lifecycle
+            .journal
+            .reversal_queue_gauges(&self.issuer_name, self.lifecycle.clock.now())
+            .await
+        {
+            Ok(queue) => {
+                let issuer = [KeyValue::new("issuer", self.issuer_name.clone())];
+                gauges.pending.record(queue.pending, &issuer);
+                gauges
+                    .oldest_pending
+                    .record(queue.oldest_pending_ms, &issuer);
+                gauges.dead_lettered.record(queue.dead_lettered, &issuer);
+            }
+            Err(error) => {
+                tracing::debug!(%error, issuer = %self.issuer_name, "Reversal queue gauges not read.");
             }
         }
     }

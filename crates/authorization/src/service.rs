@@ -9,7 +9,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 use switch_core::lifecycle::{Command, IssuerVerdict, IssuerWindows, decide};
 use switch_core::{
-    Evidence, PanHasher, ReplayVerdict, SaleDigest, TerminalId, TransactionId, compare_replay,
+    Evidence, PanKeyring, ReplayVerdict, SaleDigest, TerminalId, TransactionId, compare_retry,
 };
 use switch_platform::telemetry::server_span;
 use switch_proto::v1::{
@@ -70,7 +70,9 @@ impl LateAnswers {
 pub struct AuthorizationApi {
     lifecycle: Lifecycle,
     issuer: GrpcIssuerLink,
-    hasher: PanHasher,
+    /// The fingerprint keys (ADR 33): new sales under the current one,
+    /// retries under their original's.
+    keyring: PanKeyring,
     windows: IssuerWindows,
     late_answers: LateAnswers,
     in_flight: InFlight,
@@ -105,7 +107,7 @@ impl AuthorizationApi {
     pub fn new(
         lifecycle: Lifecycle,
         issuer: GrpcIssuerLink,
-        hasher: PanHasher,
+        keyring: PanKeyring,
         windows: IssuerWindows,
         late_answers: LateAnswers,
     ) -> Self {
@@ -113,7 +115,7 @@ impl AuthorizationApi {
         AuthorizationApi {
             lifecycle,
             issuer,
-            hasher,
+            keyring,
             windows,
             late_answers,
             in_flight: Arc::default(),
@@ -172,7 +174,7 @@ impl AuthorizationApi {
         command: SaleCommand,
     ) -> Result<(Authorization, bool), AuthorizationError> {
         let digest = SaleDigest {
-            pan_fingerprint: self.hasher.fingerprint(&command.pan),
+            pan_fingerprint: self.keyring.fingerprint(&command.pan),
             amount: command.amount,
         };
         if let Some(stan) = &command.last_completed_stan {
@@ -185,13 +187,13 @@ impl AuthorizationApi {
                     let _ = waiting.changed().await;
                     if let Some(original) = self.lifecycle.journal.find_by_key(&command.key).await?
                     {
-                        return self.replay(original, &digest).await;
+                        return self.replay(original, &command).await;
                     }
                     // The leader failed before journaling; try ourselves.
                 }
                 Role::Leader(guard) => {
                     let result = match self.begin(&command, &digest).await? {
-                        Begin::Existing(original) => self.replay(original, &digest).await,
+                        Begin::Existing(original) => self.replay(original, &command).await,
                         Begin::Started(started) => self
                             .ask_issuer(started, &command)
                             .await
@@ -239,9 +241,19 @@ impl AuthorizationApi {
     async fn replay(
         &self,
         original: Authorization,
-        retry: &SaleDigest,
+        retry: &SaleCommand,
     ) -> Result<(Authorization, bool), AuthorizationError> {
-        if let ReplayVerdict::Modified { field } = compare_replay(&original.digest(), retry) {
+        let verdict = compare_retry(&self.keyring, &original.digest(), &retry.pan, retry.amount)
+            .map_err(|retired| {
+                tracing::warn!(
+                    terminal_id = %original.key.terminal_id,
+                    stan = %original.key.stan,
+                    key_id = %retired.0,
+                    "Retry of a sale fingerprinted with a retired key refused."
+                );
+                AuthorizationError::FailedPrecondition(retired.to_string())
+            })?;
+        if let ReplayVerdict::Modified { field } = verdict {
             tracing::warn!(
                 terminal_id = %original.key.terminal_id,
                 stan = %original.key.stan,

@@ -3,11 +3,14 @@
 //! on past their maximum age, and operators list them oldest first, a page
 //! at a time, each with its authorization (card number masked only) and
 //! what its attempts got; a limit above the maximum or a cursor the service
-//! did not issue is refused naming the field. The broker is not needed:
-//! the outbox keeps the events.
+//! did not issue is refused naming the field. The queue's gauges count
+//! what is owed (and since when) and what was given up on. The broker is
+//! not needed: the outbox keeps the events.
 
 use std::time::{Duration, Instant};
 
+use authorization::store::{Journal, ReversalQueueGauges};
+use switch_core::Clock as _;
 use switch_platform::db::DatabaseConfig;
 use switch_platform::kafka::KafkaConfig;
 use switch_proto::v1::authorization_service_client::AuthorizationServiceClient;
@@ -16,6 +19,7 @@ use switch_proto::v1::{
     self as pb, AuthorizeRequest, FaultPlan, ListDeadLetteredRequest, ReverseRequest, TerminalKey,
     reverse_request::Target,
 };
+use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -23,15 +27,28 @@ use uuid::Uuid;
 
 const PAN: &str = "4111111111111111";
 
+/// The service's own clock: the gauges' ages are taken on it.
+fn now() -> OffsetDateTime {
+    switch_core::SystemClock.now()
+}
+
 struct Running {
     client: AuthorizationServiceClient<Channel>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     url: String,
     schema: String,
+    database: DatabaseConfig,
 }
 
+/// Reversals are given up on within a second and a half.
+const QUICK_DEAD_LETTER_MS: u64 = 1_500;
+
 async fn start() -> Running {
+    start_with_max_age(QUICK_DEAD_LETTER_MS).await
+}
+
+async fn start_with_max_age(max_age_ms: u64) -> Running {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let suffix = Uuid::new_v4().simple().to_string()[..10].to_owned();
@@ -55,7 +72,7 @@ async fn start() -> Running {
         }
     });
     // Every reversal is answered "91" (issuer unavailable): repeated, then
-    // given up on within a second and a half.
+    // given up on past `max_age_ms`.
     IssuerControlClient::connect(format!("http://{issuer}"))
         .await
         .unwrap()
@@ -77,7 +94,7 @@ async fn start() -> Running {
     };
     config.reversal.initial_delay_ms = 50;
     config.reversal.max_delay_ms = 200;
-    config.reversal.max_age_ms = 1_500;
+    config.reversal.max_age_ms = max_age_ms;
     let kafka = KafkaConfig {
         topic_prefix: format!("l{suffix}."),
         ..KafkaConfig::default()
@@ -86,6 +103,7 @@ async fn start() -> Running {
     let address = listener.local_addr().unwrap();
     let authorization_task = tokio::spawn({
         let stop = stop.clone();
+        let database = database.clone();
         async move {
             authorization::serve(
                 &database,
@@ -115,6 +133,7 @@ async fn start() -> Running {
         tasks: vec![issuer_task, authorization_task],
         url,
         schema,
+        database,
     }
 }
 
@@ -168,6 +187,22 @@ impl Running {
         approved.transaction_id
     }
 
+    /// The default issuer's queue as its gauges read it, at `now`.
+    async fn gauges(&self, now: OffsetDateTime) -> ReversalQueueGauges {
+        let pool = switch_platform::db::connect(&self.database, &self.schema)
+            .await
+            .unwrap();
+        let gauges = Journal::new(pool.clone())
+            .reversal_queue_gauges(
+                &authorization::AuthorizationConfig::default().issuer_name,
+                now,
+            )
+            .await
+            .unwrap();
+        pool.close().await;
+        gauges
+    }
+
     async fn page(&mut self, limit: u32, cursor: &str) -> pb::ListDeadLetteredResponse {
         self.client
             .list_dead_lettered(ListDeadLetteredRequest {
@@ -193,6 +228,16 @@ async fn operators_list_dead_lettered_reversals_a_page_at_a_time() {
         assert!(Instant::now() < deadline, "the reversals are given up on");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    assert_eq!(
+        running.gauges(now()).await,
+        ReversalQueueGauges {
+            pending: 0,
+            oldest_pending_ms: 0,
+            dead_lettered: 3
+        },
+        "all three given up on, none owed"
+    );
 
     let first = running.page(2, "").await;
     assert_eq!(first.reversals.len(), 2);
@@ -259,5 +304,37 @@ async fn operators_list_dead_lettered_reversals_a_page_at_a_time() {
         assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
         assert!(refused.message().starts_with(field), "{refused:?}");
     }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_gauges_show_how_long_the_oldest_reversal_has_been_owed() {
+    // Given up on only after a day: the reversal stays owed for the test.
+    let mut running = start_with_max_age(86_400_000).await;
+    // Answered once the service serves, its migrations applied.
+    assert!(running.page(0, "").await.reversals.is_empty());
+    assert_eq!(
+        running.gauges(now()).await,
+        ReversalQueueGauges {
+            pending: 0,
+            oldest_pending_ms: 0,
+            dead_lettered: 0
+        },
+        "nothing owed yet"
+    );
+    let requested_after = now();
+    running.approved_then_reversed("000201").await;
+    running.approved_then_reversed("000202").await;
+    // Read an hour on (the age is taken on the caller's clock), so the
+    // age is the hour plus what the requests themselves took.
+    let an_hour_on = requested_after + time::Duration::hours(1);
+    let gauges = running.gauges(an_hour_on).await;
+    assert_eq!(gauges.pending, 2, "{gauges:?}");
+    assert_eq!(gauges.dead_lettered, 0, "{gauges:?}");
+    let elapsed_ms = u64::try_from((now() - requested_after).whole_milliseconds()).unwrap();
+    assert!(
+        (3_600_000 - elapsed_ms..=3_600_000).contains(&gauges.oldest_pending_ms),
+        "the oldest was requested an hour before the reading, less the requests' own time: {gauges:?}"
+    );
     running.stop().await;
 }

@@ -988,6 +988,24 @@ async fn an_operator_redrives_a_dead_lettered_cancel() {
     running
         .wait_for(&payment.order_id, "cancel_dead_lettered", 10)
         .await;
+    // What the gauge authorization.qr.dead_lettered shows: this call,
+    // under its kind, and every other kind at 0.
+    let journal = authorization::qr::QrJournal::new(running.pool.clone());
+    let dead_lettered = || async { journal.dead_lettered_calls().await.expect("counted") };
+    let owed_kind: String =
+        sqlx::query_scalar("SELECT kind FROM qr_calls WHERE transaction_id = $1::uuid")
+            .bind(&payment.transaction_id)
+            .fetch_one(&running.pool)
+            .await
+            .expect("the owed call");
+    let counts = dead_lettered().await;
+    assert_eq!(
+        counts.iter().map(|(kind, _)| *kind).collect::<Vec<_>>(),
+        ["cancel", "close", "refund", "merchant_refund"]
+    );
+    for (kind, count) in &counts {
+        assert_eq!(*count, i64::from(*kind == owed_kind), "{counts:?}");
+    }
     running
         .simulator
         .faults()
@@ -1014,6 +1032,11 @@ async fn an_operator_redrives_a_dead_lettered_cancel() {
     assert!(redriven.refund.is_none());
     let closed = running.wait_for(&payment.order_id, "closed", 10).await;
     assert_eq!(closed.answer, "not_paid");
+    assert!(
+        dead_lettered().await.iter().all(|(_, count)| *count == 0),
+        "redriven and acknowledged, nothing is dead-lettered: {:?}",
+        dead_lettered().await
+    );
     let actions: Vec<(String, String)> = sqlx::query_as(
         "SELECT action, operator FROM qr_operator_actions WHERE transaction_id = $1::uuid",
     )

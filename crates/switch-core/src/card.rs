@@ -164,49 +164,196 @@ impl From<MaskedPan> for String {
     }
 }
 
+/// Which key made a fingerprint, so the key can be rotated (ADR 33): 1 to
+/// 32 characters of `A-Z a-z 0-9 . _ -`. Not secret; stored beside every
+/// fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PanKeyId(String);
+
+impl PanKeyId {
+    /// The id of the key configured before keys had ids: every fingerprint
+    /// journaled until then carries it (authorization's migration 0012).
+    pub const FIRST: &'static str = "k1";
+
+    /// Field "pan_hash_key_id".
+    pub fn parse(s: &str) -> Result<PanKeyId, InvalidField> {
+        if s.is_empty() || s.len() > 32 {
+            return Err(InvalidField::new(
+                "pan_hash_key_id",
+                "must be 1 to 32 characters",
+            ));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(InvalidField::new(
+                "pan_hash_key_id",
+                "must contain only letters, digits, '.', '_' and '-'",
+            ));
+        }
+        Ok(PanKeyId(s.to_owned()))
+    }
+
+    /// [`PanKeyId::FIRST`].
+    pub fn first() -> PanKeyId {
+        PanKeyId(Self::FIRST.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PanKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Keyed hash of a PAN (HMAC-SHA256) so the journal can find a card again
 /// without storing it. Keyed rather than a plain hash because the PAN space
-/// is small enough to brute-force an unkeyed SHA-256.
+/// is small enough to brute-force an unkeyed SHA-256. Each hasher has its
+/// key's id, which every fingerprint it makes carries.
 #[derive(Clone)]
 pub struct PanHasher {
+    id: PanKeyId,
     mac: Hmac<Sha256>,
 }
 
 impl PanHasher {
+    /// A hasher for the key [`PanKeyId::FIRST`].
     pub fn new(key: &[u8]) -> PanHasher {
+        PanHasher::with_id(PanKeyId::first(), key)
+    }
+
+    /// A hasher for the key named `id`.
+    pub fn with_id(id: PanKeyId, key: &[u8]) -> PanHasher {
         // HMAC is defined for keys of any length (long keys are hashed, short
         // ones padded), so `new_from_slice` cannot fail for Hmac<Sha256>.
         let mac =
             <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
-        PanHasher { mac }
+        PanHasher { id, mac }
+    }
+
+    pub fn id(&self) -> &PanKeyId {
+        &self.id
     }
 
     pub fn fingerprint(&self, pan: &Pan) -> PanFingerprint {
         let mut mac = self.mac.clone();
         mac.update(pan.expose().as_bytes());
-        PanFingerprint(hex::encode(mac.finalize().into_bytes()))
+        PanFingerprint {
+            key_id: self.id.clone(),
+            hex: hex::encode(mac.finalize().into_bytes()),
+        }
     }
 }
 
 impl fmt::Debug for PanHasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PanHasher { key: <redacted> }")
+        write!(f, "PanHasher {{ id: {}, key: <redacted> }}", self.id)
     }
 }
 
-/// HMAC-SHA256 of a PAN as 64 lowercase hex characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct PanFingerprint(String);
+/// The fingerprint keys in use (ADR 33): the current one, which
+/// fingerprints every new sale, and the previous ones, kept as long as a
+/// journaled fingerprint made with them may still be compared (a retry of
+/// a sale from before a rotation). Which key a comparison uses is decided
+/// here and nowhere else: the key the stored fingerprint names.
+#[derive(Debug, Clone)]
+pub struct PanKeyring {
+    current: PanHasher,
+    previous: Vec<PanHasher>,
+}
+
+/// A fingerprint names a key the keyring no longer holds: the card it was
+/// made of cannot be compared with any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredKey(pub PanKeyId);
+
+impl fmt::Display for RetiredKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the card was fingerprinted with key {}, which is no longer configured",
+            self.0
+        )
+    }
+}
+
+impl PanKeyring {
+    pub fn new(current: PanHasher) -> PanKeyring {
+        PanKeyring {
+            current,
+            previous: Vec::new(),
+        }
+    }
+
+    /// Adds a previous key. Field "pan_hash_previous_keys": its id must be
+    /// another than every key's already in the keyring.
+    pub fn with_previous(mut self, previous: PanHasher) -> Result<PanKeyring, InvalidField> {
+        if self.hasher(previous.id()).is_some() {
+            return Err(InvalidField::new(
+                "pan_hash_previous_keys",
+                format!("key id {} is in the keyring already", previous.id()),
+            ));
+        }
+        self.previous.push(previous);
+        Ok(self)
+    }
+
+    pub fn current_id(&self) -> &PanKeyId {
+        self.current.id()
+    }
+
+    /// A new sale's fingerprint: under the current key.
+    pub fn fingerprint(&self, pan: &Pan) -> PanFingerprint {
+        self.current.fingerprint(pan)
+    }
+
+    /// `pan`'s fingerprint under the key `stored` was made with, so the two
+    /// compare equal exactly when they are the same card, whichever key is
+    /// current now.
+    pub fn fingerprint_like(
+        &self,
+        stored: &PanFingerprint,
+        pan: &Pan,
+    ) -> Result<PanFingerprint, RetiredKey> {
+        self.hasher(stored.key_id())
+            .map(|hasher| hasher.fingerprint(pan))
+            .ok_or_else(|| RetiredKey(stored.key_id().clone()))
+    }
+
+    fn hasher(&self, id: &PanKeyId) -> Option<&PanHasher> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|hasher| hasher.id() == id)
+    }
+}
+
+/// HMAC-SHA256 of a PAN as 64 lowercase hex characters, with the id of the
+/// key it was made with: fingerprints of one card under two keys differ,
+/// and are never compared with each other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PanFingerprint {
+    key_id: PanKeyId,
+    hex: String,
+}
 
 impl PanFingerprint {
+    /// The HMAC, hex-encoded.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.hex
+    }
+
+    pub fn key_id(&self) -> &PanKeyId {
+        &self.key_id
     }
 
     /// Field "pan_fingerprint": exactly 64 lowercase hex characters, the
     /// canonical form, so equal fingerprints always compare equal as strings.
-    pub fn from_hex(s: &str) -> Result<PanFingerprint, InvalidField> {
+    pub fn from_hex(key_id: PanKeyId, s: &str) -> Result<PanFingerprint, InvalidField> {
         if s.len() != 64 {
             return Err(InvalidField::new(
                 "pan_fingerprint",
@@ -219,26 +366,16 @@ impl PanFingerprint {
                 "must contain only lowercase hex characters",
             ));
         }
-        Ok(PanFingerprint(s.to_owned()))
+        Ok(PanFingerprint {
+            key_id,
+            hex: s.to_owned(),
+        })
     }
 }
 
 impl fmt::Display for PanFingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for PanFingerprint {
-    type Error = InvalidField;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        PanFingerprint::from_hex(&s)
-    }
-}
-
-impl From<PanFingerprint> for String {
-    fn from(f: PanFingerprint) -> String {
-        f.0
+        f.write_str(&self.hex)
     }
 }
 
@@ -398,7 +535,11 @@ mod tests {
         assert_ne!(fp, h.fingerprint(&other));
         assert_ne!(fp, PanHasher::new(b"key-2").fingerprint(&pan));
         assert_eq!(fp.as_str().len(), 64);
-        assert_eq!(PanFingerprint::from_hex(fp.as_str()).unwrap(), fp);
+        assert_eq!(
+            PanFingerprint::from_hex(PanKeyId::first(), fp.as_str()).unwrap(),
+            fp
+        );
+        assert_eq!(fp.key_id().as_str(), "k1");
         assert!(!fp.as_str().contains(VISA));
         // Known answer computed independently (Python hmac module).
         assert_eq!(
@@ -412,6 +553,55 @@ mod tests {
     }
 
     #[test]
+    fn key_ids_are_short_plain_names() {
+        for ok in ["k1", "2026-12.a", "K_2", &"a".repeat(32)] {
+            assert_eq!(PanKeyId::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in ["", "k 1", "k1/", "clé", &"a".repeat(33)] {
+            assert_eq!(PanKeyId::parse(bad).unwrap_err().field, "pan_hash_key_id");
+        }
+    }
+
+    #[test]
+    fn the_keyring_fingerprints_with_the_current_key_and_compares_under_the_stored_ones() {
+        let pan = Pan::parse(VISA).unwrap();
+        let other = Pan::parse("5555555555554444").unwrap();
+        let old = PanHasher::new(b"the-first-key-0001");
+        let new = PanHasher::with_id(PanKeyId::parse("k2").unwrap(), b"the-second-key-002");
+        let before_rotation = old.fingerprint(&pan);
+        let keyring = PanKeyring::new(new.clone()).with_previous(old).unwrap();
+        assert_eq!(keyring.current_id().as_str(), "k2");
+        let after_rotation = keyring.fingerprint(&pan);
+        assert_eq!(after_rotation.key_id().as_str(), "k2");
+        assert_ne!(
+            after_rotation, before_rotation,
+            "one card under two keys: two fingerprints"
+        );
+        // A retry is fingerprinted as its original was, whichever key
+        // that is: the same card compares equal, another card does not.
+        for stored in [&before_rotation, &after_rotation] {
+            assert_eq!(&keyring.fingerprint_like(stored, &pan).unwrap(), stored);
+            assert_ne!(&keyring.fingerprint_like(stored, &other).unwrap(), stored);
+        }
+        // Once the old key is dropped, its fingerprints cannot be compared.
+        let retired = PanKeyring::new(new);
+        assert_eq!(
+            retired.fingerprint_like(&before_rotation, &pan),
+            Err(RetiredKey(PanKeyId::first()))
+        );
+    }
+
+    #[test]
+    fn a_key_id_is_in_the_keyring_once() {
+        let keyring = PanKeyring::new(PanHasher::new(b"the-first-key-0001"));
+        let again = PanHasher::new(b"another-key-with-the-same-id");
+        assert_eq!(
+            keyring.with_previous(again).unwrap_err().field,
+            "pan_hash_previous_keys"
+        );
+    }
+
+    #[test]
     fn hasher_debug_hides_key() {
         let h = PanHasher::new(b"super-secret-key");
         let dbg = format!("{h:?}");
@@ -422,7 +612,7 @@ mod tests {
     #[test]
     fn fingerprint_from_hex_rejects() {
         let good = "a".repeat(64);
-        assert!(PanFingerprint::from_hex(&good).is_ok());
+        assert!(PanFingerprint::from_hex(PanKeyId::first(), &good).is_ok());
         for bad in [
             String::new(),
             "a".repeat(63),
@@ -432,7 +622,9 @@ mod tests {
             format!("{}é", "a".repeat(62)),
         ] {
             assert_eq!(
-                PanFingerprint::from_hex(&bad).unwrap_err().field,
+                PanFingerprint::from_hex(PanKeyId::first(), &bad)
+                    .unwrap_err()
+                    .field,
                 "pan_fingerprint"
             );
         }

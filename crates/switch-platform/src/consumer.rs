@@ -177,9 +177,115 @@ impl GroupMembership {
 struct MembershipContext {
     membership: GroupMembership,
     group: String,
+    lag: opentelemetry::metrics::Gauge<i64>,
 }
 
-impl ClientContext for MembershipContext {}
+/// How often librdkafka reports the consumer's statistics, which carry
+/// each partition's high watermark and committed offset: the lag gauge is
+/// as fresh as this.
+const STATISTICS_INTERVAL_MS: u32 = 5_000;
+
+impl ClientContext for MembershipContext {
+    /// Records `consumer.lag` from librdkafka's statistics: the events this
+    /// instance's partitions hold past what the group has committed, per
+    /// topic. Parsed into [`ConsumerStatistics`], only the fields it needs,
+    /// rather than rdkafka's full `Statistics`.
+    fn stats_raw(&self, statistics: &[u8]) {
+        match serde_json::from_slice::<ConsumerStatistics>(statistics) {
+            Ok(statistics) => {
+                for (topic, lag) in statistics.lag_by_topic() {
+                    self.lag.record(
+                        lag,
+                        &[
+                            opentelemetry::KeyValue::new("consumer", self.group.clone()),
+                            opentelemetry::KeyValue::new("topic", topic),
+                        ],
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, group = %self.group, "Consumer statistics not read.");
+            }
+        }
+    }
+}
+
+/// The part of librdkafka's statistics JSON the lag gauge reads
+/// (<https://github.com/confluentinc/librdkafka/blob/master/STATISTICS.md>).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct ConsumerStatistics {
+    topics: std::collections::BTreeMap<String, TopicStatistics>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct TopicStatistics {
+    partitions: std::collections::BTreeMap<String, PartitionStatistics>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(default)]
+struct PartitionStatistics {
+    partition: i32,
+    desired: bool,
+    lo_offset: i64,
+    hi_offset: i64,
+    app_offset: i64,
+    consumer_lag: i64,
+}
+
+impl Default for PartitionStatistics {
+    fn default() -> Self {
+        // librdkafka's "unknown" for every offset.
+        PartitionStatistics {
+            partition: -1,
+            desired: false,
+            lo_offset: -1,
+            hi_offset: -1,
+            app_offset: -1,
+            consumer_lag: -1,
+        }
+    }
+}
+
+impl ConsumerStatistics {
+    /// Events behind the high watermark, summed over the partitions this
+    /// consumer is assigned, per subscribed topic (0 for a topic none of
+    /// whose partitions it holds, so a revoked partition stops counting
+    /// here; the replica it moved to counts it). librdkafka's
+    /// `consumer_lag` (high watermark, or last stable offset, minus the
+    /// committed offset) where it knows it; before a group's first commit
+    /// that is unknown, and the lag is counted from where consuming starts
+    /// (the lowest retained offset, or past what was handed over).
+    pub fn lag_by_topic(&self) -> Vec<(String, i64)> {
+        self.topics
+            .iter()
+            .map(|(topic, statistics)| {
+                let lag = statistics
+                    .partitions
+                    .values()
+                    .filter(|p| p.desired && p.partition >= 0)
+                    .filter_map(PartitionStatistics::lag)
+                    .sum();
+                (topic.clone(), lag)
+            })
+            .collect()
+    }
+}
+
+impl PartitionStatistics {
+    fn lag(&self) -> Option<i64> {
+        if self.consumer_lag >= 0 {
+            return Some(self.consumer_lag);
+        }
+        if self.hi_offset < 0 {
+            return None;
+        }
+        let from = self.app_offset.max(self.lo_offset).max(0);
+        Some((self.hi_offset - from).max(0))
+    }
+}
 
 impl ConsumerContext for MembershipContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -436,9 +542,17 @@ pub async fn run(
     let context = MembershipContext {
         membership: membership.cloned().unwrap_or_default(),
         group: group.to_owned(),
+        lag: opentelemetry::global::meter("switch-platform")
+            .i64_gauge("consumer.lag")
+            .with_description(
+                "Events past the group's committed offsets, by consumer group and topic, over this instance's partitions (sum the instances)",
+            )
+            .build(),
     };
-    let consumer: StreamConsumer<MembershipContext> =
-        kafka.consumer_config(group).create_with_context(context)?;
+    let consumer: StreamConsumer<MembershipContext> = kafka
+        .consumer_config(group)
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string())
+        .create_with_context(context)?;
     let names: Vec<String> = topics.iter().map(|t| kafka.topic(t)).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
@@ -978,6 +1092,7 @@ pub async fn run_until_stopped(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let pruning = prune_until_stopped(&pool, group, kafka.dedupe_retention_hours, &stop);
+    let gauging = gauge_dead_letters_until_stopped(&pool, group, &stop);
     let consuming = consume_until_stopped(
         pool.clone(),
         kafka,
@@ -987,7 +1102,56 @@ pub async fn run_until_stopped(
         membership,
         &stop,
     );
-    tokio::join!(pruning, consuming);
+    tokio::join!(pruning, gauging, consuming);
+}
+
+/// `consumer`'s dead-lettered events not yet replayed: what an operator
+/// still has to look at. Counted on the primary key's leading column.
+pub async fn open_dead_letters(pool: &PgPool, consumer: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM dead_letter_events WHERE consumer = $1 AND replayed_at IS NULL",
+    )
+    .bind(consumer)
+    .fetch_one(pool)
+    .await
+}
+
+/// How often [`open_dead_letters`] is read for its gauge.
+const DEAD_LETTER_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Records `consumer.dead_letters.open` every
+/// [`DEAD_LETTER_GAUGE_INTERVAL`] until `stop`: the counter
+/// `consumer.dead_lettered` says when events were set aside, this says how
+/// many still are (an `increase` over a window forgets them after it).
+/// Beside the consumer rather than in it, so it goes on while the consumer
+/// restarts.
+async fn gauge_dead_letters_until_stopped(
+    pool: &PgPool,
+    consumer: &str,
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    let open = opentelemetry::global::meter("switch-platform")
+        .i64_gauge("consumer.dead_letters.open")
+        .with_description("Dead-lettered events not yet replayed, by consumer")
+        .build();
+    let mut ticks = tokio::time::interval(DEAD_LETTER_GAUGE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match open_dead_letters(pool, consumer).await {
+            Ok(count) => open.record(
+                count,
+                &[opentelemetry::KeyValue::new(
+                    "consumer",
+                    consumer.to_owned(),
+                )],
+            ),
+            Err(error) => tracing::debug!(consumer, %error, "Dead-letter gauge not read."),
+        }
+    }
 }
 
 async fn consume_until_stopped(
@@ -1028,6 +1192,41 @@ async fn consume_until_stopped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_sums_the_assigned_partitions_of_each_topic_from_librdkafka_statistics() {
+        // Shaped as librdkafka writes it (STATISTICS.md), trimmed to the
+        // fields read, plus one it ignores.
+        let json = br#"{
+          "name": "rdkafka#consumer-1", "type": "consumer",
+          "topics": {
+            "p.authorization-events": { "topic": "p.authorization-events", "partitions": {
+              "0": { "partition": 0, "desired": true, "lo_offset": 0, "hi_offset": 120,
+                     "app_offset": 100, "committed_offset": 90, "consumer_lag": 30 },
+              "1": { "partition": 1, "desired": true, "lo_offset": 10, "hi_offset": 50,
+                     "app_offset": -1001, "committed_offset": -1001, "consumer_lag": -1 },
+              "2": { "partition": 2, "desired": false, "lo_offset": 0, "hi_offset": 999,
+                     "app_offset": -1001, "committed_offset": 5, "consumer_lag": 994 },
+              "-1": { "partition": -1, "desired": false, "consumer_lag": -1 }
+            }},
+            "p.settlement-events": { "topic": "p.settlement-events", "partitions": {
+              "0": { "partition": 0, "desired": true, "hi_offset": -1, "consumer_lag": -1 }
+            }}
+          }
+        }"#;
+        let statistics: ConsumerStatistics = serde_json::from_slice(json).unwrap();
+        assert_eq!(
+            statistics.lag_by_topic(),
+            vec![
+                // 30 from librdkafka; 40 counted from the lowest offset of a
+                // partition the group never committed; the revoked
+                // partition and the internal one not at all.
+                ("p.authorization-events".to_owned(), 70),
+                // Nothing known yet: 0, not a guess.
+                ("p.settlement-events".to_owned(), 0),
+            ]
+        );
+    }
 
     #[tokio::test]
     async fn membership_is_shared_by_clones_and_resolves_on_the_first_assignment() {

@@ -191,8 +191,14 @@ impl OutboxRelay {
         let gather = Duration::from_millis(self.config.gather_ms);
         let mut last_sweep = Instant::now();
         let mut last_prune = Instant::now();
+        let gauges = BacklogGauges::new();
+        let mut last_gauge: Option<Instant> = None;
         self.drain(Scan::Full).await;
         loop {
+            if last_gauge.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
+                self.record_backlog(&gauges).await;
+                last_gauge = Some(Instant::now());
+            }
             tokio::select! {
                 () = &mut shutdown => break,
                 () = self.wake.notified() => tokio::time::sleep(gather).await,
@@ -214,6 +220,35 @@ impl OutboxRelay {
             }
         }
         self.drain(Scan::Full).await;
+    }
+
+    async fn record_backlog(&self, gauges: &BacklogGauges) {
+        match self.backlog().await {
+            Ok(backlog) => {
+                gauges.rows.record(backlog.rows, &[]);
+                gauges.oldest.record(backlog.oldest_ms, &[]);
+            }
+            Err(error) => tracing::debug!(%error, "Outbox backlog gauge not read."),
+        }
+    }
+
+    /// What is committed and not yet published: how many rows, and how
+    /// long the oldest has waited. Both ends of the age are the database's
+    /// clock (`created_at` is its `now()` at the insert), so no clock skew
+    /// between the service and the database enters it. The count reads the
+    /// partial index `outbox_unpublished`, never the published rows.
+    pub async fn backlog(&self) -> Result<OutboxBacklog, OutboxError> {
+        let (rows, oldest_ms): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), \
+               (greatest(0, extract(epoch FROM now() - min(created_at)) * 1000))::bigint \
+             FROM outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OutboxBacklog {
+            rows,
+            oldest_ms: oldest_ms.map_or(0, |ms| u64::try_from(ms).unwrap_or(0)),
+        })
     }
 
     async fn drain(&self, scan: Scan) {
@@ -309,6 +344,44 @@ impl OutboxRelay {
             self.published_up_to.fetch_max(*highest, Ordering::Relaxed);
         }
         Ok(published.len())
+    }
+}
+
+/// How often the relay reads its backlog for the gauges.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The outbox's unpublished rows, as [`OutboxRelay::backlog`] reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxBacklog {
+    pub rows: i64,
+    /// How long the oldest unpublished row has waited (0 when none has).
+    pub oldest_ms: u64,
+}
+
+/// `outbox.backlog` and `outbox.oldest_unpublished`. The service is the
+/// exporter's `job`; every replica of it reads the same table, so
+/// dashboards take `max` by job (ADR 26).
+struct BacklogGauges {
+    rows: opentelemetry::metrics::Gauge<i64>,
+    oldest: opentelemetry::metrics::Gauge<u64>,
+}
+
+impl BacklogGauges {
+    fn new() -> Self {
+        let meter = opentelemetry::global::meter("switch-platform");
+        BacklogGauges {
+            rows: meter
+                .i64_gauge("outbox.backlog")
+                .with_description("Outbox rows committed and not yet published to Kafka")
+                .build(),
+            oldest: meter
+                .u64_gauge("outbox.oldest_unpublished")
+                .with_unit("ms")
+                .with_description(
+                    "How long the oldest unpublished outbox row has waited (0 when none has)",
+                )
+                .build(),
+        }
     }
 }
 

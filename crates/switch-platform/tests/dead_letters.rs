@@ -204,6 +204,19 @@ async fn a_poison_event_is_replayed_once_after_the_fix_with_who_and_why() {
     assert_eq!(listed[0].attempts, consumer::POISON_ATTEMPTS as i32);
     assert!(listed[0].error.contains("cannot take a poison event"));
     assert_eq!(listed[0].replayed_at, None);
+    // What the gauge consumer.dead_letters.open shows, for this group only.
+    assert_eq!(
+        consumer::open_dead_letters(&world.pool, &world.group)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        consumer::open_dead_letters(&world.pool, "another-group")
+            .await
+            .unwrap(),
+        0
+    );
 
     let everything = ReplaySelection::default();
     let replay = |operator: &'static str, reason: &'static str| Replay {
@@ -241,6 +254,13 @@ async fn a_poison_event_is_replayed_once_after_the_fix_with_who_and_why() {
     assert!(matches!(&failed[0].result, ReplayResult::Failed(e) if e.contains("poison")));
     assert_eq!(marks(&world).await, (None, None, None, false, 6));
     assert_eq!(world.effects().await, ["before", "after"]);
+    assert_eq!(
+        consumer::open_dead_letters(&world.pool, &world.group)
+            .await
+            .unwrap(),
+        1,
+        "a failed replay leaves it open"
+    );
 
     // The fix, then the replay: applied once and marked, in one transaction.
     handler.fixed.store(true, Ordering::SeqCst);
@@ -255,6 +275,13 @@ async fn a_poison_event_is_replayed_once_after_the_fix_with_who_and_why() {
     assert_eq!(replayed.len(), 1);
     assert_eq!(replayed[0].result, ReplayResult::Applied);
     assert_eq!(replayed[0].offset, listed[0].offset);
+    assert_eq!(
+        consumer::open_dead_letters(&world.pool, &world.group)
+            .await
+            .unwrap(),
+        0,
+        "replayed, it is no longer open"
+    );
     assert_eq!(world.effects().await, ["before", "after", "poison"]);
     assert_eq!(
         marks(&world).await,

@@ -1,6 +1,7 @@
 //! Retention on the real PostgreSQL: the relay deletes published outbox
 //! rows past their retention and never an unpublished one; a consumer
-//! forgets only its own event ids past theirs.
+//! forgets only its own event ids past theirs. And the backlog the relay's
+//! gauges report: unpublished rows only, and the oldest one's age.
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
@@ -193,6 +194,45 @@ async fn a_consumer_forgets_only_its_own_event_ids_past_retention() {
         .await,
         4,
         "another consumer's ids are its own business"
+    );
+
+    pool.close().await;
+    switch_platform::db::drop_schema(&url, &schema)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_backlog_counts_unpublished_rows_and_the_oldest_ones_age() {
+    let (pool, url, schema) = schema().await;
+    // Never used: the backlog is SQL only.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:1")
+        .create()
+        .unwrap();
+    let relay = OutboxRelay::new(pool.clone(), producer, OutboxConfig::default());
+    assert_eq!(
+        relay.backlog().await.unwrap(),
+        switch_platform::outbox::OutboxBacklog {
+            rows: 0,
+            oldest_ms: 0
+        },
+        "an empty outbox"
+    );
+    // Published rows, however many and old, are not backlog.
+    for _ in 0..3 {
+        outbox_row(&pool, Some(1), 48).await;
+    }
+    // Unpublished: one committed two hours ago, two just now.
+    outbox_row(&pool, None, 2).await;
+    outbox_row(&pool, None, 0).await;
+    outbox_row(&pool, None, 0).await;
+    let backlog = relay.backlog().await.unwrap();
+    assert_eq!(backlog.rows, 3);
+    let two_hours_ms = 2 * 3_600_000;
+    assert!(
+        (two_hours_ms..two_hours_ms + 60_000).contains(&backlog.oldest_ms),
+        "the oldest waited two hours: {backlog:?}"
     );
 
     pool.close().await;

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::edge::{Edge, Refusal};
 use crate::identity::TerminalIdentity;
 use crate::limits::{RateLimited, RateLimiter};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, grpc_outcome};
 use crate::push::{self, Push};
 use crate::store::{self, Acknowledged};
 
@@ -157,6 +157,24 @@ impl TerminalApi {
             push,
             guard,
         })
+    }
+
+    /// Runs a gRPC call of a terminal and records how long it waited for
+    /// the answer (`gateway.request.duration`), whatever the answer.
+    async fn timed<T>(
+        &self,
+        method: &'static str,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = std::time::Instant::now();
+        let answer = call.await;
+        let code = answer
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.guard
+            .metrics
+            .request_answered("grpc", method, grpc_outcome(code), started.elapsed());
+        answer
     }
 
     /// What every request passes, for the edges that are not gRPC.
@@ -305,12 +323,15 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::SaleRequest>,
     ) -> Result<Response<pb::SaleResponse>, Status> {
-        let identity = self.guard.admit(&request, "Sale")?;
-        let sale = request.into_inner();
-        let span = tracing::Span::current();
-        span.record("terminal_id", sale.terminal_id.as_str());
-        span.record("stan", sale.stan.as_str());
-        self.forward_sale(&identity, sale).await.map(Response::new)
+        self.timed("Sale", async {
+            let identity = self.guard.admit(&request, "Sale")?;
+            let sale = request.into_inner();
+            let span = tracing::Span::current();
+            span.record("terminal_id", sale.terminal_id.as_str());
+            span.record("stan", sale.stan.as_str());
+            self.forward_sale(&identity, sale).await.map(Response::new)
+        })
+        .await
     }
 
     #[tracing::instrument(name = "gateway.inquiry", skip_all)]
@@ -318,20 +339,23 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::InquiryRequest>,
     ) -> Result<Response<AuthorizationRecord>, Status> {
-        let identity = self.guard.admit(&request, "Inquiry")?;
-        let inquiry = request.into_inner();
-        identity.authorize(&inquiry.terminal_id)?;
-        let lookup = pb::GetAuthorizationRequest {
-            by: Some(By::Key(key(
-                &inquiry.terminal_id,
-                &inquiry.stan,
-                &inquiry.local_date,
-            ))),
-        };
-        self.authorization
-            .clone()
-            .get_authorization(self.outbound(lookup))
-            .await
+        self.timed("Inquiry", async {
+            let identity = self.guard.admit(&request, "Inquiry")?;
+            let inquiry = request.into_inner();
+            identity.authorize(&inquiry.terminal_id)?;
+            let lookup = pb::GetAuthorizationRequest {
+                by: Some(By::Key(key(
+                    &inquiry.terminal_id,
+                    &inquiry.stan,
+                    &inquiry.local_date,
+                ))),
+            };
+            self.authorization
+                .clone()
+                .get_authorization(self.outbound(lookup))
+                .await
+        })
+        .await
     }
 
     #[tracing::instrument(name = "gateway.reprint_last", skip_all)]
@@ -339,15 +363,18 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::ReprintLastRequest>,
     ) -> Result<Response<AuthorizationRecord>, Status> {
-        let identity = self.guard.admit(&request, "ReprintLast")?;
-        let reprint = request.into_inner();
-        identity.authorize(&reprint.terminal_id)?;
-        self.authorization
-            .clone()
-            .last_for_terminal(self.outbound(pb::LastForTerminalRequest {
-                terminal_id: reprint.terminal_id,
-            }))
-            .await
+        self.timed("ReprintLast", async {
+            let identity = self.guard.admit(&request, "ReprintLast")?;
+            let reprint = request.into_inner();
+            identity.authorize(&reprint.terminal_id)?;
+            self.authorization
+                .clone()
+                .last_for_terminal(self.outbound(pb::LastForTerminalRequest {
+                    terminal_id: reprint.terminal_id,
+                }))
+                .await
+        })
+        .await
     }
 
     #[tracing::instrument(name = "gateway.acknowledge", skip_all)]
@@ -355,10 +382,13 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
-        let identity = self.guard.admit(&request, "Acknowledge")?;
-        self.forward_acknowledge(&identity, request.into_inner())
-            .await
-            .map(Response::new)
+        self.timed("Acknowledge", async {
+            let identity = self.guard.admit(&request, "Acknowledge")?;
+            self.forward_acknowledge(&identity, request.into_inner())
+                .await
+                .map(Response::new)
+        })
+        .await
     }
 
     /// S4: the terminal timed out and asks to reverse. Authorization makes
@@ -369,10 +399,13 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::TerminalReverseRequest>,
     ) -> Result<Response<pb::TerminalReverseResponse>, Status> {
-        let identity = self.guard.admit(&request, "Reverse")?;
-        self.forward_reverse(&identity, request.into_inner())
-            .await
-            .map(Response::new)
+        self.timed("Reverse", async {
+            let identity = self.guard.admit(&request, "Reverse")?;
+            self.forward_reverse(&identity, request.into_inner())
+                .await
+                .map(Response::new)
+        })
+        .await
     }
 
     /// ISO 8583 0500: the terminal's totals. The merchant is the
@@ -382,10 +415,13 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::CloseBatchRequest>,
     ) -> Result<Response<pb::CloseBatchResponse>, Status> {
-        let identity = self.guard.admit(&request, "CloseBatch")?;
-        self.forward_close_batch(&identity, request.into_inner())
-            .await
-            .map(Response::new)
+        self.timed("CloseBatch", async {
+            let identity = self.guard.admit(&request, "CloseBatch")?;
+            self.forward_close_batch(&identity, request.into_inner())
+                .await
+                .map(Response::new)
+        })
+        .await
     }
 
     /// The batch upload that follows an out-of-balance close.
@@ -394,10 +430,13 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::UploadBatchRequest>,
     ) -> Result<Response<pb::UploadBatchResponse>, Status> {
-        let identity = self.guard.admit(&request, "UploadBatch")?;
-        self.forward_upload_batch(&identity, request.into_inner())
-            .await
-            .map(Response::new)
+        self.timed("UploadBatch", async {
+            let identity = self.guard.admit(&request, "UploadBatch")?;
+            self.forward_upload_batch(&identity, request.into_inner())
+                .await
+                .map(Response::new)
+        })
+        .await
     }
 
     /// The terminal's messages: its backlog in order, then new ones, until
@@ -431,35 +470,38 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::AcknowledgeMessageRequest>,
     ) -> Result<Response<pb::AcknowledgeMessageResponse>, Status> {
-        let identity = self.guard.admit(&request, "AcknowledgeMessage")?;
-        let ack = request.into_inner();
-        identity.authorize(&ack.terminal_id)?;
-        tracing::Span::current().record("terminal_id", ack.terminal_id.as_str());
-        let message_id = Uuid::parse_str(&ack.message_id).map_err(|_| {
-            Status::invalid_argument(format!("message_id {:?} is not a UUID", ack.message_id))
-        })?;
-        let outcome = store::acknowledge(&self.push.pool, &identity.terminal_id, message_id)
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, "Acknowledgement of a terminal message failed.");
-                Status::unavailable("the acknowledgement could not be recorded; retry")
+        self.timed("AcknowledgeMessage", async {
+            let identity = self.guard.admit(&request, "AcknowledgeMessage")?;
+            let ack = request.into_inner();
+            identity.authorize(&ack.terminal_id)?;
+            tracing::Span::current().record("terminal_id", ack.terminal_id.as_str());
+            let message_id = Uuid::parse_str(&ack.message_id).map_err(|_| {
+                Status::invalid_argument(format!("message_id {:?} is not a UUID", ack.message_id))
             })?;
-        match outcome {
-            Acknowledged::Now => {
-                self.push.metrics.acknowledged();
-                tracing::debug!(%message_id, "Terminal message acknowledged.");
-                Ok(Response::new(pb::AcknowledgeMessageResponse {
-                    already_acknowledged: false,
-                }))
+            let outcome = store::acknowledge(&self.push.pool, &identity.terminal_id, message_id)
+                .await
+                .map_err(|error| {
+                    tracing::warn!(%error, "Acknowledgement of a terminal message failed.");
+                    Status::unavailable("the acknowledgement could not be recorded; retry")
+                })?;
+            match outcome {
+                Acknowledged::Now => {
+                    self.push.metrics.acknowledged();
+                    tracing::debug!(%message_id, "Terminal message acknowledged.");
+                    Ok(Response::new(pb::AcknowledgeMessageResponse {
+                        already_acknowledged: false,
+                    }))
+                }
+                Acknowledged::Already => Ok(Response::new(pb::AcknowledgeMessageResponse {
+                    already_acknowledged: true,
+                })),
+                Acknowledged::NotFound => Err(Status::not_found(format!(
+                    "terminal {} has no message {message_id}",
+                    identity.terminal_id
+                ))),
             }
-            Acknowledged::Already => Ok(Response::new(pb::AcknowledgeMessageResponse {
-                already_acknowledged: true,
-            })),
-            Acknowledged::NotFound => Err(Status::not_found(format!(
-                "terminal {} has no message {message_id}",
-                identity.terminal_id
-            ))),
-        }
+        })
+        .await
     }
 
     // QR payments (ADR 29): the terminal is the certificate's, and so is
@@ -469,14 +511,17 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::QrPayRequest>,
     ) -> Result<Response<pb::QrPaymentResponse>, Status> {
-        let identity = self.guard.admit(&request, "QrPay")?;
-        let mut pay = request.into_inner();
-        identity.authorize(&pay.terminal_id)?;
-        let span = tracing::Span::current();
-        span.record("terminal_id", pay.terminal_id.as_str());
-        span.record("stan", pay.stan.as_str());
-        pay.merchant_id = identity.merchant_id.clone();
-        self.authorization.clone().qr_pay(self.outbound(pay)).await
+        self.timed("QrPay", async {
+            let identity = self.guard.admit(&request, "QrPay")?;
+            let mut pay = request.into_inner();
+            identity.authorize(&pay.terminal_id)?;
+            let span = tracing::Span::current();
+            span.record("terminal_id", pay.terminal_id.as_str());
+            span.record("stan", pay.stan.as_str());
+            pay.merchant_id = identity.merchant_id.clone();
+            self.authorization.clone().qr_pay(self.outbound(pay)).await
+        })
+        .await
     }
 
     #[tracing::instrument(name = "gateway.qr_order", skip_all)]
@@ -484,14 +529,17 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::QrOrderRequest>,
     ) -> Result<Response<pb::QrPaymentResponse>, Status> {
-        let identity = self.guard.admit(&request, "QrOrder")?;
-        let mut order = request.into_inner();
-        identity.authorize(&order.terminal_id)?;
-        order.merchant_id = identity.merchant_id.clone();
-        self.authorization
-            .clone()
-            .qr_order(self.outbound(order))
-            .await
+        self.timed("QrOrder", async {
+            let identity = self.guard.admit(&request, "QrOrder")?;
+            let mut order = request.into_inner();
+            identity.authorize(&order.terminal_id)?;
+            order.merchant_id = identity.merchant_id.clone();
+            self.authorization
+                .clone()
+                .qr_order(self.outbound(order))
+                .await
+        })
+        .await
     }
 
     #[tracing::instrument(name = "gateway.qr_status", skip_all)]
@@ -499,13 +547,16 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::QrStatusRequest>,
     ) -> Result<Response<pb::QrPaymentRecord>, Status> {
-        let identity = self.guard.admit(&request, "QrStatus")?;
-        let status = request.into_inner();
-        identity.authorize(&status.terminal_id)?;
-        self.authorization
-            .clone()
-            .qr_status(self.outbound(status))
-            .await
+        self.timed("QrStatus", async {
+            let identity = self.guard.admit(&request, "QrStatus")?;
+            let status = request.into_inner();
+            identity.authorize(&status.terminal_id)?;
+            self.authorization
+                .clone()
+                .qr_status(self.outbound(status))
+                .await
+        })
+        .await
     }
 
     #[tracing::instrument(name = "gateway.qr_acknowledge", skip_all)]
@@ -513,12 +564,15 @@ impl TerminalService for TerminalApi {
         &self,
         request: Request<pb::QrAcknowledgeRequest>,
     ) -> Result<Response<pb::QrPaymentRecord>, Status> {
-        let identity = self.guard.admit(&request, "QrAcknowledge")?;
-        let acknowledge = request.into_inner();
-        identity.authorize(&acknowledge.terminal_id)?;
-        self.authorization
-            .clone()
-            .qr_acknowledge(self.outbound(acknowledge))
-            .await
+        self.timed("QrAcknowledge", async {
+            let identity = self.guard.admit(&request, "QrAcknowledge")?;
+            let acknowledge = request.into_inner();
+            identity.authorize(&acknowledge.terminal_id)?;
+            self.authorization
+                .clone()
+                .qr_acknowledge(self.outbound(acknowledge))
+                .await
+        })
+        .await
     }
 }

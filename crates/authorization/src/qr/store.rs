@@ -172,6 +172,34 @@ impl QrJournal {
         &self.pool
     }
 
+    /// The platform calls given up on and not redriven, by kind (`cancel`,
+    /// `close`, `refund` owed by the lifecycle, `merchant_refund` asked by
+    /// an operator): each a shopper who may still be charged. Every kind is
+    /// listed, 0 when none is, so a gauge falls back to 0 after a redrive.
+    pub async fn dead_lettered_calls(&self) -> Result<Vec<(&'static str, i64)>, QrError> {
+        let owed: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT kind, count(*) FROM qr_calls WHERE status = 'dead_lettered' GROUP BY kind",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let refunds: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM qr_refunds WHERE state = 'dead_lettered'")
+                .fetch_one(&self.pool)
+                .await?;
+        let mut counts: Vec<(&'static str, i64)> = ["cancel", "close", "refund"]
+            .into_iter()
+            .map(|kind| {
+                let count = owed
+                    .iter()
+                    .find(|(owed_kind, _)| owed_kind == kind)
+                    .map_or(0, |(_, count)| *count);
+                (kind, count)
+            })
+            .collect();
+        counts.push(("merchant_refund", refunds));
+        Ok(counts)
+    }
+
     /// Deletes up to `limit` notification nonces received before `cutoff`,
     /// oldest first; returns how many went. Bounded, so a backlog is
     /// worked off over rounds without one long-held lock.

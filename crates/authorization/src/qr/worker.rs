@@ -30,10 +30,31 @@ pub struct QrWorker {
 
 impl QrWorker {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let dead_lettered = opentelemetry::global::meter(crate::SERVICE_NAME)
+            .i64_gauge("authorization.qr.dead_lettered")
+            .with_description(
+                "QR platform calls given up on and not redriven, by kind (cancel, close, refund, merchant_refund)",
+            )
+            .build();
         tokio::pin!(shutdown);
+        // A count query: once a second, not every round (a wake-up per
+        // owed call could run rounds back to back).
+        let mut gauge_read_at: Option<std::time::Instant> = None;
         loop {
             if let Err(error) = self.round().await {
                 tracing::warn!(%error, "QR worker round failed; it is repeated.");
+            }
+            if gauge_read_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                gauge_read_at = Some(std::time::Instant::now());
+                match self.shell.journal.dead_lettered_calls().await {
+                    Ok(counts) => {
+                        for (kind, count) in counts {
+                            dead_lettered
+                                .record(count, &[opentelemetry::KeyValue::new("kind", kind)]);
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "QR dead-letter gauge not read."),
+                }
             }
             tokio::select! {
                 () = &mut shutdown => break,

@@ -54,12 +54,12 @@ pub(super) async fn insert_intents(
         "WITH inserted AS ( \
            INSERT INTO authorizations (transaction_id, terminal_id, merchant_id, stan, \
              local_date, rrn, masked_pan, pan_fingerprint, amount_minor, currency, state, \
-             channel, created_at, updated_at) \
+             channel, created_at, pan_fingerprint_key_id, updated_at) \
            SELECT i.*, i.created FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
              $5::date[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[], \
-             $11::text[], $12::text[], $13::timestamptz[]) \
+             $11::text[], $12::text[], $13::timestamptz[], $17::text[]) \
              AS i(id, terminal, merchant, stan, local_date, rrn, masked_pan, fingerprint, \
-               amount, currency, state, channel, created) \
+               amount, currency, state, channel, created, fingerprint_key_id) \
            ON CONFLICT DO NOTHING \
            RETURNING {COLUMNS}), \
          history AS ( \
@@ -94,6 +94,7 @@ pub(super) async fn insert_intents(
     .bind(received.to.as_str())
     .bind(received.event)
     .bind(sent.event)
+    .bind(text(|r| r.pan_fingerprint.key_id().as_str()))
     .fetch_all(pool)
     .await?;
     let mut inserted: HashMap<Uuid, PgRow> = HashMap::with_capacity(rows.len());

@@ -15,6 +15,7 @@
 
 mod batch;
 mod reversal_queue;
+pub use reversal_queue::ReversalQueueGauges;
 mod rows;
 mod rrn;
 

@@ -117,13 +117,48 @@ impl Journal {
             .collect()
     }
 
-    /// Pending reversals per issuer, for the gauge operators watch.
-    pub async fn pending_reversals(&self, issuer: &str) -> Result<i64, AuthorizationError> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM reversals WHERE issuer = $1 AND status = 'pending'",
+    /// What the queue of `issuer` looks like at `now`, for the gauges
+    /// operators watch: reversals still owed, how long the oldest has been
+    /// owed, and those given up on and not redriven. Each count reads its
+    /// own partial index (`reversals_due`, `reversals_dead_lettered`), so
+    /// acknowledged rows, the bulk of the table, are never walked. The age
+    /// is taken on the caller's clock, as "due" is.
+    pub async fn reversal_queue_gauges(
+        &self,
+        issuer: &str,
+        now: OffsetDateTime,
+    ) -> Result<ReversalQueueGauges, AuthorizationError> {
+        let (pending, oldest_ms): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), \
+               (greatest(0, extract(epoch FROM $2 - min(requested_at)) * 1000))::bigint \
+             FROM reversals WHERE issuer = $1 AND status = 'pending'",
+        )
+        .bind(issuer)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        let dead_lettered: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM reversals WHERE status = 'dead_lettered' AND issuer = $1",
         )
         .bind(issuer)
         .fetch_one(&self.pool)
-        .await?)
+        .await?;
+        Ok(ReversalQueueGauges {
+            pending,
+            oldest_pending_ms: oldest_ms.map_or(0, |ms| u64::try_from(ms).unwrap_or(0)),
+            dead_lettered,
+        })
     }
+}
+
+/// One issuer's reversal queue as its gauges show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReversalQueueGauges {
+    /// Owed, not yet acknowledged by the issuer.
+    pub pending: i64,
+    /// How long the oldest owed reversal has been owed (0 when none is).
+    pub oldest_pending_ms: u64,
+    /// Given up on past their maximum age and not redriven: each a shopper
+    /// who may still be charged.
+    pub dead_lettered: i64,
 }

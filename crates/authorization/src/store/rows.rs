@@ -6,8 +6,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 use switch_core::{
     ApprovalCode, AuthorizationState, Channel, Currency, Evidence, InvalidField, LocalDate,
-    MaskedPan, MerchantId, Money, PanFingerprint, ResponseCode, ReversalReason, Rrn, Stan,
-    TerminalId, TransactionId,
+    MaskedPan, MerchantId, Money, PanFingerprint, PanKeyId, ResponseCode, ReversalReason, Rrn,
+    Stan, TerminalId, TransactionId,
 };
 
 use crate::error::AuthorizationError;
@@ -15,9 +15,9 @@ use crate::model::{Authorization, RequestKey};
 
 /// What every read of an authorization selects.
 pub(super) const COLUMNS: &str = "transaction_id, terminal_id, merchant_id, stan, local_date, \
-    rrn, masked_pan, pan_fingerprint, amount_minor, currency, state, response_code, \
-    approval_code, acknowledged_at, created_at, reversal_reason, confirmation_evidence, \
-    conflict_at, channel";
+    rrn, masked_pan, pan_fingerprint, pan_fingerprint_key_id, amount_minor, currency, state, \
+    response_code, approval_code, acknowledged_at, created_at, reversal_reason, \
+    confirmation_evidence, conflict_at, channel";
 
 pub(super) fn authorization(row: &PgRow) -> Result<Authorization, AuthorizationError> {
     let currency: String = row.try_get("currency")?;
@@ -31,7 +31,10 @@ pub(super) fn authorization(row: &PgRow) -> Result<Authorization, AuthorizationE
         merchant_id: parse(MerchantId::parse(row.try_get("merchant_id")?))?,
         rrn: parse(Rrn::parse(row.try_get("rrn")?))?,
         masked_pan: parse(MaskedPan::parse(row.try_get("masked_pan")?))?,
-        pan_fingerprint: parse(PanFingerprint::from_hex(row.try_get("pan_fingerprint")?))?,
+        pan_fingerprint: parse(PanFingerprint::from_hex(
+            parse(PanKeyId::parse(row.try_get("pan_fingerprint_key_id")?))?,
+            row.try_get("pan_fingerprint")?,
+        ))?,
         amount: Money::new(
             row.try_get("amount_minor")?,
             parse(Currency::parse(&currency))?,

@@ -37,6 +37,8 @@ pub(super) struct Request {
     identity: TerminalIdentity,
     /// The end of a batch upload: what was gathered, to forward.
     upload: Option<pb::UploadBatchRequest>,
+    /// When its frame was read: the terminal waits from then on.
+    received: std::time::Instant,
 }
 
 /// What to do with a frame just read.
@@ -65,6 +67,7 @@ pub(super) fn read(
     frame: &[u8],
     uploads: &mut Uploads,
 ) -> Read {
+    let received = std::time::Instant::now();
     let Frame { envelope, message } = match listener.profile.unpack_frame(frame) {
         Ok(frame) => frame,
         Err(rejected) => {
@@ -174,6 +177,7 @@ pub(super) fn read(
         message: message.into_owned(),
         identity,
         upload,
+        received,
     }))
 }
 
@@ -198,6 +202,7 @@ pub(super) async fn answer(listener: &Listener, request: Box<Request>) -> Option
         message,
         identity,
         upload,
+        received,
     } = *request;
     let mti = message.mti();
     let span = tracing::info_span!(
@@ -218,13 +223,23 @@ pub(super) async fn answer(listener: &Listener, request: Box<Request>) -> Option
         Ok(answered) => answered,
         Err(refusal) => (refusal.response_code(listener.codes), Vec::new()),
     };
-    pack(
+    let packed = pack(
         listener,
         &envelope,
         mti,
         reply(listener, &message, extra),
         code,
-    )
+    );
+    // Requests answered at once while reading (a format error, another
+    // terminal's field 41, over the rate, one transaction of an upload)
+    // are not timed: they never wait for the switch.
+    listener.api.guard().metrics.request_answered(
+        super::LISTENER_NAME,
+        bounded_mti(mti),
+        code.as_str(),
+        received.elapsed(),
+    );
+    packed
 }
 
 type Answered = (ResponseCode, Vec<(u8, String)>);
