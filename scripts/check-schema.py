@@ -14,7 +14,7 @@ import sys
 import tomllib
 
 SECTIONS = {  # switch section -> values key, and the keys the chart sets itself
-    "authorization": ("authorization", {"listen", "issuer_endpoint", "issuer_name", "pan_hash_key"}),
+    "authorization": ("authorization", {"listen", "issuer_endpoint", "issuer_name", "pan_hash_key", "pan_hash_key_id"}),
     "gateway": ("gateway", {"listen", "authorization_endpoint", "settlement_endpoint", "tls",
                             "crl_path", "terminal_registry_path", "iso_listeners"}),
     "reversal_handler": ("reversalHandler", {"listen", "authorization_endpoint"}),
@@ -35,10 +35,10 @@ SUBSECTIONS = {
 # Maps keyed by merchant or channel: empty by default, so the dump shows
 # no keys under them to compare.
 OPEN_MAPS = {"merchants", "channels"}
-# Keys switchd has that the chart does not offer yet: the fingerprint
-# key's rotation (ADR 33), the key id and the previous keys, which are
-# secrets and would come from Secrets like pan_hash_key.
-NOT_OFFERED = {"authorization": {"pan_hash_key_id", "pan_hash_previous_keys"}}
+# Keys switchd has that the chart does not offer as `<service>.config`
+# keys: the previous fingerprint keys are secrets, each from a Secret
+# (`panFingerprintKey.previousKeys`, ADR 33), set in the environment.
+NOT_OFFERED = {"authorization": {"pan_hash_previous_keys"}}
 
 
 def compare(dumped, schema, path, problems):
