@@ -111,23 +111,30 @@ pub struct Message<'a> {
     // ... which are a slice of `input` ...
     from_input: u128,
     // ... and which were given to `set`, at `given[spans[n].at]`. A value
-    // in none of these two sets lies in `owned`.
+    // in neither set lies in `text` or `bytes`.
     from_given: u128,
-    // Indexed by field number. Eight bytes a slot and no destructor, so
-    // creating, moving and dropping a message costs about a kilobyte's
-    // copy, where 129 `Option<Value>` slots cost four and a drop check
-    // each.
+    // Indexed by field number. Four bytes a slot and no destructor, so
+    // creating, moving and dropping a message costs about half a
+    // kilobyte's copy, where 129 `Option<Value>` slots cost four and a
+    // drop check each.
     spans: [Span; 129],
-    // The unpacked bytes the `from_input` spans point into.
+    // The unpacked bytes the `from_input` spans point into ...
     input: &'a [u8],
-    // Values decoded on unpack (BCD digits, hexadecimal) and copied by
-    // `into_owned`: one buffer for a message, not one allocation a field.
-    owned: Vec<u8>,
+    // ... and the same bytes as text when all of them are (every good
+    // message of an ASCII profile), so that a text view of them needs no
+    // UTF-8 check of its own: one check of the whole input instead of one
+    // a read.
+    input_text: Option<&'a str>,
+    // Values decoded on unpack (BCD digits; hexadecimal bytes) and copied
+    // by `into_owned`: one buffer of each for a message, not one
+    // allocation a field.
+    text: String,
+    bytes: Vec<u8>,
     given: Vec<Value<'a>>,
 }
 
-/// Where a value lies: `len` bytes at `at` in `input` or `owned`, or
-/// `given[at]`.
+/// Where a value lies: `len` bytes at `at` in `input`, `text` or `bytes`,
+/// or `given[at]`.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Span {
     pub(crate) at: u16,
@@ -155,7 +162,9 @@ impl<'a> Message<'a> {
             from_given: 0,
             spans: [Span::default(); 129],
             input,
-            owned: Vec::new(),
+            input_text: None,
+            text: String::new(),
+            bytes: Vec::new(),
             given: Vec::new(),
         }
     }
@@ -207,33 +216,56 @@ impl<'a> Message<'a> {
         self
     }
 
-    /// Records field `field` as `span` of the input (`owned` false) or of
-    /// the owned buffer; the caller checked the bytes.
-    pub(crate) fn put(&mut self, field: u8, span: Span, binary: bool, owned: bool) {
+    /// Records field `field` as `span` of the input; the caller checked
+    /// its bytes against the field's kind.
+    pub(crate) fn put_input(&mut self, field: u8, span: Span, binary: bool) {
+        let b = bit(field);
+        self.spans[usize::from(field)] = span;
+        self.present |= b;
+        self.from_input |= b;
+        if binary {
+            self.binary |= b;
+        }
+    }
+
+    /// The buffer unpacking decodes BCD digits into (ASCII only),
+    /// allocated once for the most a message of `input`'s length can
+    /// decode to: two digits a byte.
+    pub(crate) fn decoded_text(&mut self) -> &mut String {
+        if self.text.capacity() == 0 {
+            self.text.reserve(2 * self.input.len());
+        }
+        &mut self.text
+    }
+
+    /// The buffer unpacking decodes hexadecimal into, allocated once:
+    /// one byte for two characters.
+    pub(crate) fn decoded_bytes(&mut self) -> &mut Vec<u8> {
+        if self.bytes.capacity() == 0 {
+            self.bytes.reserve(self.input.len() / 2);
+        }
+        &mut self.bytes
+    }
+
+    /// Records field `field` as `span` of the decoded text or bytes.
+    pub(crate) fn put_decoded(&mut self, field: u8, span: Span, binary: bool) {
         let b = bit(field);
         self.spans[usize::from(field)] = span;
         self.present |= b;
         if binary {
             self.binary |= b;
         }
-        if !owned {
-            self.from_input |= b;
-        }
     }
 
-    /// The buffer unpacking decodes into.
-    pub(crate) fn owned_buffer(&mut self) -> &mut Vec<u8> {
-        &mut self.owned
+    /// Called once every field of the input has been read and checked.
+    pub(crate) fn unpacked_all(&mut self) {
+        self.input_text = std::str::from_utf8(self.input).ok();
     }
 
     pub fn remove(&mut self, field: u8) -> Option<Value<'a>> {
-        if !(2..=MAX_FIELD).contains(&field) || self.present & bit(field) == 0 {
-            return None;
-        }
-        let b = bit(field);
-        let span = self.spans[usize::from(field)];
+        let b = bit_of(field).filter(|b| self.present & b != 0)?;
         let value = if self.from_given & b != 0 {
-            let at = usize::from(span.at);
+            let at = self.given_index(field);
             let value = self.given.swap_remove(at);
             // The last given value moved into the hole: repoint its field.
             let moved = index(self.given.len());
@@ -250,16 +282,14 @@ impl<'a> Message<'a> {
             }
             value
         } else if self.from_input & b != 0 {
-            let bytes = &self.input[span.range()];
             match self.binary & b != 0 {
-                true => Value::Binary(Cow::Borrowed(bytes)),
-                false => Value::Text(Cow::Borrowed(checked_text(bytes))),
+                true => Value::Binary(Cow::Borrowed(self.input_bytes(field))),
+                false => Value::Text(Cow::Borrowed(self.input_text(field))),
             }
         } else {
-            let bytes = &self.owned[span.range()];
             match self.binary & b != 0 {
-                true => Value::Binary(Cow::Owned(bytes.to_vec())),
-                false => Value::Text(Cow::Owned(checked_text(bytes).to_owned())),
+                true => Value::Binary(Cow::Owned(self.stored_bytes(field, b).to_vec())),
+                false => Value::Text(Cow::Owned(self.stored_text(field, b).to_owned())),
             }
         };
         self.present &= !b;
@@ -272,36 +302,45 @@ impl<'a> Message<'a> {
     /// A view of field `field`'s value: borrowed from the message (and,
     /// through it, from the unpacked input or the value given to `set`).
     /// [`Value::into_owned`] keeps it past the message.
+    #[inline]
     pub fn get(&self, field: u8) -> Option<Value<'_>> {
-        let raw = self.raw(field)?;
-        if self.from_given & bit(field) != 0 {
-            return Some(match &self.given[self.given_index(field)] {
+        let b = bit_of(field).filter(|b| self.present & b != 0)?;
+        Some(self.view(field, b))
+    }
+
+    /// The view of present field `field`, whose bit is `b`.
+    #[inline]
+    fn view(&self, field: u8, b: u128) -> Value<'_> {
+        if self.from_given & b != 0 {
+            return match &self.given[self.given_index(field)] {
                 Value::Text(text) => Value::Text(Cow::Borrowed(text)),
                 Value::Binary(bytes) => Value::Binary(Cow::Borrowed(bytes)),
-            });
+            };
         }
-        Some(match raw.binary {
-            true => Value::Binary(Cow::Borrowed(raw.bytes)),
-            false => Value::Text(Cow::Borrowed(checked_text(raw.bytes))),
-        })
+        match self.binary & b != 0 {
+            true => Value::Binary(Cow::Borrowed(self.stored_bytes(field, b))),
+            false => Value::Text(Cow::Borrowed(self.stored_text(field, b))),
+        }
     }
 
     /// The text of a text field (`None` if absent or binary).
+    #[inline]
     pub fn text(&self, field: u8) -> Option<&str> {
-        let b = bit_of(field)?;
-        if self.present & b == 0 || self.binary & b != 0 {
-            return None;
-        }
+        let b = bit_of(field).filter(|b| self.present & !self.binary & b != 0)?;
         if self.from_given & b != 0 {
             return self.given[self.given_index(field)].as_text();
         }
-        Some(checked_text(self.stored(field, b)))
+        Some(self.stored_text(field, b))
     }
 
     /// The bytes of a binary field (`None` if absent or text).
+    #[inline]
     pub fn bytes(&self, field: u8) -> Option<&[u8]> {
-        let raw = self.raw(field)?;
-        raw.binary.then_some(raw.bytes)
+        let b = bit_of(field).filter(|b| self.present & self.binary & b != 0)?;
+        if self.from_given & b != 0 {
+            return self.given[self.given_index(field)].as_bytes();
+        }
+        Some(self.stored_bytes(field, b))
     }
 
     pub fn has(&self, field: u8) -> bool {
@@ -322,6 +361,7 @@ impl<'a> Message<'a> {
     }
 
     /// The fields present, in field-number order.
+    #[inline]
     pub fn fields(&self) -> impl Iterator<Item = (u8, Value<'_>)> {
         let mut rest = self.present;
         std::iter::from_fn(move || {
@@ -329,8 +369,9 @@ impl<'a> Message<'a> {
                 return None;
             }
             let field = first_field(rest);
-            rest &= !bit(field);
-            Some((field, self.get(field)?))
+            let b = bit(field);
+            rest &= !b;
+            Some((field, self.view(field, b)))
         })
     }
 
@@ -342,40 +383,66 @@ impl<'a> Message<'a> {
 
     /// A present field's bytes as stored, text or binary, without the
     /// UTF-8 view text needs: what packing writes.
+    #[inline]
     pub(crate) fn raw(&self, field: u8) -> Option<Raw<'_>> {
-        let b = bit_of(field)?;
-        if self.present & b == 0 {
-            return None;
-        }
-        if self.from_given & b != 0 {
-            return Some(match &self.given[self.given_index(field)] {
-                Value::Text(text) => Raw {
-                    bytes: text.as_bytes(),
-                    binary: false,
-                },
-                Value::Binary(bytes) => Raw {
-                    bytes,
-                    binary: true,
-                },
-            });
-        }
-        Some(Raw {
-            bytes: self.stored(field, b),
-            binary: self.binary & b != 0,
-        })
+        let b = bit_of(field).filter(|b| self.present & b != 0)?;
+        let binary = self.binary & b != 0;
+        let bytes = if self.from_given & b != 0 {
+            match &self.given[self.given_index(field)] {
+                Value::Text(text) => text.as_bytes(),
+                Value::Binary(bytes) => bytes,
+            }
+        } else if binary {
+            self.stored_bytes(field, b)
+        } else {
+            self.stored_text(field, b).as_bytes()
+        };
+        Some(Raw { bytes, binary })
     }
 
-    /// The bytes of a present field that is not a given value.
-    fn stored(&self, field: u8, b: u128) -> &[u8] {
-        let range = self.spans[usize::from(field)].range();
-        match self.from_input & b != 0 {
-            true => &self.input[range],
-            false => &self.owned[range],
-        }
-    }
-
+    #[inline]
     fn given_index(&self, field: u8) -> usize {
         usize::from(self.spans[usize::from(field)].at)
+    }
+
+    /// The text of a present text field that is not a given value. Every
+    /// such span holds ASCII (checked against its kind on unpack, decoded
+    /// BCD digits, or copies of those), so it is a whole `str` of the
+    /// input or of `text`; the fallbacks are unreachable and keep this
+    /// free of panics and unsafe code.
+    #[inline]
+    fn stored_text(&self, field: u8, b: u128) -> &str {
+        let range = self.spans[usize::from(field)].range();
+        if self.from_input & b == 0 {
+            return self.text.get(range).unwrap_or("");
+        }
+        match self.input_text {
+            Some(all) => all.get(range).unwrap_or(""),
+            None => self.input_text(field),
+        }
+    }
+
+    #[inline]
+    fn stored_bytes(&self, field: u8, b: u128) -> &[u8] {
+        let range = self.spans[usize::from(field)].range();
+        let from = match self.from_input & b != 0 {
+            true => self.input,
+            false => &self.bytes,
+        };
+        from.get(range).unwrap_or_default()
+    }
+
+    /// A text span of the input, checked on its own: the input is not
+    /// all text (a binary bitmap or binary fields), or not all read.
+    fn input_text(&self, field: u8) -> &'a str {
+        std::str::from_utf8(self.input_bytes(field)).unwrap_or("")
+    }
+
+    fn input_bytes(&self, field: u8) -> &'a [u8] {
+        let input: &'a [u8] = self.input;
+        input
+            .get(self.spans[usize::from(field)].range())
+            .unwrap_or_default()
     }
 
     /// Field 11, the system trace audit number.
@@ -389,21 +456,32 @@ impl<'a> Message<'a> {
     }
 
     /// A copy that no longer borrows the input: the values borrowed from
-    /// it are copied into the message's one owned buffer.
+    /// it are copied into the message's own text and bytes buffers.
     pub fn into_owned(self) -> Message<'static> {
-        let mut owned = self.owned;
+        let mut text = self.text;
+        let mut bytes = self.bytes;
         let mut spans = self.spans;
         let mut rest = self.from_input;
         if rest != 0 {
-            owned.reserve(self.input.len());
+            text.reserve(self.input.len());
         }
         while rest != 0 {
             let field = first_field(rest);
-            rest &= !bit(field);
+            let b = bit(field);
+            rest &= !b;
             let span = &mut spans[usize::from(field)];
-            let at = index(owned.len());
-            owned.extend_from_slice(&self.input[span.range()]);
-            span.at = at;
+            let range = span.range();
+            if self.binary & b != 0 {
+                span.at = index(bytes.len());
+                bytes.extend_from_slice(self.input.get(range).unwrap_or_default());
+            } else {
+                span.at = index(text.len());
+                let value = match self.input_text {
+                    Some(all) => all.get(range),
+                    None => std::str::from_utf8(self.input.get(range).unwrap_or_default()).ok(),
+                };
+                text.push_str(value.unwrap_or(""));
+            }
         }
         Message {
             mti: self.mti,
@@ -413,7 +491,9 @@ impl<'a> Message<'a> {
             from_given: self.from_given,
             spans,
             input: &[],
-            owned,
+            input_text: None,
+            text,
+            bytes,
             given: self.given.into_iter().map(Value::into_owned).collect(),
         }
     }
@@ -466,23 +546,18 @@ pub(crate) fn index(n: usize) -> u16 {
     n as u16
 }
 
-/// The text of a text span. Every text span holds ASCII by construction
-/// (checked against its kind on unpack, decoded BCD digits, or copies of
-/// those), so the fallback is unreachable; it keeps this free of panics
-/// and unsafe code.
-fn checked_text(bytes: &[u8]) -> &str {
-    std::str::from_utf8(bytes).unwrap_or("")
-}
-
 /// The lowest-numbered field of a non-empty bitmap.
+#[inline]
 pub(crate) fn first_field(bits: u128) -> u8 {
     (bits.leading_zeros() + 1) as u8
 }
 
+#[inline]
 fn bit_of(field: u8) -> Option<u128> {
     (1..=MAX_FIELD).contains(&field).then(|| bit(field))
 }
 
+#[inline]
 pub(crate) fn bit(field: u8) -> u128 {
     1u128 << (128 - u32::from(field))
 }

@@ -268,7 +268,10 @@ impl Profile {
             Err(error) => Some(error),
         };
         match first_error {
-            None => Ok(message),
+            None => {
+                message.unpacked_all();
+                Ok(message)
+            }
             Some(error) => Err(UnpackError {
                 error,
                 // Owned copies only here, so a good message costs none.
@@ -305,8 +308,8 @@ impl Profile {
                     offset: r.base + bitmap.offset_of(field),
                 }));
             };
-            match read_field(spec, field, r, message.owned_buffer()) {
-                Ok((span, owned)) => message.put(field, span, spec.kind == Kind::B, owned),
+            match read_field(spec, field, r, message) {
+                Ok(()) => {}
                 Err(FieldError::Content(error)) => {
                     first_error.get_or_insert(error);
                 }
@@ -515,12 +518,12 @@ enum FieldError {
 
 /// Reads one field: its span in the input, or in `owned` (the `bool`)
 /// where its value had to be decoded.
-fn read_field(
+fn read_field<'a>(
     spec: &FieldSpec,
     field: u8,
-    r: &mut Reader<'_>,
-    owned: &mut Vec<u8>,
-) -> Result<(Span, bool), FieldError> {
+    r: &mut Reader<'a>,
+    message: &mut Message<'a>,
+) -> Result<(), FieldError> {
     let part = Part::Field(field);
     let units = match spec.length {
         Length::Fixed(n) => usize::from(n),
@@ -568,39 +571,45 @@ fn read_field(
     let data = r
         .take(spec.data_bytes(units), part)
         .map_err(FieldError::Structure)?;
+    let binary = spec.kind == Kind::B;
     let input = Span {
         at: index(at),
         len: index(data.len()),
     };
-    let decoded = match spec.encoding {
+    match spec.encoding {
         Encoding::Ascii => {
             check_text(spec.kind, part, data, |i| offset + i).map_err(FieldError::Content)?;
-            return Ok((input, false));
+            message.put_input(field, input, binary);
         }
-        Encoding::Raw => return Ok((input, false)),
-        Encoding::Hex | Encoding::Bcd => {
-            if owned.capacity() == 0 {
-                // Decoded values never outgrow twice the input (BCD digits
-                // from bytes), so the message allocates once.
-                owned.reserve(2 * r.buf.len());
+        Encoding::Raw => message.put_input(field, input, binary),
+        Encoding::Hex => {
+            let bytes = message.decoded_bytes();
+            let start = bytes.len();
+            if let Err(error) = decode_hex(part, data, offset, bytes) {
+                bytes.truncate(start);
+                return Err(FieldError::Content(error));
             }
-            let start = owned.len();
-            let decoded = match spec.encoding {
-                Encoding::Hex => decode_hex(part, data, offset, owned),
-                _ => decode_bcd(spec, part, data, units, offset, owned),
-            };
-            if decoded.is_err() {
-                owned.truncate(start);
-            }
-            decoded.map(|()| Span {
+            let span = Span {
                 at: index(start),
-                len: index(owned.len() - start),
-            })
+                len: index(bytes.len() - start),
+            };
+            message.put_decoded(field, span, binary);
         }
-    };
-    decoded
-        .map(|span| (span, true))
-        .map_err(FieldError::Content)
+        Encoding::Bcd => {
+            let text = message.decoded_text();
+            let start = text.len();
+            if let Err(error) = decode_bcd(spec, part, data, units, offset, text) {
+                text.truncate(start);
+                return Err(FieldError::Content(error));
+            }
+            let span = Span {
+                at: index(start),
+                len: index(text.len() - start),
+            };
+            message.put_decoded(field, span, binary);
+        }
+    }
+    Ok(())
 }
 
 /// Hexadecimal text (pairs of characters, either case) to bytes.
@@ -627,12 +636,12 @@ fn decode_bcd(
     data: &[u8],
     units: usize,
     offset: usize,
-    out: &mut Vec<u8>,
+    out: &mut String,
 ) -> Result<(), Error> {
     let pad = data.len() * 2 - units;
-    let skip = if spec.align == Align::Right { pad } else { 0 };
+    let right = spec.align == Align::Right;
     if pad == 1 {
-        let pad_at = if skip == 1 { 0 } else { units };
+        let pad_at = if right { 0 } else { units };
         if !matches!(nibble(data, pad_at), 0x0 | 0xF) {
             return Err(Error::BadBcdDigit {
                 part,
@@ -640,16 +649,39 @@ fn decode_bcd(
             });
         }
     }
-    let z = spec.kind == Kind::Z;
-    for i in skip..skip + units {
-        let n = nibble(data, i);
-        if n > 9 && !z {
+    // The digits: a lone one beside the pad nibble, and whole bytes of two.
+    let (head, pairs, tail) = match (pad, data) {
+        (1, [first, rest @ ..]) if right => (Some(first & 0x0F), rest, None),
+        (1, [rest @ .., last]) => (None, rest, Some(last >> 4)),
+        _ => (None, data, None),
+    };
+    if spec.kind != Kind::Z {
+        // A nibble above 9 plus 6 carries into bit 4: one pass, no branch
+        // a digit; the search for the offending one only when there is one.
+        let carry = |n: u8| n + 6;
+        let lone = carry(head.unwrap_or(0)) | carry(tail.unwrap_or(0));
+        let all = pairs
+            .iter()
+            .fold(lone, |all, &b| all | carry(b >> 4) | carry(b & 0x0F));
+        if all & 0x10 != 0 {
+            let skip = if right { pad } else { 0 };
+            let bad = (skip..skip + units).find(|&i| nibble(data, i) > 9);
             return Err(Error::BadBcdDigit {
                 part,
-                offset: offset + i / 2,
+                offset: offset + bad.unwrap_or(0) / 2,
             });
         }
-        out.push(b'0' + n);
+    }
+    let digit = |n: u8| char::from(b'0' + n);
+    if let Some(n) = head {
+        out.push(digit(n));
+    }
+    for &b in pairs {
+        out.push(digit(b >> 4));
+        out.push(digit(b & 0x0F));
+    }
+    if let Some(n) = tail {
+        out.push(digit(n));
     }
     Ok(())
 }
