@@ -370,10 +370,21 @@ impl Profile {
                 raw.copy_from_slice(bytes);
                 Ok(u64::from_be_bytes(raw))
             }
-            BitmapEncoding::Hex => bytes.iter().enumerate().try_fold(0u64, |acc, (i, &c)| {
-                let v = hex_value(c).ok_or(Error::BadBitmap { offset: offset + i })?;
-                Ok((acc << 4) | u64::from(v))
-            }),
+            BitmapEncoding::Hex => {
+                // Sixteen table lookups and no branch; where the bad
+                // character is, only when there is one.
+                let (bits, bad) = bytes.iter().fold((0u64, 0u8), |(bits, bad), &c| {
+                    let v = HEX_VALUES[usize::from(c)];
+                    ((bits << 4) | u64::from(v & 0x0F), bad | v)
+                });
+                if bad & NOT_HEX != 0 {
+                    let i = bytes.iter().position(|&c| hex_value(c).is_none());
+                    return Err(Error::BadBitmap {
+                        offset: offset + i.unwrap_or(0),
+                    });
+                }
+                Ok(bits)
+            }
         }
     }
 
@@ -809,7 +820,7 @@ fn check_text(
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
 
-fn hex_value(c: u8) -> Option<u8> {
+const fn hex_value(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'A'..=b'F' => Some(c - b'A' + 10),
@@ -817,6 +828,22 @@ fn hex_value(c: u8) -> Option<u8> {
         _ => None,
     }
 }
+
+/// Set in [`HEX_VALUES`] for a byte that is not a hexadecimal digit.
+const NOT_HEX: u8 = 0x10;
+
+/// `hex_value` of every byte, `NOT_HEX` for `None`.
+static HEX_VALUES: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut c = 0;
+    while c < 256 {
+        if let Some(v) = hex_value(c as u8) {
+            table[c] = v;
+        }
+        c += 1;
+    }
+    table
+};
 
 /// The `i`-th nibble of `bytes`, high nibble first.
 fn nibble(bytes: &[u8], i: usize) -> u8 {
