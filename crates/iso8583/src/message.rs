@@ -216,16 +216,19 @@ impl<'a> Message<'a> {
         self
     }
 
-    /// Records field `field` as `span` of the input; the caller checked
-    /// its bytes against the field's kind.
-    pub(crate) fn put_input(&mut self, field: u8, span: Span, binary: bool) {
-        let b = bit(field);
+    /// Records where field `field` lies in the input; the caller checked
+    /// its bytes against the field's kind, and marks it with `put_input`.
+    #[inline]
+    pub(crate) fn put_span(&mut self, field: u8, span: Span) {
         self.spans[usize::from(field)] = span;
-        self.present |= b;
-        self.from_input |= b;
-        if binary {
-            self.binary |= b;
-        }
+    }
+
+    /// Marks the fields `input` (bits) as present spans of the input, the
+    /// `binary` ones among them as bytes.
+    pub(crate) fn put_input(&mut self, input: u128, binary: u128) {
+        self.present |= input;
+        self.from_input |= input;
+        self.binary |= binary;
     }
 
     /// The buffer unpacking decodes BCD digits into (ASCII only),

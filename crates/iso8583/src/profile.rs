@@ -297,24 +297,43 @@ impl Profile {
         message: &mut Message<'a>,
     ) -> Option<Error> {
         let mut first_error = None;
+        // The fields read as spans of the input, and which of those are
+        // binary: kept here and given to the message once, after the loop.
+        let mut input = 0u128;
+        let mut binary = 0u128;
         // Bit 1 announces the secondary bitmap, already read.
         let mut rest = bitmap.bits & !bit(1);
-        while rest != 0 {
+        let unreadable = loop {
+            if rest == 0 {
+                break None;
+            }
             let field = first_field(rest);
-            rest &= !bit(field);
+            let b = bit(field);
+            rest &= !b;
             let Some(spec) = self.field(field) else {
-                return first_error.or(Some(Error::UndefinedField {
+                break Some(Error::UndefinedField {
                     field,
                     offset: r.base + bitmap.offset_of(field),
-                }));
+                });
             };
             match read_field(spec, field, r, message) {
-                Ok(()) => {}
+                Ok(Some(span)) => {
+                    message.put_span(field, span);
+                    input |= b;
+                    if spec.kind == Kind::B {
+                        binary |= b;
+                    }
+                }
+                Ok(None) => {}
                 Err(FieldError::Content(error)) => {
                     first_error.get_or_insert(error);
                 }
-                Err(FieldError::Structure(error)) => return first_error.or(Some(error)),
+                Err(FieldError::Structure(error)) => break Some(error),
             }
+        };
+        message.put_input(input, binary);
+        if let Some(error) = unreadable {
+            return first_error.or(Some(error));
         }
         if first_error.is_none() && r.pos != r.buf.len() {
             first_error = Some(Error::TrailingBytes {
@@ -527,14 +546,14 @@ enum FieldError {
     Structure(Error),
 }
 
-/// Reads one field: its span in the input, or in `owned` (the `bool`)
-/// where its value had to be decoded.
+/// Reads and checks one field: its span in the input, or `None` when its
+/// value was decoded into the message (and recorded there).
 fn read_field<'a>(
     spec: &FieldSpec,
     field: u8,
     r: &mut Reader<'a>,
     message: &mut Message<'a>,
-) -> Result<(), FieldError> {
+) -> Result<Option<Span>, FieldError> {
     let part = Part::Field(field);
     let units = match spec.length {
         Length::Fixed(n) => usize::from(n),
@@ -590,9 +609,9 @@ fn read_field<'a>(
     match spec.encoding {
         Encoding::Ascii => {
             check_text(spec.kind, part, data, |i| offset + i).map_err(FieldError::Content)?;
-            message.put_input(field, input, binary);
+            return Ok(Some(input));
         }
-        Encoding::Raw => message.put_input(field, input, binary),
+        Encoding::Raw => return Ok(Some(input)),
         Encoding::Hex => {
             let bytes = message.decoded_bytes();
             let start = bytes.len();
@@ -620,7 +639,7 @@ fn read_field<'a>(
             message.put_decoded(field, span, binary);
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Hexadecimal text (pairs of characters, either case) to bytes.
