@@ -598,20 +598,22 @@ fn read_field<'a>(
     };
     let offset = r.offset();
     let at = r.pos;
+    // Text and raw bytes, most fields, are their own value: one test for
+    // both (a binary kind allows every byte).
+    if matches!(spec.encoding, Encoding::Ascii | Encoding::Raw) {
+        let data = r.take(units, part).map_err(FieldError::Structure)?;
+        check_text(spec.kind, part, data, |i| offset + i).map_err(FieldError::Content)?;
+        return Ok(Some(Span {
+            at: index(at),
+            len: index(data.len()),
+        }));
+    }
     let data = r
         .take(spec.data_bytes(units), part)
         .map_err(FieldError::Structure)?;
     let binary = spec.kind == Kind::B;
-    let input = Span {
-        at: index(at),
-        len: index(data.len()),
-    };
     match spec.encoding {
-        Encoding::Ascii => {
-            check_text(spec.kind, part, data, |i| offset + i).map_err(FieldError::Content)?;
-            return Ok(Some(input));
-        }
-        Encoding::Raw => return Ok(Some(input)),
+        Encoding::Ascii | Encoding::Raw => {}
         Encoding::Hex => {
             let bytes = message.decoded_bytes();
             let start = bytes.len();
