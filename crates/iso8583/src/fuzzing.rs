@@ -31,6 +31,12 @@ pub fn round_trip(data: &[u8]) {
             let again = profile.unpack(&packed).expect("a packed message unpacks");
             assert_eq!(message, again, "{}: message round trip", profile.name);
             assert_eq!(
+                message.clone().into_owned(),
+                again,
+                "{}: an owned copy keeps every value",
+                profile.name
+            );
+            assert_eq!(
                 profile.pack(&again).as_deref(),
                 Ok(&packed[..]),
                 "{}: packing is canonical",

@@ -73,7 +73,7 @@ pub mod spec;
 
 pub use error::{Error, Part, Partial, UnpackError};
 pub use frame::{Envelope, Frame, Framing, Header, LengthHeader, Tpdu};
-pub use message::{MAX_FIELD, Message, Value};
+pub use message::{MAX_FIELD, MAX_UNPACK_LEN, Message, Value};
 pub use mti::Mti;
 pub use profile::{BitmapEncoding, DEFAULT_MAX_LEN, Profile};
 pub use spec::{Align, Encoding, FieldSpec, Kind, Length, PrefixEncoding, Spec};

@@ -34,7 +34,9 @@ impl Value<'_> {
         }
     }
 
-    /// Whether the value borrows from the unpacked input.
+    /// Whether the value is borrowed. A view from [`Message::get`] always
+    /// is; [`Message::is_borrowed`] says whether the message's own value
+    /// borrows its input.
     pub fn is_borrowed(&self) -> bool {
         matches!(
             self,
@@ -93,23 +95,77 @@ impl From<Vec<u8>> for Value<'_> {
 /// bitmap, which packing derives from the fields present); values are
 /// checked against a profile only when packed, so the errors name the
 /// profile's rule.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Values are reached through views ([`Message::get`], [`Message::text`],
+/// [`Message::bytes`], [`Message::fields`]) rather than stored as 129
+/// [`Value`] slots: an unpacked message records, per field, only where its
+/// value lies (ADR 17, "Unpacking records where values are").
+#[derive(Clone)]
 pub struct Message<'a> {
     mti: Mti,
     // Bit `128 - n` set when field `n` is: iterating the fields present is
     // then a walk over set bits, not over 129 slots.
     present: u128,
-    // Indexed by field number; 0 and 1 stay empty. An array rather than a
-    // map so unpacking allocates nothing for the container.
-    fields: [Option<Value<'a>>; 129],
+    // Same bit order: which present values are bytes (else text) ...
+    binary: u128,
+    // ... which are a slice of `input` ...
+    from_input: u128,
+    // ... and which were given to `set`, at `given[spans[n].at]`. A value
+    // in neither set lies in `text` or `bytes`.
+    from_given: u128,
+    // Indexed by field number. Four bytes a slot and no destructor, so
+    // creating, moving and dropping a message costs about half a
+    // kilobyte's copy, where 129 `Option<Value>` slots cost four and a
+    // drop check each.
+    spans: [Span; 129],
+    // The unpacked bytes the `from_input` spans point into ...
+    input: &'a [u8],
+    // ... and the same bytes as text when all of them are (every good
+    // message of an ASCII profile), so that a text view of them needs no
+    // UTF-8 check of its own: one check of the whole input instead of one
+    // a read.
+    input_text: Option<&'a str>,
+    // Values decoded on unpack (BCD digits; hexadecimal bytes) and copied
+    // by `into_owned`: one buffer of each for a message, not one
+    // allocation a field.
+    text: String,
+    bytes: Vec<u8>,
+    given: Vec<Value<'a>>,
+}
+
+/// Where a value lies: `len` bytes at `at` in `input`, `text` or `bytes`,
+/// or `given[at]`.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) at: u16,
+    pub(crate) len: u16,
+}
+
+/// A value's bytes as stored: text as its ASCII bytes.
+pub(crate) struct Raw<'m> {
+    pub(crate) bytes: &'m [u8],
+    pub(crate) binary: bool,
 }
 
 impl<'a> Message<'a> {
     pub fn new(mti: Mti) -> Self {
+        Message::unpacked(mti, &[])
+    }
+
+    /// An empty message whose values will be spans of `input`.
+    pub(crate) fn unpacked(mti: Mti, input: &'a [u8]) -> Self {
         Message {
             mti,
             present: 0,
-            fields: std::array::from_fn(|_| None),
+            binary: 0,
+            from_input: 0,
+            from_given: 0,
+            spans: [Span::default(); 129],
+            input,
+            input_text: None,
+            text: String::new(),
+            bytes: Vec::new(),
+            given: Vec::new(),
         }
     }
 
@@ -132,45 +188,193 @@ impl<'a> Message<'a> {
             (2..=MAX_FIELD).contains(&field),
             "ISO 8583 data fields are numbered 2-128, not {field}"
         );
-        self.fields[usize::from(field)] = Some(value.into());
-        self.present |= bit(field);
+        let value = value.into();
+        let b = bit(field);
+        if matches!(value, Value::Binary(_)) {
+            self.binary |= b;
+        } else {
+            self.binary &= !b;
+        }
+        let slot = &mut self.spans[usize::from(field)];
+        if self.from_given & b != 0 {
+            self.given[usize::from(slot.at)] = value;
+        } else {
+            if self.given.capacity() == 0 {
+                // A message has ten to twenty fields: one allocation, not
+                // the three doubling from four would make.
+                self.given.reserve(16);
+            }
+            *slot = Span {
+                at: index(self.given.len()),
+                len: 0,
+            };
+            self.given.push(value);
+            self.from_given |= b;
+            self.from_input &= !b;
+        }
+        self.present |= b;
         self
     }
 
+    /// Records where field `field` lies in the input; the caller checked
+    /// its bytes against the field's kind, and marks it with `put_input`.
+    #[inline]
+    pub(crate) fn put_span(&mut self, field: u8, span: Span) {
+        self.spans[usize::from(field)] = span;
+    }
+
+    /// Marks the fields `input` (bits) as present spans of the input, the
+    /// `binary` ones among them as bytes.
+    pub(crate) fn put_input(&mut self, input: u128, binary: u128) {
+        self.present |= input;
+        self.from_input |= input;
+        self.binary |= binary;
+    }
+
+    /// The buffer unpacking decodes BCD digits into (ASCII only),
+    /// allocated once for the most a message of `input`'s length can
+    /// decode to: two digits a byte.
+    pub(crate) fn decoded_text(&mut self) -> &mut String {
+        if self.text.capacity() == 0 {
+            self.text.reserve(2 * self.input.len());
+        }
+        &mut self.text
+    }
+
+    /// The buffer unpacking decodes hexadecimal into, allocated once:
+    /// one byte for two characters.
+    pub(crate) fn decoded_bytes(&mut self) -> &mut Vec<u8> {
+        if self.bytes.capacity() == 0 {
+            self.bytes.reserve(self.input.len() / 2);
+        }
+        &mut self.bytes
+    }
+
+    /// Records field `field` as `span` of the decoded text or bytes.
+    pub(crate) fn put_decoded(&mut self, field: u8, span: Span, binary: bool) {
+        let b = bit(field);
+        self.spans[usize::from(field)] = span;
+        self.present |= b;
+        if binary {
+            self.binary |= b;
+        }
+    }
+
+    /// Called once every field of the input has been read and checked.
+    pub(crate) fn unpacked_all(&mut self) {
+        self.input_text = std::str::from_utf8(self.input).ok();
+    }
+
     pub fn remove(&mut self, field: u8) -> Option<Value<'a>> {
-        let value = self.fields.get_mut(usize::from(field))?.take()?;
-        self.present &= !bit(field);
+        let b = bit_of(field).filter(|b| self.present & b != 0)?;
+        let value = if self.from_given & b != 0 {
+            let at = self.given_index(field);
+            let value = self.given.swap_remove(at);
+            // The last given value moved into the hole: repoint its field.
+            let moved = index(self.given.len());
+            if at < self.given.len() {
+                let mut rest = self.from_given;
+                while rest != 0 {
+                    let other = first_field(rest);
+                    rest &= !bit(other);
+                    if self.spans[usize::from(other)].at == moved {
+                        self.spans[usize::from(other)].at = index(at);
+                        break;
+                    }
+                }
+            }
+            value
+        } else if self.from_input & b != 0 {
+            match self.binary & b != 0 {
+                true => Value::Binary(Cow::Borrowed(self.input_bytes(field))),
+                false => Value::Text(Cow::Borrowed(self.input_text(field))),
+            }
+        } else {
+            match self.binary & b != 0 {
+                true => Value::Binary(Cow::Owned(self.stored_bytes(field, b).to_vec())),
+                false => Value::Text(Cow::Owned(self.stored_text(field, b).to_owned())),
+            }
+        };
+        self.present &= !b;
+        self.binary &= !b;
+        self.from_input &= !b;
+        self.from_given &= !b;
         Some(value)
     }
 
-    pub fn get(&self, field: u8) -> Option<&Value<'a>> {
-        self.fields.get(usize::from(field))?.as_ref()
+    /// A view of field `field`'s value: borrowed from the message (and,
+    /// through it, from the unpacked input or the value given to `set`).
+    /// [`Value::into_owned`] keeps it past the message.
+    #[inline]
+    pub fn get(&self, field: u8) -> Option<Value<'_>> {
+        let b = bit_of(field).filter(|b| self.present & b != 0)?;
+        Some(self.view(field, b))
+    }
+
+    /// The view of present field `field`, whose bit is `b`.
+    #[inline]
+    fn view(&self, field: u8, b: u128) -> Value<'_> {
+        if self.from_given & b != 0 {
+            return match &self.given[self.given_index(field)] {
+                Value::Text(text) => Value::Text(Cow::Borrowed(text)),
+                Value::Binary(bytes) => Value::Binary(Cow::Borrowed(bytes)),
+            };
+        }
+        match self.binary & b != 0 {
+            true => Value::Binary(Cow::Borrowed(self.stored_bytes(field, b))),
+            false => Value::Text(Cow::Borrowed(self.stored_text(field, b))),
+        }
     }
 
     /// The text of a text field (`None` if absent or binary).
+    #[inline]
     pub fn text(&self, field: u8) -> Option<&str> {
-        self.get(field)?.as_text()
+        let b = bit_of(field).filter(|b| self.present & !self.binary & b != 0)?;
+        if self.from_given & b != 0 {
+            return self.given[self.given_index(field)].as_text();
+        }
+        Some(self.stored_text(field, b))
     }
 
     /// The bytes of a binary field (`None` if absent or text).
+    #[inline]
     pub fn bytes(&self, field: u8) -> Option<&[u8]> {
-        self.get(field)?.as_bytes()
+        let b = bit_of(field).filter(|b| self.present & self.binary & b != 0)?;
+        if self.from_given & b != 0 {
+            return self.given[self.given_index(field)].as_bytes();
+        }
+        Some(self.stored_bytes(field, b))
     }
 
     pub fn has(&self, field: u8) -> bool {
-        self.get(field).is_some()
+        bit_of(field).is_some_and(|b| self.present & b != 0)
+    }
+
+    /// Whether field `field`'s value borrows what it was made from (the
+    /// unpacked input, or a borrowed value given to `set`), so that
+    /// [`Message::into_owned`] would copy it; `false` when absent.
+    pub fn is_borrowed(&self, field: u8) -> bool {
+        let Some(b) = bit_of(field).filter(|b| self.present & b != 0) else {
+            return false;
+        };
+        if self.from_given & b != 0 {
+            return self.given[self.given_index(field)].is_borrowed();
+        }
+        self.from_input & b != 0
     }
 
     /// The fields present, in field-number order.
-    pub fn fields(&self) -> impl Iterator<Item = (u8, &Value<'a>)> {
+    #[inline]
+    pub fn fields(&self) -> impl Iterator<Item = (u8, Value<'_>)> {
         let mut rest = self.present;
         std::iter::from_fn(move || {
             if rest == 0 {
                 return None;
             }
-            let field = (rest.leading_zeros() + 1) as u8;
-            rest &= !bit(field);
-            Some((field, self.fields[usize::from(field)].as_ref()?))
+            let field = first_field(rest);
+            let b = bit(field);
+            rest &= !b;
+            Some((field, self.view(field, b)))
         })
     }
 
@@ -178,6 +382,70 @@ impl<'a> Message<'a> {
     /// wire's order); bit 1 is never set here.
     pub(crate) fn present(&self) -> u128 {
         self.present
+    }
+
+    /// A present field's bytes as stored, text or binary, without the
+    /// UTF-8 view text needs: what packing writes.
+    #[inline]
+    pub(crate) fn raw(&self, field: u8) -> Option<Raw<'_>> {
+        let b = bit_of(field).filter(|b| self.present & b != 0)?;
+        let binary = self.binary & b != 0;
+        let bytes = if self.from_given & b != 0 {
+            match &self.given[self.given_index(field)] {
+                Value::Text(text) => text.as_bytes(),
+                Value::Binary(bytes) => bytes,
+            }
+        } else if binary {
+            self.stored_bytes(field, b)
+        } else {
+            self.stored_text(field, b).as_bytes()
+        };
+        Some(Raw { bytes, binary })
+    }
+
+    #[inline]
+    fn given_index(&self, field: u8) -> usize {
+        usize::from(self.spans[usize::from(field)].at)
+    }
+
+    /// The text of a present text field that is not a given value. Every
+    /// such span holds ASCII (checked against its kind on unpack, decoded
+    /// BCD digits, or copies of those), so it is a whole `str` of the
+    /// input or of `text`; the fallbacks are unreachable and keep this
+    /// free of panics and unsafe code.
+    #[inline]
+    fn stored_text(&self, field: u8, b: u128) -> &str {
+        let range = self.spans[usize::from(field)].range();
+        if self.from_input & b == 0 {
+            return self.text.get(range).unwrap_or("");
+        }
+        match self.input_text {
+            Some(all) => all.get(range).unwrap_or(""),
+            None => self.input_text(field),
+        }
+    }
+
+    #[inline]
+    fn stored_bytes(&self, field: u8, b: u128) -> &[u8] {
+        let range = self.spans[usize::from(field)].range();
+        let from = match self.from_input & b != 0 {
+            true => self.input,
+            false => &self.bytes,
+        };
+        from.get(range).unwrap_or_default()
+    }
+
+    /// A text span of the input, checked on its own: the input is not
+    /// all text (a binary bitmap or binary fields), or not all read.
+    fn input_text(&self, field: u8) -> &'a str {
+        std::str::from_utf8(self.input_bytes(field)).unwrap_or("")
+    }
+
+    fn input_bytes(&self, field: u8) -> &'a [u8] {
+        let input: &'a [u8] = self.input;
+        input
+            .get(self.spans[usize::from(field)].range())
+            .unwrap_or_default()
     }
 
     /// Field 11, the system trace audit number.
@@ -190,17 +458,110 @@ impl<'a> Message<'a> {
         self.text(41)
     }
 
-    /// A copy that no longer borrows the input.
+    /// A copy that no longer borrows the input: the values borrowed from
+    /// it are copied into the message's own text and bytes buffers.
     pub fn into_owned(self) -> Message<'static> {
+        let mut text = self.text;
+        let mut bytes = self.bytes;
+        let mut spans = self.spans;
+        let mut rest = self.from_input;
+        if rest != 0 {
+            text.reserve(self.input.len());
+        }
+        while rest != 0 {
+            let field = first_field(rest);
+            let b = bit(field);
+            rest &= !b;
+            let span = &mut spans[usize::from(field)];
+            let range = span.range();
+            if self.binary & b != 0 {
+                span.at = index(bytes.len());
+                bytes.extend_from_slice(self.input.get(range).unwrap_or_default());
+            } else {
+                span.at = index(text.len());
+                let value = match self.input_text {
+                    Some(all) => all.get(range),
+                    None => std::str::from_utf8(self.input.get(range).unwrap_or_default()).ok(),
+                };
+                text.push_str(value.unwrap_or(""));
+            }
+        }
         Message {
             mti: self.mti,
             present: self.present,
-            fields: self.fields.map(|v| v.map(Value::into_owned)),
+            binary: self.binary,
+            from_input: 0,
+            from_given: self.from_given,
+            spans,
+            input: &[],
+            input_text: None,
+            text,
+            bytes,
+            given: self.given.into_iter().map(Value::into_owned).collect(),
         }
     }
 }
 
-fn bit(field: u8) -> u128 {
+impl PartialEq for Message<'_> {
+    /// Equal when the MTI and every field's value are: where a value lies
+    /// (input, decoded, given) is not part of the message.
+    fn eq(&self, other: &Self) -> bool {
+        if self.mti != other.mti || self.present != other.present || self.binary != other.binary {
+            return false;
+        }
+        let mut rest = self.present;
+        while rest != 0 {
+            let field = first_field(rest);
+            rest &= !bit(field);
+            let same = match (self.raw(field), other.raw(field)) {
+                (Some(a), Some(b)) => a.bytes == b.bytes,
+                _ => false,
+            };
+            if !same {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl Eq for Message<'_> {}
+
+impl Span {
+    fn range(self) -> std::ops::Range<usize> {
+        usize::from(self.at)..usize::from(self.at) + usize::from(self.len)
+    }
+}
+
+/// The longest message [`Profile::unpack`](crate::Profile::unpack) reads,
+/// whatever the profile's `max_len`: a message records where its values
+/// lie in 16 bits, and what it decodes or copies never exceeds twice its
+/// input (two BCD digits a byte), so 32,767 bytes of input keep every
+/// position below 65,536. An ISO 8583 message is a few hundred bytes; a
+/// listener's frames are bounded at 4,096 by default.
+pub const MAX_UNPACK_LEN: usize = (u16::MAX as usize) / 2;
+
+/// A position or length as a span holds it: within bounds by
+/// [`MAX_UNPACK_LEN`] (positions in the input and the owned buffer) or by
+/// the 127 fields a message can hold (indices into the given values).
+pub(crate) fn index(n: usize) -> u16 {
+    debug_assert!(n <= usize::from(u16::MAX), "a span position beyond 16 bits");
+    n as u16
+}
+
+/// The lowest-numbered field of a non-empty bitmap.
+#[inline]
+pub(crate) fn first_field(bits: u128) -> u8 {
+    (bits.leading_zeros() + 1) as u8
+}
+
+#[inline]
+fn bit_of(field: u8) -> Option<u128> {
+    (1..=MAX_FIELD).contains(&field).then(|| bit(field))
+}
+
+#[inline]
+pub(crate) fn bit(field: u8) -> u128 {
     1u128 << (128 - u32::from(field))
 }
 
@@ -254,7 +615,7 @@ impl fmt::Debug for Message<'_> {
         let mut map = f.debug_map();
         map.entry(&"mti", &self.mti);
         for (n, value) in self.fields() {
-            map.entry(&n, &Shown(n, value));
+            map.entry(&n, &Shown(n, &value));
         }
         map.finish()
     }
@@ -305,12 +666,12 @@ mod tests {
         m.set(70, "001").set(11, text.as_str()).set(41, "TERM0001");
         let numbers: Vec<u8> = m.fields().map(|(n, _)| n).collect();
         assert_eq!(numbers, [11, 41, 70]);
-        assert!(m.get(11).unwrap().is_borrowed());
+        assert!(m.is_borrowed(11));
         let mut owned = m.clone().into_owned();
         drop(text);
         assert_eq!(owned.stan(), Some("123456"));
         assert_eq!(owned.terminal_id(), Some("TERM0001"));
-        assert!(!owned.get(11).unwrap().is_borrowed());
+        assert!(!owned.is_borrowed(11));
         assert_eq!(owned.remove(1), None);
         assert_eq!(owned.remove(200), None);
         assert_eq!(owned.remove(70), Some(Value::from("001")));

@@ -1,11 +1,9 @@
 //! A profile is a field table plus the encodings of the MTI and bitmap and
 //! the framing; the codec here is the one interpreter of every table.
 
-use std::borrow::Cow;
-
 use crate::error::{Error, Part, Partial, UnpackError};
 use crate::frame::{Envelope, Frame, Framing, Header, LengthHeader, Tpdu};
-use crate::message::{Message, Value};
+use crate::message::{MAX_UNPACK_LEN, Message, Raw, Span, bit, first_field, index};
 use crate::mti::Mti;
 use crate::spec::{Align, Encoding, FieldSpec, Kind, Length, PrefixEncoding, Spec};
 
@@ -37,6 +35,8 @@ pub struct Profile {
     /// The largest message accepted or produced, in bytes: the message
     /// itself for [`Profile::unpack`] and [`Profile::pack`], everything
     /// after the length header (TPDU and header included) for frames.
+    /// Unpacking reads at most [`MAX_UNPACK_LEN`](crate::MAX_UNPACK_LEN)
+    /// bytes of message whatever this says.
     pub max_len: usize,
 }
 
@@ -248,10 +248,11 @@ impl Profile {
         base: usize,
         envelope: Envelope,
     ) -> Result<Message<'a>, UnpackError> {
-        if body.len() > self.max_len {
+        let max = self.max_len.min(MAX_UNPACK_LEN);
+        if body.len() > max {
             return Err(Error::Oversize {
                 len: body.len(),
-                max: self.max_len,
+                max,
             }
             .into());
         }
@@ -261,13 +262,16 @@ impl Profile {
             base,
         };
         let mti = self.read_mti(&mut r)?;
-        let mut message = Message::new(mti);
+        let mut message = Message::unpacked(mti, body);
         let first_error = match self.read_bitmaps(&mut r) {
             Ok(bitmap) => self.read_fields(&bitmap, &mut r, &mut message),
             Err(error) => Some(error),
         };
         match first_error {
-            None => Ok(message),
+            None => {
+                message.unpacked_all();
+                Ok(message)
+            }
             Some(error) => Err(UnpackError {
                 error,
                 // Owned copies only here, so a good message costs none.
@@ -293,26 +297,43 @@ impl Profile {
         message: &mut Message<'a>,
     ) -> Option<Error> {
         let mut first_error = None;
+        // The fields read as spans of the input, and which of those are
+        // binary: kept here and given to the message once, after the loop.
+        let mut input = 0u128;
+        let mut binary = 0u128;
         // Bit 1 announces the secondary bitmap, already read.
-        let mut rest = bitmap.bits & !(1u128 << 127);
-        while rest != 0 {
-            let field = (rest.leading_zeros() + 1) as u8;
-            rest &= !(1u128 << (128 - u32::from(field)));
+        let mut rest = bitmap.bits & !bit(1);
+        let unreadable = loop {
+            if rest == 0 {
+                break None;
+            }
+            let field = first_field(rest);
+            let b = bit(field);
+            rest &= !b;
             let Some(spec) = self.field(field) else {
-                return first_error.or(Some(Error::UndefinedField {
+                break Some(Error::UndefinedField {
                     field,
                     offset: r.base + bitmap.offset_of(field),
-                }));
+                });
             };
-            match read_field(spec, field, r) {
-                Ok(value) => {
-                    message.set(field, value);
+            match read_field(spec, field, r, message) {
+                Ok(Some(span)) => {
+                    message.put_span(field, span);
+                    input |= b;
+                    if spec.kind == Kind::B {
+                        binary |= b;
+                    }
                 }
+                Ok(None) => {}
                 Err(FieldError::Content(error)) => {
                     first_error.get_or_insert(error);
                 }
-                Err(FieldError::Structure(error)) => return first_error.or(Some(error)),
+                Err(FieldError::Structure(error)) => break Some(error),
             }
+        };
+        message.put_input(input, binary);
+        if let Some(error) = unreadable {
+            return first_error.or(Some(error));
         }
         if first_error.is_none() && r.pos != r.buf.len() {
             first_error = Some(Error::TrailingBytes {
@@ -368,10 +389,21 @@ impl Profile {
                 raw.copy_from_slice(bytes);
                 Ok(u64::from_be_bytes(raw))
             }
-            BitmapEncoding::Hex => bytes.iter().enumerate().try_fold(0u64, |acc, (i, &c)| {
-                let v = hex_value(c).ok_or(Error::BadBitmap { offset: offset + i })?;
-                Ok((acc << 4) | u64::from(v))
-            }),
+            BitmapEncoding::Hex => {
+                // Sixteen table lookups and no branch; where the bad
+                // character is, only when there is one.
+                let (bits, bad) = bytes.iter().fold((0u64, 0u8), |(bits, bad), &c| {
+                    let v = HEX_VALUES[usize::from(c)];
+                    ((bits << 4) | u64::from(v & 0x0F), bad | v)
+                });
+                if bad & NOT_HEX != 0 {
+                    let i = bytes.iter().position(|&c| hex_value(c).is_none());
+                    return Err(Error::BadBitmap {
+                        offset: offset + i.unwrap_or(0),
+                    });
+                }
+                Ok(bits)
+            }
         }
     }
 
@@ -390,25 +422,33 @@ impl Profile {
             _ => out.extend_from_slice(&digits),
         }
         let mut bits = message.present();
-        if let Some((field, _)) = message.fields().find(|(n, _)| self.field(*n).is_none()) {
-            return Err(Error::UndefinedField {
-                field,
-                offset: out.len() - start,
-            });
-        }
         if bits & u128::from(u64::MAX) != 0 {
-            bits |= 1u128 << 127;
+            bits |= bit(1);
         }
+        let bitmap_at = out.len() - start;
         self.write_bitmap((bits >> 64) as u64, out);
-        if bits & (1u128 << 127) != 0 {
+        if bits & bit(1) != 0 {
             self.write_bitmap(bits as u64, out);
         }
-        for (field, value) in message.fields() {
-            let spec = self.field(field).ok_or(Error::UndefinedField {
-                field,
-                offset: out.len() - start,
-            })?;
-            write_field(spec, field, value, out, start)?;
+        let mut rest = bits & !bit(1);
+        while rest != 0 {
+            let field = first_field(rest);
+            rest &= !bit(field);
+            let written = match (self.field(field), message.raw(field)) {
+                (Some(spec), Some(raw)) => write_field(spec, field, raw, out, start),
+                _ => Err(Error::UndefinedField {
+                    field,
+                    offset: bitmap_at,
+                }),
+            };
+            if let Err(error) = written {
+                // A field the profile does not define is the first thing
+                // to say, wherever it is: look for one only now, so a
+                // good message pays for one pass over its fields.
+                return Err(self
+                    .undefined_field(message.present(), bitmap_at)
+                    .unwrap_or(error));
+            }
         }
         let len = out.len() - start;
         if len > self.max_len {
@@ -420,14 +460,27 @@ impl Profile {
         Ok(())
     }
 
+    fn undefined_field(&self, present: u128, offset: usize) -> Option<Error> {
+        let mut rest = present;
+        while rest != 0 {
+            let field = first_field(rest);
+            rest &= !bit(field);
+            if self.field(field).is_none() {
+                return Some(Error::UndefinedField { field, offset });
+            }
+        }
+        None
+    }
+
     fn write_bitmap(&self, bits: u64, out: &mut Vec<u8>) {
         match self.bitmap {
             BitmapEncoding::Binary => out.extend_from_slice(&bits.to_be_bytes()),
             BitmapEncoding::Hex => {
-                for byte in bits.to_be_bytes() {
-                    out.push(HEX_DIGITS[usize::from(byte >> 4)]);
-                    out.push(HEX_DIGITS[usize::from(byte & 0x0F)]);
+                let mut text = [0u8; 16];
+                for (i, c) in text.iter_mut().enumerate() {
+                    *c = HEX_DIGITS[((bits >> (60 - 4 * i)) & 0x0F) as usize];
                 }
+                out.extend_from_slice(&text);
             }
         }
     }
@@ -493,11 +546,14 @@ enum FieldError {
     Structure(Error),
 }
 
+/// Reads and checks one field: its span in the input, or `None` when its
+/// value was decoded into the message (and recorded there).
 fn read_field<'a>(
     spec: &FieldSpec,
     field: u8,
     r: &mut Reader<'a>,
-) -> Result<Value<'a>, FieldError> {
+    message: &mut Message<'a>,
+) -> Result<Option<Span>, FieldError> {
     let part = Part::Field(field);
     let units = match spec.length {
         Length::Fixed(n) => usize::from(n),
@@ -541,98 +597,145 @@ fn read_field<'a>(
         }
     };
     let offset = r.offset();
+    let at = r.pos;
+    // Text and raw bytes, most fields, are their own value: one test for
+    // both (a binary kind allows every byte).
+    if matches!(spec.encoding, Encoding::Ascii | Encoding::Raw) {
+        let data = r.take(units, part).map_err(FieldError::Structure)?;
+        check_text(spec.kind, part, data, |i| offset + i).map_err(FieldError::Content)?;
+        return Ok(Some(Span {
+            at: index(at),
+            len: index(data.len()),
+        }));
+    }
     let data = r
         .take(spec.data_bytes(units), part)
         .map_err(FieldError::Structure)?;
-    decode_data(spec, part, data, units, offset).map_err(FieldError::Content)
-}
-
-fn decode_data<'a>(
-    spec: &FieldSpec,
-    part: Part,
-    data: &'a [u8],
-    units: usize,
-    offset: usize,
-) -> Result<Value<'a>, Error> {
+    let binary = spec.kind == Kind::B;
     match spec.encoding {
-        Encoding::Ascii => {
-            check_text(spec.kind, part, data, |i| offset + i)?;
-            let text = std::str::from_utf8(data).map_err(|e| Error::BadCharacter {
-                part,
-                offset: offset + e.valid_up_to(),
-                kind: spec.kind.abbreviation(),
-            })?;
-            Ok(Value::Text(Cow::Borrowed(text)))
-        }
-        Encoding::Raw => Ok(Value::Binary(Cow::Borrowed(data))),
+        Encoding::Ascii | Encoding::Raw => {}
         Encoding::Hex => {
-            let mut bytes = Vec::with_capacity(data.len() / 2);
-            for (i, pair) in data.chunks_exact(2).enumerate() {
-                let bad = |j: usize| Error::BadCharacter {
-                    part,
-                    offset: offset + 2 * i + j,
-                    kind: "b (hexadecimal)",
-                };
-                let hi = hex_value(pair[0]).ok_or_else(|| bad(0))?;
-                let lo = hex_value(pair[1]).ok_or_else(|| bad(1))?;
-                bytes.push((hi << 4) | lo);
+            let bytes = message.decoded_bytes();
+            let start = bytes.len();
+            if let Err(error) = decode_hex(part, data, offset, bytes) {
+                bytes.truncate(start);
+                return Err(FieldError::Content(error));
             }
-            Ok(Value::Binary(Cow::Owned(bytes)))
+            let span = Span {
+                at: index(start),
+                len: index(bytes.len() - start),
+            };
+            message.put_decoded(field, span, binary);
         }
         Encoding::Bcd => {
-            // An odd digit count leaves one pad nibble: first when the value
-            // is right-aligned, last when left-aligned.
-            let pad = data.len() * 2 - units;
-            let skip = if spec.align == Align::Right { pad } else { 0 };
-            if pad == 1 {
-                let pad_at = if skip == 1 { 0 } else { units };
-                if !matches!(nibble(data, pad_at), 0x0 | 0xF) {
-                    return Err(Error::BadBcdDigit {
-                        part,
-                        offset: offset + pad_at / 2,
-                    });
-                }
+            let text = message.decoded_text();
+            let start = text.len();
+            if let Err(error) = decode_bcd(spec, part, data, units, offset, text) {
+                text.truncate(start);
+                return Err(FieldError::Content(error));
             }
-            let mut text = String::with_capacity(units);
-            for i in skip..skip + units {
-                let n = nibble(data, i);
-                let c = match spec.kind {
-                    Kind::Z => b'0' + n,
-                    _ if n <= 9 => b'0' + n,
-                    _ => {
-                        return Err(Error::BadBcdDigit {
-                            part,
-                            offset: offset + i / 2,
-                        });
-                    }
-                };
-                text.push(char::from(c));
-            }
-            Ok(Value::Text(Cow::Owned(text)))
+            let span = Span {
+                at: index(start),
+                len: index(text.len() - start),
+            };
+            message.put_decoded(field, span, binary);
         }
     }
+    Ok(None)
+}
+
+/// Hexadecimal text (pairs of characters, either case) to bytes.
+fn decode_hex(part: Part, data: &[u8], offset: usize, out: &mut Vec<u8>) -> Result<(), Error> {
+    for (i, pair) in data.chunks_exact(2).enumerate() {
+        let bad = |j: usize| Error::BadCharacter {
+            part,
+            offset: offset + 2 * i + j,
+            kind: "b (hexadecimal)",
+        };
+        let hi = hex_value(pair[0]).ok_or_else(|| bad(0))?;
+        let lo = hex_value(pair[1]).ok_or_else(|| bad(1))?;
+        out.push((hi << 4) | lo);
+    }
+    Ok(())
+}
+
+/// Packed BCD to `units` ASCII digits (or, for `z`, the characters
+/// `0`-`?`). An odd digit count leaves one pad nibble: first when the
+/// value is right-aligned, last when left-aligned; it must be 0 or F.
+fn decode_bcd(
+    spec: &FieldSpec,
+    part: Part,
+    data: &[u8],
+    units: usize,
+    offset: usize,
+    out: &mut String,
+) -> Result<(), Error> {
+    let pad = data.len() * 2 - units;
+    let right = spec.align == Align::Right;
+    if pad == 1 {
+        let pad_at = if right { 0 } else { units };
+        if !matches!(nibble(data, pad_at), 0x0 | 0xF) {
+            return Err(Error::BadBcdDigit {
+                part,
+                offset: offset + pad_at / 2,
+            });
+        }
+    }
+    // The digits: a lone one beside the pad nibble, and whole bytes of two.
+    let (head, pairs, tail) = match (pad, data) {
+        (1, [first, rest @ ..]) if right => (Some(first & 0x0F), rest, None),
+        (1, [rest @ .., last]) => (None, rest, Some(last >> 4)),
+        _ => (None, data, None),
+    };
+    if spec.kind != Kind::Z {
+        // A nibble above 9 plus 6 carries into bit 4: one pass, no branch
+        // a digit; the search for the offending one only when there is one.
+        let carry = |n: u8| n + 6;
+        let lone = carry(head.unwrap_or(0)) | carry(tail.unwrap_or(0));
+        let all = pairs
+            .iter()
+            .fold(lone, |all, &b| all | carry(b >> 4) | carry(b & 0x0F));
+        if all & 0x10 != 0 {
+            let skip = if right { pad } else { 0 };
+            let bad = (skip..skip + units).find(|&i| nibble(data, i) > 9);
+            return Err(Error::BadBcdDigit {
+                part,
+                offset: offset + bad.unwrap_or(0) / 2,
+            });
+        }
+    }
+    let digit = |n: u8| char::from(b'0' + n);
+    if let Some(n) = head {
+        out.push(digit(n));
+    }
+    for &b in pairs {
+        out.push(digit(b >> 4));
+        out.push(digit(b & 0x0F));
+    }
+    if let Some(n) = tail {
+        out.push(digit(n));
+    }
+    Ok(())
 }
 
 fn write_field(
     spec: &FieldSpec,
     field: u8,
-    value: &Value<'_>,
+    raw: Raw<'_>,
     out: &mut Vec<u8>,
     start: usize,
 ) -> Result<(), Error> {
     let part = Part::Field(field);
     let offset = out.len() - start;
-    let (units, data): (usize, &[u8]) = match (spec.kind, value) {
-        (Kind::B, Value::Binary(bytes)) => (bytes.len(), bytes),
-        (kind, Value::Text(text)) if kind != Kind::B => (text.len(), text.as_bytes()),
-        _ => {
-            return Err(Error::WrongValueType {
-                part,
-                offset,
-                kind: spec.kind.abbreviation(),
-            });
-        }
-    };
+    if raw.binary != (spec.kind == Kind::B) {
+        return Err(Error::WrongValueType {
+            part,
+            offset,
+            kind: spec.kind.abbreviation(),
+        });
+    }
+    let data = raw.bytes;
+    let units = data.len();
     match spec.length {
         Length::Fixed(n) if units != usize::from(n) => {
             return Err(Error::WrongLength {
@@ -653,34 +756,26 @@ fn write_field(
                     max: spec.prefix_units(max),
                 });
             }
+            // At most 999 (checked by the table test), so three decimal
+            // digits, each of which fits a nibble.
             let len = spec.prefix_units(units);
-            match spec.prefix {
-                PrefixEncoding::Ascii => {
-                    // At most three digits (checked by the table test).
-                    let digits = length.prefix_digits();
-                    for place in [100, 10, 1].into_iter().skip(3 - digits) {
-                        out.push(b'0' + ((len / place) % 10) as u8);
-                    }
+            let [hundreds, tens, ones] = [len / 100, (len / 10) % 10, len % 10].map(|d| d as u8);
+            match (spec.prefix, length.prefix_digits()) {
+                (PrefixEncoding::Ascii, 3) => {
+                    out.extend_from_slice(&[b'0' + hundreds, b'0' + tens, b'0' + ones]);
                 }
-                PrefixEncoding::Bcd => {
-                    // `len` is at most 999 (checked by the table test), so
-                    // every digit fits a nibble.
-                    let digit = |place: usize| ((len / place) % 10) as u8;
-                    if length.prefix_digits() == 3 {
-                        out.push(digit(100));
-                    }
-                    out.push((digit(10) << 4) | digit(1));
-                }
+                (PrefixEncoding::Ascii, _) => out.extend_from_slice(&[b'0' + tens, b'0' + ones]),
+                (PrefixEncoding::Bcd, 3) => out.extend_from_slice(&[hundreds, (tens << 4) | ones]),
+                (PrefixEncoding::Bcd, _) => out.push((tens << 4) | ones),
             }
         }
     }
     let data_at = out.len() - start;
     // A right-aligned odd BCD value starts with a pad nibble.
-    let lead =
-        usize::from(spec.encoding == Encoding::Bcd && units % 2 == 1 && spec.align == Align::Right);
+    let lead = spec.encoding == Encoding::Bcd && units % 2 == 1 && spec.align == Align::Right;
     if spec.kind != Kind::B {
         let at = |i: usize| match spec.encoding {
-            Encoding::Bcd => data_at + (i + lead) / 2,
+            Encoding::Bcd => data_at + (i + usize::from(lead)) / 2,
             _ => data_at + i,
         };
         check_text(spec.kind, part, data, at)?;
@@ -689,26 +784,28 @@ fn write_field(
         Encoding::Ascii | Encoding::Raw => out.extend_from_slice(data),
         Encoding::Hex => {
             for &byte in data {
-                out.push(HEX_DIGITS[usize::from(byte >> 4)]);
-                out.push(HEX_DIGITS[usize::from(byte & 0x0F)]);
+                out.extend_from_slice(&[
+                    HEX_DIGITS[usize::from(byte >> 4)],
+                    HEX_DIGITS[usize::from(byte & 0x0F)],
+                ]);
             }
         }
         Encoding::Bcd => {
             // Characters are checked above: digits, or `0`-`?` for z, so
-            // `c - b'0'` is a nibble.
-            let pad = units % 2;
-            let lead = if pad == 1 && spec.align == Align::Right {
-                1
-            } else {
-                0
-            };
-            let nibbles = data.iter().map(|&c| c - b'0');
-            let mut all = std::iter::repeat_n(0u8, lead)
-                .chain(nibbles)
-                .chain(std::iter::repeat_n(0u8, pad - lead));
-            while let Some(hi) = all.next() {
-                let lo = all.next().unwrap_or(0);
-                out.push((hi << 4) | lo);
+            // `c - b'0'` is a nibble. Pairs of digits make a byte; a lone
+            // digit goes with the pad nibble, 0, on its aligned side.
+            let digit = |i: usize| data[i] - b'0';
+            let mut i = 0;
+            if lead {
+                out.push(digit(0));
+                i = 1;
+            }
+            while i + 1 < units {
+                out.push((digit(i) << 4) | digit(i + 1));
+                i += 2;
+            }
+            if i < units {
+                out.push(digit(i) << 4);
             }
         }
     }
@@ -723,6 +820,11 @@ fn check_text(
     data: &[u8],
     at: impl Fn(usize) -> usize,
 ) -> Result<(), Error> {
+    // One table lookup a byte and no branch, the common case; the search
+    // for the offending byte only when there is one.
+    if kind.all_allowed(data) {
+        return Ok(());
+    }
     match data.iter().enumerate().find(|&(i, &b)| !kind.allows(i, b)) {
         None => Ok(()),
         Some((i, _)) if kind == Kind::N => Err(Error::NonNumeric {
@@ -739,7 +841,7 @@ fn check_text(
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
 
-fn hex_value(c: u8) -> Option<u8> {
+const fn hex_value(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'A'..=b'F' => Some(c - b'A' + 10),
@@ -747,6 +849,22 @@ fn hex_value(c: u8) -> Option<u8> {
         _ => None,
     }
 }
+
+/// Set in [`HEX_VALUES`] for a byte that is not a hexadecimal digit.
+const NOT_HEX: u8 = 0x10;
+
+/// `hex_value` of every byte, `NOT_HEX` for `None`.
+static HEX_VALUES: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut c = 0;
+    while c < 256 {
+        if let Some(v) = hex_value(c as u8) {
+            table[c] = v;
+        }
+        c += 1;
+    }
+    table
+};
 
 /// The `i`-th nibble of `bytes`, high nibble first.
 fn nibble(bytes: &[u8], i: usize) -> u8 {

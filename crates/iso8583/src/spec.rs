@@ -32,15 +32,39 @@ pub enum Kind {
 
 impl Kind {
     /// Whether `byte` may appear at position `index` of a value of this kind.
-    pub(crate) fn allows(self, index: usize, byte: u8) -> bool {
+    pub(crate) const fn allows(self, index: usize, byte: u8) -> bool {
         match self {
             Kind::N => byte.is_ascii_digit(),
             Kind::An => byte.is_ascii_alphanumeric() || byte == b' ',
-            Kind::Ans => (0x20..=0x7E).contains(&byte),
-            Kind::Z => (b'0'..=b'?').contains(&byte),
+            Kind::Ans => byte >= 0x20 && byte <= 0x7E,
+            Kind::Z => byte >= b'0' && byte <= b'?',
             Kind::Xn if index == 0 => byte == b'C' || byte == b'D',
             Kind::Xn => byte.is_ascii_digit(),
             Kind::B => true,
+        }
+    }
+
+    /// Whether every byte of `data` is allowed (`allows` at each
+    /// position), in one pass without a branch a byte: with the kind fixed
+    /// outside the loop, `allows` is a range check or two, which the
+    /// compiler turns into vector compares on longer values.
+    #[inline]
+    pub(crate) fn all_allowed(self, data: &[u8]) -> bool {
+        fn every(data: &[u8], allowed: impl Fn(u8) -> bool) -> bool {
+            data.iter().fold(true, |all, &b| all & allowed(b))
+        }
+        match self {
+            Kind::B => true,
+            Kind::N => every(data, |b| Kind::N.allows(1, b)),
+            Kind::An => every(data, |b| Kind::An.allows(1, b)),
+            Kind::Ans => every(data, |b| Kind::Ans.allows(1, b)),
+            Kind::Z => every(data, |b| Kind::Z.allows(1, b)),
+            Kind::Xn => match data.split_first() {
+                None => true,
+                Some((&sign, digits)) => {
+                    Kind::Xn.allows(0, sign) & every(digits, |b| Kind::Xn.allows(1, b))
+                }
+            },
         }
     }
 
@@ -210,5 +234,25 @@ impl FieldSpec {
             Encoding::Bcd => units.div_ceil(2),
             Encoding::Hex => units * 2,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass check and the per-byte rule agree on every byte, at
+    /// the first position and after it, for every kind.
+    #[test]
+    fn the_one_pass_check_is_the_per_byte_rule() {
+        for kind in [Kind::N, Kind::An, Kind::Ans, Kind::Z, Kind::Xn, Kind::B] {
+            for byte in 0..=255u8 {
+                for value in [vec![byte], vec![b'C', byte], vec![b'D', b'1', byte]] {
+                    let expected = value.iter().enumerate().all(|(i, &b)| kind.allows(i, b));
+                    assert_eq!(kind.all_allowed(&value), expected, "{kind:?} {value:?}");
+                }
+            }
+        }
+        assert!(Kind::Xn.all_allowed(b""));
     }
 }

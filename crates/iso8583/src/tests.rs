@@ -55,8 +55,8 @@ fn ascii_unpacking_borrows_every_text_value() {
         b"02007020000000C00000164761739001010010000000000000001000000123TERM0001MERCHANT0000001";
     let m = ASCII.unpack(body).unwrap();
     assert_eq!(m.fields().count(), 6);
-    for (n, value) in m.fields() {
-        assert!(value.is_borrowed(), "field {n}");
+    for (n, _) in m.fields() {
+        assert!(m.is_borrowed(n), "field {n}");
     }
     assert_eq!(m.text(42), Some("MERCHANT0000001"));
 }
@@ -335,6 +335,47 @@ fn unpacking_errors_name_the_part_and_offset() {
         let shown = expected.to_string();
         assert!(shown.contains("offset"), "{what}: {shown}");
     }
+}
+
+/// Positions are 16-bit (`MAX_UNPACK_LEN`): a message just under the
+/// bound reads back every value, borrowed and owned, and one over it is
+/// refused however large the profile's maximum.
+#[test]
+fn unpacking_reads_up_to_its_bound_and_refuses_beyond_it() {
+    let big = ASCII.with_max_len(100_000);
+    let long_fields: Vec<u8> = (2..=MAX_FIELD)
+        .filter(|&n| {
+            ASCII
+                .field(n)
+                .is_some_and(|spec| spec.kind == Kind::Ans && spec.length == Length::LllVar(999))
+        })
+        .collect();
+    let build = |count: usize| {
+        let mut m = Message::new(Mti::FINANCIAL_REQUEST);
+        for (i, &n) in long_fields.iter().take(count).enumerate() {
+            let c = char::from(b'A' + (i % 26) as u8);
+            m.set(n, c.to_string().repeat(999));
+        }
+        m
+    };
+    let under = build(MAX_UNPACK_LEN / 1002);
+    let packed = big.pack(&under).unwrap();
+    assert!(packed.len() <= MAX_UNPACK_LEN && packed.len() > MAX_UNPACK_LEN - 1100);
+    let unpacked = big.unpack(&packed).unwrap();
+    assert_eq!(unpacked, under);
+    let owned = unpacked.clone().into_owned();
+    assert_eq!(owned, under);
+    let last = *long_fields.get(MAX_UNPACK_LEN / 1002 - 1).unwrap();
+    assert_eq!(owned.text(last), under.text(last));
+
+    let over = big.pack(&build(MAX_UNPACK_LEN / 1002 + 1)).unwrap();
+    assert_eq!(
+        err(&big, &over),
+        Error::Oversize {
+            len: over.len(),
+            max: MAX_UNPACK_LEN
+        }
+    );
 }
 
 #[test]

@@ -61,6 +61,6 @@ fn unpacking_an_ascii_sale_allocates_nothing_while_cup_decoding_does() {
 
     // Every value of the ASCII unpack borrows from the input.
     let unpacked = Profile::ASCII_1987.unpack(&ascii).unwrap();
-    assert!(unpacked.fields().all(|(_, value)| value.is_borrowed()));
+    assert!(unpacked.fields().all(|(n, _)| unpacked.is_borrowed(n)));
     assert_eq!(unpacked.fields().count(), common::SALE_FIELDS.len());
 }
