@@ -50,6 +50,9 @@ pub struct QrConfig {
     /// The receiver's certificate chain and key (PEM).
     pub notify_cert_path: PathBuf,
     pub notify_key_path: PathBuf,
+    /// How often the receiver's certificate and key are checked for a
+    /// change (a renewal is used without a restart).
+    pub notify_reload_interval_ms: u64,
     /// What an orphan becomes for a merchant not in `merchant_policies`.
     pub orphan_policy: String,
     /// Merchant id → "confirm" or "reverse".
@@ -76,6 +79,7 @@ impl Default for QrConfig {
             notify_listen: None,
             notify_cert_path: PathBuf::from(".run/certs/server.pem"),
             notify_key_path: PathBuf::from(".run/certs/server.key"),
+            notify_reload_interval_ms: 30_000,
             orphan_policy: OrphanPolicy::default().as_str().to_owned(),
             merchant_policies: BTreeMap::new(),
         }
@@ -135,6 +139,12 @@ impl QrConfig {
             return Err(ConfigError::invalid(
                 key("retry_initial_delay_ms"),
                 "must be at least 1 and at most retry_max_delay_ms",
+            ));
+        }
+        if self.notify_reload_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                key("notify_reload_interval_ms"),
+                "must be at least 1",
             ));
         }
         if self.retry_max_age_ms == 0 || self.poll_interval_ms == 0 {

@@ -288,6 +288,10 @@ pub async fn start(
     };
     if let Some(address) = config.notify_listen {
         let acceptor = receiver::acceptor(&config.notify_cert_path, &config.notify_key_path)?;
+        receiver::watch(
+            &acceptor,
+            std::time::Duration::from_millis(config.notify_reload_interval_ms),
+        );
         let listener = switch_platform::service::bind(address).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tasks.stop.push(stop);

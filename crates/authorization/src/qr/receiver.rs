@@ -20,6 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use switch_core::Money;
 use switch_core::qr::{OrderId, PlatformTxnId, QrCommand};
+use switch_platform::reload::{ReloadError, Reloadable};
 use switch_platform::service::ServeError;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -37,36 +38,64 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Answer = Response<Full<Bytes>>;
 
-/// The TLS acceptor for the receiver's certificate chain and key.
-pub fn acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, ServeError> {
-    let start = |path: &Path, reason: String| ServeError::Start {
+/// The receiver's certificate chain and key, as the TLS acceptor every new
+/// connection uses: reloaded when the files change (cert-manager renews
+/// the Secret in place), so a renewal needs no restart and drops no
+/// connection; a pair that does not load leaves the previous one in use.
+pub fn acceptor(cert_path: &Path, key_path: &Path) -> Result<Reloadable<TlsAcceptor>, ServeError> {
+    let (cert, key) = (cert_path.to_owned(), key_path.to_owned());
+    Reloadable::load(vec![cert.clone(), key.clone()], move |contents| {
+        let &[cert_pem, key_pem] = contents else {
+            return Err(ReloadError::Tls("two files expected".into()));
+        };
+        tls_acceptor((&cert, cert_pem), (&key, key_pem))
+    })
+    .map_err(|error| ServeError::Start {
         what: "qr notification receiver tls",
-        reason: format!("{}: {reason}", path.display()),
-    };
-    let read = |path: &Path| std::fs::read(path).map_err(|e| start(path, e.to_string()));
-    let certs = CertificateDer::pem_slice_iter(&read(cert_path)?)
+        reason: error.to_string(),
+    })
+}
+
+fn tls_acceptor(
+    (cert_path, cert_pem): (&Path, &[u8]),
+    (key_path, key_pem): (&Path, &[u8]),
+) -> Result<TlsAcceptor, ReloadError> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| start(cert_path, e.to_string()))?;
+        .map_err(|e| ReloadError::invalid(cert_path, e))?;
     if certs.is_empty() {
-        return Err(start(cert_path, "no PEM certificate in it".into()));
+        return Err(ReloadError::invalid(cert_path, "no PEM certificate in it"));
     }
-    let key = PrivateKeyDer::from_pem_slice(&read(key_path)?)
-        .map_err(|e| start(key_path, format!("no private key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| ReloadError::invalid(key_path, format!("no private key: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| start(cert_path, e.to_string()))?
+        .map_err(|e| ReloadError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| start(cert_path, format!("does not match the key: {e}")))?;
+        .map_err(|e| ReloadError::invalid(cert_path, format!("does not match the key: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Checks the receiver's certificate and key every `every` while it
+/// serves, logging each reload and each pair that does not load.
+pub fn watch(acceptor: &Reloadable<TlsAcceptor>, every: Duration) {
+    acceptor.spawn_watch(every, |outcome| match outcome {
+        Ok(false) => {}
+        Ok(true) => tracing::info!("QR notification receiver certificate reloaded."),
+        Err(error) => tracing::error!(
+            %error,
+            "QR notification receiver certificate cannot be reloaded; the previous one stays in use."
+        ),
+    });
 }
 
 /// Serves notifications on `listener` until `shutdown`.
 pub async fn serve_notifications(
     shell: QrShell,
-    acceptor: TlsAcceptor,
+    acceptor: Reloadable<TlsAcceptor>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
@@ -78,7 +107,8 @@ pub async fn serve_notifications(
             () = &mut shutdown => break,
             accepted = listener.accept() => {
                 let Ok((tcp, _)) = accepted else { continue };
-                let (shell, acceptor) = (shell.clone(), acceptor.clone());
+                // The pair current now, for this connection's handshake.
+                let (shell, acceptor) = (shell.clone(), acceptor.current());
                 connections.spawn(async move {
                     let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                     else {
@@ -177,5 +207,51 @@ async fn handle(shell: &QrShell, request: Request<Incoming>) -> Answer {
             tracing::error!(%error, "QR notification not recorded; the platform will retry.");
             answer(StatusCode::SERVICE_UNAVAILABLE, "FAIL", "try again")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renewed_pair_is_taken_and_a_broken_one_leaves_the_previous_in_use() {
+        let dir = std::env::temp_dir().join(format!("qr-receiver-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let pki = dev_certs::DevPki::generate().unwrap();
+        let write = |pair: &dev_certs::CertifiedKey| {
+            std::fs::write(&cert, &pair.cert_pem).unwrap();
+            std::fs::write(&key, &pair.key_pem).unwrap();
+        };
+        write(&pki.server_cert(&["localhost"]).unwrap());
+        let receiver = acceptor(&cert, &key).expect("the pair loads");
+        let first = receiver.current();
+
+        write(&pki.server_cert(&["localhost"]).unwrap());
+        assert!(
+            receiver
+                .reload_if_changed()
+                .expect("the renewed pair loads")
+        );
+        let renewed = receiver.current();
+        assert!(
+            !Arc::ptr_eq(&first, &renewed),
+            "new connections use the renewed pair"
+        );
+
+        std::fs::write(&key, "not a key").unwrap();
+        let error = receiver
+            .reload_if_changed()
+            .expect_err("a broken key does not load");
+        assert!(
+            error.to_string().contains("tls.key"),
+            "names the file: {error}"
+        );
+        assert!(
+            Arc::ptr_eq(&renewed, &receiver.current()),
+            "the previous pair stays"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
