@@ -53,6 +53,9 @@ pub struct QrConfig {
     /// How often the receiver's certificate and key are checked for a
     /// change (a renewal is used without a restart).
     pub notify_reload_interval_ms: u64,
+    /// How often the worker deletes notification nonces too old to
+    /// matter (a statement, so not on every round).
+    pub nonce_prune_interval_ms: u64,
     /// What an orphan becomes for a merchant not in `merchant_policies`.
     pub orphan_policy: String,
     /// Merchant id → "confirm" or "reverse".
@@ -80,6 +83,7 @@ impl Default for QrConfig {
             notify_cert_path: PathBuf::from(".run/certs/server.pem"),
             notify_key_path: PathBuf::from(".run/certs/server.key"),
             notify_reload_interval_ms: 30_000,
+            nonce_prune_interval_ms: 60_000,
             orphan_policy: OrphanPolicy::default().as_str().to_owned(),
             merchant_policies: BTreeMap::new(),
         }
@@ -141,11 +145,13 @@ impl QrConfig {
                 "must be at least 1 and at most retry_max_delay_ms",
             ));
         }
-        if self.notify_reload_interval_ms == 0 {
-            return Err(ConfigError::invalid(
-                key("notify_reload_interval_ms"),
-                "must be at least 1",
-            ));
+        for (name, value) in [
+            ("notify_reload_interval_ms", self.notify_reload_interval_ms),
+            ("nonce_prune_interval_ms", self.nonce_prune_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key(name), "must be at least 1"));
+            }
         }
         if self.retry_max_age_ms == 0 || self.poll_interval_ms == 0 {
             return Err(ConfigError::invalid(

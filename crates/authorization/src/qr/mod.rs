@@ -310,6 +310,8 @@ pub async fn start(
         poll_interval: std::time::Duration::from_millis(config.poll_interval_ms),
         lease_ms: i64::try_from(config.call_timeout_ms.saturating_mul(2) + 1_000)
             .unwrap_or(i64::MAX),
+        nonce_prune_interval: std::time::Duration::from_millis(config.nonce_prune_interval_ms),
+        nonces_pruned_at: std::sync::Mutex::new(None),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tasks.stop.push(stop);

@@ -26,6 +26,11 @@ pub struct QrWorker {
     pub poll_interval: Duration,
     /// An owed call's claim: longer than its call can take.
     pub lease_ms: i64,
+    /// Between two prunings of old notification nonces.
+    pub nonce_prune_interval: Duration,
+    /// When nonces were last pruned (`None`: not yet, so the first round
+    /// does).
+    pub nonces_pruned_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl QrWorker {
@@ -139,9 +144,26 @@ impl QrWorker {
                 );
             })
             .await;
-        let cutoff = now - shell.config.nonce_retention();
-        shell.journal.prune_nonces(cutoff, self.batch_size).await?;
+        if self.nonce_prune_due() {
+            let cutoff = now - shell.config.nonce_retention();
+            shell.journal.prune_nonces(cutoff, self.batch_size).await?;
+        }
         Ok(())
+    }
+}
+
+impl QrWorker {
+    /// Whether this round prunes nonces, marking it done if so.
+    fn nonce_prune_due(&self) -> bool {
+        let mut pruned_at = self
+            .nonces_pruned_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pruned_at.is_some_and(|at| at.elapsed() < self.nonce_prune_interval) {
+            return false;
+        }
+        *pruned_at = Some(std::time::Instant::now());
+        true
     }
 }
 
