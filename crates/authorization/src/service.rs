@@ -663,7 +663,7 @@ impl AuthorizationService for AuthorizationApi {
             };
             let acknowledged = self
                 .lifecycle
-                .execute(store::Target::Key(&key), acknowledge)
+                .execute_grouped(store::Target::Key(&key), acknowledge)
                 .await?;
             Ok(Response::new(wire::record(&acknowledged)))
         }

@@ -473,3 +473,87 @@ async fn an_rrn_already_journaled_is_skipped_by_its_intent_not_its_batch() {
     );
     db.drop().await;
 }
+
+/// An acknowledgement decided on the record read without a lock and
+/// group-committed: it writes the acknowledgement's columns, its history
+/// and its announcement, keeps the issuer's latency the approval recorded,
+/// and, decided on a state the row has left, writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acknowledgement_recorded_without_a_lock_keeps_the_approvals_columns() {
+    let db = TestJournal::new().await;
+    let Begin::Started(started) = begin(&db.journal, &sale("TERM0003", 1, 700))
+        .await
+        .expect("begin")
+    else {
+        panic!("a new key starts");
+    };
+    let approved = record(
+        &db.journal,
+        &started,
+        IssuerVerdict::Approved(ApprovalCode::parse("A00001").unwrap()),
+        123,
+    )
+    .await
+    .expect("approval");
+    // PostgreSQL keeps microseconds: a time it returns equal to this one.
+    let wall = OffsetDateTime::now_utc();
+    let now = wall
+        .replace_nanosecond(wall.nanosecond() / 1_000 * 1_000)
+        .expect("a valid time");
+    let acknowledge = Command::Acknowledge {
+        evidence: switch_core::Evidence::TerminalAcknowledgement,
+    };
+    let decision = decide(&approved, acknowledge.clone(), now).expect("decidable");
+    let expected = decision.next.clone();
+    let announcement = OutboxMessage {
+        event_id: Uuid::new_v4(),
+        topic: "test.authorization-events".into(),
+        key: approved.transaction_id.to_string(),
+        payload: Vec::new(),
+        traceparent: String::new(),
+    };
+    let acknowledged = db
+        .journal
+        .record_unlocked(decision, Some(announcement), now)
+        .await
+        .expect("recorded")
+        .expect("the row was still approved");
+    assert_eq!(acknowledged.state, expected.state);
+    assert_eq!(acknowledged.acknowledged_at, expected.acknowledged_at);
+    assert_eq!(
+        acknowledged.confirmation_evidence,
+        expected.confirmation_evidence
+    );
+    assert!(acknowledged.acknowledged_at.is_some());
+    let latency: Option<i32> = sqlx::query_scalar(
+        "SELECT issuer_latency_ms FROM authorizations WHERE transaction_id = $1",
+    )
+    .bind(started.transaction_id.as_uuid())
+    .fetch_one(&db.pool)
+    .await
+    .expect("latency");
+    assert_eq!(latency, Some(123), "the approval's issuer latency is kept");
+
+    // The same acknowledgement decided on the approved record again: the
+    // row has left that state, so nothing is written.
+    let stale = decide(&approved, acknowledge, now).expect("decidable");
+    assert_eq!(
+        db.journal
+            .record_unlocked(stale, None, now)
+            .await
+            .expect("no error"),
+        None
+    );
+    let history = db.history(started.transaction_id.as_uuid()).await;
+    assert_eq!(
+        history.len(),
+        4,
+        "one transition for the acknowledgement: {history:?}"
+    );
+    assert_eq!(
+        history.last().map(String::as_str),
+        Some(expected.state.as_str())
+    );
+    assert_eq!(db.count("SELECT count(*) FROM outbox").await, 2);
+    db.drop().await;
+}

@@ -118,12 +118,14 @@ fn ids_of(records: &[&Authorization]) -> Vec<Uuid> {
     records.iter().map(|r| r.transaction_id.as_uuid()).collect()
 }
 
-/// One issuer decision: the record `decide` produced, its audit row, and
-/// its announcement already encoded.
+/// One decision: the record `decide` produced, its audit row, and its
+/// announcement already encoded. Every mutable column is written from
+/// `next`; the issuer's latency only when the decision measured one (an
+/// issuer's answer), so a later decision (an acknowledgement) keeps it.
 pub(super) struct DecisionRow {
     pub next: Authorization,
     pub transition: Transition,
-    pub issuer_latency_ms: i32,
+    pub issuer_latency_ms: Option<i32>,
     pub decided_at: OffsetDateTime,
     pub message: Option<OutboxMessage>,
 }
@@ -154,13 +156,19 @@ pub(super) async fn update_decisions(
         "WITH input AS ( \
            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::int4[], $7::text[], $8::uuid[], $9::text[], $10::text[], $11::bytea[], \
-             $12::text[], $13::timestamptz[]) \
+             $12::text[], $13::timestamptz[], $14::text[], $15::text[], $16::timestamptz[], \
+             $17::timestamptz[]) \
            WITH ORDINALITY AS i(id, from_state, to_state, new_response_code, \
              new_approval_code, latency_ms, event, event_id, topic, message_key, payload, \
-             traceparent, decided_at, ord)), \
+             traceparent, decided_at, new_reversal_reason, new_confirmation_evidence, \
+             new_acknowledged_at, new_conflict_at, ord)), \
          updated AS ( \
            UPDATE authorizations SET state = i.to_state, response_code = i.new_response_code, \
-             approval_code = i.new_approval_code, issuer_latency_ms = i.latency_ms, \
+             approval_code = i.new_approval_code, \
+             issuer_latency_ms = COALESCE(i.latency_ms, authorizations.issuer_latency_ms), \
+             reversal_reason = i.new_reversal_reason, \
+             confirmation_evidence = i.new_confirmation_evidence, \
+             acknowledged_at = i.new_acknowledged_at, conflict_at = i.new_conflict_at, \
              updated_at = i.decided_at \
            FROM input i \
            WHERE transaction_id = i.id AND state = i.from_state \
@@ -239,6 +247,30 @@ pub(super) async fn update_decisions(
     )
     .bind(message(|m| &m.traceparent))
     .bind(decisions.iter().map(|d| d.decided_at).collect::<Vec<_>>())
+    .bind(
+        decisions
+            .iter()
+            .map(|d| d.next.reversal_reason.map(|r| r.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        decisions
+            .iter()
+            .map(|d| d.next.confirmation_evidence.map(|e| e.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        decisions
+            .iter()
+            .map(|d| d.next.acknowledged_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        decisions
+            .iter()
+            .map(|d| d.next.conflict_at)
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(pool)
     .await?;
     let mut results: Vec<Option<PgRow>> = (0..size).map(|_| None).collect();

@@ -191,7 +191,7 @@ impl Journal {
         let row = DecisionRow {
             next: decision.next,
             transition,
-            issuer_latency_ms,
+            issuer_latency_ms: Some(issuer_latency_ms),
             decided_at: now,
             message,
         };
@@ -201,6 +201,53 @@ impl Journal {
                 .find_by_id(id)
                 .await?
                 .ok_or_else(|| AuthorizationError::NotFound(id.to_string())),
+        }
+    }
+
+    /// Records a decision taken on `decision.from` read without a lock,
+    /// group-committed with the issuers' decisions: the record, its history
+    /// and at most one announcement, all or none. `None`: the row was no
+    /// longer in that state (another writer moved it on), nothing is
+    /// written, and the caller decides again on what it is now. Only for
+    /// decisions whose effects are announcements
+    /// ([`Decision::is_announcement_only`]) and that change the state.
+    pub async fn record_unlocked(
+        &self,
+        decision: Decision,
+        message: Option<OutboxMessage>,
+        now: OffsetDateTime,
+    ) -> Result<Option<Authorization>, AuthorizationError> {
+        let id = decision.next.transaction_id;
+        let transition = match decision.transition {
+            Some(transition) if decision.is_announcement_only() => transition,
+            _ => {
+                return Err(AuthorizationError::FailedPrecondition(format!(
+                    "the decision for {id} is not one the group commit writes"
+                )));
+            }
+        };
+        let row = DecisionRow {
+            next: decision.next,
+            transition,
+            issuer_latency_ms: None,
+            decided_at: now,
+            message,
+        };
+        self.decisions
+            .submit(row)
+            .await?
+            .map(|row| rows::authorization(&row))
+            .transpose()
+    }
+
+    /// The record `target` names, read without a lock.
+    pub async fn find(
+        &self,
+        target: Target<'_>,
+    ) -> Result<Option<Authorization>, AuthorizationError> {
+        match target {
+            Target::Id(id) => self.find_by_id(id).await,
+            Target::Key(key) => self.find_by_key(key).await,
         }
     }
 
