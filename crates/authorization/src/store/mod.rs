@@ -204,7 +204,7 @@ impl Journal {
         }
     }
 
-    /// Records a decision taken on `decision.from` read without a lock,
+    /// Records a decision taken on a record read without a lock,
     /// group-committed with the issuers' decisions: the record, its history
     /// and at most one announcement, all or none. `None`: the row was no
     /// longer in that state (another writer moved it on), nothing is
