@@ -125,16 +125,20 @@ async fn record(
 ) -> Result<Authorization, AuthorizationError> {
     let now = OffsetDateTime::now_utc();
     let decision = decide(current, Command::IssuerDecided(verdict), now).expect("decidable");
-    let announcement = OutboxMessage {
+    journal
+        .record_decision(decision, Some(announcement(current)), latency_ms, now)
+        .await
+}
+
+/// An event of `current`'s, as the announcer would encode one.
+fn announcement(current: &Authorization) -> OutboxMessage {
+    OutboxMessage {
         event_id: Uuid::new_v4(),
         topic: "test.authorization-events".into(),
         key: current.transaction_id.to_string(),
         payload: Vec::new(),
         traceparent: String::new(),
-    };
-    journal
-        .record_decision(decision, Some(announcement), latency_ms, now)
-        .await
+    }
 }
 
 /// Fires every sale at once, each from a task of its own.
@@ -505,16 +509,9 @@ async fn an_acknowledgement_recorded_without_a_lock_keeps_the_approvals_columns(
     };
     let decision = decide(&approved, acknowledge.clone(), now).expect("decidable");
     let expected = decision.next.clone();
-    let announcement = OutboxMessage {
-        event_id: Uuid::new_v4(),
-        topic: "test.authorization-events".into(),
-        key: approved.transaction_id.to_string(),
-        payload: Vec::new(),
-        traceparent: String::new(),
-    };
     let acknowledged = db
         .journal
-        .record_unlocked(decision, Some(announcement), now)
+        .record_unlocked(decision, Some(announcement(&approved)), now)
         .await
         .expect("recorded")
         .expect("the row was still approved");
