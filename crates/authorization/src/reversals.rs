@@ -88,11 +88,10 @@ impl ReversalWorker {
         tokio::pin!(shutdown);
         // The gauges are count queries: refreshed once a second, not on
         // every wake-up (each requested reversal wakes the worker).
-        let mut gauge_read_at: Option<std::time::Instant> = None;
+        let mut gauge = switch_platform::every::Every::new(Duration::from_secs(1));
         loop {
             self.drain(&metrics).await;
-            if gauge_read_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                gauge_read_at = Some(std::time::Instant::now());
+            if gauge.due() {
                 self.record_gauges(&gauges).await;
             }
             tokio::select! {

@@ -109,14 +109,13 @@ impl Sweeper {
     pub async fn run(self, shutdown: CancellationToken) {
         let interval = Duration::from_millis(self.inner.config.sweep_interval_ms);
         // The gauges are a count query: once a second, not every sweep.
-        let mut overdue_read_at: Option<std::time::Instant> = None;
+        let mut overdue_gauges = switch_platform::every::Every::new(Duration::from_secs(1));
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(interval) => {}
             }
-            if overdue_read_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                overdue_read_at = Some(std::time::Instant::now());
+            if overdue_gauges.due() {
                 self.record_overdue().await;
             }
             loop {

@@ -24,6 +24,7 @@
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod every;
 pub mod grpc;
 pub mod internal_tls;
 pub mod kafka;

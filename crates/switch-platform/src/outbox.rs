@@ -15,7 +15,9 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::every::Every;
 
 use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -210,34 +212,31 @@ impl OutboxRelay {
         tokio::pin!(shutdown);
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let gather = Duration::from_millis(self.config.gather_ms);
-        let mut last_sweep = Instant::now();
-        let mut last_prune = Instant::now();
+        let mut sweep = Every::after(poll);
+        let mut prune = Every::after(PRUNE_INTERVAL);
         let gauges = BacklogGauges::new();
-        let mut last_gauge: Option<Instant> = None;
+        let mut gauge = Every::new(GAUGE_INTERVAL);
         self.drain(Scan::Full).await;
         loop {
-            if last_gauge.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
+            if gauge.due() {
                 self.record_backlog(&gauges).await;
-                last_gauge = Some(Instant::now());
             }
             tokio::select! {
                 () = &mut shutdown => break,
                 () = self.wake.notified() => tokio::time::sleep(gather).await,
                 () = tokio::time::sleep(poll) => {}
             }
-            if last_sweep.elapsed() >= poll {
+            if sweep.due() {
                 self.drain(Scan::Full).await;
-                last_sweep = Instant::now();
             } else {
                 self.drain(Scan::Recent).await;
             }
-            if last_prune.elapsed() >= PRUNE_INTERVAL {
+            if prune.due() {
                 match self.prune_published().await {
                     Ok(0) => {}
                     Ok(deleted) => tracing::debug!(deleted, "Published outbox rows pruned."),
                     Err(error) => tracing::warn!(%error, "Outbox rows could not be pruned."),
                 }
-                last_prune = Instant::now();
             }
         }
         self.drain(Scan::Full).await;

@@ -311,7 +311,6 @@ pub async fn start(
         lease_ms: i64::try_from(config.call_timeout_ms.saturating_mul(2) + 1_000)
             .unwrap_or(i64::MAX),
         nonce_prune_interval: std::time::Duration::from_millis(config.nonce_prune_interval_ms),
-        nonces_pruned_at: std::sync::Mutex::new(None),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tasks.stop.push(stop);

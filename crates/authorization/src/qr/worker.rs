@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use switch_core::qr::refund::RefundAttempt;
 use switch_core::qr::{CancelAttempt, QrCommand, QrRefusal};
+use switch_platform::every::Every;
 
 use super::store::QrTarget;
 use super::{QrError, QrShell};
@@ -28,9 +29,6 @@ pub struct QrWorker {
     pub lease_ms: i64,
     /// Between two prunings of old notification nonces.
     pub nonce_prune_interval: Duration,
-    /// When nonces were last pruned (`None`: not yet, so the first round
-    /// does).
-    pub nonces_pruned_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl QrWorker {
@@ -44,13 +42,25 @@ impl QrWorker {
         tokio::pin!(shutdown);
         // A count query: once a second, not every round (a wake-up per
         // owed call could run rounds back to back).
-        let mut gauge_read_at: Option<std::time::Instant> = None;
+        let mut gauge = Every::new(Duration::from_secs(1));
+        // A DELETE: not on every round either; the first one prunes.
+        let mut prune = Every::new(self.nonce_prune_interval);
         loop {
             if let Err(error) = self.round().await {
                 tracing::warn!(%error, "QR worker round failed; it is repeated.");
             }
-            if gauge_read_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                gauge_read_at = Some(std::time::Instant::now());
+            if prune.due() {
+                let cutoff = self.shell.clock.now() - self.shell.config.nonce_retention();
+                if let Err(error) = self
+                    .shell
+                    .journal
+                    .prune_nonces(cutoff, self.batch_size)
+                    .await
+                {
+                    tracing::warn!(%error, "Old notification nonces not pruned; tried again later.");
+                }
+            }
+            if gauge.due() {
                 match self.shell.journal.dead_lettered_calls().await {
                     Ok(counts) => {
                         for (kind, count) in counts {
@@ -144,26 +154,7 @@ impl QrWorker {
                 );
             })
             .await;
-        if self.nonce_prune_due() {
-            let cutoff = now - shell.config.nonce_retention();
-            shell.journal.prune_nonces(cutoff, self.batch_size).await?;
-        }
         Ok(())
-    }
-}
-
-impl QrWorker {
-    /// Whether this round prunes nonces, marking it done if so.
-    fn nonce_prune_due(&self) -> bool {
-        let mut pruned_at = self
-            .nonces_pruned_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if pruned_at.is_some_and(|at| at.elapsed() < self.nonce_prune_interval) {
-            return false;
-        }
-        *pruned_at = Some(std::time::Instant::now());
-        true
     }
 }
 
